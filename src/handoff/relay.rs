@@ -1,0 +1,64 @@
+//! The relay between a client and its backend.
+//!
+//! Bytes flow both ways until both sides are done; a half-close on one side
+//! is passed on to the other. The client's first bytes are checked before
+//! any of them reach the backend: a PROXY header there (from a peer that is
+//! not listed, or a second header behind a listed proxy's) would let a
+//! client choose the address a backend believes, so it ends the session.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::proxy::{starts_like_header, Prefix};
+
+/// Why a relay ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The client's first bytes were a PROXY header; they are returned for
+    /// the log and were not forwarded.
+    #[error("client sent a PROXY header")]
+    ProxyHeader(Vec<u8>),
+    /// A socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Relays between `client` and `backend`. `early` holds bytes the client
+/// sent before the handoff; they go first.
+pub async fn relay(
+    client: &mut TcpStream,
+    mut backend: TcpStream,
+    mut early: BytesMut,
+) -> Result<(), RelayError> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.split();
+    let to_client = async {
+        tokio::io::copy(&mut backend_read, &mut client_write).await?;
+        client_write.shutdown().await?;
+        Ok::<(), RelayError>(())
+    };
+    let to_backend = async {
+        loop {
+            match starts_like_header(&early) {
+                Prefix::Header => return Err(RelayError::ProxyHeader(early.to_vec())),
+                Prefix::Other => break,
+                Prefix::Undecided => {
+                    early.reserve(64);
+                    if client_read.read_buf(&mut early).await? == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        backend_write.write_all(&early).await?;
+        drop(early);
+        tokio::io::copy(&mut client_read, &mut backend_write).await?;
+        backend_write.shutdown().await?;
+        Ok(())
+    };
+    tokio::try_join!(to_client, to_backend)?;
+    Ok(())
+}

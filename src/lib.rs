@@ -1,0 +1,35 @@
+//! doorman: an SMTP front door.
+//!
+//! doorman sits on port 25 behind HAProxy. It learns the real client address
+//! from the PROXY protocol, screens the client the way Postfix's postscreen
+//! does, and hands the clients that pass to real smtpd backends, which learn
+//! the real client from a PROXY header of their own.
+//!
+//! # Module map
+//! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
+//!   `FILE:LINE` errors.
+//! - [`listener`]: accept loops, graceful shutdown.
+//! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
+//!   for headers sent to backends.
+//! - [`session`]: the one place where a client connection does I/O and
+//!   waits; its phases are an enum.
+//! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, and
+//!   the health-check responder.
+//! - [`handoff`]: the backend pool, backend probes, and the relay.
+//! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
+//! - [`log`]: the postscreen-compatible event lines.
+//!
+//! Gates (access list, DNSBL, ...) implement the API of the
+//! `doorman-gate-api` crate under `plugins/api`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod handoff;
+pub mod listener;
+pub mod log;
+pub mod proxy;
+pub mod session;
+pub mod sink;
+pub mod smtp;

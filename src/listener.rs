@@ -1,0 +1,130 @@
+//! Accept loops and shutdown.
+//!
+//! [`Server::bind`] opens every listener first, so a port that is taken is
+//! an error before any client is served. [`Server::serve`] runs one accept
+//! loop per listener and one task per connection. When the shutdown future
+//! completes, the loops stop accepting, live sessions get the grace period to
+//! finish, and whatever is left is then closed.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ListenerConfig};
+use crate::handoff::Pool;
+use crate::log;
+use crate::session::Session;
+
+/// How long to pause after an accept error (e.g. out of file descriptors),
+/// so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Bound listeners with the config they serve.
+pub struct Server {
+    config: Arc<Config>,
+    pool: Arc<Pool>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+}
+
+impl Server {
+    /// Binds every listener of `config`.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let socket = TcpListener::bind(listener.address).await.map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {}: {error}", listener.address),
+                )
+            })?;
+            log::listening(socket.local_addr()?);
+            listeners.push((socket, listener.clone()));
+        }
+        let pool = Arc::new(Pool::new(config.backends.clone()));
+        Ok(Self {
+            config: Arc::new(config),
+            pool,
+            listeners,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let stop_accepting = CancellationToken::new();
+        let cut_sessions = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let mut loops = Vec::new();
+        for (socket, listener) in self.listeners {
+            loops.push(tokio::spawn(accept_loop(
+                socket,
+                listener,
+                Arc::clone(&self.config),
+                Arc::clone(&self.pool),
+                sessions.clone(),
+                stop_accepting.clone(),
+                cut_sessions.clone(),
+            )));
+        }
+        shutdown.await;
+        stop_accepting.cancel();
+        for accept in loops {
+            let _ = accept.await;
+        }
+        sessions.close();
+        log::shutdown_started(sessions.len(), self.config.shutdown_grace);
+        let mut cut = 0;
+        if tokio::time::timeout(self.config.shutdown_grace, sessions.wait())
+            .await
+            .is_err()
+        {
+            cut = sessions.len();
+            cut_sessions.cancel();
+            sessions.wait().await;
+        }
+        log::shutdown_finished(cut);
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: ListenerConfig,
+    config: Arc<Config>,
+    pool: Arc<Pool>,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+    cut_sessions: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_accepting.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let session = Session::new(
+                    stream,
+                    peer,
+                    &listener,
+                    Arc::clone(&config),
+                    Arc::clone(&pool),
+                );
+                let cut = cut_sessions.clone();
+                sessions.spawn(async move {
+                    tokio::select! {
+                        _ = session.run() => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+            Err(error) => {
+                log::accept_error(listener.address, &error);
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The event lines doorman logs, in one place.
+//!
+//! Where doorman does what postscreen does, the line is postscreen's, to the
+//! letter (REFERENCE.md 1.7), so that fail2ban and pflogsumm parse it. Every
+//! line goes through `tracing`. Client-supplied bytes are C-escaped, so no
+//! client can forge a log line.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use tracing::{debug, info, warn};
+
+use crate::proxy::ProxyError;
+
+/// An endpoint written as postscreen writes it: `[ip]:port`, for IPv6 too.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint(pub SocketAddr);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]:{}", self.0.ip(), self.0.port())
+    }
+}
+
+/// C-escapes at most `max` bytes of client input: `\r`, `\n`, `\t`, `\\`,
+/// and `\ooo` for every other byte outside printable ASCII.
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) * 2);
+    for &byte in bytes.iter().take(max) {
+        match byte {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(char::from(byte)),
+            other => out.push_str(&format!("\\{other:03o}")),
+        }
+    }
+    out
+}
+
+/// How many bytes of client input a log line shows at most (postscreen's
+/// `%.100s`).
+const SHOWN_INPUT: usize = 100;
+
+/// A listener is up.
+pub fn listening(address: SocketAddr) {
+    info!("listening on {}", Endpoint(address));
+}
+
+/// Accepting a connection failed (e.g. out of file descriptors).
+pub fn accept_error(listener: SocketAddr, error: &io::Error) {
+    warn!("warning: accept on {}: {error}", Endpoint(listener));
+}
+
+/// A client connected: the real client and where it connected to.
+pub fn connect(client: SocketAddr, server: SocketAddr) {
+    info!("CONNECT from {} to {}", Endpoint(client), Endpoint(server));
+}
+
+/// A listed proxy did not send its header in time.
+pub fn proxy_timeout(peer: SocketAddr) {
+    warn!(
+        "warning: haproxy read: time limit exceeded from {}",
+        Endpoint(peer)
+    );
+}
+
+/// A listed proxy sent bytes that are not an acceptable header.
+pub fn proxy_invalid(peer: SocketAddr, error: &ProxyError, input: &[u8]) {
+    warn!(
+        "warning: haproxy read: {error} from {}: {}",
+        Endpoint(peer),
+        escape(input, SHOWN_INPUT)
+    );
+}
+
+/// A listed proxy closed before its header was complete. A close before any
+/// byte is what health checks that only connect do, so it is not a warning.
+pub fn proxy_eof(peer: SocketAddr, input: &[u8]) {
+    if input.is_empty() {
+        debug!("haproxy read: EOF before any byte from {}", Endpoint(peer));
+    } else {
+        warn!(
+            "warning: haproxy read: EOF from {}: {}",
+            Endpoint(peer),
+            escape(input, SHOWN_INPUT)
+        );
+    }
+}
+
+/// A listed proxy's connection failed while doorman read its header.
+pub fn proxy_read_error(peer: SocketAddr, error: &io::Error) {
+    warn!("warning: haproxy read: {error} from {}", Endpoint(peer));
+}
+
+/// A peer that is not listed sent a PROXY header.
+pub fn proxy_not_allowed(peer: SocketAddr, input: &[u8]) {
+    warn!(
+        "warning: PROXY not allowed from {}: {}",
+        Endpoint(peer),
+        escape(input, SHOWN_INPUT)
+    );
+}
+
+/// A peer that is not listed connected to a `proxy = "required"` listener.
+pub fn not_a_proxy(peer: SocketAddr, listener: SocketAddr) {
+    warn!(
+        "warning: connection from {} to {} refused: not a listed proxy",
+        Endpoint(peer),
+        Endpoint(listener)
+    );
+}
+
+/// A health check from a proxy started; debug only (checks come every few
+/// seconds, and some hang up mid-dialogue).
+pub fn health_check(peer: SocketAddr, backend_ok: bool) {
+    debug!(
+        "health check from {}: {}",
+        Endpoint(peer),
+        if backend_ok { "220" } else { "421, no backend" }
+    );
+}
+
+/// A health check ended early or badly; debug only.
+pub fn health_check_ended(peer: SocketAddr, why: &str) {
+    debug!("health check from {} ended: {why}", Endpoint(peer));
+}
+
+/// A backend did not take a connection (postscreen's handoff warning).
+pub fn backend_unreachable(backend: SocketAddr, error: &io::Error) {
+    warn!("warning: cannot connect to service {backend}: {error}");
+}
+
+/// No backend took the client (postscreen's line).
+pub fn all_server_ports_busy(client: SocketAddr) {
+    warn!(
+        "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+        Endpoint(client)
+    );
+}
+
+/// The relay between a client and its backend ended with an error.
+pub fn relay_error(client: SocketAddr, error: &io::Error) {
+    debug!("relay for {} ended: {error}", Endpoint(client));
+}
+
+/// Shutdown began; `live` sessions get the grace period.
+pub fn shutdown_started(live: usize, grace: std::time::Duration) {
+    info!("stopping: no new connections; {live} live sessions get {grace:?} to finish");
+}
+
+/// Shutdown ended.
+pub fn shutdown_finished(cut: usize) {
+    info!("stopped; {cut} sessions were closed at the end of the grace period");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_escapes() {
+        assert_eq!(
+            Endpoint("192.0.2.7:25".parse().unwrap()).to_string(),
+            "[192.0.2.7]:25"
+        );
+        assert_eq!(
+            Endpoint("[2001:db8::1]:25".parse().unwrap()).to_string(),
+            "[2001:db8::1]:25"
+        );
+        assert_eq!(escape(b"EHLO ylmf-pc\r\n", 100), "EHLO ylmf-pc\\r\\n");
+        assert_eq!(escape(b"a\x00\xff\\", 100), "a\\000\\377\\\\");
+        assert_eq!(escape(b"abcdef", 3), "abc");
+    }
+}

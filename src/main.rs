@@ -1,0 +1,131 @@
+//! The `doorman` command: CLI, logging, config load, runtime, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use doorman::config::Config;
+use doorman::listener::Server;
+
+/// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
+/// screening, handoff to real smtpd backends.
+#[derive(Debug, Parser)]
+#[command(name = "doorman", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run doorman in the foreground, logging to stderr.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the config and every file it names; exit 1 with FILE:LINE on error.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a small SMTP sink that logs every message (for trials and benchmarks).
+    Sink {
+        /// The address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Require a PROXY v1/v2 header on every connection, and log the client it names.
+        #[arg(long)]
+        proxy: bool,
+        /// The name in the sink's replies.
+        #[arg(long, default_value = "sink.localhost")]
+        hostname: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: ok ({} listeners, {} backends, {} proxy hosts)",
+                    config.display(),
+                    loaded.listeners.len(),
+                    loaded.backends.len(),
+                    loaded.proxy_hosts.len()
+                );
+                Ok(())
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::from(1);
+            }
+        },
+        Command::Run { config } => run(config),
+        Command::Sink {
+            listen,
+            proxy,
+            hostname,
+        } => runtime().and_then(|rt| {
+            rt.block_on(doorman::sink::serve(listen, hostname, proxy))
+                .context("sink")
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("fatal: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!("cannot watch SIGTERM: {error}");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOORMAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}

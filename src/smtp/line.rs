@@ -1,0 +1,80 @@
+//! The sans-IO SMTP command line reader.
+//!
+//! [`next_line`] takes a complete line off the front of a buffer, or says
+//! that none is complete yet. A line longer than the limit is an error as
+//! soon as the limit is passed, so a buffer never grows past it.
+
+use bytes::{Buf, BytesMut};
+
+/// A line taken off the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The line without its terminator.
+    pub text: Vec<u8>,
+    /// Whether it ended in a bare LF instead of CRLF.
+    pub bare_newline: bool,
+}
+
+impl Line {
+    /// The command verb, upper-cased (`EHLO`, `MAIL`, ...).
+    pub fn verb(&self) -> String {
+        let end = self
+            .text
+            .iter()
+            .position(|b| b.is_ascii_whitespace())
+            .unwrap_or(self.text.len());
+        String::from_utf8_lossy(&self.text[..end]).to_ascii_uppercase()
+    }
+}
+
+/// A line longer than the limit, terminator included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line longer than {limit} bytes")]
+pub struct LineTooLong {
+    /// The limit that was passed.
+    pub limit: usize,
+}
+
+/// Takes the next complete line off `buffer`. `limit` counts the
+/// terminator.
+pub fn next_line(buffer: &mut BytesMut, limit: usize) -> Result<Option<Line>, LineTooLong> {
+    let window = &buffer[..buffer.len().min(limit)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(newline) => {
+            let bare_newline = newline == 0 || buffer[newline - 1] != b'\r';
+            let end = if bare_newline { newline } else { newline - 1 };
+            let text = buffer[..end].to_vec();
+            buffer.advance(newline + 1);
+            Ok(Some(Line { text, bare_newline }))
+        }
+        None if buffer.len() >= limit => Err(LineTooLong { limit }),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_partial_bare_and_too_long() {
+        let mut buffer = BytesMut::from(&b"EHLO a\r\nnoop\nQUI"[..]);
+        let first = next_line(&mut buffer, 100).unwrap().unwrap();
+        assert_eq!(
+            (first.text.as_slice(), first.bare_newline),
+            (&b"EHLO a"[..], false)
+        );
+        assert_eq!(first.verb(), "EHLO");
+        let second = next_line(&mut buffer, 100).unwrap().unwrap();
+        assert_eq!(
+            (second.verb().as_str(), second.bare_newline),
+            ("NOOP", true)
+        );
+        assert_eq!(next_line(&mut buffer, 100), Ok(None));
+        assert_eq!(&buffer[..], b"QUI");
+        let mut long = BytesMut::from(&[b'x'; 10][..]);
+        assert_eq!(next_line(&mut long, 10), Err(LineTooLong { limit: 10 }));
+        let mut fits = BytesMut::from(&b"12345678\r\n"[..]);
+        assert!(next_line(&mut fits, 10).unwrap().is_some());
+    }
+}
