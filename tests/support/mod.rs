@@ -1,0 +1,388 @@
+//! Helpers for the black-box tests: doorman as a child process with a temp
+//! config, a log watcher over its stderr, a fake backend that records what
+//! it receives, and clients bound to chosen loopback addresses.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The doorman binary under test.
+pub fn doorman_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_doorman")
+}
+
+/// Lines a child process wrote to stderr, as they arrive.
+#[derive(Clone, Default)]
+pub struct Log {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Log {
+    /// Starts collecting `stream`'s lines in a thread.
+    pub fn collect(stream: impl Read + Send + 'static, echo: &'static str) -> Self {
+        let log = Log::default();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_ECHO").is_some() {
+                    eprintln!("[{echo}] {line}");
+                }
+                let (lines, ready) = &*sink.inner;
+                lines.lock().unwrap().push(line);
+                ready.notify_all();
+            }
+        });
+        log
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// The lines so far that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Waits up to `within` for a line containing `needle`, and returns it.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let (lines, ready) = &*self.inner;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if let Some(line) = guard.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "no log line with {needle:?} within {within:?}; log:\n{}",
+                    guard.join("\n")
+                );
+            }
+            guard = ready.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// A running doorman with its temp folder.
+pub struct Doorman {
+    pub child: Child,
+    pub log: Log,
+    pub address: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Doorman {
+    /// Starts doorman with `config` (its listener must use port 0) and the
+    /// given `haproxy_hosts` text, and waits until it listens.
+    pub fn start(config: &str, hosts: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("haproxy_hosts"), hosts).unwrap();
+        std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
+        let mut child = Command::new(doorman_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(dir.path().join("doorman.toml"))
+            .env("DOORMAN_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Log::collect(child.stderr.take().unwrap(), "doorman");
+        let line = log.wait_for("listening on", Duration::from_secs(20));
+        let address = parse_endpoint(&line);
+        Doorman {
+            child,
+            log,
+            address,
+            dir,
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(self.child.id(), "TERM");
+    }
+
+    /// The config file's path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("doorman.toml")
+    }
+}
+
+impl Drop for Doorman {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Parses the last `[ip]:port` of a log line.
+pub fn parse_endpoint(line: &str) -> SocketAddr {
+    let start = line.rfind('[').expect("endpoint in line");
+    let text = &line[start..];
+    let end = text.find(|c: char| c.is_whitespace()).unwrap_or(text.len());
+    let (ip, port) = text[1..end].split_once("]:").expect("[ip]:port");
+    SocketAddr::new(ip.parse().expect("ip"), port.parse().expect("port"))
+}
+
+/// A config with one listener on port 0, the given `[proxy]` timeout and
+/// listener mode, and one backend.
+pub fn config(
+    backend: SocketAddr,
+    send_proxy: &str,
+    extra_listener: &str,
+    proxy_timeout: &str,
+) -> String {
+    format!(
+        "hostname = \"mx.doorman.test\"\nshutdown_grace = \"3s\"\n[proxy]\nhosts_file = \"haproxy_hosts\"\ntimeout = \"{proxy_timeout}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra_listener}\n[[backend]]\naddress = \"{backend}\"\nsend_proxy = \"{send_proxy}\"\nconnect_timeout = \"2s\"\n"
+    )
+}
+
+/// What a fake backend received on one connection.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub closed: bool,
+}
+
+/// A backend that reads an optional PROXY header, greets, answers every
+/// command with 250 (354 to DATA, 221 to QUIT) and records every byte.
+pub struct FakeBackend {
+    pub address: SocketAddr,
+    pub connections: Arc<Mutex<Vec<Arc<Mutex<Received>>>>>,
+}
+
+impl FakeBackend {
+    pub fn start(expects_proxy: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections: Arc<Mutex<Vec<Arc<Mutex<Received>>>>> = Arc::default();
+        let all = connections.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let record = Arc::new(Mutex::new(Received::default()));
+                all.lock().unwrap().push(record.clone());
+                thread::spawn(move || serve_fake(stream, record, expects_proxy));
+            }
+        });
+        FakeBackend {
+            address,
+            connections,
+        }
+    }
+
+    /// Waits for the `n`th connection (0-based) and returns its record.
+    pub fn connection(&self, n: usize) -> Arc<Mutex<Received>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.connections.lock().unwrap().get(n) {
+                return c.clone();
+            }
+            assert!(Instant::now() < deadline, "backend got no connection {n}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
+    /// Waits until connection `n` has received at least `len` bytes.
+    pub fn wait_bytes(&self, n: usize, len: usize) -> Vec<u8> {
+        let record = self.connection(n);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = record.lock().unwrap().bytes.clone();
+            if got.len() >= len {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend got only {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until connection `n` saw EOF.
+    pub fn wait_closed(&self, n: usize) -> Vec<u8> {
+        let record = self.connection(n);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = record.lock().unwrap().clone();
+            if got.closed {
+                return got.bytes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend connection {n} not closed"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn serve_fake(mut stream: TcpStream, record: Arc<Mutex<Received>>, expects_proxy: bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut greeted = false;
+    let mut in_data = false;
+    loop {
+        if !greeted {
+            let header_done = !expects_proxy
+                || matches!(
+                    doorman::proxy::parse(&pending),
+                    Ok(doorman::proxy::Parsed::Complete { .. })
+                );
+            if header_done {
+                if let Ok(doorman::proxy::Parsed::Complete { length, .. }) =
+                    doorman::proxy::parse(&pending)
+                {
+                    if expects_proxy {
+                        pending.drain(..length);
+                    }
+                }
+                let _ = stream.write_all(b"220 backend.test ESMTP fake\r\n");
+                greeted = true;
+            }
+        }
+        while greeted {
+            let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line: Vec<u8> = pending.drain(..=newline).collect();
+            let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
+            let reply: &[u8] = if in_data {
+                if text == ".\r\n" {
+                    in_data = false;
+                    b"250 2.0.0 queued\r\n"
+                } else {
+                    b""
+                }
+            } else if text.starts_with("DATA") {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if text.starts_with("QUIT") {
+                let _ = stream.write_all(b"221 2.0.0 bye\r\n");
+                record.lock().unwrap().closed = true;
+                return;
+            } else if text.starts_with("EHLO") {
+                b"250-backend.test\r\n250 PIPELINING\r\n"
+            } else {
+                b"250 2.0.0 ok\r\n"
+            };
+            let _ = stream.write_all(reply);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                record.lock().unwrap().closed = true;
+                return;
+            }
+            Ok(n) => {
+                record.lock().unwrap().bytes.extend_from_slice(&chunk[..n]);
+                pending.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects to `to` from the loopback address `from`.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::new(from.into(), 0).into())
+        .unwrap();
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream
+}
+
+/// Reads one CRLF-terminated line (multi-line replies come line by line).
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "read failed after {:?}: {e}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Reads until the peer closes; returns everything read.
+pub fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    match stream.read_to_end(&mut all) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("read_to_end: {e}; got {:?}", String::from_utf8_lossy(&all)),
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Whether an external program is on PATH. Under CI=true a missing program
+/// fails the test; elsewhere the test is skipped with a message.
+pub fn require_program(name: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(name).exists();
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{name} is required under CI=true but is not installed");
+        }
+        eprintln!("skipping: {name} is not installed");
+    }
+    found
+}
