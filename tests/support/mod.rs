@@ -271,10 +271,7 @@ fn serve_fake(mut stream: TcpStream, record: Arc<Mutex<Received>>, expects_proxy
                 greeted = true;
             }
         }
-        while greeted {
-            let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
-                break;
-            };
+        while let Some(newline) = pending.iter().position(|&b| greeted && b == b'\n') {
             let line: Vec<u8> = pending.drain(..=newline).collect();
             let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
             let reply: &[u8] = if in_data {
