@@ -383,3 +383,52 @@ pub fn require_program(name: &str) -> bool {
     }
     found
 }
+
+/// A running child process with its stderr log (killed on drop).
+pub struct Program {
+    pub child: Child,
+    pub log: Log,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` with stderr (and stdout) collected into one log.
+pub fn spawn(mut command: Command, name: &'static str) -> Program {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let log = Log::collect(child.stderr.take().unwrap(), name);
+    let out = child.stdout.take().unwrap();
+    let copy = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let (lines, ready) = &*copy.inner;
+            lines.lock().unwrap().push(line);
+            ready.notify_all();
+        }
+    });
+    Program { child, log }
+}
+
+/// `doorman sink --proxy` on a free port; returns it and its address.
+pub fn start_sink(require_proxy: bool) -> (Program, SocketAddr) {
+    let mut command = Command::new(doorman_bin());
+    command.args(["sink", "--listen", "127.0.0.1:0"]);
+    if require_proxy {
+        command.arg("--proxy");
+    }
+    let sink = spawn(command, "sink");
+    let line = sink
+        .log
+        .wait_for("sink: listening on", Duration::from_secs(10));
+    let address = parse_endpoint(&line);
+    (sink, address)
+}

@@ -1,0 +1,106 @@
+//! The command line: `doorman check` on good and bad configs, `--version`,
+//! and the shipped config.
+
+mod support;
+
+use std::process::Command;
+
+use support::doorman_bin;
+
+fn check(config: &str, hosts: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), hosts).unwrap();
+    let out = Command::new(doorman_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("doorman.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"hostname = "mx.test"
+[proxy]
+hosts_file = "haproxy_hosts"
+timeout = "5s"
+[[listener]]
+address = "127.0.0.1:2525"
+[[backend]]
+address = "127.0.0.1:10026"
+send_proxy = "v2"
+"#;
+
+#[test]
+fn check_accepts_a_good_config() {
+    let (code, out, _) = check(GOOD, "127.0.0.1\n10.0.0.0/8\n[2001:db8::1]\n");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ok (1 listeners, 1 backends, 3 proxy hosts)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_names_file_and_line_of_a_bad_value() {
+    let (code, _, err) = check(&GOOD.replace("\"5s\"", "\"5 parsecs\""), "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("doorman.toml:4: "), "{err}");
+
+    let (code, _, err) = check(&GOOD.replace("\"v2\"", "\"v9\""), "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("doorman.toml:9: "), "{err}");
+    assert!(err.contains("v9"), "{err}");
+}
+
+#[test]
+fn check_names_file_and_line_of_a_bad_proxy_host() {
+    let (code, _, err) = check(GOOD, "# proxies\n127.0.0.1\n10.0.0.300\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("haproxy_hosts:3: "), "{err}");
+    assert!(err.contains("10.0.0.300"), "{err}");
+    let (code, _, err) = check(GOOD, "127.0.0.1:25\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("haproxy_hosts:1: ") && err.contains("port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_hosts_file() {
+    let (code, _, err) = check(&GOOD.replace("\"haproxy_hosts\"", "\"nope\""), "");
+    assert_eq!(code, 1);
+    assert!(err.contains("nope: cannot read"), "{err}");
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/doorman.toml");
+    let out = Command::new(doorman_bin())
+        .args(["check", "--config", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(doorman_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("doorman "));
+    let out = Command::new(doorman_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["run", "check", "sink"] {
+        assert!(help.contains(command), "{help}");
+    }
+}
