@@ -86,7 +86,27 @@ pub enum Verdict {
 pub struct Rejection {
     /// The action configured for this test.
     pub action: Action,
-    /// The reply text after the code, e.g. `5.7.1 Service unavailable; ...`,
-    /// without the 550/521 code, which the action chooses.
+    /// The reply text after the code, e.g. `5.7.1 Service unavailable; ...`.
+    /// The action chooses the code: 550 (to each RCPT) for
+    /// [`Action::Enforce`], 521 (at once) for [`Action::Drop`].
     pub reply_text: String,
+}
+
+impl Rejection {
+    /// The reply to each RCPT under [`Action::Enforce`], with CRLF.
+    pub fn enforce_reply(&self) -> String {
+        format!("550 {}\r\n", self.reply_text)
+    }
+
+    /// The reply before closing under [`Action::Drop`], with CRLF.
+    pub fn drop_reply(&self) -> String {
+        format!("521 {}\r\n", self.reply_text)
+    }
+}
+
+/// A gate that answers at once when a client connects, from what it knows
+/// already (an access list, a static table).
+pub trait ConnectGate: Send + Sync {
+    /// The verdict for `client`.
+    fn check(&self, client: &Client) -> Verdict;
 }

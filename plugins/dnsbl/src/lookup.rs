@@ -1,0 +1,284 @@
+//! Lookups over hickory-resolver, with a bounded answer cache.
+//!
+//! [`Dnsbl::start`] sends the queries for every zone at once, each in its
+//! own task, and returns a [`Pending`] that collects the answers as they
+//! come. The caller decides how long to wait; answers that arrive later
+//! still land in the cache. Answers are cached per query name for their TTL
+//! clamped to `[min_ttl, max_ttl]`; failures are cached for `min_ttl` too, so
+//! a dead list is not asked again by every client. Lookup errors are logged
+//! at most once per zone per minute.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
+use lru::LruCache;
+use tokio::sync::mpsc;
+
+use crate::query::query_name;
+use crate::score::{score, Answer, Score};
+use crate::site::Site;
+
+/// How often a zone's lookup errors may be logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The settings of a [`Dnsbl`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The sites, in config order.
+    pub sites: Vec<Site>,
+    /// Lower clamp of cached answers' TTL.
+    pub min_ttl: Duration,
+    /// Upper clamp of cached answers' TTL.
+    pub max_ttl: Duration,
+    /// How long one query may take.
+    pub timeout: Duration,
+    /// Name servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// How many query answers the cache holds.
+    pub cache_size: usize,
+}
+
+/// Why the resolver could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the DNS resolver: {0}")]
+pub struct ResolverError(String);
+
+/// The DNSBL/DNSWL gate: sites, resolver and answer cache.
+pub struct Dnsbl {
+    settings: Settings,
+    zones: Vec<String>,
+    resolver: TokioResolver,
+    cache: Mutex<LruCache<String, (Answer, Instant)>>,
+    last_error_log: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Dnsbl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dnsbl")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Dnsbl {
+    /// Sets up the resolver. Needs a running tokio runtime only when queries
+    /// are made.
+    pub fn new(settings: Settings) -> Result<Self, ResolverError> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if settings.nameservers.is_empty() {
+            TokioResolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
+        } else {
+            let servers = settings
+                .nameservers
+                .iter()
+                .map(|address| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = address.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = address.port();
+                    NameServerConfig::new(address.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        };
+        let options = builder.options_mut();
+        options.timeout = settings.timeout;
+        options.attempts = 1;
+        options.cache_size = 0;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.ndots = 0;
+        let resolver = builder.build().map_err(|e| ResolverError(e.to_string()))?;
+        let mut zones: Vec<String> = Vec::new();
+        for site in &settings.sites {
+            if !zones.contains(&site.domain) {
+                zones.push(site.domain.clone());
+            }
+        }
+        let capacity = NonZeroUsize::new(settings.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Self {
+            settings,
+            zones,
+            resolver,
+            cache: Mutex::new(LruCache::new(capacity)),
+            last_error_log: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The sites, in config order.
+    pub fn sites(&self) -> &[Site] {
+        &self.settings.sites
+    }
+
+    /// The distinct zones queried.
+    pub fn zones(&self) -> &[String] {
+        &self.zones
+    }
+
+    /// Starts the queries for every zone at once.
+    pub fn start(self: &Arc<Self>, ip: IpAddr) -> Pending {
+        let (sender, receiver) = mpsc::channel(self.zones.len().max(1));
+        for zone in &self.zones {
+            let this = Arc::clone(self);
+            let zone = zone.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let answer = this.answer(ip, &zone).await;
+                let _ = sender.send((zone, answer)).await;
+            });
+        }
+        Pending {
+            dnsbl: Arc::clone(self),
+            receiver,
+            answers: HashMap::new(),
+        }
+    }
+
+    async fn answer(&self, ip: IpAddr, zone: &str) -> Answer {
+        let name = query_name(ip, zone);
+        if let Some(answer) = self.cached(&name) {
+            return answer;
+        }
+        let answer = self.resolve(&name).await;
+        match &answer {
+            Answer::Listed { addresses, .. } => {
+                for address in addresses {
+                    tracing::info!(
+                        "addr {} listed by domain {zone} as {address}",
+                        ip.to_canonical()
+                    );
+                }
+            }
+            Answer::Failed { error } => self.log_error(zone, &name, error),
+            Answer::NotListed { .. } => {}
+        }
+        let ttl = match &answer {
+            Answer::Listed { ttl, .. } | Answer::NotListed { ttl } => *ttl,
+            Answer::Failed { .. } => self.settings.min_ttl,
+        }
+        .clamp(
+            self.settings.min_ttl,
+            self.settings.max_ttl.max(self.settings.min_ttl),
+        );
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(name, (answer.clone(), Instant::now() + ttl));
+        }
+        answer
+    }
+
+    fn cached(&self, name: &str) -> Option<Answer> {
+        let mut cache = self.cache.lock().ok()?;
+        match cache.get(name) {
+            Some((answer, expiry)) if *expiry > Instant::now() => Some(answer.clone()),
+            Some(_) => {
+                cache.pop(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn resolve(&self, name: &str) -> Answer {
+        let lookup = tokio::time::timeout(self.settings.timeout, self.resolver.ipv4_lookup(name));
+        match lookup.await {
+            Err(_) => Answer::Failed {
+                error: format!("timeout after {:?}", self.settings.timeout),
+            },
+            Ok(Ok(lookup)) => {
+                let mut ttl = u32::MAX;
+                let mut addresses = Vec::new();
+                for record in lookup.answers() {
+                    if let RData::A(a) = &record.data {
+                        addresses.push(a.0);
+                        ttl = ttl.min(record.ttl);
+                    }
+                }
+                Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
+            }
+            Ok(Err(error)) if error.is_nx_domain() || error.is_no_records_found() => {
+                let ttl = error
+                    .into_soa()
+                    .map_or(0, |soa| soa.ttl.min(soa.data.minimum));
+                Answer::NotListed {
+                    ttl: Duration::from_secs(u64::from(ttl)),
+                }
+            }
+            Ok(Err(error)) => Answer::Failed {
+                error: error.to_string(),
+            },
+        }
+    }
+
+    fn log_error(&self, zone: &str, name: &str, error: &str) {
+        let Ok(mut last) = self.last_error_log.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last
+            .get(zone)
+            .is_some_and(|at| now.duration_since(*at) < ERROR_LOG_INTERVAL)
+        {
+            return;
+        }
+        last.insert(zone.to_string(), now);
+        tracing::warn!("warning: dnsblog_query: lookup error for DNS query {name}: {error}");
+    }
+}
+
+/// The answers for one address as they arrive.
+#[derive(Debug)]
+pub struct Pending {
+    dnsbl: Arc<Dnsbl>,
+    receiver: mpsc::Receiver<(String, Answer)>,
+    answers: HashMap<String, Answer>,
+}
+
+impl Pending {
+    /// Waits for the next answer; `false` once every zone has answered.
+    /// Cancel-safe: no answer is lost if the wait is abandoned.
+    pub async fn next(&mut self) -> bool {
+        if self.is_complete() {
+            return false;
+        }
+        match self.receiver.recv().await {
+            Some((zone, answer)) => {
+                self.answers.insert(zone, answer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether every zone has answered.
+    pub fn is_complete(&self) -> bool {
+        self.answers.len() >= self.dnsbl.zones.len()
+    }
+
+    /// The answers so far, by zone.
+    pub fn answers(&self) -> &HashMap<String, Answer> {
+        &self.answers
+    }
+
+    /// The score of the answers so far.
+    pub fn score(&self) -> Score {
+        score(
+            &self.dnsbl.settings.sites,
+            &self.answers,
+            self.dnsbl.zones.len(),
+            self.dnsbl.settings.min_ttl,
+            self.dnsbl.settings.max_ttl,
+        )
+    }
+
+    /// Waits for every answer (each query has its own timeout).
+    pub async fn finish(mut self) -> Self {
+        while self.next().await {}
+        self
+    }
+}
