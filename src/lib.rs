@@ -11,6 +11,11 @@
 //! - [`listener`]: accept loops, graceful shutdown.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
+//! - [`cache`]: the pass cache (per-test expiry, bounded LRU).
+//! - [`screen`]: the sans-IO screening verdict (which tests failed, what
+//!   that means).
+//! - [`shared`]: what the sessions of one config share (pool, DNSBL,
+//!   cache).
 //! - [`session`]: the one place where a client connection does I/O and
 //!   waits; its phases are an enum.
 //! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, and
@@ -19,17 +24,21 @@
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`log`]: the postscreen-compatible event lines.
 //!
-//! Gates (access list, DNSBL, ...) implement the API of the
-//! `doorman-gate-api` crate under `plugins/api`.
+//! Gates implement the API of the `doorman-gate-api` crate under
+//! `plugins/api`: the access list (`plugins/access`) and the DNSBL/DNSWL
+//! gate (`plugins/dnsbl`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod config;
 pub mod handoff;
 pub mod listener;
 pub mod log;
 pub mod proxy;
+pub mod screen;
 pub mod session;
+pub mod shared;
 pub mod sink;
 pub mod smtp;

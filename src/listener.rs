@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenerConfig};
-use crate::handoff::Pool;
 use crate::log;
 use crate::session::Session;
+use crate::shared::Shared;
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
 /// so the loop does not spin.
@@ -26,8 +26,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Bound listeners with the config they serve.
 pub struct Server {
-    config: Arc<Config>,
-    pool: Arc<Pool>,
+    shared: Arc<Shared>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
 }
 
@@ -45,10 +44,9 @@ impl Server {
             log::listening(socket.local_addr()?);
             listeners.push((socket, listener.clone()));
         }
-        let pool = Arc::new(Pool::new(config.backends.clone()));
+        let shared = Shared::new(config).map_err(|error| io::Error::other(error.to_string()))?;
         Ok(Self {
-            config: Arc::new(config),
-            pool,
+            shared: Arc::new(shared),
             listeners,
         })
     }
@@ -63,8 +61,7 @@ impl Server {
             loops.push(tokio::spawn(accept_loop(
                 socket,
                 listener,
-                Arc::clone(&self.config),
-                Arc::clone(&self.pool),
+                Arc::clone(&self.shared),
                 sessions.clone(),
                 stop_accepting.clone(),
                 cut_sessions.clone(),
@@ -76,9 +73,9 @@ impl Server {
             let _ = accept.await;
         }
         sessions.close();
-        log::shutdown_started(sessions.len(), self.config.shutdown_grace);
+        log::shutdown_started(sessions.len(), self.shared.config.shutdown_grace);
         let mut cut = 0;
-        if tokio::time::timeout(self.config.shutdown_grace, sessions.wait())
+        if tokio::time::timeout(self.shared.config.shutdown_grace, sessions.wait())
             .await
             .is_err()
         {
@@ -93,8 +90,7 @@ impl Server {
 async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
-    config: Arc<Config>,
-    pool: Arc<Pool>,
+    shared: Arc<Shared>,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
@@ -106,13 +102,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let session = Session::new(
-                    stream,
-                    peer,
-                    &listener,
-                    Arc::clone(&config),
-                    Arc::clone(&pool),
-                );
+                let session = Session::new(stream, peer, &listener, Arc::clone(&shared));
                 let cut = cut_sessions.clone();
                 sessions.spawn(async move {
                     tokio::select! {

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use tracing::{debug, info, warn};
 
 use crate::proxy::ProxyError;
+use crate::smtp::engine::{Limit, RefusedRcpt};
 
 /// An endpoint written as postscreen writes it: `[ip]:port`, for IPv6 too.
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +147,112 @@ pub fn relay_error(client: SocketAddr, error: &io::Error) {
     debug!("relay for {} ended: {error}", Endpoint(client));
 }
 
+/// Seconds as postscreen prints them: `0.08`, `0.5`, `16`.
+pub fn seconds(elapsed: std::time::Duration) -> String {
+    let text = format!("{:.2}", elapsed.as_secs_f64());
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Where a client hung up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// During the greet wait.
+    BeforeHandshake,
+    /// In the built-in engine.
+    AfterHandshake,
+}
+
+/// The access list permits the client.
+pub fn allowlisted(client: SocketAddr) {
+    info!("ALLOWLISTED {}", Endpoint(client));
+}
+
+/// The access list rejects the client.
+pub fn denylisted(client: SocketAddr) {
+    info!("DENYLISTED {}", Endpoint(client));
+}
+
+/// The client passed every test; `new` when it had no cache entry.
+pub fn pass(client: SocketAddr, new: bool) {
+    info!(
+        "PASS {} {}",
+        if new { "NEW" } else { "OLD" },
+        Endpoint(client)
+    );
+}
+
+/// The client spoke before its turn.
+pub fn pregreet(client: SocketAddr, input: &[u8], after: std::time::Duration) {
+    info!(
+        "PREGREET {} after {} from {}: {}",
+        input.len(),
+        seconds(after),
+        Endpoint(client),
+        escape(input, SHOWN_INPUT)
+    );
+}
+
+/// The client hung up during the tests.
+pub fn hangup(client: SocketAddr, after: std::time::Duration, stage: Stage) {
+    info!(
+        "HANGUP after {} from {} in {}",
+        seconds(after),
+        Endpoint(client),
+        match stage {
+            Stage::BeforeHandshake => "tests before SMTP handshake",
+            Stage::AfterHandshake => "tests after SMTP handshake",
+        }
+    );
+}
+
+/// The client's DNSBL score reached the threshold.
+pub fn dnsbl_rank(client: SocketAddr, rank: i32) {
+    info!("DNSBL rank {rank} for {}", Endpoint(client));
+}
+
+/// The engine refused a RCPT.
+pub fn noqueue_rcpt(client: SocketAddr, refused: &RefusedRcpt) {
+    info!(
+        "NOQUEUE: reject: RCPT from {}: {}; from=<{}>, to=<{}>, proto={}, helo=<{}>",
+        Endpoint(client),
+        refused.reply,
+        escape(refused.from.as_bytes(), 256),
+        escape(refused.to.as_bytes(), 256),
+        refused.proto.as_str(),
+        escape(refused.helo.as_bytes(), 256)
+    );
+}
+
+/// DATA or BDAT without a valid RCPT in the engine.
+pub fn no_valid_rcpt(client: SocketAddr, verb: &str) {
+    info!("{verb} without valid RCPT from {}", Endpoint(client));
+}
+
+/// An engine limit was reached.
+pub fn command_limit(client: SocketAddr, limit: Limit, after: &str) {
+    info!(
+        "COMMAND {} LIMIT from {} after {}",
+        limit.as_str(),
+        Endpoint(client),
+        escape(after.as_bytes(), SHOWN_INPUT)
+    );
+}
+
+/// A session that doorman ended itself, without a handoff.
+pub fn disconnect(client: SocketAddr) {
+    info!("DISCONNECT {}", Endpoint(client));
+}
+
+/// A backend greeted a teased client with something other than 220.
+pub fn backend_refused(client: SocketAddr, backend: Option<SocketAddr>, greeting: &[u8]) {
+    warn!(
+        "warning: backend {} greeted {} with: {}",
+        backend.map_or_else(|| "?".to_string(), |b| b.to_string()),
+        Endpoint(client),
+        escape(greeting, SHOWN_INPUT)
+    );
+}
+
 /// Shutdown began; `live` sessions get the grace period.
 pub fn shutdown_started(live: usize, grace: std::time::Duration) {
     info!("stopping: no new connections; {live} live sessions get {grace:?} to finish");
@@ -173,5 +280,8 @@ mod tests {
         assert_eq!(escape(b"EHLO ylmf-pc\r\n", 100), "EHLO ylmf-pc\\r\\n");
         assert_eq!(escape(b"a\x00\xff\\", 100), "a\\000\\377\\\\");
         assert_eq!(escape(b"abcdef", 3), "abc");
+        assert_eq!(seconds(std::time::Duration::from_millis(80)), "0.08");
+        assert_eq!(seconds(std::time::Duration::from_millis(500)), "0.5");
+        assert_eq!(seconds(std::time::Duration::from_secs(16)), "16");
     }
 }

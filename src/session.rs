@@ -4,31 +4,40 @@
 //! wait has a deadline. The connection moves through the [`Phase`]s:
 //!
 //! ```text
-//! accept ─► peer listed? ─yes─► AwaitHeader ─► Handoff(real client)
+//! accept ─► peer listed? ─yes─► AwaitHeader ─► Screen(real client)
 //!   │                              ├─► HealthCheck (v2 LOCAL, or the proxy's own address)
 //!   │                              └─► Closed (421: timed out / invalid header)
 //!   ├─no, listener "required" ─► Closed (no byte)
-//!   └─no ─► Handoff(peer)
-//! Handoff ─► backend pool ─► relay ─► Closed (or 421 if no backend)
+//!   └─no ─► Screen(peer)
+//! Screen: access list ─► pass cache ─► greet wait (teaser, pregreet, DNSBL)
+//!   ├─► Handoff ─► backend pool ─► relay ─► Closed
+//!   ├─► Enforce (built-in engine, every RCPT refused) ─► Closed
+//!   └─► Closed (drop: 521)
 //! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use doorman_gate_api::Client;
+use doorman_dnsbl::{Outcome, Pending};
+use doorman_gate_api::{Action, Client, ConnectGate, Rejection, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use crate::config::{Config, ListenerConfig, ProxyMode};
-use crate::handoff::{relay, Pool, RelayError};
-use crate::log;
-use crate::proxy::{self, Header, Parsed};
+use crate::cache::Test;
+use crate::config::{ListenerConfig, ProxyMode};
+use crate::handoff::{relay, RelayError};
+use crate::log::{self, Stage};
+use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
+use crate::screen::{Decision, Screening, PREGREET_REPLY};
+use crate::shared::Shared;
+use crate::smtp::engine::{Engine, EngineEvent, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::next_line;
 use crate::smtp::reply;
+use crate::smtp::response::complete_reply;
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +46,13 @@ const HEALTH_LINE_LIMIT: usize = 512;
 /// How long a reply may take to leave, so a peer that does not read cannot
 /// hold a session.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many early bytes doorman reads during the greet wait; more stay in
+/// the socket.
+const EARLY_BYTES_CAP: usize = 4096;
+/// How long a backend may take to greet a client that saw the teaser.
+const BACKEND_GREETING_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest backend greeting doorman reads.
+const BACKEND_GREETING_LIMIT: usize = 4096;
 
 /// Where a connection is.
 #[derive(Debug)]
@@ -45,8 +61,25 @@ enum Phase {
     AwaitHeader,
     /// The proxy's own health check.
     HealthCheck,
-    /// The real client is known: hand it to a backend.
-    Handoff(Client),
+    /// The real client is known: run the tests.
+    Screen(Client),
+    /// Hand the client to a backend; `teased` when it saw the `220-` teaser,
+    /// so the backend's greeting must complete it.
+    Handoff {
+        /// The client.
+        client: Client,
+        /// Whether the teaser was sent.
+        teased: bool,
+    },
+    /// The built-in engine refuses every RCPT.
+    Enforce {
+        /// The client.
+        client: Client,
+        /// The failed test whose reply RCPTs get.
+        rejection: Rejection,
+        /// Whether the client pregreeted (it then gets no 220 line).
+        pregreeted: bool,
+    },
     /// Nothing more to do.
     Closed,
 }
@@ -57,8 +90,7 @@ pub struct Session {
     peer: SocketAddr,
     local: SocketAddr,
     mode: ProxyMode,
-    config: Arc<Config>,
-    pool: Arc<Pool>,
+    shared: Arc<Shared>,
     /// Bytes received but not yet used: the rest of a PROXY header, then the
     /// client's first bytes.
     buffer: BytesMut,
@@ -70,8 +102,7 @@ impl Session {
         stream: TcpStream,
         peer: SocketAddr,
         listener: &ListenerConfig,
-        config: Arc<Config>,
-        pool: Arc<Pool>,
+        shared: Arc<Shared>,
     ) -> Self {
         let local = stream.local_addr().unwrap_or(listener.address);
         Self {
@@ -79,8 +110,7 @@ impl Session {
             peer: canonical(peer),
             local: canonical(local),
             mode: listener.proxy,
-            config,
-            pool,
+            shared,
             buffer: BytesMut::new(),
         }
     }
@@ -93,14 +123,20 @@ impl Session {
             phase = match phase {
                 Phase::AwaitHeader => self.read_proxy_header().await,
                 Phase::HealthCheck => self.health_check().await,
-                Phase::Handoff(client) => self.hand_off(client).await,
+                Phase::Screen(client) => self.screen(client).await,
+                Phase::Handoff { client, teased } => self.hand_off(client, teased).await,
+                Phase::Enforce {
+                    client,
+                    rejection,
+                    pregreeted,
+                } => self.enforce(client, rejection, pregreeted).await,
                 Phase::Closed => return,
             };
         }
     }
 
     fn first_phase(&self) -> Phase {
-        if self.config.proxy_hosts.contains(self.peer.ip()) {
+        if self.shared.config.proxy_hosts.contains(self.peer.ip()) {
             return Phase::AwaitHeader;
         }
         match self.mode {
@@ -108,7 +144,7 @@ impl Session {
                 log::not_a_proxy(self.peer, self.local);
                 Phase::Closed
             }
-            ProxyMode::Optional => Phase::Handoff(Client {
+            ProxyMode::Optional => Phase::Screen(Client {
                 address: self.peer,
                 destination: self.local,
                 tlvs: Vec::new(),
@@ -118,7 +154,7 @@ impl Session {
 
     /// Reads the header of a listed proxy within `proxy.timeout`.
     async fn read_proxy_header(&mut self) -> Phase {
-        let deadline = Instant::now() + self.config.proxy.timeout;
+        let deadline = Instant::now() + self.shared.config.proxy.timeout;
         loop {
             match proxy::parse(&self.buffer) {
                 Ok(Parsed::Complete { header, length }) => {
@@ -157,14 +193,16 @@ impl Session {
     fn after_header(&self, header: Header) -> Phase {
         match header {
             Header::Local => Phase::HealthCheck,
-            Header::Proxied { source, .. } if self.config.proxy_hosts.contains(source.ip()) => {
+            Header::Proxied { source, .. }
+                if self.shared.config.proxy_hosts.contains(source.ip()) =>
+            {
                 Phase::HealthCheck
             }
             Header::Proxied {
                 source,
                 destination,
                 tlvs,
-            } => Phase::Handoff(Client {
+            } => Phase::Screen(Client {
                 address: source,
                 destination,
                 tlvs,
@@ -176,13 +214,13 @@ impl Session {
     /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
     /// level only.
     async fn health_check(&mut self) -> Phase {
-        let alive = self.pool.any_alive().await;
+        let alive = self.shared.pool.any_alive().await;
         log::health_check(self.peer, alive);
         if !alive {
             self.send(reply::SERVER_PORTS_BUSY).await;
             return Phase::Closed;
         }
-        let hostname = self.config.hostname.clone();
+        let hostname = self.shared.config.hostname.clone();
         self.send(&reply::health_banner(&hostname)).await;
         for _ in 0..health::MAX_COMMANDS {
             let line = loop {
@@ -195,23 +233,17 @@ impl Session {
                         return Phase::Closed;
                     }
                 }
-                self.buffer.reserve(128);
-                match timeout(
-                    HEALTH_COMMAND_TIMEOUT,
-                    self.stream.read_buf(&mut self.buffer),
-                )
-                .await
-                {
-                    Err(_) => {
+                match self.read_within(HEALTH_COMMAND_TIMEOUT).await {
+                    Read::TimedOut => {
                         self.send(&reply::timeout_exceeded(&hostname)).await;
                         log::health_check_ended(self.peer, "timeout");
                         return Phase::Closed;
                     }
-                    Ok(Ok(0)) | Ok(Err(_)) => {
+                    Read::Closed => {
                         log::health_check_ended(self.peer, "hang-up");
                         return Phase::Closed;
                     }
-                    Ok(Ok(_)) => {}
+                    Read::Data => {}
                 }
             };
             match health::answer(&line, &hostname) {
@@ -227,18 +259,245 @@ impl Session {
         Phase::Closed
     }
 
-    /// Connects the client to a backend and relays until both sides are
-    /// done.
-    async fn hand_off(&mut self, client: Client) -> Phase {
+    /// Runs the tests: access list, pass cache, then the greet wait with the
+    /// pregreet test and the DNSBL lookups.
+    async fn screen(&mut self, client: Client) -> Phase {
         log::connect(client.address, client.destination);
-        let backend = match self.pool.connect(client.address, client.destination).await {
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        let mut screening = Screening::default();
+        if let Some(access) = &config.access_list {
+            match access.check(&client) {
+                Verdict::Permit => {
+                    log::allowlisted(client.address);
+                    return Phase::Handoff {
+                        client,
+                        teased: false,
+                    };
+                }
+                Verdict::Reject(rejection) => {
+                    log::denylisted(client.address);
+                    if rejection.action == Action::Drop {
+                        return self.drop_client(&client, &rejection).await;
+                    }
+                    screening.fail(rejection);
+                }
+                Verdict::Dunno => {}
+            }
+        }
+        let now = SystemTime::now();
+        let previous = shared.cache.get(client.ip());
+        let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
+        let banner = config.greet_banner();
+        let pregreet_due = !banner.is_empty() && !passed(Test::Pregreet);
+        let dnsbl_due = shared.dnsbl.is_some() && !passed(Test::Dnsbl);
+        if !screening.failed() && !pregreet_due && !dnsbl_due {
+            if previous.is_some() {
+                log::pass(client.address, false);
+            }
+            return Phase::Handoff {
+                client,
+                teased: false,
+            };
+        }
+
+        let started = Instant::now();
+        let deadline = started + config.greet.wait;
+        if pregreet_due {
+            self.send(&format!("220-{banner}\r\n")).await;
+        }
+        let mut pending = match (&shared.dnsbl, dnsbl_due) {
+            (Some(dnsbl), true) => Some(dnsbl.start(client.ip())),
+            _ => None,
+        };
+        let mut pregreeted = false;
+        loop {
+            if !self.buffer.is_empty() && !pregreeted {
+                if starts_like_header(&self.buffer) == Prefix::Header {
+                    return self.proxy_not_allowed(&client, started).await;
+                }
+                if pregreet_due {
+                    pregreeted = true;
+                    log::pregreet(client.address, &self.buffer, started.elapsed());
+                    let rejection = Rejection {
+                        action: config.greet.action.into(),
+                        reply_text: PREGREET_REPLY.to_string(),
+                    };
+                    if rejection.action == Action::Drop {
+                        return self.drop_client(&client, &rejection).await;
+                    }
+                    screening.fail(rejection);
+                }
+            }
+            let dnsbl_done = pending.as_ref().is_none_or(Pending::is_complete);
+            if dnsbl_done && !pregreet_due {
+                break;
+            }
+            if !screening.failed() && self.allowlisted(pending.as_ref()) {
+                break;
+            }
+            let watching = self.buffer.len() < EARLY_BYTES_CAP;
+            tokio::select! {
+                _ = sleep_until(deadline) => break,
+                _ = next_answer(&mut pending), if !dnsbl_done => {}
+                read = self.stream.read_buf(&mut self.buffer), if watching => match read {
+                    Ok(0) | Err(_) => {
+                        log::hangup(client.address, started.elapsed(), Stage::BeforeHandshake);
+                        return Phase::Closed;
+                    }
+                    Ok(_) => {}
+                },
+            }
+        }
+
+        if let Some(pending) = &pending {
+            let score = pending.score();
+            let ttl = if score.complete {
+                score.ttl
+            } else {
+                config.dnsbl.min_ttl
+            };
+            match shared.dnsbl_policy.outcome(&score, client.ip()) {
+                Outcome::Listed { rank, reply_text } => {
+                    log::dnsbl_rank(client.address, rank);
+                    let rejection = Rejection {
+                        action: config.dnsbl.action.into(),
+                        reply_text,
+                    };
+                    if rejection.action == Action::Drop {
+                        return self.drop_client(&client, &rejection).await;
+                    }
+                    screening.fail(rejection);
+                }
+                Outcome::Allowlisted { .. } if !screening.failed() => screening.allowlist(ttl),
+                Outcome::Allowlisted { .. } | Outcome::Clean { .. } => {
+                    screening.pass(Test::Dnsbl, ttl)
+                }
+            }
+        }
+        if pregreet_due && !pregreeted {
+            screening.pass(Test::Pregreet, config.greet.ttl);
+        }
+        match screening.decide(previous, SystemTime::now()) {
+            Decision::Enforce(rejection) => Phase::Enforce {
+                client,
+                rejection,
+                pregreeted,
+            },
+            Decision::HandOff { pass } => {
+                if let Some(entry) = pass {
+                    shared.cache.put(client.ip(), entry);
+                    log::pass(client.address, previous.is_none());
+                }
+                Phase::Handoff {
+                    client,
+                    teased: pregreet_due,
+                }
+            }
+        }
+    }
+
+    /// Whether the DNSBL answers so far allowlist the client.
+    fn allowlisted(&self, pending: Option<&Pending>) -> bool {
+        pending.is_some_and(|pending| {
+            matches!(
+                self.shared
+                    .dnsbl_policy
+                    .outcome(&pending.score(), self.peer.ip()),
+                Outcome::Allowlisted { .. }
+            )
+        })
+    }
+
+    /// A client that is not a listed proxy sent a PROXY header.
+    async fn proxy_not_allowed(&mut self, client: &Client, _started: Instant) -> Phase {
+        log::proxy_not_allowed(client.address, &self.buffer);
+        self.send(&reply::proxy_not_allowed(client.address.ip()))
+            .await;
+        Phase::Closed
+    }
+
+    /// The `drop` action: the test's 521 reply, then close.
+    async fn drop_client(&mut self, client: &Client, rejection: &Rejection) -> Phase {
+        self.send(&rejection.drop_reply()).await;
+        log::disconnect(client.address);
+        Phase::Closed
+    }
+
+    /// The built-in engine: every RCPT gets the failed test's 550.
+    async fn enforce(&mut self, client: Client, rejection: Rejection, pregreeted: bool) -> Phase {
+        let config = Arc::clone(&self.shared.config);
+        if !pregreeted {
+            let banner = config.greet_banner();
+            let banner = if banner.is_empty() {
+                format!("{} ESMTP", config.hostname)
+            } else {
+                banner
+            };
+            self.send(&format!("220 {banner}\r\n")).await;
+        }
+        let mut engine = Engine::new(
+            &config.hostname,
+            rejection.enforce_reply(),
+            config.engine.command_limit,
+        );
+        let started = Instant::now();
+        loop {
+            let step: EngineStep = match next_line(&mut self.buffer, config.engine.line_length) {
+                Err(_) => engine.line_too_long(),
+                Ok(Some(line)) => engine.command(&line),
+                Ok(None) => match self.read_within(config.engine.command_time).await {
+                    Read::Data => continue,
+                    Read::TimedOut => engine.timed_out(),
+                    Read::Closed => {
+                        log::hangup(client.address, started.elapsed(), Stage::AfterHandshake);
+                        log::disconnect(client.address);
+                        return Phase::Closed;
+                    }
+                },
+            };
+            self.send(&step.reply).await;
+            match &step.event {
+                Some(EngineEvent::Refused(refused)) => log::noqueue_rcpt(client.address, refused),
+                Some(EngineEvent::NoValidRcpt(verb)) => log::no_valid_rcpt(client.address, verb),
+                Some(EngineEvent::Limit(limit)) => {
+                    log::command_limit(client.address, *limit, engine.after())
+                }
+                None => {}
+            }
+            if step.close {
+                log::disconnect(client.address);
+                return Phase::Closed;
+            }
+        }
+    }
+
+    /// Connects the client to a backend and relays until both sides are
+    /// done. A client that saw the teaser gets the backend's greeting only
+    /// when it is a 220; otherwise doorman completes the greeting itself and
+    /// refuses the next command.
+    async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
+        let mut backend = match self
+            .shared
+            .pool
+            .connect(client.address, client.destination)
+            .await
+        {
             Ok(backend) => backend,
             Err(_) => {
                 log::all_server_ports_busy(client.address);
-                self.send(reply::SERVER_PORTS_BUSY).await;
-                return Phase::Closed;
+                return self.refuse_busy(teased).await;
             }
         };
+        if teased {
+            match read_greeting(&mut backend).await {
+                Ok(greeting) if greeting.starts_with(b"220") => self.send_bytes(&greeting).await,
+                Ok(greeting) | Err(greeting) => {
+                    log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+                    return self.refuse_busy(true).await;
+                }
+            }
+        }
         let early = std::mem::take(&mut self.buffer);
         match relay(&mut self.stream, backend, early).await {
             Ok(()) => {}
@@ -252,10 +511,81 @@ impl Session {
         Phase::Closed
     }
 
+    /// No backend: `421 4.3.2 All server ports are busy`. After the teaser
+    /// the 421 cannot follow a `220-` line, so doorman first completes the
+    /// greeting and gives the 421 to the client's next command, as postscreen
+    /// does.
+    async fn refuse_busy(&mut self, teased: bool) -> Phase {
+        if teased {
+            let hostname = self.shared.config.hostname.clone();
+            self.send(&format!("220 {hostname} ESMTP\r\n")).await;
+            let limit = self.shared.config.engine.line_length;
+            while matches!(next_line(&mut self.buffer, limit), Ok(None)) {
+                if !matches!(self.read_within(HEALTH_COMMAND_TIMEOUT).await, Read::Data) {
+                    break;
+                }
+            }
+        }
+        self.send(reply::SERVER_PORTS_BUSY).await;
+        Phase::Closed
+    }
+
+    /// Reads more client bytes within `limit`.
+    async fn read_within(&mut self, limit: Duration) -> Read {
+        self.buffer.reserve(512);
+        match timeout(limit, self.stream.read_buf(&mut self.buffer)).await {
+            Err(_) => Read::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+            Ok(Ok(_)) => Read::Data,
+        }
+    }
+
     /// Sends a reply; a peer that is gone or does not read is not an error
     /// here, the session ends anyway.
     async fn send(&mut self, text: &str) {
-        let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(text.as_bytes())).await;
+        self.send_bytes(text.as_bytes()).await;
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await;
+    }
+}
+
+/// The outcome of a read with a deadline.
+enum Read {
+    /// Bytes arrived.
+    Data,
+    /// The peer closed or the socket failed.
+    Closed,
+    /// Nothing arrived in time.
+    TimedOut,
+}
+
+/// Waits for the next DNSBL answer; never completes without lookups.
+async fn next_answer(pending: &mut Option<Pending>) {
+    match pending {
+        Some(pending) => {
+            pending.next().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads a backend's whole greeting; `Err` carries what came instead of a
+/// well-formed reply in time.
+async fn read_greeting(backend: &mut TcpStream) -> Result<Vec<u8>, Vec<u8>> {
+    let mut buffer = BytesMut::with_capacity(512);
+    let deadline = Instant::now() + BACKEND_GREETING_TIMEOUT;
+    loop {
+        match complete_reply(&buffer, BACKEND_GREETING_LIMIT) {
+            Ok(Some(_)) => return Ok(buffer.to_vec()),
+            Ok(None) => {}
+            Err(_) => return Err(buffer.to_vec()),
+        }
+        match timeout_at(deadline, backend.read_buf(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(buffer.to_vec()),
+        }
     }
 }
 

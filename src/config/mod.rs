@@ -8,10 +8,14 @@
 
 mod hosts;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use doorman_access::AccessList;
+use doorman_dnsbl::Site;
+use doorman_gate_api::Action;
 use serde::Deserialize;
 
 pub use hosts::ProxyHosts;
@@ -109,6 +113,160 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
 }
 
+/// A test's action, as written in the config.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionName {
+    /// See [`Action::Ignore`].
+    #[default]
+    Ignore,
+    /// See [`Action::Enforce`].
+    Enforce,
+    /// See [`Action::Drop`].
+    Drop,
+}
+
+impl From<ActionName> for Action {
+    fn from(name: ActionName) -> Self {
+        match name {
+            ActionName::Ignore => Action::Ignore,
+            ActionName::Enforce => Action::Enforce,
+            ActionName::Drop => Action::Drop,
+        }
+    }
+}
+
+/// The `[access]` section: the permanent access list.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    /// A Postfix cidr table, relative to the config file's folder.
+    pub file: Option<PathBuf>,
+    /// What to do with `reject` entries.
+    #[serde(default)]
+    pub action: ActionName,
+}
+
+/// The `[greet]` section: the teaser and the pregreet test.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GreetSection {
+    /// The teaser text after `220-`; unset: `<hostname> ESMTP`; empty: no
+    /// teaser and no pregreet test.
+    pub banner: Option<String>,
+    /// How long to wait for a pregreet and for DNSBL answers.
+    #[serde(with = "humantime_serde", default = "default_greet_wait")]
+    pub wait: Duration,
+    /// What to do with a pregreeter.
+    #[serde(default)]
+    pub action: ActionName,
+    /// How long a pregreet pass is remembered.
+    #[serde(with = "humantime_serde", default = "default_greet_ttl")]
+    pub ttl: Duration,
+}
+
+impl Default for GreetSection {
+    fn default() -> Self {
+        Self {
+            banner: None,
+            wait: default_greet_wait(),
+            action: ActionName::Ignore,
+            ttl: default_greet_ttl(),
+        }
+    }
+}
+
+/// The `[dnsbl]` section: weighted DNSBL/DNSWL sites.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblSection {
+    /// Sites in postscreen's `domain[=filter][*weight]` syntax.
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Inclusive lower bound of a blocking score.
+    #[serde(default = "default_threshold")]
+    pub threshold: i32,
+    /// Inclusive upper bound (negative) of an allowlisting score; 0 disables.
+    #[serde(default)]
+    pub allowlist_threshold: i32,
+    /// What to do with a listed client.
+    #[serde(default)]
+    pub action: ActionName,
+    /// Lower clamp of answer TTLs.
+    #[serde(with = "humantime_serde", default = "default_min_ttl")]
+    pub min_ttl: Duration,
+    /// Upper clamp of answer TTLs.
+    #[serde(with = "humantime_serde", default = "default_max_ttl")]
+    pub max_ttl: Duration,
+    /// How long one DNS query may take.
+    #[serde(with = "humantime_serde", default = "default_dnsbl_timeout")]
+    pub timeout: Duration,
+    /// Name servers (`ip:port`); empty: the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Site domain -> the name shown to clients.
+    #[serde(default)]
+    pub reply_map: HashMap<String, String>,
+}
+
+impl Default for DnsblSection {
+    fn default() -> Self {
+        Self {
+            sites: Vec::new(),
+            threshold: default_threshold(),
+            allowlist_threshold: 0,
+            action: ActionName::Ignore,
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+            timeout: default_dnsbl_timeout(),
+            nameservers: Vec::new(),
+            reply_map: HashMap::new(),
+        }
+    }
+}
+
+/// The `[cache]` section: clients that passed.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// How many client addresses the cache holds.
+    #[serde(default = "default_cache_size")]
+    pub size: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            size: default_cache_size(),
+        }
+    }
+}
+
+/// The `[engine]` section: limits of the built-in SMTP engine.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// Commands per session (QUIT excepted).
+    #[serde(default = "default_command_limit")]
+    pub command_limit: usize,
+    /// The longest command line, CRLF included.
+    #[serde(default = "default_line_length")]
+    pub line_length: usize,
+    /// How long one whole command line may take to arrive.
+    #[serde(with = "humantime_serde", default = "default_command_time")]
+    pub command_time: Duration,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            command_limit: default_command_limit(),
+            line_length: default_line_length(),
+            command_time: default_command_time(),
+        }
+    }
+}
+
 /// The config file as written.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +280,16 @@ struct ConfigFile {
     listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "backend")]
     backends: Vec<BackendConfig>,
+    #[serde(default)]
+    access: AccessSection,
+    #[serde(default)]
+    greet: GreetSection,
+    #[serde(default)]
+    dnsbl: DnsblSection,
+    #[serde(default)]
+    cache: CacheSection,
+    #[serde(default)]
+    engine: EngineSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -141,6 +309,31 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The backends, at least one, in the order they are tried.
     pub backends: Vec<BackendConfig>,
+    /// The `[access]` section.
+    pub access: AccessSection,
+    /// The parsed access list, when `[access] file` names one.
+    pub access_list: Option<AccessList>,
+    /// The `[greet]` section.
+    pub greet: GreetSection,
+    /// The `[dnsbl]` section.
+    pub dnsbl: DnsblSection,
+    /// The parsed DNSBL sites.
+    pub dnsbl_sites: Vec<Site>,
+    /// The `[cache]` section.
+    pub cache: CacheSection,
+    /// The `[engine]` section.
+    pub engine: EngineSection,
+}
+
+impl Config {
+    /// The teaser text: `[greet] banner`, or `<hostname> ESMTP` when unset.
+    /// Empty means no teaser and no pregreet test.
+    pub fn greet_banner(&self) -> String {
+        self.greet
+            .banner
+            .clone()
+            .unwrap_or_else(|| format!("{} ESMTP", self.hostname))
+    }
 }
 
 impl Config {
@@ -230,6 +423,71 @@ impl Config {
                 "a listener with proxy = \"required\" needs a non-empty hosts_file".into(),
             ));
         }
+        if let Some(banner) = &file.greet.banner {
+            if banner.bytes().any(|b| b.is_ascii_control()) {
+                return Err(invalid(
+                    "banner",
+                    "banner must not hold control characters".into(),
+                ));
+            }
+        }
+        if file.greet.wait.is_zero() && file.greet.banner.as_deref() != Some("") {
+            return Err(invalid(
+                "wait",
+                "greet wait must be above 0 (set banner = \"\" to turn the pregreet test off)"
+                    .into(),
+            ));
+        }
+        if file.engine.command_limit == 0 || file.engine.line_length < 16 {
+            return Err(invalid(
+                "[engine]",
+                "command_limit must be above 0 and line_length at least 16".into(),
+            ));
+        }
+        if file.dnsbl.min_ttl > file.dnsbl.max_ttl {
+            return Err(invalid("min_ttl", "dnsbl min_ttl is above max_ttl".into()));
+        }
+        if file.dnsbl.allowlist_threshold > 0 {
+            return Err(invalid(
+                "allowlist_threshold",
+                "allowlist_threshold must be 0 (off) or negative".into(),
+            ));
+        }
+        let mut dnsbl_sites = Vec::new();
+        for entry in &file.dnsbl.sites {
+            let site = Site::parse(entry).map_err(|error| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of_key(text, entry),
+                message: error.to_string(),
+            })?;
+            dnsbl_sites.push(site);
+        }
+        let mut access = file.access;
+        let access_list = match &access.file {
+            Some(table) => {
+                let resolved = base.join(table);
+                let list =
+                    AccessList::load(&resolved, access.action.into()).map_err(
+                        |error| match error {
+                            doorman_access::AccessError::Read { path, source } => {
+                                ConfigError::Read { path, source }
+                            }
+                            doorman_access::AccessError::Syntax {
+                                path,
+                                line,
+                                message,
+                            } => ConfigError::Invalid {
+                                path,
+                                line,
+                                message,
+                            },
+                        },
+                    )?;
+                access.file = Some(resolved);
+                Some(list)
+            }
+            None => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             hostname: file.hostname,
@@ -238,6 +496,13 @@ impl Config {
             proxy_hosts,
             listeners: file.listeners,
             backends: file.backends,
+            access,
+            access_list,
+            greet: file.greet,
+            dnsbl: file.dnsbl,
+            dnsbl_sites,
+            cache: file.cache,
+            engine: file.engine,
         })
     }
 }
@@ -270,6 +535,46 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_greet_wait() -> Duration {
+    Duration::from_secs(6)
+}
+
+fn default_greet_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_threshold() -> i32 {
+    1
+}
+
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_dnsbl_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cache_size() -> usize {
+    100_000
+}
+
+fn default_command_limit() -> usize {
+    20
+}
+
+fn default_line_length() -> usize {
+    2048
+}
+
+fn default_command_time() -> Duration {
+    Duration::from_secs(300)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +589,37 @@ mod tests {
         assert_eq!(config.backends[0].connect_timeout, Duration::from_secs(5));
         assert_eq!(config.listeners[0].proxy, ProxyMode::Optional);
         assert!(config.proxy_hosts.is_empty());
+        assert_eq!(config.greet_banner(), "mx.test ESMTP");
+        assert_eq!(config.greet.wait, Duration::from_secs(6));
+        assert_eq!(config.greet.ttl, Duration::from_secs(86400));
+        assert_eq!(config.dnsbl.threshold, 1);
+        assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
+        assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
+        assert_eq!(config.cache.size, 100_000);
+        assert_eq!(config.engine.command_limit, 20);
+        assert_eq!(config.engine.line_length, 2048);
+        assert!(config.access_list.is_none() && config.dnsbl_sites.is_empty());
+    }
+
+    #[test]
+    fn gating_sections() {
+        let text = format!(
+            "{MINIMAL}[greet]\nbanner = \"\"\naction = \"drop\"\n[dnsbl]\nsites = [\"zen.test=127.0.0.[2..11]*3\", \"wl.test*-2\"]\nallowlist_threshold = -1\nnameservers = [\"127.0.0.1:5300\"]\nreply_map = {{ \"zen.test\" = \"zen.example\" }}\n"
+        );
+        let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+        assert_eq!(config.greet_banner(), "");
+        assert_eq!(config.greet.action, ActionName::Drop);
+        assert_eq!(config.dnsbl_sites.len(), 2);
+        assert_eq!(config.dnsbl_sites[1].weight, -2);
+        assert_eq!(config.dnsbl.reply_map["zen.test"], "zen.example");
+        let bad = text.replace("*-2", "*two");
+        let shown = Config::parse(&bad, Path::new("d.toml"))
+            .expect_err("bad site")
+            .to_string();
+        assert!(
+            shown.starts_with("d.toml:10: bad DNSBL weight factor"),
+            "{shown}"
+        );
     }
 
     #[test]

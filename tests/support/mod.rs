@@ -146,15 +146,34 @@ pub fn parse_endpoint(line: &str) -> SocketAddr {
 }
 
 /// A config with one listener on port 0, the given `[proxy]` timeout and
-/// listener mode, and one backend.
+/// listener mode, and one backend, with every screening test off (no
+/// teaser), so clients go straight to the backend.
 pub fn config(
     backend: SocketAddr,
     send_proxy: &str,
     extra_listener: &str,
     proxy_timeout: &str,
 ) -> String {
+    config_with(
+        backend,
+        send_proxy,
+        extra_listener,
+        proxy_timeout,
+        "[greet]\nbanner = \"\"\n",
+    )
+}
+
+/// As [`config`], with `sections` (TOML tables) appended instead of the
+/// default `[greet] banner = ""`.
+pub fn config_with(
+    backend: SocketAddr,
+    send_proxy: &str,
+    extra_listener: &str,
+    proxy_timeout: &str,
+    sections: &str,
+) -> String {
     format!(
-        "hostname = \"mx.doorman.test\"\nshutdown_grace = \"3s\"\n[proxy]\nhosts_file = \"haproxy_hosts\"\ntimeout = \"{proxy_timeout}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra_listener}\n[[backend]]\naddress = \"{backend}\"\nsend_proxy = \"{send_proxy}\"\nconnect_timeout = \"2s\"\n"
+        "hostname = \"mx.doorman.test\"\nshutdown_grace = \"3s\"\n[proxy]\nhosts_file = \"haproxy_hosts\"\ntimeout = \"{proxy_timeout}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra_listener}\n[[backend]]\naddress = \"{backend}\"\nsend_proxy = \"{send_proxy}\"\nconnect_timeout = \"2s\"\n{sections}"
     )
 }
 
