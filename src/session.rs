@@ -314,7 +314,7 @@ impl Session {
         loop {
             if !self.buffer.is_empty() && !pregreeted {
                 if starts_like_header(&self.buffer) == Prefix::Header {
-                    return self.proxy_not_allowed(&client, started).await;
+                    return self.proxy_not_allowed(&client).await;
                 }
                 if pregreet_due {
                     pregreeted = true;
@@ -333,7 +333,7 @@ impl Session {
             if dnsbl_done && !pregreet_due {
                 break;
             }
-            if !screening.failed() && self.allowlisted(pending.as_ref()) {
+            if !screening.failed() && self.allowlisted(pending.as_ref(), &client) {
                 break;
             }
             let watching = self.buffer.len() < EARLY_BYTES_CAP;
@@ -398,19 +398,19 @@ impl Session {
     }
 
     /// Whether the DNSBL answers so far allowlist the client.
-    fn allowlisted(&self, pending: Option<&Pending>) -> bool {
+    fn allowlisted(&self, pending: Option<&Pending>, client: &Client) -> bool {
         pending.is_some_and(|pending| {
             matches!(
                 self.shared
                     .dnsbl_policy
-                    .outcome(&pending.score(), self.peer.ip()),
+                    .outcome(&pending.score(), client.ip()),
                 Outcome::Allowlisted { .. }
             )
         })
     }
 
     /// A client that is not a listed proxy sent a PROXY header.
-    async fn proxy_not_allowed(&mut self, client: &Client, _started: Instant) -> Phase {
+    async fn proxy_not_allowed(&mut self, client: &Client) -> Phase {
         log::proxy_not_allowed(client.address, &self.buffer);
         self.send(&reply::proxy_not_allowed(client.address.ip()))
             .await;

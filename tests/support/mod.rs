@@ -86,8 +86,15 @@ impl Doorman {
     /// Starts doorman with `config` (its listener must use port 0) and the
     /// given `haproxy_hosts` text, and waits until it listens.
     pub fn start(config: &str, hosts: &str) -> Self {
+        Self::start_with_files(config, &[("haproxy_hosts", hosts)])
+    }
+
+    /// Starts doorman with `config` and the given files beside it.
+    pub fn start_with_files(config: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("haproxy_hosts"), hosts).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
         let mut child = Command::new(doorman_bin())
             .arg("run")
@@ -450,4 +457,65 @@ pub fn start_sink(require_proxy: bool) -> (Program, SocketAddr) {
         .wait_for("sink: listening on", Duration::from_secs(10));
     let address = parse_endpoint(&line);
     (sink, address)
+}
+
+/// Debian's rbldnsd serving the zones in `fixtures/dnsbl/` on a loopback
+/// port (bl.test, bl2.test, wl.test as ip4set; v6.test as ip6trie).
+pub struct Rbldnsd {
+    pub program: Program,
+    pub address: SocketAddr,
+}
+
+impl Rbldnsd {
+    /// Starts it; `None` (the test skips) when rbldnsd is missing outside CI.
+    pub fn start() -> Option<Self> {
+        if !require_program("rbldnsd") {
+            return None;
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/dnsbl");
+        let mut command = Command::new("rbldnsd");
+        command
+            .args(["-n", "-w", zones, "-b"])
+            .arg(format!("127.0.0.1/{port}"))
+            .args([
+                "bl.test:ip4set:bl.test",
+                "bl2.test:ip4set:bl2.test",
+                "wl.test:ip4set:wl.test",
+                "v6.test:ip6trie:v6.test",
+            ]);
+        let program = spawn(command, "rbldnsd");
+        program.log.wait_for("rbldnsd", Duration::from_secs(10));
+        // rbldnsd answers once its zones are loaded.
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dns_answers(address) {
+            assert!(Instant::now() < deadline, "rbldnsd did not answer");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { program, address })
+    }
+}
+
+/// Whether a DNS server at `address` answers a query for 2.0.0.127.bl.test/A.
+fn dns_answers(address: SocketAddr) -> bool {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["2", "0", "0", "127", "bl", "test"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if socket.send_to(&query, address).is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 512];
+    socket.recv(&mut answer).is_ok()
 }

@@ -1,60 +1,16 @@
-//! The DNSBL gate against Debian's real rbldnsd serving the zones in
-//! `fixtures/dnsbl/` on a loopback port.
+//! The DNSBL gate (`plugins/dnsbl`) against Debian's real rbldnsd serving
+//! the zones in `fixtures/dnsbl/` on a loopback port: listings, filters,
+//! weights, error codes, TTL clamping, IPv6 nibbles, the answer cache and a
+//! dead server.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use doorman_dnsbl::{Answer, Dnsbl, Outcome, Policy, Settings, Site};
-
-struct Rbldnsd {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Drop for Rbldnsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rbldnsd() -> Option<Rbldnsd> {
-    let found = std::path::Path::new("/usr/sbin/rbldnsd").exists();
-    if !found {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "rbldnsd is required under CI=true"
-        );
-        eprintln!("skipping: rbldnsd is not installed");
-        return None;
-    }
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/dnsbl");
-    let child = Command::new("/usr/sbin/rbldnsd")
-        .args(["-n", "-f", "-q", "-r", zones, "-w", "/", "-b"])
-        .arg(format!("127.0.0.1/{port}"))
-        .args([
-            "bl.test:ip4set:bl.test",
-            "bl2.test:ip4set:bl2.test",
-            "wl.test:ip4set:wl.test",
-            "v6.test:ip6trie:v6.test",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("rbldnsd starts");
-    std::thread::sleep(Duration::from_millis(300));
-    Some(Rbldnsd {
-        child,
-        address: format!("127.0.0.1:{port}").parse().unwrap(),
-    })
-}
+use support::Rbldnsd;
 
 fn dnsbl(server: SocketAddr, sites: &str) -> Arc<Dnsbl> {
     Arc::new(
@@ -76,7 +32,9 @@ fn ip(s: &str) -> IpAddr {
 
 #[tokio::test]
 async fn listed_unlisted_error_codes_and_ttls() {
-    let Some(server) = rbldnsd() else { return };
+    let Some(server) = Rbldnsd::start() else {
+        return;
+    };
     let gate = dnsbl(
         server.address,
         "bl.test=127.0.0.[2..11]*2 bl2.test*1 wl.test=127.0.[0..255].[2..3]*-3 wl.test=127.0.[0..255].1*-1",
@@ -166,7 +124,9 @@ async fn listed_unlisted_error_codes_and_ttls() {
 
 #[tokio::test]
 async fn ipv6_nibbles() {
-    let Some(server) = rbldnsd() else { return };
+    let Some(server) = Rbldnsd::start() else {
+        return;
+    };
     let gate = dnsbl(server.address, "v6.test*5");
     assert_eq!(gate.start(ip("2001:db8::7")).finish().await.score().rank, 5);
     assert_eq!(
@@ -182,7 +142,9 @@ async fn ipv6_nibbles() {
 
 #[tokio::test]
 async fn answers_are_cached_and_a_dead_server_fails_open() {
-    let Some(server) = rbldnsd() else { return };
+    let Some(server) = Rbldnsd::start() else {
+        return;
+    };
     let address = server.address;
     let gate = dnsbl(address, "bl.test*1");
     assert_eq!(gate.start(ip("203.0.113.7")).finish().await.score().rank, 1);
