@@ -8,6 +8,7 @@
 //! # Module map
 //! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
 //!   `FILE:LINE` errors.
+//! - [`explain`]: `doorman explain`, the gates' findings for one address.
 //! - [`listener`]: accept loops, graceful shutdown.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
@@ -33,6 +34,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod explain;
 pub mod handoff;
 pub mod listener;
 pub mod log;

@@ -32,6 +32,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the access list match, each DNSBL answer, the score and the verdict for an address.
+    Explain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client address.
+        ip: std::net::IpAddr,
+    },
     /// Run a small SMTP sink that logs every message (for trials and benchmarks).
     Sink {
         /// The address to listen on.
@@ -67,6 +75,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Explain { config, ip } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|loaded| {
+                let report = runtime()?.block_on(doorman::explain::explain(&loaded, ip))?;
+                print!("{report}");
+                Ok(())
+            }),
         Command::Sink {
             listen,
             proxy,

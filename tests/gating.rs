@@ -596,3 +596,65 @@ fn unlisted_client_sending_proxy_during_the_wait() {
     );
     assert_eq!(backend.count(), 0);
 }
+
+#[test]
+fn explain_shows_matches_score_and_verdict() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns.address,
+        Setup {
+            dnsbl_action: "enforce",
+            ..Setup::default()
+        },
+    );
+    let explain = |ip: &str| {
+        let out = std::process::Command::new(doorman_bin())
+            .args(["explain", "--config"])
+            .arg(doorman.config_path())
+            .arg(ip)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = explain("203.0.113.9");
+    for line in [
+        "client: 203.0.113.9\n",
+        "access list: no match (dunno)\n",
+        "dnsbl bl.test: listed as 127.0.0.10 (ttl 300s)\n",
+        "dnsbl bl2.test: listed as 127.0.0.2 (ttl 86400s)\n",
+        "site bl.test=127.0.0.[2..11]*2: matches, +2\n",
+        "site bl2.test*1: matches, +1\n",
+        "site wl.test=127.0.[0..255].[2..3]*-3: no match\n",
+        "score: 3 (threshold 2, allowlist threshold -2)",
+        "verdict: DNSBL rank 3: 5.7.1 Service unavailable; client [203.0.113.9] blocked using bl.test, action enforce\n",
+    ] {
+        assert!(listed.contains(line), "missing {line:?} in:\n{listed}");
+    }
+    let allowed = explain("203.0.113.20");
+    assert!(
+        allowed.contains("verdict: allowlisted by DNSWL (rank -3)"),
+        "{allowed}"
+    );
+    let permitted = explain("198.51.100.1");
+    assert!(
+        permitted.contains("access list: line 2: permit\nverdict: permit (ALLOWLISTED)"),
+        "{permitted}"
+    );
+    let denied = explain("198.51.100.2");
+    assert!(
+        denied.contains("verdict: denylisted (DENYLISTED)"),
+        "{denied}"
+    );
+    let error = explain("203.0.113.66");
+    assert!(
+        error.contains("dnsbl bl.test: lookup failed: error code 127.255.255.254"),
+        "{error}"
+    );
+}

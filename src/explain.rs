@@ -1,0 +1,141 @@
+//! `doorman explain`: why a client would be let in or refused.
+//!
+//! It runs the access list and every DNSBL lookup for one address, exactly
+//! as a connection would (same resolver settings), and writes what each
+//! step found, the score and the verdict. The greet test is behaviour, not
+//! data, so it is only named.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use doorman_access::Access;
+use doorman_dnsbl::{Answer, Dnsbl, Outcome, Policy, ResolverError, Settings};
+use doorman_gate_api::Action;
+
+use crate::config::Config;
+
+/// The report for `ip`, one finding a line.
+pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverError> {
+    let ip = ip.to_canonical();
+    let mut out = String::new();
+    let _ = writeln!(out, "client: {ip}");
+    let mut denied = None;
+    match &config.access_list {
+        None => {
+            let _ = writeln!(out, "access list: none configured");
+        }
+        Some(list) => match list.lookup(ip) {
+            None => {
+                let _ = writeln!(out, "access list: no match (dunno)");
+            }
+            Some(found) => {
+                let _ = writeln!(
+                    out,
+                    "access list: line {}: {}",
+                    found.line,
+                    match found.access {
+                        Access::Permit => "permit",
+                        Access::Reject => "reject",
+                        Access::Dunno => "dunno",
+                    }
+                );
+                match found.access {
+                    Access::Permit => {
+                        let _ = writeln!(out, "verdict: permit (ALLOWLISTED), handed off at once");
+                        return Ok(out);
+                    }
+                    Access::Reject => denied = Some(Action::from(config.access.action)),
+                    Access::Dunno => {}
+                }
+            }
+        },
+    }
+    let banner = config.greet_banner();
+    if banner.is_empty() {
+        let _ = writeln!(out, "pregreet test: off (empty banner)");
+    } else {
+        let _ = writeln!(
+            out,
+            "pregreet test: teaser \"220-{banner}\", wait {:?}, action {}",
+            config.greet.wait,
+            Action::from(config.greet.action)
+        );
+    }
+    let mut outcome = None;
+    if config.dnsbl_sites.is_empty() {
+        let _ = writeln!(out, "dnsbl: no sites configured");
+    } else {
+        let dnsbl = Arc::new(Dnsbl::new(Settings {
+            sites: config.dnsbl_sites.clone(),
+            min_ttl: config.dnsbl.min_ttl,
+            max_ttl: config.dnsbl.max_ttl,
+            timeout: config.dnsbl.timeout,
+            nameservers: config.dnsbl.nameservers.clone(),
+            cache_size: 64,
+        })?);
+        let done = dnsbl.start(ip).finish().await;
+        for zone in dnsbl.zones() {
+            let found = match done.answers().get(zone) {
+                Some(Answer::Listed { addresses, ttl }) => format!(
+                    "listed as {} (ttl {}s)",
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    ttl.as_secs()
+                ),
+                Some(Answer::NotListed { ttl }) => format!("not listed (ttl {}s)", ttl.as_secs()),
+                Some(Answer::Failed { error }) => format!("lookup failed: {error}"),
+                None => "no answer".to_string(),
+            };
+            let _ = writeln!(out, "dnsbl {zone}: {found}");
+        }
+        for site in dnsbl.sites() {
+            let matched = matches!(
+                done.answers().get(&site.domain),
+                Some(Answer::Listed { addresses, .. }) if site.matches(addresses)
+            );
+            let _ = writeln!(
+                out,
+                "site {site}: {}",
+                if matched {
+                    format!("matches, {:+}", site.weight)
+                } else {
+                    "no match".to_string()
+                }
+            );
+        }
+        let score = done.score();
+        let policy = Policy {
+            threshold: config.dnsbl.threshold,
+            allowlist_threshold: config.dnsbl.allowlist_threshold,
+            reply_map: config.dnsbl.reply_map.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "score: {} (threshold {}, allowlist threshold {}); pass remembered for {}s",
+            score.rank,
+            policy.threshold,
+            policy.allowlist_threshold,
+            score.ttl.as_secs()
+        );
+        outcome = Some(policy.outcome(&score, ip));
+    }
+    let verdict = match (denied, outcome) {
+        (Some(action), _) => {
+            format!("denylisted (DENYLISTED): 5.3.2 Service currently unavailable, action {action}")
+        }
+        (None, Some(Outcome::Listed { rank, reply_text })) => format!(
+            "DNSBL rank {rank}: {reply_text}, action {}",
+            Action::from(config.dnsbl.action)
+        ),
+        (None, Some(Outcome::Allowlisted { rank })) => {
+            format!("allowlisted by DNSWL (rank {rank}): every test passes, handed off")
+        }
+        _ => "passes the DNSBL test; handed off unless it pregreets".to_string(),
+    };
+    let _ = writeln!(out, "verdict: {verdict}");
+    Ok(out)
+}
