@@ -36,6 +36,19 @@ fn header_at_backend(bytes: &[u8]) -> (Header, Vec<u8>) {
     }
 }
 
+/// The header of the usual test client, 203.0.113.7.
+const CLIENT_HEADER: &[u8] = b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n";
+/// The fake backend's greeting.
+const BACKEND_BANNER: &str = "220 backend.test ESMTP fake\r\n";
+
+/// A client behind the listed proxy that got the backend's greeting.
+fn greeted_client(doorman: &Doorman) -> std::net::TcpStream {
+    let mut client = connect_from(LISTED, doorman.address);
+    client.write_all(CLIENT_HEADER).unwrap();
+    assert_eq!(read_line(&mut client), BACKEND_BANNER);
+    client
+}
+
 fn proxied(source: &str, destination: &str) -> Header {
     Header::Proxied {
         source: addr(source),
@@ -48,11 +61,7 @@ fn proxied(source: &str, destination: &str) -> Header {
 fn v1_tcp4_client_reaches_backend_with_its_address() {
     let backend = FakeBackend::start(true);
     let doorman = start(&backend, "v2");
-    let mut client = connect_from(LISTED, doorman.address);
-    client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    let mut client = greeted_client(&doorman);
     client.write_all(b"EHLO client.test\r\n").unwrap();
     assert_eq!(read_line(&mut client), "250-backend.test\r\n");
     assert_eq!(read_line(&mut client), "250 PIPELINING\r\n");
@@ -77,7 +86,7 @@ fn v1_tcp6_and_mapped_addresses() {
     client
         .write_all(b"PROXY TCP6 2001:db8::7 2001:db8::25 5000 25\r\n")
         .unwrap();
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    assert_eq!(read_line(&mut client), BACKEND_BANNER);
     let (header, _) = header_at_backend(&backend.wait_bytes(0, 52));
     assert_eq!(header, proxied("[2001:db8::7]:5000", "[2001:db8::25]:25"));
 
@@ -85,7 +94,7 @@ fn v1_tcp6_and_mapped_addresses() {
     mapped
         .write_all(b"PROXY TCP6 ::ffff:203.0.113.9 ::ffff:198.51.100.2 6000 25\r\n")
         .unwrap();
-    assert_eq!(read_line(&mut mapped), "220 backend.test ESMTP fake\r\n");
+    assert_eq!(read_line(&mut mapped), BACKEND_BANNER);
     let (header, _) = header_at_backend(&backend.wait_bytes(1, 28));
     assert_eq!(header, proxied("203.0.113.9:6000", "198.51.100.2:25"));
     doorman.log.wait_for(
@@ -114,7 +123,7 @@ fn v2_ipv4_and_ipv6_with_tlvs_and_pipelined_ehlo() {
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"EHLO pipelined.test\r\n");
         client.write_all(&bytes).unwrap();
-        assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+        assert_eq!(read_line(&mut client), BACKEND_BANNER);
         assert_eq!(read_line(&mut client), "250-backend.test\r\n");
         let got = backend.wait_bytes(n, 10);
         let (received, rest) = header_at_backend(&got);
@@ -139,7 +148,7 @@ fn v1_to_backend_and_none() {
         client
             .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
             .unwrap();
-        assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+        assert_eq!(read_line(&mut client), BACKEND_BANNER);
         client.write_all(b"QUIT\r\n").unwrap();
         assert_eq!(read_line(&mut client), "221 2.0.0 bye\r\n");
         assert_eq!(backend.wait_closed(0), expected_prefix, "{mode}");
@@ -163,7 +172,7 @@ fn header_one_byte_at_a_time() {
             client.write_all(&[*byte]).unwrap();
             thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+        assert_eq!(read_line(&mut client), BACKEND_BANNER);
         let (received, _) = header_at_backend(&backend.wait_bytes(n, 28));
         match received {
             Header::Proxied { source, .. } => assert_eq!(source.port(), [40982, 1][n]),
@@ -258,14 +267,9 @@ fn header_then_immediate_close_and_silent_close() {
     let backend = FakeBackend::start(true);
     let doorman = start(&backend, "v2");
     let mut client = connect_from(LISTED, doorman.address);
-    client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
+    client.write_all(CLIENT_HEADER).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(
-        read_to_close(&mut client),
-        "220 backend.test ESMTP fake\r\n"
-    );
+    assert_eq!(read_to_close(&mut client), BACKEND_BANNER);
     let (header, rest) = header_at_backend(&backend.wait_closed(0));
     assert_eq!(header, proxied("203.0.113.7:40982", "198.51.100.2:25"));
     assert!(rest.is_empty());
@@ -348,7 +352,7 @@ fn unlisted_peer_speaks_smtp_directly() {
     let backend = FakeBackend::start(true);
     let doorman = start(&backend, "v2");
     let mut client = connect_from(UNLISTED, doorman.address);
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    assert_eq!(read_line(&mut client), BACKEND_BANNER);
     client.write_all(b"QUIT\r\n").unwrap();
     assert_eq!(read_line(&mut client), "221 2.0.0 bye\r\n");
     let (header, rest) = header_at_backend(&backend.wait_closed(0));
@@ -381,13 +385,8 @@ fn required_mode_closes_unlisted_peers_without_a_byte() {
     );
     // A listed proxy still works.
     let mut proxied_client = connect_from(LISTED, doorman.address);
-    proxied_client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
-    assert_eq!(
-        read_line(&mut proxied_client),
-        "220 backend.test ESMTP fake\r\n"
-    );
+    proxied_client.write_all(CLIENT_HEADER).unwrap();
+    assert_eq!(read_line(&mut proxied_client), BACKEND_BANNER);
     assert_eq!(backend.count(), 1);
 }
 
@@ -475,11 +474,7 @@ fn second_backend_takes_over_when_the_first_is_dead() {
         &format!("[[backend]]\naddress = \"127.0.0.1:{dead}\"\n[[backend]]"),
     );
     let doorman = Doorman::start(&text, "127.0.0.1\n");
-    let mut client = connect_from(LISTED, doorman.address);
-    client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    let mut client = greeted_client(&doorman);
 }
 
 #[test]
@@ -490,11 +485,7 @@ fn idle_proxies_do_not_delay_a_real_client() {
         .map(|_| connect_from(LISTED, doorman.address))
         .collect();
     let started = Instant::now();
-    let mut client = connect_from(LISTED, doorman.address);
-    client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    let mut client = greeted_client(&doorman);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -525,11 +516,7 @@ fn half_close_passes_through() {
 fn sigterm_drains_live_sessions_then_stops() {
     let backend = FakeBackend::start(true);
     let doorman = start(&backend, "v2");
-    let mut client = connect_from(LISTED, doorman.address);
-    client
-        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.2 40982 25\r\n")
-        .unwrap();
-    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    let mut client = greeted_client(&doorman);
     doorman.terminate();
     doorman.log.wait_for(
         "stopping: no new connections; 1 live",
