@@ -474,7 +474,7 @@ fn second_backend_takes_over_when_the_first_is_dead() {
         &format!("[[backend]]\naddress = \"127.0.0.1:{dead}\"\n[[backend]]"),
     );
     let doorman = Doorman::start(&text, "127.0.0.1\n");
-    let mut client = greeted_client(&doorman);
+    greeted_client(&doorman);
 }
 
 #[test]
@@ -485,7 +485,7 @@ fn idle_proxies_do_not_delay_a_real_client() {
         .map(|_| connect_from(LISTED, doorman.address))
         .collect();
     let started = Instant::now();
-    let mut client = greeted_client(&doorman);
+    greeted_client(&doorman);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
