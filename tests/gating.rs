@@ -475,6 +475,22 @@ fn access_list_permit_reject_dunno() {
         read_line(&mut client),
         "550 5.3.2 Service currently unavailable\r\n"
     );
+
+    // ignore: logged, handed off after the other tests, never cached.
+    let ignoring = start(&backend, dns.address, Setup::default());
+    for _ in 0..2 {
+        let mut client = connect_as(&ignoring, "198.51.100.2");
+        assert_eq!(read_line(&mut client), TEASER);
+        assert_eq!(read_line(&mut client), BACKEND);
+    }
+    assert_eq!(
+        ignoring
+            .log
+            .matching("DENYLISTED [198.51.100.2]:40000")
+            .len(),
+        2
+    );
+    assert!(ignoring.log.matching("PASS").is_empty());
 }
 
 #[test]
