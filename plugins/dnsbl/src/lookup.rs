@@ -5,12 +5,17 @@
 //! come. The caller decides how long to wait; answers that arrive later
 //! still land in the cache. Answers are cached per query name for their TTL
 //! clamped to `[min_ttl, max_ttl]`; failures are cached for `min_ttl` too, so
-//! a dead list is not asked again by every client. Lookup errors are logged
-//! at most once per zone per minute.
+//! a dead list is not asked again by every client. Concurrent lookups of
+//! the same name are merged: one query, every waiter gets its answer. An
+//! optional shared [`AnswerStore`] (Redis, for a fleet) is asked before DNS
+//! and told every fresh answer. Lookup errors are logged at most once per
+//! zone per minute.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +24,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use lru::LruCache;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::query::query_name;
 use crate::score::{score, Answer, Score};
@@ -45,6 +50,19 @@ pub struct Settings {
     pub cache_size: usize,
 }
 
+/// A store of DNS answers shared by several doorman instances, asked before
+/// DNS. Implementations must answer quickly (a short deadline) and treat
+/// their own failures as "no answer".
+pub trait AnswerStore: Send + Sync + std::fmt::Debug {
+    /// The stored answer for a query name, if any.
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send + 'a>>;
+    /// Stores an answer for `ttl`.
+    fn put(&self, name: &str, answer: &Answer, ttl: Duration);
+}
+
 /// Why the resolver could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the DNS resolver: {0}")]
@@ -56,6 +74,8 @@ pub struct Dnsbl {
     zones: Vec<String>,
     resolver: TokioResolver,
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
+    in_flight: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
+    store: Option<Arc<dyn AnswerStore>>,
     last_error_log: Mutex<HashMap<String, Instant>>,
 }
 
@@ -71,6 +91,14 @@ impl Dnsbl {
     /// Sets up the resolver. Needs a running tokio runtime only when queries
     /// are made.
     pub fn new(settings: Settings) -> Result<Self, ResolverError> {
+        Self::with_store(settings, None)
+    }
+
+    /// As [`Dnsbl::new`], with a shared answer store asked before DNS.
+    pub fn with_store(
+        settings: Settings,
+        store: Option<Arc<dyn AnswerStore>>,
+    ) -> Result<Self, ResolverError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if settings.nameservers.is_empty() {
             TokioResolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
@@ -107,6 +135,8 @@ impl Dnsbl {
             zones,
             resolver,
             cache: Mutex::new(LruCache::new(capacity)),
+            in_flight: Mutex::new(HashMap::new()),
+            store,
             last_error_log: Mutex::new(HashMap::new()),
         })
     }
@@ -145,7 +175,47 @@ impl Dnsbl {
         if let Some(answer) = self.cached(&name) {
             return answer;
         }
-        let answer = self.resolve(&name).await;
+        let waiting = match self.in_flight.lock() {
+            Ok(mut in_flight) => match in_flight.get_mut(&name) {
+                Some(waiters) => {
+                    let (sender, receiver) = oneshot::channel();
+                    waiters.push(sender);
+                    Some(receiver)
+                }
+                None => {
+                    in_flight.insert(name.clone(), Vec::new());
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if let Some(receiver) = waiting {
+            return receiver.await.unwrap_or_else(|_| Answer::Failed {
+                error: "merged lookup abandoned".into(),
+            });
+        }
+        let answer = self.fetch(ip, zone, &name).await;
+        let waiters = self
+            .in_flight
+            .lock()
+            .ok()
+            .and_then(|mut in_flight| in_flight.remove(&name))
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+        answer
+    }
+
+    /// Asks the shared store, then DNS, and remembers the answer.
+    async fn fetch(&self, ip: IpAddr, zone: &str, name: &str) -> Answer {
+        if let Some(store) = &self.store {
+            if let Some(answer) = store.get(name).await {
+                self.remember(name, &answer);
+                return answer;
+            }
+        }
+        let answer = self.resolve(name).await;
         match &answer {
             Answer::Listed { addresses, .. } => {
                 for address in addresses {
@@ -155,10 +225,20 @@ impl Dnsbl {
                     );
                 }
             }
-            Answer::Failed { error } => self.log_error(zone, &name, error),
+            Answer::Failed { error } => self.log_error(zone, name, error),
             Answer::NotListed { .. } => {}
         }
-        let ttl = match &answer {
+        let ttl = self.remember(name, &answer);
+        if let Some(store) = &self.store {
+            store.put(name, &answer, ttl);
+        }
+        answer
+    }
+
+    /// Caches an answer for its clamped TTL (failures for `min_ttl`), and
+    /// returns that TTL.
+    fn remember(&self, name: &str, answer: &Answer) -> Duration {
+        let ttl = match answer {
             Answer::Listed { ttl, .. } | Answer::NotListed { ttl } => *ttl,
             Answer::Failed { .. } => self.settings.min_ttl,
         }
@@ -167,9 +247,9 @@ impl Dnsbl {
             self.settings.max_ttl.max(self.settings.min_ttl),
         );
         if let Ok(mut cache) = self.cache.lock() {
-            cache.put(name, (answer.clone(), Instant::now() + ttl));
+            cache.put(name.to_string(), (answer.clone(), Instant::now() + ttl));
         }
-        answer
+        ttl
     }
 
     fn cached(&self, name: &str) -> Option<Answer> {

@@ -53,6 +53,49 @@ impl Answer {
         }
     }
 
+    /// The answer as one line of text, for a shared store:
+    /// `L <ttl> <a>,<a>`, `N <ttl>` or `F <error>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Answer::Listed { addresses, ttl } => format!(
+                "L {} {}",
+                ttl.as_secs(),
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Answer::NotListed { ttl } => format!("N {}", ttl.as_secs()),
+            Answer::Failed { error } => format!("F {error}"),
+        }
+    }
+
+    /// Reads what [`Answer::encode`] wrote; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (kind, rest) = text.split_once(' ')?;
+        match kind {
+            "L" => {
+                let (ttl, addresses) = rest.split_once(' ')?;
+                Some(Answer::Listed {
+                    addresses: addresses
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .ok()?,
+                    ttl: Duration::from_secs(ttl.parse().ok()?),
+                })
+            }
+            "N" => Some(Answer::NotListed {
+                ttl: Duration::from_secs(rest.parse().ok()?),
+            }),
+            "F" => Some(Answer::Failed {
+                error: rest.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
     fn ttl(&self) -> Option<Duration> {
         match self {
             Answer::Listed { ttl, .. } | Answer::NotListed { ttl } => Some(*ttl),
@@ -165,6 +208,23 @@ mod tests {
         );
         assert_eq!((s.rank, s.top_site), (-2, None));
         assert_eq!(s.ttl, Duration::from_secs(3600), "clamped down to max_ttl");
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        for answer in [
+            listed(&["127.0.0.2", "127.0.0.4"], 300),
+            Answer::NotListed {
+                ttl: Duration::from_secs(120),
+            },
+            Answer::Failed {
+                error: "timeout after 2s".into(),
+            },
+        ] {
+            assert_eq!(Answer::decode(&answer.encode()), Some(answer));
+        }
+        assert_eq!(Answer::decode("L x 1.2.3.4"), None);
+        assert_eq!(Answer::decode("garbage"), None);
     }
 
     #[test]
