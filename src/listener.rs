@@ -67,7 +67,9 @@ impl Server {
                 cut_sessions.clone(),
             )));
         }
+        let cleanup = tokio::spawn(clean_cache(Arc::clone(&self.shared)));
         shutdown.await;
+        cleanup.abort();
         stop_accepting.cancel();
         for accept in loops {
             let _ = accept.await;
@@ -83,7 +85,27 @@ impl Server {
             cut_sessions.cancel();
             sessions.wait().await;
         }
+        self.shared.cache.close().await;
         log::shutdown_finished(cut);
+    }
+}
+
+/// Cleans the pass cache every `cleanup_interval` (postscreen's
+/// `postscreen_cache_cleanup_interval`); Redis keys expire by themselves.
+async fn clean_cache(shared: Arc<Shared>) {
+    let interval = shared.config.cache.cleanup_interval;
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        match shared.cache.cleanup(std::time::SystemTime::now()).await {
+            Some(Ok((retained, dropped))) => {
+                log::cache_cleanup(&shared.cache.name(), retained, dropped)
+            }
+            Some(Err(error)) => log::cache_error(&shared.cache.name(), &error),
+            None => return,
+        }
     }
 }
 

@@ -253,6 +253,16 @@ pub fn backend_refused(client: SocketAddr, backend: Option<SocketAddr>, greeting
     );
 }
 
+/// A cache cleanup run ended (postscreen's line).
+pub fn cache_cleanup(store: &str, retained: u64, dropped: u64) {
+    info!("cache {store} full cleanup: retained={retained} dropped={dropped} entries");
+}
+
+/// A cache operation failed.
+pub fn cache_error(store: &str, error: &crate::cache::CacheError) {
+    warn!("warning: cache {store}: {error}");
+}
+
 /// Shutdown began; `live` sessions get the grace period.
 pub fn shutdown_started(live: usize, grace: std::time::Duration) {
     info!("stopping: no new connections; {live} live sessions get {grace:?} to finish");

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use doorman::cache::PassCache;
 use doorman::config::Config;
 use doorman::listener::Server;
 
@@ -40,6 +41,11 @@ enum Command {
         /// The client address.
         ip: std::net::IpAddr,
     },
+    /// Look into the pass cache of the store the config names.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Run a small SMTP sink that logs every message (for trials and benchmarks).
     Sink {
         /// The address to listen on.
@@ -51,6 +57,32 @@ enum Command {
         /// The name in the sink's replies.
         #[arg(long, default_value = "sink.localhost")]
         hostname: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheAction {
+    /// Show the passes of one address.
+    Get {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client address.
+        ip: std::net::IpAddr,
+    },
+    /// Delete one address, so it is tested again.
+    Delete {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client address.
+        ip: std::net::IpAddr,
+    },
+    /// Count the entries of the store.
+    Stats {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -75,6 +107,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Cache { action } => cache_command(action),
         Command::Explain { config, ip } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|loaded| {
@@ -106,6 +139,40 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         server.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn cache_command(action: CacheAction) -> anyhow::Result<()> {
+    let (CacheAction::Get { config, .. }
+    | CacheAction::Delete { config, .. }
+    | CacheAction::Stats { config }) = &action;
+    let loaded = Config::load(config)?;
+    runtime()?.block_on(async {
+        let cache = PassCache::open_for_command(&loaded.cache).await?;
+        match action {
+            CacheAction::Get { ip, .. } => match cache.get(ip.to_canonical()).await {
+                Some(entry) => println!("{}", doorman::cache::describe(ip, &entry)),
+                None => println!("{ip}: not in the cache ({})", cache.name()),
+            },
+            CacheAction::Delete { ip, .. } => {
+                let existed = cache.delete(ip.to_canonical()).await?;
+                println!(
+                    "{ip}: {} ({})",
+                    if existed {
+                        "deleted"
+                    } else {
+                        "was not in the cache"
+                    },
+                    cache.name()
+                );
+            }
+            CacheAction::Stats { .. } => {
+                let stats = cache.stats().await?;
+                println!("store: {}\nentries: {}", stats.store, stats.entries);
+            }
+        }
+        cache.close().await;
         Ok(())
     })
 }

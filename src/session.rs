@@ -286,7 +286,7 @@ impl Session {
             }
         }
         let now = SystemTime::now();
-        let previous = shared.cache.get(client.ip());
+        let previous = shared.cache.get(client.ip()).await;
         let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
         let banner = config.greet_banner();
         let pregreet_due = !banner.is_empty() && !passed(Test::Pregreet);

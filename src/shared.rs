@@ -3,11 +3,22 @@
 
 use std::sync::Arc;
 
-use doorman_dnsbl::{Dnsbl, Policy, ResolverError, Settings};
+use doorman_dnsbl::{Dnsbl, Policy, Settings};
 
-use crate::cache::PassCache;
+use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
 use crate::handoff::Pool;
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// The cache store could not be opened.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The DNS resolver could not be set up.
+    #[error(transparent)]
+    Resolver(#[from] doorman_dnsbl::ResolverError),
+}
 
 /// The state shared by the sessions of one config.
 #[derive(Debug)]
@@ -25,19 +36,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state of `config`.
-    pub fn new(config: Config) -> Result<Self, ResolverError> {
+    /// Builds the shared state of `config`: opens the cache store and sets
+    /// up the resolver. Must run inside the tokio runtime.
+    pub fn new(config: Config) -> Result<Self, SharedError> {
+        let cache = PassCache::open(&config.cache)?;
         let dnsbl = if config.dnsbl_sites.is_empty() {
             None
         } else {
-            Some(Arc::new(Dnsbl::new(Settings {
-                sites: config.dnsbl_sites.clone(),
-                min_ttl: config.dnsbl.min_ttl,
-                max_ttl: config.dnsbl.max_ttl,
-                timeout: config.dnsbl.timeout,
-                nameservers: config.dnsbl.nameservers.clone(),
-                cache_size: config.cache.size,
-            })?))
+            Some(Arc::new(Dnsbl::with_store(
+                Settings {
+                    sites: config.dnsbl_sites.clone(),
+                    min_ttl: config.dnsbl.min_ttl,
+                    max_ttl: config.dnsbl.max_ttl,
+                    timeout: config.dnsbl.timeout,
+                    nameservers: config.dnsbl.nameservers.clone(),
+                    cache_size: config.cache.size,
+                },
+                cache.answer_store(),
+            )?))
         };
         Ok(Self {
             pool: Pool::new(config.backends.clone()),
@@ -47,7 +63,7 @@ impl Shared {
                 allowlist_threshold: config.dnsbl.allowlist_threshold,
                 reply_map: config.dnsbl.reply_map.clone(),
             },
-            cache: PassCache::new(config.cache.size),
+            cache,
             config: Arc::new(config),
         })
     }

@@ -3,78 +3,246 @@
 //! As postscreen's cache, an entry keeps one expiry time per test. A test
 //! whose pass has not expired is not run again; a client whose every
 //! enabled test is still passed is `PASS OLD` and goes straight to a
-//! backend. The cache is in memory and bounded (least recently used entries
-//! go first).
+//! backend. Three stores:
+//! - `memory`: a bounded LRU, lost on restart;
+//! - `embedded` (the default): a redb file that survives restarts
+//!   ([`embedded`]);
+//! - `redis`: shared by a fleet, DNS answers included ([`redis`]).
+//!
+//! Every write also lands in the bounded in-memory LRU, which answers when
+//! the store cannot (Redis down, a file error), so the cache fails open to
+//! what this instance knows.
+
+pub mod embedded;
+pub mod entry;
+pub mod redis;
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use doorman_dnsbl::AnswerStore;
 use lru::LruCache;
 
-/// The tests whose passes are remembered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Test {
-    /// The pregreet test.
-    Pregreet,
-    /// The DNSBL test.
-    Dnsbl,
+use crate::config::{CacheSection, CacheStore};
+use embedded::Embedded;
+pub use entry::{Entry, Test};
+use redis::RedisStore;
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The store could not be opened, read or written.
+    #[error("cache store: {0}")]
+    Store(String),
+    /// The store is unreachable right now (Redis down).
+    #[error("cache store unreachable")]
+    Unavailable,
 }
 
-/// One client's passes: the time each one expires.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Entry {
-    /// When the pregreet pass expires.
-    pub pregreet: Option<SystemTime>,
-    /// When the DNSBL pass expires.
-    pub dnsbl: Option<SystemTime>,
+/// What `doorman cache stats` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// The store's name (`embedded:<path>`, `redis:<url>`, `memory`).
+    pub store: String,
+    /// Entries in the store.
+    pub entries: u64,
 }
 
-impl Entry {
-    /// Whether `test` has a pass that holds at `now`.
-    pub fn passed(&self, test: Test, now: SystemTime) -> bool {
-        let expiry = match test {
-            Test::Pregreet => self.pregreet,
-            Test::Dnsbl => self.dnsbl,
-        };
-        expiry.is_some_and(|at| at > now)
-    }
-
-    /// Records a pass of `test` that holds for `ttl` from `now`.
-    pub fn record(&mut self, test: Test, now: SystemTime, ttl: Duration) {
-        let expiry = Some(now + ttl);
-        match test {
-            Test::Pregreet => self.pregreet = expiry,
-            Test::Dnsbl => self.dnsbl = expiry,
-        }
-    }
+/// One line for `doorman cache get`: each test's pass and its expiry.
+pub fn describe(ip: IpAddr, entry: &Entry) -> String {
+    let show = |at: Option<SystemTime>| match at {
+        Some(at) => format!("until {}", humantime::format_rfc3339_seconds(at)),
+        None => "never".to_string(),
+    };
+    format!(
+        "{ip}: pregreet passed {}, dnsbl passed {} (record {})",
+        show(entry.pregreet),
+        show(entry.dnsbl),
+        entry.encode()
+    )
 }
 
-/// The bounded in-memory cache.
+#[derive(Debug)]
+enum Store {
+    Memory,
+    Embedded(Arc<Embedded>),
+    Redis(Arc<RedisStore>),
+}
+
+/// The pass cache of one config.
 #[derive(Debug)]
 pub struct PassCache {
-    entries: Mutex<LruCache<IpAddr, Entry>>,
+    store: Store,
+    memory: Mutex<LruCache<IpAddr, Entry>>,
+    retention: Duration,
 }
 
 impl PassCache {
-    /// A cache for at most `size` addresses (at least one).
-    pub fn new(size: usize) -> Self {
+    /// A memory-only cache for at most `size` addresses.
+    pub fn memory(size: usize, retention: Duration) -> Self {
+        Self::with_store(Store::Memory, size, retention)
+    }
+
+    fn with_store(store: Store, size: usize, retention: Duration) -> Self {
         let capacity = NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN);
         Self {
-            entries: Mutex::new(LruCache::new(capacity)),
+            store,
+            memory: Mutex::new(LruCache::new(capacity)),
+            retention,
         }
     }
 
-    /// The entry for `ip`, if any.
-    pub fn get(&self, ip: IpAddr) -> Option<Entry> {
-        self.entries.lock().ok()?.get(&ip).copied()
+    /// Opens the configured store and starts its background work (the
+    /// write-behind of the embedded store, the Redis reconnector). Must run
+    /// inside the tokio runtime.
+    pub fn open(settings: &CacheSection) -> Result<Self, CacheError> {
+        let store = match settings.store {
+            CacheStore::Memory => Store::Memory,
+            CacheStore::Embedded => {
+                let embedded = Arc::new(Embedded::open(&settings.path)?);
+                tokio::spawn(Arc::clone(&embedded).write_behind(settings.flush_interval));
+                Store::Embedded(embedded)
+            }
+            CacheStore::Redis => {
+                let redis = Arc::new(RedisStore::new(
+                    &settings.redis_url,
+                    &settings.redis_prefix,
+                    settings.redis_timeout,
+                )?);
+                tokio::spawn(Arc::clone(&redis).keep_connected());
+                Store::Redis(redis)
+            }
+        };
+        Ok(Self::with_store(
+            store,
+            settings.size,
+            settings.retention_time,
+        ))
     }
 
-    /// Stores the entry for `ip`.
+    /// Opens the store for one command (`doorman cache ...`): Redis is
+    /// connected before the call returns.
+    pub async fn open_for_command(settings: &CacheSection) -> Result<Self, CacheError> {
+        let cache = Self::open(settings)?;
+        if let Store::Redis(redis) = &cache.store {
+            if !redis.connect_once().await {
+                return Err(CacheError::Unavailable);
+            }
+        }
+        Ok(cache)
+    }
+
+    /// The store's name in log lines.
+    pub fn name(&self) -> String {
+        match &self.store {
+            Store::Memory => "memory".to_string(),
+            Store::Embedded(embedded) => embedded.name(),
+            Store::Redis(redis) => redis.name(),
+        }
+    }
+
+    /// The shared DNS answer store, for the DNSBL gate (Redis only).
+    pub fn answer_store(&self) -> Option<Arc<dyn AnswerStore>> {
+        match &self.store {
+            Store::Redis(redis) => Some(Arc::clone(redis) as Arc<dyn AnswerStore>),
+            _ => None,
+        }
+    }
+
+    /// The entry for `ip`, from the store, or from memory when the store
+    /// cannot answer.
+    pub async fn get(&self, ip: IpAddr) -> Option<Entry> {
+        let stored = match &self.store {
+            Store::Memory => Err(CacheError::Unavailable),
+            Store::Embedded(embedded) => embedded.get(ip),
+            Store::Redis(redis) => redis.get(ip).await,
+        };
+        match stored {
+            Ok(entry) => entry,
+            Err(_) => self.memory.lock().ok()?.get(&ip).copied(),
+        }
+    }
+
+    /// Stores the entry; the store is written off the caller's path.
     pub fn put(&self, ip: IpAddr, entry: Entry) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.put(ip, entry);
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.put(ip, entry);
+        }
+        match &self.store {
+            Store::Memory => {}
+            Store::Embedded(embedded) => embedded.put(ip, Some(entry)),
+            Store::Redis(redis) => {
+                let redis = Arc::clone(redis);
+                let retention = self.retention;
+                tokio::spawn(async move { redis.put(ip, entry, retention).await });
+            }
+        }
+    }
+
+    /// Deletes the entry for `ip`, so the client is tested again.
+    pub async fn delete(&self, ip: IpAddr) -> Result<bool, CacheError> {
+        let in_memory = self
+            .memory
+            .lock()
+            .ok()
+            .and_then(|mut memory| memory.pop(&ip))
+            .is_some();
+        match &self.store {
+            Store::Memory => Ok(in_memory),
+            Store::Embedded(embedded) => embedded.delete(ip).await,
+            Store::Redis(redis) => redis.delete(ip).await,
+        }
+    }
+
+    /// How many entries the store holds.
+    pub async fn stats(&self) -> Result<Stats, CacheError> {
+        let entries = match &self.store {
+            Store::Memory => self.memory.lock().map(|m| m.len() as u64).unwrap_or(0),
+            Store::Embedded(embedded) => {
+                embedded.flush().await?;
+                embedded.len()?
+            }
+            Store::Redis(redis) => redis.len().await?,
+        };
+        Ok(Stats {
+            store: self.name(),
+            entries,
+        })
+    }
+
+    /// Drops entries whose every pass expired more than the retention time
+    /// ago; returns (retained, dropped). `None` for Redis, whose keys expire
+    /// by themselves.
+    pub async fn cleanup(&self, now: SystemTime) -> Option<Result<(u64, u64), CacheError>> {
+        let memory = self.memory.lock().ok().map(|mut memory| {
+            let stale: Vec<IpAddr> = memory
+                .iter()
+                .filter(|(_, entry)| entry.stale(now, self.retention))
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in &stale {
+                memory.pop(ip);
+            }
+            (memory.len() as u64, stale.len() as u64)
+        });
+        match &self.store {
+            Store::Memory => memory.map(Ok),
+            Store::Embedded(embedded) => Some(embedded.cleanup(now, self.retention).await),
+            Store::Redis(_) => None,
+        }
+    }
+
+    /// Writes what is pending (a clean stop loses nothing).
+    pub async fn close(&self) {
+        if let Store::Embedded(embedded) = &self.store {
+            if let Err(error) = embedded.flush().await {
+                tracing::warn!(
+                    "warning: cache {}: final write failed: {error}",
+                    self.name()
+                );
+            }
         }
     }
 }
@@ -83,21 +251,53 @@ impl PassCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn passes_expire_and_the_cache_is_bounded() {
+    #[tokio::test]
+    async fn memory_cache_is_bounded_and_cleans_up() {
         let now = SystemTime::now();
         let mut entry = Entry::default();
-        assert!(!entry.passed(Test::Pregreet, now));
         entry.record(Test::Pregreet, now, Duration::from_secs(10));
-        assert!(entry.passed(Test::Pregreet, now + Duration::from_secs(9)));
-        assert!(!entry.passed(Test::Pregreet, now + Duration::from_secs(10)));
-        assert!(!entry.passed(Test::Dnsbl, now));
-
-        let cache = PassCache::new(2);
+        let cache = PassCache::memory(2, Duration::from_secs(60));
         for last in 1..=3u8 {
             cache.put(IpAddr::from([192, 0, 2, last]), entry);
         }
-        assert!(cache.get(IpAddr::from([192, 0, 2, 1])).is_none());
-        assert_eq!(cache.get(IpAddr::from([192, 0, 2, 3])), Some(entry));
+        assert!(cache.get(IpAddr::from([192, 0, 2, 1])).await.is_none());
+        assert_eq!(cache.get(IpAddr::from([192, 0, 2, 3])).await, Some(entry));
+        let later = now + Duration::from_secs(71);
+        let counts = cache.cleanup(later).await.and_then(Result::ok);
+        assert_eq!(counts, Some((0, 2)));
+    }
+
+    #[tokio::test]
+    async fn embedded_store_keeps_entries_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.redb");
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86400);
+        let mut fresh = Entry::default();
+        fresh.record(Test::Pregreet, now, day);
+        let mut old = Entry::default();
+        old.record(Test::Dnsbl, now - 10 * day, day);
+        {
+            let store = Embedded::open(&path).unwrap();
+            store.put(IpAddr::from([192, 0, 2, 1]), Some(fresh));
+            store.put(IpAddr::from([192, 0, 2, 2]), Some(old));
+            assert_eq!(
+                store.get(IpAddr::from([192, 0, 2, 1])).unwrap(),
+                Some(fresh)
+            );
+            store.flush().await.unwrap();
+            assert_eq!(store.len().unwrap(), 2);
+        }
+        let store = Embedded::open(&path).unwrap();
+        let stored = Entry::decode(&fresh.encode());
+        assert_eq!(
+            store.get(IpAddr::from([192, 0, 2, 1])).unwrap(),
+            stored,
+            "whole seconds"
+        );
+        assert_eq!(store.cleanup(now, 7 * day).await.unwrap(), (1, 1));
+        assert_eq!(store.get(IpAddr::from([192, 0, 2, 2])).unwrap(), None);
+        assert!(store.delete(IpAddr::from([192, 0, 2, 1])).await.unwrap());
+        assert_eq!(store.len().unwrap(), 0);
     }
 }

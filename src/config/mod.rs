@@ -225,11 +225,49 @@ impl Default for DnsblSection {
     }
 }
 
+/// Where the pass cache keeps its entries.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStore {
+    /// A redb file on this machine; survives restarts.
+    #[default]
+    Embedded,
+    /// A Redis server shared by several instances.
+    Redis,
+    /// Memory only; lost on restart.
+    Memory,
+}
+
 /// The `[cache]` section: clients that passed.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
-    /// How many client addresses the cache holds.
+    /// Where entries live.
+    #[serde(default)]
+    pub store: CacheStore,
+    /// The redb file of the embedded store, relative to the config file's
+    /// folder.
+    #[serde(default = "default_cache_path")]
+    pub path: PathBuf,
+    /// How often pending writes are committed to the file.
+    #[serde(with = "humantime_serde", default = "default_flush_interval")]
+    pub flush_interval: Duration,
+    /// The Redis server of the redis store.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// The prefix of every Redis key.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// The deadline of every Redis call.
+    #[serde(with = "humantime_serde", default = "default_redis_timeout")]
+    pub redis_timeout: Duration,
+    /// How often expired entries are cleaned up; 0 turns cleanup off.
+    #[serde(with = "humantime_serde", default = "default_cleanup_interval")]
+    pub cleanup_interval: Duration,
+    /// How long an entry is kept after its last pass expired.
+    #[serde(with = "humantime_serde", default = "default_retention_time")]
+    pub retention_time: Duration,
+    /// How many client addresses the in-memory cache holds.
     #[serde(default = "default_cache_size")]
     pub size: usize,
 }
@@ -237,6 +275,14 @@ pub struct CacheSection {
 impl Default for CacheSection {
     fn default() -> Self {
         Self {
+            store: CacheStore::default(),
+            path: default_cache_path(),
+            flush_interval: default_flush_interval(),
+            redis_url: default_redis_url(),
+            redis_prefix: default_redis_prefix(),
+            redis_timeout: default_redis_timeout(),
+            cleanup_interval: default_cleanup_interval(),
+            retention_time: default_retention_time(),
             size: default_cache_size(),
         }
     }
@@ -462,6 +508,14 @@ impl Config {
             })?;
             dnsbl_sites.push(site);
         }
+        if file.cache.flush_interval.is_zero() || file.cache.redis_timeout.is_zero() {
+            return Err(invalid(
+                "[cache]",
+                "flush_interval and redis_timeout must be above 0".into(),
+            ));
+        }
+        let mut cache = file.cache;
+        cache.path = base.join(&cache.path);
         let mut access = file.access;
         let access_list = match &access.file {
             Some(table) => {
@@ -501,7 +555,7 @@ impl Config {
             greet: file.greet,
             dnsbl: file.dnsbl,
             dnsbl_sites,
-            cache: file.cache,
+            cache,
             engine: file.engine,
         })
     }
@@ -561,6 +615,34 @@ fn default_dnsbl_timeout() -> Duration {
 
 fn default_cache_size() -> usize {
     100_000
+}
+
+fn default_cache_path() -> PathBuf {
+    PathBuf::from("doorman-cache.redb")
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".to_string()
+}
+
+fn default_redis_prefix() -> String {
+    "doorman:".to_string()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_cleanup_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_retention_time() -> Duration {
+    Duration::from_secs(7 * 86400)
 }
 
 fn default_command_limit() -> usize {

@@ -1,0 +1,198 @@
+//! The embedded store: a redb file on this machine.
+//!
+//! Reads go to the file (a committed read transaction, in-process), after
+//! the writes that are still pending. Writes never wait for the disk: they
+//! land in a bounded pending map that a writer task commits every
+//! `flush_interval` (or sooner when the map fills), so a `kill -9` loses at
+//! most the passes of the last interval, and a clean stop flushes
+//! everything. The file is opened in redb's multi-writer mode, so
+//! `doorman cache` can read and delete entries while doorman runs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use tokio::sync::Notify;
+
+use super::entry::Entry;
+use super::CacheError;
+
+/// The table of passes: client address -> postscreen-style record.
+const PASSES: TableDefinition<&str, &str> = TableDefinition::new("passes");
+/// When the pending map holds this many writes, they are committed at once.
+const PENDING_LIMIT: usize = 10_000;
+
+/// A redb file with its pending writes.
+#[derive(Debug)]
+pub struct Embedded {
+    path: PathBuf,
+    database: Arc<Database>,
+    /// Writes not yet committed; `None` is a delete.
+    pending: Mutex<HashMap<IpAddr, Option<Entry>>>,
+    wake: Notify,
+}
+
+impl Embedded {
+    /// Opens (or creates) the file.
+    pub fn open(path: &Path) -> Result<Self, CacheError> {
+        let fail = |error: String| CacheError::Store(format!("{}: {error}", path.display()));
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        let mut builder = redb::Builder::new();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        let database = builder.create(path).map_err(|e| fail(e.to_string()))?;
+        let write = database.begin_write().map_err(|e| fail(e.to_string()))?;
+        write.open_table(PASSES).map_err(|e| fail(e.to_string()))?;
+        write.commit().map_err(|e| fail(e.to_string()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            database: Arc::new(database),
+            pending: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The store's name in log lines: `embedded:<path>`.
+    pub fn name(&self) -> String {
+        format!("embedded:{}", self.path.display())
+    }
+
+    /// The entry for `ip`: a pending write, else the file.
+    pub fn get(&self, ip: IpAddr) -> Result<Option<Entry>, CacheError> {
+        if let Some(pending) = self.pending.lock().ok().and_then(|p| p.get(&ip).copied()) {
+            return Ok(pending);
+        }
+        let read = self.database.begin_read().map_err(store_error)?;
+        let table = read.open_table(PASSES).map_err(store_error)?;
+        let value = table.get(ip.to_string().as_str()).map_err(store_error)?;
+        Ok(value.and_then(|v| Entry::decode(v.value())))
+    }
+
+    /// Queues a write; it is committed within the flush interval.
+    pub fn put(&self, ip: IpAddr, entry: Option<Entry>) {
+        let full = match self.pending.lock() {
+            Ok(mut pending) => {
+                pending.insert(ip, entry);
+                pending.len() >= PENDING_LIMIT
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Commits the pending writes now.
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        let batch = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return Ok(()),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let database = Arc::clone(&self.database);
+        tokio::task::spawn_blocking(move || commit(&database, &batch))
+            .await
+            .map_err(|e| CacheError::Store(e.to_string()))?
+    }
+
+    /// Commits pending writes every `interval` (or when the map fills)
+    /// until the process ends.
+    pub async fn write_behind(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.wake.notified() => {}
+            }
+            if let Err(error) = self.flush().await {
+                tracing::warn!("warning: cache {}: write failed: {error}", self.name());
+            }
+        }
+    }
+
+    /// How many entries the file holds (pending writes not counted).
+    pub fn len(&self) -> Result<u64, CacheError> {
+        let read = self.database.begin_read().map_err(store_error)?;
+        let table = read.open_table(PASSES).map_err(store_error)?;
+        table.len().map_err(store_error)
+    }
+
+    /// Drops the entries whose every test expired more than `retention`
+    /// before `now`; returns (retained, dropped).
+    pub async fn cleanup(
+        &self,
+        now: SystemTime,
+        retention: Duration,
+    ) -> Result<(u64, u64), CacheError> {
+        self.flush().await?;
+        let database = Arc::clone(&self.database);
+        tokio::task::spawn_blocking(move || {
+            let write = database.begin_write().map_err(store_error)?;
+            let mut counts = (0, 0);
+            {
+                let mut table = write.open_table(PASSES).map_err(store_error)?;
+                table
+                    .retain(|_, value| {
+                        let keep = Entry::decode(value).is_some_and(|e| !e.stale(now, retention));
+                        if keep {
+                            counts.0 += 1;
+                        } else {
+                            counts.1 += 1;
+                        }
+                        keep
+                    })
+                    .map_err(store_error)?;
+            }
+            write.commit().map_err(store_error)?;
+            Ok(counts)
+        })
+        .await
+        .map_err(|e| CacheError::Store(e.to_string()))?
+    }
+
+    /// Deletes the entry for `ip` at once; whether there was one.
+    pub async fn delete(&self, ip: IpAddr) -> Result<bool, CacheError> {
+        let existed = self.get(ip)?.is_some();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&ip);
+        }
+        let database = Arc::clone(&self.database);
+        let batch = HashMap::from([(ip, None)]);
+        tokio::task::spawn_blocking(move || commit(&database, &batch))
+            .await
+            .map_err(|e| CacheError::Store(e.to_string()))??;
+        Ok(existed)
+    }
+}
+
+fn commit(database: &Database, batch: &HashMap<IpAddr, Option<Entry>>) -> Result<(), CacheError> {
+    let write = database.begin_write().map_err(store_error)?;
+    {
+        let mut table = write.open_table(PASSES).map_err(store_error)?;
+        for (ip, entry) in batch {
+            let key = ip.to_string();
+            match entry {
+                Some(entry) => {
+                    table
+                        .insert(key.as_str(), entry.encode().as_str())
+                        .map_err(store_error)?;
+                }
+                None => {
+                    table.remove(key.as_str()).map_err(store_error)?;
+                }
+            }
+        }
+    }
+    write.commit().map_err(store_error)
+}
+
+fn store_error(error: impl std::fmt::Display) -> CacheError {
+    CacheError::Store(error.to_string())
+}

@@ -1,0 +1,137 @@
+//! One client's passes, and their text form in a store.
+//!
+//! The text is postscreen's cache record: the expiry times, in seconds
+//! since the epoch, of `pregreet;dnsbl;pipelining;non_smtp;bare_newline`,
+//! where `0` means never passed. Shorter records (an older doorman, or a
+//! postscreen record with fewer tests) read as "never passed" for the rest.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The tests whose passes are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Test {
+    /// The pregreet test.
+    Pregreet,
+    /// The DNSBL test.
+    Dnsbl,
+}
+
+/// One client's passes: the time each one expires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// When the pregreet pass expires.
+    pub pregreet: Option<SystemTime>,
+    /// When the DNSBL pass expires.
+    pub dnsbl: Option<SystemTime>,
+}
+
+impl Entry {
+    /// Whether `test` has a pass that holds at `now`.
+    pub fn passed(&self, test: Test, now: SystemTime) -> bool {
+        let expiry = match test {
+            Test::Pregreet => self.pregreet,
+            Test::Dnsbl => self.dnsbl,
+        };
+        expiry.is_some_and(|at| at > now)
+    }
+
+    /// Records a pass of `test` that holds for `ttl` from `now`.
+    pub fn record(&mut self, test: Test, now: SystemTime, ttl: Duration) {
+        let expiry = Some(now + ttl);
+        match test {
+            Test::Pregreet => self.pregreet = expiry,
+            Test::Dnsbl => self.dnsbl = expiry,
+        }
+    }
+
+    /// The latest expiry of any test.
+    pub fn latest(&self) -> Option<SystemTime> {
+        self.pregreet.max(self.dnsbl)
+    }
+
+    /// Whether cleanup may drop the entry: every test expired more than
+    /// `retention` before `now` (postscreen's `postscreen_cache_retention_time`).
+    pub fn stale(&self, now: SystemTime, retention: Duration) -> bool {
+        self.latest().is_none_or(|latest| latest + retention < now)
+    }
+
+    /// The record text.
+    pub fn encode(&self) -> String {
+        format!("{};{};0;0;0", seconds(self.pregreet), seconds(self.dnsbl))
+    }
+
+    /// Reads a record; `None` when it is not one.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut fields = text.trim().split(';').map(|f| f.parse::<u64>());
+        let mut next = || -> Option<Option<SystemTime>> {
+            match fields.next() {
+                None => Some(None),
+                Some(Ok(0)) => Some(None),
+                Some(Ok(at)) => Some(Some(UNIX_EPOCH + Duration::from_secs(at))),
+                Some(Err(_)) => None,
+            }
+        };
+        Some(Self {
+            pregreet: next()?,
+            dnsbl: next()?,
+        })
+    }
+}
+
+fn seconds(at: Option<SystemTime>) -> u64 {
+    at.and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_expire() {
+        let now = SystemTime::now();
+        let mut entry = Entry::default();
+        assert!(!entry.passed(Test::Pregreet, now));
+        entry.record(Test::Pregreet, now, Duration::from_secs(10));
+        assert!(entry.passed(Test::Pregreet, now + Duration::from_secs(9)));
+        assert!(!entry.passed(Test::Pregreet, now + Duration::from_secs(10)));
+        assert!(!entry.passed(Test::Dnsbl, now));
+    }
+
+    #[test]
+    fn records_round_trip_in_postscreen_layout() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry = Entry {
+            pregreet: Some(at),
+            dnsbl: None,
+        };
+        assert_eq!(entry.encode(), "1800000000;0;0;0;0");
+        assert_eq!(Entry::decode("1800000000;0;0;0;0"), Some(entry));
+        assert_eq!(
+            Entry::decode("1800000000"),
+            Some(entry),
+            "short records pad"
+        );
+        assert_eq!(Entry::decode("x;1"), None);
+    }
+
+    #[test]
+    fn staleness_uses_the_latest_expiry_and_the_retention() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let week = Duration::from_secs(7 * 86400);
+        let entry = |pregreet: u64, dnsbl: u64| Entry {
+            pregreet: Some(UNIX_EPOCH + Duration::from_secs(pregreet)),
+            dnsbl: Some(UNIX_EPOCH + Duration::from_secs(dnsbl)),
+        };
+        assert!(
+            !entry(2_000_000, 1).stale(now, week),
+            "pregreet still valid"
+        );
+        assert!(
+            !entry(999_000, 1).stale(now, week),
+            "expired within retention"
+        );
+        assert!(entry(1_000, 2_000).stale(now, week), "all expired long ago");
+        assert!(Entry::default().stale(now, week));
+    }
+}
