@@ -118,7 +118,7 @@ impl Embedded {
     }
 
     /// How many entries the file holds (pending writes not counted).
-    pub fn len(&self) -> Result<u64, CacheError> {
+    pub fn count(&self) -> Result<u64, CacheError> {
         let read = self.database.begin_read().map_err(store_error)?;
         let table = read.open_table(PASSES).map_err(store_error)?;
         table.len().map_err(store_error)

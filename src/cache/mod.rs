@@ -202,9 +202,9 @@ impl PassCache {
             Store::Memory => self.memory.lock().map(|m| m.len() as u64).unwrap_or(0),
             Store::Embedded(embedded) => {
                 embedded.flush().await?;
-                embedded.len()?
+                embedded.count()?
             }
-            Store::Redis(redis) => redis.len().await?,
+            Store::Redis(redis) => redis.count().await?,
         };
         Ok(Stats {
             store: self.name(),
@@ -286,7 +286,7 @@ mod tests {
                 Some(fresh)
             );
             store.flush().await.unwrap();
-            assert_eq!(store.len().unwrap(), 2);
+            assert_eq!(store.count().unwrap(), 2);
         }
         let store = Embedded::open(&path).unwrap();
         let stored = Entry::decode(&fresh.encode());
@@ -298,6 +298,6 @@ mod tests {
         assert_eq!(store.cleanup(now, 7 * day).await.unwrap(), (1, 1));
         assert_eq!(store.get(IpAddr::from([192, 0, 2, 2])).unwrap(), None);
         assert!(store.delete(IpAddr::from([192, 0, 2, 1])).await.unwrap());
-        assert_eq!(store.len().unwrap(), 0);
+        assert_eq!(store.count().unwrap(), 0);
     }
 }

@@ -172,7 +172,7 @@ impl RedisStore {
     }
 
     /// How many pass entries carry this store's prefix.
-    pub async fn len(&self) -> Result<u64, CacheError> {
+    pub async fn count(&self) -> Result<u64, CacheError> {
         let pattern = format!("{}pass:*", self.prefix);
         let mut cursor = 0u64;
         let mut count = 0u64;
