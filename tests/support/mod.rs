@@ -79,7 +79,7 @@ pub struct Doorman {
     pub child: Child,
     pub log: Log,
     pub address: SocketAddr,
-    pub dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 impl Doorman {
@@ -96,11 +96,19 @@ impl Doorman {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
+        Self::start_in(Arc::new(dir))
+    }
+
+    /// Starts doorman with the `doorman.toml` already in `dir` (a restart).
+    pub fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
         let mut child = Command::new(doorman_bin())
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("doorman.toml"))
-            .env("DOORMAN_LOG", "debug")
+            .env(
+                "DOORMAN_LOG",
+                "debug,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -120,6 +128,24 @@ impl Doorman {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         signal(self.child.id(), "TERM");
+    }
+
+    /// Stops with SIGTERM, waits for the exit, and hands back the folder.
+    pub fn stop(mut self) -> Arc<tempfile::TempDir> {
+        self.terminate();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "doorman did not stop");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Arc::clone(&self.dir)
+    }
+
+    /// Kills with SIGKILL (no flush) and hands back the folder.
+    pub fn kill9(mut self) -> Arc<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Arc::clone(&self.dir)
     }
 
     /// The config file's path.
@@ -464,6 +490,9 @@ pub fn start_sink(require_proxy: bool) -> (Program, SocketAddr) {
 pub struct Rbldnsd {
     pub program: Program,
     pub address: SocketAddr,
+    /// rbldnsd's query log (one line per query answered).
+    pub query_log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Rbldnsd {
@@ -478,9 +507,17 @@ impl Rbldnsd {
             .unwrap()
             .port();
         let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/dnsbl");
+        let dir = tempfile::tempdir().unwrap();
+        let query_log = dir.path().join("queries.log");
+        let mut permissions = std::fs::metadata(dir.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o777);
+        std::fs::set_permissions(dir.path(), permissions).unwrap();
         let mut command = Command::new("rbldnsd");
         command
-            .args(["-n", "-w", zones, "-b"])
+            .args(["-n", "-w", zones])
+            .arg("-l")
+            .arg(format!("+{}", query_log.display()))
+            .arg("-b")
             .arg(format!("127.0.0.1/{port}"))
             .args([
                 "bl.test:ip4set:bl.test",
@@ -497,7 +534,21 @@ impl Rbldnsd {
             assert!(Instant::now() < deadline, "rbldnsd did not answer");
             thread::sleep(Duration::from_millis(50));
         }
-        Some(Self { program, address })
+        Some(Self {
+            program,
+            address,
+            query_log,
+            _dir: dir,
+        })
+    }
+
+    /// How many queries so far asked for a name containing `needle`.
+    pub fn queries(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.query_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
     }
 }
 
@@ -518,4 +569,54 @@ fn dns_answers(address: SocketAddr) -> bool {
     }
     let mut answer = [0u8; 512];
     socket.recv(&mut answer).is_ok()
+}
+
+/// Debian's redis-server on a loopback port, without persistence.
+pub struct Redis {
+    pub program: Option<Program>,
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts it; `None` (the test skips) when redis-server is missing outside CI.
+    pub fn start() -> Option<Self> {
+        if !require_program("redis-server") {
+            return None;
+        }
+        let mut redis = Redis {
+            program: None,
+            port: free_port(),
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    /// The URL doorman's config takes.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (the port goes dead).
+    pub fn stop(&mut self) {
+        self.program = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis did not stop");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        self.program = Some(spawn(command, "redis"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
