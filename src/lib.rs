@@ -24,6 +24,8 @@
 //! - [`handoff`]: the backend pool, backend probes, and the relay.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`log`]: the postscreen-compatible event lines.
+//! - [`logfmt`]: where and how lines are written (syslog layout, JSON,
+//!   the syslog socket).
 //!
 //! Gates implement the API of the `doorman-gate-api` crate under
 //! `plugins/api`: the access list (`plugins/access`) and the DNSBL/DNSWL
@@ -38,6 +40,7 @@ pub mod explain;
 pub mod handoff;
 pub mod listener;
 pub mod log;
+pub mod logfmt;
 pub mod proxy;
 pub mod screen;
 pub mod session;

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use doorman::cache::PassCache;
-use doorman::config::Config;
+use doorman::config::{Config, LogSection};
 use doorman::listener::Server;
+use doorman::logfmt;
 
 /// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
 /// screening, handoff to real smtpd backends.
@@ -88,7 +89,14 @@ enum CacheAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The commands other than `run` log to stderr in the default layout,
+        // under their own name.
+        let _ = logfmt::init(&LogSection {
+            syslog_tag: "doorman".to_string(),
+            ..LogSection::default()
+        });
+    }
     let result = match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(loaded) => {
@@ -134,7 +142,14 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Err(error.into());
+        }
+    };
+    logfmt::init(&config.log)?;
     let runtime = runtime()?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
@@ -199,15 +214,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DOORMAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
 }

@@ -57,12 +57,15 @@ impl RedisStore {
         format!("redis:{}", self.url)
     }
 
-    /// Connects, and connects again whenever the link is lost, until the
+    /// Connects, pings a live link so an outage is noticed even without
+    /// traffic, and connects again whenever the link is lost, until the
     /// process ends.
     pub async fn keep_connected(self: Arc<Self>) {
         loop {
             let connected = self.link.lock().map(|l| l.is_some()).unwrap_or(true);
-            if !connected {
+            if connected {
+                let _: Option<String> = self.call(redis::cmd("PING").clone()).await;
+            } else {
                 self.connect_once().await;
             }
             tokio::select! {

@@ -313,6 +313,46 @@ impl Default for EngineSection {
     }
 }
 
+/// The layout of log lines.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Syslog mail-log lines, as postscreen's.
+    #[default]
+    Postscreen,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The layout.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Send lines to the local syslog socket instead of stderr.
+    #[serde(default)]
+    pub syslog: bool,
+    /// The program name in each line.
+    #[serde(default = "default_syslog_tag")]
+    pub syslog_tag: String,
+    /// The syslog socket.
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            syslog: false,
+            syslog_tag: default_syslog_tag(),
+            syslog_socket: default_syslog_socket(),
+        }
+    }
+}
+
 /// The config file as written.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -336,6 +376,8 @@ struct ConfigFile {
     cache: CacheSection,
     #[serde(default)]
     engine: EngineSection,
+    #[serde(default)]
+    log: LogSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -369,6 +411,8 @@ pub struct Config {
     pub cache: CacheSection,
     /// The `[engine]` section.
     pub engine: EngineSection,
+    /// The `[log]` section.
+    pub log: LogSection,
 }
 
 impl Config {
@@ -557,6 +601,7 @@ impl Config {
             dnsbl_sites,
             cache,
             engine: file.engine,
+            log: file.log,
         })
     }
 }
@@ -615,6 +660,14 @@ fn default_dnsbl_timeout() -> Duration {
 
 fn default_cache_size() -> usize {
     100_000
+}
+
+fn default_syslog_tag() -> String {
+    "postfix/postscreen".to_string()
+}
+
+fn default_syslog_socket() -> PathBuf {
+    PathBuf::from("/dev/log")
 }
 
 fn default_cache_path() -> PathBuf {

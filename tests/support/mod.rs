@@ -175,7 +175,8 @@ pub fn parse_endpoint(line: &str) -> SocketAddr {
     let text = &line[start..];
     let end = text.find(|c: char| c.is_whitespace()).unwrap_or(text.len());
     let (ip, port) = text[1..end].split_once("]:").expect("[ip]:port");
-    SocketAddr::new(ip.parse().expect("ip"), port.parse().expect("port"))
+    let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
+    SocketAddr::new(ip.parse().expect("ip"), digits.parse().expect("port"))
 }
 
 /// A config with one listener on port 0, the given `[proxy]` timeout and

@@ -1,0 +1,177 @@
+//! Where and how log lines are written.
+//!
+//! - `postscreen` (the default): each line in the layout of a syslog mail
+//!   log, `Mmm dd hh:mm:ss host tag[pid]: event`, exactly what fail2ban's
+//!   `postfix` filter and pflogsumm read from `/var/log/mail.log`. Warnings
+//!   carry postscreen's own `warning:` prefix in the event text; debug lines
+//!   get `debug:`.
+//! - `json`: one object per event.
+//! - `syslog = true`: each line goes as one datagram to the local syslog
+//!   socket, with the mail facility's priority, and syslog adds the host.
+
+use std::fmt;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSection};
+
+/// The filter when `DOORMAN_LOG` is unset: doorman's lines, not the DNS
+/// library's chatter.
+pub const DEFAULT_FILTER: &str = "info,hickory_proto=warn,hickory_resolver=warn,hickory_net=warn";
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The syslog socket could not be reached.
+    #[error("cannot use the syslog socket {path}: {source}")]
+    Syslog {
+        /// The socket path.
+        path: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A subscriber was already installed.
+    #[error("logging was already set up")]
+    AlreadySet,
+}
+
+/// The syslog-layout formatter.
+struct MailLog {
+    tag: String,
+    host: Option<String>,
+    pid: u32,
+}
+
+/// The mail facility's priority for a level (RFC 5424: facility 2).
+fn priority(level: &Level) -> u8 {
+    16 + match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for MailLog
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let level = event.metadata().level();
+        let stamp = chrono::Local::now().format("%b %e %H:%M:%S");
+        match &self.host {
+            Some(host) => write!(writer, "{stamp} {host} {}[{}]: ", self.tag, self.pid)?,
+            None => write!(
+                writer,
+                "<{}>{stamp} {}[{}]: ",
+                priority(level),
+                self.tag,
+                self.pid
+            )?,
+        }
+        if *level >= Level::DEBUG {
+            writer.write_str("debug: ")?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Sends every write as one datagram to the syslog socket.
+#[derive(Clone)]
+struct Syslog {
+    socket: Arc<UnixDatagram>,
+}
+
+impl io::Write for &Syslog {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let _ = self.socket.send(line);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = &'a Syslog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+/// Installs the global subscriber for `settings`. `DOORMAN_LOG` overrides
+/// the filter.
+pub fn init(settings: &LogSection) -> Result<(), LogError> {
+    let filter =
+        EnvFilter::try_from_env("DOORMAN_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false);
+    let result = match (settings.format, settings.syslog) {
+        (LogFormat::Json, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(io::stderr)
+            .try_init(),
+        (LogFormat::Json, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(syslog(&settings.syslog_socket)?)
+            .try_init(),
+        (LogFormat::Postscreen, false) => builder
+            .event_format(MailLog {
+                tag: settings.syslog_tag.clone(),
+                host: Some(
+                    gethostname::gethostname()
+                        .to_string_lossy()
+                        .split('.')
+                        .next()
+                        .unwrap_or("localhost")
+                        .to_string(),
+                ),
+                pid: std::process::id(),
+            })
+            .with_writer(io::stderr)
+            .try_init(),
+        (LogFormat::Postscreen, true) => builder
+            .event_format(MailLog {
+                tag: settings.syslog_tag.clone(),
+                host: None,
+                pid: std::process::id(),
+            })
+            .with_writer(syslog(&settings.syslog_socket)?)
+            .try_init(),
+    };
+    result.map_err(|_| LogError::AlreadySet)
+}
+
+fn syslog(path: &Path) -> Result<Syslog, LogError> {
+    let fail = |source| LogError::Syslog {
+        path: path.display().to_string(),
+        source,
+    };
+    let socket = UnixDatagram::unbound().map_err(fail)?;
+    socket.connect(path).map_err(fail)?;
+    Ok(Syslog {
+        socket: Arc::new(socket),
+    })
+}

@@ -1,0 +1,167 @@
+//! doorman's log lines in postscreen's syslog layout, read by Debian's real
+//! fail2ban with its stock `postfix` filter: the PREGREET, HANGUP and
+//! COMMAND ... LIMIT lines match mode `ddos` and the NOQUEUE reject matches
+//! mode `normal`, each for the real client's address. Also: the JSON layout
+//! and the syslog socket.
+
+mod support;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
+    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
+    stream
+        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
+        .unwrap();
+    stream
+}
+
+/// The addresses fail2ban's `postfix[mode=<mode>]` finds in `log`.
+fn banned(log: &std::path::Path, mode: &str) -> Vec<String> {
+    let out = Command::new("fail2ban-regex")
+        .args(["-o", "ip"])
+        .arg(log)
+        .arg(format!("postfix[mode={mode}]"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    ips.sort();
+    ips
+}
+
+#[test]
+fn stock_fail2ban_postfix_filter_bans_the_real_clients() {
+    if !require_program("fail2ban-regex") {
+        return;
+    }
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let sections = format!(
+        "[greet]\nwait = \"1s\"\n[dnsbl]\nsites = [\"bl.test=127.0.0.[2..11]*2\"]\nthreshold = 2\naction = \"enforce\"\nnameservers = [\"{}\"]\n[engine]\ncommand_time = \"1s\"\n[log]\nformat = \"postscreen\"\n",
+        dns.address
+    );
+    let doorman = Doorman::start(
+        &config_with(backend.address, "v2", "", "5s", &sections),
+        "127.0.0.1\n",
+    );
+
+    // A pregreeting zombie, logged PREGREET, then handed off (ignore).
+    let mut zombie = connect_as(&doorman, "203.0.113.201");
+    zombie.write_all(b"EHLO ylmf-pc\r\n").unwrap();
+    // A client that hangs up during the greet wait.
+    let hangup = connect_as(&doorman, "203.0.113.204");
+    // A listed client refused at RCPT by the built-in engine.
+    let mut listed = connect_as(&doorman, "203.0.113.7");
+    // A listed client that never finishes its command.
+    let mut slow = connect_as(&doorman, "203.0.113.8");
+    assert_eq!(read_line(&mut slow), "220-mx.doorman.test ESMTP\r\n");
+    drop(hangup);
+    assert_eq!(read_line(&mut listed), "220-mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut listed), "220 mx.doorman.test ESMTP\r\n");
+    listed
+        .write_all(b"HELO badguy.example.com\r\nMAIL FROM:<spammer@example.com>\r\nRCPT TO:<goodguy@example.com>\r\nQUIT\r\n")
+        .unwrap();
+    read_to_close(&mut listed);
+    assert_eq!(read_line(&mut slow), "220 mx.doorman.test ESMTP\r\n");
+    slow.write_all(b"HEL").unwrap();
+    read_to_close(&mut slow);
+    doorman.log.wait_for(
+        "COMMAND TIME LIMIT from [203.0.113.8]:40000 after CONNECT",
+        Duration::from_secs(5),
+    );
+    doorman
+        .log
+        .wait_for("PREGREET 14 after", Duration::from_secs(5));
+    doorman.log.wait_for("HANGUP after", Duration::from_secs(5));
+    doorman.log.wait_for(
+        "NOQUEUE: reject: RCPT from [203.0.113.7]:40000",
+        Duration::from_secs(5),
+    );
+    drop(zombie);
+
+    let lines = doorman.log.lines();
+    for line in &lines {
+        assert!(line.contains(" postfix/postscreen["), "layout: {line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mail_log = dir.path().join("mail.log");
+    std::fs::write(&mail_log, lines.join("\n") + "\n").unwrap();
+    assert_eq!(
+        banned(&mail_log, "ddos"),
+        vec!["203.0.113.201", "203.0.113.204", "203.0.113.8"]
+    );
+    assert_eq!(banned(&mail_log, "normal"), vec!["203.0.113.7"]);
+}
+
+#[test]
+fn json_layout_and_syslog_socket() {
+    let backend = FakeBackend::start(true);
+    let json = Doorman::start(
+        &config_with(
+            backend.address,
+            "v2",
+            "",
+            "5s",
+            "[greet]\nbanner = \"\"\n[log]\nformat = \"json\"\n",
+        ),
+        "127.0.0.1\n",
+    );
+    let mut client = connect_as(&json, "203.0.113.10");
+    assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+    let line = json.log.wait_for("CONNECT from", Duration::from_secs(5));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(
+        line.contains("\"message\":\"CONNECT from [203.0.113.10]:40000 to [198.51.100.25]:25\""),
+        "{line}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        &format!(
+            "[greet]\nbanner = \"\"\n[log]\nsyslog = true\nsyslog_tag = \"doorman-test\"\nsyslog_socket = \"{}\"\n",
+            socket_path.display()
+        ),
+    );
+    // With syslog, nothing reaches stderr; wait for the listening datagram.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::write(dir2.path().join("doorman.toml"), &config).unwrap();
+    std::fs::write(dir2.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let mut child = Command::new(doorman_bin())
+        .args(["run", "--config"])
+        .arg(dir2.path().join("doorman.toml"))
+        .spawn()
+        .unwrap();
+    let mut datagram = [0u8; 2048];
+    let n = socket.recv(&mut datagram).unwrap();
+    let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.starts_with("<22>"), "mail.info priority: {text}");
+    assert!(text.contains(" doorman-test["), "{text}");
+    assert!(text.contains("]: listening on [127.0.0.1]:"), "{text}");
+}
