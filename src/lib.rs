@@ -9,6 +9,8 @@
 //! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
 //!   `FILE:LINE` errors.
 //! - [`explain`]: `doorman explain`, the gates' findings for one address.
+//! - [`limits`]: per-client, screening and total connection limits, and
+//!   stress mode.
 //! - [`listener`]: accept loops, graceful shutdown.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
@@ -38,6 +40,7 @@ pub mod cache;
 pub mod config;
 pub mod explain;
 pub mod handoff;
+pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod logfmt;

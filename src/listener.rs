@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenerConfig};
+use crate::limits::Limits;
 use crate::log;
 use crate::session::Session;
 use crate::shared::Shared;
@@ -27,6 +28,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Bound listeners with the config they serve.
 pub struct Server {
     shared: Arc<Shared>,
+    limits: Arc<Limits>,
     listeners: Vec<(TcpListener, ListenerConfig)>,
 }
 
@@ -47,6 +49,7 @@ impl Server {
         let shared = Shared::new(config).map_err(|error| io::Error::other(error.to_string()))?;
         Ok(Self {
             shared: Arc::new(shared),
+            limits: Arc::new(Limits::default()),
             listeners,
         })
     }
@@ -62,6 +65,7 @@ impl Server {
                 socket,
                 listener,
                 Arc::clone(&self.shared),
+                Arc::clone(&self.limits),
                 sessions.clone(),
                 stop_accepting.clone(),
                 cut_sessions.clone(),
@@ -113,6 +117,7 @@ async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
     shared: Arc<Shared>,
+    limits: Arc<Limits>,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
@@ -124,7 +129,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let session = Session::new(stream, peer, &listener, Arc::clone(&shared));
+                let session = Session::new(
+                    stream,
+                    peer,
+                    &listener,
+                    Arc::clone(&shared),
+                    Arc::clone(&limits),
+                );
                 let cut = cut_sessions.clone();
                 sessions.spawn(async move {
                     tokio::select! {

@@ -253,6 +253,38 @@ pub fn backend_refused(client: SocketAddr, backend: Option<SocketAddr>, greeting
     );
 }
 
+/// Stress mode began or ended (postscreen's lines).
+pub fn stress(entering: bool, connections: usize) {
+    warn!(
+        "{} STRESS mode with {connections} connections",
+        if entering { "entering" } else { "leaving" }
+    );
+}
+
+/// Too many connections from one client (postscreen's line).
+pub fn too_many_connections(client: SocketAddr) {
+    warn!(
+        "NOQUEUE: reject: CONNECT from {}: too many connections",
+        Endpoint(client)
+    );
+}
+
+/// All screening places are taken (postscreen's line, as its code writes it).
+pub fn screening_busy(client: SocketAddr) {
+    warn!(
+        "reject: connect from {}: all screening ports busy",
+        Endpoint(client)
+    );
+}
+
+/// The total connection cap is reached.
+pub fn total_busy(client: SocketAddr) {
+    warn!(
+        "NOQUEUE: reject: CONNECT from {}: too many connections in total",
+        Endpoint(client)
+    );
+}
+
 /// A cache cleanup run ended (postscreen's line).
 pub fn cache_cleanup(store: &str, retained: u64, dropped: u64) {
     info!("cache {store} full cleanup: retained={retained} dropped={dropped} entries");

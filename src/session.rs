@@ -29,6 +29,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use crate::cache::Test;
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::handoff::{relay, RelayError};
+use crate::limits::{Limits, Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
 use crate::screen::{Decision, Screening, PREGREET_REPLY};
@@ -91,6 +92,11 @@ pub struct Session {
     local: SocketAddr,
     mode: ProxyMode,
     shared: Arc<Shared>,
+    limits: Arc<Limits>,
+    /// The counted places this client holds (given back when it ends).
+    places: Vec<Place>,
+    /// The screening place, held during the greet wait and the engine.
+    screening: Option<Place>,
     /// Bytes received but not yet used: the rest of a PROXY header, then the
     /// client's first bytes.
     buffer: BytesMut,
@@ -103,6 +109,7 @@ impl Session {
         peer: SocketAddr,
         listener: &ListenerConfig,
         shared: Arc<Shared>,
+        limits: Arc<Limits>,
     ) -> Self {
         let local = stream.local_addr().unwrap_or(listener.address);
         Self {
@@ -111,6 +118,9 @@ impl Session {
             local: canonical(local),
             mode: listener.proxy,
             shared,
+            limits,
+            places: Vec::new(),
+            screening: None,
             buffer: BytesMut::new(),
         }
     }
@@ -285,6 +295,10 @@ impl Session {
                 Verdict::Dunno => {}
             }
         }
+        match self.limits.admit(client.ip(), &config.limits) {
+            Ok((total, per_client)) => self.places.extend([total, per_client]),
+            Err(refusal) => return self.refuse(&client, refusal).await,
+        }
         let now = SystemTime::now();
         let previous = shared.cache.get(client.ip()).await;
         let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
@@ -301,8 +315,17 @@ impl Session {
             };
         }
 
+        match self.limits.screen(&config.limits) {
+            Ok(place) => self.screening = Some(place),
+            Err(refusal) => return self.refuse(&client, refusal).await,
+        }
+        let wait = if self.limits.stressed() {
+            config.greet.wait.min(STRESS_GREET_WAIT)
+        } else {
+            config.greet.wait
+        };
         let started = Instant::now();
-        let deadline = started + config.greet.wait;
+        let deadline = started + wait;
         if pregreet_due {
             self.send(&format!("220-{banner}\r\n")).await;
         }
@@ -417,6 +440,26 @@ impl Session {
         Phase::Closed
     }
 
+    /// A limit refused the client: postscreen's reply and log line.
+    async fn refuse(&mut self, client: &Client, refusal: Refusal) -> Phase {
+        let reply = match refusal {
+            Refusal::PerClient => {
+                log::too_many_connections(client.address);
+                reply::TOO_MANY_CONNECTIONS
+            }
+            Refusal::Screening => {
+                log::screening_busy(client.address);
+                reply::SCREENING_PORTS_BUSY
+            }
+            Refusal::Total => {
+                log::total_busy(client.address);
+                reply::SERVER_PORTS_BUSY
+            }
+        };
+        self.send(reply).await;
+        Phase::Closed
+    }
+
     /// The `drop` action: the test's 521 reply, then close.
     async fn drop_client(&mut self, client: &Client, rejection: &Rejection) -> Phase {
         self.send(&rejection.drop_reply()).await;
@@ -477,6 +520,7 @@ impl Session {
     /// when it is a 220; otherwise doorman completes the greeting itself and
     /// refuses the next command.
     async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
+        self.screening = None;
         let mut backend = match self
             .shared
             .pool

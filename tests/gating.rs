@@ -674,3 +674,94 @@ fn explain_shows_matches_score_and_verdict() {
         "{error}"
     );
 }
+
+#[test]
+fn connection_limits_and_stress_mode() {
+    let backend = FakeBackend::start(true);
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        "[greet]\nwait = \"5s\"\n[limits]\nclient_connections = 2\nscreening = 10\ntotal = 12\n",
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect_as(&doorman, "203.0.113.30");
+        assert_eq!(read_line(&mut c), TEASER);
+        held.push(c);
+    }
+    let mut third = connect_as(&doorman, "203.0.113.30");
+    assert_eq!(
+        read_to_close(&mut third),
+        "421 4.7.0 Error: too many connections\r\n"
+    );
+    doorman.log.wait_for(
+        "NOQUEUE: reject: CONNECT from [203.0.113.30]:40000: too many connections",
+        Duration::from_secs(5),
+    );
+    for n in 41..48 {
+        let mut c = connect_as(&doorman, &format!("203.0.113.{n}"));
+        assert_eq!(read_line(&mut c), TEASER);
+        held.push(c);
+    }
+    // 9 of 10 screening places: stress mode, and the greet wait drops to 2s.
+    doorman.log.wait_for(
+        "entering STRESS mode with 9 connections",
+        Duration::from_secs(5),
+    );
+    let started = Instant::now();
+    let mut stressed = connect_as(&doorman, "203.0.113.48");
+    assert_eq!(read_line(&mut stressed), TEASER);
+    let mut busy = connect_as(&doorman, "203.0.113.49");
+    assert_eq!(
+        read_to_close(&mut busy),
+        "421 4.3.2 All screening ports are busy\r\n"
+    );
+    doorman.log.wait_for(
+        "reject: connect from [203.0.113.49]:40000: all screening ports busy",
+        Duration::from_secs(5),
+    );
+    // Health checks are not counted.
+    let mut check = connect_from(PROXY, doorman.address);
+    check
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00")
+        .unwrap();
+    assert_eq!(read_line(&mut check), "220 mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut stressed), BACKEND);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(4000),
+        "stress wait: {waited:?}"
+    );
+    drop(held);
+    doorman.log.wait_for(
+        "leaving STRESS mode with 7 connections",
+        Duration::from_secs(8),
+    );
+}
+
+#[test]
+fn total_connection_cap() {
+    let backend = FakeBackend::start(true);
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        "[greet]\nwait = \"3s\"\n[limits]\ntotal = 1\n",
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let mut first = connect_as(&doorman, "203.0.113.35");
+    assert_eq!(read_line(&mut first), TEASER);
+    let mut second = connect_as(&doorman, "203.0.113.36");
+    assert_eq!(
+        read_to_close(&mut second),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    doorman.log.wait_for(
+        "NOQUEUE: reject: CONNECT from [203.0.113.36]:40000: too many connections in total",
+        Duration::from_secs(5),
+    );
+}

@@ -313,6 +313,32 @@ impl Default for EngineSection {
     }
 }
 
+/// The `[limits]` section; 0 turns a limit off.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Concurrent connections per client address
+    /// (postscreen_client_connection_count_limit).
+    #[serde(default = "default_client_connections")]
+    pub client_connections: usize,
+    /// Clients being screened at once (postscreen_pre_queue_limit).
+    #[serde(default = "default_screening")]
+    pub screening: usize,
+    /// Client connections in total.
+    #[serde(default = "default_total")]
+    pub total: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            client_connections: default_client_connections(),
+            screening: default_screening(),
+            total: default_total(),
+        }
+    }
+}
+
 /// The layout of log lines.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -378,6 +404,8 @@ struct ConfigFile {
     engine: EngineSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    limits: LimitsSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -413,6 +441,8 @@ pub struct Config {
     pub engine: EngineSection,
     /// The `[log]` section.
     pub log: LogSection,
+    /// The `[limits]` section.
+    pub limits: LimitsSection,
 }
 
 impl Config {
@@ -602,6 +632,7 @@ impl Config {
             cache,
             engine: file.engine,
             log: file.log,
+            limits: file.limits,
         })
     }
 }
@@ -660,6 +691,18 @@ fn default_dnsbl_timeout() -> Duration {
 
 fn default_cache_size() -> usize {
     100_000
+}
+
+fn default_client_connections() -> usize {
+    50
+}
+
+fn default_screening() -> usize {
+    100
+}
+
+fn default_total() -> usize {
+    10_000
 }
 
 fn default_syslog_tag() -> String {

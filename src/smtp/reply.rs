@@ -15,6 +15,12 @@ pub const INVALID_PROXY_HEADER: &str = "421 4.7.0 Invalid PROXY header\r\n";
 /// No backend accepted the connection (postscreen's reply).
 pub const SERVER_PORTS_BUSY: &str = "421 4.3.2 All server ports are busy\r\n";
 
+/// Too many connections from one client (postscreen's reply).
+pub const TOO_MANY_CONNECTIONS: &str = "421 4.7.0 Error: too many connections\r\n";
+
+/// All screening places are taken (postscreen's reply).
+pub const SCREENING_PORTS_BUSY: &str = "421 4.3.2 All screening ports are busy\r\n";
+
 /// The reply to QUIT.
 pub const BYE: &str = "221 2.0.0 Bye\r\n";
 
