@@ -47,6 +47,8 @@ impl Server {
             listeners.push((socket, listener.clone()));
         }
         let shared = Shared::new(config).map_err(|error| io::Error::other(error.to_string()))?;
+        shared.pool.check_all().await;
+        shared.pool.start_checks();
         Ok(Self {
             shared: Arc::new(shared),
             limits: Arc::new(Limits::default()),

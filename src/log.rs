@@ -134,6 +134,20 @@ pub fn backend_unreachable(backend: SocketAddr, error: &io::Error) {
     warn!("warning: cannot connect to service {backend}: {error}");
 }
 
+/// A health check of a backend failed.
+pub fn backend_check_failed(backend: SocketAddr, error: &io::Error) {
+    debug!("health check of backend {backend} failed: {error}");
+}
+
+/// A backend went up or down.
+pub fn backend_state(backend: SocketAddr, up: bool) {
+    if up {
+        info!("backend {backend} is UP");
+    } else {
+        warn!("warning: backend {backend} is DOWN");
+    }
+}
+
 /// No backend took the client (postscreen's line).
 pub fn all_server_ports_busy(client: SocketAddr) {
     warn!(

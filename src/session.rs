@@ -28,7 +28,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use crate::cache::Test;
 use crate::config::{ListenerConfig, ProxyMode};
-use crate::handoff::{relay, RelayError};
+use crate::handoff::{relay, Connected, RelayError};
 use crate::limits::{Limits, Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
@@ -224,7 +224,7 @@ impl Session {
     /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
     /// level only.
     async fn health_check(&mut self) -> Phase {
-        let alive = self.shared.pool.any_alive().await;
+        let alive = self.shared.pool.any_healthy();
         log::health_check(self.peer, alive);
         if !alive {
             self.send(reply::SERVER_PORTS_BUSY).await;
@@ -521,26 +521,30 @@ impl Session {
     /// refuses the next command.
     async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
         self.screening = None;
-        let mut backend = match self
-            .shared
-            .pool
-            .connect(client.address, client.destination)
-            .await
-        {
-            Ok(backend) => backend,
+        let shared = Arc::clone(&self.shared);
+        let Connected {
+            stream: mut backend,
+            lease: _lease,
+            greeting,
+        } = match shared.pool.connect(&client).await {
+            Ok(connected) => connected,
             Err(_) => {
                 log::all_server_ports_busy(client.address);
                 return self.refuse_busy(teased).await;
             }
         };
-        if teased {
-            match read_greeting(&mut backend).await {
-                Ok(greeting) if greeting.starts_with(b"220") => self.send_bytes(&greeting).await,
-                Ok(greeting) | Err(greeting) => {
-                    log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
-                    return self.refuse_busy(true).await;
-                }
+        let greeting = match greeting {
+            Some(greeting) => Some(Ok(greeting)),
+            None if teased => Some(read_greeting(&mut backend).await),
+            None => None,
+        };
+        match greeting {
+            Some(Ok(greeting)) if greeting.starts_with(b"220") => self.send_bytes(&greeting).await,
+            Some(Ok(greeting) | Err(greeting)) => {
+                log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+                return self.refuse_busy(teased).await;
             }
+            None => {}
         }
         let early = std::mem::take(&mut self.buffer);
         match relay(&mut self.stream, backend, early).await {

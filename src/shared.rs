@@ -26,7 +26,7 @@ pub struct Shared {
     /// The config snapshot.
     pub config: Arc<Config>,
     /// The backends.
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     /// The DNSBL gate, when sites are configured.
     pub dnsbl: Option<Arc<Dnsbl>>,
     /// The DNSBL thresholds and reply names.
@@ -56,7 +56,11 @@ impl Shared {
             )?))
         };
         Ok(Self {
-            pool: Pool::new(config.backends.clone()),
+            pool: Arc::new(Pool::new(
+                config.backends.clone(),
+                config.pool.clone(),
+                &config.hostname,
+            )),
             dnsbl,
             dnsbl_policy: Policy {
                 threshold: config.dnsbl.threshold,

@@ -190,7 +190,7 @@ fn haproxy_marks_doorman_down_when_no_backend_is_alive() {
     if !require_program("haproxy") {
         return;
     }
-    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_reserved, dead) = dead_address();
     let doorman = Doorman::start(&config(dead, "v2", "", "5s"), "127.0.0.1\n");
     let dir = tempfile::tempdir().unwrap();
     let front = Front {

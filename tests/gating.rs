@@ -569,19 +569,27 @@ fn hangup_during_the_wait() {
 #[test]
 fn backend_refusing_after_the_teaser_gets_a_clean_ending() {
     let Some(dns) = Rbldnsd::start() else { return };
-    // A backend that greets with 554.
+    // A backend that passes doorman's first health check, then greets
+    // clients with 554 (an overloaded or misconfigured smtpd).
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
             let mut stream = stream;
-            let _ = stream.write_all(b"554 5.3.2 backend says no\r\n");
+            let greeting: &[u8] = if n == 0 {
+                b"220 backend.test ESMTP\r\n"
+            } else {
+                b"554 5.3.2 backend says no\r\n"
+            };
+            let _ = stream.write_all(greeting);
             std::thread::sleep(Duration::from_secs(2));
         }
     });
     let backend = FakeBackend {
         address,
         connections: Default::default(),
+        stopped: Default::default(),
+        acceptor: Default::default(),
     };
     let doorman = start(&backend, dns.address, Setup::default());
     let mut client = connect_as(&doorman, "203.0.113.205");

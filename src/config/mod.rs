@@ -64,8 +64,52 @@ pub enum SendProxy {
     V2,
     /// A PROXY protocol v1 (text) line.
     V1,
+    /// Postfix's XCLIENT command after the backend's greeting.
+    Xclient,
     /// Nothing: the backend sees doorman as the client.
     None,
+}
+
+/// How the pool picks a backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Weighted rotation.
+    #[default]
+    Roundrobin,
+    /// Fewest active connections per unit of weight.
+    Leastconn,
+    /// A rendezvous hash of the client address.
+    Source,
+}
+
+/// The `[pool]` section: balancing and active health checks.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// How a backend is picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Time between two health checks of a backend.
+    #[serde(with = "humantime_serde", default = "default_check_interval")]
+    pub check_interval: Duration,
+    /// Successful checks that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failed checks (or connects) that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        Self {
+            balance: Balance::default(),
+            check_interval: default_check_interval(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
 }
 
 /// The `[proxy]` section.
@@ -111,6 +155,12 @@ pub struct BackendConfig {
     /// How long a connection attempt may take.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// Its share of clients relative to the other backends.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The most clients it takes at once; 0 is no limit.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 /// A test's action, as written in the config.
@@ -406,6 +456,8 @@ struct ConfigFile {
     log: LogSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    pool: PoolSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -443,6 +495,8 @@ pub struct Config {
     pub log: LogSection,
     /// The `[limits]` section.
     pub limits: LimitsSection,
+    /// The `[pool]` section.
+    pub pool: PoolSection,
 }
 
 impl Config {
@@ -564,6 +618,12 @@ impl Config {
                 "command_limit must be above 0 and line_length at least 16".into(),
             ));
         }
+        if file.pool.check_interval.is_zero() || file.pool.rise == 0 || file.pool.fall == 0 {
+            return Err(invalid(
+                "[pool]",
+                "check_interval, rise and fall must be above 0".into(),
+            ));
+        }
         if file.dnsbl.min_ttl > file.dnsbl.max_ttl {
             return Err(invalid("min_ttl", "dnsbl min_ttl is above max_ttl".into()));
         }
@@ -633,6 +693,7 @@ impl Config {
             engine: file.engine,
             log: file.log,
             limits: file.limits,
+            pool: file.pool,
         })
     }
 }
@@ -691,6 +752,22 @@ fn default_dnsbl_timeout() -> Duration {
 
 fn default_cache_size() -> usize {
     100_000
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
 }
 
 fn default_client_connections() -> usize {

@@ -1,12 +1,15 @@
 //! Handing a client to a backend smtpd.
 //!
-//! - [`pool`]: the backends, tried in config order, each within its
-//!   connect timeout, and probed for health checks.
+//! - [`balance`]: which backend a client goes to (sans-IO).
+//! - [`pool`]: health checks, limits, leases and the backend connection.
+//! - [`xclient`]: Postfix's XCLIENT (sans-IO).
 //! - [`relay`]: the byte copy in both directions once a backend took the
 //!   client.
 
+pub mod balance;
 pub mod pool;
 pub mod relay;
+pub mod xclient;
 
-pub use pool::{NoBackend, Pool};
+pub use pool::{BackendStatus, Connected, NoBackend, Pool};
 pub use relay::{relay, RelayError};

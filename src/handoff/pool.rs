@@ -1,108 +1,332 @@
-//! The backend pool.
+//! The backend pool: balancing, active and passive health, connection
+//! limits, and the connection itself.
 //!
-//! A client goes to the first backend that accepts, in config order, each
-//! within its `connect_timeout`. The backend learns the real client from the
-//! header `send_proxy` names. Health checks from HAProxy ask the pool whether
-//! any backend is alive; the answer comes from a real probe (connect, the
-//! check header, banner, QUIT) and is reused for one second, so a check storm
-//! does not become a probe storm.
+//! Each backend is checked every `check_interval` the way doorman's own
+//! clients reach it: the check header (a v2 `LOCAL`, or a v1 line with
+//! doorman's own addresses), a 2xx banner, QUIT. `fall` failed checks take
+//! it out, `rise` good ones bring it back, and a failed client connect
+//! counts as a failed check. The first round runs before doorman serves, so
+//! a dead backend is known from the start. A client goes to the backends in
+//! the order [`balance::order`] gives, skipping those at `max_connections`,
+//! and falls over to the next one within its connection.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use bytes::BytesMut;
+use doorman_gate_api::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{BackendConfig, SendProxy};
+use super::balance::{self, Candidate};
+use super::xclient;
+use crate::config::{BackendConfig, PoolSection, SendProxy};
 use crate::log;
 use crate::proxy::write;
+use crate::smtp::response::complete_reply;
 
-/// How long a probe result is reused.
-const PROBE_REUSE: Duration = Duration::from_secs(1);
+/// The longest reply doorman reads from a backend.
+const REPLY_LIMIT: usize = 8192;
 
 /// No backend took the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no backend accepted the connection")]
 pub struct NoBackend;
 
+/// One backend and what doorman knows of it.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Its config.
+    pub config: BackendConfig,
+    healthy: AtomicBool,
+    /// Consecutive (successes, failures) of checks.
+    streak: Mutex<(u32, u32)>,
+    active: AtomicUsize,
+}
+
+/// A backend's state for metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// The backend's address.
+    pub address: SocketAddr,
+    /// Whether health checks say it is up.
+    pub healthy: bool,
+    /// Its active client connections.
+    pub active: usize,
+}
+
+/// A client's place at a backend; given back when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    backend: Arc<BackendState>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A backend connection that already knows the real client.
+#[derive(Debug)]
+pub struct Connected {
+    /// The connection.
+    pub stream: TcpStream,
+    /// The client's place at the backend.
+    pub lease: Lease,
+    /// The greeting doorman already read (XCLIENT's fresh 220); `None` when
+    /// the backend's greeting is still to come on the stream.
+    pub greeting: Option<Vec<u8>>,
+}
+
 /// The backends of one config.
 #[derive(Debug)]
 pub struct Pool {
-    backends: Vec<BackendConfig>,
-    last_probe: Mutex<Option<(Instant, bool)>>,
+    backends: Vec<Arc<BackendState>>,
+    settings: PoolSection,
+    hostname: String,
+    tick: AtomicUsize,
 }
 
 impl Pool {
-    /// A pool over `backends`, in the order they are tried.
-    pub fn new(backends: Vec<BackendConfig>) -> Self {
+    /// A pool over `backends`; all count as healthy until the first checks.
+    pub fn new(backends: Vec<BackendConfig>, settings: PoolSection, hostname: &str) -> Self {
         Self {
-            backends,
-            last_probe: Mutex::new(None),
+            backends: backends
+                .into_iter()
+                .map(|config| {
+                    Arc::new(BackendState {
+                        config,
+                        healthy: AtomicBool::new(true),
+                        streak: Mutex::new((0, 0)),
+                        active: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+            settings,
+            hostname: hostname.to_string(),
+            tick: AtomicUsize::new(0),
         }
     }
 
-    /// Connects to the first backend that accepts and sends it the header
-    /// for `client`, who connected to `destination`.
-    pub async fn connect(
-        &self,
-        client: SocketAddr,
-        destination: SocketAddr,
-    ) -> Result<TcpStream, NoBackend> {
+    /// Checks every backend once, all at once, and takes the results as
+    /// their states.
+    pub async fn check_all(&self) {
+        let mut checks = tokio::task::JoinSet::new();
         for backend in &self.backends {
-            match open(backend, client, destination).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => log::backend_unreachable(backend.address, &error),
+            let backend = Arc::clone(backend);
+            checks.spawn(async move {
+                let healthy = match probe(&backend.config).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        log::backend_check_failed(backend.config.address, &error);
+                        false
+                    }
+                };
+                backend.healthy.store(healthy, Ordering::SeqCst);
+                if !healthy {
+                    log::backend_state(backend.config.address, false);
+                }
+            });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+
+    /// Starts the periodic checks; they stop when the pool is dropped.
+    pub fn start_checks(self: &Arc<Self>) {
+        for index in 0..self.backends.len() {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(check_loop(pool, index, self.settings.check_interval));
+        }
+    }
+
+    /// Whether any backend is up (the answer for HAProxy's checks).
+    pub fn any_healthy(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.healthy.load(Ordering::SeqCst))
+    }
+
+    /// Every backend's state.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        self.backends
+            .iter()
+            .map(|b| BackendStatus {
+                address: b.config.address,
+                healthy: b.healthy.load(Ordering::SeqCst),
+                active: b.active.load(Ordering::SeqCst),
+            })
+            .collect()
+    }
+
+    /// Connects `client` to the best backend that takes it, falling over to
+    /// the next ones.
+    pub async fn connect(&self, client: &Client) -> Result<Connected, NoBackend> {
+        let candidates: Vec<Candidate> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let active = b.active.load(Ordering::SeqCst);
+                Candidate {
+                    key: b.config.address.to_string(),
+                    weight: b.config.weight,
+                    active,
+                    usable: b.healthy.load(Ordering::SeqCst)
+                        && (b.config.max_connections == 0 || active < b.config.max_connections),
+                }
+            })
+            .collect();
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        for index in balance::order(self.settings.balance, &candidates, client.ip(), tick) {
+            let backend = &self.backends[index];
+            let active = backend.active.fetch_add(1, Ordering::SeqCst);
+            let lease = Lease {
+                backend: Arc::clone(backend),
+            };
+            if backend.config.max_connections > 0 && active >= backend.config.max_connections {
+                continue;
+            }
+            match open(&backend.config, client, &self.hostname).await {
+                Ok((stream, greeting)) => {
+                    return Ok(Connected {
+                        stream,
+                        lease,
+                        greeting,
+                    })
+                }
+                Err(error) => {
+                    log::backend_unreachable(backend.config.address, &error);
+                    self.record(backend, false);
+                }
             }
         }
         Err(NoBackend)
     }
 
-    /// Whether some backend is alive, probing when the last answer is older
-    /// than a second.
-    pub async fn any_alive(&self) -> bool {
-        if let Ok(last) = self.last_probe.lock() {
-            if let Some((at, alive)) = *last {
-                if at.elapsed() < PROBE_REUSE {
-                    return alive;
-                }
-            }
+    /// Counts a check result and changes the state after `rise`/`fall`.
+    fn record(&self, backend: &BackendState, success: bool) {
+        let Ok(mut streak) = backend.streak.lock() else {
+            return;
+        };
+        *streak = if success {
+            (streak.0.saturating_add(1), 0)
+        } else {
+            (0, streak.1.saturating_add(1))
+        };
+        let healthy = backend.healthy.load(Ordering::SeqCst);
+        if !healthy && streak.0 >= self.settings.rise {
+            backend.healthy.store(true, Ordering::SeqCst);
+            log::backend_state(backend.config.address, true);
+        } else if healthy && streak.1 >= self.settings.fall {
+            backend.healthy.store(false, Ordering::SeqCst);
+            log::backend_state(backend.config.address, false);
         }
-        let mut alive = false;
-        for backend in &self.backends {
-            match probe(backend).await {
-                Ok(()) => {
-                    alive = true;
-                    break;
-                }
-                Err(error) => log::backend_unreachable(backend.address, &error),
-            }
-        }
-        if let Ok(mut last) = self.last_probe.lock() {
-            *last = Some((Instant::now(), alive));
-        }
-        alive
     }
 }
 
-/// Connects to one backend and sends the client's header.
+async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let backend = Arc::clone(&pool.backends[index]);
+        let result = probe(&backend.config).await;
+        if let Err(error) = &result {
+            log::backend_check_failed(backend.config.address, error);
+        }
+        pool.record(&backend, result.is_ok());
+    }
+}
+
+/// Connects to one backend and tells it the real client: a PROXY header,
+/// or the XCLIENT dialogue (whose fresh greeting is returned).
 async fn open(
     backend: &BackendConfig,
-    client: SocketAddr,
-    destination: SocketAddr,
-) -> io::Result<TcpStream> {
+    client: &Client,
+    hostname: &str,
+) -> io::Result<(TcpStream, Option<Vec<u8>>)> {
     let mut stream = connect(backend).await?;
     let header = match backend.send_proxy {
-        SendProxy::V2 => write::encode_v2(client, destination)?,
-        SendProxy::V1 => write::encode_v1(client, destination),
+        SendProxy::V2 => write::encode_v2(client.address, client.destination)?,
+        SendProxy::V1 => write::encode_v1(client.address, client.destination),
         SendProxy::None => Vec::new(),
+        SendProxy::Xclient => {
+            let greeting = xclient_dialogue(&mut stream, backend, client, hostname).await?;
+            return Ok((stream, Some(greeting)));
+        }
     };
     if !header.is_empty() {
         stream.write_all(&header).await?;
     }
-    Ok(stream)
+    Ok((stream, None))
+}
+
+/// Banner, EHLO (XCLIENT must be announced), XCLIENT, and the fresh 220.
+async fn xclient_dialogue(
+    stream: &mut TcpStream,
+    backend: &BackendConfig,
+    client: &Client,
+    hostname: &str,
+) -> io::Result<Vec<u8>> {
+    let mut buffer = BytesMut::with_capacity(1024);
+    let refused = |step: &str, reply: &[u8]| {
+        io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("XCLIENT {step}: {}", log::escape(reply, 200)),
+        )
+    };
+    let banner = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
+    if !banner.starts_with(b"2") {
+        return Err(refused("banner", &banner));
+    }
+    stream
+        .write_all(format!("EHLO {hostname}\r\n").as_bytes())
+        .await?;
+    let ehlo = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
+    let attributes = match xclient::announced(&ehlo) {
+        Some(attributes) if ehlo.starts_with(b"250") => attributes,
+        _ => return Err(refused("not announced in EHLO", &ehlo)),
+    };
+    stream
+        .write_all(xclient::command(client, &attributes).as_bytes())
+        .await?;
+    let greeting = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
+    if !greeting.starts_with(b"220") {
+        return Err(refused("refused", &greeting));
+    }
+    Ok(greeting)
+}
+
+/// Reads one whole reply within `limit`.
+async fn read_reply(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    limit: Duration,
+) -> io::Result<Vec<u8>> {
+    loop {
+        match complete_reply(buffer, REPLY_LIMIT) {
+            Ok(Some(reply)) => return Ok(buffer.split_to(reply.length).to_vec()),
+            Ok(None) => {}
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("malformed reply {:?}", log::escape(buffer, 200)),
+                ))
+            }
+        }
+        let read = timeout(limit, stream.read_buf(buffer))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))??;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed the connection",
+            ));
+        }
+    }
 }
 
 async fn connect(backend: &BackendConfig) -> io::Result<TcpStream> {
@@ -113,9 +337,8 @@ async fn connect(backend: &BackendConfig) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Speaks to a backend as a health check would: the check header (v2
-/// `LOCAL`, or a v1 line with doorman's own endpoints), expect a 2xx banner,
-/// then QUIT.
+/// Speaks to a backend as a health check: the check header (v2 `LOCAL`, or
+/// a v1 line with doorman's own endpoints), a 2xx banner, then QUIT.
 async fn probe(backend: &BackendConfig) -> io::Result<()> {
     let mut stream = connect(backend).await?;
     match backend.send_proxy {
@@ -124,16 +347,14 @@ async fn probe(backend: &BackendConfig) -> io::Result<()> {
             let line = write::encode_v1(stream.local_addr()?, stream.peer_addr()?);
             stream.write_all(&line).await?;
         }
-        SendProxy::None => {}
+        SendProxy::Xclient | SendProxy::None => {}
     }
-    let mut banner = [0u8; 512];
-    let read = timeout(backend.connect_timeout, stream.read(&mut banner))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no banner in time"))??;
-    if read == 0 || banner[0] != b'2' {
+    let mut buffer = BytesMut::with_capacity(512);
+    let banner = read_reply(&mut stream, &mut buffer, backend.connect_timeout).await?;
+    if !banner.starts_with(b"2") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("banner {:?}", log::escape(&banner[..read], 100)),
+            format!("banner {:?}", log::escape(&banner, 100)),
         ));
     }
     stream.write_all(b"QUIT\r\n").await?;

@@ -216,6 +216,33 @@ pub fn config_with(
 pub struct Received {
     pub bytes: Vec<u8>,
     pub closed: bool,
+    /// `Some(true)` for doorman's own health probes (a v2 LOCAL header, a
+    /// v1 line from 127.0.0.1, or a bare QUIT), `Some(false)` for clients,
+    /// `None` until the first bytes tell.
+    pub probe: Option<bool>,
+}
+
+impl Received {
+    fn classify(&mut self) {
+        if self.probe.is_some() {
+            return;
+        }
+        let bytes = &self.bytes;
+        self.probe = match doorman::proxy::parse(bytes) {
+            Ok(doorman::proxy::Parsed::Complete {
+                header: doorman::proxy::Header::Local,
+                ..
+            }) => Some(true),
+            Ok(doorman::proxy::Parsed::Complete {
+                header: doorman::proxy::Header::Proxied { source, .. },
+                ..
+            }) => Some(bytes[0] == b'P' && source.ip() == std::net::IpAddr::from([127, 0, 0, 1])),
+            Ok(doorman::proxy::Parsed::Incomplete) if bytes.is_empty() => None,
+            Ok(doorman::proxy::Parsed::Incomplete) => None,
+            Err(_) if bytes.len() >= 6 => Some(bytes.starts_with(b"QUIT\r\n")),
+            Err(_) => None,
+        };
+    }
 }
 
 /// A backend that reads an optional PROXY header, greets, answers every
@@ -223,42 +250,95 @@ pub struct Received {
 pub struct FakeBackend {
     pub address: SocketAddr,
     pub connections: Arc<Mutex<Vec<Arc<Mutex<Received>>>>>,
+    pub stopped: Arc<std::sync::atomic::AtomicBool>,
+    pub acceptor: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl FakeBackend {
     pub fn start(expects_proxy: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), expects_proxy)
+    }
+
+    /// Starts on a given address (e.g. one a test kept reserved).
+    pub fn start_on(address: SocketAddr, expects_proxy: bool) -> Self {
+        let listener = TcpListener::bind(address).unwrap();
+        listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
         let connections: Arc<Mutex<Vec<Arc<Mutex<Received>>>>> = Arc::default();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let all = connections.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let record = Arc::new(Mutex::new(Received::default()));
-                all.lock().unwrap().push(record.clone());
-                thread::spawn(move || serve_fake(stream, record, expects_proxy));
+        let stop = stopped.clone();
+        let acceptor = thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let record = Arc::new(Mutex::new(Received::default()));
+                        all.lock().unwrap().push(record.clone());
+                        thread::spawn(move || serve_fake(stream, record, expects_proxy));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
             }
         });
         FakeBackend {
             address,
             connections,
+            stopped,
+            acceptor: Mutex::new(Some(acceptor)),
         }
     }
 
-    /// Waits for the `n`th connection (0-based) and returns its record.
+    /// Closes the listening socket: new connections are refused.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.lock().unwrap().take() {
+            acceptor.join().unwrap();
+        }
+    }
+
+    /// Waits for the `n`th client connection (0-based; health probes are
+    /// not counted) and returns its record.
     pub fn connection(&self, n: usize) -> Arc<Mutex<Received>> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(c) = self.connections.lock().unwrap().get(n) {
-                return c.clone();
+            let mut clients = 0;
+            for c in self.connections.lock().unwrap().iter() {
+                let kind = c.lock().unwrap().probe;
+                match kind {
+                    Some(false) if clients == n => return c.clone(),
+                    Some(false) => clients += 1,
+                    Some(true) => {}
+                    None => break,
+                }
             }
-            assert!(Instant::now() < deadline, "backend got no connection {n}");
+            assert!(
+                Instant::now() < deadline,
+                "backend got no client connection {n}"
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
 
+    /// How many client connections (not health probes) it got so far.
     pub fn count(&self) -> usize {
-        self.connections.lock().unwrap().len()
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.lock().unwrap().probe == Some(false))
+            .count()
+    }
+
+    /// How many of doorman's health probes it got so far.
+    pub fn probes(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.lock().unwrap().probe == Some(true))
+            .count()
     }
 
     /// Waits until connection `n` has received at least `len` bytes.
@@ -339,7 +419,10 @@ fn serve_fake(mut stream: TcpStream, record: Arc<Mutex<Received>>, expects_proxy
                 b"354 go ahead\r\n"
             } else if text.starts_with("QUIT") {
                 let _ = stream.write_all(b"221 2.0.0 bye\r\n");
-                record.lock().unwrap().closed = true;
+                let mut record = record.lock().unwrap();
+                record.classify();
+                record.probe.get_or_insert(false);
+                record.closed = true;
                 return;
             } else if text.starts_with("EHLO") {
                 b"250-backend.test\r\n250 PIPELINING\r\n"
@@ -350,11 +433,16 @@ fn serve_fake(mut stream: TcpStream, record: Arc<Mutex<Received>>, expects_proxy
         }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => {
-                record.lock().unwrap().closed = true;
+                let mut record = record.lock().unwrap();
+                record.classify();
+                record.probe.get_or_insert(false);
+                record.closed = true;
                 return;
             }
             Ok(n) => {
-                record.lock().unwrap().bytes.extend_from_slice(&chunk[..n]);
+                let mut record = record.lock().unwrap();
+                record.bytes.extend_from_slice(&chunk[..n]);
+                record.classify();
                 pending.extend_from_slice(&chunk[..n]);
             }
         }
@@ -620,4 +708,16 @@ impl Redis {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// An address on 127.0.0.1 where nothing listens, kept reserved (bound,
+/// not listening) while the returned socket lives, so no other test or
+/// program takes the port.
+pub fn dead_address() -> (socket2::Socket, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let address = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, address)
 }

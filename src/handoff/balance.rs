@@ -1,0 +1,175 @@
+//! Which backend a client goes to, sans-IO.
+//!
+//! [`order`] ranks the usable backends (healthy, below their connection
+//! limit) for one client; the handoff tries them in that order, so a failed
+//! connect falls over to the next within the same client connection.
+//! - `roundrobin`: weighted rotation.
+//! - `leastconn`: fewest active connections per unit of weight.
+//! - `source`: weighted rendezvous hashing of the client address: a client
+//!   keeps its backend, and adding or removing a backend moves only that
+//!   backend's share of clients.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+
+use crate::config::Balance;
+
+/// What the balancer knows of one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its identity for hashing (the address as written).
+    pub key: String,
+    /// Its weight (0 means never chosen first).
+    pub weight: u32,
+    /// Its active client connections.
+    pub active: usize,
+    /// Whether health checks say it is up and it has room.
+    pub usable: bool,
+}
+
+/// The indices of the usable candidates, best first.
+pub fn order(
+    balance: Balance,
+    candidates: &[Candidate],
+    client: IpAddr,
+    tick: usize,
+) -> Vec<usize> {
+    let mut usable: Vec<usize> = (0..candidates.len())
+        .filter(|&i| candidates[i].usable)
+        .collect();
+    match balance {
+        Balance::Roundrobin => {
+            let total: usize = usable.iter().map(|&i| candidates[i].weight as usize).sum();
+            if total > 0 {
+                let mut slot = tick % total;
+                let first = usable
+                    .iter()
+                    .position(|&i| {
+                        let weight = candidates[i].weight as usize;
+                        if slot < weight {
+                            true
+                        } else {
+                            slot -= weight;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                usable.rotate_left(first);
+            }
+        }
+        Balance::Leastconn => {
+            usable.sort_by(|&a, &b| {
+                let load = |i: usize| {
+                    (candidates[i].active as u128 * 1_000_000)
+                        / u128::from(candidates[i].weight.max(1))
+                };
+                load(a).cmp(&load(b))
+            });
+        }
+        Balance::Source => {
+            let score = |i: usize| rendezvous(client, &candidates[i].key, candidates[i].weight);
+            usable.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        }
+    }
+    usable
+}
+
+/// The weighted rendezvous score of a backend for a client:
+/// `-weight / ln(u)` with `u` a hash of both in (0, 1).
+fn rendezvous(client: IpAddr, key: &str, weight: u32) -> f64 {
+    let mut hasher = DefaultHasher::new();
+    client.to_canonical().hash(&mut hasher);
+    key.hash(&mut hasher);
+    let unit = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight) / unit.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(weights: &[u32]) -> Vec<Candidate> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Candidate {
+                key: format!("127.0.0.1:{}", 10000 + i),
+                weight,
+                active: 0,
+                usable: true,
+            })
+            .collect()
+    }
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from((0xc000_0200u32 + n).to_be_bytes())
+    }
+
+    #[test]
+    fn weighted_roundrobin() {
+        let c = candidates(&[1, 2]);
+        let firsts: Vec<usize> = (0..6)
+            .map(|t| order(Balance::Roundrobin, &c, ip(1), t)[0])
+            .collect();
+        assert_eq!(firsts, vec![0, 1, 1, 0, 1, 1]);
+        assert_eq!(
+            order(Balance::Roundrobin, &c, ip(1), 0),
+            vec![0, 1],
+            "the rest follow"
+        );
+    }
+
+    #[test]
+    fn unusable_backends_are_skipped() {
+        let mut c = candidates(&[1, 1, 1]);
+        c[1].usable = false;
+        for tick in 0..6 {
+            assert!(!order(Balance::Roundrobin, &c, ip(1), tick).contains(&1));
+        }
+        c[0].usable = false;
+        c[2].usable = false;
+        assert!(order(Balance::Source, &c, ip(1), 0).is_empty());
+    }
+
+    #[test]
+    fn leastconn_per_weight() {
+        let mut c = candidates(&[1, 2]);
+        c[0].active = 1;
+        c[1].active = 1;
+        assert_eq!(order(Balance::Leastconn, &c, ip(1), 0), vec![1, 0]);
+        c[1].active = 3;
+        assert_eq!(order(Balance::Leastconn, &c, ip(1), 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn source_is_sticky_and_adding_a_backend_moves_about_one_nth() {
+        let three = candidates(&[1, 1, 1]);
+        let four = candidates(&[1, 1, 1, 1]);
+        let clients = 4000;
+        let mut moved = 0usize;
+        let mut shares = [0usize; 4];
+        for n in 0..clients {
+            let before = order(Balance::Source, &three, ip(n), 0)[0];
+            assert_eq!(
+                before,
+                order(Balance::Source, &three, ip(n), 7)[0],
+                "sticky"
+            );
+            let after = order(Balance::Source, &four, ip(n), 0)[0];
+            shares[after] += 1;
+            if after != before {
+                assert_eq!(after, 3, "a client only ever moves to the new backend");
+                moved += 1;
+            }
+        }
+        let expected = clients as usize / 4;
+        assert!(
+            moved.abs_diff(expected) < expected / 5,
+            "moved {moved} of {clients}"
+        );
+        assert!(
+            shares.iter().all(|s| s.abs_diff(expected) < expected / 5),
+            "{shares:?}"
+        );
+    }
+}

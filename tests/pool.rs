@@ -1,0 +1,197 @@
+//! The backend pool: weighted roundrobin, leastconn, source hashing, active
+//! health checks with rise and fall, failover within one client connection,
+//! and per-backend connection limits.
+
+mod support;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+use doorman::proxy::{self, Header, Parsed};
+use support::*;
+
+const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
+
+fn pool_config(backends: &[(std::net::SocketAddr, &str)], pool: &str) -> String {
+    let mut text = String::from(
+        "hostname = \"mx.doorman.test\"\n[proxy]\nhosts_file = \"haproxy_hosts\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n",
+    );
+    text.push_str(&format!("[pool]\n{pool}\n"));
+    for (address, extra) in backends {
+        text.push_str(&format!(
+            "[[backend]]\naddress = \"{address}\"\nconnect_timeout = \"1s\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
+    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
+    stream
+        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
+        .unwrap();
+    stream
+}
+
+/// A client that gets the backend's banner, says QUIT and is done.
+fn visit(doorman: &Doorman, client: &str) {
+    let mut stream = connect_as(doorman, client);
+    assert_eq!(read_line(&mut stream), BACKEND);
+    stream.write_all(b"QUIT\r\n").unwrap();
+    assert_eq!(read_line(&mut stream), "221 2.0.0 bye\r\n");
+}
+
+/// The client address in the header of each client connection a backend got.
+fn clients_of(backend: &FakeBackend) -> Vec<IpAddr> {
+    (0..backend.count())
+        .map(|n| match proxy::parse(&backend.wait_bytes(n, 16)) {
+            Ok(Parsed::Complete {
+                header: Header::Proxied { source, .. },
+                ..
+            }) => source.ip(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn weighted_roundrobin() {
+    let a = FakeBackend::start(true);
+    let b = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(
+            &[(a.address, "weight = 1"), (b.address, "weight = 2")],
+            "balance = \"roundrobin\"",
+        ),
+        "127.0.0.1\n",
+    );
+    for n in 0..6 {
+        visit(&doorman, &format!("203.0.113.{n}"));
+    }
+    assert_eq!((a.count(), b.count()), (2, 4));
+}
+
+#[test]
+fn leastconn_prefers_the_idle_backend() {
+    let a = FakeBackend::start(true);
+    let b = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(
+            &[(a.address, ""), (b.address, "")],
+            "balance = \"leastconn\"",
+        ),
+        "127.0.0.1\n",
+    );
+    let mut held = connect_as(&doorman, "203.0.113.1");
+    assert_eq!(read_line(&mut held), BACKEND);
+    assert_eq!(a.count(), 1);
+    for n in 2..5 {
+        visit(&doorman, &format!("203.0.113.{n}"));
+    }
+    assert_eq!(
+        (a.count(), b.count()),
+        (1, 3),
+        "every short visit went to the idle one"
+    );
+}
+
+#[test]
+fn source_hashing_keeps_each_client_on_its_backend() {
+    let backends: Vec<FakeBackend> = (0..3).map(|_| FakeBackend::start(true)).collect();
+    let doorman = Doorman::start(
+        &pool_config(
+            &backends.iter().map(|b| (b.address, "")).collect::<Vec<_>>(),
+            "balance = \"source\"",
+        ),
+        "127.0.0.1\n",
+    );
+    for round in 0..2 {
+        for n in 0..30 {
+            visit(&doorman, &format!("203.0.113.{}", 100 + n));
+        }
+        let _ = round;
+    }
+    let mut seen = 0;
+    for backend in &backends {
+        let clients = clients_of(backend);
+        seen += clients.len();
+        for ip in &clients {
+            assert_eq!(
+                clients.iter().filter(|c| *c == ip).count(),
+                2,
+                "{ip} came back to the same backend"
+            );
+        }
+    }
+    assert_eq!(seen, 60);
+    assert!(
+        backends.iter().all(|b| b.count() > 0),
+        "all three get a share"
+    );
+}
+
+#[test]
+fn health_checks_take_a_backend_out_and_back_and_clients_fail_over() {
+    let (reserved, a_address) = dead_address();
+    let b = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(
+            &[(a_address, ""), (b.address, "")],
+            "check_interval = \"200ms\"\nrise = 2\nfall = 2",
+        ),
+        "127.0.0.1\n",
+    );
+    doorman.log.wait_for(
+        &format!("warning: backend {a_address} is DOWN"),
+        Duration::from_secs(5),
+    );
+    for n in 0..4 {
+        visit(&doorman, &format!("203.0.113.{n}"));
+    }
+    assert_eq!(b.count(), 4, "the dead backend gets no client");
+
+    drop(reserved);
+    let a = FakeBackend::start_on(a_address, true);
+    doorman.log.wait_for(
+        &format!("backend {a_address} is UP"),
+        Duration::from_secs(5),
+    );
+    for n in 10..14 {
+        visit(&doorman, &format!("203.0.113.{n}"));
+    }
+    assert_eq!(a.count(), 2, "back in rotation after rise checks");
+
+    // A backend that dies between checks: the client falls over to the
+    // next one within its own connection.
+    a.stop();
+    for n in 20..22 {
+        visit(&doorman, &format!("203.0.113.{n}"));
+    }
+    doorman.log.wait_for(
+        &format!("warning: cannot connect to service {a_address}"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(a.count(), 2);
+}
+
+#[test]
+fn max_connections_per_backend() {
+    let a = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(&[(a.address, "max_connections = 1")], ""),
+        "127.0.0.1\n",
+    );
+    let mut held = connect_as(&doorman, "203.0.113.1");
+    assert_eq!(read_line(&mut held), BACKEND);
+    let mut refused = connect_as(&doorman, "203.0.113.2");
+    assert_eq!(
+        read_to_close(&mut refused),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    held.write_all(b"QUIT\r\n").unwrap();
+    read_to_close(&mut held);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    visit(&doorman, "203.0.113.3");
+}
