@@ -12,8 +12,10 @@
 //! - [`limits`]: per-client, screening and total connection limits, and
 //!   stress mode.
 //! - [`listener`]: accept loops, graceful shutdown.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
+//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`).
 //! - [`cache`]: the pass cache (per-test expiry, bounded LRU).
 //! - [`screen`]: the sans-IO screening verdict (which tests failed, what
 //!   that means).
@@ -36,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod explain;
@@ -44,6 +47,7 @@ pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod logfmt;
+pub mod metrics;
 pub mod proxy;
 pub mod screen;
 pub mod session;

@@ -1,25 +1,30 @@
-//! Accept loops and shutdown.
+//! Accept loops, reload and shutdown.
 //!
 //! [`Server::bind`] opens every listener first, so a port that is taken is
 //! an error before any client is served. [`Server::serve`] runs one accept
-//! loop per listener and one task per connection. When the shutdown future
-//! completes, the loops stop accepting, live sessions get the grace period to
-//! finish, and whatever is left is then closed.
+//! loop per listener and one task per connection. Each connection takes the
+//! config snapshot current when it is accepted. SIGHUP rereads the config
+//! and every file it names; a valid one is swapped in atomically for new
+//! connections (live sessions keep theirs, and removed backends drain with
+//! them), an invalid one is refused and the running one stays. When the
+//! shutdown future completes, the loops stop accepting, live sessions get
+//! the grace period to finish, and whatever is left is then closed.
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::{Config, ListenerConfig};
-use crate::limits::Limits;
 use crate::log;
 use crate::session::Session;
-use crate::shared::Shared;
+use crate::shared::{Process, Shared};
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
 /// so the loop does not spin.
@@ -27,13 +32,14 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Bound listeners with the config they serve.
 pub struct Server {
-    shared: Arc<Shared>,
-    limits: Arc<Limits>,
+    current: Arc<ArcSwap<Shared>>,
+    process: Process,
     listeners: Vec<(TcpListener, ListenerConfig)>,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds every listener of `config`.
+    /// Binds every listener of `config` and checks the backends once.
     pub async fn bind(config: Config) -> io::Result<Self> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -46,17 +52,21 @@ impl Server {
             log::listening(socket.local_addr()?);
             listeners.push((socket, listener.clone()));
         }
-        let shared = Shared::new(config).map_err(|error| io::Error::other(error.to_string()))?;
-        shared.pool.check_all().await;
-        shared.pool.start_checks();
+        let admin = match config.admin.address {
+            Some(address) => Some(admin::bind(address).await?),
+            None => None,
+        };
+        let process = Process::default();
+        let shared = start_shared(config, None, &process).await?;
         Ok(Self {
-            shared: Arc::new(shared),
-            limits: Arc::new(Limits::default()),
+            current: Arc::new(ArcSwap::from_pointee(shared)),
+            process,
             listeners,
+            admin,
         })
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `shutdown` completes, reloading on SIGHUP, then drains.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let stop_accepting = CancellationToken::new();
         let cut_sessions = CancellationToken::new();
@@ -66,24 +76,40 @@ impl Server {
             loops.push(tokio::spawn(accept_loop(
                 socket,
                 listener,
-                Arc::clone(&self.shared),
-                Arc::clone(&self.limits),
+                Arc::clone(&self.current),
+                self.process.clone(),
                 sessions.clone(),
                 stop_accepting.clone(),
                 cut_sessions.clone(),
             )));
         }
-        let cleanup = tokio::spawn(clean_cache(Arc::clone(&self.shared)));
+        let mut background = vec![
+            tokio::spawn(clean_cache(Arc::clone(&self.current))),
+            tokio::spawn(reload_on_hangup(
+                Arc::clone(&self.current),
+                self.process.clone(),
+            )),
+        ];
+        if let Some(admin) = self.admin {
+            background.push(tokio::spawn(admin::serve(
+                admin,
+                Arc::clone(&self.current),
+                Arc::clone(&self.process.metrics),
+            )));
+        }
         shutdown.await;
-        cleanup.abort();
+        for task in &background {
+            task.abort();
+        }
         stop_accepting.cancel();
         for accept in loops {
             let _ = accept.await;
         }
         sessions.close();
-        log::shutdown_started(sessions.len(), self.shared.config.shutdown_grace);
+        let shared = self.current.load_full();
+        log::shutdown_started(sessions.len(), shared.config.shutdown_grace);
         let mut cut = 0;
-        if tokio::time::timeout(self.shared.config.shutdown_grace, sessions.wait())
+        if tokio::time::timeout(shared.config.shutdown_grace, sessions.wait())
             .await
             .is_err()
         {
@@ -91,26 +117,66 @@ impl Server {
             cut_sessions.cancel();
             sessions.wait().await;
         }
-        self.shared.cache.close().await;
+        shared.cache.close().await;
         log::shutdown_finished(cut);
     }
 }
 
-/// Cleans the pass cache every `cleanup_interval` (postscreen's
-/// `postscreen_cache_cleanup_interval`); Redis keys expire by themselves.
-async fn clean_cache(shared: Arc<Shared>) {
-    let interval = shared.config.cache.cleanup_interval;
-    if interval.is_zero() {
+/// Builds the shared state and runs the first round of backend checks.
+async fn start_shared(
+    config: Config,
+    cache: Option<Arc<crate::cache::PassCache>>,
+    process: &Process,
+) -> io::Result<Shared> {
+    let shared =
+        Shared::new(config, cache, process).map_err(|error| io::Error::other(error.to_string()))?;
+    shared.pool.check_all().await;
+    shared.pool.start_checks();
+    Ok(shared)
+}
+
+/// Rereads the config on every SIGHUP.
+async fn reload_on_hangup(current: Arc<ArcSwap<Shared>>, process: Process) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return;
+    };
+    while hangups.recv().await.is_some() {
+        reload(&current, &process).await;
     }
-    loop {
-        tokio::time::sleep(interval).await;
-        match shared.cache.cleanup(std::time::SystemTime::now()).await {
-            Some(Ok((retained, dropped))) => {
-                log::cache_cleanup(&shared.cache.name(), retained, dropped)
-            }
-            Some(Err(error)) => log::cache_error(&shared.cache.name(), &error),
-            None => return,
+}
+
+/// Loads the config again and swaps it in, or says why not.
+pub async fn reload(current: &ArcSwap<Shared>, process: &Process) {
+    let running = current.load_full();
+    let config = match Config::load(&running.config.path) {
+        Ok(config) => config,
+        Err(error) => {
+            log::reload_refused(&error);
+            process.metrics.reload(false);
+            return;
+        }
+    };
+    for (what, changed) in [
+        ("[[listener]]", config.listeners != running.config.listeners),
+        ("[cache]", config.cache != running.config.cache),
+        ("[log]", config.log != running.config.log),
+        ("[admin]", config.admin != running.config.admin),
+    ] {
+        if changed {
+            log::reload_needs_restart(what);
+        }
+    }
+    let (backends, sites) = (config.backends.len(), config.dnsbl_sites.len());
+    match start_shared(config, Some(Arc::clone(&running.cache)), process).await {
+        Ok(shared) => {
+            current.store(Arc::new(shared));
+            log::reloaded(&running.config.path, backends, sites);
+            process.metrics.reload(true);
+        }
+        Err(error) => {
+            log::reload_refused(&error);
+            process.metrics.reload(false);
         }
     }
 }
@@ -118,8 +184,8 @@ async fn clean_cache(shared: Arc<Shared>) {
 async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
-    shared: Arc<Shared>,
-    limits: Arc<Limits>,
+    current: Arc<ArcSwap<Shared>>,
+    process: Process,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
@@ -135,8 +201,8 @@ async fn accept_loop(
                     stream,
                     peer,
                     &listener,
-                    Arc::clone(&shared),
-                    Arc::clone(&limits),
+                    current.load_full(),
+                    process.clone(),
                 );
                 let cut = cut_sessions.clone();
                 sessions.spawn(async move {
@@ -150,6 +216,26 @@ async fn accept_loop(
                 log::accept_error(listener.address, &error);
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
+        }
+    }
+}
+
+/// Cleans the pass cache every `cleanup_interval` (postscreen's
+/// `postscreen_cache_cleanup_interval`); Redis keys expire by themselves.
+async fn clean_cache(current: Arc<ArcSwap<Shared>>) {
+    loop {
+        let interval = current.load().config.cache.cleanup_interval;
+        if interval.is_zero() {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+        let shared = current.load_full();
+        match shared.cache.cleanup(std::time::SystemTime::now()).await {
+            Some(Ok((retained, dropped))) => {
+                log::cache_cleanup(&shared.cache.name(), retained, dropped)
+            }
+            Some(Err(error)) => log::cache_error(&shared.cache.name(), &error),
+            None => return,
         }
     }
 }

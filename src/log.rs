@@ -55,6 +55,32 @@ pub fn accept_error(listener: SocketAddr, error: &io::Error) {
     warn!("warning: accept on {}: {error}", Endpoint(listener));
 }
 
+/// The admin listener is up.
+pub fn admin_listening(address: SocketAddr) {
+    info!(
+        "admin listening on {} (/metrics, /healthz)",
+        Endpoint(address)
+    );
+}
+
+/// A reload took effect.
+pub fn reloaded(path: &std::path::Path, backends: usize, sites: usize) {
+    info!(
+        "reloaded {}: {backends} backends, {sites} DNSBL sites; new connections use it",
+        path.display()
+    );
+}
+
+/// A reload was refused; the running config stays.
+pub fn reload_refused(error: &dyn std::fmt::Display) {
+    warn!("warning: reload refused, the running config stays: {error}");
+}
+
+/// A reload changed something that only a restart applies.
+pub fn reload_needs_restart(what: &str) {
+    warn!("warning: reload: {what} changed; that takes effect at the next restart");
+}
+
 /// A client connected: the real client and where it connected to.
 pub fn connect(client: SocketAddr, server: SocketAddr) {
     info!("CONNECT from {} to {}", Endpoint(client), Endpoint(server));

@@ -29,11 +29,12 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use crate::cache::Test;
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::handoff::{relay, Connected, RelayError};
-use crate::limits::{Limits, Place, Refusal, STRESS_GREET_WAIT};
+use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
+use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
 use crate::screen::{Decision, Screening, PREGREET_REPLY};
-use crate::shared::Shared;
+use crate::shared::{Process, Shared};
 use crate::smtp::engine::{Engine, EngineEvent, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::next_line;
@@ -92,7 +93,7 @@ pub struct Session {
     local: SocketAddr,
     mode: ProxyMode,
     shared: Arc<Shared>,
-    limits: Arc<Limits>,
+    process: Process,
     /// The counted places this client holds (given back when it ends).
     places: Vec<Place>,
     /// The screening place, held during the greet wait and the engine.
@@ -109,7 +110,7 @@ impl Session {
         peer: SocketAddr,
         listener: &ListenerConfig,
         shared: Arc<Shared>,
-        limits: Arc<Limits>,
+        process: Process,
     ) -> Self {
         let local = stream.local_addr().unwrap_or(listener.address);
         Self {
@@ -118,7 +119,7 @@ impl Session {
             local: canonical(local),
             mode: listener.proxy,
             shared,
-            limits,
+            process,
             places: Vec::new(),
             screening: None,
             buffer: BytesMut::new(),
@@ -173,6 +174,7 @@ impl Session {
                 }
                 Ok(Parsed::Incomplete) => {}
                 Err(error) => {
+                    self.count(Counted::ProxyRefused);
                     log::proxy_invalid(self.peer, &error, &self.buffer);
                     self.send(reply::INVALID_PROXY_HEADER).await;
                     return Phase::Closed;
@@ -181,6 +183,7 @@ impl Session {
             self.buffer.reserve(256);
             match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
                 Err(_) => {
+                    self.count(Counted::ProxyRefused);
                     log::proxy_timeout(self.peer);
                     self.send(reply::PROXY_TIMED_OUT).await;
                     return Phase::Closed;
@@ -224,6 +227,7 @@ impl Session {
     /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
     /// level only.
     async fn health_check(&mut self) -> Phase {
+        self.count(Counted::HealthCheck);
         let alive = self.shared.pool.any_healthy();
         log::health_check(self.peer, alive);
         if !alive {
@@ -279,6 +283,8 @@ impl Session {
         if let Some(access) = &config.access_list {
             match access.check(&client) {
                 Verdict::Permit => {
+                    self.process.metrics.test("access", true);
+                    self.count(Counted::Allowlisted);
                     log::allowlisted(client.address);
                     return Phase::Handoff {
                         client,
@@ -286,28 +292,33 @@ impl Session {
                     };
                 }
                 Verdict::Reject(rejection) => {
+                    self.process.metrics.test("access", false);
                     log::denylisted(client.address);
                     if rejection.action == Action::Drop {
                         return self.drop_client(&client, &rejection).await;
                     }
                     screening.fail(rejection);
                 }
-                Verdict::Dunno => {}
+                Verdict::Dunno => self.process.metrics.test("access", true),
             }
         }
-        match self.limits.admit(client.ip(), &config.limits) {
+        match self.process.limits.admit(client.ip(), &config.limits) {
             Ok((total, per_client)) => self.places.extend([total, per_client]),
             Err(refusal) => return self.refuse(&client, refusal).await,
         }
         let now = SystemTime::now();
         let previous = shared.cache.get(client.ip()).await;
+        self.process.metrics.cache_lookup(previous.is_some());
         let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
         let banner = config.greet_banner();
         let pregreet_due = !banner.is_empty() && !passed(Test::Pregreet);
         let dnsbl_due = shared.dnsbl.is_some() && !passed(Test::Dnsbl);
         if !screening.failed() && !pregreet_due && !dnsbl_due {
             if previous.is_some() {
+                self.count(Counted::PassOld);
                 log::pass(client.address, false);
+            } else {
+                self.count(Counted::Untested);
             }
             return Phase::Handoff {
                 client,
@@ -315,11 +326,11 @@ impl Session {
             };
         }
 
-        match self.limits.screen(&config.limits) {
+        match self.process.limits.screen(&config.limits) {
             Ok(place) => self.screening = Some(place),
             Err(refusal) => return self.refuse(&client, refusal).await,
         }
-        let wait = if self.limits.stressed() {
+        let wait = if self.process.limits.stressed() {
             config.greet.wait.min(STRESS_GREET_WAIT)
         } else {
             config.greet.wait
@@ -341,6 +352,7 @@ impl Session {
                 }
                 if pregreet_due {
                     pregreeted = true;
+                    self.process.metrics.test("pregreet", false);
                     log::pregreet(client.address, &self.buffer, started.elapsed());
                     let rejection = Rejection {
                         action: config.greet.action.into(),
@@ -365,6 +377,7 @@ impl Session {
                 _ = next_answer(&mut pending), if !dnsbl_done => {}
                 read = self.stream.read_buf(&mut self.buffer), if watching => match read {
                     Ok(0) | Err(_) => {
+                        self.count(Counted::Hangup);
                         log::hangup(client.address, started.elapsed(), Stage::BeforeHandshake);
                         return Phase::Closed;
                     }
@@ -382,6 +395,7 @@ impl Session {
             };
             match shared.dnsbl_policy.outcome(&score, client.ip()) {
                 Outcome::Listed { rank, reply_text } => {
+                    self.process.metrics.test("dnsbl", false);
                     log::dnsbl_rank(client.address, rank);
                     let rejection = Rejection {
                         action: config.dnsbl.action.into(),
@@ -392,25 +406,41 @@ impl Session {
                     }
                     screening.fail(rejection);
                 }
-                Outcome::Allowlisted { .. } if !screening.failed() => screening.allowlist(ttl),
+                Outcome::Allowlisted { .. } if !screening.failed() => {
+                    self.process.metrics.test("dnsbl", true);
+                    screening.allowlist(ttl)
+                }
                 Outcome::Allowlisted { .. } | Outcome::Clean { .. } => {
+                    self.process.metrics.test("dnsbl", true);
                     screening.pass(Test::Dnsbl, ttl)
                 }
             }
         }
         if pregreet_due && !pregreeted {
+            self.process.metrics.test("pregreet", true);
             screening.pass(Test::Pregreet, config.greet.ttl);
         }
         match screening.decide(previous, SystemTime::now()) {
-            Decision::Enforce(rejection) => Phase::Enforce {
-                client,
-                rejection,
-                pregreeted,
-            },
+            Decision::Enforce(rejection) => {
+                self.count(Counted::Enforced);
+                Phase::Enforce {
+                    client,
+                    rejection,
+                    pregreeted,
+                }
+            }
             Decision::HandOff { pass } => {
-                if let Some(entry) = pass {
-                    shared.cache.put(client.ip(), entry);
-                    log::pass(client.address, previous.is_none());
+                match pass {
+                    Some(entry) => {
+                        self.count(if previous.is_none() {
+                            Counted::PassNew
+                        } else {
+                            Counted::PassOld
+                        });
+                        shared.cache.put(client.ip(), entry);
+                        log::pass(client.address, previous.is_none());
+                    }
+                    None => self.count(Counted::Ignored),
                 }
                 Phase::Handoff {
                     client,
@@ -434,6 +464,7 @@ impl Session {
 
     /// A client that is not a listed proxy sent a PROXY header.
     async fn proxy_not_allowed(&mut self, client: &Client) -> Phase {
+        self.count(Counted::ProxyRefused);
         log::proxy_not_allowed(client.address, &self.buffer);
         self.send(&reply::proxy_not_allowed(client.address.ip()))
             .await;
@@ -442,6 +473,7 @@ impl Session {
 
     /// A limit refused the client: postscreen's reply and log line.
     async fn refuse(&mut self, client: &Client, refusal: Refusal) -> Phase {
+        self.count(Counted::Limited);
         let reply = match refusal {
             Refusal::PerClient => {
                 log::too_many_connections(client.address);
@@ -462,6 +494,7 @@ impl Session {
 
     /// The `drop` action: the test's 521 reply, then close.
     async fn drop_client(&mut self, client: &Client, rejection: &Rejection) -> Phase {
+        self.count(Counted::Dropped);
         self.send(&rejection.drop_reply()).await;
         log::disconnect(client.address);
         Phase::Closed
@@ -529,6 +562,7 @@ impl Session {
         } = match shared.pool.connect(&client).await {
             Ok(connected) => connected,
             Err(_) => {
+                self.count(Counted::NoBackend);
                 log::all_server_ports_busy(client.address);
                 return self.refuse_busy(teased).await;
             }
@@ -550,6 +584,7 @@ impl Session {
         match relay(&mut self.stream, backend, early).await {
             Ok(()) => {}
             Err(RelayError::ProxyHeader(input)) => {
+                self.count(Counted::ProxyRefused);
                 log::proxy_not_allowed(client.address, &input);
                 self.send(&reply::proxy_not_allowed(client.address.ip()))
                     .await;
@@ -576,6 +611,10 @@ impl Session {
         }
         self.send(reply::SERVER_PORTS_BUSY).await;
         Phase::Closed
+    }
+
+    fn count(&self, outcome: Counted) {
+        self.process.metrics.connection(outcome);
     }
 
     /// Reads more client bytes within `limit`.

@@ -8,6 +8,17 @@ use doorman_dnsbl::{Dnsbl, Policy, Settings};
 use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
 use crate::handoff::Pool;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+
+/// What outlives a config reload: connection counts and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Process {
+    /// The connection limits' live counts.
+    pub limits: Arc<Limits>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+}
 
 /// Why the shared state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -32,28 +43,42 @@ pub struct Shared {
     /// The DNSBL thresholds and reply names.
     pub dnsbl_policy: Policy,
     /// Clients that passed.
-    pub cache: PassCache,
+    pub cache: Arc<PassCache>,
 }
 
 impl Shared {
-    /// Builds the shared state of `config`: opens the cache store and sets
-    /// up the resolver. Must run inside the tokio runtime.
-    pub fn new(config: Config) -> Result<Self, SharedError> {
-        let cache = PassCache::open(&config.cache)?;
+    /// Builds the shared state of `config`: opens the cache store (or keeps
+    /// `cache`, on a reload) and sets up the resolver. Must run inside the
+    /// tokio runtime.
+    pub fn new(
+        config: Config,
+        cache: Option<Arc<PassCache>>,
+        process: &Process,
+    ) -> Result<Self, SharedError> {
+        let cache = match cache {
+            Some(cache) => cache,
+            None => Arc::new(PassCache::open(&config.cache)?),
+        };
         let dnsbl = if config.dnsbl_sites.is_empty() {
             None
         } else {
-            Some(Arc::new(Dnsbl::with_store(
-                Settings {
-                    sites: config.dnsbl_sites.clone(),
-                    min_ttl: config.dnsbl.min_ttl,
-                    max_ttl: config.dnsbl.max_ttl,
-                    timeout: config.dnsbl.timeout,
-                    nameservers: config.dnsbl.nameservers.clone(),
-                    cache_size: config.cache.size,
-                },
-                cache.answer_store(),
-            )?))
+            let metrics = Arc::clone(&process.metrics);
+            Some(Arc::new(
+                Dnsbl::with_store(
+                    Settings {
+                        sites: config.dnsbl_sites.clone(),
+                        min_ttl: config.dnsbl.min_ttl,
+                        max_ttl: config.dnsbl.max_ttl,
+                        timeout: config.dnsbl.timeout,
+                        nameservers: config.dnsbl.nameservers.clone(),
+                        cache_size: config.cache.size,
+                    },
+                    cache.answer_store(),
+                )?
+                .observed(Arc::new(move |zone, took| {
+                    metrics.dnsbl_latency(zone, took)
+                })),
+            ))
         };
         Ok(Self {
             pool: Arc::new(Pool::new(

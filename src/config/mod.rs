@@ -389,6 +389,14 @@ impl Default for LimitsSection {
     }
 }
 
+/// The `[admin]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where `/metrics` and `/healthz` are served; none: not at all.
+    pub address: Option<SocketAddr>,
+}
+
 /// The layout of log lines.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -458,6 +466,8 @@ struct ConfigFile {
     limits: LimitsSection,
     #[serde(default)]
     pool: PoolSection,
+    #[serde(default)]
+    admin: AdminSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -497,6 +507,8 @@ pub struct Config {
     pub limits: LimitsSection,
     /// The `[pool]` section.
     pub pool: PoolSection,
+    /// The `[admin]` section.
+    pub admin: AdminSection,
 }
 
 impl Config {
@@ -694,6 +706,7 @@ impl Config {
             log: file.log,
             limits: file.limits,
             pool: file.pool,
+            admin: file.admin,
         })
     }
 }

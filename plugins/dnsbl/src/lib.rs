@@ -18,7 +18,7 @@ pub mod site;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-pub use lookup::{AnswerStore, Dnsbl, Pending, ResolverError, Settings};
+pub use lookup::{AnswerStore, Dnsbl, Observer, Pending, ResolverError, Settings};
 pub use score::{Answer, Score};
 pub use site::{Site, SiteError};
 

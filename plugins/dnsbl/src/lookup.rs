@@ -76,8 +76,12 @@ pub struct Dnsbl {
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
     in_flight: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     store: Option<Arc<dyn AnswerStore>>,
+    observer: Option<Observer>,
     last_error_log: Mutex<HashMap<String, Instant>>,
 }
+
+/// Told the zone and the latency of every DNS lookup (for metrics).
+pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
 
 impl std::fmt::Debug for Dnsbl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,8 +141,15 @@ impl Dnsbl {
             cache: Mutex::new(LruCache::new(capacity)),
             in_flight: Mutex::new(HashMap::new()),
             store,
+            observer: None,
             last_error_log: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reports every DNS lookup's latency to `observer`.
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The sites, in config order.
@@ -215,7 +226,11 @@ impl Dnsbl {
                 return answer;
             }
         }
+        let started = Instant::now();
         let answer = self.resolve(name).await;
+        if let Some(observer) = &self.observer {
+            observer(zone, started.elapsed());
+        }
         match &answer {
             Answer::Listed { addresses, .. } => {
                 for address in addresses {

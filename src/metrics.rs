@@ -1,0 +1,269 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! Label values come only from fixed names and from the config (DNSBL zones,
+//! backend addresses), never from clients, so the series stay bounded.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::handoff::BackendStatus;
+
+/// How a client connection ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A HAProxy health check.
+    HealthCheck,
+    /// A PROXY header refused (timed out, invalid, not allowed).
+    ProxyRefused,
+    /// Allowlisted by the access list.
+    Allowlisted,
+    /// Passed from the cache.
+    PassOld,
+    /// Handed off with no test enabled.
+    Untested,
+    /// Passed the tests.
+    PassNew,
+    /// Handed off with an ignored failure.
+    Ignored,
+    /// Talked to by the built-in engine.
+    Enforced,
+    /// Dropped with 521.
+    Dropped,
+    /// Hung up during the tests.
+    Hangup,
+    /// Refused by a connection limit.
+    Limited,
+    /// No backend took it.
+    NoBackend,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::HealthCheck => "health_check",
+            Outcome::ProxyRefused => "proxy_refused",
+            Outcome::Allowlisted => "allowlisted",
+            Outcome::PassOld => "pass_old",
+            Outcome::Untested => "untested",
+            Outcome::PassNew => "pass_new",
+            Outcome::Ignored => "ignored_failure",
+            Outcome::Enforced => "enforced",
+            Outcome::Dropped => "dropped",
+            Outcome::Hangup => "hangup",
+            Outcome::Limited => "limited",
+            Outcome::NoBackend => "no_backend",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TestLabels {
+    test: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Every metric doorman keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<OutcomeLabels, Counter>,
+    tests: Family<TestLabels, Counter>,
+    dnsbl_latency: Family<SiteLabels, Histogram>,
+    backend_up: Family<BackendLabels, Gauge>,
+    backend_active: Family<BackendLabels, Gauge>,
+    cache_lookups: Family<ResultLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let connections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "doorman_connections",
+            "Client connections by outcome",
+            connections.clone(),
+        );
+        let tests = Family::<TestLabels, Counter>::default();
+        registry.register("doorman_tests", "Screening tests by result", tests.clone());
+        let dnsbl_latency = Family::<SiteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "doorman_dnsbl_lookup_seconds",
+            "DNSBL lookup latency by zone",
+            dnsbl_latency.clone(),
+        );
+        let backend_up = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "doorman_backend_up",
+            "Whether health checks say a backend is up",
+            backend_up.clone(),
+        );
+        let backend_active = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "doorman_backend_connections",
+            "Active client connections per backend",
+            backend_active.clone(),
+        );
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "doorman_cache_lookups",
+            "Pass cache lookups by result",
+            cache_lookups.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "doorman_config_reloads",
+            "Config reloads by result",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            tests,
+            dnsbl_latency,
+            backend_up,
+            backend_active,
+            cache_lookups,
+            reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a connection's outcome.
+    pub fn connection(&self, outcome: Outcome) {
+        self.connections
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a test result (`access`, `pregreet`, `dnsbl`).
+    pub fn test(&self, test: &'static str, passed: bool) {
+        self.tests
+            .get_or_create(&TestLabels {
+                test,
+                result: if passed { "pass" } else { "fail" },
+            })
+            .inc();
+    }
+
+    /// Records how long a DNS lookup in `zone` took.
+    pub fn dnsbl_latency(&self, zone: &str, took: Duration) {
+        self.dnsbl_latency
+            .get_or_create(&SiteLabels {
+                site: zone.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a pass cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        self.cache_lookups
+            .get_or_create(&ResultLabels {
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "refused" },
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the backends' current state.
+    pub fn render(&self, backends: &[BackendStatus]) -> String {
+        self.backend_up.clear();
+        self.backend_active.clear();
+        for backend in backends {
+            let labels = BackendLabels {
+                backend: backend.address.to_string(),
+            };
+            self.backend_up
+                .get_or_create(&labels)
+                .set(i64::from(backend.healthy));
+            self.backend_active
+                .get_or_create(&labels)
+                .set(i64::try_from(backend.active).unwrap_or(i64::MAX));
+        }
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition() {
+        let metrics = Metrics::default();
+        metrics.connection(Outcome::PassNew);
+        metrics.connection(Outcome::PassNew);
+        metrics.test("dnsbl", false);
+        metrics.dnsbl_latency("bl.test", Duration::from_millis(3));
+        let text = metrics.render(&[BackendStatus {
+            address: "127.0.0.1:10026".parse().unwrap(),
+            healthy: true,
+            active: 2,
+        }]);
+        assert!(
+            text.contains("doorman_connections_total{outcome=\"pass_new\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("doorman_tests_total{test=\"dnsbl\",result=\"fail\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("doorman_dnsbl_lookup_seconds_count{site=\"bl.test\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("doorman_backend_up{backend=\"127.0.0.1:10026\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("doorman_backend_connections{backend=\"127.0.0.1:10026\"} 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
