@@ -195,3 +195,60 @@ fn max_connections_per_backend() {
     std::thread::sleep(Duration::from_millis(200));
     visit(&doorman, "203.0.113.3");
 }
+
+#[test]
+fn xclient_against_real_postfix_smtpd() {
+    let Some(postfix) = Postfix::start("smtpd_authorized_xclient_hosts = 127.0.0.0/8", "") else {
+        return;
+    };
+    let doorman = Doorman::start(
+        &pool_config(&[(postfix.address(), "send_proxy = \"xclient\"")], ""),
+        "127.0.0.1\n",
+    );
+    let mut client = connect_as(&doorman, "203.0.113.77");
+    // The fresh 220 that XCLIENT brings is the client's greeting.
+    assert_eq!(
+        read_line(&mut client),
+        "220 backend.postfix.test ESMTP Postfix\r\n"
+    );
+    client.write_all(b"HELO client.test\r\n").unwrap();
+    assert_eq!(read_line(&mut client), "250 backend.postfix.test\r\n");
+    client.write_all(b"MAIL FROM:<a@client.test>\r\n").unwrap();
+    assert_eq!(read_line(&mut client), "250 2.1.0 Ok\r\n");
+    client.write_all(b"RCPT TO:<b@elsewhere.test>\r\n").unwrap();
+    assert!(read_line(&mut client).starts_with("554 5.7.1 <b@elsewhere.test>: Relay access denied"));
+    client.write_all(b"QUIT\r\n").unwrap();
+    read_to_close(&mut client);
+    // Postfix's own log names the real client.
+    postfix.wait_for_log(
+        "NOQUEUE: reject: RCPT from unknown[203.0.113.77]",
+        Duration::from_secs(10),
+    );
+    postfix.wait_for_log(
+        "disconnect from unknown[203.0.113.77]",
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn xclient_refused_when_not_authorized() {
+    let Some(postfix) = Postfix::start("", "") else {
+        return;
+    };
+    let doorman = Doorman::start(
+        &pool_config(&[(postfix.address(), "send_proxy = \"xclient\"")], ""),
+        "127.0.0.1\n",
+    );
+    let mut client = connect_as(&doorman, "203.0.113.78");
+    assert_eq!(
+        read_to_close(&mut client),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    let line = doorman
+        .log
+        .wait_for("XCLIENT not announced in EHLO", Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("cannot connect to service {}", postfix.address())),
+        "{line}"
+    );
+}

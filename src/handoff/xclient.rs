@@ -42,7 +42,8 @@ fn address(ip: IpAddr) -> String {
 }
 
 /// The XCLIENT command for `client`, with the attributes the server
-/// announced among ADDR, PORT, DESTADDR and DESTPORT.
+/// announced among NAME (`[UNAVAILABLE]`: doorman does no reverse lookup,
+/// so the backend does not either), ADDR, PORT, DESTADDR and DESTPORT.
 pub fn command(client: &Client, attributes: &[String]) -> String {
     let mut line = String::from("XCLIENT");
     let has = |name: &str| attributes.iter().any(|a| a == name);
@@ -51,6 +52,7 @@ pub fn command(client: &Client, attributes: &[String]) -> String {
             line.push_str(&format!(" {name}={}", xtext(&value)));
         }
     };
+    add("NAME", "[UNAVAILABLE]".to_string());
     add("ADDR", address(client.address.ip()));
     add("PORT", client.address.port().to_string());
     add("DESTADDR", address(client.destination.ip()));
@@ -79,7 +81,7 @@ mod tests {
         assert!(announced(b"250-x\r\n250 PIPELINING\r\n").is_none());
         assert_eq!(
             command(&client("203.0.113.7:40000"), &attributes),
-            "XCLIENT ADDR=203.0.113.7 PORT=40000 DESTADDR=198.51.100.25 DESTPORT=25\r\n"
+            "XCLIENT NAME=[UNAVAILABLE] ADDR=203.0.113.7 PORT=40000 DESTADDR=198.51.100.25 DESTPORT=25\r\n"
         );
         assert_eq!(
             command(&client("[2001:db8::7]:1"), &["ADDR".to_string()]),

@@ -721,3 +721,121 @@ pub fn dead_address() -> (socket2::Socket, SocketAddr) {
     let address = socket.local_addr().unwrap().as_socket().unwrap();
     (socket, address)
 }
+
+/// A real Postfix instance in a private folder: master, an smtpd on a
+/// loopback port and the services it needs, logging to its own file.
+/// Started with `postfix -c DIR start` (which needs root).
+pub struct Postfix {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Postfix {
+    /// Starts it with `extra` lines in main.cf and `smtpd_args` (`-o ...`)
+    /// on the smtpd service; `None` (the test skips) when Postfix is missing
+    /// or this is not root, outside CI.
+    pub fn start(extra: &str, smtpd_args: &str) -> Option<Self> {
+        if !require_program("postfix") {
+            return None;
+        }
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if !root {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "Postfix tests need root under CI"
+            );
+            eprintln!("skipping: starting Postfix needs root");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("postfix")
+            .tempdir()
+            .unwrap();
+        let base = dir.path();
+        for sub in ["etc", "queue", "data"] {
+            std::fs::create_dir_all(base.join(sub)).unwrap();
+        }
+        let mut permissions = std::fs::metadata(base).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(base, permissions).unwrap();
+        let postfix_user = Command::new("id").args(["-u", "postfix"]).output().unwrap();
+        let uid: u32 = String::from_utf8_lossy(&postfix_user.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        std::os::unix::fs::chown(base.join("data"), Some(uid), None).unwrap();
+        let port = free_port();
+        let b = base.display();
+        std::fs::write(
+            base.join("etc/main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {b}/queue\ndata_directory = {b}/data\n\
+mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = backend.postfix.test\n\
+mydomain = postfix.test\nmydestination =\nlocal_recipient_maps =\ninet_interfaces = 127.0.0.1\n\
+inet_protocols = ipv4\nmynetworks = 127.0.0.0/8\nmaillog_file = {b}/maillog\n\
+maillog_file_prefixes = {b}\nsmtpd_client_connection_count_limit = 0\n\
+smtpd_client_connection_rate_limit = 0\nsmtpd_relay_restrictions = reject_unauth_destination\n\
+{extra}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            base.join("etc/master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd {smtpd_args}\n\
+postlog unix-dgram n - n - 1 postlogd\nproxymap unix - - n - - proxymap\n\
+anvil unix - - n - 1 anvil\nrewrite unix - - n - - trivial-rewrite\n"
+            ),
+        )
+        .unwrap();
+        let started = Command::new("timeout")
+            .args(["30", "postfix", "-c"])
+            .arg(base.join("etc"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "postfix start: {started:?}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "postfix smtpd did not listen");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Some(Postfix { dir, port })
+    }
+
+    /// The smtpd's address.
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Waits up to `within` for a line of Postfix's log containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Postfix log line with {needle:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args(["20", "postfix", "-c"])
+            .arg(self.dir.path().join("etc"))
+            .arg("stop")
+            .output();
+    }
+}
