@@ -67,7 +67,11 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, reloading on SIGHUP, then drains.
+    /// Tells systemd (`Type=notify`) when it is ready: every listener bound
+    /// and SIGHUP handled.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let hangups = signal(SignalKind::hangup());
         let stop_accepting = CancellationToken::new();
         let cut_sessions = CancellationToken::new();
         let sessions = TaskTracker::new();
@@ -83,19 +87,24 @@ impl Server {
                 cut_sessions.clone(),
             )));
         }
-        let mut background = vec![
-            tokio::spawn(clean_cache(Arc::clone(&self.current))),
-            tokio::spawn(reload_on_hangup(
+        let mut background = vec![tokio::spawn(clean_cache(Arc::clone(&self.current)))];
+        match hangups {
+            Ok(hangups) => background.push(tokio::spawn(reload_on_hangup(
+                hangups,
                 Arc::clone(&self.current),
                 self.process.clone(),
-            )),
-        ];
+            ))),
+            Err(error) => log::no_reload(&error),
+        }
         if let Some(admin) = self.admin {
             background.push(tokio::spawn(admin::serve(
                 admin,
                 Arc::clone(&self.current),
                 Arc::clone(&self.process.metrics),
             )));
+        }
+        if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            log::no_readiness(&error);
         }
         shutdown.await;
         for task in &background {
@@ -136,13 +145,15 @@ async fn start_shared(
 }
 
 /// Rereads the config on every SIGHUP.
-async fn reload_on_hangup(current: Arc<ArcSwap<Shared>>, process: Process) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    current: Arc<ArcSwap<Shared>>,
+    process: Process,
+) {
     while hangups.recv().await.is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         reload(&current, &process).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 }
 

@@ -63,6 +63,16 @@ pub fn admin_listening(address: SocketAddr) {
     );
 }
 
+/// SIGHUP cannot be watched: no reloads.
+pub fn no_reload(error: &io::Error) {
+    warn!("warning: cannot watch SIGHUP, reloads are off: {error}");
+}
+
+/// systemd could not be told that doorman is ready.
+pub fn no_readiness(error: &io::Error) {
+    warn!("warning: cannot tell systemd we are ready: {error}");
+}
+
 /// A reload took effect.
 pub fn reloaded(path: &std::path::Path, backends: usize, sites: usize) {
     info!(

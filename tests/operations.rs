@@ -192,3 +192,36 @@ fn reload_metrics_and_healthz() {
     );
     assert_eq!(get(admin, "/nope").0, "HTTP/1.1 404 Not Found");
 }
+
+#[test]
+fn tells_systemd_when_ready() {
+    let backend = FakeBackend::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    std::fs::write(
+        dir.path().join("doorman.toml"),
+        config(backend.address, "v2", "", "5s"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(doorman_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("doorman.toml"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let mut message = [0u8; 256];
+    let n = socket.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"READY=1\n");
+    signal(child.id(), "HUP");
+    let n = socket.recv(&mut message).unwrap();
+    assert!(String::from_utf8_lossy(&message[..n]).starts_with("RELOADING=1"));
+    let n = socket.recv(&mut message).unwrap();
+    assert_eq!(&message[..n], b"READY=1\n");
+    let _ = child.kill();
+    let _ = child.wait();
+}
