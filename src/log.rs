@@ -91,6 +91,27 @@ pub fn reload_needs_restart(what: &str) {
     warn!("warning: reload: {what} changed; that takes effect at the next restart");
 }
 
+/// A deep test's violation (postscreen's lines).
+pub fn deep_violation(client: SocketAddr, violation: &crate::smtp::deep::Violation) {
+    use crate::smtp::deep::DeepTest;
+    let what = match violation.test {
+        DeepTest::Pipelining => "COMMAND PIPELINING",
+        DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
+        DeepTest::BareNewline => "BARE NEWLINE",
+    };
+    info!("{what} from {} {}", Endpoint(client), violation.detail);
+}
+
+/// A backend refused a replayed command; the client gets the refusal.
+pub fn replay_refused(client: SocketAddr, command: &[u8], reply: &[u8]) {
+    info!(
+        "replay for {}: backend refused {}: {}",
+        Endpoint(client),
+        escape(command, SHOWN_INPUT),
+        escape(reply, SHOWN_INPUT)
+    );
+}
+
 /// A client connected: the real client and where it connected to.
 pub fn connect(client: SocketAddr, server: SocketAddr) {
     info!("CONNECT from {} to {}", Endpoint(client), Endpoint(server));

@@ -67,8 +67,15 @@ impl Screening {
         let mut entry = previous.unwrap_or_default();
         match self.allowlisted {
             Some(ttl) => {
-                entry.record(Test::Pregreet, now, ttl);
-                entry.record(Test::Dnsbl, now, ttl);
+                for test in [
+                    Test::Pregreet,
+                    Test::Dnsbl,
+                    Test::Pipelining,
+                    Test::NonSmtpCommand,
+                    Test::BareNewline,
+                ] {
+                    entry.record(test, now, ttl);
+                }
             }
             None => {
                 for (test, ttl) in &self.passed {

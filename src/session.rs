@@ -26,20 +26,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
+use crate::cache::Entry;
 use crate::cache::Test;
+use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
-use crate::handoff::{relay, Connected, RelayError};
+use crate::handoff::{read_reply, relay, Connected, RelayError};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
 use crate::screen::{Decision, Screening, PREGREET_REPLY};
 use crate::shared::{Process, Shared};
-use crate::smtp::engine::{Engine, EngineEvent, Step as EngineStep};
+use crate::smtp::deep::{DeepTest, DeepTests, NON_SMTP_DROP_REPLY};
+use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::next_line;
 use crate::smtp::reply;
-use crate::smtp::response::complete_reply;
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +55,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const EARLY_BYTES_CAP: usize = 4096;
 /// How long a backend may take to greet a client that saw the teaser.
 const BACKEND_GREETING_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest backend greeting doorman reads.
-const BACKEND_GREETING_LIMIT: usize = 4096;
 
 /// Where a connection is.
 #[derive(Debug)]
@@ -73,17 +73,32 @@ enum Phase {
         /// Whether the teaser was sent.
         teased: bool,
     },
-    /// The built-in engine refuses every RCPT.
-    Enforce {
-        /// The client.
-        client: Client,
-        /// The failed test whose reply RCPTs get.
-        rejection: Rejection,
-        /// Whether the client pregreeted (it then gets no 220 line).
-        pregreeted: bool,
-    },
+    /// The built-in engine: it refuses every RCPT after a failed test, or
+    /// runs the deep tests and, at the first RCPT, hands a client that
+    /// passed them to a backend by replaying its dialogue.
+    Engine(Box<EngineRun>),
     /// Nothing more to do.
     Closed,
+}
+
+/// What the built-in engine is to do with one client.
+#[derive(Debug)]
+struct EngineRun {
+    client: Client,
+    rcpt: RcptPolicy,
+    /// Whether the client pregreeted (it then gets no 220 line).
+    pregreeted: bool,
+    deep: DeepTests,
+    /// The cache entry to complete with the deep tests' passes at RCPT;
+    /// `None` when a test already failed.
+    pass: Option<PendingPass>,
+}
+
+/// The passes so far, waiting for the deep tests.
+#[derive(Clone, Copy, Debug)]
+struct PendingPass {
+    previous: Option<Entry>,
+    entry: Entry,
 }
 
 /// A client connection and what doorman knows about it.
@@ -136,11 +151,7 @@ impl Session {
                 Phase::HealthCheck => self.health_check().await,
                 Phase::Screen(client) => self.screen(client).await,
                 Phase::Handoff { client, teased } => self.hand_off(client, teased).await,
-                Phase::Enforce {
-                    client,
-                    rejection,
-                    pregreeted,
-                } => self.enforce(client, rejection, pregreeted).await,
+                Phase::Engine(run) => self.engine(*run).await,
                 Phase::Closed => return,
             };
         }
@@ -313,7 +324,12 @@ impl Session {
         let banner = config.greet_banner();
         let pregreet_due = !banner.is_empty() && !passed(Test::Pregreet);
         let dnsbl_due = shared.dnsbl.is_some() && !passed(Test::Dnsbl);
-        if !screening.failed() && !pregreet_due && !dnsbl_due {
+        let deep_due: Vec<DeepTest> = deep_tests(&config.deep_tests)
+            .into_iter()
+            .filter(|(_, test, _)| !passed(*test))
+            .map(|(deep, _, _)| deep)
+            .collect();
+        if !screening.failed() && !pregreet_due && !dnsbl_due && deep_due.is_empty() {
             if previous.is_some() {
                 self.count(Counted::PassOld);
                 log::pass(client.address, false);
@@ -423,11 +439,27 @@ impl Session {
         match screening.decide(previous, SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
-                Phase::Enforce {
+                // Every deep test runs too, to improve the logging (postscreen).
+                let all: Vec<DeepTest> = deep_tests(&config.deep_tests)
+                    .into_iter()
+                    .map(|(deep, _, _)| deep)
+                    .collect();
+                Phase::Engine(Box::new(EngineRun {
                     client,
-                    rejection,
+                    rcpt: RcptPolicy::Refuse(rejection.enforce_reply()),
                     pregreeted,
-                }
+                    deep: DeepTests::new(all, &config.deep_tests.forbidden_commands),
+                    pass: None,
+                }))
+            }
+            Decision::HandOff { pass } if !deep_due.is_empty() => {
+                Phase::Engine(Box::new(EngineRun {
+                    client,
+                    rcpt: RcptPolicy::Pass,
+                    pregreeted,
+                    deep: DeepTests::new(deep_due, &config.deep_tests.forbidden_commands),
+                    pass: pass.map(|entry| PendingPass { previous, entry }),
+                }))
             }
             Decision::HandOff { pass } => {
                 match pass {
@@ -500,10 +532,12 @@ impl Session {
         Phase::Closed
     }
 
-    /// The built-in engine: every RCPT gets the failed test's 550.
-    async fn enforce(&mut self, client: Client, rejection: Rejection, pregreeted: bool) -> Phase {
+    /// The built-in engine's dialogue: deep tests on every line, the
+    /// engine's replies, and at RCPT a refusal or, for a client that passed,
+    /// the replay into a backend (or postscreen's 450, with `reconnect`).
+    async fn engine(&mut self, mut run: EngineRun) -> Phase {
         let config = Arc::clone(&self.shared.config);
-        if !pregreeted {
+        if !run.pregreeted {
             let banner = config.greet_banner();
             let banner = if banner.is_empty() {
                 format!("{} ESMTP", config.hostname)
@@ -512,26 +546,93 @@ impl Session {
             };
             self.send(&format!("220 {banner}\r\n")).await;
         }
+        let client = run.client.clone();
+        // A client that may be replayed into a backend is promised what the
+        // backend offers; one that is refused gets postscreen's list.
+        let keywords = match run.rcpt {
+            RcptPolicy::Pass => self.shared.pool.ehlo_keywords(),
+            RcptPolicy::Refuse(_) => None,
+        };
         let mut engine = Engine::new(
             &config.hostname,
-            rejection.enforce_reply(),
+            run.rcpt.clone(),
             config.engine.command_limit,
+            keywords,
         );
         let started = Instant::now();
         loop {
             let step: EngineStep = match next_line(&mut self.buffer, config.engine.line_length) {
                 Err(_) => engine.line_too_long(),
-                Ok(Some(line)) => engine.command(&line),
+                Ok(Some(line)) => {
+                    for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
+                        log::deep_violation(client.address, &violation);
+                        self.process.metrics.test(violation.test.name(), false);
+                        run.pass = None;
+                        match deep_action(&config.deep_tests, violation.test) {
+                            Action::Drop => {
+                                let reply = if violation.test == DeepTest::NonSmtpCommand {
+                                    NON_SMTP_DROP_REPLY.to_string()
+                                } else {
+                                    format!("521 {}\r\n", violation.test.reply_text())
+                                };
+                                self.count(Counted::Dropped);
+                                self.send(&reply).await;
+                                log::disconnect(client.address);
+                                return Phase::Closed;
+                            }
+                            Action::Enforce => engine
+                                .refuse_with(format!("550 {}\r\n", violation.test.reply_text())),
+                            Action::Ignore => {}
+                        }
+                    }
+                    engine.command(&line)
+                }
                 Ok(None) => match self.read_within(config.engine.command_time).await {
                     Read::Data => continue,
                     Read::TimedOut => engine.timed_out(),
                     Read::Closed => {
+                        self.count(Counted::Hangup);
                         log::hangup(client.address, started.elapsed(), Stage::AfterHandshake);
                         log::disconnect(client.address);
                         return Phase::Closed;
                     }
                 },
             };
+            match step.event {
+                Some(EngineEvent::Passed(transaction)) => {
+                    self.record_deep_passes(&run);
+                    match config.deep_tests.after_pass {
+                        AfterPass::Replay => {
+                            let mut lines: Vec<Vec<u8>> =
+                                transaction.helo_line.into_iter().collect();
+                            lines.push(transaction.mail_line);
+                            lines.push(transaction.rcpt_line);
+                            return self.replay(client, lines).await;
+                        }
+                        AfterPass::Reconnect => {
+                            let reply = reply::RCPT_DEFERRED.to_string();
+                            let mut refused = transaction.refused;
+                            refused.reply = reply.trim_end().to_string();
+                            self.send(&reply).await;
+                            log::noqueue_rcpt(client.address, &refused);
+                            engine.refuse_with(reply);
+                            run.pass = None;
+                            continue;
+                        }
+                    }
+                }
+                Some(EngineEvent::HandOffAt(command)) => {
+                    // STARTTLS or AUTH: only the backend can answer them, so
+                    // the unfinished deep tests are not remembered.
+                    if let Some(pass) = run.pass.take() {
+                        self.store_pass(&client, pass.previous, pass.entry);
+                    }
+                    let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
+                    lines.push(command);
+                    return self.replay(client, lines).await;
+                }
+                _ => {}
+            }
             self.send(&step.reply).await;
             match &step.event {
                 Some(EngineEvent::Refused(refused)) => log::noqueue_rcpt(client.address, refused),
@@ -539,13 +640,119 @@ impl Session {
                 Some(EngineEvent::Limit(limit)) => {
                     log::command_limit(client.address, *limit, engine.after())
                 }
-                None => {}
+                _ => {}
             }
             if step.close {
                 log::disconnect(client.address);
                 return Phase::Closed;
             }
         }
+    }
+
+    /// The client reached RCPT with no deep test failed: each enabled deep
+    /// test passed, and the cache learns it with the test's TTL.
+    fn record_deep_passes(&mut self, run: &EngineRun) {
+        let Some(pass) = run.pass else {
+            return;
+        };
+        let now = SystemTime::now();
+        let mut entry = pass.entry;
+        for (deep, test, settings) in deep_tests(&self.shared.config.deep_tests) {
+            if run.deep.enabled().contains(&deep) {
+                self.process.metrics.test(deep.name(), true);
+                entry.record(test, now, settings.ttl());
+            }
+        }
+        self.store_pass(&run.client, pass.previous, entry);
+    }
+
+    /// Remembers a pass and logs `PASS NEW` (or `PASS OLD`).
+    fn store_pass(&mut self, client: &Client, previous: Option<Entry>, entry: Entry) {
+        self.count(if previous.is_none() {
+            Counted::PassNew
+        } else {
+            Counted::PassOld
+        });
+        self.shared.cache.put(client.ip(), entry);
+        log::pass(client.address, previous.is_none());
+    }
+
+    /// Hands a client that is mid-dialogue to a backend: connects, consumes
+    /// the backend's greeting, sends the client's own `lines` (HELO/EHLO,
+    /// MAIL, RCPT; or EHLO and STARTTLS/AUTH) one by one, and gives the
+    /// client the backend's answer to its pending command, or the first
+    /// refusal, so the client never gets a reply it did not ask for. Then
+    /// relays.
+    async fn replay(&mut self, client: Client, lines: Vec<Vec<u8>>) -> Phase {
+        self.screening = None;
+        let shared = Arc::clone(&self.shared);
+        let Connected {
+            stream: mut backend,
+            lease: _lease,
+            greeting,
+        } = match shared.pool.connect(&client).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                self.count(Counted::NoBackend);
+                log::all_server_ports_busy(client.address);
+                self.send(reply::SERVER_PORTS_BUSY).await;
+                return Phase::Closed;
+            }
+        };
+        let limit = shared
+            .config
+            .engine
+            .command_time
+            .min(BACKEND_GREETING_TIMEOUT);
+        let mut pending = BytesMut::new();
+        let greeting = match greeting {
+            Some(greeting) => Ok(greeting),
+            None => read_reply(&mut backend, &mut pending, limit)
+                .await
+                .map_err(|e| e.to_string().into_bytes()),
+        };
+        match greeting {
+            Ok(greeting) if greeting.starts_with(b"220") => {}
+            Ok(other) | Err(other) => {
+                log::backend_refused(client.address, backend.peer_addr().ok(), &other);
+                self.count(Counted::NoBackend);
+                self.send(reply::SERVER_PORTS_BUSY).await;
+                return Phase::Closed;
+            }
+        }
+        let count = lines.len();
+        for (index, line) in lines.into_iter().enumerate() {
+            let answer = match backend.write_all(&line).await {
+                Ok(()) => read_reply(&mut backend, &mut pending, limit).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(answer) if index + 1 == count || answer.starts_with(b"2") => {
+                    if index + 1 == count || !answer.starts_with(b"2") {
+                        self.send_bytes(&answer).await;
+                    }
+                }
+                Ok(refusal) => {
+                    log::replay_refused(client.address, &line, &refusal);
+                    self.send_bytes(&refusal).await;
+                    break;
+                }
+                Err(error) => {
+                    log::relay_error(client.address, &error);
+                    self.send(reply::SERVER_PORTS_BUSY).await;
+                    return Phase::Closed;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.send_bytes(&pending).await;
+        }
+        let early = std::mem::take(&mut self.buffer);
+        match relay(&mut self.stream, backend, early).await {
+            Ok(()) | Err(RelayError::ProxyHeader(_)) => {}
+            Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
+        }
+        Phase::Closed
     }
 
     /// Connects the client to a backend and relays until both sides are
@@ -569,7 +776,14 @@ impl Session {
         };
         let greeting = match greeting {
             Some(greeting) => Some(Ok(greeting)),
-            None if teased => Some(read_greeting(&mut backend).await),
+            None if teased => {
+                let mut pending = BytesMut::new();
+                Some(
+                    read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT)
+                        .await
+                        .map_err(|error| error.to_string().into_bytes()),
+                )
+            }
             None => None,
         };
         match greeting {
@@ -658,22 +872,35 @@ async fn next_answer(pending: &mut Option<Pending>) {
     }
 }
 
-/// Reads a backend's whole greeting; `Err` carries what came instead of a
-/// well-formed reply in time.
-async fn read_greeting(backend: &mut TcpStream) -> Result<Vec<u8>, Vec<u8>> {
-    let mut buffer = BytesMut::with_capacity(512);
-    let deadline = Instant::now() + BACKEND_GREETING_TIMEOUT;
-    loop {
-        match complete_reply(&buffer, BACKEND_GREETING_LIMIT) {
-            Ok(Some(_)) => return Ok(buffer.to_vec()),
-            Ok(None) => {}
-            Err(_) => return Err(buffer.to_vec()),
-        }
-        match timeout_at(deadline, backend.read_buf(&mut buffer)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(buffer.to_vec()),
-        }
+/// The deep tests that are enabled, with their cache test and settings.
+fn deep_tests(section: &DeepTestsSection) -> Vec<(DeepTest, Test, &DeepTestConfig)> {
+    [
+        (DeepTest::Pipelining, Test::Pipelining, &section.pipelining),
+        (
+            DeepTest::NonSmtpCommand,
+            Test::NonSmtpCommand,
+            &section.non_smtp_command,
+        ),
+        (
+            DeepTest::BareNewline,
+            Test::BareNewline,
+            &section.bare_newline,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, _, settings)| settings.enable)
+    .collect()
+}
+
+/// A deep test's action, with postscreen's defaults: pipelining enforce,
+/// non-SMTP commands drop, bare newlines ignore.
+fn deep_action(section: &DeepTestsSection, test: DeepTest) -> Action {
+    match test {
+        DeepTest::Pipelining => section.pipelining.action_or(ActionName::Enforce),
+        DeepTest::NonSmtpCommand => section.non_smtp_command.action_or(ActionName::Drop),
+        DeepTest::BareNewline => section.bare_newline.action_or(ActionName::Ignore),
     }
+    .into()
 }
 
 fn canonical(address: SocketAddr) -> SocketAddr {

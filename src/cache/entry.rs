@@ -14,6 +14,12 @@ pub enum Test {
     Pregreet,
     /// The DNSBL test.
     Dnsbl,
+    /// The pipelining test.
+    Pipelining,
+    /// The non-SMTP command test.
+    NonSmtpCommand,
+    /// The bare newline test.
+    BareNewline,
 }
 
 /// One client's passes: the time each one expires.
@@ -23,16 +29,28 @@ pub struct Entry {
     pub pregreet: Option<SystemTime>,
     /// When the DNSBL pass expires.
     pub dnsbl: Option<SystemTime>,
+    /// When the pipelining pass expires.
+    pub pipelining: Option<SystemTime>,
+    /// When the non-SMTP command pass expires.
+    pub non_smtp_command: Option<SystemTime>,
+    /// When the bare newline pass expires.
+    pub bare_newline: Option<SystemTime>,
 }
 
 impl Entry {
     /// Whether `test` has a pass that holds at `now`.
     pub fn passed(&self, test: Test, now: SystemTime) -> bool {
-        let expiry = match test {
+        self.expiry(test).is_some_and(|at| at > now)
+    }
+
+    fn expiry(&self, test: Test) -> Option<SystemTime> {
+        match test {
             Test::Pregreet => self.pregreet,
             Test::Dnsbl => self.dnsbl,
-        };
-        expiry.is_some_and(|at| at > now)
+            Test::Pipelining => self.pipelining,
+            Test::NonSmtpCommand => self.non_smtp_command,
+            Test::BareNewline => self.bare_newline,
+        }
     }
 
     /// Records a pass of `test` that holds for `ttl` from `now`.
@@ -41,12 +59,24 @@ impl Entry {
         match test {
             Test::Pregreet => self.pregreet = expiry,
             Test::Dnsbl => self.dnsbl = expiry,
+            Test::Pipelining => self.pipelining = expiry,
+            Test::NonSmtpCommand => self.non_smtp_command = expiry,
+            Test::BareNewline => self.bare_newline = expiry,
         }
     }
 
     /// The latest expiry of any test.
     pub fn latest(&self) -> Option<SystemTime> {
-        self.pregreet.max(self.dnsbl)
+        [
+            self.pregreet,
+            self.dnsbl,
+            self.pipelining,
+            self.non_smtp_command,
+            self.bare_newline,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 
     /// Whether cleanup may drop the entry: every test expired more than
@@ -57,7 +87,14 @@ impl Entry {
 
     /// The record text.
     pub fn encode(&self) -> String {
-        format!("{};{};0;0;0", seconds(self.pregreet), seconds(self.dnsbl))
+        format!(
+            "{};{};{};{};{}",
+            seconds(self.pregreet),
+            seconds(self.dnsbl),
+            seconds(self.pipelining),
+            seconds(self.non_smtp_command),
+            seconds(self.bare_newline)
+        )
     }
 
     /// Reads a record; `None` when it is not one.
@@ -74,6 +111,9 @@ impl Entry {
         Some(Self {
             pregreet: next()?,
             dnsbl: next()?,
+            pipelining: next()?,
+            non_smtp_command: next()?,
+            bare_newline: next()?,
         })
     }
 }
@@ -103,7 +143,7 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let entry = Entry {
             pregreet: Some(at),
-            dnsbl: None,
+            ..Entry::default()
         };
         assert_eq!(entry.encode(), "1800000000;0;0;0;0");
         assert_eq!(Entry::decode("1800000000;0;0;0;0"), Some(entry));
@@ -122,6 +162,7 @@ mod tests {
         let entry = |pregreet: u64, dnsbl: u64| Entry {
             pregreet: Some(UNIX_EPOCH + Duration::from_secs(pregreet)),
             dnsbl: Some(UNIX_EPOCH + Duration::from_secs(dnsbl)),
+            ..Entry::default()
         };
         assert!(
             !entry(2_000_000, 1).stale(now, week),

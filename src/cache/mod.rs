@@ -57,9 +57,12 @@ pub fn describe(ip: IpAddr, entry: &Entry) -> String {
         None => "never".to_string(),
     };
     format!(
-        "{ip}: pregreet passed {}, dnsbl passed {} (record {})",
+        "{ip}: pregreet passed {}, dnsbl passed {}, pipelining passed {}, non_smtp_command passed {}, bare_newline passed {} (record {})",
         show(entry.pregreet),
         show(entry.dnsbl),
+        show(entry.pipelining),
+        show(entry.non_smtp_command),
+        show(entry.bare_newline),
         entry.encode()
     )
 }

@@ -389,6 +389,78 @@ impl Default for LimitsSection {
     }
 }
 
+/// What happens when a client passed the deep tests at its first RCPT.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterPass {
+    /// Replay the dialogue into a backend and relay: the client never
+    /// notices.
+    #[default]
+    Replay,
+    /// postscreen's way: 450 to every RCPT, remember the pass, and let the
+    /// client come back.
+    Reconnect,
+}
+
+/// One deep test's settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeepTestConfig {
+    /// Whether the test runs.
+    #[serde(default)]
+    pub enable: bool,
+    /// What to do on a violation; unset: postscreen's default for the test.
+    pub action: Option<ActionName>,
+    /// How long a pass is remembered; unset: 30 days.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+}
+
+impl DeepTestConfig {
+    /// The action, or `default` when unset.
+    pub fn action_or(&self, default: ActionName) -> ActionName {
+        self.action.unwrap_or(default)
+    }
+
+    /// The pass TTL (30 days when unset).
+    pub fn ttl(&self) -> Duration {
+        self.ttl.unwrap_or(Duration::from_secs(30 * 86400))
+    }
+}
+
+/// The `[deep_tests]` section: postscreen's tests after the 220 greeting.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeepTestsSection {
+    /// What a pass leads to.
+    #[serde(default)]
+    pub after_pass: AfterPass,
+    /// Commands sent before the previous reply (default action enforce).
+    #[serde(default)]
+    pub pipelining: DeepTestConfig,
+    /// Forbidden commands and header-like lines (default action drop).
+    #[serde(default)]
+    pub non_smtp_command: DeepTestConfig,
+    /// Lines ending in LF without CR (default action ignore).
+    #[serde(default)]
+    pub bare_newline: DeepTestConfig,
+    /// The non-SMTP command verbs.
+    #[serde(default = "default_forbidden_commands")]
+    pub forbidden_commands: Vec<String>,
+}
+
+impl Default for DeepTestsSection {
+    fn default() -> Self {
+        Self {
+            after_pass: AfterPass::default(),
+            pipelining: DeepTestConfig::default(),
+            non_smtp_command: DeepTestConfig::default(),
+            bare_newline: DeepTestConfig::default(),
+            forbidden_commands: default_forbidden_commands(),
+        }
+    }
+}
+
 /// The `[admin]` section.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -468,6 +540,8 @@ struct ConfigFile {
     pool: PoolSection,
     #[serde(default)]
     admin: AdminSection,
+    #[serde(default)]
+    deep_tests: DeepTestsSection,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -509,6 +583,8 @@ pub struct Config {
     pub pool: PoolSection,
     /// The `[admin]` section.
     pub admin: AdminSection,
+    /// The `[deep_tests]` section.
+    pub deep_tests: DeepTestsSection,
 }
 
 impl Config {
@@ -707,6 +783,7 @@ impl Config {
             limits: file.limits,
             pool: file.pool,
             admin: file.admin,
+            deep_tests: file.deep_tests,
         })
     }
 }
@@ -765,6 +842,10 @@ fn default_dnsbl_timeout() -> Duration {
 
 fn default_cache_size() -> usize {
     100_000
+}
+
+fn default_forbidden_commands() -> Vec<String> {
+    vec!["CONNECT".into(), "GET".into(), "POST".into()]
 }
 
 fn default_weight() -> u32 {

@@ -90,6 +90,8 @@ pub struct Pool {
     settings: PoolSection,
     hostname: String,
     tick: AtomicUsize,
+    /// The EHLO keywords the last good check saw.
+    keywords: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 impl Pool {
@@ -110,6 +112,7 @@ impl Pool {
             settings,
             hostname: hostname.to_string(),
             tick: AtomicUsize::new(0),
+            keywords: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -119,9 +122,16 @@ impl Pool {
         let mut checks = tokio::task::JoinSet::new();
         for backend in &self.backends {
             let backend = Arc::clone(backend);
+            let keywords_slot = Arc::clone(&self.keywords);
+            let hostname = self.hostname.clone();
             checks.spawn(async move {
-                let healthy = match probe(&backend.config).await {
-                    Ok(()) => true,
+                let healthy = match probe(&backend.config, &hostname).await {
+                    Ok(found) => {
+                        if let (Some(found), Ok(mut keywords)) = (found, keywords_slot.lock()) {
+                            *keywords = Some(found);
+                        }
+                        true
+                    }
                     Err(error) => {
                         log::backend_check_failed(backend.config.address, &error);
                         false
@@ -142,6 +152,11 @@ impl Pool {
             let pool = Arc::downgrade(self);
             tokio::spawn(check_loop(pool, index, self.settings.check_interval));
         }
+    }
+
+    /// The backends' EHLO keywords, as the last good check saw them.
+    pub fn ehlo_keywords(&self) -> Option<Vec<String>> {
+        self.keywords.lock().ok().and_then(|k| k.clone())
     }
 
     /// Whether any backend is up (the answer for HAProxy's checks).
@@ -233,9 +248,15 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
         tokio::time::sleep(interval).await;
         let Some(pool) = pool.upgrade() else { return };
         let backend = Arc::clone(&pool.backends[index]);
-        let result = probe(&backend.config).await;
-        if let Err(error) = &result {
-            log::backend_check_failed(backend.config.address, error);
+        let result = probe(&backend.config, &pool.hostname).await;
+        match &result {
+            Ok(Some(found)) => {
+                if let Ok(mut keywords) = pool.keywords.lock() {
+                    *keywords = Some(found.clone());
+                }
+            }
+            Ok(None) => {}
+            Err(error) => log::backend_check_failed(backend.config.address, error),
         }
         pool.record(&backend, result.is_ok());
     }
@@ -300,8 +321,9 @@ async fn xclient_dialogue(
     Ok(greeting)
 }
 
-/// Reads one whole reply within `limit`.
-async fn read_reply(
+/// Reads one whole (multi-line) reply within `limit`; bytes after it stay
+/// in `buffer`.
+pub async fn read_reply(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     limit: Duration,
@@ -338,8 +360,9 @@ async fn connect(backend: &BackendConfig) -> io::Result<TcpStream> {
 }
 
 /// Speaks to a backend as a health check: the check header (v2 `LOCAL`, or
-/// a v1 line with doorman's own endpoints), a 2xx banner, then QUIT.
-async fn probe(backend: &BackendConfig) -> io::Result<()> {
+/// a v1 line with doorman's own endpoints), a 2xx banner, EHLO (whose
+/// keywords are returned, for the built-in engine to announce), then QUIT.
+async fn probe(backend: &BackendConfig, hostname: &str) -> io::Result<Option<Vec<String>>> {
     let mut stream = connect(backend).await?;
     match backend.send_proxy {
         SendProxy::V2 => stream.write_all(write::V2_LOCAL).await?,
@@ -357,6 +380,29 @@ async fn probe(backend: &BackendConfig) -> io::Result<()> {
             format!("banner {:?}", log::escape(&banner, 100)),
         ));
     }
-    stream.write_all(b"QUIT\r\n").await?;
-    Ok(())
+    // The EHLO keywords are a bonus: a backend that greets but does not
+    // answer EHLO is still up.
+    stream
+        .write_all(format!("EHLO {hostname}\r\n").as_bytes())
+        .await?;
+    let ehlo = read_reply(&mut stream, &mut buffer, backend.connect_timeout)
+        .await
+        .ok()
+        .map(|ehlo| keywords(&ehlo));
+    let _ = stream.write_all(b"QUIT\r\n").await;
+    Ok(ehlo)
+}
+
+/// The keywords of a 250 EHLO reply (every line after the first).
+fn keywords(ehlo: &[u8]) -> Vec<String> {
+    if !ehlo.starts_with(b"250") {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(ehlo)
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.get(4..))
+        .map(|keyword| keyword.trim().to_string())
+        .filter(|keyword| !keyword.is_empty())
+        .collect()
 }

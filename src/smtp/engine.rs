@@ -2,9 +2,12 @@
 //! action, as postscreen's dummy engine does (REFERENCE.md 1.6).
 //!
 //! It is sans-IO: [`Engine::command`] takes one command line and says what
-//! to reply, what to log and whether to close. It announces neither
-//! PIPELINING nor AUTH, accepts MAIL, answers every RCPT (and VRFY) with the
-//! failed test's 550 reply, and closes after DATA, BDAT, QUIT or a limit.
+//! to reply, what to log and whether to close. It never announces
+//! PIPELINING, XCLIENT or XFORWARD, accepts MAIL, and at RCPT either refuses
+//! with a failed test's 550 reply ([`RcptPolicy::Refuse`]) or reports that
+//! the client reached RCPT with a clean record ([`RcptPolicy::Pass`]), so the
+//! session can replay the dialogue into a backend. It closes after DATA,
+//! BDAT, QUIT or a limit.
 
 use super::line::Line;
 use super::reply;
@@ -65,9 +68,36 @@ impl Limit {
     }
 }
 
+/// What a RCPT gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptPolicy {
+    /// This reply (a 550 or 450 line with CRLF), logged as NOQUEUE.
+    Refuse(String),
+    /// Nothing yet: the engine reports [`EngineEvent::Passed`].
+    Pass,
+}
+
+/// The dialogue so far, as the client sent it, for a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The HELO or EHLO line, with CRLF.
+    pub helo_line: Option<Vec<u8>>,
+    /// The MAIL line, with CRLF.
+    pub mail_line: Vec<u8>,
+    /// The RCPT line, with CRLF.
+    pub rcpt_line: Vec<u8>,
+    /// For log lines: sender, recipient, protocol and HELO name.
+    pub refused: RefusedRcpt,
+}
+
 /// Something the engine wants logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
+    /// The client reached RCPT under [`RcptPolicy::Pass`].
+    Passed(Box<Transaction>),
+    /// The client sent STARTTLS or AUTH, which the backend announced and
+    /// only the backend can answer: hand off now, with this line.
+    HandOffAt(Vec<u8>),
     /// A RCPT was refused with the test's reply.
     Refused(RefusedRcpt),
     /// DATA or BDAT (the verb) came without a valid RCPT.
@@ -109,28 +139,91 @@ impl Step {
 #[derive(Clone, Debug)]
 pub struct Engine {
     hostname: String,
-    rcpt_reply: String,
+    rcpt: RcptPolicy,
+    keywords: Option<Vec<String>>,
     command_limit: usize,
     commands: usize,
     last: Option<String>,
     helo: Option<String>,
+    helo_line: Option<Vec<u8>>,
     proto: Proto,
     from: Option<String>,
+    mail_line: Vec<u8>,
 }
 
+/// EHLO keywords the engine never announces: PIPELINING (the pipelining
+/// test needs it withheld), and the ones that would let a client speak for
+/// another address.
+const WITHHELD: [&str; 3] = ["PIPELINING", "XCLIENT", "XFORWARD"];
+
 impl Engine {
-    /// An engine that refuses each RCPT with `rcpt_reply` (a 550 line with
-    /// CRLF) and allows `command_limit` commands.
-    pub fn new(hostname: &str, rcpt_reply: String, command_limit: usize) -> Self {
+    /// An engine with the given RCPT policy that allows `command_limit`
+    /// commands. `keywords` are the backend's EHLO keywords to announce (less
+    /// the withheld ones); `None` announces postscreen's own list.
+    pub fn new(
+        hostname: &str,
+        rcpt: RcptPolicy,
+        command_limit: usize,
+        keywords: Option<Vec<String>>,
+    ) -> Self {
         Self {
             hostname: hostname.to_string(),
-            rcpt_reply,
+            rcpt,
+            keywords,
             command_limit,
             commands: 0,
             last: None,
             helo: None,
+            helo_line: None,
             proto: Proto::Smtp,
             from: None,
+            mail_line: Vec::new(),
+        }
+    }
+
+    /// From now on every RCPT gets `reply` (a failed deep test under
+    /// `enforce`); a refusal already in force stays.
+    pub fn refuse_with(&mut self, reply: String) {
+        if self.rcpt == RcptPolicy::Pass {
+            self.rcpt = RcptPolicy::Refuse(reply);
+        }
+    }
+
+    /// The client's HELO or EHLO line, with CRLF, if it sent one.
+    pub fn helo_line(&self) -> Option<Vec<u8>> {
+        self.helo_line.clone()
+    }
+
+    /// Whether `keyword` is announced in the EHLO reply.
+    fn announces(&self, keyword: &str) -> bool {
+        self.keywords.as_ref().is_some_and(|keywords| {
+            keywords
+                .iter()
+                .any(|k| k.split_whitespace().next() == Some(keyword))
+        })
+    }
+
+    fn ehlo_reply(&self) -> String {
+        match &self.keywords {
+            None => format!(
+                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 CHUNKING\r\n",
+                self.hostname
+            ),
+            Some(keywords) => {
+                let shown: Vec<&String> = keywords
+                    .iter()
+                    .filter(|k| {
+                        let word = k.split_whitespace().next().unwrap_or_default();
+                        !WITHHELD.contains(&word.to_ascii_uppercase().as_str())
+                    })
+                    .collect();
+                let mut reply = format!("250{}{}\r\n", if shown.is_empty() { ' ' } else { '-' }, self.hostname);
+                for (index, keyword) in shown.iter().enumerate() {
+                    let dash = if index + 1 == shown.len() { ' ' } else { '-' };
+                    reply.push_str(&format!("250{dash}{keyword}\r\n"));
+                }
+                reply
+            }
         }
     }
 
@@ -173,7 +266,9 @@ impl Engine {
                 );
             }
         }
-        let step = self.dispatch(&verb, &argument);
+        let mut raw = line.text.clone();
+        raw.extend_from_slice(b"\r\n");
+        let step = self.dispatch(&verb, &argument, raw);
         self.last = Some(if verb.is_empty() {
             "UNKNOWN".into()
         } else {
@@ -182,30 +277,35 @@ impl Engine {
         step
     }
 
-    fn dispatch(&mut self, verb: &str, argument: &str) -> Step {
+    fn dispatch(&mut self, verb: &str, argument: &str, raw: Vec<u8>) -> Step {
         match verb {
             "HELO" | "EHLO" if argument.is_empty() => {
                 Step::reply(format!("501 Syntax: {verb} hostname\r\n"))
             }
             "HELO" => {
                 self.helo = Some(argument.to_string());
+                self.helo_line = Some(raw);
                 self.proto = Proto::Smtp;
                 Step::reply(format!("250 {}\r\n", self.hostname))
             }
             "EHLO" => {
                 self.helo = Some(argument.to_string());
+                self.helo_line = Some(raw);
                 self.proto = Proto::Esmtp;
-                Step::reply(format!(
-                    "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 CHUNKING\r\n",
-                    self.hostname
-                ))
+                Step::reply(self.ehlo_reply())
             }
+            "STARTTLS" | "AUTH" if self.announces(verb) && self.helo_line.is_some() => Step {
+                reply: String::new(),
+                event: Some(EngineEvent::HandOffAt(raw)),
+                close: false,
+            },
             "MAIL" if self.from.is_some() => {
                 Step::reply("503 5.5.1 Error: nested MAIL command\r\n")
             }
             "MAIL" => match address(argument, "FROM:") {
                 Some(from) => {
                     self.from = Some(from);
+                    self.mail_line = raw;
                     Step::reply("250 2.1.0 Ok\r\n")
                 }
                 None => Step::reply("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
@@ -213,17 +313,33 @@ impl Engine {
             "RCPT" => match (&self.from, address(argument, "TO:")) {
                 (None, _) => Step::reply("503 5.5.1 Error: need MAIL command\r\n"),
                 (Some(_), None) => Step::reply("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
-                (Some(from), Some(to)) => Step {
-                    reply: self.rcpt_reply.clone(),
-                    event: Some(EngineEvent::Refused(RefusedRcpt {
-                        reply: self.rcpt_reply.trim_end().to_string(),
+                (Some(from), Some(to)) => {
+                    let reply = match &self.rcpt {
+                        RcptPolicy::Refuse(reply) => reply.clone(),
+                        RcptPolicy::Pass => String::new(),
+                    };
+                    let refused = RefusedRcpt {
+                        reply: reply.trim_end().to_string(),
                         from: from.clone(),
                         to,
                         proto: self.proto,
                         helo: self.helo.clone().unwrap_or_default(),
-                    })),
-                    close: false,
-                },
+                    };
+                    let event = match self.rcpt {
+                        RcptPolicy::Refuse(_) => EngineEvent::Refused(refused),
+                        RcptPolicy::Pass => EngineEvent::Passed(Box::new(Transaction {
+                            helo_line: self.helo_line.clone(),
+                            mail_line: self.mail_line.clone(),
+                            rcpt_line: raw,
+                            refused,
+                        })),
+                    };
+                    Step {
+                        reply,
+                        event: Some(event),
+                        close: false,
+                    }
+                }
             },
             "DATA" if !argument.is_empty() => Step::reply("501 5.5.4 Syntax: DATA\r\n"),
             "DATA" | "BDAT" => {
@@ -243,10 +359,14 @@ impl Engine {
             }
             "NOOP" => Step::reply(reply::OK),
             "VRFY" if argument.is_empty() => Step::reply("501 5.5.4 Syntax: VRFY address\r\n"),
-            "VRFY" => Step::reply(self.rcpt_reply.clone()),
+            "VRFY" => Step::reply(match &self.rcpt {
+                RcptPolicy::Refuse(reply) => reply.clone(),
+                RcptPolicy::Pass => "252 2.0.0 Send some mail, I'll try my best\r\n".to_string(),
+            }),
             "ETRN" if argument.is_empty() => Step::reply("500 Syntax: ETRN domain\r\n"),
             "ETRN" => Step::reply("458 Unable to queue messages\r\n"),
             "STARTTLS" => Step::reply("502 5.5.1 Error: command not implemented\r\n"),
+            "AUTH" => Step::reply(reply::NOT_RECOGNIZED),
             "QUIT" => Step::closing(reply::BYE, None),
             _ => Step::reply(reply::NOT_RECOGNIZED),
         }
@@ -281,7 +401,7 @@ mod tests {
 
     #[test]
     fn dialogue() {
-        let mut engine = Engine::new("mx.test", REPLY.into(), 20);
+        let mut engine = Engine::new("mx.test", RcptPolicy::Refuse(REPLY.into()), 20, None);
         assert_eq!(engine.after(), "CONNECT");
         assert_eq!(
             engine
@@ -340,8 +460,48 @@ mod tests {
     }
 
     #[test]
+    fn pass_policy_reports_the_transaction_and_backend_keywords() {
+        let keywords = vec![
+            "PIPELINING".to_string(),
+            "SIZE 10240000".to_string(),
+            "STARTTLS".to_string(),
+            "XCLIENT NAME ADDR".to_string(),
+            "8BITMIME".to_string(),
+        ];
+        let mut engine = Engine::new("mx.test", RcptPolicy::Pass, 20, Some(keywords));
+        assert_eq!(
+            engine.command(&line("EHLO client.test")).reply,
+            "250-mx.test\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+        );
+        engine.command(&line("MAIL FROM:<a@b> SIZE=100"));
+        let step = engine.command(&line("RCPT TO:<c@d> NOTIFY=NEVER"));
+        assert_eq!(step.reply, "");
+        match step.event {
+            Some(EngineEvent::Passed(transaction)) => {
+                assert_eq!(
+                    transaction.helo_line.as_deref(),
+                    Some(&b"EHLO client.test\r\n"[..])
+                );
+                assert_eq!(transaction.mail_line, b"MAIL FROM:<a@b> SIZE=100\r\n");
+                assert_eq!(transaction.rcpt_line, b"RCPT TO:<c@d> NOTIFY=NEVER\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        let step = engine.command(&line("STARTTLS"));
+        assert_eq!(
+            step.event,
+            Some(EngineEvent::HandOffAt(b"STARTTLS\r\n".to_vec()))
+        );
+        engine.refuse_with("550 5.5.1 Protocol error\r\n".into());
+        assert_eq!(
+            engine.command(&line("RCPT TO:<e@f>")).reply,
+            "550 5.5.1 Protocol error\r\n"
+        );
+    }
+
+    #[test]
     fn limits() {
-        let mut engine = Engine::new("mx.test", REPLY.into(), 2);
+        let mut engine = Engine::new("mx.test", RcptPolicy::Refuse(REPLY.into()), 2, None);
         assert!(!engine.command(&line("NOOP")).close);
         assert!(!engine.command(&line("HELO x")).close);
         let third = engine.command(&line("NOOP"));
@@ -352,7 +512,7 @@ mod tests {
         assert!(third.close);
         assert_eq!(third.event, Some(EngineEvent::Limit(Limit::Count)));
         assert_eq!(engine.after(), "HELO", "the last command before the limit");
-        let mut quitter = Engine::new("mx.test", REPLY.into(), 1);
+        let mut quitter = Engine::new("mx.test", RcptPolicy::Refuse(REPLY.into()), 1, None);
         quitter.command(&line("NOOP"));
         assert_eq!(quitter.command(&line("QUIT")).reply, "221 2.0.0 Bye\r\n");
         assert_eq!(

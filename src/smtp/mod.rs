@@ -3,11 +3,13 @@
 //! - [`line`]: the sans-IO command line reader, with its length cap.
 //! - [`reply`]: every reply a client can get from doorman itself, in one
 //!   place, worded as postscreen and Haraka word them.
+//! - [`deep`]: postscreen's deep protocol tests (sans-IO).
 //! - [`engine`]: the sans-IO built-in engine that refuses every RCPT of a
 //!   client under an `enforce` action, as postscreen's dummy engine does.
 //! - [`response`]: the sans-IO reader of a backend's (multi-line) reply.
 //! - [`health`]: the sans-IO dialogue for HAProxy's health checks.
 
+pub mod deep;
 pub mod engine;
 pub mod health;
 pub mod line;

@@ -21,6 +21,10 @@ pub const TOO_MANY_CONNECTIONS: &str = "421 4.7.0 Error: too many connections\r\
 /// All screening places are taken (postscreen's reply).
 pub const SCREENING_PORTS_BUSY: &str = "421 4.3.2 All screening ports are busy\r\n";
 
+/// A RCPT from a client that passed, under `after_pass = "reconnect"`
+/// (postscreen's default rcpt_reply): come back later.
+pub const RCPT_DEFERRED: &str = "450 4.3.2 Service currently unavailable\r\n";
+
 /// The reply to QUIT.
 pub const BYE: &str = "221 2.0.0 Bye\r\n";
 

@@ -217,7 +217,7 @@ pub struct Received {
     pub bytes: Vec<u8>,
     pub closed: bool,
     /// `Some(true)` for doorman's own health probes (a v2 LOCAL header, a
-    /// v1 line from 127.0.0.1, or a bare QUIT), `Some(false)` for clients,
+    /// v1 line from 127.0.0.1, or doorman's own EHLO), `Some(false)` for clients,
     /// `None` until the first bytes tell.
     pub probe: Option<bool>,
 }
@@ -239,7 +239,9 @@ impl Received {
             }) => Some(bytes[0] == b'P' && source.ip() == std::net::IpAddr::from([127, 0, 0, 1])),
             Ok(doorman::proxy::Parsed::Incomplete) if bytes.is_empty() => None,
             Ok(doorman::proxy::Parsed::Incomplete) => None,
-            Err(_) if bytes.len() >= 6 => Some(bytes.starts_with(b"QUIT\r\n")),
+            Err(_) if bytes.len() >= 6 => Some(
+                bytes.starts_with(b"QUIT\r\n") || bytes.starts_with(b"EHLO mx.doorman.test\r\n"),
+            ),
             Err(_) => None,
         };
     }
