@@ -737,6 +737,22 @@ impl Postfix {
     /// on the smtpd service; `None` (the test skips) when Postfix is missing
     /// or this is not root, outside CI.
     pub fn start(extra: &str, smtpd_args: &str) -> Option<Self> {
+        Self::start_with(extra, smtpd_args, "")
+    }
+
+    /// As [`Postfix::start`], plus the services that accept a message into
+    /// the queue (cleanup, qmgr, ...); queued mail is discarded.
+    pub fn start_delivering(extra: &str) -> Option<Self> {
+        Self::start_with(
+            &format!("{extra}\ndefault_transport = discard\nrelay_transport = discard\n"),
+            "",
+            "cleanup unix n - n - 0 cleanup\nqmgr unix n - n 300 1 qmgr\n\
+bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\ntrace unix - - n - 0 bounce\n\
+discard unix - - n - - discard\ntlsmgr unix - - n 1000? 1 tlsmgr\n",
+        )
+    }
+
+    fn start_with(extra: &str, smtpd_args: &str, services: &str) -> Option<Self> {
         if !require_program("postfix") {
             return None;
         }
@@ -791,7 +807,7 @@ smtpd_client_connection_rate_limit = 0\nsmtpd_relay_restrictions = reject_unauth
             format!(
                 "127.0.0.1:{port} inet n - n - - smtpd {smtpd_args}\n\
 postlog unix-dgram n - n - 1 postlogd\nproxymap unix - - n - - proxymap\n\
-anvil unix - - n - 1 anvil\nrewrite unix - - n - - trivial-rewrite\n"
+anvil unix - - n - 1 anvil\nrewrite unix - - n - - trivial-rewrite\n{services}"
             ),
         )
         .unwrap();
