@@ -439,11 +439,13 @@ impl Session {
         match screening.decide(previous, SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
-                // Every deep test runs too, to improve the logging (postscreen).
-                let all: Vec<DeepTest> = deep_tests(&config.deep_tests)
-                    .into_iter()
-                    .map(|(deep, _, _)| deep)
-                    .collect();
+                // Every deep test runs too, enabled or not, to improve the
+                // logging (postscreen's "opportunistic" tests).
+                let all = vec![
+                    DeepTest::Pipelining,
+                    DeepTest::NonSmtpCommand,
+                    DeepTest::BareNewline,
+                ];
                 Phase::Engine(Box::new(EngineRun {
                     client,
                     rcpt: RcptPolicy::Refuse(rejection.enforce_reply()),

@@ -773,3 +773,26 @@ fn total_connection_cap() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn a_pre_220_failure_switches_every_deep_test_on() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns.address,
+        Setup {
+            dnsbl_action: "enforce",
+            banner: "",
+            ..Setup::default()
+        },
+    );
+    let mut client = connect_as(&doorman, "203.0.113.7");
+    assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
+    say(&mut client, "HELO sloppy.example\n");
+    assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
+    doorman.log.wait_for(
+        "BARE NEWLINE from [203.0.113.7]:40000 after CONNECT",
+        Duration::from_secs(5),
+    );
+}
