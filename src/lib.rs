@@ -25,6 +25,7 @@
 //!   waits; its phases are an enum.
 //! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, and
 //!   the health-check responder.
+//! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
 //! - [`handoff`]: the backend pool, backend probes, and the relay.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`log`]: the postscreen-compatible event lines.
@@ -42,6 +43,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod explain;
+pub mod fuzzing;
 pub mod handoff;
 pub mod limits;
 pub mod listener;
