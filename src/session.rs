@@ -679,82 +679,13 @@ impl Session {
         log::pass(client.address, previous.is_none());
     }
 
-    /// Hands a client that is mid-dialogue to a backend: connects, consumes
-    /// the backend's greeting, sends the client's own `lines` (HELO/EHLO,
-    /// MAIL, RCPT; or EHLO and STARTTLS/AUTH) one by one, and gives the
-    /// client the backend's answer to its pending command, or the first
-    /// refusal, so the client never gets a reply it did not ask for. Then
-    /// relays.
+    /// Hands a client that is mid-dialogue to a backend: the backend's
+    /// greeting is consumed, the client's own `lines` (HELO/EHLO, MAIL,
+    /// RCPT; or EHLO and STARTTLS/AUTH) are sent one by one, and the client
+    /// gets the backend's answer to its pending command, or the first
+    /// refusal, so it never gets a reply it did not ask for. Then relays.
     async fn replay(&mut self, client: Client, lines: Vec<Vec<u8>>) -> Phase {
-        self.screening = None;
-        let shared = Arc::clone(&self.shared);
-        let Connected {
-            stream: mut backend,
-            lease: _lease,
-            greeting,
-        } = match shared.pool.connect(&client).await {
-            Ok(connected) => connected,
-            Err(_) => {
-                self.count(Counted::NoBackend);
-                log::all_server_ports_busy(client.address);
-                self.send(reply::SERVER_PORTS_BUSY).await;
-                return Phase::Closed;
-            }
-        };
-        let limit = shared
-            .config
-            .engine
-            .command_time
-            .min(BACKEND_GREETING_TIMEOUT);
-        let mut pending = BytesMut::new();
-        let greeting = match greeting {
-            Some(greeting) => Ok(greeting),
-            None => read_reply(&mut backend, &mut pending, limit)
-                .await
-                .map_err(|e| e.to_string().into_bytes()),
-        };
-        match greeting {
-            Ok(greeting) if greeting.starts_with(b"220") => {}
-            Ok(other) | Err(other) => {
-                log::backend_refused(client.address, backend.peer_addr().ok(), &other);
-                self.count(Counted::NoBackend);
-                self.send(reply::SERVER_PORTS_BUSY).await;
-                return Phase::Closed;
-            }
-        }
-        let count = lines.len();
-        for (index, line) in lines.into_iter().enumerate() {
-            let answer = match backend.write_all(&line).await {
-                Ok(()) => read_reply(&mut backend, &mut pending, limit).await,
-                Err(error) => Err(error),
-            };
-            match answer {
-                Ok(answer) if index + 1 == count || answer.starts_with(b"2") => {
-                    if index + 1 == count || !answer.starts_with(b"2") {
-                        self.send_bytes(&answer).await;
-                    }
-                }
-                Ok(refusal) => {
-                    log::replay_refused(client.address, &line, &refusal);
-                    self.send_bytes(&refusal).await;
-                    break;
-                }
-                Err(error) => {
-                    log::relay_error(client.address, &error);
-                    self.send(reply::SERVER_PORTS_BUSY).await;
-                    return Phase::Closed;
-                }
-            }
-        }
-        if !pending.is_empty() {
-            self.send_bytes(&pending).await;
-        }
-        let early = std::mem::take(&mut self.buffer);
-        match relay(&mut self.stream, backend, early).await {
-            Ok(()) | Err(RelayError::ProxyHeader(_)) => {}
-            Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
-        }
-        Phase::Closed
+        self.connect_and_relay(client, false, lines).await
     }
 
     /// Connects the client to a backend and relays until both sides are
@@ -762,6 +693,17 @@ impl Session {
     /// when it is a 220; otherwise doorman completes the greeting itself and
     /// refuses the next command.
     async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
+        self.connect_and_relay(client, teased, Vec::new()).await
+    }
+
+    /// The handoff itself: a backend, its greeting (forwarded for a plain
+    /// handoff, consumed for a replay), the replayed `lines`, the relay.
+    async fn connect_and_relay(
+        &mut self,
+        client: Client,
+        teased: bool,
+        lines: Vec<Vec<u8>>,
+    ) -> Phase {
         self.screening = None;
         let shared = Arc::clone(&self.shared);
         let Connected {
@@ -776,25 +718,51 @@ impl Session {
                 return self.refuse_busy(teased).await;
             }
         };
+        let replaying = !lines.is_empty();
+        let mut pending = BytesMut::new();
         let greeting = match greeting {
             Some(greeting) => Some(Ok(greeting)),
-            None if teased => {
-                let mut pending = BytesMut::new();
-                Some(
-                    read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT)
-                        .await
-                        .map_err(|error| error.to_string().into_bytes()),
-                )
-            }
+            None if teased || replaying => Some(
+                read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT)
+                    .await
+                    .map_err(|error| error.to_string().into_bytes()),
+            ),
             None => None,
         };
         match greeting {
-            Some(Ok(greeting)) if greeting.starts_with(b"220") => self.send_bytes(&greeting).await,
-            Some(Ok(greeting) | Err(greeting)) => {
-                log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+            Some(Ok(greeting)) if greeting.starts_with(b"220") && !replaying => {
+                self.send_bytes(&greeting).await;
+            }
+            Some(Ok(greeting)) if greeting.starts_with(b"220") => {}
+            Some(Ok(other) | Err(other)) => {
+                log::backend_refused(client.address, backend.peer_addr().ok(), &other);
+                self.count(Counted::NoBackend);
                 return self.refuse_busy(teased).await;
             }
             None => {}
+        }
+        let count = lines.len();
+        for (index, line) in lines.into_iter().enumerate() {
+            let answer = match backend.write_all(&line).await {
+                Ok(()) => read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(answer) if index + 1 == count => self.send_bytes(&answer).await,
+                Ok(answer) if answer.starts_with(b"2") => {}
+                Ok(refusal) => {
+                    log::replay_refused(client.address, &line, &refusal);
+                    self.send_bytes(&refusal).await;
+                    break;
+                }
+                Err(error) => {
+                    log::relay_error(client.address, &error);
+                    return self.refuse_busy(false).await;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.send_bytes(&pending).await;
         }
         let early = std::mem::take(&mut self.buffer);
         match relay(&mut self.stream, backend, early).await {

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,14 +11,6 @@ use support::*;
 
 const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
-
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
-    stream
-        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
-}
 
 /// Connects as `client` and returns its greeting lines up to the backend's.
 fn greeting(doorman: &Doorman, client: &str) -> String {

@@ -7,7 +7,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,14 +27,6 @@ fn deep_config(backend: SocketAddr, deep: &str) -> String {
 }
 
 const ALL: &str = "pipelining = { enable = true }\nnon_smtp_command = { enable = true }\nbare_newline = { enable = true }\n";
-
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
-    stream
-        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
-}
 
 fn say(stream: &mut TcpStream, text: &str) {
     stream.write_all(text.as_bytes()).unwrap();

@@ -7,20 +7,11 @@
 mod support;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
-    stream
-        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
-}
 
 /// The addresses fail2ban's `postfix[mode=<mode>]` finds in `log`.
 fn banned(log: &std::path::Path, mode: &str) -> Vec<String> {

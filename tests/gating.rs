@@ -58,21 +58,6 @@ threshold = 2\nallowlist_threshold = -2\naction = \"{dnsbl}\"\ntimeout = \"2s\"\
     )
 }
 
-/// Connects through a PROXY v1 header naming `client`.
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(PROXY, doorman.address);
-    let family = if client.contains(':') { "TCP6" } else { "TCP4" };
-    let server = if client.contains(':') {
-        "2001:db8::25"
-    } else {
-        "198.51.100.25"
-    };
-    stream
-        .write_all(format!("PROXY {family} {client} {server} 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
-}
-
 fn say(stream: &mut TcpStream, line: &str) {
     stream.write_all(line.as_bytes()).unwrap();
 }

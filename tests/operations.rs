@@ -5,20 +5,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
-
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
-    stream
-        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
-}
 
 /// GETs `path` from the admin listener; returns (status line, body).
 fn get(admin: SocketAddr, path: &str) -> (String, String) {

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use doorman::proxy::{self, Header, Parsed};
@@ -24,14 +24,6 @@ fn pool_config(backends: &[(std::net::SocketAddr, &str)], pool: &str) -> String 
         ));
     }
     text
-}
-
-fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
-    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
-    stream
-        .write_all(format!("PROXY TCP4 {client} 198.51.100.25 40000 25\r\n").as_bytes())
-        .unwrap();
-    stream
 }
 
 /// A client that gets the backend's banner, says QUIT and is done.
@@ -78,22 +70,26 @@ fn leastconn_prefers_the_idle_backend() {
     let b = FakeBackend::start(true);
     let doorman = Doorman::start(
         &pool_config(
-            &[(a.address, ""), (b.address, "")],
+            &[(a.address, ""), (b.address, "weight = 2")],
             "balance = \"leastconn\"",
         ),
         "127.0.0.1\n",
     );
-    let mut held = connect_as(&doorman, "203.0.113.1");
-    assert_eq!(read_line(&mut held), BACKEND);
-    assert_eq!(a.count(), 1);
-    for n in 2..5 {
-        visit(&doorman, &format!("203.0.113.{n}"));
+    // Every client stays connected, so the counts are exact: A (weight 1)
+    // and B (weight 2) fill up at one connection per unit of weight.
+    let mut held = Vec::new();
+    let mut expected = Vec::new();
+    for (n, goes_to) in [(1, "a"), (2, "b"), (3, "b"), (4, "a"), (5, "b"), (6, "b")] {
+        let mut client = connect_as(&doorman, &format!("203.0.113.{n}"));
+        assert_eq!(read_line(&mut client), BACKEND);
+        held.push(client);
+        expected.push(goes_to);
+        let counts = expected.iter().fold(
+            (0, 0),
+            |(x, y), g| if *g == "a" { (x + 1, y) } else { (x, y + 1) },
+        );
+        assert_eq!((a.count(), b.count()), counts, "after client {n}");
     }
-    assert_eq!(
-        (a.count(), b.count()),
-        (1, 3),
-        "every short visit went to the idle one"
-    );
 }
 
 #[test]

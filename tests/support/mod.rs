@@ -857,3 +857,19 @@ impl Drop for Postfix {
             .output();
     }
 }
+
+/// Connects from the listed proxy 127.0.0.1 and sends a PROXY v1 header
+/// naming `client` (port 40000) and the destination 198.51.100.25:25
+/// (or 2001:db8::25 for an IPv6 client).
+pub fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
+    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
+    let (family, server) = if client.contains(':') {
+        ("TCP6", "2001:db8::25")
+    } else {
+        ("TCP4", "198.51.100.25")
+    };
+    stream
+        .write_all(format!("PROXY {family} {client} {server} 40000 25\r\n").as_bytes())
+        .unwrap();
+    stream
+}
