@@ -146,12 +146,15 @@ impl Session {
         let _ = self.stream.set_nodelay(true);
         let mut phase = self.first_phase();
         loop {
+            // Each phase's future is boxed, so a connection only ever holds
+            // the state of the phase it is in: a client waiting in the greet
+            // phase does not carry the relay's or the engine's state.
             phase = match phase {
-                Phase::AwaitHeader => self.read_proxy_header().await,
-                Phase::HealthCheck => self.health_check().await,
-                Phase::Screen(client) => self.screen(client).await,
-                Phase::Handoff { client, teased } => self.hand_off(client, teased).await,
-                Phase::Engine(run) => self.engine(*run).await,
+                Phase::AwaitHeader => Box::pin(self.read_proxy_header()).await,
+                Phase::HealthCheck => Box::pin(self.health_check()).await,
+                Phase::Screen(client) => Box::pin(self.screen(client)).await,
+                Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)).await,
+                Phase::Engine(run) => Box::pin(self.engine(*run)).await,
                 Phase::Closed => return,
             };
         }

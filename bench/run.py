@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""doorman benchmarks: doorman against a direct path and against Postfix's
+postscreen, on loopback, each scenario run several times; prints one table
+of medians with the ratios to the anchors. See bench/README.md.
+
+Needs root (Postfix's postscreen instance), and Debian's haproxy, postfix
+(smtp-sink, smtp-source, postscreen) and rbldnsd.
+"""
+import argparse, os, shutil, signal, socket, statistics, struct, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOORMAN = os.path.join(ROOT, "target", "release", "doorman")
+# The address the proxies (HAProxy, and this script when it plays one) use.
+PROXY_SOURCE = ("127.0.0.10", 0)
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close(); return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Procs:
+    def __init__(self): self.procs = []; self.cleanups = []
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw); self.procs.append(p); return p
+    def stop(self):
+        for p in self.procs:
+            try: p.kill(); p.wait(5)
+            except Exception: pass
+        for c in self.cleanups:
+            try: c()
+            except Exception: pass
+
+
+def rss_kib(pid):
+    total = 0
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"): total = int(line.split()[1])
+    return total
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(pid):
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children = {}
+    for line in out.split("\n"):
+        if line.strip():
+            a, b = map(int, line.split()); children.setdefault(b, []).append(a)
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop(); seen.append(p); todo.extend(children.get(p, []))
+    return seen
+
+
+def haproxy(tmp, procs, front, server_port, name, send_proxy=True):
+    cfg = os.path.join(tmp, f"haproxy-{name}.cfg")
+    # HAProxy connects from 127.0.0.10, the address haproxy_hosts lists, so
+    # that smtp-source's own 127.0.0.1 is a client, not a proxy.
+    proxy = "source 127.0.0.10 send-proxy-v2" if send_proxy else ""
+    open(cfg, "w").write(f"""global
+    maxconn 9000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend f
+    bind 127.0.0.1:{front}
+    default_backend b
+backend b
+    server s1 127.0.0.1:{server_port} {proxy}
+""")
+    procs.start(["haproxy", "-f", cfg, "-db"]); wait_port(front)
+
+
+def doorman(tmp, procs, backend_port, sections, send_proxy="none"):
+    d = tempfile.mkdtemp(dir=tmp); port = free_port()
+    open(os.path.join(d, "haproxy_hosts"), "w").write("127.0.0.10\n")
+    open(os.path.join(d, "doorman.toml"), "w").write(f"""hostname = "mx.bench.test"
+[proxy]
+hosts_file = "haproxy_hosts"
+[[listener]]
+address = "127.0.0.1:{port}"
+[[backend]]
+address = "127.0.0.1:{backend_port}"
+send_proxy = "{send_proxy}"
+[limits]
+client_connections = 0
+screening = 0
+total = 0
+[cache]
+store = "memory"
+[log]
+format = "postscreen"
+{sections}
+""")
+    env = dict(os.environ, DOORMAN_LOG="warn")
+    p = procs.start([DOORMAN, "run", "--config", os.path.join(d, "doorman.toml")], env=env)
+    wait_port(port); return p, port
+
+
+def postfix(tmp, procs, sink_port, extra):
+    base = tempfile.mkdtemp(dir=tmp, prefix="pf"); os.chmod(base, 0o755)
+    for sub in ("etc", "queue", "data"): os.makedirs(os.path.join(base, sub))
+    shutil.chown(os.path.join(base, "data"), user="postfix")
+    port = free_port()
+    open(os.path.join(base, "etc/main.cf"), "w").write(f"""compatibility_level = 3.6
+queue_directory = {base}/queue
+data_directory = {base}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postscreen.bench.test
+mydestination =
+local_recipient_maps =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+maillog_file = {base}/maillog
+maillog_file_prefixes = {base}
+relayhost = [127.0.0.1]:{sink_port}
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+postscreen_upstream_proxy_protocol = haproxy
+postscreen_cache_map = btree:$data_directory/postscreen_cache
+postscreen_client_connection_count_limit = 0
+postscreen_pre_queue_limit = 20000
+postscreen_post_queue_limit = 20000
+default_process_limit = 20000
+smtp_tls_security_level = none
+{extra}
+""")
+    open(os.path.join(base, "etc/master.cf"), "w").write(f"""127.0.0.1:{port} inet n - n - 1 postscreen
+smtpd pass - - n - - smtpd
+dnsblog unix - - n - 0 dnsblog
+tlsproxy unix - - n - 0 tlsproxy
+postlog unix-dgram n - n - 1 postlogd
+proxymap unix - - n - - proxymap
+anvil unix - - n - 1 anvil
+rewrite unix - - n - - trivial-rewrite
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+scache unix - - n - 1 scache
+""")
+    etc = os.path.join(base, "etc")
+    subprocess.run(["timeout", "30", "postfix", "-c", etc, "start"], check=True, capture_output=True)
+    procs.cleanups.append(lambda: subprocess.run(["timeout", "30", "postfix", "-c", etc, "stop"], capture_output=True))
+    wait_port(port)
+    master = int(open(os.path.join(base, "data", "master.pid")).read().split()[0]) if os.path.exists(os.path.join(base, "data", "master.pid")) else None
+    if master is None:
+        for line in open(os.path.join(base, "queue", "pid", "master.pid")): master = int(line.strip())
+    return port, master
+
+
+def smtp_source(port, messages, sessions, size):
+    start = time.time()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-c", "-l", str(size),
+                    "-f", "a@x.test", "-t", "b@x.test", f"127.0.0.1:{port}"],
+                   check=True, capture_output=True, timeout=600)
+    return messages / (time.time() - start)
+
+
+def time_to_banner(port, count):
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter(); s = socket.create_connection(("127.0.0.1", port)); s.recv(512)
+        samples.append((time.perf_counter() - t0) * 1000); s.close()
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+
+
+def proxy_v1(ip, port):
+    return f"PROXY TCP4 {ip} 127.0.0.1 {port} 25\r\n".encode()
+
+
+def screening_rate(port, count, first_octet=10):
+    """New clients (a fresh address each), PROXY header straight to the
+    screener; counts clients that got a final 220 within 10 s, per second."""
+    done = 0; start = time.time()
+    def one(n):
+        nonlocal done
+        ip = f"{first_octet}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=PROXY_SOURCE)
+            s.sendall(proxy_v1(ip, 1000 + n % 50000))
+            buf = b""
+            while b"220 " not in buf:
+                chunk = s.recv(1024)
+                if not chunk: break
+                buf += chunk
+            if b"220 " in buf: done += 1
+            s.sendall(b"QUIT\r\n"); s.close()
+        except OSError:
+            pass
+    threads = []
+    for n in range(count):
+        t = threading.Thread(target=one, args=(n,)); t.start(); threads.append(t)
+        if len(threads) >= 200:
+            for t in threads: t.join()
+            threads = []
+    for t in threads: t.join()
+    return done / (time.time() - start)
+
+
+def waiting_memory(port, pids, count):
+    before = sum(rss_kib(p) for p in pids() if os.path.exists(f"/proc/{p}"))
+    socks = []
+    for n in range(count):
+        s = socket.create_connection(("127.0.0.1", port), source_address=PROXY_SOURCE)
+        s.sendall(proxy_v1(f"11.0.{n >> 8 & 255}.{n & 255}", 2000 + n)); socks.append(s)
+    time.sleep(1.0)
+    after = sum(rss_kib(p) for p in pids() if os.path.exists(f"/proc/{p}"))
+    for s in socks: s.close()
+    return max(after - before, 0) * 1024 / count
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small counts, one run: a smoke check under a minute")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    runs = 1 if args.quick else args.runs
+    msgs = 2000 if args.quick else 20000
+    banners = 300 if args.quick else 2000
+    waiting = 500 if args.quick else 10000
+    new_clients = 300 if args.quick else 3000
+    bulk = 5_000_000 if args.quick else 50_000_000
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="doorman-bench-"); os.chmod(tmp, 0o755)
+    procs = Procs(); results = {}
+    try:
+        sink = free_port()
+        procs.start(["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{sink}", "5000"]); wait_port(sink)
+        zones = os.path.join(ROOT, "fixtures", "dnsbl"); dns = free_port()
+        procs.start(["rbldnsd", "-n", "-w", zones, "-b", f"127.0.0.1/{dns}", "bl.test:ip4set:bl.test"]); time.sleep(0.5)
+        # Paths through HAProxy: direct, doorman (cached client), postscreen (allowlisted).
+        direct = free_port(); haproxy(tmp, procs, direct, sink, "direct", send_proxy=False)
+        dm, dm_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
+        via_doorman = free_port(); haproxy(tmp, procs, via_doorman, dm_port, "doorman")
+        ps_port, ps_master = postfix(tmp, procs, sink, "postscreen_access_list = permit_mynetworks\n")
+        via_postscreen = free_port(); haproxy(tmp, procs, via_postscreen, ps_port, "postscreen")
+        # Screeners for new clients: no teaser, one DNSBL answered by rbldnsd.
+        dm2, dm2_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\nnameservers = ["127.0.0.1:{dns}"]\n')
+        ps2_port, ps2_master = postfix(tmp, procs, sink, f"postscreen_access_list =\npostscreen_greet_banner =\npostscreen_dnsbl_sites = bl.test\n")
+        # Waiting clients: the teaser and a long wait.
+        dm3, dm3_port = doorman(tmp, procs, sink, '[greet]\nwait = "30s"\n')
+        ps3_port, ps3_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_wait = 30s\n")
+
+        def median(fn):
+            return statistics.median(fn() for _ in range(runs))
+
+        cpu0 = cpu_seconds(dm.pid)
+        results["S1 direct msg/s"] = median(lambda: smtp_source(direct, msgs, 50, 1024))
+        results["S1 doorman msg/s"] = median(lambda: smtp_source(via_doorman, msgs, 50, 1024))
+        cpu1 = cpu_seconds(dm.pid)
+        results["S1 postscreen msg/s"] = median(lambda: smtp_source(via_postscreen, msgs, 50, 1024))
+        results["S6 doorman CPU s per 1000 conn (S1)"] = (cpu1 - cpu0) / (runs * msgs / 1000)
+        cpu2 = cpu_seconds(dm2.pid)
+        results["S2 doorman new clients/s"] = median(lambda: screening_rate(dm2_port, new_clients, 10))
+        cpu3 = cpu_seconds(dm2.pid)
+        results["S6 doorman CPU s per 1000 conn (S2)"] = (cpu3 - cpu2) / (runs * new_clients / 1000)
+        results["S2 postscreen new clients/s"] = median(lambda: screening_rate(ps2_port, new_clients, 12))
+        d50, d99 = time_to_banner(direct, banners)
+        m50, m99 = time_to_banner(via_doorman, banners)
+        results["S3 direct p50 ms"], results["S3 direct p99 ms"] = d50, d99
+        results["S3 doorman p50 ms"], results["S3 doorman p99 ms"] = m50, m99
+        results["S4 doorman bytes/waiting client"] = waiting_memory(dm3_port, lambda: [dm3.pid], waiting)
+        results["S4 postscreen bytes/waiting client"] = waiting_memory(ps3_port, lambda: tree_pids(ps3_master), waiting)
+        results["S5 direct MB/s"] = median(lambda: smtp_source(direct, 2, 1, bulk) * bulk / 1e6)
+        results["S5 doorman MB/s"] = median(lambda: smtp_source(via_doorman, 2, 1, bulk) * bulk / 1e6)
+    finally:
+        procs.stop(); shutil.rmtree(tmp, ignore_errors=True)
+
+    r = results
+    rows = [
+        ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
+        ("S2 new clients/s", r["S2 doorman new clients/s"], f"{r['S2 doorman new clients/s']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen", ">= 3x postscreen"),
+        ("S3 banner p50 ms", r["S3 doorman p50 ms"], f"+{r['S3 doorman p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "<= +0.1 ms"),
+        ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
+        ("S4 bytes per waiting client", r["S4 doorman bytes/waiting client"], f"{r['S4 doorman bytes/waiting client']/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1x postscreen"),
+        ("S5 bulk MB/s", r["S5 doorman MB/s"], f"{r['S5 doorman MB/s']/r['S5 direct MB/s']:.2f}x direct", ">= 0.8x direct"),
+        ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], "", ""),
+        ("S6 CPU s / 1000 conn, S2", r["S6 doorman CPU s per 1000 conn (S2)"], "", ""),
+    ]
+    print(f"runs: {runs} (median), messages {msgs}, banners {banners}, waiting {waiting}, new clients {new_clients}, bulk {bulk} bytes")
+    print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")
+    for name, value, ratio, target in rows:
+        print(f"{name:32} {value:12.3f}  {ratio:40} {target}")
+    print("anchors: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if "doorman" not in k))
+
+
+if __name__ == "__main__":
+    main()
