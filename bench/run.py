@@ -141,6 +141,7 @@ postscreen_pre_queue_limit = 20000
 postscreen_post_queue_limit = 20000
 default_process_limit = 20000
 smtp_tls_security_level = none
+smtpd_peername_lookup = no
 {extra}
 """)
     open(os.path.join(base, "etc/master.cf"), "w").write(f"""127.0.0.1:{port} inet n - n - 1 postscreen
@@ -257,9 +258,12 @@ def main():
         via_doorman = free_port(); haproxy(tmp, procs, via_doorman, dm_port, "doorman")
         ps_port, ps_master = postfix(tmp, procs, sink, "postscreen_access_list = permit_mynetworks\n")
         via_postscreen = free_port(); haproxy(tmp, procs, via_postscreen, ps_port, "postscreen")
-        # Screeners for new clients: no teaser, one DNSBL answered by rbldnsd.
-        dm2, dm2_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\nnameservers = ["127.0.0.1:{dns}"]\n')
-        ps2_port, ps2_master = postfix(tmp, procs, sink, f"postscreen_access_list =\npostscreen_greet_banner =\npostscreen_dnsbl_sites = bl.test\n")
+        # Screeners for new clients, no teaser. postscreen's dnsblog can only
+        # ask the system resolver, which is not rbldnsd here, so the anchor
+        # runs without a DNSBL, and doorman is measured both ways.
+        dm2, dm2_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
+        dm2b, dm2b_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\nnameservers = ["127.0.0.1:{dns}"]\n')
+        ps2_port, ps2_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_banner =\n")
         # Waiting clients: the teaser and a long wait.
         dm3, dm3_port = doorman(tmp, procs, sink, '[greet]\nwait = "30s"\n')
         ps3_port, ps3_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_wait = 30s\n")
@@ -278,6 +282,7 @@ def main():
         cpu3 = cpu_seconds(dm2.pid)
         results["S6 doorman CPU s per 1000 conn (S2)"] = (cpu3 - cpu2) / (runs * new_clients / 1000)
         results["S2 postscreen new clients/s"] = median(lambda: screening_rate(ps2_port, new_clients, 12))
+        results["S2b doorman new clients/s, DNSBL"] = median(lambda: screening_rate(dm2b_port, new_clients, 13))
         d50, d99 = time_to_banner(direct, banners)
         m50, m99 = time_to_banner(via_doorman, banners)
         results["S3 direct p50 ms"], results["S3 direct p99 ms"] = d50, d99
@@ -293,6 +298,7 @@ def main():
     rows = [
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
         ("S2 new clients/s", r["S2 doorman new clients/s"], f"{r['S2 doorman new clients/s']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen", ">= 3x postscreen"),
+        ("S2b new clients/s with a DNSBL", r["S2b doorman new clients/s, DNSBL"], f"{r['S2b doorman new clients/s, DNSBL']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen (no DNSBL)", ""),
         ("S3 banner p50 ms", r["S3 doorman p50 ms"], f"+{r['S3 doorman p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "<= +0.1 ms"),
         ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
         ("S4 bytes per waiting client", r["S4 doorman bytes/waiting client"], f"{r['S4 doorman bytes/waiting client']/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1x postscreen"),
