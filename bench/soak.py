@@ -91,11 +91,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="doorman-soak-"); os.chmod(tmp, 0o755)
     procs = bench.Procs()
     try:
-        sink_port = bench.free_port()
+        # Two backends: one is killed and restarted at a time.
+        sink_ports = [bench.free_port(), bench.free_port()]
         sink_log = open(os.path.join(tmp, "sink.log"), "w")
-        def start_sink():
-            return subprocess.Popen([bench.DOORMAN, "sink", "--listen", f"127.0.0.1:{sink_port}", "--proxy"], stderr=sink_log, stdout=subprocess.DEVNULL)
-        sink = start_sink(); bench.wait_port(sink_port)
+        def start_sink(i):
+            return subprocess.Popen([bench.DOORMAN, "sink", "--listen", f"127.0.0.1:{sink_ports[i]}", "--proxy"], stderr=sink_log, stdout=subprocess.DEVNULL)
+        sinks = [start_sink(0), start_sink(1)]
+        for p in sink_ports: bench.wait_port(p)
         zones = os.path.join(bench.ROOT, "fixtures", "dnsbl"); dns = bench.free_port()
         rbl = procs.start(["rbldnsd", "-n", "-w", zones, "-b", f"127.0.0.1/{dns}", "bl.test:ip4set:bl.test"])
         d = tempfile.mkdtemp(dir=tmp); port = bench.free_port()
@@ -109,7 +111,10 @@ timeout = "5s"
 [[listener]]
 address = "127.0.0.1:{port}"
 [[backend]]
-address = "127.0.0.1:{sink_port}"
+address = "127.0.0.1:{sink_ports[0]}"
+connect_timeout = "2s"
+[[backend]]
+address = "127.0.0.1:{sink_ports[1]}"
 connect_timeout = "2s"
 [pool]
 check_interval = "1s"
@@ -159,7 +164,8 @@ store = "memory"
             peak_rss = max(peak_rss, bench.rss_kib(dm.pid)); peak_fds = max(peak_fds, fds(dm.pid))
             if tick % 5 == 0: os.kill(dm.pid, signal.SIGHUP)
             if tick % 30 == 10:
-                sink.kill(); sink.wait(); time.sleep(2); sink = start_sink()
+                victim = (tick // 30) % 2
+                sinks[victim].kill(); sinks[victim].wait(); time.sleep(2); sinks[victim] = start_sink(victim)
             if tick % 40 == 20:
                 rbl.kill(); rbl.wait(); time.sleep(3)
                 rbl = procs.start(["rbldnsd", "-n", "-w", zones, "-b", f"127.0.0.1/{dns}", "bl.test:ip4set:bl.test"])
@@ -168,7 +174,8 @@ store = "memory"
         time.sleep(8)
         after_rss, after_fds = bench.rss_kib(dm.pid), fds(dm.pid)
         alive = dm.poll() is None
-        sink.kill(); sink.wait(); sink_log.close()
+        for sink in sinks: sink.kill(); sink.wait()
+        sink_log.close()
         delivered = open(os.path.join(tmp, "sink.log")).read()
         lost = [m for m in sent_ids if f"message-id={m}" not in delivered]
         log = open(log_path).read()
