@@ -19,6 +19,14 @@ struct Front {
     checks: &'static str,
 }
 
+impl Front {
+    /// PROXY v2 with the recommended tcp-check.
+    const V2_TCP_CHECK: Front = Front {
+        send_proxy: "send-proxy-v2",
+        checks: TCP_CHECK,
+    };
+}
+
 const TCP_CHECK: &str = "    option tcp-check\n    tcp-check connect default\n    tcp-check expect rstring ^220\n    tcp-check send QUIT\\r\\n\n    tcp-check expect rstring ^221\n";
 const SMTPCHK: &str = "    option smtpchk HELO localhost\n";
 
@@ -104,16 +112,23 @@ fn swaks(front_port: u16, source: &str, subject: &str) -> String {
     text
 }
 
+/// HAProxy in front of `doorman`, reported UP by its stats socket; returns
+/// it, its folder and its frontend port.
+fn haproxy_up(doorman: &Doorman, front: Front) -> (Program, tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let front_port = free_port();
+    let haproxy = start_haproxy(dir.path(), front_port, doorman.address, &front);
+    wait_up(dir.path());
+    (haproxy, dir, front_port)
+}
+
 fn deliver_through(front: Front) {
     if !require_program("haproxy") || !require_program("swaks") {
         return;
     }
     let (sink, sink_address) = start_sink(true);
     let doorman = Doorman::start(&config(sink_address, "v2", "", "5s"), "127.0.0.1\n");
-    let dir = tempfile::tempdir().unwrap();
-    let front_port = free_port();
-    let haproxy = start_haproxy(dir.path(), front_port, doorman.address, &front);
-    wait_up(dir.path());
+    let (haproxy, _dir, front_port) = haproxy_up(&doorman, front);
     let transcript = swaks(front_port, "127.0.0.5", "doorman e2e");
     assert!(
         transcript.contains("<-  250 2.0.0 Ok: queued"),
@@ -214,14 +229,7 @@ fn smtp_sink_backend_without_header() {
     }
     let (_sink, sink_address) = start_smtp_sink();
     let doorman = Doorman::start(&config(sink_address, "none", "", "5s"), "127.0.0.1\n");
-    let dir = tempfile::tempdir().unwrap();
-    let front_port = free_port();
-    let front = Front {
-        send_proxy: "send-proxy-v2",
-        checks: TCP_CHECK,
-    };
-    let _haproxy = start_haproxy(dir.path(), front_port, doorman.address, &front);
-    wait_up(dir.path());
+    let (_haproxy, _dir, front_port) = haproxy_up(&doorman, Front::V2_TCP_CHECK);
     let transcript = swaks(front_port, "127.0.0.6", "via smtp-sink");
     assert!(transcript.contains("<-  250 2.0.0 Ok"), "{transcript}");
     doorman
@@ -271,14 +279,7 @@ fn gating_through_haproxy_listed_refused_clean_delivered() {
         &config_with(sink_address, "none", "", "5s", &sections),
         "127.0.0.1\n",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let front_port = free_port();
-    let front = Front {
-        send_proxy: "send-proxy-v2",
-        checks: TCP_CHECK,
-    };
-    let _haproxy = start_haproxy(dir.path(), front_port, doorman.address, &front);
-    wait_up(dir.path());
+    let (_haproxy, _dir, front_port) = haproxy_up(&doorman, Front::V2_TCP_CHECK);
 
     // 127.0.0.2 is the RFC 5782 test point, listed in bl.test.
     let out = Command::new("swaks")
