@@ -248,3 +248,26 @@ fn xclient_refused_when_not_authorized() {
         "{line}"
     );
 }
+
+#[test]
+fn a_client_that_never_closes_is_let_go_after_its_backend_finished() {
+    let a = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(&[(a.address, "max_connections = 1")], ""),
+        "127.0.0.1\n",
+    );
+    let mut stays = connect_as(&doorman, "203.0.113.1");
+    assert_eq!(read_line(&mut stays), BACKEND);
+    stays.write_all(b"QUIT\r\n").unwrap();
+    assert_eq!(read_to_close(&mut stays), "221 2.0.0 bye\r\n");
+    // `stays` keeps its socket open: its place at the backend is held...
+    let mut refused = connect_as(&doorman, "203.0.113.2");
+    assert_eq!(
+        read_to_close(&mut refused),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    // ...until the linger after the backend finished (10 s) runs out.
+    std::thread::sleep(doorman::handoff::relay::LINGER + Duration::from_secs(1));
+    visit(&doorman, "203.0.113.3");
+    drop(stays);
+}

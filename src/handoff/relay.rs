@@ -1,7 +1,9 @@
 //! The relay between a client and its backend.
 //!
 //! Bytes flow both ways until both sides are done; a half-close on one side
-//! is passed on to the other. The client's first bytes are checked before
+//! is passed on to the other. Once the backend has finished (an smtpd
+//! closes after QUIT or its own timeouts), the client gets [`LINGER`] to
+//! finish too, so a client that never closes cannot hold the session. The client's first bytes are checked before
 //! any of them reach the backend: a PROXY header there (from a peer that is
 //! not listed, or a second header behind a listed proxy's) would let a
 //! client choose the address a backend believes, so it ends the session.
@@ -13,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::proxy::{starts_like_header, Prefix};
+
+/// How long a client may stay after its backend has finished.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a relay ended early.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,18 @@ pub async fn relay(
         backend_write.shutdown().await?;
         Ok(())
     };
-    tokio::try_join!(to_client, to_backend)?;
-    Ok(())
+    tokio::pin!(to_client, to_backend);
+    tokio::select! {
+        done = &mut to_backend => {
+            done?;
+            to_client.await
+        }
+        done = &mut to_client => {
+            done?;
+            match tokio::time::timeout(LINGER, to_backend).await {
+                Ok(done) => done,
+                Err(_) => Ok(()),
+            }
+        }
+    }
 }
