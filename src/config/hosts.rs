@@ -43,11 +43,7 @@ impl ProxyHosts {
 
     /// Reads and parses a `haproxy_hosts` file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&super::read_file(path)?, path)
     }
 
     /// Whether `ip` is a listed proxy. An IPv4-mapped IPv6 address matches

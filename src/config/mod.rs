@@ -602,11 +602,7 @@ impl Config {
     /// Reads, parses and checks the config file at `path` and every file it
     /// names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_file(path)?, path)
     }
 
     /// Parses and checks config text; `path` names the file in errors and
@@ -786,6 +782,14 @@ impl Config {
             deep_tests: file.deep_tests,
         })
     }
+}
+
+/// Reads a file named by the config, or says which one could not be read.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The 1-based line of byte `offset` in `text`.
