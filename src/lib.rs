@@ -8,29 +8,29 @@
 //! # Module map
 //! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
 //!   `FILE:LINE` errors.
-//! - [`explain`]: `doorman explain`, the gates' findings for one address.
-//! - [`limits`]: per-client, screening and total connection limits, and
-//!   stress mode.
-//! - [`listener`]: accept loops, graceful shutdown.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
-//!   for headers sent to backends.
-//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`).
-//! - [`cache`]: the pass cache (per-test expiry, bounded LRU).
-//! - [`screen`]: the sans-IO screening verdict (which tests failed, what
-//!   that means).
-//! - [`shared`]: what the sessions of one config share (pool, DNSBL,
-//!   cache).
+//! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown.
 //! - [`session`]: the one place where a client connection does I/O and
 //!   waits; its phases are an enum.
-//! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, and
-//!   the health-check responder.
-//! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
-//! - [`handoff`]: the backend pool, backend probes, and the relay.
+//! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
+//!   for headers sent to backends.
+//! - [`screen`]: the sans-IO screening verdict (which tests failed, what
+//!   that means).
+//! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, the
+//!   health-check dialogue, the deep tests and the built-in engine.
+//! - [`handoff`]: balancing, the backend pool with its health checks,
+//!   XCLIENT, and the relay.
+//! - [`cache`]: the pass cache (memory, redb file, Redis).
+//! - [`limits`]: per-client, screening and total connection limits, and
+//!   stress mode.
+//! - [`shared`]: what the sessions of one config share, and what outlives a
+//!   reload.
+//! - [`admin`] and [`metrics`]: the HTTP admin listener (`/metrics`,
+//!   `/healthz`) and the Prometheus metrics.
+//! - [`log`]: the postscreen-compatible event lines; [`logfmt`]: where and
+//!   how lines are written (syslog layout, JSON, the syslog socket).
+//! - [`explain`]: `doorman explain`, the gates' findings for one address.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
-//! - [`log`]: the postscreen-compatible event lines.
-//! - [`logfmt`]: where and how lines are written (syslog layout, JSON,
-//!   the syslog socket).
+//! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
 //!
 //! Gates implement the API of the `doorman-gate-api` crate under
 //! `plugins/api`: the access list (`plugins/access`) and the DNSBL/DNSWL
