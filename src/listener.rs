@@ -215,13 +215,7 @@ async fn accept_loop(
                     current.load_full(),
                     process.clone(),
                 );
-                let cut = cut_sessions.clone();
-                sessions.spawn(async move {
-                    tokio::select! {
-                        _ = session.run() => {}
-                        _ = cut.cancelled() => {}
-                    }
-                });
+                sessions.spawn(session.run(cut_sessions.clone()));
             }
             Err(error) => {
                 log::accept_error(listener.address, &error);

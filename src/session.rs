@@ -15,7 +15,9 @@
 //!   └─► Closed (drop: 521)
 //! ```
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +27,7 @@ use doorman_gate_api::{Action, Client, ConnectGate, Rejection, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::Entry;
 use crate::cache::Test;
@@ -141,22 +144,38 @@ impl Session {
         }
     }
 
-    /// Runs the connection to its end.
-    pub async fn run(mut self) {
+    /// Runs the connection to its end, or until `cut` (the end of the
+    /// shutdown grace period): a client that doorman itself is talking to
+    /// (the built-in engine, a health check) then gets a 421 first.
+    pub async fn run(mut self, cut: CancellationToken) {
         let _ = self.stream.set_nodelay(true);
         let mut phase = self.first_phase();
         loop {
+            let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck);
             // Each phase's future is boxed, so a connection only ever holds
             // the state of the phase it is in: a client waiting in the greet
             // phase does not carry the relay's or the engine's state.
-            phase = match phase {
-                Phase::AwaitHeader => Box::pin(self.read_proxy_header()).await,
-                Phase::HealthCheck => Box::pin(self.health_check()).await,
-                Phase::Screen(client) => Box::pin(self.screen(client)).await,
-                Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)).await,
-                Phase::Engine(run) => Box::pin(self.engine(*run)).await,
+            let step: Pin<Box<dyn Future<Output = Phase> + Send + '_>> = match phase {
+                Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
+                Phase::HealthCheck => Box::pin(self.health_check()),
+                Phase::Screen(client) => Box::pin(self.screen(client)),
+                Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
+                Phase::Engine(run) => Box::pin(self.engine(*run)),
                 Phase::Closed => return,
             };
+            let next = tokio::select! {
+                next = step => Some(next),
+                _ = cut.cancelled() => None,
+            };
+            match next {
+                Some(next) => phase = next,
+                None => {
+                    if speaking {
+                        self.send(reply::SHUTTING_DOWN).await;
+                    }
+                    return;
+                }
+            }
         }
     }
 

@@ -335,3 +335,24 @@ fn starttls_hands_off_to_a_real_postfix_smtpd_end_to_end() {
         .log
         .wait_for("CONNECT from [127.0.0.5]:", Duration::from_secs(5));
 }
+
+#[test]
+fn shutdown_ends_an_engine_dialogue_with_421() {
+    let backend = FakeBackend::start(true);
+    let doorman = Doorman::start(&deep_config(backend.address, ALL), "127.0.0.1\n");
+    let mut client = connect_as(&doorman, "203.0.113.9");
+    assert_eq!(read_line(&mut client), GREETING);
+    doorman.terminate();
+    doorman.log.wait_for(
+        "stopping: no new connections; 1 live",
+        Duration::from_secs(5),
+    );
+    // The grace period (3 s) ends, and the engine says why it closes.
+    assert_eq!(
+        read_to_close(&mut client),
+        "421 4.3.2 Service shutting down, try again later\r\n"
+    );
+    doorman
+        .log
+        .wait_for("stopped; 1 sessions were closed", Duration::from_secs(5));
+}

@@ -25,6 +25,9 @@ pub const SCREENING_PORTS_BUSY: &str = "421 4.3.2 All screening ports are busy\r
 /// (postscreen's default rcpt_reply): come back later.
 pub const RCPT_DEFERRED: &str = "450 4.3.2 Service currently unavailable\r\n";
 
+/// doorman is stopping and its grace period is over.
+pub const SHUTTING_DOWN: &str = "421 4.3.2 Service shutting down, try again later\r\n";
+
 /// The reply to QUIT.
 pub const BYE: &str = "221 2.0.0 Bye\r\n";
 
