@@ -104,3 +104,16 @@ fn version_and_help() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+#[test]
+fn check_refuses_a_file_that_is_not_a_regular_file() {
+    let config = format!("{GOOD}[access]\nfile = \"/dev/zero\"\n");
+    let started = std::time::Instant::now();
+    let (code, _, err) = check(&config, "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/dev/zero: cannot read: not a regular file"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

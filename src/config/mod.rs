@@ -738,23 +738,18 @@ impl Config {
         let access_list = match &access.file {
             Some(table) => {
                 let resolved = base.join(table);
-                let list =
-                    AccessList::load(&resolved, access.action.into()).map_err(
-                        |error| match error {
-                            doorman_access::AccessError::Read { path, source } => {
-                                ConfigError::Read { path, source }
-                            }
-                            doorman_access::AccessError::Syntax {
-                                path,
-                                line,
-                                message,
-                            } => ConfigError::Invalid {
-                                path,
-                                line,
-                                message,
-                            },
-                        },
-                    )?;
+                let text = read_file(&resolved)?;
+                let list = AccessList::parse(&text, &resolved, access.action.into()).map_err(
+                    |doorman_access::AccessError::Syntax {
+                         path,
+                         line,
+                         message,
+                     }| ConfigError::Invalid {
+                        path,
+                        line,
+                        message,
+                    },
+                )?;
                 access.file = Some(resolved);
                 Some(list)
             }
@@ -784,12 +779,25 @@ impl Config {
     }
 }
 
+/// The largest file a config may name (a list, a table, the config).
+const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Reads a file named by the config, or says which one could not be read.
+/// Only regular files up to [`MAX_FILE_SIZE`] are read, so a config that
+/// names `/dev/zero` or a huge file fails instead of hanging.
 fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let fail = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let metadata = std::fs::metadata(path).map_err(fail)?;
+    if !metadata.is_file() || metadata.len() > MAX_FILE_SIZE {
+        return Err(fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file of at most {MAX_FILE_SIZE} bytes"),
+        )));
+    }
+    std::fs::read_to_string(path).map_err(fail)
 }
 
 /// The 1-based line of byte `offset` in `text`.

@@ -21,17 +21,9 @@ use ipnet::IpNet;
 /// The reply text of a denylisted client (postscreen's).
 pub const DENYLIST_REPLY: &str = "5.3.2 Service currently unavailable";
 
-/// Why an access table could not be loaded.
+/// Why an access table is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
     /// A line is not `network result`.
     #[error("{}:{line}: {message}", path.display())]
     Syntax {
@@ -107,15 +99,6 @@ impl AccessList {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { entries, action })
-    }
-
-    /// Reads and parses a table file.
-    pub fn load(path: &Path, action: Action) -> Result<Self, AccessError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path, action)
     }
 
     /// The first entry matching `ip` (IPv4-mapped IPv6 counts as IPv4).
