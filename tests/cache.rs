@@ -36,20 +36,14 @@ fn cache_config(backend: &FakeBackend, cache: &str, dnsbl: &str) -> String {
 }
 
 fn doorman_cache(doorman: &Doorman, args: &[&str]) -> String {
-    let out = Command::new(doorman_bin())
-        .arg("cache")
-        .arg(args[0])
-        .arg("--config")
-        .arg(doorman.config_path())
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(
+        Command::new(doorman_bin())
+            .arg("cache")
+            .arg(args[0])
+            .arg("--config")
+            .arg(doorman.config_path())
+            .args(&args[1..]),
+    )
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::doorman_bin;
+use support::{doorman_bin, stdout_of};
 
 fn check(config: &str, hosts: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -80,15 +80,7 @@ fn check_reports_a_missing_hosts_file() {
 #[test]
 fn shipped_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/doorman.toml");
-    let out = Command::new(doorman_bin())
-        .args(["check", "--config", path])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stdout_of(Command::new(doorman_bin()).args(["check", "--config", path]));
 }
 
 #[test]

@@ -15,18 +15,13 @@ use support::*;
 
 /// The addresses fail2ban's `postfix[mode=<mode>]` finds in `log`.
 fn banned(log: &std::path::Path, mode: &str) -> Vec<String> {
-    let out = Command::new("fail2ban-regex")
-        .args(["-o", "ip"])
-        .arg(log)
-        .arg(format!("postfix[mode={mode}]"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new("fail2ban-regex")
+            .args(["-o", "ip"])
+            .arg(log)
+            .arg(format!("postfix[mode={mode}]")),
     );
-    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let mut ips: Vec<String> = out
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

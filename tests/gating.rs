@@ -619,18 +619,12 @@ fn explain_shows_matches_score_and_verdict() {
         },
     );
     let explain = |ip: &str| {
-        let out = std::process::Command::new(doorman_bin())
-            .args(["explain", "--config"])
-            .arg(doorman.config_path())
-            .arg(ip)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            std::process::Command::new(doorman_bin())
+                .args(["explain", "--config"])
+                .arg(doorman.config_path())
+                .arg(ip),
+        )
     };
     let listed = explain("203.0.113.9");
     for line in [

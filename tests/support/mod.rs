@@ -873,3 +873,15 @@ pub fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
         .unwrap();
     stream
 }
+
+/// Runs `command`, asserts that it succeeded (showing its stderr if not),
+/// and returns its stdout.
+pub fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
