@@ -21,7 +21,8 @@
 //!   XCLIENT, and the relay.
 //! - [`cache`]: the pass cache (memory, redb file, Redis).
 //! - [`limits`]: per-client, screening and total connection limits, and
-//!   stress mode.
+//!   stress mode; [`memory`]: the heap given back after a flood (the one
+//!   `unsafe` call, `malloc_trim`).
 //! - [`shared`]: what the sessions of one config share, and what outlives a
 //!   reload.
 //! - [`admin`] and [`metrics`]: the HTTP admin listener (`/metrics`,
@@ -36,7 +37,7 @@
 //! `plugins/api`: the access list (`plugins/access`) and the DNSBL/DNSWL
 //! gate (`plugins/dnsbl`).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -49,6 +50,7 @@ pub mod limits;
 pub mod listener;
 pub mod log;
 pub mod logfmt;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod screen;

@@ -39,6 +39,8 @@ pub struct Limits {
     per_client: Mutex<HashMap<IpAddr, usize>>,
     screening: AtomicUsize,
     total: AtomicUsize,
+    /// The highest `total` since [`Limits::take_peak`] last read it.
+    peak: AtomicUsize,
     stressed: AtomicBool,
 }
 
@@ -66,6 +68,7 @@ impl Limits {
         settings: &LimitsSection,
     ) -> Result<(Place, Place), Refusal> {
         let total = self.total.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(total, Ordering::Relaxed);
         let total_place = Place {
             limits: Arc::clone(self),
             kind: Kind::Total,
@@ -111,6 +114,16 @@ impl Limits {
     /// Whether stress mode is on.
     pub fn stressed(&self) -> bool {
         self.stressed.load(Ordering::SeqCst)
+    }
+
+    /// How many client connections there are.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// The highest client count since the last call, restarting from now.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.total(), Ordering::Relaxed)
     }
 
     /// How many clients are being screened.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::config::{Config, ListenerConfig};
 use crate::log;
+use crate::memory;
 use crate::session::Session;
 use crate::shared::{Process, Shared};
 
@@ -87,7 +88,10 @@ impl Server {
                 cut_sessions.clone(),
             )));
         }
-        let mut background = vec![tokio::spawn(clean_cache(Arc::clone(&self.current)))];
+        let mut background = vec![
+            tokio::spawn(clean_cache(Arc::clone(&self.current))),
+            tokio::spawn(memory::trim_after_floods(Arc::clone(&self.process.limits))),
+        ];
         match hangups {
             Ok(hangups) => background.push(tokio::spawn(reload_on_hangup(
                 hangups,

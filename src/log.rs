@@ -213,6 +213,12 @@ pub fn all_server_ports_busy(client: SocketAddr) {
     );
 }
 
+/// Free heap went back to the system after the connection count fell from
+/// `peak` to `now`; debug only.
+pub fn memory_trimmed(peak: usize, now: usize) {
+    debug!("memory trimmed: connections fell from {peak} to {now}");
+}
+
 /// The relay between a client and its backend ended with an error.
 pub fn relay_error(client: SocketAddr, error: &io::Error) {
     debug!("relay for {} ended: {error}", Endpoint(client));

@@ -33,7 +33,7 @@ use crate::cache::Entry;
 use crate::cache::Test;
 use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
-use crate::handoff::{read_reply, relay, Connected, RelayError};
+use crate::handoff::{read_reply, relay, Connected, RelayError, REPLY_TIMEOUT};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
@@ -56,8 +56,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many early bytes doorman reads during the greet wait; more stay in
 /// the socket.
 const EARLY_BYTES_CAP: usize = 4096;
-/// How long a backend may take to greet a client that saw the teaser.
-const BACKEND_GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a connection is.
 #[derive(Debug)]
@@ -732,6 +730,7 @@ impl Session {
             stream: mut backend,
             lease: _lease,
             greeting,
+            mut pending,
         } = match shared.pool.connect(&client).await {
             Ok(connected) => connected,
             Err(_) => {
@@ -741,32 +740,20 @@ impl Session {
             }
         };
         let replaying = !lines.is_empty();
-        let mut pending = BytesMut::new();
-        let greeting = match greeting {
-            Some(greeting) => Some(Ok(greeting)),
-            None if teased || replaying => Some(
-                read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT)
-                    .await
-                    .map_err(|error| error.to_string().into_bytes()),
-            ),
-            None => None,
-        };
-        match greeting {
-            Some(Ok(greeting)) if greeting.starts_with(b"220") && !replaying => {
-                self.send_bytes(&greeting).await;
-            }
-            Some(Ok(greeting)) if greeting.starts_with(b"220") => {}
-            Some(Ok(other) | Err(other)) => {
-                log::backend_refused(client.address, backend.peer_addr().ok(), &other);
-                self.count(Counted::NoBackend);
-                return self.refuse_busy(teased).await;
-            }
-            None => {}
+        let welcome = greeting.starts_with(b"220");
+        if !replaying && (welcome || !teased) {
+            // A plain handoff gets the backend's greeting as it is, its own
+            // refusal of the client included.
+            self.send_bytes(&greeting).await;
+        } else if !welcome {
+            log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+            self.count(Counted::NoBackend);
+            return self.refuse_busy(teased).await;
         }
         let count = lines.len();
         for (index, line) in lines.into_iter().enumerate() {
             let answer = match backend.write_all(&line).await {
-                Ok(()) => read_reply(&mut backend, &mut pending, BACKEND_GREETING_TIMEOUT).await,
+                Ok(()) => read_reply(&mut backend, &mut pending, REPLY_TIMEOUT).await,
                 Err(error) => Err(error),
             };
             match answer {

@@ -11,5 +11,5 @@ pub mod pool;
 pub mod relay;
 pub mod xclient;
 
-pub use pool::{read_reply, BackendStatus, Connected, NoBackend, Pool};
+pub use pool::{read_reply, BackendStatus, Connected, NoBackend, Pool, REPLY_TIMEOUT};
 pub use relay::{relay, RelayError};

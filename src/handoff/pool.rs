@@ -32,6 +32,11 @@ use crate::smtp::response::complete_reply;
 /// The longest reply doorman reads from a backend.
 const REPLY_LIMIT: usize = 8192;
 
+/// How long a backend may take to greet a client, or to answer a command
+/// doorman replays for one (Postfix's smtpd may look the client up in DNS
+/// before its banner).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// No backend took the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no backend accepted the connection")]
@@ -71,16 +76,19 @@ impl Drop for Lease {
     }
 }
 
-/// A backend connection that already knows the real client.
+/// A backend connection that already knows the real client and has
+/// greeted it.
 #[derive(Debug)]
 pub struct Connected {
     /// The connection.
     pub stream: TcpStream,
     /// The client's place at the backend.
     pub lease: Lease,
-    /// The greeting doorman already read (XCLIENT's fresh 220); `None` when
-    /// the backend's greeting is still to come on the stream.
-    pub greeting: Option<Vec<u8>>,
+    /// The backend's greeting (after XCLIENT, its fresh one): a 220, or the
+    /// backend's own refusal of this client.
+    pub greeting: Vec<u8>,
+    /// Bytes the backend sent after its greeting.
+    pub pending: BytesMut,
 }
 
 /// The backends of one config.
@@ -206,11 +214,12 @@ impl Pool {
                 continue;
             }
             match open(&backend.config, client, &self.hostname).await {
-                Ok((stream, greeting)) => {
+                Ok((stream, greeting, pending)) => {
                     return Ok(Connected {
                         stream,
                         lease,
                         greeting,
+                        pending,
                     })
                 }
                 Err(error) => {
@@ -264,11 +273,14 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
 
 /// Connects to one backend and tells it the real client: a PROXY header,
 /// or the XCLIENT dialogue (whose fresh greeting is returned).
+/// Connects, tells the backend who the client is, and reads its greeting.
+/// A backend that dies or hangs before greeting is an error, so the client,
+/// which has seen nothing of it yet, goes to the next backend.
 async fn open(
     backend: &BackendConfig,
     client: &Client,
     hostname: &str,
-) -> io::Result<(TcpStream, Option<Vec<u8>>)> {
+) -> io::Result<(TcpStream, Vec<u8>, BytesMut)> {
     let mut stream = connect(backend).await?;
     let header = match backend.send_proxy {
         SendProxy::V2 => write::encode_v2(client.address, client.destination)?,
@@ -276,13 +288,15 @@ async fn open(
         SendProxy::None => Vec::new(),
         SendProxy::Xclient => {
             let greeting = xclient_dialogue(&mut stream, backend, client, hostname).await?;
-            return Ok((stream, Some(greeting)));
+            return Ok((stream, greeting, BytesMut::new()));
         }
     };
     if !header.is_empty() {
         stream.write_all(&header).await?;
     }
-    Ok((stream, None))
+    let mut pending = BytesMut::new();
+    let greeting = read_reply(&mut stream, &mut pending, REPLY_TIMEOUT).await?;
+    Ok((stream, greeting, pending))
 }
 
 /// Banner, EHLO (XCLIENT must be announced), XCLIENT, and the fresh 220.
