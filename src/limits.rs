@@ -126,6 +126,13 @@ impl Limits {
         self.peak.swap(self.total(), Ordering::Relaxed)
     }
 
+    /// Gives back the per-client table's room beyond what it holds now.
+    pub fn compact(&self) {
+        if let Ok(mut map) = self.per_client.lock() {
+            map.shrink_to_fit();
+        }
+    }
+
     /// How many clients are being screened.
     pub fn screening(&self) -> usize {
         self.screening.load(Ordering::SeqCst)

@@ -90,7 +90,10 @@ impl Server {
         }
         let mut background = vec![
             tokio::spawn(clean_cache(Arc::clone(&self.current))),
-            tokio::spawn(memory::trim_after_floods(Arc::clone(&self.process.limits))),
+            tokio::spawn(memory::trim_after_floods(
+                Arc::clone(&self.current),
+                self.process.clone(),
+            )),
         ];
         match hangups {
             Ok(hangups) => background.push(tokio::spawn(reload_on_hangup(

@@ -5,15 +5,20 @@
 //! (10,000 slowloris connections: about 30 MB that never goes back). Every
 //! [`CHECK_INTERVAL`] a background task compares the live connection count
 //! with the highest count since the last trim; once it has fallen to half
-//! of that or less, by [`MIN_DROP`] connections or more, glibc is asked to
-//! return its free pages (`malloc_trim(0)`, on the blocking pool). A steady
-//! load never triggers it. Elsewhere than glibc the task has nothing to do.
+//! of that or less, by [`MIN_DROP`] connections or more, the caches that
+//! grew during the flood are rebuilt in fresh memory (their entries were
+//! scattered among the flood's connections and would keep those pages) and
+//! glibc is asked to return its free pages (`malloc_trim(0)`, on the
+//! blocking pool). A steady load never triggers it. Elsewhere than glibc
+//! only the caches are rebuilt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::limits::Limits;
+use arc_swap::ArcSwap;
+
 use crate::log;
+use crate::shared::{Process, Shared};
 
 /// How often the connection count is looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,18 +31,28 @@ pub fn worth_trimming(peak: usize, now: usize) -> bool {
     peak >= now.saturating_add(MIN_DROP) && now <= peak / 2
 }
 
-/// Runs forever: trims the heap after each flood.
-pub async fn trim_after_floods(limits: Arc<Limits>) {
+/// Runs forever: compacts the caches and trims the heap after each flood.
+pub async fn trim_after_floods(current: Arc<ArcSwap<Shared>>, process: Process) {
     let mut peak = 0;
     loop {
         tokio::time::sleep(CHECK_INTERVAL).await;
-        peak = peak.max(limits.take_peak());
-        let now = limits.total();
+        peak = peak.max(process.limits.take_peak());
+        let now = process.limits.total();
         if worth_trimming(peak, now) {
-            if tokio::task::spawn_blocking(release_free_pages)
-                .await
-                .is_ok()
-            {
+            let shared = current.load_full();
+            let limits = Arc::clone(&process.limits);
+            let compacted = tokio::task::spawn_blocking(move || {
+                // A first trim merges the flood's free chunks, so the
+                // rebuilt caches are laid out in few pages.
+                release_free_pages();
+                limits.compact();
+                shared.cache.compact();
+                if let Some(dnsbl) = &shared.dnsbl {
+                    dnsbl.compact();
+                }
+                release_free_pages();
+            });
+            if compacted.await.is_ok() {
                 log::memory_trimmed(peak, now);
             }
             peak = now;

@@ -74,6 +74,14 @@ enum Store {
     Redis(Arc<RedisStore>),
 }
 
+/// An empty in-memory LRU for at most `capacity` clients, whose table
+/// grows with the clients it holds rather than being sized for all at once.
+fn bounded(capacity: NonZeroUsize) -> LruCache<IpAddr, Entry> {
+    let mut memory = LruCache::unbounded();
+    memory.resize(capacity);
+    memory
+}
+
 /// The pass cache of one config.
 #[derive(Debug)]
 pub struct PassCache {
@@ -92,7 +100,7 @@ impl PassCache {
         let capacity = NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN);
         Self {
             store,
-            memory: Mutex::new(LruCache::new(capacity)),
+            memory: Mutex::new(bounded(capacity)),
             retention,
         }
     }
@@ -151,6 +159,18 @@ impl PassCache {
         match &self.store {
             Store::Redis(redis) => Some(Arc::clone(redis) as Arc<dyn AnswerStore>),
             _ => None,
+        }
+    }
+
+    /// Rebuilds the in-memory LRU in fresh memory, so that the allocations
+    /// a flood scattered over the heap can go back to the system once freed.
+    pub fn compact(&self) {
+        if let Ok(mut memory) = self.memory.lock() {
+            let mut fresh = bounded(memory.cap());
+            for (ip, entry) in memory.iter().rev() {
+                fresh.put(*ip, *entry);
+            }
+            *memory = fresh;
         }
     }
 
@@ -268,6 +288,27 @@ mod tests {
         let later = now + Duration::from_secs(71);
         let counts = cache.cleanup(later).await.and_then(Result::ok);
         assert_eq!(counts, Some((0, 2)));
+    }
+
+    #[tokio::test]
+    async fn compacting_keeps_entries_and_their_order() {
+        let mut entry = Entry::default();
+        entry.record(Test::Pregreet, SystemTime::now(), Duration::from_secs(10));
+        let cache = PassCache::memory(3, Duration::from_secs(60));
+        for last in 1..=3u8 {
+            cache.put(IpAddr::from([192, 0, 2, last]), entry);
+        }
+        assert!(cache.get(IpAddr::from([192, 0, 2, 1])).await.is_some());
+        cache.compact();
+        // .2 is now the least recently used, so the next put drops it.
+        cache.put(IpAddr::from([192, 0, 2, 4]), entry);
+        assert!(cache.get(IpAddr::from([192, 0, 2, 2])).await.is_none());
+        for last in [1, 3, 4] {
+            assert_eq!(
+                cache.get(IpAddr::from([192, 0, 2, last])).await,
+                Some(entry)
+            );
+        }
     }
 
     #[tokio::test]

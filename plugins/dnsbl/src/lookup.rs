@@ -68,6 +68,15 @@ pub trait AnswerStore: Send + Sync + std::fmt::Debug {
 #[error("cannot set up the DNS resolver: {0}")]
 pub struct ResolverError(String);
 
+/// An empty answer cache for at most `capacity` names. Its table grows
+/// with the answers it holds: `LruCache::new` would size (and, once a few
+/// thousand names are spread over it, keep resident) the whole table.
+fn bounded(capacity: NonZeroUsize) -> LruCache<String, (Answer, Instant)> {
+    let mut cache = LruCache::unbounded();
+    cache.resize(capacity);
+    cache
+}
+
 /// The DNSBL/DNSWL gate: sites, resolver and answer cache.
 pub struct Dnsbl {
     settings: Settings,
@@ -138,7 +147,7 @@ impl Dnsbl {
             settings,
             zones,
             resolver,
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache: Mutex::new(bounded(capacity)),
             in_flight: Mutex::new(HashMap::new()),
             store,
             observer: None,
@@ -265,6 +274,21 @@ impl Dnsbl {
             cache.put(name.to_string(), (answer.clone(), Instant::now() + ttl));
         }
         ttl
+    }
+
+    /// Rebuilds the answer cache in fresh memory, without its expired
+    /// answers, so that the allocations a flood scattered over the heap can
+    /// go back to the system once freed.
+    pub fn compact(&self) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut fresh = bounded(cache.cap());
+        for (name, entry) in cache.iter().rev().filter(|(_, (_, expiry))| *expiry > now) {
+            fresh.put(name.clone(), entry.clone());
+        }
+        *cache = fresh;
     }
 
     fn cached(&self, name: &str) -> Option<Answer> {
