@@ -40,7 +40,8 @@ fn seeds_corpora_and_regressions_replay_cleanly() {
     for (name, target) in TARGETS {
         let seeds = replay("seeds", name, target);
         assert!(seeds > 0, "no seeds for {name}");
-        replay("corpus", name, target);
+        let corpus = replay("corpus", name, target);
+        assert!(corpus > 0, "no committed corpus for {name}");
         replay("regressions", name, target);
     }
 }

@@ -1,0 +1,158 @@
+//! Load for doorman's benchmarks (`bench/run.py`), light enough that on a
+//! two-core machine the screener, not the load, is what is measured.
+//!
+//! * `screen`: new clients, each with a fresh address in a PROXY v1 header,
+//!   straight to a screener (doorman or postscreen); counts the clients
+//!   that got a final `220 ` line, per second.
+//! * `banner`: one connection after another through a front (HAProxy);
+//!   prints the p50 and p99 time from connect to the first byte.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Benchmark load for doorman.
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// New clients per second through a PROXY header.
+    Screen {
+        /// The screener's address.
+        #[arg(long)]
+        target: SocketAddr,
+        /// The listed proxy address to connect from.
+        #[arg(long, default_value = "127.0.0.10")]
+        from: Ipv4Addr,
+        /// How many clients.
+        #[arg(long)]
+        count: u32,
+        /// How many at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: u32,
+        /// The first octet of the clients' addresses (a fresh range per run
+        /// keeps them uncached).
+        #[arg(long, default_value_t = 10)]
+        first_octet: u8,
+    },
+    /// Time to banner, p50 and p99 in ms.
+    Banner {
+        /// The front's address.
+        #[arg(long)]
+        target: SocketAddr,
+        /// How many connections, one after another.
+        #[arg(long)]
+        count: u32,
+    },
+}
+
+/// How long one client may take.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match Cli::parse().command {
+        Command::Screen {
+            target,
+            from,
+            count,
+            concurrency,
+            first_octet,
+        } => {
+            let started = Instant::now();
+            let served = runtime.block_on(screen(target, from, count, concurrency, first_octet));
+            let rate = f64::from(served) / started.elapsed().as_secs_f64();
+            println!("{served} {rate:.1}");
+        }
+        Command::Banner { target, count } => {
+            let mut samples = runtime.block_on(banner(target, count))?;
+            samples.sort_by(f64::total_cmp);
+            let at =
+                |share: f64| samples[((samples.len() as f64 * share) as usize).saturating_sub(1)];
+            println!("{:.4} {:.4}", at(0.5), at(0.99));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `count` clients, `concurrency` at a time; returns how many got 220.
+async fn screen(
+    target: SocketAddr,
+    from: Ipv4Addr,
+    count: u32,
+    concurrency: u32,
+    first_octet: u8,
+) -> u32 {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut served = 0;
+    loop {
+        while next < count && tasks.len() < concurrency as usize {
+            let [_, b, c, d] = next.to_be_bytes();
+            let client = Ipv4Addr::new(first_octet, b, c, d);
+            tasks.spawn(async move {
+                tokio::time::timeout(CLIENT_TIMEOUT, one_client(target, from, client, next))
+                    .await
+                    .is_ok_and(|served| served.unwrap_or(false))
+            });
+            next += 1;
+        }
+        match tasks.join_next().await {
+            Some(Ok(true)) => served += 1,
+            Some(_) => {}
+            None => return served,
+        }
+    }
+}
+
+/// One new client: header, wait for the final `220 `, QUIT.
+async fn one_client(
+    target: SocketAddr,
+    from: Ipv4Addr,
+    client: Ipv4Addr,
+    n: u32,
+) -> anyhow::Result<bool> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let mut stream = socket.connect(target).await?;
+    let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
+    stream.write_all(header.as_bytes()).await?;
+    let mut seen = Vec::with_capacity(256);
+    let mut buffer = [0u8; 512];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(false);
+        }
+        seen.extend_from_slice(&buffer[..read]);
+        let greeted = seen.starts_with(b"220 ") || seen.windows(6).any(|w| w == b"\r\n220 ");
+        if greeted {
+            stream.write_all(b"QUIT\r\n").await?;
+            return Ok(true);
+        }
+    }
+}
+
+/// Connects `count` times in a row; returns each time to first byte, in ms.
+async fn banner(target: SocketAddr, count: u32) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut byte = [0u8; 512];
+    for _ in 0..count {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(target).await.context("connect")?;
+        let read = stream.read(&mut byte).await?;
+        anyhow::ensure!(read > 0, "closed before the banner");
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(samples)
+}
