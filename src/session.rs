@@ -169,7 +169,8 @@ impl Session {
                 Some(next) => phase = next,
                 None => {
                     if speaking {
-                        self.send(reply::SHUTTING_DOWN).await;
+                        // Boxed: every connection's task would carry it.
+                        Box::pin(self.send(reply::SHUTTING_DOWN)).await;
                     }
                     return;
                 }
@@ -201,6 +202,10 @@ impl Session {
             match proxy::parse(&self.buffer) {
                 Ok(Parsed::Complete { header, length }) => {
                     let _ = self.buffer.split_to(length);
+                    if self.buffer.is_empty() {
+                        // A waiting client holds no buffer until it talks.
+                        self.buffer = BytesMut::new();
+                    }
                     return self.after_header(header);
                 }
                 Ok(Parsed::Incomplete) => {}
@@ -326,7 +331,7 @@ impl Session {
                     self.process.metrics.test("access", false);
                     log::denylisted(client.address);
                     if rejection.action == Action::Drop {
-                        return self.drop_client(&client, &rejection).await;
+                        return Box::pin(self.drop_client(&client, &rejection)).await;
                     }
                     screening.fail(rejection);
                 }
@@ -335,10 +340,13 @@ impl Session {
         }
         match self.process.limits.admit(client.ip(), &config.limits) {
             Ok((total, per_client)) => self.places.extend([total, per_client]),
-            Err(refusal) => return self.refuse(&client, refusal).await,
+            Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
         }
         let now = SystemTime::now();
-        let previous = shared.cache.get(client.ip()).await;
+        // Awaits other than the greet wait's are boxed: the future a waiting
+        // client holds is as large as its largest await, and the cache
+        // lookup (Redis, redb) or a reply's write would otherwise set that.
+        let previous = Box::pin(shared.cache.get(client.ip())).await;
         self.process.metrics.cache_lookup(previous.is_some());
         let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
         let banner = config.greet_banner();
@@ -364,7 +372,7 @@ impl Session {
 
         match self.process.limits.screen(&config.limits) {
             Ok(place) => self.screening = Some(place),
-            Err(refusal) => return self.refuse(&client, refusal).await,
+            Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
         }
         let wait = if self.process.limits.stressed() {
             config.greet.wait.min(STRESS_GREET_WAIT)
@@ -374,7 +382,7 @@ impl Session {
         let started = Instant::now();
         let deadline = started + wait;
         if pregreet_due {
-            self.send(&format!("220-{banner}\r\n")).await;
+            Box::pin(self.send(&format!("220-{banner}\r\n"))).await;
         }
         let mut pending = match (&shared.dnsbl, dnsbl_due) {
             (Some(dnsbl), true) => Some(dnsbl.start(client.ip())),
@@ -384,7 +392,7 @@ impl Session {
         loop {
             if !self.buffer.is_empty() && !pregreeted {
                 if starts_like_header(&self.buffer) == Prefix::Header {
-                    return self.proxy_not_allowed(&client).await;
+                    return Box::pin(self.proxy_not_allowed(&client)).await;
                 }
                 if pregreet_due {
                     pregreeted = true;
@@ -395,7 +403,7 @@ impl Session {
                         reply_text: PREGREET_REPLY.to_string(),
                     };
                     if rejection.action == Action::Drop {
-                        return self.drop_client(&client, &rejection).await;
+                        return Box::pin(self.drop_client(&client, &rejection)).await;
                     }
                     screening.fail(rejection);
                 }
@@ -438,7 +446,7 @@ impl Session {
                         reply_text,
                     };
                     if rejection.action == Action::Drop {
-                        return self.drop_client(&client, &rejection).await;
+                        return Box::pin(self.drop_client(&client, &rejection)).await;
                     }
                     screening.fail(rejection);
                 }

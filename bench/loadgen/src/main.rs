@@ -123,6 +123,9 @@ async fn one_client(
     n: u32,
 ) -> anyhow::Result<bool> {
     let socket = TcpSocket::new_v4()?;
+    // Earlier runs leave thousands of TIME_WAIT sockets on this address;
+    // without SO_REUSEADDR, finding a free port slows every connect.
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((from, 0)))?;
     let mut stream = socket.connect(target).await?;
     let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
