@@ -48,9 +48,15 @@ def rss_kib(pid):
     return total
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """User and system CPU seconds of a process."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def tree_pids(pid):
@@ -263,19 +269,22 @@ def main():
             return statistics.median(fn() for _ in range(runs))
 
         # S2 first: S1 leaves many TIME_WAIT sockets behind.
-        cpu2 = cpu_seconds(dm2.pid)
+        cpu2 = cpu_split(dm2.pid)
         results["S2 doorman new clients/s"] = median(lambda: screening_rate(dm2_port, new_clients))
-        cpu3 = cpu_seconds(dm2.pid)
-        results["S6 doorman CPU s per 1000 conn (S2)"] = (cpu3 - cpu2) / (runs * new_clients / 1000)
+        cpu3 = cpu_split(dm2.pid)
+        results["S6 doorman CPU s per 1000 conn (S2)"] = (sum(cpu3) - sum(cpu2)) / (runs * new_clients / 1000)
+        results["S6 doorman kernel share (S2)"] = (cpu3[1] - cpu2[1]) / max(sum(cpu3) - sum(cpu2), 1e-9)
         results["S2 postscreen new clients/s"] = median(lambda: screening_rate(ps2_port, new_clients))
         results["S2b doorman new clients/s, DNSBL"] = median(lambda: screening_rate(dm2b_port, new_clients))
         results["S1 direct msg/s"] = median(lambda: smtp_source(direct, msgs, 50, 1024))
         hop0 = cpu_seconds(hop.pid)
         results["S1 extra HAProxy hop msg/s"] = median(lambda: smtp_source(via_hop, msgs, 50, 1024))
         results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = (cpu_seconds(hop.pid) - hop0) / (runs * msgs / 1000)
-        cpu0 = cpu_seconds(dm.pid)
+        cpu0 = cpu_split(dm.pid)
         results["S1 doorman msg/s"] = median(lambda: smtp_source(via_doorman, msgs, 50, 1024))
-        cpu1 = cpu_seconds(dm.pid)
+        cpu1 = cpu_split(dm.pid)
+        results["S6 doorman kernel share (S1)"] = (cpu1[1] - cpu0[1]) / max(sum(cpu1) - sum(cpu0), 1e-9)
+        cpu0, cpu1 = sum(cpu0), sum(cpu1)
         results["S1 postscreen msg/s"] = median(lambda: smtp_source(via_postscreen, msgs, 50, 1024))
         results["S6 doorman CPU s per 1000 conn (S1)"] = (cpu1 - cpu0) / (runs * msgs / 1000)
         d50, d99 = time_to_banner(direct, banners)
@@ -302,8 +311,8 @@ def main():
         ("S3 p50 ms, an extra HAProxy hop", r["S3 extra HAProxy hop p50 ms"], f"+{r['S3 extra HAProxy hop p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(anchor)"),
         ("S4 bytes per waiting client", r["S4 doorman bytes/waiting client"], f"{r['S4 doorman bytes/waiting client']/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1x postscreen"),
         ("S5 bulk MB/s", r["S5 doorman MB/s"], f"{r['S5 doorman MB/s']/r['S5 direct MB/s']:.2f}x direct", ">= 0.8x direct"),
-        ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], f"{r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 extra HAProxy hop CPU s per 1000 conn (S1)'],1e-9):.2f}x the extra HAProxy", ""),
-        ("S6 CPU s / 1000 conn, S2", r["S6 doorman CPU s per 1000 conn (S2)"], "", ""),
+        ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], f"{r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 extra HAProxy hop CPU s per 1000 conn (S1)'],1e-9):.2f}x the extra HAProxy; {100*r['S6 doorman kernel share (S1)']:.0f}% kernel", ""),
+        ("S6 CPU s / 1000 conn, S2", r["S6 doorman CPU s per 1000 conn (S2)"], f"{100*r['S6 doorman kernel share (S2)']:.0f}% kernel", ""),
     ]
     print(f"runs: {runs} (median), messages {msgs}, banners {banners}, waiting {waiting}, new clients {new_clients}, bulk {bulk} bytes")
     print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")

@@ -106,7 +106,9 @@ struct PendingPass {
 pub struct Session {
     stream: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    /// The listener's configured address (the connection's own local
+    /// address is looked up only for a client that is not behind a proxy).
+    listening: SocketAddr,
     mode: ProxyMode,
     shared: Arc<Shared>,
     process: Process,
@@ -128,11 +130,10 @@ impl Session {
         shared: Arc<Shared>,
         process: Process,
     ) -> Self {
-        let local = stream.local_addr().unwrap_or(listener.address);
         Self {
             stream,
             peer: canonical(peer),
-            local: canonical(local),
+            listening: listener.address,
             mode: listener.proxy,
             shared,
             process,
@@ -182,14 +183,15 @@ impl Session {
         if self.shared.config.proxy_hosts.contains(self.peer.ip()) {
             return Phase::AwaitHeader;
         }
+        let local = canonical(self.stream.local_addr().unwrap_or(self.listening));
         match self.mode {
             ProxyMode::Required => {
-                log::not_a_proxy(self.peer, self.local);
+                log::not_a_proxy(self.peer, local);
                 Phase::Closed
             }
             ProxyMode::Optional => Phase::Screen(Client {
                 address: self.peer,
-                destination: self.local,
+                destination: local,
                 tlvs: Vec::new(),
             }),
         }
