@@ -6,8 +6,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -162,40 +162,16 @@ fn a_good_client_passes_and_its_message_reaches_the_backend_in_the_same_connecti
 
 /// A backend that refuses every MAIL.
 fn refusing_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                let mut header = vec![0u8; 16];
-                if reader.read_exact(&mut header).is_err() {
-                    return;
-                }
-                let rest = usize::from(u16::from_be_bytes([header[14], header[15]]));
-                let mut skip = vec![0u8; rest];
-                let _ = reader.read_exact(&mut skip);
-                let _ = writer.write_all(b"220 strict.test ESMTP\r\n");
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                    let reply: &[u8] = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
-                        Some("EHLO") => b"250-strict.test\r\n250 8BITMIME\r\n",
-                        Some("MAIL") => b"550 5.7.1 <s@bad.test>: Sender address rejected\r\n",
-                        Some("RCPT") => b"503 5.5.1 Error: need MAIL command\r\n",
-                        Some("QUIT") => b"221 2.0.0 Bye\r\n",
-                        _ => b"250 2.0.0 Ok\r\n",
-                    };
-                    let _ = writer.write_all(reply);
-                    if line.to_ascii_uppercase().starts_with("QUIT") {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    address
+    scripted_backend(
+        |_| Some(b"220 strict.test ESMTP\r\n"),
+        |line| match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+            Some("EHLO") => b"250-strict.test\r\n250 8BITMIME\r\n",
+            Some("MAIL") => b"550 5.7.1 <s@bad.test>: Sender address rejected\r\n",
+            Some("RCPT") => b"503 5.5.1 Error: need MAIL command\r\n",
+            Some("QUIT") => b"221 2.0.0 Bye\r\n",
+            _ => b"250 2.0.0 Ok\r\n",
+        },
+    )
 }
 
 #[test]

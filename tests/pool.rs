@@ -4,8 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use doorman::proxy::{self, Header, Parsed};
@@ -176,40 +176,16 @@ fn health_checks_take_a_backend_out_and_back_and_clients_fail_over() {
 /// fatal error), while doorman's health checks (PROXY v2 LOCAL) still get a
 /// full dialogue.
 fn dies_before_greeting() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut header = [0u8; 16];
-                if stream.read_exact(&mut header).is_err() {
-                    return;
-                }
-                let mut rest = vec![0; usize::from(u16::from_be_bytes([header[14], header[15]]))];
-                if stream.read_exact(&mut rest).is_err() || header[12] != 0x20 {
-                    return; // a client: closed before any greeting
-                }
-                let _ = stream.write_all(b"220 half-dead.test ESMTP\r\n");
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    let quit = line.starts_with("QUIT");
-                    let reply: &[u8] = if quit {
-                        b"221 bye\r\n"
-                    } else {
-                        b"250 half-dead.test\r\n"
-                    };
-                    let _ = stream.write_all(reply);
-                    if quit {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    address
+    scripted_backend(
+        |check| check.then_some(b"220 half-dead.test ESMTP\r\n"),
+        |line| {
+            if line.starts_with("QUIT") {
+                b"221 bye\r\n"
+            } else {
+                b"250 half-dead.test\r\n"
+            }
+        },
+    )
 }
 
 #[test]

@@ -885,3 +885,43 @@ pub fn stdout_of(command: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A backend on loopback that speaks from a script: for each connection it
+/// reads the PROXY v2 header, greets with `greeting(check)` (`check`: the
+/// header was a v2 LOCAL health check; `None`: close without a greeting, as
+/// an smtpd that dies on start does), then answers each line with
+/// `reply(line)` until QUIT.
+pub fn scripted_backend(
+    greeting: fn(bool) -> Option<&'static [u8]>,
+    reply: fn(&str) -> &'static [u8],
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut header = [0u8; 16];
+                if reader.read_exact(&mut header).is_err() {
+                    return;
+                }
+                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
+                let _ = reader.read_exact(&mut rest);
+                let Some(banner) = greeting(header[12] == 0x20) else {
+                    return;
+                };
+                let _ = writer.write_all(banner);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let _ = writer.write_all(reply(&line));
+                    if line.to_ascii_uppercase().starts_with("QUIT") {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
