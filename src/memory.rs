@@ -9,8 +9,8 @@
 //! grew during the flood are rebuilt in fresh memory (their entries were
 //! scattered among the flood's connections and would keep those pages) and
 //! glibc is asked to return its free pages (`malloc_trim(0)`, on the
-//! blocking pool). A steady load never triggers it. Elsewhere than glibc
-//! only the caches are rebuilt.
+//! blocking pool), and once more an interval later. A steady load never
+//! triggers it. Elsewhere than glibc only the caches are rebuilt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +34,13 @@ pub fn worth_trimming(peak: usize, now: usize) -> bool {
 /// Runs forever: compacts the caches and trims the heap after each flood.
 pub async fn trim_after_floods(current: Arc<ArcSwap<Shared>>, process: Process) {
     let mut peak = 0;
+    let mut follow_up = false;
     loop {
         tokio::time::sleep(CHECK_INTERVAL).await;
         peak = peak.max(process.limits.take_peak());
         let now = process.limits.total();
-        if worth_trimming(peak, now) {
+        let flood_ended = worth_trimming(peak, now);
+        if flood_ended || follow_up {
             let shared = current.load_full();
             let limits = Arc::clone(&process.limits);
             let compacted = tokio::task::spawn_blocking(move || {
@@ -55,6 +57,9 @@ pub async fn trim_after_floods(current: Arc<ArcSwap<Shared>>, process: Process) 
             if compacted.await.is_ok() {
                 log::memory_trimmed(peak, now);
             }
+            // One more trim an interval later gives back what the sessions
+            // still open at this one (and a reload's old state) freed since.
+            follow_up = flood_ended;
             peak = now;
         }
     }

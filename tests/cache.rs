@@ -273,11 +273,19 @@ fn redis_outage_falls_back_and_recovers() {
     // A's own memory still knows the client it passed during the outage.
     assert_eq!(greeting(&a, "203.0.113.90"), BACKEND);
 
+    // Redis comes back empty (no persistence): A writes back the three
+    // passes it made meanwhile, so B, which never saw those clients, knows
+    // them too.
     redis.restart();
-    a.log
-        .wait_for("is back; sharing resumes", Duration::from_secs(10));
+    a.log.wait_for(
+        "is back; sharing resumes (3 passes it lacked written back)",
+        Duration::from_secs(10),
+    );
     b.log
         .wait_for("is back; sharing resumes", Duration::from_secs(10));
+    assert_eq!(greeting(&b, "203.0.113.91"), BACKEND);
+    b.log
+        .wait_for("PASS OLD [203.0.113.91]", Duration::from_secs(5));
     assert_eq!(greeting(&a, "203.0.113.95"), format!("{TEASER}{BACKEND}"));
     a.log
         .wait_for("PASS NEW [203.0.113.95]", Duration::from_secs(5));

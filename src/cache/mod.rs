@@ -86,9 +86,13 @@ fn bounded(capacity: NonZeroUsize) -> LruCache<IpAddr, Entry> {
 #[derive(Debug)]
 pub struct PassCache {
     store: Store,
-    memory: Mutex<LruCache<IpAddr, Entry>>,
+    memory: Known,
     retention: Duration,
 }
+
+/// The passes this instance knows: its in-memory LRU, which answers when
+/// the store cannot and is offered back to Redis when Redis returns.
+pub type Known = Arc<Mutex<LruCache<IpAddr, Entry>>>;
 
 impl PassCache {
     /// A memory-only cache for at most `size` addresses.
@@ -100,7 +104,7 @@ impl PassCache {
         let capacity = NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN);
         Self {
             store,
-            memory: Mutex::new(bounded(capacity)),
+            memory: Arc::new(Mutex::new(bounded(capacity))),
             retention,
         }
     }
@@ -116,21 +120,19 @@ impl PassCache {
                 tokio::spawn(Arc::clone(&embedded).write_behind(settings.flush_interval));
                 Store::Embedded(embedded)
             }
-            CacheStore::Redis => {
-                let redis = Arc::new(RedisStore::new(
-                    &settings.redis_url,
-                    &settings.redis_prefix,
-                    settings.redis_timeout,
-                )?);
-                tokio::spawn(Arc::clone(&redis).keep_connected());
-                Store::Redis(redis)
-            }
+            CacheStore::Redis => Store::Redis(Arc::new(RedisStore::new(
+                &settings.redis_url,
+                &settings.redis_prefix,
+                settings.redis_timeout,
+            )?)),
         };
-        Ok(Self::with_store(
-            store,
-            settings.size,
-            settings.retention_time,
-        ))
+        let cache = Self::with_store(store, settings.size, settings.retention_time);
+        if let Store::Redis(redis) = &cache.store {
+            tokio::spawn(
+                Arc::clone(redis).keep_connected(Arc::clone(&cache.memory), cache.retention),
+            );
+        }
+        Ok(cache)
     }
 
     /// Opens the store for one command (`doorman cache ...`): Redis is
@@ -138,7 +140,7 @@ impl PassCache {
     pub async fn open_for_command(settings: &CacheSection) -> Result<Self, CacheError> {
         let cache = Self::open(settings)?;
         if let Store::Redis(redis) = &cache.store {
-            if !redis.connect_once().await {
+            if !redis.connect_once(None).await {
                 return Err(CacheError::Unavailable);
             }
         }

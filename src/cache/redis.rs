@@ -6,6 +6,9 @@
 //! TTL), so one instance's lookups serve the others. Every call has a short
 //! deadline. When Redis fails, doorman says so once, serves from its local
 //! memory cache, reconnects in the background, and says when it is back.
+//! Coming back, it first offers Redis the passes it knows (`SET NX`, so
+//! nothing newer is overwritten): a Redis that restarted empty learns the
+//! fleet's clients again instead of having them all screened anew.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -19,10 +22,22 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 
 use super::entry::Entry;
-use super::CacheError;
+use super::{CacheError, Known};
 
 /// How often a lost connection is tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Passes offered back per pipelined round trip, and its deadline.
+const OFFER_BATCH: usize = 500;
+const OFFER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Seconds until a pass record expires (`retention` after its latest pass);
+/// `None` when it already has.
+fn seconds_left(entry: &Entry, retention: Duration, now: SystemTime) -> Option<u64> {
+    let until = entry.latest()? + retention;
+    let left = until.duration_since(now).ok()?.as_secs();
+    (left > 0).then_some(left)
+}
 
 /// A Redis connection that may be down.
 #[derive(Debug)]
@@ -60,13 +75,13 @@ impl RedisStore {
     /// Connects, pings a live link so an outage is noticed even without
     /// traffic, and connects again whenever the link is lost, until the
     /// process ends.
-    pub async fn keep_connected(self: Arc<Self>) {
+    pub async fn keep_connected(self: Arc<Self>, known: Known, retention: Duration) {
         loop {
             let connected = self.link.lock().map(|l| l.is_some()).unwrap_or(true);
             if connected {
                 let _: Option<String> = self.call(redis::cmd("PING").clone()).await;
             } else {
-                self.connect_once().await;
+                self.connect_once(Some((&known, retention))).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
@@ -75,20 +90,30 @@ impl RedisStore {
         }
     }
 
-    /// One connection attempt within a second.
-    pub async fn connect_once(&self) -> bool {
+    /// One connection attempt within a second. After an outage, the passes
+    /// in `known` are offered back before the link is used again.
+    pub async fn connect_once(&self, known: Option<(&Known, Duration)>) -> bool {
         let attempt = tokio::time::timeout(
             Duration::from_secs(1),
             self.client.get_multiplexed_async_connection(),
         )
         .await;
         match attempt {
-            Ok(Ok(connection)) => {
+            Ok(Ok(mut connection)) => {
+                let offered = match known {
+                    Some((known, retention)) if self.down.load(Ordering::SeqCst) => {
+                        self.offer_back(&mut connection, known, retention).await
+                    }
+                    _ => 0,
+                };
                 if let Ok(mut link) = self.link.lock() {
                     *link = Some(connection);
                 }
                 if self.down.swap(false, Ordering::SeqCst) {
-                    tracing::info!("cache {} is back; sharing resumes", self.name());
+                    tracing::info!(
+                        "cache {} is back; sharing resumes ({offered} passes it lacked written back)",
+                        self.name()
+                    );
                 }
                 true
             }
@@ -101,6 +126,44 @@ impl RedisStore {
                 false
             }
         }
+    }
+
+    /// Writes the passes in `known` that Redis lacks; how many it took.
+    async fn offer_back(
+        &self,
+        connection: &mut MultiplexedConnection,
+        known: &Known,
+        retention: Duration,
+    ) -> usize {
+        let entries: Vec<(IpAddr, Entry)> = known
+            .lock()
+            .map(|memory| memory.iter().map(|(ip, entry)| (*ip, *entry)).collect())
+            .unwrap_or_default();
+        let now = SystemTime::now();
+        let mut written = 0;
+        for batch in entries.chunks(OFFER_BATCH) {
+            let mut pipe = redis::pipe();
+            for (ip, entry) in batch {
+                if let Some(left) = seconds_left(entry, retention, now) {
+                    pipe.cmd("SET")
+                        .arg(self.pass_key(*ip))
+                        .arg(entry.encode())
+                        .arg("EX")
+                        .arg(left)
+                        .arg("NX");
+                }
+            }
+            let replies = tokio::time::timeout(
+                OFFER_TIMEOUT,
+                pipe.query_async::<Vec<Option<String>>>(connection),
+            )
+            .await;
+            match replies {
+                Ok(Ok(replies)) => written += replies.iter().flatten().count(),
+                _ => break,
+            }
+        }
+        written
     }
 
     fn mark_down(&self, why: &str) {
@@ -148,18 +211,16 @@ impl RedisStore {
 
     /// Stores the entry, expiring `retention` after its latest pass.
     pub async fn put(&self, ip: IpAddr, entry: Entry, retention: Duration) {
-        let remaining = entry
-            .latest()
-            .and_then(|latest| latest.duration_since(SystemTime::now()).ok())
-            .unwrap_or_default()
-            + retention;
+        let Some(left) = seconds_left(&entry, retention, SystemTime::now()) else {
+            return;
+        };
         let _: Option<()> = self
             .call(
                 redis::cmd("SET")
                     .arg(self.pass_key(ip))
                     .arg(entry.encode())
                     .arg("EX")
-                    .arg(remaining.as_secs().max(1))
+                    .arg(left)
                     .clone(),
             )
             .await;
