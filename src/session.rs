@@ -372,9 +372,14 @@ impl Session {
             };
         }
 
-        match self.process.limits.screen(&config.limits) {
-            Ok(place) => self.screening = Some(place),
-            Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
+        // A returning client (its record is within retention) is tested
+        // again without a screening place: a flood that fills the limit
+        // must not lock out known senders whose passes lapsed.
+        if previous.is_none() {
+            match self.process.limits.screen(&config.limits) {
+                Ok(place) => self.screening = Some(place),
+                Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
+            }
         }
         let wait = if self.process.limits.stressed() {
             config.greet.wait.min(STRESS_GREET_WAIT)

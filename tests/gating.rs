@@ -730,6 +730,42 @@ fn connection_limits_and_stress_mode() {
 }
 
 #[test]
+fn a_returning_client_is_tested_again_without_a_screening_place() {
+    let backend = FakeBackend::start(true);
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        "[greet]\nwait = \"2s\"\nttl = \"1s\"\n[limits]\nscreening = 1\n",
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let mut first = connect_as(&doorman, "203.0.113.60");
+    assert_eq!(read_line(&mut first), TEASER);
+    assert_eq!(read_line(&mut first), BACKEND);
+    doorman
+        .log
+        .wait_for("PASS NEW [203.0.113.60]", Duration::from_secs(5));
+    drop(first);
+    // Its pregreet pass lapses; its record stays (retention).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut waiting = connect_as(&doorman, "203.0.113.61");
+    assert_eq!(read_line(&mut waiting), TEASER);
+    let mut busy = connect_as(&doorman, "203.0.113.62");
+    assert_eq!(
+        read_to_close(&mut busy),
+        "421 4.3.2 All screening ports are busy\r\n",
+        "the one screening place is taken"
+    );
+    let mut again = connect_as(&doorman, "203.0.113.60");
+    assert_eq!(read_line(&mut again), TEASER, "tested again, not refused");
+    assert_eq!(read_line(&mut again), BACKEND);
+    doorman
+        .log
+        .wait_for("PASS OLD [203.0.113.60]", Duration::from_secs(5));
+}
+
+#[test]
 fn total_connection_cap() {
     let backend = FakeBackend::start(true);
     let config = config_with(
