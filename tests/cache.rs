@@ -129,15 +129,7 @@ fn cache_commands_on_a_running_embedded_store() {
 
 #[test]
 fn cleanup_drops_only_entries_past_retention() {
-    let backend = FakeBackend::start(true);
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
-        "[greet]\nwait = \"500ms\"\nttl = \"1s\"\n[cache]\nflush_interval = \"100ms\"\ncleanup_interval = \"2s\"\nretention_time = \"1s\"\n",
-    );
-    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let (_backend, doorman) = behind_fake_backend("[greet]\nwait = \"500ms\"\nttl = \"1s\"\n[cache]\nflush_interval = \"100ms\"\ncleanup_interval = \"2s\"\nretention_time = \"1s\"\n");
     greeting(&doorman, "203.0.113.70");
     doorman
         .log

@@ -664,15 +664,9 @@ fn explain_shows_matches_score_and_verdict() {
 
 #[test]
 fn connection_limits_and_stress_mode() {
-    let backend = FakeBackend::start(true);
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
+    let (_backend, doorman) = behind_fake_backend(
         "[greet]\nwait = \"5s\"\n[limits]\nclient_connections = 2\nscreening = 10\ntotal = 12\n",
     );
-    let doorman = Doorman::start(&config, "127.0.0.1\n");
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = connect_as(&doorman, "203.0.113.30");
@@ -731,15 +725,8 @@ fn connection_limits_and_stress_mode() {
 
 #[test]
 fn a_returning_client_is_tested_again_without_a_screening_place() {
-    let backend = FakeBackend::start(true);
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
-        "[greet]\nwait = \"2s\"\nttl = \"1s\"\n[limits]\nscreening = 1\n",
-    );
-    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let (_backend, doorman) =
+        behind_fake_backend("[greet]\nwait = \"2s\"\nttl = \"1s\"\n[limits]\nscreening = 1\n");
     let mut first = connect_as(&doorman, "203.0.113.60");
     assert_eq!(read_line(&mut first), TEASER);
     assert_eq!(read_line(&mut first), BACKEND);
@@ -767,15 +754,7 @@ fn a_returning_client_is_tested_again_without_a_screening_place() {
 
 #[test]
 fn total_connection_cap() {
-    let backend = FakeBackend::start(true);
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
-        "[greet]\nwait = \"3s\"\n[limits]\ntotal = 1\n",
-    );
-    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let (_backend, doorman) = behind_fake_backend("[greet]\nwait = \"3s\"\n[limits]\ntotal = 1\n");
     let mut first = connect_as(&doorman, "203.0.113.35");
     assert_eq!(read_line(&mut first), TEASER);
     let mut second = connect_as(&doorman, "203.0.113.36");

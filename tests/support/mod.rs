@@ -211,6 +211,15 @@ pub fn config_with(
     )
 }
 
+/// doorman with `sections` (see [`config_with`]), in front of a fresh
+/// [`FakeBackend`] that expects PROXY v2, with 127.0.0.1 as its proxy.
+pub fn behind_fake_backend(sections: &str) -> (FakeBackend, Doorman) {
+    let backend = FakeBackend::start(true);
+    let config = config_with(backend.address, "v2", "", "5s", sections);
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    (backend, doorman)
+}
+
 /// What a fake backend received on one connection.
 #[derive(Clone, Debug, Default)]
 pub struct Received {
