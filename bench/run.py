@@ -55,10 +55,6 @@ def cpu_split(pid):
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def cpu_seconds(pid):
-    return sum(cpu_split(pid))
-
-
 def tree_pids(pid):
     out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
     children = {}
@@ -281,17 +277,22 @@ def main():
         dm3, dm3_port = doorman(tmp, procs, sink, '[greet]\nwait = "30s"\n')
         ps3_port, ps3_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_wait = 30s\n")
 
-        def interleaved(name, paths, measure, pids=()):
+        def interleaved(name, paths, measure, pids=(), labels=None):
             """Runs `measure` on every path once per round, the paths back to
             back (the machine's noise then hits them alike); stores each
-            path's median, and the user/system CPU seconds `pids` used."""
+            path's median (per label, when `measure` returns one value per
+            label), and returns the user/system CPU seconds `pids` used."""
             samples = {path: [] for path in paths}
             cpu = {pid: cpu_split(pid) for pid in pids}
             for _ in range(runs):
                 for path, target in paths.items():
                     samples[path].append(measure(target)); drain_queues()
             for path, values in samples.items():
-                results[f"{name} {path}"] = statistics.median(values)
+                if labels is None:
+                    results[f"{name} {path}"] = statistics.median(values)
+                else:
+                    for i, label in enumerate(labels):
+                        results[f"{name} {path} {label}"] = statistics.median(v[i] for v in values)
             return {pid: tuple(b - a for a, b in zip(cpu[pid], cpu_split(pid))) for pid in pids}
 
         # S2 first: S1 leaves many TIME_WAIT sockets behind.
@@ -308,16 +309,8 @@ def main():
         results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
         results["S6 doorman kernel share (S1)"] = system / max(user + system, 1e-9)
         results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
-        banner_runs = {"direct": direct, "extra HAProxy hop": via_hop, "doorman": via_doorman}
-        for path, port in banner_runs.items():
-            results[f"S3 {path} p50 ms"], results[f"S3 {path} p99 ms"] = [], []
-        for _ in range(runs):
-            for path, port in banner_runs.items():
-                p50, p99 = time_to_banner(port, banners)
-                results[f"S3 {path} p50 ms"].append(p50); results[f"S3 {path} p99 ms"].append(p99)
-        for path in banner_runs:
-            for q in ("p50", "p99"):
-                results[f"S3 {path} {q} ms"] = statistics.median(results[f"S3 {path} {q} ms"])
+        interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "doorman": via_doorman},
+                    lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
         results["S4 doorman bytes/waiting client"] = waiting_memory(dm3_port, lambda: [dm3.pid], waiting)
         results["S4 postscreen bytes/waiting client"] = waiting_memory(ps3_port, lambda: tree_pids(ps3_master), waiting)
         interleaved("S5", {"direct MB/s": direct, "doorman MB/s": via_doorman},
