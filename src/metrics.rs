@@ -32,6 +32,9 @@ pub enum Outcome {
     PassNew,
     /// Handed off with an ignored failure.
     Ignored,
+    /// Handed off with a test not decided in time (a DNS list that had not
+    /// answered by the end of the wait).
+    Undecided,
     /// Talked to by the built-in engine.
     Enforced,
     /// Dropped with 521.
@@ -54,6 +57,7 @@ impl Outcome {
             Outcome::Untested => "untested",
             Outcome::PassNew => "pass_new",
             Outcome::Ignored => "ignored_failure",
+            Outcome::Undecided => "undecided",
             Outcome::Enforced => "enforced",
             Outcome::Dropped => "dropped",
             Outcome::Hangup => "hangup",

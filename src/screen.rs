@@ -2,9 +2,13 @@
 //! that means for the client, as postscreen combines its tests.
 //!
 //! A `drop` failure ends the session at once and never gets here. Otherwise
-//! the first `enforce` failure (in test order) sends the client to the
-//! built-in engine; `ignore` failures let it through without remembering a
-//! pass; and a client with no failure passes, and its passes are cached.
+//! an `enforce` failure sends the client to the built-in engine, which
+//! refuses its RCPTs with the most recent such failure's reply (as
+//! postscreen's `rcpt_reply` is overwritten by each failure); `ignore`
+//! failures let it through without remembering a pass; a test that could
+//! not be decided in time (a DNS answer still outstanding) lets it through
+//! without remembering anything either; and a client with no failure
+//! passes, and its passes are cached.
 
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +34,7 @@ pub struct Screening {
     failures: Vec<Rejection>,
     passed: Vec<(Test, Duration)>,
     allowlisted: Option<Duration>,
+    undecided: bool,
 }
 
 /// The reply text of a pregreet failure (postscreen's).
@@ -56,12 +61,29 @@ impl Screening {
         self.allowlisted = Some(ttl);
     }
 
+    /// Records that a test could not be decided in time (a DNS list that
+    /// had not answered by the end of the wait): the client goes on, but no
+    /// pass of this connection is remembered, so it is tested again.
+    pub fn undecided(&mut self) {
+        self.undecided = true;
+    }
+
+    /// Whether a test could not be decided in time.
+    pub fn is_undecided(&self) -> bool {
+        self.undecided
+    }
+
     /// The decision, given the client's cache entry before this connection.
     pub fn decide(&self, previous: Option<Entry>, now: SystemTime) -> Decision {
-        if let Some(rejection) = self.failures.iter().find(|r| r.action == Action::Enforce) {
+        if let Some(rejection) = self
+            .failures
+            .iter()
+            .rev()
+            .find(|r| r.action == Action::Enforce)
+        {
             return Decision::Enforce(rejection.clone());
         }
-        if self.failed() {
+        if self.failed() || self.undecided {
             return Decision::HandOff { pass: None };
         }
         let mut entry = previous.unwrap_or_default();
@@ -99,17 +121,27 @@ mod tests {
     }
 
     #[test]
-    fn first_enforce_wins_and_ignore_is_not_cached() {
+    fn the_latest_enforce_wins_and_ignore_is_not_cached() {
         let now = SystemTime::now();
         let mut s = Screening::default();
         s.fail(rejection(Action::Ignore, "a"));
         assert_eq!(s.decide(None, now), Decision::HandOff { pass: None });
         s.fail(rejection(Action::Enforce, "b"));
         s.fail(rejection(Action::Enforce, "c"));
+        s.fail(rejection(Action::Ignore, "d"));
         assert_eq!(
             s.decide(None, now),
-            Decision::Enforce(rejection(Action::Enforce, "b"))
+            Decision::Enforce(rejection(Action::Enforce, "c"))
         );
+    }
+
+    #[test]
+    fn an_undecided_test_remembers_nothing() {
+        let now = SystemTime::now();
+        let mut s = Screening::default();
+        s.pass(Test::Pregreet, Duration::from_secs(86400));
+        s.undecided();
+        assert_eq!(s.decide(None, now), Decision::HandOff { pass: None });
     }
 
     #[test]

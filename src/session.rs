@@ -415,11 +415,17 @@ impl Session {
                     screening.fail(rejection);
                 }
             }
+            // The wait ends as soon as its verdict cannot change: every DNS
+            // answer is in, and the pregreet test is decided (the client
+            // talked, or no test is due) or the full score allowlists the
+            // client. A partial score never ends it (postscreen waits for
+            // every reply before it allowlists).
             let dnsbl_done = pending.as_ref().is_none_or(Pending::is_complete);
-            if dnsbl_done && !pregreet_due {
-                break;
-            }
-            if !screening.failed() && self.allowlisted(pending.as_ref(), &client) {
+            if dnsbl_done
+                && (!pregreet_due
+                    || pregreeted
+                    || (!screening.failed() && self.allowlisted(pending.as_ref(), &client)))
+            {
                 break;
             }
             let watching = self.buffer.len() < EARLY_BYTES_CAP;
@@ -430,6 +436,7 @@ impl Session {
                     Ok(0) | Err(_) => {
                         self.count(Counted::Hangup);
                         log::hangup(client.address, started.elapsed(), Stage::BeforeHandshake);
+                        log::disconnect(client.address);
                         return Phase::Closed;
                     }
                     Ok(_) => {}
@@ -438,12 +445,11 @@ impl Session {
         }
 
         if let Some(pending) = &pending {
+            // A list that has not answered counts as not listed (slow lists
+            // fail open), but a pass computed from a partial score is never
+            // remembered, and never allowlists.
             let score = pending.score();
-            let ttl = if score.complete {
-                score.ttl
-            } else {
-                config.dnsbl.min_ttl
-            };
+            let ttl = score.ttl;
             match shared.dnsbl_policy.outcome(&score, client.ip()) {
                 Outcome::Listed { rank, reply_text } => {
                     self.process.metrics.test("dnsbl", false);
@@ -456,6 +462,9 @@ impl Session {
                         return Box::pin(self.drop_client(&client, &rejection)).await;
                     }
                     screening.fail(rejection);
+                }
+                Outcome::Allowlisted { .. } | Outcome::Clean { .. } if !score.complete => {
+                    screening.undecided()
                 }
                 Outcome::Allowlisted { .. } if !screening.failed() => {
                     self.process.metrics.test("dnsbl", true);
@@ -471,6 +480,10 @@ impl Session {
             self.process.metrics.test("pregreet", true);
             screening.pass(Test::Pregreet, config.greet.ttl);
         }
+        // Only an enforced pregreet leaves the client without the engine's
+        // 220 line: postscreen clears an ignored pregreet's failure at the
+        // end of the wait, and then greets as usual.
+        let pregreeted = pregreeted && config.greet.action == ActionName::Enforce;
         match screening.decide(previous, SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
@@ -508,6 +521,9 @@ impl Session {
                         });
                         shared.cache.put(client.ip(), entry);
                         log::pass(client.address, previous.is_none());
+                    }
+                    None if screening.is_undecided() && !screening.failed() => {
+                        self.count(Counted::Undecided)
                     }
                     None => self.count(Counted::Ignored),
                 }
@@ -604,7 +620,6 @@ impl Session {
                     for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
                         log::deep_violation(client.address, &violation);
                         self.process.metrics.test(violation.test.name(), false);
-                        run.pass = None;
                         match deep_action(&config.deep_tests, violation.test) {
                             Action::Drop => {
                                 let reply = if violation.test == DeepTest::NonSmtpCommand {
@@ -617,8 +632,13 @@ impl Session {
                                 log::disconnect(client.address);
                                 return Phase::Closed;
                             }
-                            Action::Enforce => engine
-                                .refuse_with(format!("550 {}\r\n", violation.test.reply_text())),
+                            Action::Enforce => {
+                                run.pass = None;
+                                engine
+                                    .refuse_with(format!("550 {}\r\n", violation.test.reply_text()))
+                            }
+                            // postscreen counts an ignored deep-test failure
+                            // as a pass until the shortest TTL of any test.
                             Action::Ignore => {}
                         }
                     }
@@ -686,16 +706,25 @@ impl Session {
         }
     }
 
-    /// The client reached RCPT with no deep test failed: each enabled deep
-    /// test passed, and the cache learns it with the test's TTL.
+    /// The client reached RCPT with no deep test failed under `enforce`:
+    /// each enabled deep test passed, and the cache learns it with the
+    /// test's TTL, or with the shortest TTL of any test when it failed
+    /// under `ignore` (postscreen's "temporarily allowlist until something
+    /// expires").
     fn record_deep_passes(&mut self, run: &EngineRun) {
         let Some(pass) = run.pass else {
             return;
         };
         let now = SystemTime::now();
         let mut entry = pass.entry;
-        for (deep, test, settings) in deep_tests(&self.shared.config.deep_tests) {
-            if run.deep.enabled().contains(&deep) {
+        let config = &self.shared.config;
+        for (deep, test, settings) in deep_tests(&config.deep_tests) {
+            if !run.deep.enabled().contains(&deep) {
+                continue;
+            }
+            if run.deep.has_failed(deep) {
+                entry.record(test, now, config.shortest_ttl());
+            } else {
                 self.process.metrics.test(deep.name(), true);
                 entry.record(test, now, settings.ttl());
             }

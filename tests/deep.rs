@@ -101,13 +101,14 @@ fn non_smtp_command_drop_and_bare_newline_ignore() {
         "the backend's answer"
     );
     doorman.log.wait_for(
-        "BARE NEWLINE from [203.0.113.4]:40000 after CONNECT",
+        "BARE NEWLINE from [203.0.113.4]:40000 after HELO sloppy.test",
         Duration::from_secs(5),
     );
-    assert!(
-        doorman.log.matching("PASS NEW [203.0.113.4]").is_empty(),
-        "an ignored failure is not a pass"
-    );
+    // As postscreen, an ignored deep-test failure counts as a pass until
+    // the shortest TTL of any test.
+    doorman
+        .log
+        .wait_for("PASS NEW [203.0.113.4]:40000", Duration::from_secs(5));
 }
 
 #[test]

@@ -60,9 +60,17 @@ fn stock_fail2ban_postfix_filter_bans_the_real_clients() {
     drop(hangup);
     assert_eq!(read_line(&mut listed), "220-mx.doorman.test ESMTP\r\n");
     assert_eq!(read_line(&mut listed), "220 mx.doorman.test ESMTP\r\n");
-    listed
-        .write_all(b"HELO badguy.example.com\r\nMAIL FROM:<spammer@example.com>\r\nRCPT TO:<goodguy@example.com>\r\nQUIT\r\n")
-        .unwrap();
+    // One command at a time: a pipelining client would get the pipelining
+    // test's reply instead (postscreen's latest failure).
+    for command in [
+        "HELO badguy.example.com\r\n",
+        "MAIL FROM:<spammer@example.com>\r\n",
+        "RCPT TO:<goodguy@example.com>\r\n",
+    ] {
+        listed.write_all(command.as_bytes()).unwrap();
+        read_line(&mut listed);
+    }
+    listed.write_all(b"QUIT\r\n").unwrap();
     read_to_close(&mut listed);
     assert_eq!(read_line(&mut slow), "220 mx.doorman.test ESMTP\r\n");
     slow.write_all(b"HEL").unwrap();

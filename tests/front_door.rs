@@ -203,6 +203,11 @@ fn malformed_headers_get_421_and_close() {
     lying_short[14..16].copy_from_slice(&4u16.to_be_bytes());
     let mut unix = good.clone();
     unix[13] = 0x31;
+    // Transport nibbles other than UNSPEC, STREAM and DGRAM, which `ppp`
+    // accepts: on a PROXY header and on a LOCAL one.
+    let mut transport = good.clone();
+    transport[13] = 0x17;
+    let local_transport = b"\r\n\r\n\0\r\nQUIT\n\x20\x27\x00\x00".to_vec();
     let long_v1 = format!("PROXY TCP4 {}\r\n", "1".repeat(150));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
@@ -231,6 +236,21 @@ fn malformed_headers_get_421_and_close() {
             "mixed families",
             b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n".to_vec(),
             "malformed v1",
+        ),
+        (
+            "v1 port with a sign",
+            b"PROXY TCP4 192.0.2.7 198.51.100.2 +25 25\r\n".to_vec(),
+            "port is not decimal digits",
+        ),
+        (
+            "v2 transport 7",
+            transport,
+            "unsupported network protocol 0x17",
+        ),
+        (
+            "v2 LOCAL transport 7",
+            local_transport,
+            "unsupported network protocol 0x27",
         ),
         ("v2 udp", udp, "unsupported network protocol 0x12"),
         ("v2 unix", unix, "unsupported network protocol 0x31"),

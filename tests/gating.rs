@@ -199,12 +199,12 @@ fn dnsbl_enforce_dialogue_byte_for_byte() {
     assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
     say(&mut client, "EHLO badguy.example.com\r\n");
     let mut ehlo = String::new();
-    for _ in 0..8 {
+    for _ in 0..9 {
         ehlo.push_str(&read_line(&mut client));
     }
     assert_eq!(
         ehlo,
-        "250-mx.doorman.test\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 CHUNKING\r\n"
+        "250-mx.doorman.test\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
     );
     say(
         &mut client,
@@ -404,9 +404,9 @@ fn dead_dns_server_fails_open_after_the_wait() {
         "warning: dnsblog_query: lookup error for DNS query 7.113.0.203.",
         Duration::from_secs(5),
     );
-    doorman
-        .log
-        .wait_for("PASS NEW [203.0.113.7]:40000", Duration::from_secs(5));
+    // No list had answered when the wait ended: the client went on, but a
+    // pass judged on a partial score is not remembered.
+    assert!(doorman.log.matching("PASS").is_empty());
 }
 
 #[test]
@@ -450,12 +450,13 @@ fn access_list_permit_reject_dunno() {
     let mut client = connect_as(&enforcing, "198.51.100.2");
     assert_eq!(read_line(&mut client), TEASER);
     assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
-    say(
-        &mut client,
-        "HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n",
-    );
+    // One command at a time: pipelined, they would fail the pipelining
+    // test, and its reply would be the latest failure's.
+    say(&mut client, "HELO x\r\n");
     assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
+    say(&mut client, "MAIL FROM:<a@b>\r\n");
     assert_eq!(read_line(&mut client), "250 2.1.0 Ok\r\n");
+    say(&mut client, "RCPT TO:<c@d>\r\n");
     assert_eq!(
         read_line(&mut client),
         "550 5.3.2 Service currently unavailable\r\n"
@@ -786,7 +787,7 @@ fn a_pre_220_failure_switches_every_deep_test_on() {
     say(&mut client, "HELO sloppy.example\n");
     assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
     doorman.log.wait_for(
-        "BARE NEWLINE from [203.0.113.7]:40000 after CONNECT",
+        "BARE NEWLINE from [203.0.113.7]:40000 after HELO sloppy.example",
         Duration::from_secs(5),
     );
 }

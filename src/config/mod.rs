@@ -596,6 +596,23 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("{} ESMTP", self.hostname))
     }
+
+    /// The shortest TTL of any test, enabled or not (postscreen's
+    /// `psc_min_ttl`): how long an ignored deep-test failure counts as a
+    /// pass, so the test comes back when something else expires.
+    pub fn shortest_ttl(&self) -> Duration {
+        let deep = &self.deep_tests;
+        [
+            self.greet.ttl,
+            self.dnsbl.min_ttl,
+            deep.pipelining.ttl(),
+            deep.non_smtp_command.ttl(),
+            deep.bare_newline.ttl(),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default()
+    }
 }
 
 impl Config {

@@ -66,7 +66,9 @@ pub enum ProxyError {
     /// A v2 command other than LOCAL and PROXY.
     #[error("bad command {0:#x} in v2 header")]
     V2Command(u8),
-    /// A v2 PROXY header for something other than TCP over IPv4 or IPv6.
+    /// A v2 PROXY header for something other than TCP over IPv4 or IPv6,
+    /// or any v2 header (LOCAL too) whose family or transport nibble the
+    /// spec does not define.
     #[error("unsupported network protocol {0:#04x} in v2 header")]
     V2Family(u8),
     /// A v2 header whose length, addresses or TLVs do not add up.

@@ -101,6 +101,12 @@ fn parse_v1(bytes: &[u8]) -> Result<Parsed, ProxyError> {
     }
     let parsed = ppp::v1::Header::try_from(line)
         .map_err(|error| ProxyError::V1Malformed(error.to_string()))?;
+    // `ppp` reads ports with `u16::from_str`, which takes a sign (`+25`);
+    // the spec allows decimal digits only.
+    let mut fields = line[..newline - 1].split(|&b| b == b' ').skip(4);
+    if fields.any(|port| !port.iter().all(u8::is_ascii_digit)) {
+        return Err(ProxyError::V1Malformed("port is not decimal digits".into()));
+    }
     let (source, destination) = match parsed.addresses {
         ppp::v1::Addresses::Tcp4(a) => (
             SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
@@ -142,8 +148,14 @@ fn parse_v2(bytes: &[u8]) -> Result<Parsed, ProxyError> {
     if bytes.len() < length {
         return Ok(Parsed::Incomplete);
     }
+    // The spec's families are 0-3 and its transports 0-2; a receiver must
+    // refuse any other value, whatever the command (`ppp` does not).
+    let family = bytes[13];
+    if family >> 4 > 3 || family & 0x0f > 2 {
+        return Err(ProxyError::V2Family(family));
+    }
     match version_command & 0x0f {
-        // LOCAL: skip the whole block, whatever family it names.
+        // LOCAL: skip the whole block, whatever (defined) family it names.
         0x0 => {
             return Ok(Parsed::Complete {
                 header: Header::Local,
@@ -153,7 +165,6 @@ fn parse_v2(bytes: &[u8]) -> Result<Parsed, ProxyError> {
         0x1 => {}
         command => return Err(ProxyError::V2Command(command)),
     }
-    let family = bytes[13];
     if family != 0x11 && family != 0x21 {
         return Err(ProxyError::V2Family(family));
     }
@@ -317,6 +328,9 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
             b"PROXY \r\n",
             b"PROXY UNKNOWNX\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 +25 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 +25\r\n",
+            b"PROXY TCP6 2001:db8::1 2001:db8::2 -0 25\r\n",
         ] {
             assert!(
                 matches!(parse(bytes), Err(ProxyError::V1Malformed(_))),
@@ -378,10 +392,17 @@ mod tests {
         let mut command = good.clone();
         command[12] = 0x22;
         assert_eq!(parse(&command), Err(ProxyError::V2Command(2)));
-        for family in [0x00u8, 0x12, 0x22, 0x31] {
+        for family in [0x00u8, 0x12, 0x22, 0x31, 0x17, 0x13, 0x41, 0xf1] {
             let mut wrong = good.clone();
             wrong[13] = family;
             assert_eq!(parse(&wrong), Err(ProxyError::V2Family(family)));
+        }
+        // A LOCAL header's family is not used, but must still be one the
+        // spec defines.
+        for family in [0x17u8, 0x03, 0x40] {
+            let mut local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+            local[13] = family;
+            assert_eq!(parse(&local), Err(ProxyError::V2Family(family)));
         }
         let mut too_long = good.clone();
         too_long[14..16].copy_from_slice(&0xfff0u16.to_be_bytes());

@@ -78,13 +78,19 @@ impl DeepTests {
         !self.failed.is_empty()
     }
 
+    /// Whether `test` failed in this session.
+    pub fn has_failed(&self, test: DeepTest) -> bool {
+        self.failed.contains(&test)
+    }
+
     /// Looks at one line; `pending` holds the bytes that had already arrived
-    /// behind it, and `after` is the previous command (or `CONNECT`).
+    /// behind it, and `after` is the previous command (or `CONNECT`). The
+    /// bytes behind a `BDAT` line are its chunk, not pipelined commands.
     pub fn inspect(&mut self, line: &Line, pending: &[u8], after: &str) -> Vec<Violation> {
         let mut found = Vec::new();
         let verb = line.verb();
         let text = escape(&line.text, 100);
-        if !pending.is_empty() {
+        if !pending.is_empty() && verb != "BDAT" {
             found.push(Violation {
                 test: DeepTest::Pipelining,
                 detail: format!(
@@ -101,9 +107,10 @@ impl DeepTests {
             });
         }
         if line.bare_newline {
+            // postscreen names the line that ended in the bare newline.
             found.push(Violation {
                 test: DeepTest::BareNewline,
-                detail: format!("after {after}"),
+                detail: format!("after {text}"),
             });
         }
         found.retain(|v| self.enabled.contains(&v.test) && !self.failed.contains(&v.test));
@@ -175,8 +182,20 @@ mod tests {
         let v = deep.inspect(&line("GET / HTTP/1.0", false), b"", "EHLO");
         assert_eq!(v[0].detail, "after EHLO: GET / HTTP/1.0");
         let v = deep.inspect(&line("RSET", true), b"", "GET");
-        assert_eq!(v[0].detail, "after GET");
+        assert_eq!(v[0].detail, "after RSET");
         assert!(deep.failed());
+    }
+
+    #[test]
+    fn a_bdat_chunk_is_not_pipelining() {
+        let mut deep = all();
+        assert!(deep
+            .inspect(&line("BDAT 5 LAST", false), b"hello", "RCPT")
+            .is_empty());
+        assert!(!deep.has_failed(DeepTest::Pipelining));
+        let v = deep.inspect(&line("DATA", false), b"Subject: x\r\n", "RCPT");
+        assert_eq!(v[0].test, DeepTest::Pipelining);
+        assert!(deep.has_failed(DeepTest::Pipelining));
     }
 
     #[test]

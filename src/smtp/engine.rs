@@ -182,11 +182,10 @@ impl Engine {
     }
 
     /// From now on every RCPT gets `reply` (a failed deep test under
-    /// `enforce`); a refusal already in force stays.
+    /// `enforce`). As in postscreen, the most recent failure's reply
+    /// replaces any refusal in force.
     pub fn refuse_with(&mut self, reply: String) {
-        if self.rcpt == RcptPolicy::Pass {
-            self.rcpt = RcptPolicy::Refuse(reply);
-        }
+        self.rcpt = RcptPolicy::Refuse(reply);
     }
 
     /// The client's HELO or EHLO line, with CRLF, if it sent one.
@@ -206,7 +205,7 @@ impl Engine {
     fn ehlo_reply(&self) -> String {
         match &self.keywords {
             None => format!(
-                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 CHUNKING\r\n",
+                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
                 self.hostname
             ),
             Some(keywords) => {
@@ -409,7 +408,12 @@ mod tests {
                 .reply
                 .lines()
                 .count(),
-            8
+            9
+        );
+        assert_eq!(
+            engine.command(&line("EHLO bad.example")).reply,
+            "250-mx.test\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+            "postscreen's list"
         );
         assert!(!engine
             .command(&line("EHLO bad.example"))

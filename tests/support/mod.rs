@@ -652,6 +652,75 @@ impl Rbldnsd {
     }
 }
 
+/// A DNS forwarder in front of a real server (rbldnsd) that holds back the
+/// answers for names in one zone: a DNS list that answers late. Each query
+/// is forwarded on its own socket; answers for `slow_zone` wait `delay`.
+pub struct DelayingDns {
+    pub address: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayingDns {
+    /// Forwards to `upstream`, holding back `slow_zone`'s answers.
+    pub fn start(upstream: SocketAddr, slow_zone: &str, delay: Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let address = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let slow = dns_wire_name(slow_zone);
+        thread::spawn(move || {
+            let mut query = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((len, client)) = socket.recv_from(&mut query) else {
+                    continue;
+                };
+                let query = query[..len].to_vec();
+                let reply_socket = socket.try_clone().unwrap();
+                let held = contains(&query, &slow);
+                thread::spawn(move || {
+                    let out = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    out.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    out.send_to(&query, upstream).unwrap();
+                    let mut answer = [0u8; 4096];
+                    let Ok(len) = out.recv(&mut answer) else {
+                        return;
+                    };
+                    if held {
+                        thread::sleep(delay);
+                    }
+                    let _ = reply_socket.send_to(&answer[..len], client);
+                });
+            }
+        });
+        Self { address, stop }
+    }
+}
+
+impl Drop for DelayingDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `zone` in DNS wire form, without the root label (`\x02bl\x04test`).
+fn dns_wire_name(zone: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for label in zone.split('.') {
+        wire.push(label.len() as u8);
+        wire.extend_from_slice(label.to_ascii_lowercase().as_bytes());
+    }
+    wire
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let lower = haystack.to_ascii_lowercase();
+    lower.windows(needle.len()).any(|window| window == needle)
+}
+
 /// Whether a DNS server at `address` answers a query for 2.0.0.127.bl.test/A.
 fn dns_answers(address: SocketAddr) -> bool {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -57,7 +57,10 @@ impl Filter {
     /// Parses `d.d.d.d` with optional `[...]` sets.
     pub fn parse(text: &str) -> Result<Self, SiteError> {
         let bad = || SiteError::Filter(text.to_string());
-        let fields: Vec<&str> = text.split('.').collect();
+        let fields: Vec<&str> = strip_outer_brackets(text)
+            .ok_or_else(bad)?
+            .split('.')
+            .collect();
         // A range `n..m` inside brackets contains dots: rejoin by brackets.
         let mut octets = Vec::with_capacity(4);
         let mut index = 0;
@@ -94,6 +97,30 @@ impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// Postfix's `ip_match` takes one pair of brackets around a whole pattern
+/// off (`[[1;2].3.4.5]` is `[1;2].3.4.5`): when the pattern starts with
+/// `[` and the bracket that closes it is the last character. `None` when
+/// that first bracket is never closed.
+fn strip_outer_brackets(text: &str) -> Option<&str> {
+    if !text.starts_with('[') {
+        return Some(text);
+    }
+    let mut level = 0usize;
+    let close = text.char_indices().find_map(|(index, c)| {
+        match c {
+            '[' => level += 1,
+            ']' => level = level.saturating_sub(1),
+            _ => return None,
+        }
+        (level == 0).then_some(index)
+    })?;
+    Some(if close + 1 == text.len() {
+        &text[1..close]
+    } else {
+        text
+    })
 }
 
 fn parse_octet(field: &str) -> Option<Octet> {
@@ -228,6 +255,27 @@ mod tests {
         assert!(sites[8].matches(&[ip("127.0.44.3")]));
         assert!(!sites[8].matches(&[ip("127.0.44.1")]));
         assert!(sites[7].matches(&[ip("127.0.9.1")]));
+    }
+
+    #[test]
+    fn one_pair_of_brackets_around_the_whole_filter_is_dropped() {
+        // As Postfix's ip_match: `[[1;2].3.4.5]` is `[1;2].3.4.5`.
+        let site = Site::parse("bl.test=[[1;2].3.4.5]*2").expect("valid");
+        assert!(site.matches(&[ip("1.3.4.5")]));
+        assert!(site.matches(&[ip("2.3.4.5")]));
+        assert!(!site.matches(&[ip("3.3.4.5")]));
+        assert_eq!(site.weight, 2);
+        let plain = Site::parse("bl.test=[127.0.0.2]").expect("valid");
+        assert!(plain.matches(&[ip("127.0.0.2")]));
+        // A set at each end is no outer pair: nothing is taken off.
+        let ends = Site::parse("bl.test=[1;2].3.4.[5;6]").expect("valid");
+        assert!(ends.matches(&[ip("2.3.4.6")]));
+        for bad in ["bl.test=[1;2.3.4.5", "bl.test=[]", "bl.test=[[127.0.0.2]]"] {
+            assert!(
+                matches!(Site::parse(bad), Err(SiteError::Filter(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
