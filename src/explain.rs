@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use doorman_access::Access;
-use doorman_dnsbl::{Answer, Dnsbl, Outcome, Policy, ResolverError, Settings};
+use doorman_dnsbl::gate::findings;
+use doorman_dnsbl::{Answer, Dnsbl, ResolverError, Settings};
+
+use crate::screen::{Judgement, Thresholds};
 use doorman_gate_api::Action;
 
 use crate::config::Config;
@@ -107,31 +110,30 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
                 }
             );
         }
-        let score = done.score();
-        let policy = Policy {
+        let found = findings(&done, &config.dnsbl.reply_map);
+        let thresholds = Thresholds {
             threshold: config.dnsbl.threshold,
             allowlist_threshold: config.dnsbl.allowlist_threshold,
-            reply_map: config.dnsbl.reply_map.clone(),
         };
         let _ = writeln!(
             out,
             "score: {} (threshold {}, allowlist threshold {}); pass remembered for {}s",
-            score.rank,
-            policy.threshold,
-            policy.allowlist_threshold,
-            score.ttl.as_secs()
+            found.points(),
+            thresholds.threshold,
+            thresholds.allowlist_threshold,
+            found.ttl.unwrap_or_default().as_secs()
         );
-        outcome = Some(policy.outcome(&score, ip));
+        outcome = Some(thresholds.judge([&found], ip));
     }
     let verdict = match (denied, outcome) {
         (Some(action), _) => {
             format!("denylisted (DENYLISTED): 5.3.2 Service currently unavailable, action {action}")
         }
-        (None, Some(Outcome::Listed { rank, reply_text })) => format!(
+        (None, Some(Judgement::Listed { rank, reply_text })) => format!(
             "DNSBL rank {rank}: {reply_text}, action {}",
             Action::from(config.dnsbl.action)
         ),
-        (None, Some(Outcome::Allowlisted { rank })) => {
+        (None, Some(Judgement::Allowlisted { rank })) => {
             format!("allowlisted by DNSWL (rank {rank}): every test passes, handed off")
         }
         _ => "passes the DNSBL test; handed off unless it pregreets".to_string(),

@@ -45,6 +45,7 @@ pub mod cache;
 pub mod config;
 pub mod explain;
 pub mod fuzzing;
+pub mod gates;
 pub mod handoff;
 pub mod limits;
 pub mod listener;

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::{Config, ListenerConfig};
+use crate::gates::Registry;
 use crate::log;
 use crate::memory;
 use crate::session::Session;
@@ -42,6 +43,12 @@ pub struct Server {
 impl Server {
     /// Binds every listener of `config` and checks the backends once.
     pub async fn bind(config: Config) -> io::Result<Self> {
+        Self::bind_with(config, Registry::standard()).await
+    }
+
+    /// As [`Server::bind`], with the gates `registry` knows (a build with
+    /// gates of its own; the config must have been loaded with the same).
+    pub async fn bind_with(config: Config, registry: Registry) -> io::Result<Self> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let socket = TcpListener::bind(listener.address).await.map_err(|error| {
@@ -57,7 +64,10 @@ impl Server {
             Some(address) => Some(admin::bind(address).await?),
             None => None,
         };
-        let process = Process::default();
+        let process = Process {
+            registry: Arc::new(registry),
+            ..Process::default()
+        };
         let shared = start_shared(config, None, &process).await?;
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(shared)),
@@ -167,7 +177,7 @@ async fn reload_on_hangup(
 /// Loads the config again and swaps it in, or says why not.
 pub async fn reload(current: &ArcSwap<Shared>, process: &Process) {
     let running = current.load_full();
-    let config = match Config::load(&running.config.path) {
+    let config = match Config::load_with(&running.config.path, &process.registry) {
         Ok(config) => config,
         Err(error) => {
             log::reload_refused(&error);

@@ -5,7 +5,6 @@
 //! line goes through `tracing`. Client-supplied bytes are C-escaped, so no
 //! client can forge a log line.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
@@ -15,14 +14,7 @@ use crate::proxy::ProxyError;
 use crate::smtp::engine::{Limit, RefusedRcpt};
 
 /// An endpoint written as postscreen writes it: `[ip]:port`, for IPv6 too.
-#[derive(Clone, Copy, Debug)]
-pub struct Endpoint(pub SocketAddr);
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]:{}", self.0.ip(), self.0.port())
-    }
-}
+pub use doorman_gate_api::Endpoint;
 
 /// C-escapes at most `max` bytes of client input: `\r`, `\n`, `\t`, `\\`,
 /// and `\ooo` for every other byte outside printable ASCII.

@@ -49,9 +49,7 @@ pub async fn trim_after_floods(current: Arc<ArcSwap<Shared>>, process: Process) 
                 release_free_pages();
                 limits.compact();
                 shared.cache.compact();
-                if let Some(dnsbl) = &shared.dnsbl {
-                    dnsbl.compact();
-                }
+                shared.pipeline.compact();
                 release_free_pages();
             });
             if compacted.await.is_ok() {

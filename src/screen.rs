@@ -12,7 +12,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use doorman_gate_api::{Action, Rejection};
+use std::net::IpAddr;
+
+use doorman_gate_api::{Action, Rejection, Score};
 
 use crate::cache::{Entry, Test};
 
@@ -28,11 +30,80 @@ pub enum Decision {
     },
 }
 
+/// What the wait gates' scores mean together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// `rank >= threshold`: the client failed.
+    Listed {
+        /// The sum of every gate's weights.
+        rank: i32,
+        /// The reply text after the code (postscreen's), naming the finding
+        /// with the largest weight.
+        reply_text: String,
+    },
+    /// Every answer is in and `rank <= allowlist_threshold` (a negative
+    /// value): the client skips the remaining tests.
+    Allowlisted {
+        /// The sum.
+        rank: i32,
+    },
+    /// Neither (or not every answer is in).
+    Clean {
+        /// The sum.
+        rank: i32,
+    },
+}
+
+/// The score thresholds (`[dnsbl] threshold` and `allowlist_threshold`),
+/// which judge the sum of every gate's weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Inclusive lower bound of a blocking score.
+    pub threshold: i32,
+    /// Inclusive upper bound of an allowlisting score; 0 disables.
+    pub allowlist_threshold: i32,
+}
+
+impl Thresholds {
+    /// Judges the gates' scores, as postscreen judges its DNSBL score: the
+    /// weights add up; a refusal names the finding with the largest
+    /// positive weight (the first on ties, in gate order); only a complete
+    /// score allowlists.
+    pub fn judge<'a>(&self, scores: impl IntoIterator<Item = &'a Score>, ip: IpAddr) -> Judgement {
+        let mut rank = 0;
+        let mut complete = true;
+        let mut top: Option<&doorman_gate_api::Finding> = None;
+        for score in scores {
+            complete &= score.complete;
+            for finding in &score.findings {
+                rank += finding.weight;
+                if finding.weight > 0 && top.is_none_or(|t| finding.weight > t.weight) {
+                    top = Some(finding);
+                }
+            }
+        }
+        if rank >= self.threshold {
+            Judgement::Listed {
+                rank,
+                reply_text: format!(
+                    "5.7.1 Service unavailable; client [{}] blocked using {}",
+                    ip.to_canonical(),
+                    top.map(|t| t.name.as_str()).unwrap_or_default()
+                ),
+            }
+        } else if complete && self.allowlist_threshold < 0 && rank <= self.allowlist_threshold {
+            Judgement::Allowlisted { rank }
+        } else {
+            Judgement::Clean { rank }
+        }
+    }
+}
+
 /// The tests of one connection.
 #[derive(Clone, Debug, Default)]
 pub struct Screening {
     failures: Vec<Rejection>,
-    passed: Vec<(Test, Duration)>,
+    passed: Vec<(&'static str, Duration)>,
     allowlisted: Option<Duration>,
     undecided: bool,
 }
@@ -51,9 +122,9 @@ impl Screening {
         !self.failures.is_empty()
     }
 
-    /// Records a passed test and how long the pass holds.
-    pub fn pass(&mut self, test: Test, ttl: Duration) {
-        self.passed.push((test, ttl));
+    /// Records a passed test (a gate's name) and how long the pass holds.
+    pub fn pass(&mut self, gate: &'static str, ttl: Duration) {
+        self.passed.push((gate, ttl));
     }
 
     /// Records a DNSWL allowlisting: every test counts as passed for `ttl`.
@@ -88,6 +159,8 @@ impl Screening {
         }
         let mut entry = previous.unwrap_or_default();
         match self.allowlisted {
+            // A DNSWL allowlisting: every test, and every gate that
+            // passed, counts as passed for its TTL.
             Some(ttl) => {
                 for test in [
                     Test::Pregreet,
@@ -98,10 +171,13 @@ impl Screening {
                 ] {
                     entry.record(test, now, ttl);
                 }
+                for (gate, _) in &self.passed {
+                    entry.record_gate(gate, now, ttl);
+                }
             }
             None => {
-                for (test, ttl) in &self.passed {
-                    entry.record(*test, now, *ttl);
+                for (gate, ttl) in &self.passed {
+                    entry.record_gate(gate, now, *ttl);
                 }
             }
         }
@@ -135,11 +211,61 @@ mod tests {
         );
     }
 
+    fn score(findings: &[(&str, i32)], complete: bool) -> Score {
+        Score {
+            findings: findings
+                .iter()
+                .map(|(name, weight)| doorman_gate_api::Finding {
+                    name: name.to_string(),
+                    weight: *weight,
+                })
+                .collect(),
+            ttl: Some(Duration::from_secs(60)),
+            complete,
+        }
+    }
+
+    #[test]
+    fn scores_add_up_across_gates_and_the_largest_weight_is_named() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let thresholds = Thresholds {
+            threshold: 3,
+            allowlist_threshold: -1,
+        };
+        let dnsbl = score(&[("zen.test", 2), ("wl.test", -1)], true);
+        let rdns = score(&[("rdns.no_ptr", 2)], true);
+        assert_eq!(
+            thresholds.judge([&dnsbl, &rdns], ip),
+            Judgement::Listed {
+                rank: 3,
+                reply_text: "5.7.1 Service unavailable; client [192.0.2.7] blocked using zen.test"
+                    .into()
+            }
+        );
+        assert_eq!(thresholds.judge([&dnsbl], ip), Judgement::Clean { rank: 1 });
+        let allow = score(&[("wl.test", -2)], true);
+        assert_eq!(
+            thresholds.judge([&allow], ip),
+            Judgement::Allowlisted { rank: -2 }
+        );
+        let partial = score(&[("wl.test", -2)], false);
+        assert_eq!(
+            thresholds.judge([&partial], ip),
+            Judgement::Clean { rank: -2 },
+            "a partial score never allowlists"
+        );
+        let off = Thresholds {
+            threshold: 1,
+            allowlist_threshold: 0,
+        };
+        assert_eq!(off.judge([&allow], ip), Judgement::Clean { rank: -2 });
+    }
+
     #[test]
     fn an_undecided_test_remembers_nothing() {
         let now = SystemTime::now();
         let mut s = Screening::default();
-        s.pass(Test::Pregreet, Duration::from_secs(86400));
+        s.pass("pregreet", Duration::from_secs(86400));
         s.undecided();
         assert_eq!(s.decide(None, now), Decision::HandOff { pass: None });
     }
@@ -148,8 +274,8 @@ mod tests {
     fn passes_are_recorded_with_their_ttls() {
         let now = SystemTime::now();
         let mut s = Screening::default();
-        s.pass(Test::Pregreet, Duration::from_secs(86400));
-        s.pass(Test::Dnsbl, Duration::from_secs(60));
+        s.pass("pregreet", Duration::from_secs(86400));
+        s.pass("dnsbl", Duration::from_secs(60));
         let Decision::HandOff { pass: Some(entry) } = s.decide(None, now) else {
             panic!("passes")
         };

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use doorman_dnsbl::{Outcome, Pending};
-use doorman_gate_api::{Action, Client, ConnectGate, Rejection, Verdict};
+use doorman_gate_api::{Action, Client, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -33,12 +32,13 @@ use crate::cache::Entry;
 use crate::cache::Test;
 use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
+use crate::gates::{AtConnect, Waits};
 use crate::handoff::{read_reply, relay, Connected, RelayError, REPLY_TIMEOUT};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
-use crate::screen::{Decision, Screening, PREGREET_REPLY};
+use crate::screen::{Decision, Judgement, Screening, PREGREET_REPLY};
 use crate::shared::{Process, Shared};
 use crate::smtp::deep::{DeepTest, DeepTests, NON_SMTP_DROP_REPLY};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
@@ -96,7 +96,7 @@ struct EngineRun {
 }
 
 /// The passes so far, waiting for the deep tests.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct PendingPass {
     previous: Option<Entry>,
     entry: Entry,
@@ -311,34 +311,26 @@ impl Session {
         Phase::Closed
     }
 
-    /// Runs the tests: access list, pass cache, then the greet wait with the
-    /// pregreet test and the DNSBL lookups.
+    /// Runs the tests: the connect gates, the pass cache, then the greet
+    /// wait with the pregreet watch and the wait gates, and the verdict.
     async fn screen(&mut self, client: Client) -> Phase {
         log::connect(client.address, client.destination);
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
+        let pipeline = &shared.pipeline;
         let mut screening = Screening::default();
-        if let Some(access) = &config.access_list {
-            match access.check(&client) {
-                Verdict::Permit => {
-                    self.process.metrics.test("access", true);
-                    self.count(Counted::Allowlisted);
-                    log::allowlisted(client.address);
-                    return Phase::Handoff {
-                        client,
-                        teased: false,
-                    };
-                }
-                Verdict::Reject(rejection) => {
-                    self.process.metrics.test("access", false);
-                    log::denylisted(client.address);
-                    if rejection.action == Action::Drop {
-                        return Box::pin(self.drop_client(&client, &rejection)).await;
-                    }
-                    screening.fail(rejection);
-                }
-                Verdict::Dunno => self.process.metrics.test("access", true),
+        match pipeline.connect(&client, &self.process.metrics) {
+            AtConnect::Permit => {
+                self.count(Counted::Allowlisted);
+                return Phase::Handoff {
+                    client,
+                    teased: false,
+                };
             }
+            AtConnect::Drop(rejection) => {
+                return Box::pin(self.drop_client(&client, &rejection)).await
+            }
+            AtConnect::Go(failures) => failures.into_iter().for_each(|r| screening.fail(r)),
         }
         match self.process.limits.admit(client.ip(), &config.limits) {
             Ok((total, per_client)) => self.places.extend([total, per_client]),
@@ -350,16 +342,20 @@ impl Session {
         // lookup (Redis, redb) or a reply's write would otherwise set that.
         let previous = Box::pin(shared.cache.get(client.ip())).await;
         self.process.metrics.cache_lookup(previous.is_some());
-        let passed = |test| previous.is_some_and(|entry| entry.passed(test, now));
+        let passed = |name: &str| {
+            previous
+                .as_ref()
+                .is_some_and(|entry| entry.passed_gate(name, now))
+        };
         let banner = config.greet_banner();
-        let pregreet_due = !banner.is_empty() && !passed(Test::Pregreet);
-        let dnsbl_due = shared.dnsbl.is_some() && !passed(Test::Dnsbl);
+        let pregreet_due = pipeline.pregreet && !banner.is_empty() && !passed("pregreet");
+        let waits_due = pipeline.wait_gates().any(|name| !passed(name));
         let deep_due: Vec<DeepTest> = deep_tests(&config.deep_tests)
             .into_iter()
-            .filter(|(_, test, _)| !passed(*test))
+            .filter(|(deep, _, _)| pipeline.deep && !passed(deep.name()))
             .map(|(deep, _, _)| deep)
             .collect();
-        if !screening.failed() && !pregreet_due && !dnsbl_due && deep_due.is_empty() {
+        if !screening.failed() && !pregreet_due && !waits_due && deep_due.is_empty() {
             if previous.is_some() {
                 self.count(Counted::PassOld);
                 log::pass(client.address, false);
@@ -391,10 +387,7 @@ impl Session {
         if pregreet_due {
             Box::pin(self.send(&format!("220-{banner}\r\n"))).await;
         }
-        let mut pending = match (&shared.dnsbl, dnsbl_due) {
-            (Some(dnsbl), true) => Some(dnsbl.start(client.ip())),
-            _ => None,
-        };
+        let mut waits = pipeline.start_waits(&client, |name| !passed(name));
         let mut pregreeted = false;
         loop {
             if !self.buffer.is_empty() && !pregreeted {
@@ -415,23 +408,23 @@ impl Session {
                     screening.fail(rejection);
                 }
             }
-            // The wait ends as soon as its verdict cannot change: every DNS
-            // answer is in, and the pregreet test is decided (the client
-            // talked, or no test is due) or the full score allowlists the
-            // client. A partial score never ends it (postscreen waits for
-            // every reply before it allowlists).
-            let dnsbl_done = pending.as_ref().is_none_or(Pending::is_complete);
-            if dnsbl_done
+            // The wait ends as soon as its verdict cannot change: every
+            // gate's answers are in, and the pregreet test is decided (the
+            // client talked, or no test is due) or the full score allowlists
+            // the client. A partial score never ends it (postscreen waits
+            // for every reply before it allowlists).
+            let answered = waits.is_complete();
+            if answered
                 && (!pregreet_due
                     || pregreeted
-                    || (!screening.failed() && self.allowlisted(pending.as_ref(), &client)))
+                    || (!screening.failed() && self.allowlisted(&waits, &client)))
             {
                 break;
             }
             let watching = self.buffer.len() < EARLY_BYTES_CAP;
             tokio::select! {
                 _ = sleep_until(deadline) => break,
-                _ = next_answer(&mut pending), if !dnsbl_done => {}
+                _ = waits.progress(), if !answered => {}
                 read = self.stream.read_buf(&mut self.buffer), if watching => match read {
                     Ok(0) | Err(_) => {
                         self.count(Counted::Hangup);
@@ -444,56 +437,32 @@ impl Session {
             }
         }
 
-        if let Some(pending) = &pending {
-            // A list that has not answered counts as not listed (slow lists
-            // fail open), but a pass computed from a partial score is never
-            // remembered, and never allowlists.
-            let score = pending.score();
-            let ttl = score.ttl;
-            match shared.dnsbl_policy.outcome(&score, client.ip()) {
-                Outcome::Listed { rank, reply_text } => {
-                    self.process.metrics.test("dnsbl", false);
-                    log::dnsbl_rank(client.address, rank);
-                    let rejection = Rejection {
-                        action: config.dnsbl.action.into(),
-                        reply_text,
-                    };
-                    if rejection.action == Action::Drop {
-                        return Box::pin(self.drop_client(&client, &rejection)).await;
-                    }
-                    screening.fail(rejection);
-                }
-                Outcome::Allowlisted { .. } | Outcome::Clean { .. } if !score.complete => {
-                    screening.undecided()
-                }
-                Outcome::Allowlisted { .. } if !screening.failed() => {
-                    self.process.metrics.test("dnsbl", true);
-                    screening.allowlist(ttl)
-                }
-                Outcome::Allowlisted { .. } | Outcome::Clean { .. } => {
-                    self.process.metrics.test("dnsbl", true);
-                    screening.pass(Test::Dnsbl, ttl)
-                }
-            }
+        if let Some(rejection) = self.judge_waits(&waits, &client, &mut screening) {
+            return Box::pin(self.drop_client(&client, &rejection)).await;
         }
+        drop(waits);
         if pregreet_due && !pregreeted {
             self.process.metrics.test("pregreet", true);
-            screening.pass(Test::Pregreet, config.greet.ttl);
+            screening.pass("pregreet", config.greet.ttl);
         }
         // Only an enforced pregreet leaves the client without the engine's
         // 220 line: postscreen clears an ignored pregreet's failure at the
         // end of the wait, and then greets as usual.
         let pregreeted = pregreeted && config.greet.action == ActionName::Enforce;
-        match screening.decide(previous, SystemTime::now()) {
+        match screening.decide(previous.clone(), SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
                 // Every deep test runs too, enabled or not, to improve the
                 // logging (postscreen's "opportunistic" tests).
-                let all = vec![
-                    DeepTest::Pipelining,
-                    DeepTest::NonSmtpCommand,
-                    DeepTest::BareNewline,
-                ];
+                let all = if pipeline.deep {
+                    vec![
+                        DeepTest::Pipelining,
+                        DeepTest::NonSmtpCommand,
+                        DeepTest::BareNewline,
+                    ]
+                } else {
+                    Vec::new()
+                };
                 Phase::Engine(Box::new(EngineRun {
                     client,
                     rcpt: RcptPolicy::Refuse(rejection.enforce_reply()),
@@ -535,16 +504,66 @@ impl Session {
         }
     }
 
-    /// Whether the DNSBL answers so far allowlist the client.
-    fn allowlisted(&self, pending: Option<&Pending>, client: &Client) -> bool {
-        pending.is_some_and(|pending| {
-            matches!(
-                self.shared
-                    .dnsbl_policy
-                    .outcome(&pending.score(), client.ip()),
-                Outcome::Allowlisted { .. }
-            )
-        })
+    /// Judges the wait gates' summed score, as postscreen judges its DNSBL
+    /// score: a listing is logged and recorded (returned when its action is
+    /// `drop`), a complete score passes each gate (or allowlists every
+    /// test), and a partial one leaves the client undecided.
+    fn judge_waits(
+        &self,
+        waits: &Waits,
+        client: &Client,
+        screening: &mut Screening,
+    ) -> Option<Rejection> {
+        let scores = waits.scores();
+        if scores.is_empty() {
+            return None;
+        }
+        let metrics = &self.process.metrics;
+        let judgement = self
+            .shared
+            .thresholds
+            .judge(scores.iter().map(|(_, score)| score), client.ip());
+        match judgement {
+            Judgement::Listed { rank, reply_text } => {
+                for (name, score) in &scores {
+                    metrics.test(name, score.points() <= 0);
+                }
+                log::dnsbl_rank(client.address, rank);
+                let rejection = Rejection {
+                    action: self.shared.config.dnsbl.action.into(),
+                    reply_text,
+                };
+                if rejection.action == Action::Drop {
+                    return Some(rejection);
+                }
+                screening.fail(rejection);
+            }
+            _ if !waits.is_complete() => screening.undecided(),
+            judgement => {
+                for (name, score) in &scores {
+                    metrics.test(name, true);
+                    if let Some(ttl) = score.ttl {
+                        screening.pass(name, ttl);
+                    }
+                }
+                if matches!(judgement, Judgement::Allowlisted { .. }) && !screening.failed() {
+                    let ttl = scores.iter().filter_map(|(_, score)| score.ttl).min();
+                    screening.allowlist(ttl.unwrap_or(self.shared.config.dnsbl.min_ttl));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the wait gates' complete score allowlists the client.
+    fn allowlisted(&self, waits: &Waits, client: &Client) -> bool {
+        let scores = waits.scores();
+        matches!(
+            self.shared
+                .thresholds
+                .judge(scores.iter().map(|(_, score)| score), client.ip()),
+            Judgement::Allowlisted { .. }
+        )
     }
 
     /// A client that is not a listed proxy sent a PROXY header.
@@ -657,7 +676,7 @@ impl Session {
             };
             match step.event {
                 Some(EngineEvent::Passed(transaction)) => {
-                    self.record_deep_passes(&run);
+                    self.record_deep_passes(&mut run);
                     match config.deep_tests.after_pass {
                         AfterPass::Replay => {
                             let mut lines: Vec<Vec<u8>> =
@@ -711,8 +730,8 @@ impl Session {
     /// test's TTL, or with the shortest TTL of any test when it failed
     /// under `ignore` (postscreen's "temporarily allowlist until something
     /// expires").
-    fn record_deep_passes(&mut self, run: &EngineRun) {
-        let Some(pass) = run.pass else {
+    fn record_deep_passes(&mut self, run: &mut EngineRun) {
+        let Some(pass) = run.pass.take() else {
             return;
         };
         let now = SystemTime::now();
@@ -883,16 +902,6 @@ enum Read {
     Closed,
     /// Nothing arrived in time.
     TimedOut,
-}
-
-/// Waits for the next DNSBL answer; never completes without lookups.
-async fn next_answer(pending: &mut Option<Pending>) {
-    match pending {
-        Some(pending) => {
-            pending.next().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// The deep tests that are enabled, with their cache test and settings.

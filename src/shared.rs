@@ -1,23 +1,26 @@
 //! What every session of one config shares: the config snapshot, the
-//! backend pool, the DNSBL gate and the pass cache.
+//! backend pool, the gates and the pass cache.
 
 use std::sync::Arc;
 
-use doorman_dnsbl::{Dnsbl, Policy, Settings};
-
 use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
+use crate::gates::{GateError, Pipeline, Registry, Resources};
 use crate::handoff::Pool;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::screen::Thresholds;
 
-/// What outlives a config reload: connection counts and metrics.
+/// What outlives a config reload: connection counts, metrics, and the
+/// gates this build knows.
 #[derive(Clone, Debug, Default)]
 pub struct Process {
     /// The connection limits' live counts.
     pub limits: Arc<Limits>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The gate names and constructors.
+    pub registry: Arc<Registry>,
 }
 
 /// Why the shared state could not be built.
@@ -26,9 +29,9 @@ pub enum SharedError {
     /// The cache store could not be opened.
     #[error(transparent)]
     Cache(#[from] CacheError),
-    /// The DNS resolver could not be set up.
+    /// A gate could not be built.
     #[error(transparent)]
-    Resolver(#[from] doorman_dnsbl::ResolverError),
+    Gate(#[from] GateError),
 }
 
 /// The state shared by the sessions of one config.
@@ -38,17 +41,17 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The backends.
     pub pool: Arc<Pool>,
-    /// The DNSBL gate, when sites are configured.
-    pub dnsbl: Option<Arc<Dnsbl>>,
-    /// The DNSBL thresholds and reply names.
-    pub dnsbl_policy: Policy,
+    /// The gates, in the config's order.
+    pub pipeline: Pipeline,
+    /// The thresholds that judge the gates' summed score.
+    pub thresholds: Thresholds,
     /// Clients that passed.
     pub cache: Arc<PassCache>,
 }
 
 impl Shared {
     /// Builds the shared state of `config`: opens the cache store (or keeps
-    /// `cache`, on a reload) and sets up the resolver. Must run inside the
+    /// `cache`, on a reload) and builds the gates. Must run inside the
     /// tokio runtime.
     pub fn new(
         config: Config,
@@ -59,38 +62,23 @@ impl Shared {
             Some(cache) => cache,
             None => Arc::new(PassCache::open(&config.cache)?),
         };
-        let dnsbl = if config.dnsbl_sites.is_empty() {
-            None
-        } else {
-            let metrics = Arc::clone(&process.metrics);
-            Some(Arc::new(
-                Dnsbl::with_store(
-                    Settings {
-                        sites: config.dnsbl_sites.clone(),
-                        min_ttl: config.dnsbl.min_ttl,
-                        max_ttl: config.dnsbl.max_ttl,
-                        timeout: config.dnsbl.timeout,
-                        nameservers: config.dnsbl.nameservers.clone(),
-                        cache_size: config.cache.size,
-                    },
-                    cache.answer_store(),
-                )?
-                .observed(Arc::new(move |zone, took| {
-                    metrics.dnsbl_latency(zone, took)
-                })),
-            ))
-        };
+        let pipeline = process.registry.build(
+            &config,
+            &Resources {
+                answer_store: cache.answer_store(),
+                metrics: Arc::clone(&process.metrics),
+            },
+        )?;
         Ok(Self {
             pool: Arc::new(Pool::new(
                 config.backends.clone(),
                 config.pool.clone(),
                 &config.hostname,
             )),
-            dnsbl,
-            dnsbl_policy: Policy {
+            pipeline,
+            thresholds: Thresholds {
                 threshold: config.dnsbl.threshold,
                 allowlist_threshold: config.dnsbl.allowlist_threshold,
-                reply_map: config.dnsbl.reply_map.clone(),
             },
             cache,
             config: Arc::new(config),

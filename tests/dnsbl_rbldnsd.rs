@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doorman_dnsbl::{Answer, Dnsbl, Outcome, Policy, Settings, Site};
+use doorman::screen::{Judgement, Thresholds};
+use doorman_dnsbl::gate::findings;
+use doorman_dnsbl::{Answer, Dnsbl, Settings, Site};
+use std::collections::HashMap;
 use support::Rbldnsd;
 
 fn dnsbl(server: SocketAddr, sites: &str) -> Arc<Dnsbl> {
@@ -54,13 +57,15 @@ async fn listed_unlisted_error_codes_and_ttls() {
         }
     );
 
-    let policy = Policy {
+    let thresholds = Thresholds {
         threshold: 2,
         allowlist_threshold: -2,
-        ..Policy::default()
     };
-    match policy.outcome(&score, ip("203.0.113.7")) {
-        Outcome::Listed {
+    let judge = |pending: &doorman_dnsbl::Pending, client: &str| {
+        thresholds.judge([&findings(pending, &HashMap::new())], ip(client))
+    };
+    match judge(&done, "203.0.113.7") {
+        Judgement::Listed {
             rank: 3,
             reply_text,
         } => assert_eq!(
@@ -77,11 +82,11 @@ async fn listed_unlisted_error_codes_and_ttls() {
         Answer::NotListed { .. }
     ));
 
-    let allow = gate.start(ip("203.0.113.20")).finish().await.score();
-    assert_eq!(allow.rank, -3);
+    let allowed = gate.start(ip("203.0.113.20")).finish().await;
+    assert_eq!(allowed.score().rank, -3);
     assert_eq!(
-        policy.outcome(&allow, ip("203.0.113.20")),
-        Outcome::Allowlisted { rank: -3 }
+        judge(&allowed, "203.0.113.20"),
+        Judgement::Allowlisted { rank: -3 }
     );
     let low = gate.start(ip("203.0.113.21")).finish().await.score();
     assert_eq!(low.rank, -1);

@@ -65,7 +65,7 @@ impl Embedded {
 
     /// The entry for `ip`: a pending write, else the file.
     pub fn get(&self, ip: IpAddr) -> Result<Option<Entry>, CacheError> {
-        if let Some(pending) = self.pending.lock().ok().and_then(|p| p.get(&ip).copied()) {
+        if let Some(pending) = self.pending.lock().ok().and_then(|p| p.get(&ip).cloned()) {
             return Ok(pending);
         }
         let read = self.database.begin_read().map_err(store_error)?;

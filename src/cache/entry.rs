@@ -4,6 +4,9 @@
 //! since the epoch, of `pregreet;dnsbl;pipelining;non_smtp;bare_newline`,
 //! where `0` means never passed. Shorter records (an older doorman, or a
 //! postscreen record with fewer tests) read as "never passed" for the rest.
+//! Gates postscreen does not have store their passes behind those five
+//! fields as `;name=expiry`, which an older doorman never reads; a doorman
+//! without that gate keeps them untouched.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +25,14 @@ pub enum Test {
     BareNewline,
 }
 
+/// The most passes of other gates an entry keeps (a store with garbage in
+/// it cannot grow one without bound).
+const MAX_OTHER_GATES: usize = 16;
+/// The longest gate name an entry keeps.
+const MAX_GATE_NAME: usize = 32;
+
 /// One client's passes: the time each one expires.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     /// When the pregreet pass expires.
     pub pregreet: Option<SystemTime>,
@@ -35,6 +44,8 @@ pub struct Entry {
     pub non_smtp_command: Option<SystemTime>,
     /// When the bare newline pass expires.
     pub bare_newline: Option<SystemTime>,
+    /// The passes of gates postscreen does not have, by gate name.
+    pub other_gates: Vec<(String, SystemTime)>,
 }
 
 impl Entry {
@@ -65,6 +76,40 @@ impl Entry {
         }
     }
 
+    /// The test a gate name stands for, when it is one of postscreen's.
+    fn test_named(name: &str) -> Option<Test> {
+        Some(match name {
+            "pregreet" => Test::Pregreet,
+            "dnsbl" => Test::Dnsbl,
+            "pipelining" => Test::Pipelining,
+            "non_smtp_command" => Test::NonSmtpCommand,
+            "bare_newline" => Test::BareNewline,
+            _ => return None,
+        })
+    }
+
+    /// Whether the gate `name` has a pass that holds at `now`.
+    pub fn passed_gate(&self, name: &str, now: SystemTime) -> bool {
+        match Self::test_named(name) {
+            Some(test) => self.passed(test, now),
+            None => self
+                .other_gates
+                .iter()
+                .any(|(gate, at)| gate == name && *at > now),
+        }
+    }
+
+    /// Records a pass of the gate `name` that holds for `ttl` from `now`.
+    pub fn record_gate(&mut self, name: &str, now: SystemTime, ttl: Duration) {
+        if let Some(test) = Self::test_named(name) {
+            return self.record(test, now, ttl);
+        }
+        self.other_gates.retain(|(gate, _)| gate != name);
+        if self.other_gates.len() < MAX_OTHER_GATES && name.len() <= MAX_GATE_NAME {
+            self.other_gates.push((name.to_string(), now + ttl));
+        }
+    }
+
     /// The latest expiry of any test.
     pub fn latest(&self) -> Option<SystemTime> {
         [
@@ -76,6 +121,7 @@ impl Entry {
         ]
         .into_iter()
         .flatten()
+        .chain(self.other_gates.iter().map(|(_, at)| *at))
         .max()
     }
 
@@ -87,34 +133,55 @@ impl Entry {
 
     /// The record text.
     pub fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{};{};{};{};{}",
             seconds(self.pregreet),
             seconds(self.dnsbl),
             seconds(self.pipelining),
             seconds(self.non_smtp_command),
             seconds(self.bare_newline)
-        )
+        );
+        for (gate, at) in &self.other_gates {
+            text.push_str(&format!(";{gate}={}", seconds(Some(*at))));
+        }
+        text
     }
 
-    /// Reads a record; `None` when it is not one.
+    /// Reads a record; `None` when it is not one. Other gates' fields that
+    /// do not read as `name=expiry` are skipped.
     pub fn decode(text: &str) -> Option<Self> {
-        let mut fields = text.trim().split(';').map(|f| f.parse::<u64>());
+        let mut fields = text.trim().split(';');
         let mut next = || -> Option<Option<SystemTime>> {
-            match fields.next() {
+            match fields.next().map(str::parse::<u64>) {
                 None => Some(None),
                 Some(Ok(0)) => Some(None),
                 Some(Ok(at)) => Some(Some(UNIX_EPOCH + Duration::from_secs(at))),
                 Some(Err(_)) => None,
             }
         };
-        Some(Self {
+        let mut entry = Self {
             pregreet: next()?,
             dnsbl: next()?,
             pipelining: next()?,
             non_smtp_command: next()?,
             bare_newline: next()?,
-        })
+            other_gates: Vec::new(),
+        };
+        for field in fields {
+            let Some((gate, at)) = field.split_once('=') else {
+                continue;
+            };
+            let Ok(at) = at.parse::<u64>() else { continue };
+            let valid = !gate.is_empty()
+                && gate.len() <= MAX_GATE_NAME
+                && gate.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if valid && at > 0 && entry.other_gates.len() < MAX_OTHER_GATES {
+                entry
+                    .other_gates
+                    .push((gate.to_string(), UNIX_EPOCH + Duration::from_secs(at)));
+            }
+        }
+        Some(entry)
     }
 }
 
@@ -146,13 +213,35 @@ mod tests {
             ..Entry::default()
         };
         assert_eq!(entry.encode(), "1800000000;0;0;0;0");
-        assert_eq!(Entry::decode("1800000000;0;0;0;0"), Some(entry));
+        assert_eq!(Entry::decode("1800000000;0;0;0;0"), Some(entry.clone()));
         assert_eq!(
             Entry::decode("1800000000"),
             Some(entry),
             "short records pad"
         );
         assert_eq!(Entry::decode("x;1"), None);
+    }
+
+    #[test]
+    fn other_gates_are_stored_behind_postscreens_fields() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let now = at - Duration::from_secs(10);
+        let mut entry = Entry {
+            dnsbl: Some(at),
+            ..Entry::default()
+        };
+        entry.record_gate("rdns", now, Duration::from_secs(10));
+        assert!(entry.passed_gate("rdns", now));
+        assert!(entry.passed_gate("dnsbl", now));
+        assert!(!entry.passed_gate("greylist", now));
+        assert_eq!(entry.encode(), "0;1800000000;0;0;0;rdns=1800000000");
+        assert_eq!(Entry::decode(&entry.encode()), Some(entry.clone()));
+        // A reader that knows only postscreen's five fields gets them.
+        let postscreen_only = Entry::decode("0;1800000000;0;0;0").unwrap();
+        assert_eq!(postscreen_only.dnsbl, entry.dnsbl);
+        // Garbage behind the five fields is skipped, not fatal.
+        let odd = Entry::decode("0;1800000000;0;0;0;x;=5;a b=3;rdns=1800000000").unwrap();
+        assert_eq!(odd, entry);
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl PassCache {
         if let Ok(mut memory) = self.memory.lock() {
             let mut fresh = bounded(memory.cap());
             for (ip, entry) in memory.iter().rev() {
-                fresh.put(*ip, *entry);
+                fresh.put(*ip, entry.clone());
             }
             *memory = fresh;
         }
@@ -186,14 +186,14 @@ impl PassCache {
         };
         match stored {
             Ok(entry) => entry,
-            Err(_) => self.memory.lock().ok()?.get(&ip).copied(),
+            Err(_) => self.memory.lock().ok()?.get(&ip).cloned(),
         }
     }
 
     /// Stores the entry; the store is written off the caller's path.
     pub fn put(&self, ip: IpAddr, entry: Entry) {
         if let Ok(mut memory) = self.memory.lock() {
-            memory.put(ip, entry);
+            memory.put(ip, entry.clone());
         }
         match &self.store {
             Store::Memory => {}
@@ -283,7 +283,7 @@ mod tests {
         entry.record(Test::Pregreet, now, Duration::from_secs(10));
         let cache = PassCache::memory(2, Duration::from_secs(60));
         for last in 1..=3u8 {
-            cache.put(IpAddr::from([192, 0, 2, last]), entry);
+            cache.put(IpAddr::from([192, 0, 2, last]), entry.clone());
         }
         assert!(cache.get(IpAddr::from([192, 0, 2, 1])).await.is_none());
         assert_eq!(cache.get(IpAddr::from([192, 0, 2, 3])).await, Some(entry));
@@ -298,17 +298,17 @@ mod tests {
         entry.record(Test::Pregreet, SystemTime::now(), Duration::from_secs(10));
         let cache = PassCache::memory(3, Duration::from_secs(60));
         for last in 1..=3u8 {
-            cache.put(IpAddr::from([192, 0, 2, last]), entry);
+            cache.put(IpAddr::from([192, 0, 2, last]), entry.clone());
         }
         assert!(cache.get(IpAddr::from([192, 0, 2, 1])).await.is_some());
         cache.compact();
         // .2 is now the least recently used, so the next put drops it.
-        cache.put(IpAddr::from([192, 0, 2, 4]), entry);
+        cache.put(IpAddr::from([192, 0, 2, 4]), entry.clone());
         assert!(cache.get(IpAddr::from([192, 0, 2, 2])).await.is_none());
         for last in [1, 3, 4] {
             assert_eq!(
                 cache.get(IpAddr::from([192, 0, 2, last])).await,
-                Some(entry)
+                Some(entry.clone())
             );
         }
     }
@@ -325,11 +325,11 @@ mod tests {
         old.record(Test::Dnsbl, now - 10 * day, day);
         {
             let store = Embedded::open(&path).unwrap();
-            store.put(IpAddr::from([192, 0, 2, 1]), Some(fresh));
+            store.put(IpAddr::from([192, 0, 2, 1]), Some(fresh.clone()));
             store.put(IpAddr::from([192, 0, 2, 2]), Some(old));
             assert_eq!(
                 store.get(IpAddr::from([192, 0, 2, 1])).unwrap(),
-                Some(fresh)
+                Some(fresh.clone())
             );
             store.flush().await.unwrap();
             assert_eq!(store.count().unwrap(), 2);

@@ -137,7 +137,12 @@ impl RedisStore {
     ) -> usize {
         let entries: Vec<(IpAddr, Entry)> = known
             .lock()
-            .map(|memory| memory.iter().map(|(ip, entry)| (*ip, *entry)).collect())
+            .map(|memory| {
+                memory
+                    .iter()
+                    .map(|(ip, entry)| (*ip, entry.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let now = SystemTime::now();
         let mut written = 0;

@@ -8,6 +8,7 @@
 
 mod hosts;
 
+use crate::gates::{Registry, BUILT_IN, DEFAULT_ORDER};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -514,6 +515,8 @@ impl Default for LogSection {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     hostname: String,
+    #[serde(default = "default_gates")]
+    gates: Vec<String>,
     #[serde(with = "humantime_serde", default = "default_shutdown_grace")]
     shutdown_grace: Duration,
     #[serde(default)]
@@ -551,6 +554,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The name doorman uses in its own replies.
     pub hostname: String,
+    /// The gates, in the order they run (names a [`Registry`] knows).
+    pub gates: Vec<String>,
     /// How long live sessions may go on after SIGTERM.
     pub shutdown_grace: Duration,
     /// The `[proxy]` section.
@@ -617,14 +622,24 @@ impl Config {
 
 impl Config {
     /// Reads, parses and checks the config file at `path` and every file it
-    /// names.
+    /// names, with the gates doorman ships.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::parse(&read_file(path)?, path)
+        Self::load_with(path, &Registry::standard())
+    }
+
+    /// As [`Config::load`], with the gates `registry` knows.
+    pub fn load_with(path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
+        Self::parse_with(&read_file(path)?, path, registry)
     }
 
     /// Parses and checks config text; `path` names the file in errors and
     /// anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with(text, path, &Registry::standard())
+    }
+
+    /// As [`Config::parse`], with the gates `registry` knows.
+    pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: error
@@ -652,6 +667,7 @@ impl Config {
                 ),
             ));
         }
+        check_gates(&file.gates, registry).map_err(|message| invalid("gates", message))?;
         if file.proxy.timeout.is_zero() {
             return Err(invalid("timeout", "proxy timeout must be above 0".into()));
         }
@@ -775,6 +791,7 @@ impl Config {
         Ok(Self {
             path: path.to_path_buf(),
             hostname: file.hostname,
+            gates: file.gates,
             shutdown_grace: file.shutdown_grace,
             proxy,
             proxy_hosts,
@@ -794,6 +811,25 @@ impl Config {
             deep_tests: file.deep_tests,
         })
     }
+}
+
+fn default_gates() -> Vec<String> {
+    DEFAULT_ORDER.iter().map(ToString::to_string).collect()
+}
+
+/// Every name in `gates` must be known, and listed once.
+fn check_gates(gates: &[String], registry: &Registry) -> Result<(), String> {
+    for (index, name) in gates.iter().enumerate() {
+        if !registry.knows(name) {
+            return Err(format!(
+                "unknown gate {name:?} (known: {registry:?} and {BUILT_IN:?})"
+            ));
+        }
+        if gates[..index].contains(name) {
+            return Err(format!("gate {name:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// The largest file a config may name (a list, a table, the config).

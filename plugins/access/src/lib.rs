@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use doorman_gate_api::{Action, Client, ConnectGate, Rejection, Verdict};
+use doorman_gate_api::{Action, Client, Gate, Rejection, Verdict};
 use ipnet::IpNet;
 
 /// The reply text of a denylisted client (postscreen's).
@@ -130,8 +130,9 @@ impl AccessList {
     }
 }
 
-impl ConnectGate for AccessList {
-    fn check(&self, client: &Client) -> Verdict {
+impl AccessList {
+    /// The verdict for `client`, first match wins.
+    pub fn check(&self, client: &Client) -> Verdict {
         match self.lookup(client.ip()).map(|m| m.access) {
             Some(Access::Permit) => Verdict::Permit,
             Some(Access::Reject) => Verdict::Reject(Rejection {
@@ -140,6 +141,19 @@ impl ConnectGate for AccessList {
             }),
             Some(Access::Dunno) | None => Verdict::Dunno,
         }
+    }
+}
+
+/// The access list is a connect gate, with postscreen's log lines.
+impl Gate for AccessList {
+    fn connect(&self, client: &Client) -> Verdict {
+        let verdict = self.check(client);
+        match verdict {
+            Verdict::Permit => tracing::info!("ALLOWLISTED {}", client.endpoint()),
+            Verdict::Reject(_) => tracing::info!("DENYLISTED {}", client.endpoint()),
+            _ => {}
+        }
+        verdict
     }
 }
 

@@ -2,9 +2,13 @@
 //!
 //! A *gate* answers one question about a client: may it talk to the real
 //! smtpd? Gates see a [`Client`] (the real address learned from the PROXY
-//! header, never the proxy's) and answer with a [`Verdict`]. The core runs the
+//! header, never the proxy's) and answer with a [`Verdict`] through up to
+//! three hooks of the [`Gate`] trait: at connect, during the greet wait
+//! (lookups that run concurrently and are dropped at the deadline), and in
+//! the built-in engine's dialogue (HELO, MAIL, RCPT). The core runs the
 //! gates in the order the config lists them, as Haraka runs its plugins, and
-//! combines their verdicts the way postscreen combines its tests.
+//! combines their verdicts the way postscreen combines its tests: the
+//! scores add up, and the thresholds and actions judge the sum.
 //!
 //! This crate is small on purpose: gates depend on it, and it changes rarely.
 
@@ -12,7 +16,10 @@
 #![warn(missing_docs)]
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
 
 /// One PROXY protocol v2 TLV as the proxy sent it (type and raw value).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +51,21 @@ impl Client {
     pub fn ip(&self) -> IpAddr {
         self.address.ip()
     }
+
+    /// The client as postscreen's log lines name it: `[ip]:port`.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint(self.address)
+    }
+}
+
+/// An address as postscreen's log lines write it: `[ip]:port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint(pub SocketAddr);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]:{}", self.0.ip(), self.0.port())
+    }
 }
 
 /// What the core does with a client that failed a test, as postscreen's
@@ -71,14 +93,61 @@ impl fmt::Display for Action {
 }
 
 /// A gate's answer about one client.
+///
+/// [`Verdict::Permit`], [`Verdict::Reject`] and [`Verdict::Dunno`] are
+/// remembered by nobody; a [`Verdict::Score`] carries how long its check
+/// may be remembered as passed (its [`Score::ttl`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The client is allowed: skip every further test and hand it off now.
     Permit,
     /// The client failed this gate.
     Reject(Rejection),
+    /// What this gate found, as weights that add up with every other
+    /// gate's into one score, judged against the thresholds as postscreen
+    /// judges its DNSBL score.
+    Score(Score),
     /// This gate has nothing to say; go on with the next one.
     Dunno,
+}
+
+impl Verdict {
+    /// How long a pass of this gate may be remembered: a complete score's
+    /// TTL; `None` for everything else.
+    pub fn pass_ttl(&self) -> Option<Duration> {
+        match self {
+            Verdict::Score(score) if score.complete => score.ttl,
+            _ => None,
+        }
+    }
+}
+
+/// One gate's contribution to the score.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Score {
+    /// What matched, in the gate's order.
+    pub findings: Vec<Finding>,
+    /// How long the result may be remembered; `None`: not at all.
+    pub ttl: Option<Duration>,
+    /// Whether every answer the gate waited for is in: a partial score may
+    /// refuse a client, but never allowlists and is never remembered.
+    pub complete: bool,
+}
+
+impl Score {
+    /// The sum of the findings' weights.
+    pub fn points(&self) -> i32 {
+        self.findings.iter().map(|f| f.weight).sum()
+    }
+}
+
+/// One thing a gate found, and its weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The name a refusal shows (`blocked using <name>`).
+    pub name: String,
+    /// What it adds to the score; negative weights allowlist.
+    pub weight: i32,
 }
 
 /// Why a client failed a gate, and what to do about it.
@@ -104,9 +173,92 @@ impl Rejection {
     }
 }
 
-/// A gate that answers at once when a client connects, from what it knows
-/// already (an access list, a static table).
-pub trait ConnectGate: Send + Sync {
-    /// The verdict for `client`.
-    fn check(&self, client: &Client) -> Verdict;
+/// The dialogue so far, for the engine hook.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The HELO or EHLO name, once given.
+    pub helo: Option<String>,
+    /// The MAIL FROM address (without brackets), once given.
+    pub sender: Option<String>,
+    /// The recipients accepted so far in this transaction.
+    pub recipients: Vec<String>,
+}
+
+/// A command of the built-in engine's dialogue that gates are asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// HELO or EHLO, with its name.
+    Helo,
+    /// MAIL FROM, with its address.
+    Mail,
+    /// RCPT TO, with its address.
+    Rcpt,
+}
+
+/// One engine command, as a gate sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Command<'a> {
+    /// Which command.
+    pub stage: Stage,
+    /// Its argument: the HELO name, the sender or the recipient.
+    pub argument: &'a str,
+    /// The dialogue before this command.
+    pub envelope: &'a Envelope,
+}
+
+/// A future a gate returns; boxed, so gates are objects.
+pub type GateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A gate: one check on a client, through the hooks it needs. Every hook
+/// has a default that does nothing, so a gate implements only its own.
+pub trait Gate: Send + Sync {
+    /// **At connect**: an instant verdict from what is known already (an
+    /// access list, a static table). [`Verdict::Permit`] skips every other
+    /// test; a [`Verdict::Reject`] is applied with its action.
+    fn connect(&self, _client: &Client) -> Verdict {
+        Verdict::Dunno
+    }
+
+    /// Whether [`Gate::wait`] has lookups to start: the core asks before
+    /// it takes a screening place, and starts them only once it has one.
+    fn has_wait_hook(&self) -> bool {
+        false
+    }
+
+    /// **During the greet wait**: starts the gate's lookups when the wait
+    /// starts. They run concurrently with every other gate's and with the
+    /// pregreet watch; the core drops them at the deadline. `None`: nothing
+    /// to look up for this client.
+    fn wait(&self, _client: &Client) -> Option<Box<dyn Waiting>> {
+        None
+    }
+
+    /// **In the built-in engine's dialogue**: the verdict on HELO/EHLO,
+    /// MAIL or RCPT, with the envelope so far. Asked only of clients the
+    /// engine talks to.
+    fn command<'a>(
+        &'a self,
+        _client: &'a Client,
+        _command: Command<'a>,
+    ) -> GateFuture<'a, Verdict> {
+        Box::pin(std::future::ready(Verdict::Dunno))
+    }
+
+    /// Rebuilds the gate's caches in fresh memory after a flood, so the
+    /// memory the flood scattered can go back to the system.
+    fn compact(&self) {}
+}
+
+/// A gate's lookups under way during the greet wait.
+pub trait Waiting: Send {
+    /// Waits until more is known; returns at once when everything is.
+    /// Must be cancel-safe: nothing is lost if the wait is dropped.
+    fn progress(&mut self) -> GateFuture<'_, ()>;
+
+    /// Whether every answer is in (or failed).
+    fn is_complete(&self) -> bool;
+
+    /// What is known now: a [`Verdict::Score`] marked incomplete while
+    /// answers are still out.
+    fn verdict(&self) -> Verdict;
 }

@@ -384,6 +384,19 @@ impl Pending {
         &self.answers
     }
 
+    /// The sites that match the answers so far, in config order.
+    pub fn matching_sites(&self) -> Vec<&Site> {
+        self.dnsbl
+            .settings
+            .sites
+            .iter()
+            .filter(|site| match self.answers.get(&site.domain) {
+                Some(Answer::Listed { addresses, .. }) => site.matches(addresses),
+                _ => false,
+            })
+            .collect()
+    }
+
     /// The score of the answers so far.
     pub fn score(&self) -> Score {
         score(
