@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use doorman_gate_api::{Action, Client, Rejection};
+use doorman_gate_api::{Action, Client, Command, Rejection, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -43,7 +43,7 @@ use crate::shared::{Process, Shared};
 use crate::smtp::deep::{DeepTest, DeepTests, NON_SMTP_DROP_REPLY};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, Step};
-use crate::smtp::line::next_line;
+use crate::smtp::line::{next_line, Line};
 use crate::smtp::reply;
 
 /// How long doorman waits for each command of a health check.
@@ -661,7 +661,16 @@ impl Session {
                             Action::Ignore => {}
                         }
                     }
-                    engine.command(&line)
+                    match self.ask_gates(&engine, &line, &client).await {
+                        Some(rejection) if rejection.action == Action::Drop => {
+                            self.count(Counted::Dropped);
+                            self.send(&rejection.drop_reply()).await;
+                            log::disconnect(client.address);
+                            return Phase::Closed;
+                        }
+                        Some(rejection) => engine.refuse(&line, rejection.enforce_reply()),
+                        None => engine.command(&line),
+                    }
                 }
                 Ok(None) => match self.read_within(config.engine.command_time).await {
                     Read::Data => continue,
@@ -722,6 +731,23 @@ impl Session {
                 log::disconnect(client.address);
                 return Phase::Closed;
             }
+        }
+    }
+
+    /// Asks the engine gates about `line` when it is a HELO/EHLO, MAIL or
+    /// RCPT the engine would take: the refusal to answer it with, if a gate
+    /// refuses it (an `ignore` refusal is only logged by its gate).
+    async fn ask_gates(&self, engine: &Engine, line: &Line, client: &Client) -> Option<Rejection> {
+        let (stage, argument) = engine.question(line)?;
+        let envelope = engine.envelope();
+        let command = Command {
+            stage,
+            argument: &argument,
+            envelope: &envelope,
+        };
+        match self.shared.pipeline.command(client, command).await {
+            Verdict::Reject(rejection) if rejection.action != Action::Ignore => Some(rejection),
+            _ => None,
         }
     }
 

@@ -9,6 +9,8 @@
 //! session can replay the dialogue into a backend. It closes after DATA,
 //! BDAT, QUIT or a limit.
 
+use doorman_gate_api::{Envelope, Stage as GateStage};
+
 use super::line::Line;
 use super::reply;
 
@@ -249,6 +251,72 @@ impl Engine {
 
     /// The step for one command line.
     pub fn command(&mut self, line: &Line) -> Step {
+        self.step(line, |engine, verb, argument, raw| {
+            engine.dispatch(verb, argument, raw)
+        })
+    }
+
+    /// What the gates are asked about `line`: HELO/EHLO with its name,
+    /// MAIL with its sender, RCPT with its recipient, when the engine would
+    /// take the command in this state; `None` for anything else.
+    pub fn question(&self, line: &Line) -> Option<(GateStage, String)> {
+        let verb = line.verb();
+        let text = String::from_utf8_lossy(&line.text);
+        let argument = text.get(verb.len()..).unwrap_or_default().trim();
+        match verb.as_str() {
+            "HELO" | "EHLO" => argument
+                .split_whitespace()
+                .next()
+                .map(|name| (GateStage::Helo, name.to_string())),
+            "MAIL" if self.from.is_none() => {
+                address(argument, "FROM:").map(|from| (GateStage::Mail, from))
+            }
+            "RCPT" if self.from.is_some() => {
+                address(argument, "TO:").map(|to| (GateStage::Rcpt, to))
+            }
+            _ => None,
+        }
+    }
+
+    /// The dialogue so far, for the gates.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            helo: self.helo.clone(),
+            sender: self.from.clone(),
+            recipients: Vec::new(),
+        }
+    }
+
+    /// The step when a gate refused `line` with `reply` (a 4xx or 5xx line
+    /// with CRLF): the command counts, changes nothing, and a refused RCPT
+    /// is logged as NOQUEUE.
+    pub fn refuse(&mut self, line: &Line, reply: String) -> Step {
+        self.step(line, |engine, verb, argument, _| {
+            let event = match (verb, &engine.from, address(argument, "TO:")) {
+                ("RCPT", Some(from), Some(to)) => Some(EngineEvent::Refused(RefusedRcpt {
+                    reply: reply.trim_end().to_string(),
+                    from: from.clone(),
+                    to,
+                    proto: engine.proto,
+                    helo: engine.helo.clone().unwrap_or_default(),
+                })),
+                _ => None,
+            };
+            Step {
+                reply,
+                event,
+                close: false,
+            }
+        })
+    }
+
+    /// Counts a command against the limit, runs `answer` on its verb,
+    /// argument and raw line, and remembers the verb.
+    fn step(
+        &mut self,
+        line: &Line,
+        answer: impl FnOnce(&mut Self, &str, &str, Vec<u8>) -> Step,
+    ) -> Step {
         let verb = line.verb();
         let text = String::from_utf8_lossy(&line.text).into_owned();
         let argument = text
@@ -267,7 +335,7 @@ impl Engine {
         }
         let mut raw = line.text.clone();
         raw.extend_from_slice(b"\r\n");
-        let step = self.dispatch(&verb, &argument, raw);
+        let step = answer(self, &verb, &argument, raw);
         self.last = Some(if verb.is_empty() {
             "UNKNOWN".into()
         } else {
@@ -501,6 +569,40 @@ mod tests {
             engine.command(&line("RCPT TO:<e@f>")).reply,
             "550 5.5.1 Protocol error\r\n"
         );
+    }
+
+    #[test]
+    fn gates_are_asked_about_helo_mail_and_rcpt_in_sequence() {
+        let mut engine = Engine::new("mx.test", RcptPolicy::Pass, 20, None);
+        assert_eq!(engine.question(&line("RCPT TO:<a@b>")), None, "no MAIL yet");
+        assert_eq!(
+            engine.question(&line("EHLO client.test extra")),
+            Some((GateStage::Helo, "client.test".into()))
+        );
+        engine.command(&line("EHLO client.test"));
+        assert_eq!(
+            engine.question(&line("MAIL FROM:<s@x> SIZE=5")),
+            Some((GateStage::Mail, "s@x".into()))
+        );
+        engine.command(&line("MAIL FROM:<s@x>"));
+        assert_eq!(engine.envelope().sender.as_deref(), Some("s@x"));
+        assert_eq!(
+            engine.question(&line("RCPT TO:<trap@y>")),
+            Some((GateStage::Rcpt, "trap@y".into()))
+        );
+        let step = engine.refuse(&line("RCPT TO:<trap@y>"), "550 5.7.1 trap\r\n".into());
+        assert_eq!(step.reply, "550 5.7.1 trap\r\n");
+        assert_eq!(
+            step.event,
+            Some(EngineEvent::Refused(RefusedRcpt {
+                reply: "550 5.7.1 trap".into(),
+                from: "s@x".into(),
+                to: "trap@y".into(),
+                proto: Proto::Esmtp,
+                helo: "client.test".into(),
+            }))
+        );
+        assert_eq!(engine.after(), "RCPT");
     }
 
     #[test]
