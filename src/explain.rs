@@ -14,9 +14,11 @@ use doorman_dnsbl::gate::findings;
 use doorman_dnsbl::{Answer, Dnsbl, ResolverError, Settings};
 
 use crate::screen::{Judgement, Thresholds};
-use doorman_gate_api::Action;
+use doorman_gate_api::{Action, Score};
+use doorman_rdns::{Found, RdnsGate};
 
 use crate::config::Config;
+use crate::gates::rdns_settings;
 
 /// The report for `ip`, one finding a line.
 pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverError> {
@@ -65,7 +67,7 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
             Action::from(config.greet.action)
         );
     }
-    let mut outcome = None;
+    let mut scores = Vec::new();
     if config.dnsbl_sites.is_empty() {
         let _ = writeln!(out, "dnsbl: no sites configured");
     } else {
@@ -111,19 +113,27 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
             );
         }
         let found = findings(&done, &config.dnsbl.reply_map);
-        let thresholds = Thresholds {
-            threshold: config.dnsbl.threshold,
-            allowlist_threshold: config.dnsbl.allowlist_threshold,
-        };
+        scores.push(found);
+    }
+    if config.gates.iter().any(|gate| gate == "rdns") {
+        explain_rdns(config, ip, &mut out, &mut scores).await?;
+    }
+    let thresholds = Thresholds {
+        threshold: config.dnsbl.threshold,
+        allowlist_threshold: config.dnsbl.allowlist_threshold,
+    };
+    let mut outcome = None;
+    if !scores.is_empty() {
+        let ttl = scores.iter().filter_map(|score| score.ttl).min();
         let _ = writeln!(
             out,
             "score: {} (threshold {}, allowlist threshold {}); pass remembered for {}s",
-            found.points(),
+            scores.iter().map(Score::points).sum::<i32>(),
             thresholds.threshold,
             thresholds.allowlist_threshold,
-            found.ttl.unwrap_or_default().as_secs()
+            ttl.unwrap_or_default().as_secs()
         );
-        outcome = Some(thresholds.judge([&found], ip));
+        outcome = Some(thresholds.judge(&scores, ip));
     }
     let verdict = match (denied, outcome) {
         (Some(action), _) => {
@@ -140,4 +150,63 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
     };
     let _ = writeln!(out, "verdict: {verdict}");
     Ok(out)
+}
+
+/// The reverse-DNS gate's lookups for `ip`: the PTR names, the forward
+/// result, and the finding with its weight.
+async fn explain_rdns(
+    config: &Config,
+    ip: IpAddr,
+    out: &mut String,
+    scores: &mut Vec<Score>,
+) -> Result<(), ResolverError> {
+    let gate = RdnsGate::new(rdns_settings(config))?;
+    let outcome = match gate.check(ip).await {
+        Ok(outcome) => outcome,
+        Err(failed) => {
+            let _ = writeln!(out, "rdns: lookup failed: {} (no opinion)", failed.0);
+            return Ok(());
+        }
+    };
+    let names = if outcome.names.is_empty() {
+        "none".to_string()
+    } else {
+        outcome.names.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "rdns PTR names: {names} (ttl {}s)",
+        outcome.ttl.as_secs()
+    );
+    let forward = match &outcome.found {
+        Found::NoPtr => "no name to confirm".to_string(),
+        Found::NotConfirmed { .. } => format!("no name resolves back to {ip}"),
+        Found::Generic { name } | Found::Confirmed { name } => {
+            format!("{name} resolves back to {ip}")
+        }
+    };
+    let _ = writeln!(out, "rdns forward: {forward}");
+    let findings = gate.findings(&outcome);
+    match findings.first() {
+        Some(finding) => {
+            let _ = writeln!(
+                out,
+                "rdns check {}: fires, {:+}",
+                finding.name, finding.weight
+            );
+        }
+        None => {
+            let _ = writeln!(out, "rdns checks: none fires");
+        }
+    }
+    let clamped = outcome.ttl.clamp(
+        config.dnsbl.min_ttl,
+        config.dnsbl.max_ttl.max(config.dnsbl.min_ttl),
+    );
+    scores.push(Score {
+        findings,
+        ttl: Some(clamped),
+        complete: true,
+    });
+    Ok(())
 }

@@ -24,6 +24,7 @@ use std::task::Poll;
 
 use doorman_dnsbl::{AnswerStore, Dnsbl, DnsblGate, ResolverError, Settings};
 use doorman_gate_api::{Client, Command, Gate, Rejection, Score, Verdict, Waiting};
+use doorman_rdns::{RdnsGate, Weights};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -77,7 +78,7 @@ impl Registry {
     /// Every gate doorman ships.
     pub fn standard() -> Self {
         Self {
-            entries: vec![("access", access), ("dnsbl", dnsbl)],
+            entries: vec![("access", access), ("dnsbl", dnsbl), ("rdns", rdns)],
         }
     }
 
@@ -143,6 +144,26 @@ fn dnsbl(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>
         Arc::new(dnsbl),
         config.dnsbl.reply_map.clone(),
     ))))
+}
+
+fn rdns(config: &Config, _: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
+    Ok(Some(Arc::new(RdnsGate::new(rdns_settings(config))?)))
+}
+
+/// The reverse-DNS gate's settings: `[rdns]` weights, `[dnsbl]` resolver.
+pub fn rdns_settings(config: &Config) -> doorman_rdns::Settings {
+    doorman_rdns::Settings {
+        weights: Weights {
+            no_ptr: config.rdns.no_ptr,
+            not_confirmed: config.rdns.not_confirmed,
+            generic: config.rdns.generic,
+        },
+        min_ttl: config.dnsbl.min_ttl,
+        max_ttl: config.dnsbl.max_ttl,
+        timeout: config.dnsbl.timeout,
+        nameservers: config.dnsbl.nameservers.clone(),
+        cache_size: config.cache.size,
+    }
 }
 
 /// The gates of one config, in its order.

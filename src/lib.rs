@@ -13,8 +13,10 @@
 //!   waits; its phases are an enum.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
-//! - [`screen`]: the sans-IO screening verdict (which tests failed, what
-//!   that means).
+//! - [`gates`]: the gate registry (names to constructors) and the
+//!   pipeline the config's `gates` list orders.
+//! - [`screen`]: the sans-IO screening verdict (which tests failed, the
+//!   gates' summed score against the thresholds, what that means).
 //! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, the
 //!   health-check dialogue, the deep tests and the built-in engine.
 //! - [`handoff`]: balancing, the backend pool with its health checks,
@@ -33,9 +35,37 @@
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
 //!
-//! Gates implement the API of the `doorman-gate-api` crate under
-//! `plugins/api`: the access list (`plugins/access`) and the DNSBL/DNSWL
-//! gate (`plugins/dnsbl`).
+//! # The screening pipeline
+//! A connection meets the gates in the order the config's `gates` lists
+//! them (default `["access", "pregreet", "dnsbl", "deep"]`), at three
+//! hooks of the `doorman-gate-api` crate's `Gate` trait:
+//!
+//! 1. **At connect** ([`gates::Pipeline::connect`]): each gate in turn, at
+//!    once. A permit hands the client off; a refusal under `drop` ends it;
+//!    other refusals are remembered for the verdict. Then the pass cache:
+//!    a client whose every due gate still has a pass goes straight on.
+//! 2. **During the greet wait** ([`gates::Waits`]): the teaser goes out,
+//!    and every wait gate's lookups start at once, beside the pregreet
+//!    watch. The wait ends at the deadline, or as soon as its verdict
+//!    cannot change. [`screen::Thresholds::judge`] adds every gate's
+//!    weights into one score and judges it as postscreen judges its DNSBL
+//!    score; a partial score never allowlists and is never remembered.
+//! 3. **In the built-in engine's dialogue**: clients that failed a test,
+//!    or have deep tests due, talk to the engine; each HELO/EHLO, MAIL and
+//!    RCPT is put to the gates with the envelope so far, and a refusal is
+//!    the reply to that command.
+//!
+//! [`session`] does the I/O, the deadlines and the replies, and names no
+//! gate; `pregreet` and `deep` are the session's own tests (the teaser's
+//! watch, the engine's line checks), listed and ordered like gates.
+//!
+//! # Writing a gate
+//! A crate under `plugins/` that implements `doorman_gate_api::Gate` with
+//! the hooks it needs, a section for its settings in [`config`], and one
+//! line in [`gates::Registry::standard`]; see the [`gates`] module. The
+//! gates doorman ships: the access list (`plugins/access`, at connect), the
+//! DNSBL/DNSWL lookups (`plugins/dnsbl`, during the wait) and reverse DNS
+//! (`plugins/rdns`, during the wait).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,26 +1,44 @@
 //! Connection limits with postscreen's replies, and stress mode.
 //!
 //! Counted per real client, so a flood through one HAProxy is seen per
-//! attacker: concurrent connections per client address, clients still being
-//! screened (greet wait and built-in engine), and clients in total. Health
+//! attacker, and a client is a network: its address within `[limits]
+//! ipv4_prefix` (32) or `ipv6_prefix` (64), so an IPv6 attacker is one /64
+//! rather than 2^64 addresses. Limits: concurrent connections per client,
+//! clients still being screened (greet wait and built-in engine) in all and
+//! per network, clients in total, and new connections per network per
+//! minute (anvil's rate limit, with smtpd's reply and log line). Health
 //! checks are never counted, and allowlisted or cached clients never take a
-//! screening place, so a flood cannot take the node out of HAProxy. Each
-//! place is a guard that gives itself back when dropped.
+//! screening place nor count towards the rate, so a flood cannot take the
+//! node out of HAProxy. Each place is a guard that gives itself back when
+//! dropped; the per-network tables hold only live connections, and the
+//! rate table at most [`RATE_NETWORKS`] networks, so memory stays bounded
+//! under a flood of distinct networks.
 //!
 //! Stress mode follows postscreen: when screening reaches 90% of its limit,
 //! the greet wait drops to 2 s until screening falls back to 70%.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use lru::LruCache;
 
 use crate::config::LimitsSection;
 use crate::log;
 
 /// The greet wait under stress (postscreen's `${stress?{2}...}`).
 pub const STRESS_GREET_WAIT: Duration = Duration::from_secs(2);
+
+/// The rate limit's time unit (anvil's `anvil_rate_time_unit`).
+pub const RATE_UNIT: Duration = Duration::from_secs(60);
+
+/// The most networks whose connection rate is tracked at once; beyond it
+/// the least recently seen is forgotten.
+pub const RATE_NETWORKS: usize = 65_536;
 
 /// Which limit refused a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,19 +47,42 @@ pub enum Refusal {
     PerClient,
     /// Too many clients being screened.
     Screening,
+    /// Too many clients of this network being screened.
+    NetworkScreening(IpNet),
+    /// Too many new connections from this network in the last minute: the
+    /// count so far.
+    Rate(usize),
     /// Too many clients in total.
     Total,
 }
 
 /// The live counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Limits {
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_network_screening: Mutex<HashMap<IpAddr, usize>>,
+    rates: Mutex<LruCache<IpAddr, (Instant, usize)>>,
     screening: AtomicUsize,
     total: AtomicUsize,
     /// The highest `total` since [`Limits::take_peak`] last read it.
     peak: AtomicUsize,
     stressed: AtomicBool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let mut rates = LruCache::unbounded();
+        rates.resize(NonZeroUsize::new(RATE_NETWORKS).unwrap_or(NonZeroUsize::MIN));
+        Self {
+            per_client: Mutex::default(),
+            per_network_screening: Mutex::default(),
+            rates: Mutex::new(rates),
+            screening: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            stressed: AtomicBool::new(false),
+        }
+    }
 }
 
 /// A counted place; dropping it gives the place back.
@@ -56,8 +97,42 @@ pub struct Place {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Client(IpAddr),
-    Screening,
+    Screening(Option<IpAddr>),
     Total,
+}
+
+/// The network `ip` counts as for the limits.
+pub fn network(ip: IpAddr, settings: &LimitsSection) -> IpNet {
+    let ip = ip.to_canonical();
+    let prefix = match ip {
+        IpAddr::V4(_) => settings.ipv4_prefix.min(32),
+        IpAddr::V6(_) => settings.ipv6_prefix.min(128),
+    };
+    IpNet::new(ip, prefix).map_or(IpNet::from(ip), |net| net.trunc())
+}
+
+/// Adds one to `key`'s count in `map`; the new count.
+fn count_up(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr) -> usize {
+    match map.lock() {
+        Ok(mut map) => {
+            let count = map.entry(key).or_insert(0);
+            *count += 1;
+            *count
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Takes one off `key`'s count in `map`, forgetting it at 0.
+fn count_down(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr) {
+    if let Ok(mut map) = map.lock() {
+        if let Some(count) = map.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 impl Limits {
@@ -77,17 +152,11 @@ impl Limits {
         if settings.total > 0 && total > settings.total {
             return Err(Refusal::Total);
         }
-        let count = match self.per_client.lock() {
-            Ok(mut map) => {
-                let count = map.entry(ip).or_insert(0);
-                *count += 1;
-                *count
-            }
-            Err(_) => 0,
-        };
+        let client = network(ip, settings).addr();
+        let count = count_up(&self.per_client, client);
         let client_place = Place {
             limits: Arc::clone(self),
-            kind: Kind::Client(ip),
+            kind: Kind::Client(client),
             screening_limit: settings.screening,
         };
         if settings.client_connections > 0 && count > settings.client_connections {
@@ -96,19 +165,60 @@ impl Limits {
         Ok((total_place, client_place))
     }
 
-    /// Takes a screening place; `Err` when all are busy.
-    pub fn screen(self: &Arc<Self>, settings: &LimitsSection) -> Result<Place, Refusal> {
+    /// Takes a screening place for `ip`; `Err` when all are busy, or all
+    /// its network may hold.
+    pub fn screen(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        settings: &LimitsSection,
+    ) -> Result<Place, Refusal> {
+        let net = network(ip, settings);
+        let per_network = settings.screening_per_network;
+        let counted = (per_network > 0).then_some(net.addr());
+        let of_network = counted.map_or(0, |key| count_up(&self.per_network_screening, key));
         let now = self.screening.fetch_add(1, Ordering::SeqCst) + 1;
         let place = Place {
             limits: Arc::clone(self),
-            kind: Kind::Screening,
+            kind: Kind::Screening(counted),
             screening_limit: settings.screening,
         };
+        if per_network > 0 && of_network > per_network {
+            return Err(Refusal::NetworkScreening(net));
+        }
         if settings.screening > 0 && now > settings.screening {
             return Err(Refusal::Screening);
         }
         self.update_stress(now, settings.screening);
         Ok(place)
+    }
+
+    /// Counts a new connection from `ip`'s network against `[limits]
+    /// connection_rate` (per minute, counted from the network's first
+    /// connection in the unit, as anvil counts); `Err` with the count when
+    /// it is over.
+    pub fn rate(&self, ip: IpAddr, settings: &LimitsSection) -> Result<(), Refusal> {
+        if settings.connection_rate == 0 {
+            return Ok(());
+        }
+        let key = network(ip, settings).addr();
+        let now = Instant::now();
+        let Ok(mut rates) = self.rates.lock() else {
+            return Ok(());
+        };
+        let count = match rates.get_mut(&key) {
+            Some((since, count)) if now.duration_since(*since) < RATE_UNIT => {
+                *count += 1;
+                *count
+            }
+            _ => {
+                rates.put(key, (now, 1));
+                1
+            }
+        };
+        if count > settings.connection_rate {
+            return Err(Refusal::Rate(count));
+        }
+        Ok(())
     }
 
     /// Whether stress mode is on.
@@ -126,10 +236,26 @@ impl Limits {
         self.peak.swap(self.total(), Ordering::Relaxed)
     }
 
-    /// Gives back the per-client table's room beyond what it holds now.
+    /// Gives back the tables' room beyond what they hold now, and forgets
+    /// rates whose minute is over.
     pub fn compact(&self) {
-        if let Ok(mut map) = self.per_client.lock() {
-            map.shrink_to_fit();
+        for table in [&self.per_client, &self.per_network_screening] {
+            if let Ok(mut map) = table.lock() {
+                map.shrink_to_fit();
+            }
+        }
+        if let Ok(mut rates) = self.rates.lock() {
+            let now = Instant::now();
+            let mut fresh = LruCache::unbounded();
+            fresh.resize(rates.cap());
+            for (key, entry) in rates
+                .iter()
+                .rev()
+                .filter(|(_, (since, _))| now.duration_since(*since) < RATE_UNIT)
+            {
+                fresh.put(*key, *entry);
+            }
+            *rates = fresh;
         }
     }
 
@@ -157,20 +283,14 @@ impl Drop for Place {
             Kind::Total => {
                 self.limits.total.fetch_sub(1, Ordering::SeqCst);
             }
-            Kind::Screening => {
+            Kind::Screening(network) => {
                 let now = self.limits.screening.fetch_sub(1, Ordering::SeqCst) - 1;
                 self.limits.update_stress(now, self.screening_limit);
-            }
-            Kind::Client(ip) => {
-                if let Ok(mut map) = self.limits.per_client.lock() {
-                    if let Some(count) = map.get_mut(&ip) {
-                        *count -= 1;
-                        if *count == 0 {
-                            map.remove(&ip);
-                        }
-                    }
+                if let Some(network) = network {
+                    count_down(&self.limits.per_network_screening, network);
                 }
             }
+            Kind::Client(network) => count_down(&self.limits.per_client, network),
         }
     }
 }
@@ -184,7 +304,66 @@ mod tests {
             client_connections: client,
             screening,
             total,
+            ..LimitsSection::default()
         }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_is_a_network() {
+        let s = LimitsSection::default();
+        assert_eq!(
+            network(ip("2001:db8:1:2:3::9"), &s).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(network(ip("192.0.2.9"), &s).to_string(), "192.0.2.9/32");
+        assert_eq!(
+            network(ip("::ffff:192.0.2.9"), &s).to_string(),
+            "192.0.2.9/32"
+        );
+        let limits = Arc::new(Limits::default());
+        let s = settings(2, 10, 100);
+        let _a = limits.admit(ip("2001:db8::1"), &s).unwrap();
+        let _b = limits.admit(ip("2001:db8::2"), &s).unwrap();
+        assert_eq!(
+            limits.admit(ip("2001:db8::3"), &s).unwrap_err(),
+            Refusal::PerClient,
+            "one /64"
+        );
+        assert!(limits.admit(ip("2001:db8:0:1::1"), &s).is_ok());
+    }
+
+    #[test]
+    fn screening_per_network_and_rate() {
+        let limits = Arc::new(Limits::default());
+        let s = LimitsSection {
+            screening_per_network: 2,
+            connection_rate: 3,
+            ipv4_prefix: 24,
+            ..settings(0, 10, 0)
+        };
+        let held: Vec<Place> = (1..=2)
+            .map(|n| limits.screen(ip(&format!("203.0.113.{n}")), &s).unwrap())
+            .collect();
+        assert!(matches!(
+            limits.screen(ip("203.0.113.3"), &s).unwrap_err(),
+            Refusal::NetworkScreening(net) if net.to_string() == "203.0.113.0/24"
+        ));
+        assert_eq!(limits.screening(), 2, "the refused place is given back");
+        assert!(limits.screen(ip("198.51.100.1"), &s).is_ok());
+        drop(held);
+        assert!(limits.per_network_screening.lock().unwrap().is_empty());
+        for n in 1..=3 {
+            assert!(limits.rate(ip(&format!("203.0.113.{n}")), &s).is_ok());
+        }
+        assert_eq!(
+            limits.rate(ip("203.0.113.4"), &s).unwrap_err(),
+            Refusal::Rate(4)
+        );
+        assert!(limits.rate(ip("198.51.100.1"), &s).is_ok());
     }
 
     #[test]
@@ -209,16 +388,17 @@ mod tests {
     fn stress_has_hysteresis() {
         let limits = Arc::new(Limits::default());
         let s = settings(0, 10, 0);
-        let mut places: Vec<Place> = (0..8).map(|_| limits.screen(&s).unwrap()).collect();
+        let any = ip("192.0.2.1");
+        let mut places: Vec<Place> = (0..8).map(|_| limits.screen(any, &s).unwrap()).collect();
         assert!(!limits.stressed());
-        places.push(limits.screen(&s).unwrap());
+        places.push(limits.screen(any, &s).unwrap());
         assert!(limits.stressed(), "9 of 10");
         places.truncate(8);
         assert!(limits.stressed(), "still above 70%");
         places.truncate(7);
         assert!(!limits.stressed(), "back at 70%");
-        let more: Vec<Place> = (0..3).map(|_| limits.screen(&s).unwrap()).collect();
-        assert_eq!(limits.screen(&s).unwrap_err(), Refusal::Screening);
+        let more: Vec<Place> = (0..3).map(|_| limits.screen(any, &s).unwrap()).collect();
+        assert_eq!(limits.screen(any, &s).unwrap_err(), Refusal::Screening);
         drop(more);
     }
 }

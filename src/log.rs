@@ -346,6 +346,23 @@ pub fn screening_busy(client: SocketAddr) {
     );
 }
 
+/// The client's network holds all the screening places it may.
+pub fn network_screening_busy(client: SocketAddr, network: ipnet::IpNet) {
+    warn!(
+        "reject: connect from {}: all screening ports busy for network {network}",
+        Endpoint(client)
+    );
+}
+
+/// The client's network opened too many connections this minute (the line
+/// Postfix's smtpd writes for anvil's rate limit, in its `name[addr]` form).
+pub fn connection_rate_exceeded(client: SocketAddr, count: usize) {
+    warn!(
+        "warning: Connection rate limit exceeded: {count} from unknown[{}] for service smtp",
+        client.ip()
+    );
+}
+
 /// The total connection cap is reached.
 pub fn total_busy(client: SocketAddr) {
     warn!(

@@ -371,8 +371,15 @@ impl Session {
         // A returning client (its record is within retention) is tested
         // again without a screening place: a flood that fills the limit
         // must not lock out known senders whose passes lapsed.
+        // Only a client without a record counts towards its network's
+        // connection rate: cached clients are never rate-limited.
         if previous.is_none() {
-            match self.process.limits.screen(&config.limits) {
+            let place = self
+                .process
+                .limits
+                .rate(client.ip(), &config.limits)
+                .and_then(|()| self.process.limits.screen(client.ip(), &config.limits));
+            match place {
                 Ok(place) => self.screening = Some(place),
                 Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
             }
@@ -581,18 +588,26 @@ impl Session {
         let reply = match refusal {
             Refusal::PerClient => {
                 log::too_many_connections(client.address);
-                reply::TOO_MANY_CONNECTIONS
+                reply::TOO_MANY_CONNECTIONS.to_string()
             }
             Refusal::Screening => {
                 log::screening_busy(client.address);
-                reply::SCREENING_PORTS_BUSY
+                reply::SCREENING_PORTS_BUSY.to_string()
+            }
+            Refusal::NetworkScreening(network) => {
+                log::network_screening_busy(client.address, network);
+                reply::SCREENING_PORTS_BUSY.to_string()
+            }
+            Refusal::Rate(count) => {
+                log::connection_rate_exceeded(client.address, count);
+                reply::too_many_connections_from(&self.shared.config.hostname, client.ip())
             }
             Refusal::Total => {
                 log::total_busy(client.address);
-                reply::SERVER_PORTS_BUSY
+                reply::SERVER_PORTS_BUSY.to_string()
             }
         };
-        self.send(reply).await;
+        self.send(&reply).await;
         Phase::Closed
     }
 

@@ -227,6 +227,41 @@ impl Default for GreetSection {
     }
 }
 
+/// The `[rdns]` section: what each reverse-DNS finding weighs. The gate
+/// runs when `rdns` is in `gates`, with the `[dnsbl]` resolver settings.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RdnsSection {
+    /// The client has no PTR name.
+    #[serde(default = "default_no_ptr")]
+    pub no_ptr: i32,
+    /// No PTR name resolves back to the client address.
+    #[serde(default = "default_one")]
+    pub not_confirmed: i32,
+    /// The confirmed name looks generic (it embeds the address, or a pool
+    /// word such as `dsl` or `dynamic`).
+    #[serde(default = "default_one")]
+    pub generic: i32,
+}
+
+impl Default for RdnsSection {
+    fn default() -> Self {
+        Self {
+            no_ptr: default_no_ptr(),
+            not_confirmed: default_one(),
+            generic: default_one(),
+        }
+    }
+}
+
+fn default_no_ptr() -> i32 {
+    2
+}
+
+fn default_one() -> i32 {
+    1
+}
+
 /// The `[dnsbl]` section: weighted DNSBL/DNSWL sites.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +413,27 @@ pub struct LimitsSection {
     /// Client connections in total.
     #[serde(default = "default_total")]
     pub total: usize,
+    /// What one client is for the per-client limits: its IPv4 address
+    /// within this prefix (32: the address itself).
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The same for IPv6 (64: a customer's usual /64 is one client).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// The most screening places one network may hold; 0: off.
+    #[serde(default)]
+    pub screening_per_network: usize,
+    /// New connections per network per minute; 0: off.
+    #[serde(default)]
+    pub connection_rate: usize,
+}
+
+fn default_ipv4_prefix() -> u8 {
+    32
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 impl Default for LimitsSection {
@@ -386,6 +442,10 @@ impl Default for LimitsSection {
             client_connections: default_client_connections(),
             screening: default_screening(),
             total: default_total(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            screening_per_network: 0,
+            connection_rate: 0,
         }
     }
 }
@@ -532,6 +592,8 @@ struct ConfigFile {
     #[serde(default)]
     dnsbl: DnsblSection,
     #[serde(default)]
+    rdns: RdnsSection,
+    #[serde(default)]
     cache: CacheSection,
     #[serde(default)]
     engine: EngineSection,
@@ -574,6 +636,8 @@ pub struct Config {
     pub greet: GreetSection,
     /// The `[dnsbl]` section.
     pub dnsbl: DnsblSection,
+    /// The `[rdns]` section.
+    pub rdns: RdnsSection,
     /// The parsed DNSBL sites.
     pub dnsbl_sites: Vec<Site>,
     /// The `[cache]` section.
@@ -729,6 +793,12 @@ impl Config {
                     .into(),
             ));
         }
+        if file.limits.ipv4_prefix > 32 || file.limits.ipv6_prefix > 128 {
+            return Err(invalid(
+                "[limits]",
+                "ipv4_prefix must be at most 32 and ipv6_prefix at most 128".into(),
+            ));
+        }
         if file.engine.command_limit == 0 || file.engine.line_length < 16 {
             return Err(invalid(
                 "[engine]",
@@ -801,6 +871,7 @@ impl Config {
             access_list,
             greet: file.greet,
             dnsbl: file.dnsbl,
+            rdns: file.rdns,
             dnsbl_sites,
             cache,
             engine: file.engine,

@@ -18,6 +18,12 @@ pub const SERVER_PORTS_BUSY: &str = "421 4.3.2 All server ports are busy\r\n";
 /// Too many connections from one client (postscreen's reply).
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.7.0 Error: too many connections\r\n";
 
+/// The client's network opened too many connections this minute (smtpd's
+/// reply for anvil's rate limit).
+pub fn too_many_connections_from(hostname: &str, ip: IpAddr) -> String {
+    format!("421 4.7.0 {hostname} Error: too many connections from {ip}\r\n")
+}
+
 /// All screening places are taken (postscreen's reply).
 pub const SCREENING_PORTS_BUSY: &str = "421 4.3.2 All screening ports are busy\r\n";
 

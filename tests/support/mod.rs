@@ -652,6 +652,62 @@ impl Rbldnsd {
     }
 }
 
+/// Debian's dnsmasq serving PTR, A and AAAA records on a loopback port,
+/// authoritative (NXDOMAIN for anything else) for `*.test` and the
+/// reverse zones of 203.0.113.0/24 and 2001:db8::/32.
+pub struct Dnsmasq {
+    pub program: Program,
+    pub address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts it with `records` (dnsmasq options such as
+    /// `host-record=mail.good.test,203.0.113.30`, one a line); `None` (the
+    /// test skips) when dnsmasq is missing outside CI.
+    pub fn start(records: &str) -> Option<Self> {
+        if !require_program("dnsmasq") {
+            return None;
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("dnsmasq.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "no-resolv\nno-hosts\nno-poll\nport={port}\nlisten-address=127.0.0.1\nbind-interfaces\n\
+local=/113.0.203.in-addr.arpa/\nlocal=/test/\nlocal=/8.b.d.0.1.0.0.2.ip6.arpa/\n{records}\n"
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new("dnsmasq");
+        command
+            .arg(format!("--conf-file={}", conf.display()))
+            .args([
+                "--keep-in-foreground",
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+            ]);
+        let program = spawn(command, "dnsmasq");
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dns_answers(address) {
+            assert!(Instant::now() < deadline, "dnsmasq did not answer");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            program,
+            address,
+            _dir: dir,
+        })
+    }
+}
+
 /// A DNS forwarder in front of a real server (rbldnsd) that holds back the
 /// answers for names in one zone: a DNS list that answers late. Each query
 /// is forwarded on its own socket; answers for `slow_zone` wait `delay`.

@@ -3,7 +3,8 @@
 //! - [`site`]: the `domain[=filter][*weight]` syntax and reply filters.
 //! - [`query`]: query names (reversed octets, reversed nibbles for IPv6).
 //! - [`score`]: answers, error codes, the sum of weights and the TTL.
-//! - [`lookup`]: the resolver, the answer cache and concurrent queries.
+//! - [`resolver`]: the resolver (name servers, timeout) DNS gates share.
+//! - [`lookup`]: the answer cache and concurrent queries.
 //! - [`gate`]: the gate: every site's lookup during the greet wait, its
 //!   matches as weighted findings, which the core adds to the other gates'
 //!   and judges against the thresholds.
@@ -14,6 +15,7 @@
 pub mod gate;
 pub mod lookup;
 pub mod query;
+pub mod resolver;
 pub mod score;
 pub mod site;
 

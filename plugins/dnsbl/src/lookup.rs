@@ -19,14 +19,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::query::query_name;
+pub use crate::resolver::ResolverError;
 use crate::score::{score, Answer, Score};
 use crate::site::Site;
 
@@ -62,11 +61,6 @@ pub trait AnswerStore: Send + Sync + std::fmt::Debug {
     /// Stores an answer for `ttl`.
     fn put(&self, name: &str, answer: &Answer, ttl: Duration);
 }
-
-/// Why the resolver could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the DNS resolver: {0}")]
-pub struct ResolverError(String);
 
 /// An empty answer cache for at most `capacity` names. Its table grows
 /// with the answers it holds: `LruCache::new` would size (and, once a few
@@ -112,30 +106,7 @@ impl Dnsbl {
         settings: Settings,
         store: Option<Arc<dyn AnswerStore>>,
     ) -> Result<Self, ResolverError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
-        } else {
-            let servers = settings
-                .nameservers
-                .iter()
-                .map(|address| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = address.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = address.port();
-                    NameServerConfig::new(address.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        let options = builder.options_mut();
-        options.timeout = settings.timeout;
-        options.attempts = 1;
-        options.cache_size = 0;
-        options.use_hosts_file = ResolveHosts::Never;
-        options.ndots = 0;
-        let resolver = builder.build().map_err(|e| ResolverError(e.to_string()))?;
+        let resolver = crate::resolver::build(&settings.nameservers, settings.timeout)?;
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
             if !zones.contains(&site.domain) {

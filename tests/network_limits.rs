@@ -1,0 +1,108 @@
+//! Limits that count networks, not addresses: the per-client limit over an
+//! IPv6 /64, a flood of distinct addresses from one /64 held to its
+//! screening places while a clean client still gets one, and the
+//! connection rate with smtpd's reply and log line.
+
+mod support;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::*;
+
+const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";
+
+fn doorman(limits: &str) -> (FakeBackend, Doorman) {
+    let sections = format!(
+        "[greet]\nbanner = \"mx.doorman.test ESMTP\"\nwait = \"5s\"\n[cache]\nstore = \"memory\"\n\
+[access]\nfile = \"access\"\n[limits]\n{limits}\n"
+    );
+    let backend = FakeBackend::start(true);
+    let config = config_with(backend.address, "v2", "", "5s", &sections);
+    let doorman = Doorman::start_with_files(
+        &config,
+        &[
+            ("haproxy_hosts", "127.0.0.1\n"),
+            ("access", "198.51.100.1 permit\n"),
+        ],
+    );
+    (backend, doorman)
+}
+
+/// Connects as `client` and returns the stream with its first line.
+fn first_line(doorman: &Doorman, client: &str) -> (TcpStream, String) {
+    let mut stream = connect_as(doorman, client);
+    let line = read_line(&mut stream);
+    (stream, line)
+}
+
+#[test]
+fn one_ipv6_64_is_one_client() {
+    let (_backend, doorman) = doorman("client_connections = 2");
+    let (_a, a) = first_line(&doorman, "2001:db8:1:2::a");
+    let (_b, b) = first_line(&doorman, "2001:db8:1:2:ffff::b");
+    assert_eq!((a.as_str(), b.as_str()), (TEASER, TEASER));
+    let (_c, c) = first_line(&doorman, "2001:db8:1:2::c");
+    assert_eq!(c, "421 4.7.0 Error: too many connections\r\n");
+    doorman.log.wait_for(
+        "NOQUEUE: reject: CONNECT from [2001:db8:1:2::c]:40000: too many connections",
+        Duration::from_secs(5),
+    );
+    let (_d, d) = first_line(&doorman, "2001:db8:1:3::d");
+    assert_eq!(d, TEASER, "the next /64 is another client");
+}
+
+#[test]
+fn a_flood_from_one_64_keeps_to_its_screening_places() {
+    let (_backend, doorman) = doorman("screening = 50\nscreening_per_network = 3");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for n in 1..=40 {
+        let (stream, line) = first_line(&doorman, &format!("2001:db8:bad:1::{n:x}"));
+        if line == TEASER {
+            held.push(stream);
+        } else {
+            assert_eq!(line, "421 4.3.2 All screening ports are busy\r\n");
+            refused += 1;
+        }
+    }
+    assert_eq!((held.len(), refused), (3, 37));
+    doorman.log.wait_for(
+        "reject: connect from [2001:db8:bad:1::4]:40000: all screening ports busy for network 2001:db8:bad:1::/64",
+        Duration::from_secs(5),
+    );
+    // A clean client from elsewhere still gets a place.
+    let (_clean, line) = first_line(&doorman, "203.0.113.5");
+    assert_eq!(line, TEASER);
+    // Once the flood's clients go, their network's places are free again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_again, line) = first_line(&doorman, "2001:db8:bad:1::99");
+    assert_eq!(line, TEASER);
+}
+
+#[test]
+fn the_connection_rate_counts_per_network_with_smtpds_reply() {
+    let (_backend, doorman) = doorman("ipv4_prefix = 24\nconnection_rate = 3");
+    for n in 1..=3 {
+        let (_stream, line) = first_line(&doorman, &format!("203.0.113.{n}"));
+        assert_eq!(line, TEASER);
+    }
+    let (_fourth, line) = first_line(&doorman, "203.0.113.4");
+    assert_eq!(
+        line,
+        "421 4.7.0 mx.doorman.test Error: too many connections from 203.0.113.4\r\n"
+    );
+    doorman.log.wait_for(
+        "warning: Connection rate limit exceeded: 4 from unknown[203.0.113.4] for service smtp",
+        Duration::from_secs(5),
+    );
+    // Another network, an allowlisted client and health checks are not
+    // held to the rate.
+    let (_other, line) = first_line(&doorman, "203.0.114.1");
+    assert_eq!(line, TEASER);
+    for _ in 0..5 {
+        let (_allowed, line) = first_line(&doorman, "198.51.100.1");
+        assert_eq!(line, "220 backend.test ESMTP fake\r\n");
+    }
+}
