@@ -146,10 +146,7 @@ fn say(stream: &mut TcpStream, text: &str) {
 
 /// HELO and MAIL, then the reply to RCPT TO `to`.
 fn rcpt(stream: &mut TcpStream, to: &str) -> String {
-    say(stream, "HELO client.test\r\n");
-    assert_eq!(read_line(stream), "250 mx.doorman.test\r\n");
-    say(stream, "MAIL FROM:<s@client.test>\r\n");
-    assert_eq!(read_line(stream), "250 2.1.0 Ok\r\n");
+    helo_and_mail(stream, "s@client.test");
     say(stream, &format!("RCPT TO:<{to}>\r\n"));
     read_line(stream)
 }

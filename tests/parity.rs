@@ -306,10 +306,7 @@ fn bdat_data_is_not_a_pipelined_command() {
     );
     let mut client = connect_as(&doorman, "203.0.113.80");
     assert_eq!(read_line(&mut client), BANNER);
-    say(&mut client, "HELO client.test\r\n");
-    assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
-    say(&mut client, "MAIL FROM:<a@client.test>\r\n");
-    assert_eq!(read_line(&mut client), "250 2.1.0 Ok\r\n");
+    helo_and_mail(&mut client, "a@client.test");
     say(&mut client, "BDAT 5 LAST\r\nhello");
     assert_eq!(
         read_to_close(&mut client),

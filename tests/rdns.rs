@@ -45,10 +45,7 @@ fn say(stream: &mut TcpStream, text: &str) {
 /// The RCPT reply the engine gives a client the score refused.
 fn refused_rcpt(client: &mut TcpStream) -> String {
     assert_eq!(read_line(client), BANNER);
-    say(client, "HELO client.test\r\n");
-    assert_eq!(read_line(client), "250 mx.doorman.test\r\n");
-    say(client, "MAIL FROM:<a@client.test>\r\n");
-    assert_eq!(read_line(client), "250 2.1.0 Ok\r\n");
+    helo_and_mail(client, "a@client.test");
     say(client, "RCPT TO:<b@doorman.test>\r\n");
     read_line(client)
 }

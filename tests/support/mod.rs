@@ -601,11 +601,7 @@ impl Rbldnsd {
         if !require_program("rbldnsd") {
             return None;
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_udp_port();
         let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/dnsbl");
         let dir = tempfile::tempdir().unwrap();
         let query_log = dir.path().join("queries.log");
@@ -628,12 +624,7 @@ impl Rbldnsd {
         let program = spawn(command, "rbldnsd");
         program.log.wait_for("rbldnsd", Duration::from_secs(10));
         // rbldnsd answers once its zones are loaded.
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dns_answers(address) {
-            assert!(Instant::now() < deadline, "rbldnsd did not answer");
-            thread::sleep(Duration::from_millis(50));
-        }
+        let address = answering_on(port, "rbldnsd");
         Some(Self {
             program,
             address,
@@ -669,11 +660,7 @@ impl Dnsmasq {
         if !require_program("dnsmasq") {
             return None;
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_udp_port();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("dnsmasq.conf");
         std::fs::write(
@@ -694,12 +681,7 @@ local=/113.0.203.in-addr.arpa/\nlocal=/test/\nlocal=/8.b.d.0.1.0.0.2.ip6.arpa/\n
                 "--log-facility=-",
             ]);
         let program = spawn(command, "dnsmasq");
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dns_answers(address) {
-            assert!(Instant::now() < deadline, "dnsmasq did not answer");
-            thread::sleep(Duration::from_millis(50));
-        }
+        let address = answering_on(port, "dnsmasq");
         Some(Self {
             program,
             address,
@@ -775,6 +757,26 @@ fn dns_wire_name(zone: &str) -> Vec<u8> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     let lower = haystack.to_ascii_lowercase();
     lower.windows(needle.len()).any(|window| window == needle)
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the DNS server `name` answers on `port` of 127.0.0.1.
+fn answering_on(port: u16, name: &str) -> SocketAddr {
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dns_answers(address) {
+        assert!(Instant::now() < deadline, "{name} did not answer");
+        thread::sleep(Duration::from_millis(50));
+    }
+    address
 }
 
 /// Whether a DNS server at `address` answers a query for 2.0.0.127.bl.test/A.
@@ -1006,6 +1008,17 @@ pub fn connect_as(doorman: &Doorman, client: &str) -> TcpStream {
         .write_all(format!("PROXY {family} {client} {server} 40000 25\r\n").as_bytes())
         .unwrap();
     stream
+}
+
+/// Says HELO and MAIL to doorman's built-in engine (hostname
+/// `mx.doorman.test`) and checks both replies.
+pub fn helo_and_mail(stream: &mut TcpStream, sender: &str) {
+    stream.write_all(b"HELO client.test\r\n").unwrap();
+    assert_eq!(read_line(stream), "250 mx.doorman.test\r\n");
+    stream
+        .write_all(format!("MAIL FROM:<{sender}>\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_line(stream), "250 2.1.0 Ok\r\n");
 }
 
 /// Runs `command`, asserts that it succeeded (showing its stderr if not),
