@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use doorman_dnsbl::{AnswerStore, Dnsbl, DnsblGate, ResolverError, Settings};
-use doorman_gate_api::{Client, Command, Gate, Rejection, Score, Verdict, Waiting};
+use doorman_gate_api::{
+    Client, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict, Waiting,
+};
 use doorman_rdns::{RdnsGate, Weights};
 
 use crate::config::Config;
@@ -39,8 +41,19 @@ pub const DEFAULT_ORDER: [&str; 4] = ["access", "pregreet", "dnsbl", "deep"];
 pub struct Resources {
     /// The store DNS answers are shared through, if any (Redis).
     pub answer_store: Option<Arc<dyn AnswerStore>>,
+    /// The store gates keep records in (Redis, or this process's memory).
+    pub record_store: Arc<dyn RecordStore>,
     /// The metrics, for lookup latencies.
     pub metrics: Arc<Metrics>,
+}
+
+impl Resources {
+    /// A counter of `gate`'s own events, exported as
+    /// `doorman_gate_events_total{gate, event}`.
+    pub fn events(&self, gate: &'static str) -> EventCounter {
+        let metrics = Arc::clone(&self.metrics);
+        Arc::new(move |event| metrics.gate_event(gate, event))
+    }
 }
 
 /// Why a gate could not be built.
@@ -242,6 +255,14 @@ impl Pipeline {
             .iter()
             .filter(|(_, gate)| gate.has_wait_hook())
             .map(|(name, _)| *name)
+    }
+
+    /// Whether a gate needs a client with this score in the engine (see
+    /// `Gate::needs_dialogue`).
+    pub fn needs_dialogue(&self, score: Option<i32>) -> bool {
+        self.gates
+            .iter()
+            .any(|(_, gate)| gate.needs_dialogue(score))
     }
 
     /// Lets every gate rebuild its caches compactly (after a flood).

@@ -79,6 +79,12 @@ struct TestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GateEventLabels {
+    gate: &'static str,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SiteLabels {
     site: String,
 }
@@ -99,6 +105,7 @@ pub struct Metrics {
     registry: Registry,
     connections: Family<OutcomeLabels, Counter>,
     tests: Family<TestLabels, Counter>,
+    gate_events: Family<GateEventLabels, Counter>,
     dnsbl_latency: Family<SiteLabels, Histogram>,
     backend_up: Family<BackendLabels, Gauge>,
     backend_active: Family<BackendLabels, Gauge>,
@@ -117,6 +124,12 @@ impl Default for Metrics {
         );
         let tests = Family::<TestLabels, Counter>::default();
         registry.register("doorman_tests", "Screening tests by result", tests.clone());
+        let gate_events = Family::<GateEventLabels, Counter>::default();
+        registry.register(
+            "doorman_gate_events",
+            "Gates' own events (greylisting, policy verdicts)",
+            gate_events.clone(),
+        );
         let dnsbl_latency = Family::<SiteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
@@ -153,6 +166,7 @@ impl Default for Metrics {
             registry,
             connections,
             tests,
+            gate_events,
             dnsbl_latency,
             backend_up,
             backend_active,
@@ -179,6 +193,13 @@ impl Metrics {
                 test,
                 result: if passed { "pass" } else { "fail" },
             })
+            .inc();
+    }
+
+    /// Counts one of `gate`'s own events.
+    pub fn gate_event(&self, gate: &'static str, event: &'static str) {
+        self.gate_events
+            .get_or_create(&GateEventLabels { gate, event })
             .inc();
     }
 

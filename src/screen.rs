@@ -106,6 +106,7 @@ pub struct Screening {
     passed: Vec<(&'static str, Duration)>,
     allowlisted: Option<Duration>,
     undecided: bool,
+    score: Option<i32>,
 }
 
 /// The reply text of a pregreet failure (postscreen's).
@@ -137,6 +138,16 @@ impl Screening {
     /// pass of this connection is remembered, so it is tested again.
     pub fn undecided(&mut self) {
         self.undecided = true;
+    }
+
+    /// Records the wait gates' summed score.
+    pub fn scored(&mut self, rank: i32) {
+        self.score = Some(rank);
+    }
+
+    /// The wait gates' summed score, when they ran.
+    pub fn score(&self) -> Option<i32> {
+        self.score
     }
 
     /// Whether a test could not be decided in time.
@@ -190,10 +201,7 @@ mod tests {
     use super::*;
 
     fn rejection(action: Action, text: &str) -> Rejection {
-        Rejection {
-            action,
-            reply_text: text.into(),
-        }
+        Rejection::new(action, text)
     }
 
     #[test]

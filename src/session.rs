@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use doorman_gate_api::{Action, Client, Command, Rejection, Verdict};
+use doorman_gate_api::{Action, Client, Command, Envelope, Rejection, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -33,6 +33,7 @@ use crate::cache::Test;
 use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
+use crate::handoff::gated::{relay_gated, Gated, Gates};
 use crate::handoff::{read_reply, relay, Connected, RelayError, REPLY_TIMEOUT};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
@@ -93,6 +94,8 @@ struct EngineRun {
     /// The cache entry to complete with the deep tests' passes at RCPT;
     /// `None` when a test already failed.
     pass: Option<PendingPass>,
+    /// The wait gates' summed score, when the client was scored.
+    score: Option<i32>,
 }
 
 /// The passes so far, waiting for the deep tests.
@@ -362,6 +365,16 @@ impl Session {
             } else {
                 self.count(Counted::Untested);
             }
+            if pipeline.needs_dialogue(None) {
+                return Phase::Engine(Box::new(EngineRun {
+                    client,
+                    rcpt: RcptPolicy::Pass,
+                    pregreeted: false,
+                    deep: DeepTests::new(Vec::new(), &config.deep_tests.forbidden_commands),
+                    pass: None,
+                    score: None,
+                }));
+            }
             return Phase::Handoff {
                 client,
                 teased: false,
@@ -405,10 +418,8 @@ impl Session {
                     pregreeted = true;
                     self.process.metrics.test("pregreet", false);
                     log::pregreet(client.address, &self.buffer, started.elapsed());
-                    let rejection = Rejection {
-                        action: config.greet.action.into(),
-                        reply_text: PREGREET_REPLY.to_string(),
-                    };
+                    let rejection =
+                        Rejection::new(config.greet.action.into(), PREGREET_REPLY.to_string());
                     if rejection.action == Action::Drop {
                         return Box::pin(self.drop_client(&client, &rejection)).await;
                     }
@@ -476,15 +487,24 @@ impl Session {
                     pregreeted,
                     deep: DeepTests::new(all, &config.deep_tests.forbidden_commands),
                     pass: None,
+                    score: screening.score(),
                 }))
             }
-            Decision::HandOff { pass } if !deep_due.is_empty() => {
+            // A doubtful client (or every client, for a gate that asks)
+            // talks to the engine up to its RCPTs, like one with deep tests
+            // due, so the engine gates see its envelope.
+            Decision::HandOff { pass }
+                if !deep_due.is_empty()
+                    || (!screening.failed()
+                        && pipeline.needs_dialogue(Some(screening.score().unwrap_or(0)))) =>
+            {
                 Phase::Engine(Box::new(EngineRun {
                     client,
                     rcpt: RcptPolicy::Pass,
                     pregreeted,
                     deep: DeepTests::new(deep_due, &config.deep_tests.forbidden_commands),
                     pass: pass.map(|entry| PendingPass { previous, entry }),
+                    score: screening.score(),
                 }))
             }
             Decision::HandOff { pass } => {
@@ -530,16 +550,17 @@ impl Session {
             .shared
             .thresholds
             .judge(scores.iter().map(|(_, score)| score), client.ip());
+        let (Judgement::Listed { rank, .. }
+        | Judgement::Allowlisted { rank }
+        | Judgement::Clean { rank }) = judgement;
+        screening.scored(rank);
         match judgement {
             Judgement::Listed { rank, reply_text } => {
                 for (name, score) in &scores {
                     metrics.test(name, score.points() <= 0);
                 }
                 log::dnsbl_rank(client.address, rank);
-                let rejection = Rejection {
-                    action: self.shared.config.dnsbl.action.into(),
-                    reply_text,
-                };
+                let rejection = Rejection::new(self.shared.config.dnsbl.action.into(), reply_text);
                 if rejection.action == Action::Drop {
                     return Some(rejection);
                 }
@@ -676,7 +697,7 @@ impl Session {
                             Action::Ignore => {}
                         }
                     }
-                    match self.ask_gates(&engine, &line, &client).await {
+                    match self.ask_gates(&engine, &line, &client, run.score).await {
                         Some(rejection) if rejection.action == Action::Drop => {
                             self.count(Counted::Dropped);
                             self.send(&rejection.drop_reply()).await;
@@ -702,14 +723,21 @@ impl Session {
                 Some(EngineEvent::Passed(transaction)) => {
                     self.record_deep_passes(&mut run);
                     match config.deep_tests.after_pass {
-                        AfterPass::Replay => {
+                        // A client in the engine only for the gates (no
+                        // deep test due) is always replayed.
+                        _ if config.deep_tests.after_pass == AfterPass::Replay
+                            || run.deep.enabled().is_empty() =>
+                        {
+                            let mut envelope = engine.envelope();
+                            envelope.score = run.score;
+                            envelope.recipients.push(transaction.refused.to.clone());
                             let mut lines: Vec<Vec<u8>> =
                                 transaction.helo_line.into_iter().collect();
                             lines.push(transaction.mail_line);
                             lines.push(transaction.rcpt_line);
-                            return self.replay(client, lines).await;
+                            return self.replay(client, lines, Some(envelope)).await;
                         }
-                        AfterPass::Reconnect => {
+                        _ => {
                             let reply = reply::RCPT_DEFERRED.to_string();
                             let mut refused = transaction.refused;
                             refused.reply = reply.trim_end().to_string();
@@ -729,7 +757,7 @@ impl Session {
                     }
                     let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
                     lines.push(command);
-                    return self.replay(client, lines).await;
+                    return self.replay(client, lines, None).await;
                 }
                 _ => {}
             }
@@ -752,9 +780,16 @@ impl Session {
     /// Asks the engine gates about `line` when it is a HELO/EHLO, MAIL or
     /// RCPT the engine would take: the refusal to answer it with, if a gate
     /// refuses it (an `ignore` refusal is only logged by its gate).
-    async fn ask_gates(&self, engine: &Engine, line: &Line, client: &Client) -> Option<Rejection> {
+    async fn ask_gates(
+        &self,
+        engine: &Engine,
+        line: &Line,
+        client: &Client,
+        score: Option<i32>,
+    ) -> Option<Rejection> {
         let (stage, argument) = engine.question(line)?;
-        let envelope = engine.envelope();
+        let mut envelope = engine.envelope();
+        envelope.score = score;
         let command = Command {
             stage,
             argument: &argument,
@@ -808,8 +843,16 @@ impl Session {
     /// RCPT; or EHLO and STARTTLS/AUTH) are sent one by one, and the client
     /// gets the backend's answer to its pending command, or the first
     /// refusal, so it never gets a reply it did not ask for. Then relays.
-    async fn replay(&mut self, client: Client, lines: Vec<Vec<u8>>) -> Phase {
-        self.connect_and_relay(client, false, lines).await
+    /// With `gated`, the envelope so far, the engine gates go on judging
+    /// the client's MAIL and RCPT commands until its DATA (see
+    /// [`relay_gated`]).
+    async fn replay(
+        &mut self,
+        client: Client,
+        lines: Vec<Vec<u8>>,
+        gated: Option<Envelope>,
+    ) -> Phase {
+        self.connect_and_relay(client, false, lines, gated).await
     }
 
     /// Connects the client to a backend and relays until both sides are
@@ -817,7 +860,8 @@ impl Session {
     /// when it is a 220; otherwise doorman completes the greeting itself and
     /// refuses the next command.
     async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
-        self.connect_and_relay(client, teased, Vec::new()).await
+        self.connect_and_relay(client, teased, Vec::new(), None)
+            .await
     }
 
     /// The handoff itself: a backend, its greeting (forwarded for a plain
@@ -827,6 +871,7 @@ impl Session {
         client: Client,
         teased: bool,
         lines: Vec<Vec<u8>>,
+        gated: Option<Envelope>,
     ) -> Phase {
         self.screening = None;
         let shared = Arc::clone(&self.shared);
@@ -874,6 +919,34 @@ impl Session {
                 }
             }
         }
+        if let Some(envelope) = gated {
+            let gates = Gates {
+                pipeline: &shared.pipeline,
+                client: &client,
+                envelope,
+                line_limit: shared.config.engine.line_length,
+                command_time: shared.config.engine.command_time,
+            };
+            let gated = relay_gated(
+                &mut self.stream,
+                &mut self.buffer,
+                &mut backend,
+                &mut pending,
+                gates,
+            )
+            .await;
+            match gated {
+                Ok(Gated::HandOver) => {}
+                Ok(Gated::Closed) => return Phase::Closed,
+                Err(RelayError::ProxyHeader(input)) => {
+                    return Box::pin(self.refuse_header(&client, &input)).await
+                }
+                Err(RelayError::Io(error)) => {
+                    log::relay_error(client.address, &error);
+                    return Phase::Closed;
+                }
+            }
+        }
         if !pending.is_empty() {
             self.send_bytes(&pending).await;
         }
@@ -881,13 +954,20 @@ impl Session {
         match relay(&mut self.stream, backend, early).await {
             Ok(()) => {}
             Err(RelayError::ProxyHeader(input)) => {
-                self.count(Counted::ProxyRefused);
-                log::proxy_not_allowed(client.address, &input);
-                self.send(&reply::proxy_not_allowed(client.address.ip()))
-                    .await;
+                return self.refuse_header(&client, &input).await;
             }
             Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
         }
+        Phase::Closed
+    }
+
+    /// A client sent a PROXY header after the handoff: refused, never
+    /// forwarded.
+    async fn refuse_header(&mut self, client: &Client, input: &[u8]) -> Phase {
+        self.count(Counted::ProxyRefused);
+        log::proxy_not_allowed(client.address, input);
+        self.send(&reply::proxy_not_allowed(client.address.ip()))
+            .await;
         Phase::Closed
     }
 

@@ -66,6 +66,7 @@ impl Shared {
             &config,
             &Resources {
                 answer_store: cache.answer_store(),
+                record_store: cache.record_store(),
                 metrics: Arc::clone(&process.metrics),
             },
         )?;

@@ -25,10 +25,10 @@ struct Probe;
 impl Gate for Probe {
     fn connect(&self, client: &Client) -> Verdict {
         if client.ip().to_string() == "203.0.113.1" {
-            return Verdict::Reject(Rejection {
-                action: Action::Enforce,
-                reply_text: "5.7.1 probe refuses at connect".into(),
-            });
+            return Verdict::Reject(Rejection::new(
+                Action::Enforce,
+                "5.7.1 probe refuses at connect",
+            ));
         }
         Verdict::Dunno
     }
@@ -47,14 +47,14 @@ impl Gate for Probe {
 
     fn command<'a>(&'a self, _client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {
         let verdict = if command.stage == Stage::Rcpt && command.argument == "trap@doorman.test" {
-            Verdict::Reject(Rejection {
-                action: Action::Enforce,
-                reply_text: format!(
+            Verdict::Reject(Rejection::new(
+                Action::Enforce,
+                format!(
                     "5.7.1 <{}>: Recipient address rejected: spamtrap (sender {})",
                     command.argument,
                     command.envelope.sender.as_deref().unwrap_or_default()
                 ),
-            })
+            ))
         } else {
             Verdict::Dunno
         };

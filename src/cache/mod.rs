@@ -15,6 +15,7 @@
 
 pub mod embedded;
 pub mod entry;
+pub mod records;
 pub mod redis;
 
 use std::net::IpAddr;
@@ -23,11 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use doorman_dnsbl::AnswerStore;
+use doorman_gate_api::RecordStore;
 use lru::LruCache;
 
 use crate::config::{CacheSection, CacheStore};
 use embedded::Embedded;
 pub use entry::{Entry, Test};
+use records::{MemoryRecords, RedisRecords};
 use redis::RedisStore;
 
 /// Why a cache operation failed.
@@ -88,6 +91,8 @@ pub struct PassCache {
     store: Store,
     memory: Known,
     retention: Duration,
+    /// Gates' records when the store is not Redis.
+    local_records: Arc<MemoryRecords>,
 }
 
 /// The passes this instance knows: its in-memory LRU, which answers when
@@ -106,6 +111,7 @@ impl PassCache {
             store,
             memory: Arc::new(Mutex::new(bounded(capacity))),
             retention,
+            local_records: Arc::new(MemoryRecords::new(size)),
         }
     }
 
@@ -153,6 +159,15 @@ impl PassCache {
             Store::Memory => "memory".to_string(),
             Store::Embedded(embedded) => embedded.name(),
             Store::Redis(redis) => redis.name(),
+        }
+    }
+
+    /// The store gates keep records in: Redis, shared by the fleet, or
+    /// this process's memory (for the embedded and memory stores).
+    pub fn record_store(&self) -> Arc<dyn RecordStore> {
+        match &self.store {
+            Store::Redis(redis) => Arc::new(RedisRecords(Arc::clone(redis))),
+            _ => Arc::clone(&self.local_records) as Arc<dyn RecordStore>,
         }
     }
 

@@ -231,6 +231,27 @@ impl RedisStore {
             .await;
     }
 
+    /// A gate's record; `None` when Redis could not be asked.
+    pub async fn record(&self, key: &str) -> Option<Option<String>> {
+        let key = format!("{}gate:{key}", self.prefix);
+        self.call(redis::cmd("GET").arg(key).clone()).await
+    }
+
+    /// Stores a gate's record for `ttl`; `None` when Redis could not be
+    /// asked.
+    pub async fn keep_record(&self, key: &str, value: &str, ttl: Duration) -> Option<()> {
+        let key = format!("{}gate:{key}", self.prefix);
+        self.call(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        )
+        .await
+    }
+
     /// Deletes the entry; whether there was one.
     pub async fn delete(&self, ip: IpAddr) -> Result<bool, CacheError> {
         let removed: i64 = self

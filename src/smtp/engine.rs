@@ -282,32 +282,18 @@ impl Engine {
     pub fn envelope(&self) -> Envelope {
         Envelope {
             helo: self.helo.clone(),
+            esmtp: self.proto == Proto::Esmtp,
             sender: self.from.clone(),
             recipients: Vec::new(),
+            score: None,
         }
     }
 
     /// The step when a gate refused `line` with `reply` (a 4xx or 5xx line
-    /// with CRLF): the command counts, changes nothing, and a refused RCPT
-    /// is logged as NOQUEUE.
+    /// with CRLF): the command counts and changes nothing. The gate logs
+    /// its own refusal, in the form its checks have in Postfix.
     pub fn refuse(&mut self, line: &Line, reply: String) -> Step {
-        self.step(line, |engine, verb, argument, _| {
-            let event = match (verb, &engine.from, address(argument, "TO:")) {
-                ("RCPT", Some(from), Some(to)) => Some(EngineEvent::Refused(RefusedRcpt {
-                    reply: reply.trim_end().to_string(),
-                    from: from.clone(),
-                    to,
-                    proto: engine.proto,
-                    helo: engine.helo.clone().unwrap_or_default(),
-                })),
-                _ => None,
-            };
-            Step {
-                reply,
-                event,
-                close: false,
-            }
-        })
+        self.step(line, |_, _, _, _| Step::reply(reply))
     }
 
     /// Counts a command against the limit, runs `answer` on its verb,
@@ -441,7 +427,7 @@ impl Engine {
 }
 
 /// The address in `FROM:<addr> params` or `TO:<addr>`, without brackets.
-fn address(argument: &str, keyword: &str) -> Option<String> {
+pub(crate) fn address(argument: &str, keyword: &str) -> Option<String> {
     let head = argument.get(..keyword.len())?;
     if !head.eq_ignore_ascii_case(keyword) {
         return None;
@@ -590,19 +576,16 @@ mod tests {
             engine.question(&line("RCPT TO:<trap@y>")),
             Some((GateStage::Rcpt, "trap@y".into()))
         );
+        assert!(engine.envelope().esmtp);
         let step = engine.refuse(&line("RCPT TO:<trap@y>"), "550 5.7.1 trap\r\n".into());
         assert_eq!(step.reply, "550 5.7.1 trap\r\n");
-        assert_eq!(
-            step.event,
-            Some(EngineEvent::Refused(RefusedRcpt {
-                reply: "550 5.7.1 trap".into(),
-                from: "s@x".into(),
-                to: "trap@y".into(),
-                proto: Proto::Esmtp,
-                helo: "client.test".into(),
-            }))
-        );
+        assert_eq!(step.event, None, "the gate logs its refusal");
         assert_eq!(engine.after(), "RCPT");
+        assert_eq!(
+            engine.question(&line("RCPT TO:<good@y>")),
+            Some((GateStage::Rcpt, "good@y".into())),
+            "still in the transaction"
+        );
     }
 
     #[test]

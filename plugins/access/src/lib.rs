@@ -135,10 +135,9 @@ impl AccessList {
     pub fn check(&self, client: &Client) -> Verdict {
         match self.lookup(client.ip()).map(|m| m.access) {
             Some(Access::Permit) => Verdict::Permit,
-            Some(Access::Reject) => Verdict::Reject(Rejection {
-                action: self.action,
-                reply_text: DENYLIST_REPLY.to_string(),
-            }),
+            Some(Access::Reject) => {
+                Verdict::Reject(Rejection::new(self.action, DENYLIST_REPLY.to_string()))
+            }
             Some(Access::Dunno) | None => Verdict::Dunno,
         }
     }
@@ -245,10 +244,10 @@ mod tests {
         assert_eq!(list.check(&client("192.0.2.1")), Verdict::Permit);
         assert_eq!(
             list.check(&client("192.0.2.2")),
-            Verdict::Reject(Rejection {
-                action: Action::Enforce,
-                reply_text: "5.3.2 Service currently unavailable".into()
-            })
+            Verdict::Reject(Rejection::new(
+                Action::Enforce,
+                "5.3.2 Service currently unavailable"
+            ))
         );
         assert_eq!(list.check(&client("192.0.2.3")), Verdict::Dunno);
     }

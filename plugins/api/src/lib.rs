@@ -159,12 +159,33 @@ pub struct Rejection {
     /// The action chooses the code: 550 (to each RCPT) for
     /// [`Action::Enforce`], 521 (at once) for [`Action::Drop`].
     pub reply_text: String,
+    /// A reply code of the gate's own instead of 550 under
+    /// [`Action::Enforce`] (a 450 to greylist, a policy service's 4NN).
+    pub code: Option<u16>,
 }
 
 impl Rejection {
+    /// A refusal with `action`'s reply code.
+    pub fn new(action: Action, reply_text: impl Into<String>) -> Self {
+        Self {
+            action,
+            reply_text: reply_text.into(),
+            code: None,
+        }
+    }
+
+    /// A refusal under [`Action::Enforce`] with its own reply code.
+    pub fn with_code(code: u16, reply_text: impl Into<String>) -> Self {
+        Self {
+            action: Action::Enforce,
+            reply_text: reply_text.into(),
+            code: Some(code),
+        }
+    }
+
     /// The reply to each RCPT under [`Action::Enforce`], with CRLF.
     pub fn enforce_reply(&self) -> String {
-        format!("550 {}\r\n", self.reply_text)
+        format!("{} {}\r\n", self.code.unwrap_or(550), self.reply_text)
     }
 
     /// The reply before closing under [`Action::Drop`], with CRLF.
@@ -178,10 +199,15 @@ impl Rejection {
 pub struct Envelope {
     /// The HELO or EHLO name, once given.
     pub helo: Option<String>,
+    /// Whether the client greeted with EHLO (`proto=ESMTP`).
+    pub esmtp: bool,
     /// The MAIL FROM address (without brackets), once given.
     pub sender: Option<String>,
     /// The recipients accepted so far in this transaction.
     pub recipients: Vec<String>,
+    /// The wait gates' summed score, when the client was scored in this
+    /// connection (`None`: its passes were cached).
+    pub score: Option<i32>,
 }
 
 /// A command of the built-in engine's dialogue that gates are asked about.
@@ -205,6 +231,77 @@ pub struct Command<'a> {
     /// The dialogue before this command.
     pub envelope: &'a Envelope,
 }
+
+impl Envelope {
+    /// The protocol name smtpd logs: `ESMTP` after EHLO, else `SMTP`.
+    pub fn proto(&self) -> &'static str {
+        if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        }
+    }
+}
+
+/// The line Postfix's smtpd logs for a refused RCPT, for gates that refuse
+/// as smtpd's restrictions do (`NOQUEUE: reject: RCPT from
+/// unknown[ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`),
+/// which fail2ban's and pflogsumm's smtpd rules read. `reply` has no CRLF;
+/// control characters of client text are escaped.
+pub fn smtpd_reject_line(
+    client: &Client,
+    reply: &str,
+    envelope: &Envelope,
+    recipient: &str,
+) -> String {
+    format!(
+        "NOQUEUE: reject: RCPT from unknown[{}]: {reply}; from=<{}> to=<{}> proto={} helo=<{}>",
+        client.ip(),
+        printable(envelope.sender.as_deref().unwrap_or_default()),
+        printable(recipient),
+        envelope.proto(),
+        printable(envelope.helo.as_deref().unwrap_or_default())
+    )
+}
+
+/// `text` with control characters and non-ASCII bytes as `?`, cut at 256
+/// characters, for log lines.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(256)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// A small store of records with expiry that gates keep state in: the
+/// configured cache store, so a fleet sharing Redis shares the records.
+/// `Err` when the store cannot answer now (Redis down): the gate decides
+/// how to fail.
+pub trait RecordStore: Send + Sync {
+    /// The record under `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> GateFuture<'a, Result<Option<String>, StoreDown>>;
+    /// Stores `value` under `key` for `ttl`.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> GateFuture<'a, Result<(), StoreDown>>;
+}
+
+/// The record store cannot answer now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreDown;
+
+/// Counts one of a gate's events; the core exports the counts as
+/// `doorman_gate_events_total{gate, event}`.
+pub type EventCounter = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// A future a gate returns; boxed, so gates are objects.
 pub type GateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -231,6 +328,15 @@ pub trait Gate: Send + Sync {
     /// to look up for this client.
     fn wait(&self, _client: &Client) -> Option<Box<dyn Waiting>> {
         None
+    }
+
+    /// Whether a client that failed no test must talk to the built-in
+    /// engine up to its RCPTs, so that this gate sees its envelope, instead
+    /// of going straight to a backend; it is replayed into the backend once
+    /// a recipient is accepted. `score` is the wait gates' summed score,
+    /// `None` for a client that was not scored (its passes were cached).
+    fn needs_dialogue(&self, _score: Option<i32>) -> bool {
+        false
     }
 
     /// **In the built-in engine's dialogue**: the verdict on HELO/EHLO,

@@ -1,0 +1,78 @@
+//! The record store gates keep state in (greylisting triplets, say): Redis
+//! for a fleet, so a retry that reaches another instance finds its record;
+//! otherwise this process's memory, a bounded LRU whose oldest records go
+//! first.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use doorman_gate_api::{GateFuture, RecordStore, StoreDown};
+use lru::LruCache;
+
+use super::redis::RedisStore;
+
+/// Records in this process's memory.
+#[derive(Debug)]
+pub struct MemoryRecords {
+    records: Mutex<LruCache<String, (String, Instant)>>,
+}
+
+impl MemoryRecords {
+    /// At most `size` records.
+    pub fn new(size: usize) -> Self {
+        let mut records = LruCache::unbounded();
+        records.resize(NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN));
+        Self {
+            records: Mutex::new(records),
+        }
+    }
+}
+
+impl RecordStore for MemoryRecords {
+    fn get<'a>(&'a self, key: &'a str) -> GateFuture<'a, Result<Option<String>, StoreDown>> {
+        let found = self
+            .records
+            .lock()
+            .ok()
+            .and_then(|mut records| match records.get(key) {
+                Some((value, expiry)) if *expiry > Instant::now() => Some(value.clone()),
+                Some(_) => {
+                    records.pop(key);
+                    None
+                }
+                None => None,
+            });
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> GateFuture<'a, Result<(), StoreDown>> {
+        if let Ok(mut records) = self.records.lock() {
+            records.put(key.to_string(), (value.to_string(), Instant::now() + ttl));
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Records in Redis, as `<prefix>gate:<key>` with native expiry.
+pub struct RedisRecords(pub Arc<RedisStore>);
+
+impl RecordStore for RedisRecords {
+    fn get<'a>(&'a self, key: &'a str) -> GateFuture<'a, Result<Option<String>, StoreDown>> {
+        Box::pin(async move { self.0.record(key).await.ok_or(StoreDown) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> GateFuture<'a, Result<(), StoreDown>> {
+        Box::pin(async move { self.0.keep_record(key, value, ttl).await.ok_or(StoreDown) })
+    }
+}
