@@ -26,6 +26,7 @@ use doorman_dnsbl::{AnswerStore, Dnsbl, DnsblGate, ResolverError, Settings};
 use doorman_gate_api::{
     Client, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict, Waiting,
 };
+use doorman_greylist::GreylistGate;
 use doorman_rdns::{RdnsGate, Weights};
 
 use crate::config::Config;
@@ -91,7 +92,12 @@ impl Registry {
     /// Every gate doorman ships.
     pub fn standard() -> Self {
         Self {
-            entries: vec![("access", access), ("dnsbl", dnsbl), ("rdns", rdns)],
+            entries: vec![
+                ("access", access),
+                ("dnsbl", dnsbl),
+                ("rdns", rdns),
+                ("greylist", greylist),
+            ],
         }
     }
 
@@ -177,6 +183,24 @@ pub fn rdns_settings(config: &Config) -> doorman_rdns::Settings {
         nameservers: config.dnsbl.nameservers.clone(),
         cache_size: config.cache.size,
     }
+}
+
+fn greylist(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
+    let section = &config.greylist;
+    Ok(Some(Arc::new(GreylistGate::new(
+        doorman_greylist::Settings {
+            threshold: section.threshold,
+            delay: section.delay,
+            retry_window: section.retry_window,
+            auto_allowlist: section.auto_allowlist,
+            max_age: section.max_age,
+            ipv4_prefix: section.ipv4_prefix,
+            ipv6_prefix: section.ipv6_prefix,
+            text: section.text.clone(),
+        },
+        Arc::clone(&resources.record_store),
+        resources.events("greylist"),
+    ))))
 }
 
 /// The gates of one config, in its order.

@@ -262,6 +262,77 @@ fn default_one() -> i32 {
     1
 }
 
+/// The `[greylist]` section: selective greylisting of doubtful clients.
+/// The gate runs when `greylist` is in `gates`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GreylistSection {
+    /// A summed score at or above this (and below `[dnsbl] threshold`) is
+    /// doubtful.
+    #[serde(default = "default_one")]
+    pub threshold: i32,
+    /// How long a triplet must wait after its first attempt.
+    #[serde(with = "humantime_serde", default = "default_greylist_delay")]
+    pub delay: Duration,
+    /// How long after the delay a retry is still taken.
+    #[serde(with = "humantime_serde", default = "default_retry_window")]
+    pub retry_window: Duration,
+    /// Successful retries after which a network skips greylisting.
+    #[serde(default = "default_auto_allowlist")]
+    pub auto_allowlist: u32,
+    /// How long a passed triplet and an allowlisted network are kept.
+    #[serde(with = "humantime_serde", default = "default_max_age")]
+    pub max_age: Duration,
+    /// The IPv4 network a client is keyed by.
+    #[serde(default = "default_greylist_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The IPv6 network a client is keyed by.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// The reply text; `%r` is the recipient's domain.
+    #[serde(default = "default_greylist_text")]
+    pub text: String,
+}
+
+impl Default for GreylistSection {
+    fn default() -> Self {
+        Self {
+            threshold: default_one(),
+            delay: default_greylist_delay(),
+            retry_window: default_retry_window(),
+            auto_allowlist: default_auto_allowlist(),
+            max_age: default_max_age(),
+            ipv4_prefix: default_greylist_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            text: default_greylist_text(),
+        }
+    }
+}
+
+fn default_greylist_delay() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_retry_window() -> Duration {
+    Duration::from_secs(2 * 86400)
+}
+
+fn default_auto_allowlist() -> u32 {
+    5
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(35 * 86400)
+}
+
+fn default_greylist_ipv4_prefix() -> u8 {
+    24
+}
+
+fn default_greylist_text() -> String {
+    "Greylisted, see http://postgrey.schweikert.ch/help/%r.html".into()
+}
+
 /// The `[dnsbl]` section: weighted DNSBL/DNSWL sites.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -594,6 +665,8 @@ struct ConfigFile {
     #[serde(default)]
     rdns: RdnsSection,
     #[serde(default)]
+    greylist: GreylistSection,
+    #[serde(default)]
     cache: CacheSection,
     #[serde(default)]
     engine: EngineSection,
@@ -638,6 +711,8 @@ pub struct Config {
     pub dnsbl: DnsblSection,
     /// The `[rdns]` section.
     pub rdns: RdnsSection,
+    /// The `[greylist]` section.
+    pub greylist: GreylistSection,
     /// The parsed DNSBL sites.
     pub dnsbl_sites: Vec<Site>,
     /// The `[cache]` section.
@@ -799,6 +874,15 @@ impl Config {
                 "ipv4_prefix must be at most 32 and ipv6_prefix at most 128".into(),
             ));
         }
+        if file.greylist.ipv4_prefix > 32
+            || file.greylist.ipv6_prefix > 128
+            || file.greylist.text.bytes().any(|b| b.is_ascii_control())
+        {
+            return Err(invalid(
+                "[greylist]",
+                "ipv4_prefix must be at most 32, ipv6_prefix at most 128, and text one line".into(),
+            ));
+        }
         if file.engine.command_limit == 0 || file.engine.line_length < 16 {
             return Err(invalid(
                 "[engine]",
@@ -872,6 +956,7 @@ impl Config {
             greet: file.greet,
             dnsbl: file.dnsbl,
             rdns: file.rdns,
+            greylist: file.greylist,
             dnsbl_sites,
             cache,
             engine: file.engine,

@@ -1,0 +1,202 @@
+//! Selective greylisting over real sockets, with Debian's rbldnsd scoring
+//! the clients: a doubtful client is greylisted, retries too early, passes
+//! after the delay and is replayed so the backend gets its message; a clean
+//! client never meets the engine; two instances on one redis-server share
+//! the records; a network is allowlisted after its successful retries; and
+//! an IPv6 client retries from another address of its /64.
+
+mod support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";
+const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
+
+/// doorman scoring with rbldnsd (bl.test 127.0.0.2 and bl2.test weigh 1,
+/// v6.test 1; 5 refuses), greylisting from 1 with a 2 s delay.
+fn start(backend: &FakeBackend, dns: SocketAddr, cache: &str) -> Doorman {
+    let sections = format!(
+        "[greet]\nbanner = \"\"\nwait = \"2s\"\n[cache]\n{cache}\n\
+[dnsbl]\nsites = [\"bl.test=127.0.0.2\", \"bl2.test\", \"v6.test\"]\nthreshold = 5\naction = \"enforce\"\ntimeout = \"2s\"\nnameservers = [\"{dns}\"]\n\
+[greylist]\nthreshold = 1\ndelay = \"2s\"\nretry_window = \"1h\"\nauto_allowlist = 2\n"
+    );
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"greylist\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", &sections)
+    );
+    Doorman::start(&config, "127.0.0.1\n")
+}
+
+fn say(stream: &mut TcpStream, text: &str) {
+    stream.write_all(text.as_bytes()).unwrap();
+}
+
+/// A doubtful client's dialogue up to the reply to its RCPT.
+fn attempt(doorman: &Doorman, client: &str, sender: &str, recipient: &str) -> (TcpStream, String) {
+    let mut stream = connect_as(doorman, client);
+    assert_eq!(read_line(&mut stream), BANNER, "{client} meets the engine");
+    helo_and_mail(&mut stream, sender);
+    say(&mut stream, &format!("RCPT TO:<{recipient}>\r\n"));
+    let reply = read_line(&mut stream);
+    (stream, reply)
+}
+
+fn greylisted(recipient: &str) -> String {
+    let domain = recipient.split('@').nth(1).unwrap_or_default();
+    format!(
+        "450 4.2.0 <{recipient}>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/{domain}.html\r\n"
+    )
+}
+
+#[test]
+fn a_doubtful_client_is_greylisted_then_replayed_and_a_clean_one_goes_straight_through() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(&backend, dns.address, "store = \"memory\"");
+
+    let (_first, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "alice@sender.test",
+        "bob@doorman.test",
+    );
+    assert_eq!(reply, greylisted("bob@doorman.test"));
+    doorman.log.wait_for(
+        "NOQUEUE: reject: RCPT from unknown[203.0.113.22]: 450 4.2.0 <bob@doorman.test>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/doorman.test.html; from=<alice@sender.test> to=<bob@doorman.test> proto=SMTP helo=<client.test>",
+        Duration::from_secs(5),
+    );
+    let (_early, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "alice@sender.test",
+        "bob@doorman.test",
+    );
+    assert_eq!(reply, greylisted("bob@doorman.test"), "too early");
+
+    thread::sleep(Duration::from_millis(2100));
+    let (mut retry, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "alice@sender.test",
+        "bob@doorman.test",
+    );
+    assert_eq!(
+        reply, "250 2.0.0 ok\r\n",
+        "the backend's own answer, replayed"
+    );
+    // Later recipients still meet the gates before the backend.
+    say(&mut retry, "RCPT TO:<carol@doorman.test>\r\n");
+    assert_eq!(read_line(&mut retry), greylisted("carol@doorman.test"));
+    say(&mut retry, "DATA\r\n");
+    assert_eq!(read_line(&mut retry), "354 go ahead\r\n");
+    say(&mut retry, "Subject: hi\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(read_line(&mut retry).get(..3), Some("250"));
+    let received = String::from_utf8_lossy(&backend.wait_bytes(0, 1)).into_owned();
+    doorman.log.wait_for(
+        "greylist: pass for [203.0.113.22]:40000 after 2s: from=<alice@sender.test> to=<bob@doorman.test>",
+        Duration::from_secs(5),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut received = received;
+    while !received.contains("hello") {
+        assert!(std::time::Instant::now() < deadline, "{received}");
+        thread::sleep(Duration::from_millis(50));
+        received = String::from_utf8_lossy(&backend.wait_bytes(0, 1)).into_owned();
+    }
+    assert!(
+        received.contains("RCPT TO:<bob@doorman.test>"),
+        "{received}"
+    );
+    assert!(
+        !received.contains("carol@"),
+        "a greylisted recipient never reaches the backend"
+    );
+
+    // A clean client never meets the engine.
+    let mut clean = connect_as(&doorman, "203.0.113.200");
+    assert_eq!(read_line(&mut clean), BACKEND);
+}
+
+#[test]
+fn a_network_is_allowlisted_after_its_successful_retries_and_ipv6_keys_by_64() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(&backend, dns.address, "store = \"memory\"");
+    // Two triplets from two addresses of 203.0.113.0/24 pass after the
+    // delay: the network is allowlisted, and a third address's first
+    // attempt goes through at once.
+    for (client, sender) in [("203.0.113.7", "a@one.test"), ("203.0.113.9", "b@two.test")] {
+        let (_s, reply) = attempt(&doorman, client, sender, "rcpt@doorman.test");
+        assert_eq!(reply, greylisted("rcpt@doorman.test"));
+    }
+    thread::sleep(Duration::from_millis(2100));
+    for (client, sender) in [("203.0.113.7", "a@one.test"), ("203.0.113.9", "b@two.test")] {
+        let (_s, reply) = attempt(&doorman, client, sender, "rcpt@doorman.test");
+        assert_eq!(reply, "250 2.0.0 ok\r\n", "{client}");
+    }
+    doorman.log.wait_for(
+        "greylist: network 203.0.113.0/24 allowlisted after 2 successful retries",
+        Duration::from_secs(5),
+    );
+    let (_s, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "new@three.test",
+        "rcpt@doorman.test",
+    );
+    assert_eq!(reply, "250 2.0.0 ok\r\n");
+
+    // IPv6: the retry comes from another address of the same /64.
+    let (_s, reply) = attempt(
+        &doorman,
+        "2001:db8:bad::1",
+        "v6@sender.test",
+        "rcpt@doorman.test",
+    );
+    assert_eq!(reply, greylisted("rcpt@doorman.test"));
+    thread::sleep(Duration::from_millis(2100));
+    let (_s, reply) = attempt(
+        &doorman,
+        "2001:db8:bad::2",
+        "v6@sender.test",
+        "rcpt@doorman.test",
+    );
+    assert_eq!(reply, "250 2.0.0 ok\r\n");
+}
+
+#[test]
+fn two_instances_on_one_redis_share_the_records() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let backend = FakeBackend::start(true);
+    let cache = format!(
+        "store = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"g:\"",
+        redis.url()
+    );
+    let a = start(&backend, dns.address, &cache);
+    let b = start(&backend, dns.address, &cache);
+    let (_s, reply) = attempt(&a, "203.0.113.22", "fleet@sender.test", "rcpt@doorman.test");
+    assert_eq!(reply, greylisted("rcpt@doorman.test"));
+    thread::sleep(Duration::from_millis(2100));
+    let (_s, reply) = attempt(&b, "203.0.113.22", "fleet@sender.test", "rcpt@doorman.test");
+    assert_eq!(
+        reply, "250 2.0.0 ok\r\n",
+        "the retry on the other instance passes"
+    );
+
+    // Redis down: the gate lets doubtful clients through and says so once.
+    redis.stop();
+    let (_s, reply) = attempt(&a, "203.0.113.9", "down@sender.test", "rcpt@doorman.test");
+    assert_eq!(reply, "250 2.0.0 ok\r\n");
+    a.log.wait_for(
+        "warning: greylist: the record store does not answer; not greylisting until it does",
+        Duration::from_secs(5),
+    );
+}
