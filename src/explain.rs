@@ -135,6 +135,20 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
         );
         outcome = Some(thresholds.judge(&scores, ip));
     }
+    if config.gates.iter().any(|gate| gate == "greylist") {
+        let score: i32 = scores.iter().map(Score::points).sum();
+        let threshold = config.greylist.threshold;
+        let line = if denied.is_some() || score >= thresholds.threshold {
+            "not greylisted: refused before".to_string()
+        } else if score >= threshold {
+            format!(
+                "doubtful (score {score} >= {threshold}): greylisted at RCPT, then replayed once a retry is accepted"
+            )
+        } else {
+            format!("not doubtful (score {score} < {threshold}): never greylisted")
+        };
+        let _ = writeln!(out, "greylist: {line}");
+    }
     let verdict = match (denied, outcome) {
         (Some(action), _) => {
             format!("denylisted (DENYLISTED): 5.3.2 Service currently unavailable, action {action}")

@@ -27,9 +27,10 @@ use doorman_gate_api::{
     Client, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict, Waiting,
 };
 use doorman_greylist::GreylistGate;
+use doorman_policy::{Address, Clients, PolicyGate};
 use doorman_rdns::{RdnsGate, Weights};
 
-use crate::config::Config;
+use crate::config::{Config, PolicyClients};
 use crate::metrics::Metrics;
 
 /// The session's own tests, listed and ordered like gates.
@@ -97,6 +98,7 @@ impl Registry {
                 ("dnsbl", dnsbl),
                 ("rdns", rdns),
                 ("greylist", greylist),
+                ("policy", policy),
             ],
         }
     }
@@ -200,6 +202,27 @@ fn greylist(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gat
         },
         Arc::clone(&resources.record_store),
         resources.events("greylist"),
+    ))))
+}
+
+fn policy(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
+    let section = &config.policy;
+    let Some(address) = &section.address else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(PolicyGate::new(
+        doorman_policy::Settings {
+            address: Address::parse(address),
+            clients: match section.clients {
+                PolicyClients::All => Clients::All,
+                PolicyClients::Doubtful => Clients::Doubtful(config.greylist.threshold),
+            },
+            timeout: section.timeout,
+            default_action: section.default_action.clone(),
+            request_limit: section.request_limit,
+            hostname: config.hostname.clone(),
+        },
+        resources.events("policy"),
     ))))
 }
 

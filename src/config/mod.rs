@@ -333,6 +333,59 @@ fn default_greylist_text() -> String {
     "Greylisted, see http://postgrey.schweikert.ch/help/%r.html".into()
 }
 
+/// The `[policy]` section: a Postfix policy service asked at RCPT. The
+/// gate runs when `policy` is in `gates`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// `host:port`, or `unix:/path`.
+    pub address: Option<String>,
+    /// `doubtful` (a score at or above `[greylist] threshold`) or `all`.
+    #[serde(default)]
+    pub clients: PolicyClients,
+    /// How long one request may take.
+    #[serde(with = "humantime_serde", default = "default_policy_timeout")]
+    pub timeout: Duration,
+    /// The action when the service fails (Postfix's
+    /// `smtpd_policy_service_default_action`).
+    #[serde(default = "default_policy_action")]
+    pub default_action: String,
+    /// Requests per connection before a new one; 0: no limit.
+    #[serde(default)]
+    pub request_limit: u32,
+}
+
+/// Which clients the policy service sees.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyClients {
+    /// Only doubtful clients.
+    #[default]
+    Doubtful,
+    /// Every client (each then talks to the built-in engine up to RCPT).
+    All,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            address: None,
+            clients: PolicyClients::default(),
+            timeout: default_policy_timeout(),
+            default_action: default_policy_action(),
+            request_limit: 0,
+        }
+    }
+}
+
+fn default_policy_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_policy_action() -> String {
+    "451 4.3.5 Server configuration problem".into()
+}
+
 /// The `[dnsbl]` section: weighted DNSBL/DNSWL sites.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -667,6 +720,8 @@ struct ConfigFile {
     #[serde(default)]
     greylist: GreylistSection,
     #[serde(default)]
+    policy: PolicySection,
+    #[serde(default)]
     cache: CacheSection,
     #[serde(default)]
     engine: EngineSection,
@@ -713,6 +768,8 @@ pub struct Config {
     pub rdns: RdnsSection,
     /// The `[greylist]` section.
     pub greylist: GreylistSection,
+    /// The `[policy]` section.
+    pub policy: PolicySection,
     /// The parsed DNSBL sites.
     pub dnsbl_sites: Vec<Site>,
     /// The `[cache]` section.
@@ -883,6 +940,23 @@ impl Config {
                 "ipv4_prefix must be at most 32, ipv6_prefix at most 128, and text one line".into(),
             ));
         }
+        if file.gates.iter().any(|gate| gate == "policy") && file.policy.address.is_none() {
+            return Err(invalid(
+                "[policy]",
+                "the policy gate needs [policy] address (\"host:port\" or \"unix:/path\")".into(),
+            ));
+        }
+        if doorman_policy::protocol::meaning(&file.policy.default_action).is_none()
+            || file.policy.timeout.is_zero()
+        {
+            return Err(invalid(
+                "default_action",
+                format!(
+                    "policy default_action {:?} is no access(5) action, or timeout is 0",
+                    file.policy.default_action
+                ),
+            ));
+        }
         if file.engine.command_limit == 0 || file.engine.line_length < 16 {
             return Err(invalid(
                 "[engine]",
@@ -957,6 +1031,7 @@ impl Config {
             dnsbl: file.dnsbl,
             rdns: file.rdns,
             greylist: file.greylist,
+            policy: file.policy,
             dnsbl_sites,
             cache,
             engine: file.engine,

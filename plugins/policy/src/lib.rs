@@ -1,0 +1,265 @@
+//! A client of Postfix's policy delegation protocol (SMTPD_POLICY_README)
+//! at RCPT: the services operators already run (postgrey, policyd-spf,
+//! policyd-rate-limit) judge doorman's clients as they judge smtpd's.
+//!
+//! For each RCPT of the clients it sees (`clients = "all"`, or only the
+//! doubtful ones), the gate sends the attributes Postfix sends at RCPT that
+//! doorman knows (see [`request`]) over TCP or a unix socket, reads the
+//! `action=` reply, and acts as Postfix's access(5) does ([`protocol`]).
+//! Connections are kept and reused, each for at most `request_limit`
+//! requests. A service that fails (no connection, no reply within
+//! `timeout`, garbage, a reply over 4 KiB, a close mid-reply) gets one
+//! warning line, and `default_action` answers.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod protocol;
+pub mod request;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use doorman_gate_api::{
+    smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection, Stage, Verdict,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::timeout;
+
+use protocol::{meaning, parse_reply, Action};
+
+/// Which clients the service sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clients {
+    /// Every client, which then talks to the built-in engine up to RCPT.
+    All,
+    /// Only clients whose summed score is at or above the threshold.
+    Doubtful(i32),
+}
+
+/// Where the service listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// `host:port`.
+    Tcp(String),
+    /// `unix:/path`.
+    Unix(String),
+}
+
+impl Address {
+    /// Reads `host:port` or `unix:/path`.
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix("unix:") {
+            Some(path) => Address::Unix(path.to_string()),
+            None => Address::Tcp(text.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(address) => f.write_str(address),
+            Address::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+/// The gate's settings (`[policy]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The service.
+    pub address: Address,
+    /// Which clients it sees.
+    pub clients: Clients,
+    /// How long one request may take, connecting included.
+    pub timeout: Duration,
+    /// The action when the service fails.
+    pub default_action: String,
+    /// Requests per connection before a new one; 0: no limit.
+    pub request_limit: u32,
+    /// The name doorman gives itself in `instance` values.
+    pub hostname: String,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A kept connection and how many requests it carried.
+struct Connection {
+    stream: Box<dyn Stream>,
+    requests: u32,
+}
+
+/// The most idle connections kept.
+const MAX_IDLE: usize = 16;
+
+/// The policy service gate.
+pub struct PolicyGate {
+    settings: Settings,
+    idle: Mutex<Vec<Connection>>,
+    instances: AtomicU64,
+    events: EventCounter,
+}
+
+impl PolicyGate {
+    /// A gate asking the service in `settings`, counting its verdicts and
+    /// errors with `events`.
+    pub fn new(settings: Settings, events: EventCounter) -> Self {
+        Self {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            instances: AtomicU64::new(0),
+            events,
+        }
+    }
+
+    fn in_scope(&self, score: Option<i32>) -> bool {
+        match self.settings.clients {
+            Clients::All => true,
+            Clients::Doubtful(threshold) => score.is_some_and(|score| score >= threshold),
+        }
+    }
+
+    /// Sends `request` and returns the `action=` value.
+    async fn ask(&self, request: &str) -> Result<String, String> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => Connection {
+                stream: self.connect().await?,
+                requests: 0,
+            },
+        };
+        connection
+            .stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buffer = Vec::with_capacity(256);
+        let action = loop {
+            match parse_reply(&buffer) {
+                Ok(Some(action)) => break action,
+                Ok(None) => {}
+                Err(protocol::ReplyError::TooLong) => return Err("reply too long".into()),
+                Err(protocol::ReplyError::NoAction) => return Err("reply without action=".into()),
+            }
+            let mut chunk = [0u8; 1024];
+            let read = connection
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Err("connection closed mid-reply".into());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+        };
+        connection.requests += 1;
+        let limit = self.settings.request_limit;
+        if limit == 0 || connection.requests < limit {
+            if let Ok(mut idle) = self.idle.lock() {
+                if idle.len() < MAX_IDLE {
+                    idle.push(connection);
+                }
+            }
+        }
+        Ok(action)
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Stream>, String> {
+        match &self.settings.address {
+            Address::Tcp(address) => TcpStream::connect(address.as_str())
+                .await
+                .map(|stream| {
+                    let _ = stream.set_nodelay(true);
+                    Box::new(stream) as Box<dyn Stream>
+                })
+                .map_err(|e| e.to_string()),
+            Address::Unix(path) => UnixStream::connect(path)
+                .await
+                .map(|stream| Box::new(stream) as Box<dyn Stream>)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The verdict of `action` for `recipient`.
+    fn verdict(&self, action: &str, client: &Client, command: &Command<'_>) -> Verdict {
+        match meaning(action) {
+            Some(Action::Accept) => {
+                (self.events)("ok");
+                Verdict::Permit
+            }
+            Some(Action::Dunno) => {
+                (self.events)("dunno");
+                if !action.trim().eq_ignore_ascii_case("DUNNO") {
+                    tracing::debug!("policy {}: {action} ignored at RCPT", self.settings.address);
+                }
+                Verdict::Dunno
+            }
+            Some(Action::Refuse { code, status, text }) => {
+                (self.events)(if code >= 500 { "reject" } else { "defer" });
+                let recipient = command.argument;
+                let rejection = Rejection::with_code(
+                    code,
+                    format!("{status} <{recipient}>: Recipient address rejected: {text}"),
+                );
+                let reply = rejection.enforce_reply();
+                tracing::info!(
+                    "{}",
+                    smtpd_reject_line(client, reply.trim_end(), command.envelope, recipient)
+                );
+                Verdict::Reject(rejection)
+            }
+            None => {
+                (self.events)("unknown_action");
+                tracing::warn!(
+                    "warning: policy {}: unknown action {:?}, taken as DUNNO",
+                    self.settings.address,
+                    action.chars().take(100).collect::<String>()
+                );
+                Verdict::Dunno
+            }
+        }
+    }
+}
+
+impl Gate for PolicyGate {
+    fn needs_dialogue(&self, score: Option<i32>) -> bool {
+        self.in_scope(score)
+    }
+
+    fn command<'a>(&'a self, client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {
+        Box::pin(async move {
+            if command.stage != Stage::Rcpt || !self.in_scope(command.envelope.score) {
+                return Verdict::Dunno;
+            }
+            let instance = format!(
+                "{}.{:x}",
+                self.settings.hostname,
+                self.instances.fetch_add(1, Ordering::Relaxed)
+            );
+            let request = request::rcpt(client, &command, &instance);
+            let action = match timeout(self.settings.timeout, self.ask(&request)).await {
+                Ok(Ok(action)) => action,
+                Ok(Err(error)) => self.failed(&error),
+                Err(_) => self.failed(&format!("no reply within {:?}", self.settings.timeout)),
+            };
+            self.verdict(&action, client, &command)
+        })
+    }
+}
+
+impl PolicyGate {
+    /// Logs a failure and answers with the default action.
+    fn failed(&self, error: &str) -> String {
+        (self.events)("error");
+        tracing::warn!(
+            "warning: problem talking to server {}: {error}",
+            self.settings.address
+        );
+        self.settings.default_action.clone()
+    }
+}

@@ -1,0 +1,70 @@
+//! The request Postfix's smtpd sends at RCPT, with what doorman knows.
+
+use doorman_gate_api::{Client, Command};
+
+use crate::protocol::attribute;
+
+/// The attributes of a RCPT request, ended by the empty line. Attributes
+/// doorman does not know (TLS, SASL, the size before DATA) are sent empty,
+/// as Postfix sends unknown values; `client_name` and
+/// `reverse_client_name` are `unknown`.
+pub fn rcpt(client: &Client, command: &Command<'_>, instance: &str) -> String {
+    let envelope = command.envelope;
+    let mut request = String::with_capacity(512);
+    let ip = client.ip();
+    for (name, value) in [
+        ("request", "smtpd_access_policy"),
+        ("protocol_state", "RCPT"),
+        ("protocol_name", envelope.proto()),
+        ("helo_name", envelope.helo.as_deref().unwrap_or_default()),
+        ("queue_id", ""),
+        ("sender", envelope.sender.as_deref().unwrap_or_default()),
+        ("recipient", command.argument),
+    ] {
+        attribute(&mut request, name, value);
+    }
+    attribute(
+        &mut request,
+        "recipient_count",
+        &envelope.recipients.len().to_string(),
+    );
+    attribute(&mut request, "client_address", &ip.to_string());
+    attribute(&mut request, "client_name", "unknown");
+    attribute(&mut request, "reverse_client_name", "unknown");
+    attribute(&mut request, "instance", instance);
+    for name in ["sasl_method", "sasl_username", "sasl_sender"] {
+        attribute(&mut request, name, "");
+    }
+    attribute(&mut request, "size", "0");
+    for name in [
+        "ccert_subject",
+        "ccert_issuer",
+        "ccert_fingerprint",
+        "ccert_pubkey_fingerprint",
+        "encryption_protocol",
+        "encryption_cipher",
+    ] {
+        attribute(&mut request, name, "");
+    }
+    attribute(&mut request, "encryption_keysize", "0");
+    attribute(&mut request, "etrn_domain", "");
+    attribute(&mut request, "stress", "");
+    attribute(
+        &mut request,
+        "client_port",
+        &client.address.port().to_string(),
+    );
+    attribute(&mut request, "policy_context", "");
+    attribute(
+        &mut request,
+        "server_address",
+        &client.destination.ip().to_string(),
+    );
+    attribute(
+        &mut request,
+        "server_port",
+        &client.destination.port().to_string(),
+    );
+    request.push('\n');
+    request
+}
