@@ -24,7 +24,8 @@ use std::task::Poll;
 
 use doorman_dnsbl::{AnswerStore, Dnsbl, DnsblGate, ResolverError, Settings};
 use doorman_gate_api::{
-    Client, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict, Waiting,
+    Client, ClientNames, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict,
+    Waiting,
 };
 use doorman_greylist::GreylistGate;
 use doorman_policy::{Address, Clients, PolicyGate};
@@ -375,6 +376,15 @@ impl Waits {
             Poll::Pending
         })
         .await
+    }
+
+    /// The client's names, from the first gate that learned them.
+    pub fn names(&self) -> ClientNames {
+        self.items
+            .iter()
+            .map(|(_, waiting)| waiting.names())
+            .find(|names| names.reverse.is_some())
+            .unwrap_or_default()
     }
 
     /// Each gate's score so far, in config order.

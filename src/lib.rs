@@ -64,8 +64,13 @@
 //! the hooks it needs, a section for its settings in [`config`], and one
 //! line in [`gates::Registry::standard`]; see the [`gates`] module. The
 //! gates doorman ships: the access list (`plugins/access`, at connect), the
-//! DNSBL/DNSWL lookups (`plugins/dnsbl`, during the wait) and reverse DNS
-//! (`plugins/rdns`, during the wait).
+//! DNSBL/DNSWL lookups (`plugins/dnsbl`, during the wait), reverse DNS
+//! (`plugins/rdns`, during the wait), selective greylisting
+//! (`plugins/greylist`, at RCPT, for doubtful clients) and Postfix policy
+//! services (`plugins/policy`, at RCPT). An engine gate may ask for clients
+//! in the engine (`Gate::needs_dialogue`); they are replayed into a backend
+//! once a recipient is accepted, and their later MAIL and RCPT commands
+//! still meet the gates ([`handoff::gated`]).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use doorman_gate_api::{Action, Client, Command, Envelope, Rejection, Verdict};
+use doorman_gate_api::{Action, Client, ClientNames, Command, Envelope, Rejection, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -96,6 +96,8 @@ struct EngineRun {
     pass: Option<PendingPass>,
     /// The wait gates' summed score, when the client was scored.
     score: Option<i32>,
+    /// The client's names, when a wait gate learned them.
+    names: ClientNames,
 }
 
 /// The passes so far, waiting for the deep tests.
@@ -373,6 +375,7 @@ impl Session {
                     deep: DeepTests::new(Vec::new(), &config.deep_tests.forbidden_commands),
                     pass: None,
                     score: None,
+                    names: ClientNames::default(),
                 }));
             }
             return Phase::Handoff {
@@ -458,6 +461,7 @@ impl Session {
         if let Some(rejection) = self.judge_waits(&waits, &client, &mut screening) {
             return Box::pin(self.drop_client(&client, &rejection)).await;
         }
+        let names = waits.names();
         drop(waits);
         if pregreet_due && !pregreeted {
             self.process.metrics.test("pregreet", true);
@@ -488,6 +492,7 @@ impl Session {
                     deep: DeepTests::new(all, &config.deep_tests.forbidden_commands),
                     pass: None,
                     score: screening.score(),
+                    names,
                 }))
             }
             // A doubtful client (or every client, for a gate that asks)
@@ -505,6 +510,7 @@ impl Session {
                     deep: DeepTests::new(deep_due, &config.deep_tests.forbidden_commands),
                     pass: pass.map(|entry| PendingPass { previous, entry }),
                     score: screening.score(),
+                    names,
                 }))
             }
             Decision::HandOff { pass } => {
@@ -697,7 +703,7 @@ impl Session {
                             Action::Ignore => {}
                         }
                     }
-                    match self.ask_gates(&engine, &line, &client, run.score).await {
+                    match self.ask_gates(&engine, &line, &client, &run).await {
                         Some(rejection) if rejection.action == Action::Drop => {
                             self.count(Counted::Dropped);
                             self.send(&rejection.drop_reply()).await;
@@ -730,6 +736,7 @@ impl Session {
                         {
                             let mut envelope = engine.envelope();
                             envelope.score = run.score;
+                            envelope.names = run.names.clone();
                             envelope.recipients.push(transaction.refused.to.clone());
                             let mut lines: Vec<Vec<u8>> =
                                 transaction.helo_line.into_iter().collect();
@@ -785,11 +792,12 @@ impl Session {
         engine: &Engine,
         line: &Line,
         client: &Client,
-        score: Option<i32>,
+        run: &EngineRun,
     ) -> Option<Rejection> {
         let (stage, argument) = engine.question(line)?;
         let mut envelope = engine.envelope();
-        envelope.score = score;
+        envelope.score = run.score;
+        envelope.names = run.names.clone();
         let command = Command {
             stage,
             argument: &argument,

@@ -285,3 +285,53 @@ fn postgrey_greylists_through_the_policy_gate() {
     let mut rest = String::new();
     let _ = retry.read_to_string(&mut rest);
 }
+
+#[test]
+fn client_names_come_from_the_reverse_dns_gate() {
+    let Some(dns) = Dnsmasq::start(
+        "host-record=mail.good.test,203.0.113.30\n\
+ptr-record=32.113.0.203.in-addr.arpa,forged.test\nhost-record=forged.test,203.0.113.99\n",
+    ) else {
+        return;
+    };
+    let recorder = Recorder::start();
+    let backend = FakeBackend::start(true);
+    let sections = format!(
+        "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n\
+[dnsbl]\nthreshold = 5\nnameservers = [\"{}\"]\n[rdns]\nnot_confirmed = 0\n\
+[policy]\naddress = \"{}\"\nclients = \"all\"\ntimeout = \"1s\"\n",
+        dns.address, recorder.address
+    );
+    let config = format!(
+        "gates = [\"rdns\", \"policy\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", &sections)
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    for (n, (client, names)) in [
+        (
+            "203.0.113.30",
+            "client_name=mail.good.test\nreverse_client_name=mail.good.test\n",
+        ),
+        (
+            "203.0.113.32",
+            "client_name=unknown\nreverse_client_name=forged.test\n",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = connect_as(&doorman, client);
+        assert_eq!(read_line(&mut stream), BANNER);
+        helo_and_mail(&mut stream, "s@client.test");
+        assert_eq!(
+            rcpt(&mut stream, "reject"),
+            refused("554 5.7.1", "reject", "Access denied")
+        );
+        let request = recorder.request(n);
+        assert!(request.contains(names), "{request}");
+    }
+    doorman.log.wait_for(
+        "NOQUEUE: reject: RCPT from mail.good.test[203.0.113.30]: 554 5.7.1",
+        Duration::from_secs(5),
+    );
+}

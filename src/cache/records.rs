@@ -76,3 +76,39 @@ impl RecordStore for RedisRecords {
         Box::pin(async move { self.0.keep_record(key, value, ttl).await.ok_or(StoreDown) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+                return value;
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_of_records_evicts_the_oldest_first() {
+        let records = MemoryRecords::new(100);
+        let hour = Duration::from_secs(3600);
+        for n in 0..10_000 {
+            block_on(records.put(&format!("triplet-{n}"), "1", hour)).unwrap();
+        }
+        assert_eq!(records.records.lock().unwrap().len(), 100);
+        assert_eq!(
+            block_on(records.get("triplet-0")),
+            Ok(None),
+            "the oldest went"
+        );
+        assert_eq!(
+            block_on(records.get("triplet-9999")),
+            Ok(Some("1".to_string()))
+        );
+        block_on(records.put("short", "x", Duration::ZERO)).unwrap();
+        assert_eq!(block_on(records.get("short")), Ok(None), "expired");
+    }
+}

@@ -9,7 +9,7 @@
 //! session can replay the dialogue into a backend. It closes after DATA,
 //! BDAT, QUIT or a limit.
 
-use doorman_gate_api::{Envelope, Stage as GateStage};
+use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 
 use super::line::Line;
 use super::reply;
@@ -286,6 +286,7 @@ impl Engine {
             sender: self.from.clone(),
             recipients: Vec::new(),
             score: None,
+            names: ClientNames::default(),
         }
     }
 

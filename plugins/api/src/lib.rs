@@ -208,6 +208,30 @@ pub struct Envelope {
     /// The wait gates' summed score, when the client was scored in this
     /// connection (`None`: its passes were cached).
     pub score: Option<i32>,
+    /// The client's names, when a wait gate learned them.
+    pub names: ClientNames,
+}
+
+/// The client's host names, as Postfix's smtpd knows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientNames {
+    /// A name whose forward lookup gives the client address back
+    /// (smtpd's `client_name`).
+    pub verified: Option<String>,
+    /// The first PTR name, confirmed or not (`reverse_client_name`).
+    pub reverse: Option<String>,
+}
+
+impl ClientNames {
+    /// smtpd's `client_name`: the verified name, or `unknown`.
+    pub fn client_name(&self) -> &str {
+        self.verified.as_deref().unwrap_or("unknown")
+    }
+
+    /// smtpd's `reverse_client_name`: the PTR name, or `unknown`.
+    pub fn reverse_client_name(&self) -> &str {
+        self.reverse.as_deref().unwrap_or("unknown")
+    }
 }
 
 /// A command of the built-in engine's dialogue that gates are asked about.
@@ -245,7 +269,8 @@ impl Envelope {
 
 /// The line Postfix's smtpd logs for a refused RCPT, for gates that refuse
 /// as smtpd's restrictions do (`NOQUEUE: reject: RCPT from
-/// unknown[ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`),
+/// name[ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`, the
+/// name `unknown` unless verified),
 /// which fail2ban's and pflogsumm's smtpd rules read. `reply` has no CRLF;
 /// control characters of client text are escaped.
 pub fn smtpd_reject_line(
@@ -255,7 +280,8 @@ pub fn smtpd_reject_line(
     recipient: &str,
 ) -> String {
     format!(
-        "NOQUEUE: reject: RCPT from unknown[{}]: {reply}; from=<{}> to=<{}> proto={} helo=<{}>",
+        "NOQUEUE: reject: RCPT from {}[{}]: {reply}; from=<{}> to=<{}> proto={} helo=<{}>",
+        envelope.names.client_name(),
         client.ip(),
         printable(envelope.sender.as_deref().unwrap_or_default()),
         printable(recipient),
@@ -367,4 +393,9 @@ pub trait Waiting: Send {
     /// What is known now: a [`Verdict::Score`] marked incomplete while
     /// answers are still out.
     fn verdict(&self) -> Verdict;
+
+    /// The client's host names, if this gate looked them up.
+    fn names(&self) -> ClientNames {
+        ClientNames::default()
+    }
 }

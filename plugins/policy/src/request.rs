@@ -7,7 +7,7 @@ use crate::protocol::attribute;
 /// The attributes of a RCPT request, ended by the empty line. Attributes
 /// doorman does not know (TLS, SASL, the size before DATA) are sent empty,
 /// as Postfix sends unknown values; `client_name` and
-/// `reverse_client_name` are `unknown`.
+/// `reverse_client_name` come from the reverse-DNS gate, else `unknown`.
 pub fn rcpt(client: &Client, command: &Command<'_>, instance: &str) -> String {
     let envelope = command.envelope;
     let mut request = String::with_capacity(512);
@@ -29,8 +29,12 @@ pub fn rcpt(client: &Client, command: &Command<'_>, instance: &str) -> String {
         &envelope.recipients.len().to_string(),
     );
     attribute(&mut request, "client_address", &ip.to_string());
-    attribute(&mut request, "client_name", "unknown");
-    attribute(&mut request, "reverse_client_name", "unknown");
+    attribute(&mut request, "client_name", envelope.names.client_name());
+    attribute(
+        &mut request,
+        "reverse_client_name",
+        envelope.names.reverse_client_name(),
+    );
     attribute(&mut request, "instance", instance);
     for name in ["sasl_method", "sasl_username", "sasl_sender"] {
         attribute(&mut request, name, "");

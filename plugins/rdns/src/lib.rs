@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use doorman_dnsbl::resolver::{self, ResolverError};
-use doorman_gate_api::{Client, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting};
+use doorman_gate_api::{
+    Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
+};
 use hickory_resolver::TokioResolver;
 use lru::LruCache;
 use tokio::sync::oneshot;
@@ -250,6 +252,20 @@ impl Check {
 }
 
 impl Waiting for Check {
+    fn names(&self) -> ClientNames {
+        let Some(Ok(outcome)) = &self.result else {
+            return ClientNames::default();
+        };
+        let verified = match &outcome.found {
+            Found::Confirmed { name } | Found::Generic { name } => Some(name.clone()),
+            Found::NoPtr | Found::NotConfirmed { .. } => None,
+        };
+        ClientNames {
+            verified,
+            reverse: outcome.names.first().cloned(),
+        }
+    }
+
     fn progress(&mut self) -> GateFuture<'_, ()> {
         Box::pin(async move {
             let Some(receiver) = self.receiver.as_mut() else {
