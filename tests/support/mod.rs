@@ -655,38 +655,56 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts it with `records` (dnsmasq options such as
     /// `host-record=mail.good.test,203.0.113.30`, one a line); `None` (the
-    /// test skips) when dnsmasq is missing outside CI.
+    /// test skips) when dnsmasq is missing outside CI. dnsmasq listens on
+    /// UDP and TCP: a port another test's connection took meanwhile makes
+    /// it exit, and it is started again on another.
     pub fn start(records: &str) -> Option<Self> {
         if !require_program("dnsmasq") {
             return None;
         }
-        let port = free_udp_port();
         let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("dnsmasq.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "no-resolv\nno-hosts\nno-poll\nport={port}\nlisten-address=127.0.0.1\nbind-interfaces\n\
+        for _ in 0..5 {
+            let port = free_udp_port();
+            let conf = dir.path().join("dnsmasq.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "no-resolv\nno-hosts\nno-poll\nport={port}\nlisten-address=127.0.0.1\nbind-interfaces\n\
 local=/113.0.203.in-addr.arpa/\nlocal=/test/\nlocal=/8.b.d.0.1.0.0.2.ip6.arpa/\n{records}\n"
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new("dnsmasq");
-        command
-            .arg(format!("--conf-file={}", conf.display()))
-            .args([
-                "--keep-in-foreground",
-                "--pid-file=",
-                "--user=root",
-                "--log-facility=-",
-            ]);
-        let program = spawn(command, "dnsmasq");
-        let address = answering_on(port, "dnsmasq");
-        Some(Self {
-            program,
-            address,
-            _dir: dir,
-        })
+                ),
+            )
+            .unwrap();
+            let mut command = Command::new("dnsmasq");
+            command
+                .arg(format!("--conf-file={}", conf.display()))
+                .args([
+                    "--keep-in-foreground",
+                    "--pid-file=",
+                    "--user=root",
+                    "--log-facility=-",
+                ]);
+            let mut program = spawn(command, "dnsmasq");
+            let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if dns_answers(address) {
+                    return Some(Self {
+                        program,
+                        address,
+                        _dir: dir,
+                    });
+                }
+                if program.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!(
+                "dnsmasq on port {port} did not answer: {:?}",
+                program.log.lines()
+            );
+        }
+        panic!("dnsmasq did not answer on any port");
     }
 }
 
