@@ -1,0 +1,237 @@
+//! The built-in engine's dialogue: deep tests on every line, the engine
+//! gates at HELO, MAIL and RCPT, and at RCPT a refusal or the replay.
+
+use super::*;
+
+impl Session {
+    /// The built-in engine's dialogue: deep tests on every line, the
+    /// engine's replies, and at RCPT a refusal or, for a client that passed,
+    /// the replay into a backend (or postscreen's 450, with `reconnect`).
+    pub(super) async fn engine(&mut self, mut run: EngineRun) -> Phase {
+        let config = Arc::clone(&self.shared.config);
+        if !run.pregreeted {
+            let banner = config.greet_banner();
+            let banner = if banner.is_empty() {
+                format!("{} ESMTP", config.hostname)
+            } else {
+                banner
+            };
+            self.send(&format!("220 {banner}\r\n")).await;
+        }
+        let client = run.client.clone();
+        // A client that may be replayed into a backend is promised what the
+        // backend offers; one that is refused gets postscreen's list.
+        let keywords = match run.rcpt {
+            RcptPolicy::Pass => self.shared.pool.ehlo_keywords(),
+            RcptPolicy::Refuse(_) => None,
+        };
+        let mut engine = Engine::new(
+            &config.hostname,
+            run.rcpt.clone(),
+            config.engine.command_limit,
+            keywords,
+        );
+        let started = Instant::now();
+        loop {
+            let step: EngineStep = match next_line(&mut self.buffer, config.engine.line_length) {
+                Err(_) => engine.line_too_long(),
+                Ok(Some(line)) => {
+                    for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
+                        log::deep_violation(client.address, &violation);
+                        self.process.metrics.test(violation.test.name(), false);
+                        match deep_action(&config.deep_tests, violation.test) {
+                            Action::Drop => {
+                                let reply = if violation.test == DeepTest::NonSmtpCommand {
+                                    NON_SMTP_DROP_REPLY.to_string()
+                                } else {
+                                    format!("521 {}\r\n", violation.test.reply_text())
+                                };
+                                self.count(Counted::Dropped);
+                                self.send(&reply).await;
+                                log::disconnect(client.address);
+                                return Phase::Closed;
+                            }
+                            Action::Enforce => {
+                                run.pass = None;
+                                engine
+                                    .refuse_with(format!("550 {}\r\n", violation.test.reply_text()))
+                            }
+                            // postscreen counts an ignored deep-test failure
+                            // as a pass until the shortest TTL of any test.
+                            Action::Ignore => {}
+                        }
+                    }
+                    match self.ask_gates(&engine, &line, &client, &run).await {
+                        Some(rejection) if rejection.action == Action::Drop => {
+                            self.count(Counted::Dropped);
+                            self.send(&rejection.drop_reply()).await;
+                            log::disconnect(client.address);
+                            return Phase::Closed;
+                        }
+                        Some(rejection) => engine.refuse(&line, rejection.enforce_reply()),
+                        None => engine.command(&line),
+                    }
+                }
+                Ok(None) => match self.read_within(config.engine.command_time).await {
+                    Read::Data => continue,
+                    Read::TimedOut => engine.timed_out(),
+                    Read::Closed => {
+                        self.count(Counted::Hangup);
+                        log::hangup(client.address, started.elapsed(), Stage::AfterHandshake);
+                        log::disconnect(client.address);
+                        return Phase::Closed;
+                    }
+                },
+            };
+            match step.event {
+                Some(EngineEvent::Passed(transaction)) => {
+                    self.record_deep_passes(&mut run);
+                    match config.deep_tests.after_pass {
+                        // A client in the engine only for the gates (no
+                        // deep test due) is always replayed.
+                        _ if config.deep_tests.after_pass == AfterPass::Replay
+                            || run.deep.enabled().is_empty() =>
+                        {
+                            let mut envelope = engine.envelope();
+                            envelope.score = run.score;
+                            envelope.names = run.names.clone();
+                            envelope.recipients.push(transaction.refused.to.clone());
+                            let mut lines: Vec<Vec<u8>> =
+                                transaction.helo_line.into_iter().collect();
+                            lines.push(transaction.mail_line);
+                            lines.push(transaction.rcpt_line);
+                            return self.replay(client, lines, Some(envelope)).await;
+                        }
+                        _ => {
+                            let reply = reply::RCPT_DEFERRED.to_string();
+                            let mut refused = transaction.refused;
+                            refused.reply = reply.trim_end().to_string();
+                            self.send(&reply).await;
+                            log::noqueue_rcpt(client.address, &refused);
+                            engine.refuse_with(reply);
+                            run.pass = None;
+                            continue;
+                        }
+                    }
+                }
+                Some(EngineEvent::HandOffAt(command)) => {
+                    // STARTTLS or AUTH: only the backend can answer them, so
+                    // the unfinished deep tests are not remembered.
+                    if let Some(pass) = run.pass.take() {
+                        self.store_pass(&client, pass.previous, pass.entry);
+                    }
+                    let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
+                    lines.push(command);
+                    return self.replay(client, lines, None).await;
+                }
+                _ => {}
+            }
+            self.send(&step.reply).await;
+            match &step.event {
+                Some(EngineEvent::Refused(refused)) => log::noqueue_rcpt(client.address, refused),
+                Some(EngineEvent::NoValidRcpt(verb)) => log::no_valid_rcpt(client.address, verb),
+                Some(EngineEvent::Limit(limit)) => {
+                    log::command_limit(client.address, *limit, engine.after())
+                }
+                _ => {}
+            }
+            if step.close {
+                log::disconnect(client.address);
+                return Phase::Closed;
+            }
+        }
+    }
+
+    /// Asks the engine gates about `line` when it is a HELO/EHLO, MAIL or
+    /// RCPT the engine would take: the refusal to answer it with, if a gate
+    /// refuses it (an `ignore` refusal is only logged by its gate).
+    async fn ask_gates(
+        &self,
+        engine: &Engine,
+        line: &Line,
+        client: &Client,
+        run: &EngineRun,
+    ) -> Option<Rejection> {
+        let (stage, argument) = engine.question(line)?;
+        let mut envelope = engine.envelope();
+        envelope.score = run.score;
+        envelope.names = run.names.clone();
+        let command = Command {
+            stage,
+            argument: &argument,
+            envelope: &envelope,
+        };
+        match self.shared.pipeline.command(client, command).await {
+            Verdict::Reject(rejection) if rejection.action != Action::Ignore => Some(rejection),
+            _ => None,
+        }
+    }
+
+    /// The client reached RCPT with no deep test failed under `enforce`:
+    /// each enabled deep test passed, and the cache learns it with the
+    /// test's TTL, or with the shortest TTL of any test when it failed
+    /// under `ignore` (postscreen's "temporarily allowlist until something
+    /// expires").
+    fn record_deep_passes(&mut self, run: &mut EngineRun) {
+        let Some(pass) = run.pass.take() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let mut entry = pass.entry;
+        let config = &self.shared.config;
+        for (deep, test, settings) in deep_tests(&config.deep_tests) {
+            if !run.deep.enabled().contains(&deep) {
+                continue;
+            }
+            if run.deep.has_failed(deep) {
+                entry.record(test, now, config.shortest_ttl());
+            } else {
+                self.process.metrics.test(deep.name(), true);
+                entry.record(test, now, settings.ttl());
+            }
+        }
+        self.store_pass(&run.client, pass.previous, entry);
+    }
+
+    /// Remembers a pass and logs `PASS NEW` (or `PASS OLD`).
+    fn store_pass(&mut self, client: &Client, previous: Option<Entry>, entry: Entry) {
+        self.count(if previous.is_none() {
+            Counted::PassNew
+        } else {
+            Counted::PassOld
+        });
+        self.shared.cache.put(client.ip(), entry);
+        log::pass(client.address, previous.is_none());
+    }
+}
+
+/// The deep tests that are enabled, with their cache test and settings.
+pub(super) fn deep_tests(section: &DeepTestsSection) -> Vec<(DeepTest, Test, &DeepTestConfig)> {
+    [
+        (DeepTest::Pipelining, Test::Pipelining, &section.pipelining),
+        (
+            DeepTest::NonSmtpCommand,
+            Test::NonSmtpCommand,
+            &section.non_smtp_command,
+        ),
+        (
+            DeepTest::BareNewline,
+            Test::BareNewline,
+            &section.bare_newline,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, _, settings)| settings.enable)
+    .collect()
+}
+
+/// A deep test's action, with postscreen's defaults: pipelining enforce,
+/// non-SMTP commands drop, bare newlines ignore.
+fn deep_action(section: &DeepTestsSection, test: DeepTest) -> Action {
+    match test {
+        DeepTest::Pipelining => section.pipelining.action_or(ActionName::Enforce),
+        DeepTest::NonSmtpCommand => section.non_smtp_command.action_or(ActionName::Drop),
+        DeepTest::BareNewline => section.bare_newline.action_or(ActionName::Ignore),
+    }
+    .into()
+}

@@ -1,0 +1,158 @@
+//! Handing a client to a backend: a plain handoff or a replay, the gated
+//! relay, the relay, and the refusals when no backend takes it.
+
+use super::*;
+
+impl Session {
+    /// Hands a client that is mid-dialogue to a backend: the backend's
+    /// greeting is consumed, the client's own `lines` (HELO/EHLO, MAIL,
+    /// RCPT; or EHLO and STARTTLS/AUTH) are sent one by one, and the client
+    /// gets the backend's answer to its pending command, or the first
+    /// refusal, so it never gets a reply it did not ask for. Then relays.
+    /// With `gated`, the envelope so far, the engine gates go on judging
+    /// the client's MAIL and RCPT commands until its DATA (see
+    /// [`relay_gated`]).
+    pub(super) async fn replay(
+        &mut self,
+        client: Client,
+        lines: Vec<Vec<u8>>,
+        gated: Option<Envelope>,
+    ) -> Phase {
+        self.connect_and_relay(client, false, lines, gated).await
+    }
+
+    /// Connects the client to a backend and relays until both sides are
+    /// done. A client that saw the teaser gets the backend's greeting only
+    /// when it is a 220; otherwise doorman completes the greeting itself and
+    /// refuses the next command.
+    pub(super) async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
+        self.connect_and_relay(client, teased, Vec::new(), None)
+            .await
+    }
+
+    /// The handoff itself: a backend, its greeting (forwarded for a plain
+    /// handoff, consumed for a replay), the replayed `lines`, the relay.
+    async fn connect_and_relay(
+        &mut self,
+        client: Client,
+        teased: bool,
+        lines: Vec<Vec<u8>>,
+        gated: Option<Envelope>,
+    ) -> Phase {
+        self.screening = None;
+        let shared = Arc::clone(&self.shared);
+        let Connected {
+            stream: mut backend,
+            lease: _lease,
+            greeting,
+            mut pending,
+        } = match shared.pool.connect(&client).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                self.count(Counted::NoBackend);
+                log::all_server_ports_busy(client.address);
+                return self.refuse_busy(teased).await;
+            }
+        };
+        let replaying = !lines.is_empty();
+        let welcome = greeting.starts_with(b"220");
+        if !replaying && (welcome || !teased) {
+            // A plain handoff gets the backend's greeting as it is, its own
+            // refusal of the client included.
+            self.send_bytes(&greeting).await;
+        } else if !welcome {
+            log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+            self.count(Counted::NoBackend);
+            return self.refuse_busy(teased).await;
+        }
+        let count = lines.len();
+        for (index, line) in lines.into_iter().enumerate() {
+            let answer = match backend.write_all(&line).await {
+                Ok(()) => read_reply(&mut backend, &mut pending, REPLY_TIMEOUT).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(answer) if index + 1 == count => self.send_bytes(&answer).await,
+                Ok(answer) if answer.starts_with(b"2") => {}
+                Ok(refusal) => {
+                    log::replay_refused(client.address, &line, &refusal);
+                    self.send_bytes(&refusal).await;
+                    break;
+                }
+                Err(error) => {
+                    log::relay_error(client.address, &error);
+                    return self.refuse_busy(false).await;
+                }
+            }
+        }
+        if let Some(envelope) = gated {
+            let gates = Gates {
+                pipeline: &shared.pipeline,
+                client: &client,
+                envelope,
+                line_limit: shared.config.engine.line_length,
+                command_time: shared.config.engine.command_time,
+            };
+            let gated = relay_gated(
+                &mut self.stream,
+                &mut self.buffer,
+                &mut backend,
+                &mut pending,
+                gates,
+            )
+            .await;
+            match gated {
+                Ok(Gated::HandOver) => {}
+                Ok(Gated::Closed) => return Phase::Closed,
+                Err(RelayError::ProxyHeader(input)) => {
+                    return Box::pin(self.refuse_header(&client, &input)).await
+                }
+                Err(RelayError::Io(error)) => {
+                    log::relay_error(client.address, &error);
+                    return Phase::Closed;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.send_bytes(&pending).await;
+        }
+        let early = std::mem::take(&mut self.buffer);
+        match relay(&mut self.stream, backend, early).await {
+            Ok(()) => {}
+            Err(RelayError::ProxyHeader(input)) => {
+                return self.refuse_header(&client, &input).await;
+            }
+            Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
+        }
+        Phase::Closed
+    }
+
+    /// A client sent a PROXY header after the handoff: refused, never
+    /// forwarded.
+    async fn refuse_header(&mut self, client: &Client, input: &[u8]) -> Phase {
+        self.count(Counted::ProxyRefused);
+        log::proxy_not_allowed(client.address, input);
+        self.send(&reply::proxy_not_allowed(client.address.ip()))
+            .await;
+        Phase::Closed
+    }
+
+    /// No backend: `421 4.3.2 All server ports are busy`. After the teaser
+    /// the 421 cannot follow a `220-` line, so doorman first completes the
+    /// greeting and gives the 421 to the client's next command, as postscreen
+    /// does.
+    async fn refuse_busy(&mut self, teased: bool) -> Phase {
+        if teased {
+            let hostname = self.shared.config.hostname.clone();
+            self.send(&format!("220 {hostname} ESMTP\r\n")).await;
+            let limit = self.shared.config.engine.line_length;
+            while matches!(next_line(&mut self.buffer, limit), Ok(None)) {
+                if !matches!(self.read_within(HEALTH_COMMAND_TIMEOUT).await, Read::Data) {
+                    break;
+                }
+            }
+        }
+        self.send(reply::SERVER_PORTS_BUSY).await;
+        Phase::Closed
+    }
+}

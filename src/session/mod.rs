@@ -1,0 +1,406 @@
+//! One client connection, start to finish.
+//!
+//! This is the one place where a connection does I/O and waits, and every
+//! wait has a deadline. The connection moves through the [`Phase`]s:
+//!
+//! ```text
+//! accept ─► peer listed? ─yes─► AwaitHeader ─► Screen(real client)
+//!   │                              ├─► HealthCheck (v2 LOCAL, or the proxy's own address)
+//!   │                              └─► Closed (421: timed out / invalid header)
+//!   ├─no, listener "required" ─► Closed (no byte)
+//!   └─no ─► Screen(peer)
+//! Screen: access list ─► pass cache ─► greet wait (teaser, pregreet, DNSBL)
+//!   ├─► Handoff ─► backend pool ─► relay ─► Closed
+//!   ├─► Enforce (built-in engine, every RCPT refused) ─► Closed
+//!   └─► Closed (drop: 521)
+//! ```
+
+mod engine;
+mod handoff;
+mod screen;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use doorman_gate_api::{Action, Client, ClientNames, Command, Envelope, Rejection, Verdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Entry;
+use crate::cache::Test;
+use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
+use crate::config::{ListenerConfig, ProxyMode};
+use crate::gates::{AtConnect, Waits};
+use crate::handoff::gated::{relay_gated, Gated, Gates};
+use crate::handoff::{read_reply, relay, Connected, RelayError, REPLY_TIMEOUT};
+use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
+use crate::log::{self, Stage};
+use crate::metrics::Outcome as Counted;
+use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
+use crate::screen::{Decision, Judgement, Screening, PREGREET_REPLY};
+use crate::shared::{Process, Shared};
+use crate::smtp::deep::{DeepTest, DeepTests, NON_SMTP_DROP_REPLY};
+use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
+use crate::smtp::health::{self, Step};
+use crate::smtp::line::{next_line, Line};
+use crate::smtp::reply;
+
+/// How long doorman waits for each command of a health check.
+const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest command line a health check may send.
+const HEALTH_LINE_LIMIT: usize = 512;
+/// How long a reply may take to leave, so a peer that does not read cannot
+/// hold a session.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many early bytes doorman reads during the greet wait; more stay in
+/// the socket.
+const EARLY_BYTES_CAP: usize = 4096;
+
+/// Where a connection is.
+#[derive(Debug)]
+enum Phase {
+    /// A listed proxy must send its PROXY header.
+    AwaitHeader,
+    /// The proxy's own health check.
+    HealthCheck,
+    /// The real client is known: run the tests.
+    Screen(Client),
+    /// Hand the client to a backend; `teased` when it saw the `220-` teaser,
+    /// so the backend's greeting must complete it.
+    Handoff {
+        /// The client.
+        client: Client,
+        /// Whether the teaser was sent.
+        teased: bool,
+    },
+    /// The built-in engine: it refuses every RCPT after a failed test, or
+    /// runs the deep tests and, at the first RCPT, hands a client that
+    /// passed them to a backend by replaying its dialogue.
+    Engine(Box<EngineRun>),
+    /// Nothing more to do.
+    Closed,
+}
+
+/// What the built-in engine is to do with one client.
+#[derive(Debug)]
+struct EngineRun {
+    client: Client,
+    rcpt: RcptPolicy,
+    /// Whether the client pregreeted (it then gets no 220 line).
+    pregreeted: bool,
+    deep: DeepTests,
+    /// The cache entry to complete with the deep tests' passes at RCPT;
+    /// `None` when a test already failed.
+    pass: Option<PendingPass>,
+    /// The wait gates' summed score, when the client was scored.
+    score: Option<i32>,
+    /// The client's names, when a wait gate learned them.
+    names: ClientNames,
+}
+
+/// The passes so far, waiting for the deep tests.
+#[derive(Clone, Debug)]
+struct PendingPass {
+    previous: Option<Entry>,
+    entry: Entry,
+}
+
+/// A client connection and what doorman knows about it.
+pub struct Session {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The listener's configured address (the connection's own local
+    /// address is looked up only for a client that is not behind a proxy).
+    listening: SocketAddr,
+    mode: ProxyMode,
+    shared: Arc<Shared>,
+    process: Process,
+    /// The counted places this client holds (given back when it ends).
+    places: Vec<Place>,
+    /// The screening place, held during the greet wait and the engine.
+    screening: Option<Place>,
+    /// Bytes received but not yet used: the rest of a PROXY header, then the
+    /// client's first bytes.
+    buffer: BytesMut,
+}
+
+impl Session {
+    /// A session for an accepted connection on `listener`.
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: &ListenerConfig,
+        shared: Arc<Shared>,
+        process: Process,
+    ) -> Self {
+        Self {
+            stream,
+            peer: canonical(peer),
+            listening: listener.address,
+            mode: listener.proxy,
+            shared,
+            process,
+            places: Vec::new(),
+            screening: None,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// Runs the connection to its end, or until `cut` (the end of the
+    /// shutdown grace period): a client that doorman itself is talking to
+    /// (the built-in engine, a health check) then gets a 421 first.
+    pub async fn run(mut self, cut: CancellationToken) {
+        let _ = self.stream.set_nodelay(true);
+        let mut phase = self.first_phase();
+        loop {
+            let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck);
+            // Each phase's future is boxed, so a connection only ever holds
+            // the state of the phase it is in: a client waiting in the greet
+            // phase does not carry the relay's or the engine's state.
+            let step: Pin<Box<dyn Future<Output = Phase> + Send + '_>> = match phase {
+                Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
+                Phase::HealthCheck => Box::pin(self.health_check()),
+                Phase::Screen(client) => Box::pin(self.screen(client)),
+                Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
+                Phase::Engine(run) => Box::pin(self.engine(*run)),
+                Phase::Closed => return,
+            };
+            let next = tokio::select! {
+                next = step => Some(next),
+                _ = cut.cancelled() => None,
+            };
+            match next {
+                Some(next) => phase = next,
+                None => {
+                    if speaking {
+                        // Boxed: every connection's task would carry it.
+                        Box::pin(self.send(reply::SHUTTING_DOWN)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn first_phase(&self) -> Phase {
+        if self.shared.config.proxy_hosts.contains(self.peer.ip()) {
+            return Phase::AwaitHeader;
+        }
+        let local = canonical(self.stream.local_addr().unwrap_or(self.listening));
+        match self.mode {
+            ProxyMode::Required => {
+                log::not_a_proxy(self.peer, local);
+                Phase::Closed
+            }
+            ProxyMode::Optional => Phase::Screen(Client {
+                address: self.peer,
+                destination: local,
+                tlvs: Vec::new(),
+            }),
+        }
+    }
+
+    /// Reads the header of a listed proxy within `proxy.timeout`.
+    async fn read_proxy_header(&mut self) -> Phase {
+        let deadline = Instant::now() + self.shared.config.proxy.timeout;
+        loop {
+            match proxy::parse(&self.buffer) {
+                Ok(Parsed::Complete { header, length }) => {
+                    let _ = self.buffer.split_to(length);
+                    if self.buffer.is_empty() {
+                        // A waiting client holds no buffer until it talks.
+                        self.buffer = BytesMut::new();
+                    }
+                    return self.after_header(header);
+                }
+                Ok(Parsed::Incomplete) => {}
+                Err(error) => {
+                    self.count(Counted::ProxyRefused);
+                    log::proxy_invalid(self.peer, &error, &self.buffer);
+                    self.send(reply::INVALID_PROXY_HEADER).await;
+                    return Phase::Closed;
+                }
+            }
+            self.buffer.reserve(256);
+            match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
+                Err(_) => {
+                    self.count(Counted::ProxyRefused);
+                    log::proxy_timeout(self.peer);
+                    self.send(reply::PROXY_TIMED_OUT).await;
+                    return Phase::Closed;
+                }
+                Ok(Ok(0)) => {
+                    log::proxy_eof(self.peer, &self.buffer);
+                    return Phase::Closed;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    log::proxy_read_error(self.peer, &error);
+                    return Phase::Closed;
+                }
+            }
+        }
+    }
+
+    /// A v2 LOCAL header, or a header whose source is itself a listed proxy,
+    /// is a health check; any other header names the real client.
+    fn after_header(&self, header: Header) -> Phase {
+        match header {
+            Header::Local => Phase::HealthCheck,
+            Header::Proxied { source, .. }
+                if self.shared.config.proxy_hosts.contains(source.ip()) =>
+            {
+                Phase::HealthCheck
+            }
+            Header::Proxied {
+                source,
+                destination,
+                tlvs,
+            } => Phase::Screen(Client {
+                address: source,
+                destination,
+                tlvs,
+            }),
+        }
+    }
+
+    /// Answers a health check: a single-line 220 when a backend is alive
+    /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
+    /// level only.
+    async fn health_check(&mut self) -> Phase {
+        self.count(Counted::HealthCheck);
+        let alive = self.shared.pool.any_healthy();
+        log::health_check(self.peer, alive);
+        if !alive {
+            self.send(reply::SERVER_PORTS_BUSY).await;
+            return Phase::Closed;
+        }
+        let hostname = self.shared.config.hostname.clone();
+        self.send(&reply::health_banner(&hostname)).await;
+        for _ in 0..health::MAX_COMMANDS {
+            let line = loop {
+                match next_line(&mut self.buffer, HEALTH_LINE_LIMIT) {
+                    Ok(Some(line)) => break line,
+                    Ok(None) => {}
+                    Err(_) => {
+                        self.send(&reply::service_unavailable(&hostname)).await;
+                        log::health_check_ended(self.peer, "line too long");
+                        return Phase::Closed;
+                    }
+                }
+                match self.read_within(HEALTH_COMMAND_TIMEOUT).await {
+                    Read::TimedOut => {
+                        self.send(&reply::timeout_exceeded(&hostname)).await;
+                        log::health_check_ended(self.peer, "timeout");
+                        return Phase::Closed;
+                    }
+                    Read::Closed => {
+                        log::health_check_ended(self.peer, "hang-up");
+                        return Phase::Closed;
+                    }
+                    Read::Data => {}
+                }
+            };
+            match health::answer(&line, &hostname) {
+                Step::Reply(text) => self.send(&text).await,
+                Step::ReplyAndClose(text) => {
+                    self.send(&text).await;
+                    return Phase::Closed;
+                }
+            }
+        }
+        self.send(&reply::service_unavailable(&hostname)).await;
+        log::health_check_ended(self.peer, "too many commands");
+        Phase::Closed
+    }
+
+    /// A client that is not a listed proxy sent a PROXY header.
+    async fn proxy_not_allowed(&mut self, client: &Client) -> Phase {
+        self.count(Counted::ProxyRefused);
+        log::proxy_not_allowed(client.address, &self.buffer);
+        self.send(&reply::proxy_not_allowed(client.address.ip()))
+            .await;
+        Phase::Closed
+    }
+
+    /// A limit refused the client: postscreen's reply and log line.
+    async fn refuse(&mut self, client: &Client, refusal: Refusal) -> Phase {
+        self.count(Counted::Limited);
+        let reply = match refusal {
+            Refusal::PerClient => {
+                log::too_many_connections(client.address);
+                reply::TOO_MANY_CONNECTIONS.to_string()
+            }
+            Refusal::Screening => {
+                log::screening_busy(client.address);
+                reply::SCREENING_PORTS_BUSY.to_string()
+            }
+            Refusal::NetworkScreening(network) => {
+                log::network_screening_busy(client.address, network);
+                reply::SCREENING_PORTS_BUSY.to_string()
+            }
+            Refusal::Rate(count) => {
+                log::connection_rate_exceeded(client.address, count);
+                reply::too_many_connections_from(&self.shared.config.hostname, client.ip())
+            }
+            Refusal::Total => {
+                log::total_busy(client.address);
+                reply::SERVER_PORTS_BUSY.to_string()
+            }
+        };
+        self.send(&reply).await;
+        Phase::Closed
+    }
+
+    /// The `drop` action: the test's 521 reply, then close.
+    async fn drop_client(&mut self, client: &Client, rejection: &Rejection) -> Phase {
+        self.count(Counted::Dropped);
+        self.send(&rejection.drop_reply()).await;
+        log::disconnect(client.address);
+        Phase::Closed
+    }
+
+    fn count(&self, outcome: Counted) {
+        self.process.metrics.connection(outcome);
+    }
+
+    /// Reads more client bytes within `limit`.
+    async fn read_within(&mut self, limit: Duration) -> Read {
+        self.buffer.reserve(512);
+        match timeout(limit, self.stream.read_buf(&mut self.buffer)).await {
+            Err(_) => Read::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
+            Ok(Ok(_)) => Read::Data,
+        }
+    }
+
+    /// Sends a reply; a peer that is gone or does not read is not an error
+    /// here, the session ends anyway.
+    async fn send(&mut self, text: &str) {
+        self.send_bytes(text.as_bytes()).await;
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await;
+    }
+}
+
+/// The outcome of a read with a deadline.
+enum Read {
+    /// Bytes arrived.
+    Data,
+    /// The peer closed or the socket failed.
+    Closed,
+    /// Nothing arrived in time.
+    TimedOut,
+}
+
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}

@@ -1,0 +1,349 @@
+//! The screening of one client: the connect gates, the pass cache, the
+//! greet wait with the pregreet watch and the wait gates, and the verdict.
+
+use super::engine::deep_tests;
+use super::*;
+
+impl Session {
+    /// Runs the tests: the connect gates, the pass cache, then the greet
+    /// wait with the pregreet watch and the wait gates, and the verdict.
+    pub(super) async fn screen(&mut self, client: Client) -> Phase {
+        log::connect(client.address, client.destination);
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        let pipeline = &shared.pipeline;
+        let mut screening = Screening::default();
+        match pipeline.connect(&client, &self.process.metrics) {
+            AtConnect::Permit => {
+                self.count(Counted::Allowlisted);
+                return Phase::Handoff {
+                    client,
+                    teased: false,
+                };
+            }
+            AtConnect::Drop(rejection) => {
+                return Box::pin(self.drop_client(&client, &rejection)).await
+            }
+            AtConnect::Go(failures) => failures.into_iter().for_each(|r| screening.fail(r)),
+        }
+        match self.process.limits.admit(client.ip(), &config.limits) {
+            Ok((total, per_client)) => self.places.extend([total, per_client]),
+            Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
+        }
+        let now = SystemTime::now();
+        // Awaits other than the greet wait's are boxed: the future a waiting
+        // client holds is as large as its largest await, and the cache
+        // lookup (Redis, redb) or a reply's write would otherwise set that.
+        let previous = Box::pin(shared.cache.get(client.ip())).await;
+        self.process.metrics.cache_lookup(previous.is_some());
+        let passed = |name: &str| {
+            previous
+                .as_ref()
+                .is_some_and(|entry| entry.passed_gate(name, now))
+        };
+        let banner = config.greet_banner();
+        let pregreet_due = pipeline.pregreet && !banner.is_empty() && !passed("pregreet");
+        let waits_due = pipeline.wait_gates().any(|name| !passed(name));
+        let deep_due: Vec<DeepTest> = deep_tests(&config.deep_tests)
+            .into_iter()
+            .filter(|(deep, _, _)| pipeline.deep && !passed(deep.name()))
+            .map(|(deep, _, _)| deep)
+            .collect();
+        if !screening.failed() && !pregreet_due && !waits_due && deep_due.is_empty() {
+            if previous.is_some() {
+                self.count(Counted::PassOld);
+                log::pass(client.address, false);
+            } else {
+                self.count(Counted::Untested);
+            }
+            if pipeline.needs_dialogue(None) {
+                return Phase::Engine(Box::new(EngineRun {
+                    client,
+                    rcpt: RcptPolicy::Pass,
+                    pregreeted: false,
+                    deep: DeepTests::new(Vec::new(), &config.deep_tests.forbidden_commands),
+                    pass: None,
+                    score: None,
+                    names: ClientNames::default(),
+                }));
+            }
+            return Phase::Handoff {
+                client,
+                teased: false,
+            };
+        }
+
+        // A returning client (its record is within retention) is tested
+        // again without a screening place: a flood that fills the limit
+        // must not lock out known senders whose passes lapsed.
+        // Only a client without a record counts towards its network's
+        // connection rate: cached clients are never rate-limited.
+        if previous.is_none() {
+            let place = self
+                .process
+                .limits
+                .rate(client.ip(), &config.limits)
+                .and_then(|()| self.process.limits.screen(client.ip(), &config.limits));
+            match place {
+                Ok(place) => self.screening = Some(place),
+                Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
+            }
+        }
+        let started = Instant::now();
+        if pregreet_due {
+            Box::pin(self.send(&format!("220-{banner}\r\n"))).await;
+        }
+        let mut waits = pipeline.start_waits(&client, |name| !passed(name));
+        let pregreeted = match self
+            .greet_wait(&client, &mut waits, &mut screening, pregreet_due, started)
+            .await
+        {
+            Ok(pregreeted) => pregreeted,
+            Err(closed) => return closed,
+        };
+
+        if let Some(rejection) = self.judge_waits(&waits, &client, &mut screening) {
+            return Box::pin(self.drop_client(&client, &rejection)).await;
+        }
+        let names = waits.names();
+        drop(waits);
+        if pregreet_due && !pregreeted {
+            self.process.metrics.test("pregreet", true);
+            screening.pass("pregreet", config.greet.ttl);
+        }
+        let due = Due {
+            pregreet: pregreet_due,
+            pregreeted,
+            deep: deep_due,
+        };
+        self.verdict(client, &screening, previous, due, names)
+    }
+
+    /// The greet wait: watches for a pregreet while the wait gates look
+    /// the client up, until the deadline or until the verdict cannot
+    /// change. `Ok(pregreeted)`, or `Err` with the phase that ended the
+    /// connection (a hang-up, a drop, a PROXY header).
+    async fn greet_wait(
+        &mut self,
+        client: &Client,
+        waits: &mut Waits,
+        screening: &mut Screening,
+        pregreet_due: bool,
+        started: Instant,
+    ) -> Result<bool, Phase> {
+        let config = Arc::clone(&self.shared.config);
+        let deadline = started + self.greet_wait_time();
+        let mut pregreeted = false;
+        loop {
+            if !self.buffer.is_empty() && !pregreeted {
+                if starts_like_header(&self.buffer) == Prefix::Header {
+                    return Err(Box::pin(self.proxy_not_allowed(client)).await);
+                }
+                if pregreet_due {
+                    pregreeted = true;
+                    self.process.metrics.test("pregreet", false);
+                    log::pregreet(client.address, &self.buffer, started.elapsed());
+                    let rejection =
+                        Rejection::new(config.greet.action.into(), PREGREET_REPLY.to_string());
+                    if rejection.action == Action::Drop {
+                        return Err(Box::pin(self.drop_client(client, &rejection)).await);
+                    }
+                    screening.fail(rejection);
+                }
+            }
+            // The wait ends as soon as its verdict cannot change: every
+            // gate's answers are in, and the pregreet test is decided (the
+            // client talked, or no test is due) or the full score allowlists
+            // the client. A partial score never ends it (postscreen waits
+            // for every reply before it allowlists).
+            let answered = waits.is_complete();
+            if answered
+                && (!pregreet_due
+                    || pregreeted
+                    || (!screening.failed() && self.allowlisted(waits, client)))
+            {
+                return Ok(pregreeted);
+            }
+            let watching = self.buffer.len() < EARLY_BYTES_CAP;
+            tokio::select! {
+                _ = sleep_until(deadline) => return Ok(pregreeted),
+                _ = waits.progress(), if !answered => {}
+                read = self.stream.read_buf(&mut self.buffer), if watching => match read {
+                    Ok(0) | Err(_) => {
+                        self.count(Counted::Hangup);
+                        log::hangup(client.address, started.elapsed(), Stage::BeforeHandshake);
+                        log::disconnect(client.address);
+                        return Err(Phase::Closed);
+                    }
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// The greet wait's length: `[greet] wait`, shorter under stress.
+    fn greet_wait_time(&self) -> Duration {
+        let wait = self.shared.config.greet.wait;
+        if self.process.limits.stressed() {
+            wait.min(STRESS_GREET_WAIT)
+        } else {
+            wait
+        }
+    }
+
+    /// What happens to the client after the greet wait: the engine (a
+    /// failure enforced, deep tests due, or a gate that wants its
+    /// envelope) or a backend, its pass remembered.
+    fn verdict(
+        &mut self,
+        client: Client,
+        screening: &Screening,
+        previous: Option<Entry>,
+        due: Due,
+        names: ClientNames,
+    ) -> Phase {
+        let shared = Arc::clone(&self.shared);
+        let (config, pipeline) = (&shared.config, &shared.pipeline);
+        // Only an enforced pregreet leaves the client without the engine's
+        // 220 line: postscreen clears an ignored pregreet's failure at the
+        // end of the wait, and then greets as usual.
+        let pregreeted = due.pregreeted && config.greet.action == ActionName::Enforce;
+        match screening.decide(previous.clone(), SystemTime::now()) {
+            Decision::Enforce(rejection) => {
+                self.count(Counted::Enforced);
+                // Every deep test runs too, enabled or not, to improve the
+                // logging (postscreen's "opportunistic" tests).
+                let all = if pipeline.deep {
+                    vec![
+                        DeepTest::Pipelining,
+                        DeepTest::NonSmtpCommand,
+                        DeepTest::BareNewline,
+                    ]
+                } else {
+                    Vec::new()
+                };
+                Phase::Engine(Box::new(EngineRun {
+                    client,
+                    rcpt: RcptPolicy::Refuse(rejection.enforce_reply()),
+                    pregreeted,
+                    deep: DeepTests::new(all, &config.deep_tests.forbidden_commands),
+                    pass: None,
+                    score: screening.score(),
+                    names,
+                }))
+            }
+            // A doubtful client (or every client, for a gate that asks)
+            // talks to the engine up to its RCPTs, like one with deep tests
+            // due, so the engine gates see its envelope.
+            Decision::HandOff { pass }
+                if !due.deep.is_empty()
+                    || (!screening.failed()
+                        && pipeline.needs_dialogue(Some(screening.score().unwrap_or(0)))) =>
+            {
+                Phase::Engine(Box::new(EngineRun {
+                    client,
+                    rcpt: RcptPolicy::Pass,
+                    pregreeted,
+                    deep: DeepTests::new(due.deep, &config.deep_tests.forbidden_commands),
+                    pass: pass.map(|entry| PendingPass { previous, entry }),
+                    score: screening.score(),
+                    names,
+                }))
+            }
+            Decision::HandOff { pass } => {
+                match pass {
+                    Some(entry) => {
+                        self.count(if previous.is_none() {
+                            Counted::PassNew
+                        } else {
+                            Counted::PassOld
+                        });
+                        shared.cache.put(client.ip(), entry);
+                        log::pass(client.address, previous.is_none());
+                    }
+                    None if screening.is_undecided() && !screening.failed() => {
+                        self.count(Counted::Undecided)
+                    }
+                    None => self.count(Counted::Ignored),
+                }
+                Phase::Handoff {
+                    client,
+                    teased: due.pregreet,
+                }
+            }
+        }
+    }
+
+    /// Judges the wait gates' summed score, as postscreen judges its DNSBL
+    /// score: a listing is logged and recorded (returned when its action is
+    /// `drop`), a complete score passes each gate (or allowlists every
+    /// test), and a partial one leaves the client undecided.
+    fn judge_waits(
+        &self,
+        waits: &Waits,
+        client: &Client,
+        screening: &mut Screening,
+    ) -> Option<Rejection> {
+        let scores = waits.scores();
+        if scores.is_empty() {
+            return None;
+        }
+        let metrics = &self.process.metrics;
+        let judgement = self
+            .shared
+            .thresholds
+            .judge(scores.iter().map(|(_, score)| score), client.ip());
+        let (Judgement::Listed { rank, .. }
+        | Judgement::Allowlisted { rank }
+        | Judgement::Clean { rank }) = judgement;
+        screening.scored(rank);
+        match judgement {
+            Judgement::Listed { rank, reply_text } => {
+                for (name, score) in &scores {
+                    metrics.test(name, score.points() <= 0);
+                }
+                log::dnsbl_rank(client.address, rank);
+                let rejection = Rejection::new(self.shared.config.dnsbl.action.into(), reply_text);
+                if rejection.action == Action::Drop {
+                    return Some(rejection);
+                }
+                screening.fail(rejection);
+            }
+            _ if !waits.is_complete() => screening.undecided(),
+            judgement => {
+                for (name, score) in &scores {
+                    metrics.test(name, true);
+                    if let Some(ttl) = score.ttl {
+                        screening.pass(name, ttl);
+                    }
+                }
+                if matches!(judgement, Judgement::Allowlisted { .. }) && !screening.failed() {
+                    let ttl = scores.iter().filter_map(|(_, score)| score.ttl).min();
+                    screening.allowlist(ttl.unwrap_or(self.shared.config.dnsbl.min_ttl));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the wait gates' complete score allowlists the client.
+    fn allowlisted(&self, waits: &Waits, client: &Client) -> bool {
+        let scores = waits.scores();
+        matches!(
+            self.shared
+                .thresholds
+                .judge(scores.iter().map(|(_, score)| score), client.ip()),
+            Judgement::Allowlisted { .. }
+        )
+    }
+}
+
+/// Which tests the greet wait ran and the engine still has to.
+struct Due {
+    /// The teaser went out (the pregreet test ran).
+    pregreet: bool,
+    /// The client talked before its turn.
+    pregreeted: bool,
+    /// The deep tests due.
+    deep: Vec<DeepTest>,
+}
