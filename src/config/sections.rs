@@ -1,0 +1,435 @@
+//! The config file's sections, as serde reads them, and their defaults
+//! (postscreen's, where a setting is postscreen's).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Whether a listener takes PROXY headers, and from whom.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// Listed hosts must send a PROXY header; other hosts speak SMTP directly
+    /// (Haraka's rule).
+    #[default]
+    Optional,
+    /// Only listed hosts may connect at all; others are closed at once.
+    Required,
+}
+
+/// What doorman sends a backend before the client's bytes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    /// A PROXY protocol v2 (binary) header.
+    #[default]
+    V2,
+    /// A PROXY protocol v1 (text) line.
+    V1,
+    /// Postfix's XCLIENT command after the backend's greeting.
+    Xclient,
+    /// Nothing: the backend sees doorman as the client.
+    None,
+}
+
+/// How the pool picks a backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Weighted rotation.
+    #[default]
+    Roundrobin,
+    /// Fewest active connections per unit of weight.
+    Leastconn,
+    /// A rendezvous hash of the client address.
+    Source,
+}
+
+/// The `[pool]` section: balancing and active health checks.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// How a backend is picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Time between two health checks of a backend.
+    #[serde(with = "humantime_serde", default = "default_check_interval")]
+    pub check_interval: Duration,
+    /// Successful checks that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failed checks (or connects) that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        Self {
+            balance: Balance::default(),
+            check_interval: default_check_interval(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+/// The `[proxy]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// The `haproxy_hosts` file, relative to the config file's folder.
+    pub hosts_file: Option<PathBuf>,
+    /// How long a listed host may take to send its whole header.
+    #[serde(with = "humantime_serde", default = "default_proxy_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            hosts_file: None,
+            timeout: default_proxy_timeout(),
+        }
+    }
+}
+
+/// One `[[listener]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address to listen on; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Who may (or must) send a PROXY header here.
+    #[serde(default)]
+    pub proxy: ProxyMode,
+}
+
+/// One `[[backend]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The smtpd to hand clients to.
+    pub address: SocketAddr,
+    /// How the backend learns the real client.
+    #[serde(default)]
+    pub send_proxy: SendProxy,
+    /// How long a connection attempt may take.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Its share of clients relative to the other backends.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The most clients it takes at once; 0 is no limit.
+    #[serde(default)]
+    pub max_connections: usize,
+}
+
+/// Where the pass cache keeps its entries.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStore {
+    /// A redb file on this machine; survives restarts.
+    #[default]
+    Embedded,
+    /// A Redis server shared by several instances.
+    Redis,
+    /// Memory only; lost on restart.
+    Memory,
+}
+
+/// The `[cache]` section: clients that passed.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Where entries live.
+    #[serde(default)]
+    pub store: CacheStore,
+    /// The redb file of the embedded store, relative to the config file's
+    /// folder.
+    #[serde(default = "default_cache_path")]
+    pub path: PathBuf,
+    /// How often pending writes are committed to the file.
+    #[serde(with = "humantime_serde", default = "default_flush_interval")]
+    pub flush_interval: Duration,
+    /// The Redis server of the redis store.
+    #[serde(default = "default_redis_url")]
+    pub redis_url: String,
+    /// The prefix of every Redis key.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// The deadline of every Redis call.
+    #[serde(with = "humantime_serde", default = "default_redis_timeout")]
+    pub redis_timeout: Duration,
+    /// How often expired entries are cleaned up; 0 turns cleanup off.
+    #[serde(with = "humantime_serde", default = "default_cleanup_interval")]
+    pub cleanup_interval: Duration,
+    /// How long an entry is kept after its last pass expired.
+    #[serde(with = "humantime_serde", default = "default_retention_time")]
+    pub retention_time: Duration,
+    /// How many client addresses the in-memory cache holds.
+    #[serde(default = "default_cache_size")]
+    pub size: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            store: CacheStore::default(),
+            path: default_cache_path(),
+            flush_interval: default_flush_interval(),
+            redis_url: default_redis_url(),
+            redis_prefix: default_redis_prefix(),
+            redis_timeout: default_redis_timeout(),
+            cleanup_interval: default_cleanup_interval(),
+            retention_time: default_retention_time(),
+            size: default_cache_size(),
+        }
+    }
+}
+
+/// The `[engine]` section: limits of the built-in SMTP engine.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// Commands per session (QUIT excepted).
+    #[serde(default = "default_command_limit")]
+    pub command_limit: usize,
+    /// The longest command line, CRLF included.
+    #[serde(default = "default_line_length")]
+    pub line_length: usize,
+    /// How long one whole command line may take to arrive.
+    #[serde(with = "humantime_serde", default = "default_command_time")]
+    pub command_time: Duration,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            command_limit: default_command_limit(),
+            line_length: default_line_length(),
+            command_time: default_command_time(),
+        }
+    }
+}
+
+/// The `[limits]` section; 0 turns a limit off.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Concurrent connections per client address
+    /// (postscreen_client_connection_count_limit).
+    #[serde(default = "default_client_connections")]
+    pub client_connections: usize,
+    /// Clients being screened at once (postscreen_pre_queue_limit).
+    #[serde(default = "default_screening")]
+    pub screening: usize,
+    /// Client connections in total.
+    #[serde(default = "default_total")]
+    pub total: usize,
+    /// What one client is for the per-client limits: its IPv4 address
+    /// within this prefix (32: the address itself).
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// The same for IPv6 (64: a customer's usual /64 is one client).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// The most screening places one network may hold; 0: off.
+    #[serde(default)]
+    pub screening_per_network: usize,
+    /// New connections per network per minute; 0: off.
+    #[serde(default)]
+    pub connection_rate: usize,
+}
+
+pub(super) fn default_ipv4_prefix() -> u8 {
+    32
+}
+
+pub(super) fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            client_connections: default_client_connections(),
+            screening: default_screening(),
+            total: default_total(),
+            ipv4_prefix: default_ipv4_prefix(),
+            ipv6_prefix: default_ipv6_prefix(),
+            screening_per_network: 0,
+            connection_rate: 0,
+        }
+    }
+}
+
+/// The `[admin]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where `/metrics` and `/healthz` are served; none: not at all.
+    pub address: Option<SocketAddr>,
+}
+
+/// The layout of log lines.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Syslog mail-log lines, as postscreen's.
+    #[default]
+    Postscreen,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The layout.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Send lines to the local syslog socket instead of stderr.
+    #[serde(default)]
+    pub syslog: bool,
+    /// The program name in each line.
+    #[serde(default = "default_syslog_tag")]
+    pub syslog_tag: String,
+    /// The syslog socket.
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            syslog: false,
+            syslog_tag: default_syslog_tag(),
+            syslog_socket: default_syslog_socket(),
+        }
+    }
+}
+
+pub(super) fn default_proxy_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+pub(super) fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+pub(super) fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+pub(super) fn default_greet_wait() -> Duration {
+    Duration::from_secs(6)
+}
+
+pub(super) fn default_greet_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+pub(super) fn default_threshold() -> i32 {
+    1
+}
+
+pub(super) fn default_min_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+pub(super) fn default_max_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+pub(super) fn default_dnsbl_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+pub(super) fn default_cache_size() -> usize {
+    100_000
+}
+
+pub(super) fn default_forbidden_commands() -> Vec<String> {
+    vec!["CONNECT".into(), "GET".into(), "POST".into()]
+}
+
+pub(super) fn default_weight() -> u32 {
+    1
+}
+
+pub(super) fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+pub(super) fn default_rise() -> u32 {
+    2
+}
+
+pub(super) fn default_fall() -> u32 {
+    3
+}
+
+pub(super) fn default_client_connections() -> usize {
+    50
+}
+
+pub(super) fn default_screening() -> usize {
+    100
+}
+
+pub(super) fn default_total() -> usize {
+    10_000
+}
+
+pub(super) fn default_syslog_tag() -> String {
+    "postfix/postscreen".to_string()
+}
+
+pub(super) fn default_syslog_socket() -> PathBuf {
+    PathBuf::from("/dev/log")
+}
+
+pub(super) fn default_cache_path() -> PathBuf {
+    PathBuf::from("doorman-cache.redb")
+}
+
+pub(super) fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+pub(super) fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".to_string()
+}
+
+pub(super) fn default_redis_prefix() -> String {
+    "doorman:".to_string()
+}
+
+pub(super) fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+pub(super) fn default_cleanup_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+pub(super) fn default_retention_time() -> Duration {
+    Duration::from_secs(7 * 86400)
+}
+
+pub(super) fn default_command_limit() -> usize {
+    20
+}
+
+pub(super) fn default_line_length() -> usize {
+    2048
+}
+
+pub(super) fn default_command_time() -> Duration {
+    Duration::from_secs(300)
+}
