@@ -220,3 +220,34 @@ fn two_instances_on_one_redis_share_the_records() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn with_the_embedded_store_records_survive_a_restart() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns.address,
+        "store = \"embedded\"\npath = \"cache.redb\"",
+    );
+    let (_s, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "kept@sender.test",
+        "rcpt@doorman.test",
+    );
+    assert_eq!(reply, greylisted("rcpt@doorman.test"));
+    let dir = doorman.stop();
+    thread::sleep(Duration::from_millis(2100));
+    let again = Doorman::start_in(dir);
+    let (_s, reply) = attempt(
+        &again,
+        "203.0.113.22",
+        "kept@sender.test",
+        "rcpt@doorman.test",
+    );
+    assert_eq!(
+        reply, "250 2.0.0 ok\r\n",
+        "the first attempt was remembered on disk"
+    );
+}

@@ -22,6 +22,8 @@ use super::CacheError;
 
 /// The table of passes: client address -> postscreen-style record.
 const PASSES: TableDefinition<&str, &str> = TableDefinition::new("passes");
+/// The table of gates' records: key -> `<expiry seconds>;<value>`.
+const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
 /// When the pending map holds this many writes, they are committed at once.
 const PENDING_LIMIT: usize = 10_000;
 
@@ -49,6 +51,7 @@ impl Embedded {
         let database = builder.create(path).map_err(|e| fail(e.to_string()))?;
         let write = database.begin_write().map_err(|e| fail(e.to_string()))?;
         write.open_table(PASSES).map_err(|e| fail(e.to_string()))?;
+        write.open_table(RECORDS).map_err(|e| fail(e.to_string()))?;
         write.commit().map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -149,9 +152,57 @@ impl Embedded {
                         keep
                     })
                     .map_err(store_error)?;
+                // Gates' records go once they expired.
+                let now = epoch_seconds(now);
+                write
+                    .open_table(RECORDS)
+                    .map_err(store_error)?
+                    .retain(|_, stored| {
+                        stored
+                            .split_once(';')
+                            .and_then(|(expiry, _)| expiry.parse::<u64>().ok())
+                            .is_some_and(|expiry| expiry > now)
+                    })
+                    .map_err(store_error)?;
             }
             write.commit().map_err(store_error)?;
             Ok(counts)
+        })
+        .await
+        .map_err(|e| CacheError::Store(e.to_string()))?
+    }
+
+    /// A gate's record, unless it expired.
+    pub fn record(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let read = self.database.begin_read().map_err(store_error)?;
+        let table = read.open_table(RECORDS).map_err(store_error)?;
+        let value = table.get(key).map_err(store_error)?;
+        Ok(value.and_then(|stored| {
+            let (expiry, value) = stored.value().split_once(';')?;
+            (expiry.parse::<u64>().ok()? > epoch_seconds(SystemTime::now()))
+                .then(|| value.to_string())
+        }))
+    }
+
+    /// Stores a gate's record for `ttl`, committed at once (gates write
+    /// rarely: a doubtful client's RCPT).
+    pub async fn keep_record(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let database = Arc::clone(&self.database);
+        let stored = format!("{};{value}", epoch_seconds(SystemTime::now() + ttl));
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let write = database.begin_write().map_err(store_error)?;
+            write
+                .open_table(RECORDS)
+                .map_err(store_error)?
+                .insert(key.as_str(), stored.as_str())
+                .map_err(store_error)?;
+            write.commit().map_err(store_error)
         })
         .await
         .map_err(|e| CacheError::Store(e.to_string()))?
@@ -191,6 +242,11 @@ fn commit(database: &Database, batch: &HashMap<IpAddr, Option<Entry>>) -> Result
         }
     }
     write.commit().map_err(store_error)
+}
+
+fn epoch_seconds(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn store_error(error: impl std::fmt::Display) -> CacheError {

@@ -30,7 +30,7 @@ use lru::LruCache;
 use crate::config::{CacheSection, CacheStore};
 use embedded::Embedded;
 pub use entry::{Entry, Test};
-use records::{MemoryRecords, RedisRecords};
+use records::{EmbeddedRecords, MemoryRecords, RedisRecords};
 use redis::RedisStore;
 
 /// Why a cache operation failed.
@@ -162,12 +162,13 @@ impl PassCache {
         }
     }
 
-    /// The store gates keep records in: Redis, shared by the fleet, or
-    /// this process's memory (for the embedded and memory stores).
+    /// The store gates keep records in: Redis, shared by the fleet; the
+    /// embedded store's file; or this process's memory.
     pub fn record_store(&self) -> Arc<dyn RecordStore> {
         match &self.store {
             Store::Redis(redis) => Arc::new(RedisRecords(Arc::clone(redis))),
-            _ => Arc::clone(&self.local_records) as Arc<dyn RecordStore>,
+            Store::Embedded(embedded) => Arc::new(EmbeddedRecords(Arc::clone(embedded))),
+            Store::Memory => Arc::clone(&self.local_records) as Arc<dyn RecordStore>,
         }
     }
 

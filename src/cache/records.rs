@@ -1,7 +1,7 @@
 //! The record store gates keep state in (greylisting triplets, say): Redis
 //! for a fleet, so a retry that reaches another instance finds its record;
-//! otherwise this process's memory, a bounded LRU whose oldest records go
-//! first.
+//! the redb file of the embedded store, so records survive a restart; or
+//! this process's memory, a bounded LRU whose oldest records go first.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use doorman_gate_api::{GateFuture, RecordStore, StoreDown};
 use lru::LruCache;
 
+use super::embedded::Embedded;
 use super::redis::RedisStore;
 
 /// Records in this process's memory.
@@ -56,6 +57,32 @@ impl RecordStore for MemoryRecords {
             records.put(key.to_string(), (value.to_string(), Instant::now() + ttl));
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Records in the embedded store's redb file (expired ones go at its
+/// cleanup).
+pub struct EmbeddedRecords(pub Arc<Embedded>);
+
+impl RecordStore for EmbeddedRecords {
+    fn get<'a>(&'a self, key: &'a str) -> GateFuture<'a, Result<Option<String>, StoreDown>> {
+        Box::pin(std::future::ready(
+            self.0.record(key).map_err(|_| StoreDown),
+        ))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> GateFuture<'a, Result<(), StoreDown>> {
+        Box::pin(async move {
+            self.0
+                .keep_record(key, value, ttl)
+                .await
+                .map_err(|_| StoreDown)
+        })
     }
 }
 
