@@ -19,23 +19,42 @@ const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";
 /// A policy server that records each request and answers by the
 /// recipient's local part.
 struct Recorder {
-    address: SocketAddr,
+    address: String,
     requests: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Recorder {
     fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
+        let address = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(Mutex::new(VecDeque::new()));
         let recorded = Arc::clone(&requests);
         thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let recorded = Arc::clone(&recorded);
-                thread::spawn(move || serve(stream, recorded));
+                let writer = stream.try_clone().unwrap();
+                thread::spawn(move || serve(stream, writer, recorded));
             }
         });
         Self { address, requests }
+    }
+
+    /// The same on a unix socket at `path`; its address is `unix:<path>`.
+    fn start_unix(path: &std::path::Path) -> Self {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let requests = Arc::new(Mutex::new(VecDeque::new()));
+        let recorded = Arc::clone(&requests);
+        thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let recorded = Arc::clone(&recorded);
+                let writer = stream.try_clone().unwrap();
+                thread::spawn(move || serve(stream, writer, recorded));
+            }
+        });
+        Self {
+            address: format!("unix:{}", path.display()),
+            requests,
+        }
     }
 
     fn request(&self, n: usize) -> String {
@@ -43,8 +62,7 @@ impl Recorder {
     }
 }
 
-fn serve(stream: TcpStream, recorded: Arc<Mutex<VecDeque<String>>>) {
-    let mut writer = stream.try_clone().unwrap();
+fn serve(stream: impl Read, mut writer: impl Write, recorded: Arc<Mutex<VecDeque<String>>>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request = String::new();
@@ -129,7 +147,7 @@ fn refused(code: &str, to: &str, text: &str) -> String {
 fn every_action_and_failure_answers_as_postfix_would() {
     let recorder = Recorder::start();
     let backend = FakeBackend::start(true);
-    let doorman = start(&backend, &recorder.address.to_string(), "all");
+    let doorman = start(&backend, &recorder.address, "all");
     let mut client = connect_as(&doorman, "203.0.113.50");
     assert_eq!(
         read_line(&mut client),
@@ -195,7 +213,7 @@ server_port=25\n\n"
         "NOQUEUE: reject: RCPT from unknown[203.0.113.50]: 554 5.7.1 <reject@doorman.test>: Recipient address rejected: Access denied; from=<s@client.test> to=<reject@doorman.test> proto=ESMTP helo=<client.test>",
         Duration::from_secs(5),
     );
-    let address = recorder.address;
+    let address = &recorder.address;
     for why in [
         "no reply within 1s",
         "reply without action=",
@@ -334,4 +352,23 @@ ptr-record=32.113.0.203.in-addr.arpa,forged.test\nhost-record=forged.test,203.0.
         "NOQUEUE: reject: RCPT from mail.good.test[203.0.113.30]: 554 5.7.1",
         Duration::from_secs(5),
     );
+}
+
+#[test]
+fn a_policy_service_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start_unix(&dir.path().join("policy.sock"));
+    let backend = FakeBackend::start(true);
+    let doorman = start(&backend, &recorder.address, "all");
+    let mut client = connect_as(&doorman, "203.0.113.54");
+    assert_eq!(read_line(&mut client), BANNER);
+    helo_and_mail(&mut client, "s@client.test");
+    assert_eq!(
+        rcpt(&mut client, "reject"),
+        refused("554 5.7.1", "reject", "Access denied")
+    );
+    assert_eq!(rcpt(&mut client, "ok"), "250 2.0.0 ok\r\n");
+    assert!(recorder
+        .request(0)
+        .contains("client_address=203.0.113.54\n"));
 }
