@@ -1,12 +1,21 @@
-//! The admin listener: Prometheus `/metrics` and `/healthz` over HTTP/1.1.
+//! The admin listener: Prometheus `/metrics`, `/healthz`, and control
+//! requests, over HTTP/1.1.
 //!
 //! `/healthz` answers 200 while some backend is up and 503 when none is,
-//! for load balancers that check over HTTP instead of SMTP.
+//! for load balancers that check over HTTP instead of SMTP. `POST /drain`
+//! makes the agent check answer `drain` (HAProxy sends no new client) and
+//! `POST /undrain` undoes it. Control requests are taken from the networks
+//! in `[admin] trusted` (loopback by default), or from anywhere with
+//! `Authorization: Bearer <token>` (the token of `[admin] token_file`);
+//! any other gets 401, and the attempt is logged with the peer. Request
+//! bodies are never read, and a request's head is bounded by hyper.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http_body_util::Full;
@@ -14,12 +23,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::log;
-use crate::metrics::Metrics;
-use crate::shared::Shared;
+use crate::log::{self, Endpoint};
+use crate::shared::{Process, Shared};
 
 /// Binds the admin listener.
 pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
@@ -33,38 +41,86 @@ pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// How long a connection may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves requests until the task is dropped.
-pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process: Process) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let current = Arc::clone(&current);
-        let metrics = Arc::clone(&metrics);
+        let process = process.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, &current, &metrics);
+                let response = respond(&request, peer, &current, &process);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024);
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
+/// Whether a control request may change anything: from a trusted network,
+/// or with the configured bearer token.
+fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> bool {
+    let admin = &shared.config.admin;
+    let ip = peer.ip().to_canonical();
+    if admin.trusted.iter().any(|net| net.contains(&ip)) {
+        return true;
+    }
+    let Some(token) = &shared.config.admin_token else {
+        return false;
+    };
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| given.trim() == token)
+}
+
 fn respond(
     request: &Request<Incoming>,
+    peer: SocketAddr,
     current: &ArcSwap<Shared>,
-    metrics: &Metrics,
+    process: &Process,
 ) -> Response<Full<Bytes>> {
     let shared = current.load();
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+    let path = request.uri().path();
+    if request.method() == Method::POST && !authorised(request, peer, &shared) {
+        log::admin_refused(peer, request.method().as_str(), path);
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "unauthorised\n".into(),
+        );
+    }
+    let (status, content_type, body) = match (request.method(), path) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(&shared.pool.status()),
+            process.metrics.render(&shared.pool.status()),
         ),
+        (&Method::POST, "/drain") | (&Method::POST, "/undrain") => {
+            let draining = path == "/drain";
+            process.draining.store(draining, Ordering::SeqCst);
+            log::agent_state(draining, &format!("{path} from {}", Endpoint(peer)));
+            (
+                StatusCode::OK,
+                "text/plain",
+                if draining { "drain\n" } else { "ready\n" }.to_string(),
+            )
+        }
         (&Method::GET, "/healthz") if shared.pool.any_healthy() => {
             (StatusCode::OK, "text/plain", "ok\n".to_string())
         }
@@ -79,10 +135,76 @@ fn respond(
             "not found\n".to_string(),
         ),
     };
+    reply(status, content_type, body)
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
         response.headers_mut().insert("content-type", value);
     }
     response
+}
+
+/// Why a control request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The config names no `[admin] address`.
+    #[error("the config has no [admin] address to send the request to")]
+    NoAddress,
+    /// The admin listener could not be reached or did not answer.
+    #[error("admin {address}: {message}")]
+    Unreachable {
+        /// Where it was asked.
+        address: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Sends a control request (`POST /drain`, say) to the admin listener the
+/// config names, with its token when it has one; the status and body.
+pub async fn request(
+    config: &crate::config::Config,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, String), AdminError> {
+    let mut address = config.admin.address.ok_or(AdminError::NoAddress)?;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let fail = |message: String| AdminError::Unreachable { address, message };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", address.to_string());
+        if let Some(token) = &config.admin_token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| fail("no answer within 10s".into()))?
 }

@@ -28,7 +28,8 @@
 //! - [`shared`]: what the sessions of one config share, and what outlives a
 //!   reload.
 //! - [`admin`] and [`metrics`]: the HTTP admin listener (`/metrics`,
-//!   `/healthz`) and the Prometheus metrics.
+//!   `/healthz`, `POST /drain` and `/undrain`) and the Prometheus metrics;
+//!   [`agent`]: HAProxy's agent check.
 //! - [`log`]: the postscreen-compatible event lines; [`logfmt`]: where and
 //!   how lines are written (syslog layout, JSON, the syslog socket).
 //! - [`explain`]: `doorman explain`, the gates' findings for one address.
@@ -76,6 +77,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod agent;
 pub mod cache;
 pub mod config;
 pub mod explain;

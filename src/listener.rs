@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::agent;
 use crate::config::{Config, ListenerConfig};
 use crate::gates::Registry;
 use crate::log;
@@ -38,6 +39,7 @@ pub struct Server {
     process: Process,
     listeners: Vec<(TcpListener, ListenerConfig)>,
     admin: Option<TcpListener>,
+    agent: Option<TcpListener>,
 }
 
 impl Server {
@@ -64,6 +66,10 @@ impl Server {
             Some(address) => Some(admin::bind(address).await?),
             None => None,
         };
+        let agent = match config.admin.agent {
+            Some(address) => Some(agent::bind(address).await?),
+            None => None,
+        };
         let process = Process {
             registry: Arc::new(registry),
             ..Process::default()
@@ -74,6 +80,7 @@ impl Server {
             process,
             listeners,
             admin,
+            agent,
         })
     }
 
@@ -117,13 +124,25 @@ impl Server {
             background.push(tokio::spawn(admin::serve(
                 admin,
                 Arc::clone(&self.current),
-                Arc::clone(&self.process.metrics),
+                self.process.clone(),
             )));
         }
+        // The agent keeps answering `drain` through the grace period.
+        let agent = self.agent.map(|agent| {
+            tokio::spawn(agent::serve(
+                agent,
+                Arc::clone(&self.current),
+                self.process.clone(),
+            ))
+        });
         if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             log::no_readiness(&error);
         }
         shutdown.await;
+        self.process
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        log::agent_state(true, "shutting down");
         for task in &background {
             task.abort();
         }
@@ -142,6 +161,9 @@ impl Server {
             cut = sessions.len();
             cut_sessions.cancel();
             sessions.wait().await;
+        }
+        if let Some(agent) = agent {
+            agent.abort();
         }
         shared.cache.close().await;
         log::shutdown_finished(cut);

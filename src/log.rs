@@ -109,6 +109,29 @@ pub fn connect(client: SocketAddr, server: SocketAddr) {
     info!("CONNECT from {} to {}", Endpoint(client), Endpoint(server));
 }
 
+/// The agent-check listener is up.
+pub fn agent_listening(address: SocketAddr) {
+    info!("agent check on {}", Endpoint(address));
+}
+
+/// This doorman's agent state changed (`doorman drain`/`undrain`, SIGTERM).
+pub fn agent_state(draining: bool, why: &str) {
+    warn!(
+        "agent: {} ({why})",
+        if draining { "draining" } else { "ready" }
+    );
+}
+
+/// A control request was refused: the peer is not trusted and has no
+/// valid token.
+pub fn admin_refused(peer: SocketAddr, method: &str, path: &str) {
+    warn!(
+        "warning: admin: refused {method} {} from {}: not a trusted network and no valid token",
+        escape(path.as_bytes(), 100),
+        Endpoint(peer)
+    );
+}
+
 /// A listed proxy did not send its header in time.
 pub fn proxy_timeout(peer: SocketAddr) {
     warn!(

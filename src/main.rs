@@ -42,6 +42,18 @@ enum Command {
         /// The client address.
         ip: std::net::IpAddr,
     },
+    /// Ask HAProxy (through the agent check) for no new clients: live ones finish.
+    Drain {
+        /// The config file (its [admin] address is asked).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Take new clients again after `doorman drain`.
+    Undrain {
+        /// The config file (its [admin] address is asked).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Look into the pass cache of the store the config names.
     Cache {
         #[command(subcommand)]
@@ -115,6 +127,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Drain { config } => control(&config, "/drain"),
+        Command::Undrain { config } => control(&config, "/undrain"),
         Command::Cache { action } => cache_command(action),
         Command::Explain { config, ip } => Config::load(&config)
             .map_err(anyhow::Error::from)
@@ -156,6 +170,18 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         server.serve(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Sends a control request to the running doorman and prints its answer.
+fn control(config: &std::path::Path, path: &str) -> anyhow::Result<()> {
+    let loaded = Config::load(config)?;
+    let (status, body) =
+        runtime()?.block_on(doorman::admin::request(&loaded, hyper::Method::POST, path))?;
+    print!("{body}");
+    if !status.is_success() {
+        anyhow::bail!("{path}: {status}");
+    }
+    Ok(())
 }
 
 fn cache_command(action: CacheAction) -> anyhow::Result<()> {

@@ -106,6 +106,7 @@ pub struct Metrics {
     connections: Family<OutcomeLabels, Counter>,
     tests: Family<TestLabels, Counter>,
     gate_events: Family<GateEventLabels, Counter>,
+    agent_replies: Family<ResultLabels, Counter>,
     dnsbl_latency: Family<SiteLabels, Histogram>,
     backend_up: Family<BackendLabels, Gauge>,
     backend_active: Family<BackendLabels, Gauge>,
@@ -129,6 +130,12 @@ impl Default for Metrics {
             "doorman_gate_events",
             "Gates' own events (greylisting, policy verdicts)",
             gate_events.clone(),
+        );
+        let agent_replies = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "doorman_agent_replies",
+            "HAProxy agent-check replies by state",
+            agent_replies.clone(),
         );
         let dnsbl_latency = Family::<SiteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -167,6 +174,7 @@ impl Default for Metrics {
             connections,
             tests,
             gate_events,
+            agent_replies,
             dnsbl_latency,
             backend_up,
             backend_active,
@@ -200,6 +208,18 @@ impl Metrics {
     pub fn gate_event(&self, gate: &'static str, event: &'static str) {
         self.gate_events
             .get_or_create(&GateEventLabels { gate, event })
+            .inc();
+    }
+
+    /// Counts one agent-check reply (`ready`, `drain`, `down`).
+    pub fn agent_reply(&self, state: &str) {
+        let state = match state {
+            "ready" => "ready",
+            "drain" => "drain",
+            _ => "down",
+        };
+        self.agent_replies
+            .get_or_create(&ResultLabels { result: state })
             .inc();
     }
 

@@ -21,6 +21,9 @@ pub struct Process {
     pub metrics: Arc<Metrics>,
     /// The gate names and constructors.
     pub registry: Arc<Registry>,
+    /// Whether this doorman asks HAProxy for no new clients (`doorman
+    /// drain`, the SIGTERM grace period).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the shared state could not be built.

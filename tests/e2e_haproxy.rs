@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,27 +51,9 @@ backend doormen\n{checks}    server d1 {doorman} {send_proxy} check-send-proxy c
     spawn(command, "haproxy")
 }
 
-/// Asks HAProxy's stats socket for the status of backend server d1.
+/// HAProxy's status of backend server d1.
 fn server_status(dir: &Path) -> String {
-    let Ok(mut socket) = UnixStream::connect(dir.join("haproxy.sock")) else {
-        return "no socket".into();
-    };
-    let _ = socket.write_all(b"show stat\n");
-    let mut out = String::new();
-    let _ = socket.read_to_string(&mut out);
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let column = header.iter().position(|h| *h == "status").unwrap_or(17);
-    out.lines()
-        .find(|l| l.starts_with("doormen,d1,"))
-        .and_then(|l| l.split(',').nth(column))
-        .unwrap_or("missing")
-        .to_string()
+    haproxy_stat(dir, "status")
 }
 
 fn wait_up(dir: &Path) {

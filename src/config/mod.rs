@@ -135,6 +135,8 @@ pub struct Config {
     pub pool: PoolSection,
     /// The `[admin]` section.
     pub admin: AdminSection,
+    /// The admin token read from `[admin] token_file`.
+    pub admin_token: Option<String>,
     /// The `[deep_tests]` section.
     pub deep_tests: DeepTestsSection,
 }
@@ -367,6 +369,23 @@ impl Config {
             }
             None => None,
         };
+        let mut admin = file.admin;
+        let admin_token = match &admin.token_file {
+            Some(token_file) => {
+                let resolved = base.join(token_file);
+                let token = read_file(&resolved)?.trim().to_string();
+                if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(ConfigError::Invalid {
+                        path: resolved,
+                        line: 1,
+                        message: "the admin token must be one word of printable ASCII".into(),
+                    });
+                }
+                admin.token_file = Some(resolved);
+                Some(token)
+            }
+            None => None,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             hostname: file.hostname,
@@ -389,7 +408,8 @@ impl Config {
             log: file.log,
             limits: file.limits,
             pool: file.pool,
-            admin: file.admin,
+            admin,
+            admin_token,
             deep_tests: file.deep_tests,
         })
     }

@@ -1039,6 +1039,33 @@ pub fn helo_and_mail(stream: &mut TcpStream, sender: &str) {
     assert_eq!(read_line(stream), "250 2.1.0 Ok\r\n");
 }
 
+/// A column (`status`, `weight`, ...) of backend server `doormen/d1` in
+/// `show stat` of the HAProxy whose stats socket is `haproxy.sock` in
+/// `dir`.
+pub fn haproxy_stat(dir: &Path, column: &str) -> String {
+    let Ok(mut socket) = std::os::unix::net::UnixStream::connect(dir.join("haproxy.sock")) else {
+        return "no socket".into();
+    };
+    let _ = socket.write_all(b"show stat\n");
+    let mut out = String::new();
+    let _ = socket.read_to_string(&mut out);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let Some(index) = header.iter().position(|h| *h == column) else {
+        return "no such column".into();
+    };
+    out.lines()
+        .find(|l| l.starts_with("doormen,d1,"))
+        .and_then(|l| l.split(',').nth(index))
+        .unwrap_or("missing")
+        .to_string()
+}
+
 /// Runs `command`, asserts that it succeeded (showing its stderr if not),
 /// and returns its stdout.
 pub fn stdout_of(command: &mut Command) -> String {
