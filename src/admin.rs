@@ -26,6 +26,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::director::{describe, Change};
+use crate::handoff::BackendStatus;
 use crate::log::{self, Endpoint};
 use crate::shared::{Process, Shared};
 
@@ -55,8 +57,9 @@ pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process
         let process = process.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, peer, &current, &process);
-                async move { Ok::<_, Infallible>(response) }
+                let current = Arc::clone(&current);
+                let process = process.clone();
+                async move { Ok::<_, Infallible>(respond(request, peer, current, process).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -89,21 +92,33 @@ fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) ->
         .is_some_and(|given| given.trim() == token)
 }
 
-fn respond(
-    request: &Request<Incoming>,
+async fn respond(
+    request: Request<Incoming>,
     peer: SocketAddr,
-    current: &ArcSwap<Shared>,
-    process: &Process,
+    current: Arc<ArcSwap<Shared>>,
+    process: Process,
 ) -> Response<Full<Bytes>> {
-    let shared = current.load();
+    let shared = current.load_full();
     let path = request.uri().path();
-    if request.method() == Method::POST && !authorised(request, peer, &shared) {
+    if request.method() == Method::POST && !authorised(&request, peer, &shared) {
         log::admin_refused(peer, request.method().as_str(), path);
         return reply(
             StatusCode::UNAUTHORIZED,
             "text/plain",
             "unauthorised\n".into(),
         );
+    }
+    if let Some(rest) = path.strip_prefix("/backends") {
+        let (status, body) = backends(
+            request.method(),
+            rest,
+            request.uri().query(),
+            peer,
+            &shared,
+            &process,
+        )
+        .await;
+        return reply(status, "application/json", body);
     }
     let (status, content_type, body) = match (request.method(), path) {
         (&Method::GET, "/metrics") => (
@@ -136,6 +151,92 @@ fn respond(
         ),
     };
     reply(status, content_type, body)
+}
+
+/// `GET /backends`, and `POST /backends/ADDR/drain|undrain|flush|weight`:
+/// the status and a JSON body.
+async fn backends(
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    peer: SocketAddr,
+    shared: &Shared,
+    process: &Process,
+) -> (StatusCode, String) {
+    let error = |status: StatusCode, message: &str| {
+        (
+            status,
+            serde_json::json!({ "error": message }).to_string() + "\n",
+        )
+    };
+    let statuses = shared.pool.status();
+    if method == Method::GET && rest.is_empty() {
+        let list: Vec<_> = statuses.iter().map(backend_json).collect();
+        return (StatusCode::OK, serde_json::json!(list).to_string() + "\n");
+    }
+    if method != Method::POST {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
+    let mut parts = rest.trim_start_matches('/').splitn(2, '/');
+    let (Some(address), Some(verb)) = (parts.next(), parts.next()) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let Some(address) = address
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|address| statuses.iter().any(|s| s.address == *address))
+    else {
+        return error(StatusCode::NOT_FOUND, "no such backend");
+    };
+    let change = match verb {
+        "drain" => Change::Drain,
+        "undrain" => Change::Undrain,
+        "flush" => Change::Flush,
+        "weight" => {
+            let value = query
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("value=")))
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v <= MAX_WEIGHT);
+            match value {
+                Some(value) => Change::Weight(value),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "weight needs ?value=N with N from 0 to 1000",
+                    )
+                }
+            }
+        }
+        _ => return error(StatusCode::NOT_FOUND, "not found"),
+    };
+    let state = process
+        .director
+        .change(address, change, shared.config.pool.flush_grace)
+        .await;
+    log::backend_changed(address, verb, &describe(state), peer);
+    let status = shared
+        .pool
+        .status()
+        .into_iter()
+        .find(|s| s.address == address);
+    (
+        StatusCode::OK,
+        status.map_or_else(String::new, |s| backend_json(&s).to_string()) + "\n",
+    )
+}
+
+/// The largest weight a backend may be given at runtime.
+const MAX_WEIGHT: u32 = 1000;
+
+fn backend_json(status: &BackendStatus) -> serde_json::Value {
+    serde_json::json!({
+        "address": status.address.to_string(),
+        "cluster": "",
+        "weight": status.weight,
+        "up": status.healthy,
+        "draining": status.draining,
+        "sessions": status.active,
+    })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -207,4 +308,51 @@ pub async fn request(
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| fail("no answer within 10s".into()))?
+}
+
+/// The backends of a `/backends` answer (a list, or one backend) as a
+/// table, with where their runtime state is kept.
+pub fn backend_table(
+    body: &str,
+    config: &crate::config::Config,
+) -> Result<String, serde_json::Error> {
+    use std::fmt::Write;
+    let value: serde_json::Value = serde_json::from_str(body)?;
+    let rows = match value {
+        serde_json::Value::Array(rows) => rows,
+        one => vec![one],
+    };
+    let mut out = format!(
+        "{:<24} {:<10} {:>6} {:<5} {:<9} {:>8}\n",
+        "backend", "cluster", "weight", "up", "draining", "sessions"
+    );
+    for row in &rows {
+        let text = |key: &str| match &row[key] {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:>6} {:<5} {:<9} {:>8}",
+            text("address"),
+            if text("cluster").is_empty() {
+                "-".to_string()
+            } else {
+                text("cluster")
+            },
+            text("weight"),
+            text("up"),
+            text("draining"),
+            text("sessions")
+        );
+    }
+    let kept = match config.cache.store {
+        crate::config::CacheStore::Redis => {
+            "shared by every doorman on the same Redis (applies within one check_interval)"
+        }
+        crate::config::CacheStore::Embedded => "this instance's, kept in its embedded store",
+        crate::config::CacheStore::Memory => "this instance's, until it stops",
+    };
+    let _ = writeln!(out, "runtime state: {kept}");
+    Ok(out)
 }

@@ -26,7 +26,8 @@
 //!   stress mode; [`memory`]: the heap given back after a flood (the one
 //!   `unsafe` call, `malloc_trim`).
 //! - [`shared`]: what the sessions of one config share, and what outlives a
-//!   reload.
+//!   reload; [`director`]: the backends' runtime state (drain, weight,
+//!   flush), shared by a fleet through Redis.
 //! - [`admin`] and [`metrics`]: the HTTP admin listener (`/metrics`,
 //!   `/healthz`, `POST /drain` and `/undrain`) and the Prometheus metrics;
 //!   [`agent`]: HAProxy's agent check.
@@ -80,6 +81,7 @@ pub mod admin;
 pub mod agent;
 pub mod cache;
 pub mod config;
+pub mod director;
 pub mod explain;
 pub mod fuzzing;
 pub mod gates;

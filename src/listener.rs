@@ -107,6 +107,10 @@ impl Server {
         }
         let mut background = vec![
             tokio::spawn(clean_cache(Arc::clone(&self.current))),
+            tokio::spawn(follow_the_fleet(
+                Arc::clone(&self.current),
+                self.process.clone(),
+            )),
             tokio::spawn(memory::trim_after_floods(
                 Arc::clone(&self.current),
                 self.process.clone(),
@@ -181,6 +185,19 @@ async fn start_shared(
     shared.pool.check_all().await;
     shared.pool.start_checks();
     Ok(shared)
+}
+
+/// Reads the backends' runtime state from the store every
+/// `check_interval`, so a change made on another instance applies here.
+async fn follow_the_fleet(current: Arc<ArcSwap<Shared>>, process: Process) {
+    loop {
+        let shared = current.load_full();
+        tokio::time::sleep(shared.config.pool.check_interval).await;
+        process
+            .director
+            .sync(&shared.pool.addresses(), shared.config.pool.flush_grace)
+            .await;
+    }
 }
 
 /// Rereads the config on every SIGHUP.

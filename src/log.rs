@@ -122,6 +122,22 @@ pub fn agent_state(draining: bool, why: &str) {
     );
 }
 
+/// An operator changed a backend's runtime state.
+pub fn backend_changed(backend: SocketAddr, verb: &str, state: &str, peer: SocketAddr) {
+    warn!(
+        "director: {verb} {backend} from {}: now {state}",
+        Endpoint(peer)
+    );
+}
+
+/// A live session ended because its backend was flushed.
+pub fn flushed(client: SocketAddr) {
+    info!(
+        "director: ended the session of {}: its backend was flushed",
+        Endpoint(client)
+    );
+}
+
 /// A control request was refused: the peer is not trusted and has no
 /// valid token.
 pub fn admin_refused(peer: SocketAddr, method: &str, path: &str) {

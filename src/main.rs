@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show or change the backends at runtime (for the whole fleet when it shares Redis).
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+    },
     /// Look into the pass cache of the store the config names.
     Cache {
         #[command(subcommand)]
@@ -70,6 +75,53 @@ enum Command {
         /// The name in the sink's replies.
         #[arg(long, default_value = "sink.localhost")]
         hostname: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendAction {
+    /// Each backend's address, cluster, weight, health, drain state and sessions.
+    List {
+        /// The config file (its [admin] address is asked).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the JSON the admin listener gives.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give the backend no new clients; its live sessions finish.
+    Drain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backend, as the config names it.
+        address: SocketAddr,
+    },
+    /// Give the backend new clients again, at its config weight.
+    Undrain {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backend.
+        address: SocketAddr,
+    },
+    /// Drain the backend and end its live sessions after [pool] flush_grace.
+    Flush {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backend.
+        address: SocketAddr,
+    },
+    /// Set the backend's share of clients (0 drains it).
+    Weight {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backend.
+        address: SocketAddr,
+        /// The weight, 0 to 1000.
+        weight: u32,
     },
 }
 
@@ -130,6 +182,7 @@ fn main() -> ExitCode {
         Command::Drain { config } => control(&config, "/drain"),
         Command::Undrain { config } => control(&config, "/undrain"),
         Command::Cache { action } => cache_command(action),
+        Command::Backend { action } => backend_command(action),
         Command::Explain { config, ip } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|loaded| {
@@ -181,6 +234,55 @@ fn control(config: &std::path::Path, path: &str) -> anyhow::Result<()> {
     if !status.is_success() {
         anyhow::bail!("{path}: {status}");
     }
+    Ok(())
+}
+
+/// `doorman backend ...`: a request to the running doorman's admin
+/// listener; prints the backends (or the changed one).
+fn backend_command(action: BackendAction) -> anyhow::Result<()> {
+    let (config, method, path, json) = match &action {
+        BackendAction::List { config, json } => {
+            (config, hyper::Method::GET, "/backends".to_string(), *json)
+        }
+        BackendAction::Drain { config, address } => (
+            config,
+            hyper::Method::POST,
+            format!("/backends/{address}/drain"),
+            false,
+        ),
+        BackendAction::Undrain { config, address } => (
+            config,
+            hyper::Method::POST,
+            format!("/backends/{address}/undrain"),
+            false,
+        ),
+        BackendAction::Flush { config, address } => (
+            config,
+            hyper::Method::POST,
+            format!("/backends/{address}/flush"),
+            false,
+        ),
+        BackendAction::Weight {
+            config,
+            address,
+            weight,
+        } => (
+            config,
+            hyper::Method::POST,
+            format!("/backends/{address}/weight?value={weight}"),
+            false,
+        ),
+    };
+    let loaded = Config::load(config)?;
+    let (status, body) = runtime()?.block_on(doorman::admin::request(&loaded, method, &path))?;
+    if !status.is_success() {
+        anyhow::bail!("{path}: {status}: {}", body.trim());
+    }
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    print!("{}", doorman::admin::backend_table(&body, &loaded)?);
     Ok(())
 }
 

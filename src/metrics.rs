@@ -110,6 +110,8 @@ pub struct Metrics {
     dnsbl_latency: Family<SiteLabels, Histogram>,
     backend_up: Family<BackendLabels, Gauge>,
     backend_active: Family<BackendLabels, Gauge>,
+    backend_weight: Family<BackendLabels, Gauge>,
+    backend_draining: Family<BackendLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
 }
@@ -152,6 +154,18 @@ impl Default for Metrics {
             backend_up.clone(),
         );
         let backend_active = Family::<BackendLabels, Gauge>::default();
+        let backend_weight = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "doorman_backend_weight",
+            "A backend's weight now (the operator's, else the config's)",
+            backend_weight.clone(),
+        );
+        let backend_draining = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "doorman_backend_draining",
+            "Whether a backend takes no new clients (drained, weight 0 or flushed)",
+            backend_draining.clone(),
+        );
         registry.register(
             "doorman_backend_connections",
             "Active client connections per backend",
@@ -178,6 +192,8 @@ impl Default for Metrics {
             dnsbl_latency,
             backend_up,
             backend_active,
+            backend_weight,
+            backend_draining,
             cache_lookups,
             reloads,
         }
@@ -254,6 +270,8 @@ impl Metrics {
     pub fn render(&self, backends: &[BackendStatus]) -> String {
         self.backend_up.clear();
         self.backend_active.clear();
+        self.backend_weight.clear();
+        self.backend_draining.clear();
         for backend in backends {
             let labels = BackendLabels {
                 backend: backend.address.to_string(),
@@ -264,6 +282,12 @@ impl Metrics {
             self.backend_active
                 .get_or_create(&labels)
                 .set(i64::try_from(backend.active).unwrap_or(i64::MAX));
+            self.backend_weight
+                .get_or_create(&labels)
+                .set(i64::from(backend.weight));
+            self.backend_draining
+                .get_or_create(&labels)
+                .set(i64::from(backend.draining));
         }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
@@ -288,7 +312,17 @@ mod tests {
             address: "127.0.0.1:10026".parse().unwrap(),
             healthy: true,
             active: 2,
+            weight: 3,
+            draining: true,
         }]);
+        assert!(
+            text.contains("doorman_backend_weight{backend=\"127.0.0.1:10026\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("doorman_backend_draining{backend=\"127.0.0.1:10026\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("doorman_connections_total{outcome=\"pass_new\"} 2"),
             "{text}"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
+use crate::director::Director;
 use crate::gates::{GateError, Pipeline, Registry, Resources};
 use crate::handoff::Pool;
 use crate::limits::Limits;
@@ -24,6 +25,8 @@ pub struct Process {
     /// Whether this doorman asks HAProxy for no new clients (`doorman
     /// drain`, the SIGTERM grace period).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The backends' runtime state (drain, weight, flush).
+    pub director: Arc<Director>,
 }
 
 /// Why the shared state could not be built.
@@ -65,6 +68,7 @@ impl Shared {
             Some(cache) => cache,
             None => Arc::new(PassCache::open(&config.cache)?),
         };
+        process.director.keep_in(cache.record_store());
         let pipeline = process.registry.build(
             &config,
             &Resources {
@@ -78,6 +82,7 @@ impl Shared {
                 config.backends.clone(),
                 config.pool.clone(),
                 &config.hostname,
+                Arc::clone(&process.director),
             )),
             pipeline,
             thresholds: Thresholds {

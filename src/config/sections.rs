@@ -63,6 +63,13 @@ pub struct PoolSection {
     /// Failed checks (or connects) that take an up backend down.
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// How long a flushed backend's live sessions may go on.
+    #[serde(with = "humantime_serde", default = "default_flush_grace")]
+    pub flush_grace: Duration,
+}
+
+pub(super) fn default_flush_grace() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for PoolSection {
@@ -72,6 +79,7 @@ impl Default for PoolSection {
             check_interval: default_check_interval(),
             rise: default_rise(),
             fall: default_fall(),
+            flush_grace: default_flush_grace(),
         }
     }
 }

@@ -25,9 +25,11 @@ use tokio::time::timeout;
 use super::balance::{self, Candidate};
 use super::xclient;
 use crate::config::{BackendConfig, PoolSection, SendProxy};
+use crate::director::Director;
 use crate::log;
 use crate::proxy::write;
 use crate::smtp::response::complete_reply;
+use tokio_util::sync::CancellationToken;
 
 /// The longest reply doorman reads from a backend.
 const REPLY_LIMIT: usize = 8192;
@@ -53,7 +55,7 @@ pub struct BackendState {
     active: AtomicUsize,
 }
 
-/// A backend's state for metrics and logs.
+/// A backend's state for metrics, logs and `doorman backend list`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendStatus {
     /// The backend's address.
@@ -62,6 +64,10 @@ pub struct BackendStatus {
     pub healthy: bool,
     /// Its active client connections.
     pub active: usize,
+    /// Its weight now (the operator's, else the config's).
+    pub weight: u32,
+    /// Whether it takes no new clients.
+    pub draining: bool,
 }
 
 /// A client's place at a backend; given back when dropped.
@@ -89,6 +95,8 @@ pub struct Connected {
     pub greeting: Vec<u8>,
     /// Bytes the backend sent after its greeting.
     pub pending: BytesMut,
+    /// Cancelled when the backend is flushed: the session ends.
+    pub flush: CancellationToken,
 }
 
 /// The backends of one config.
@@ -100,11 +108,18 @@ pub struct Pool {
     tick: AtomicUsize,
     /// The EHLO keywords the last good check saw.
     keywords: Arc<Mutex<Option<Vec<String>>>>,
+    /// The backends' runtime state.
+    director: Arc<Director>,
 }
 
 impl Pool {
     /// A pool over `backends`; all count as healthy until the first checks.
-    pub fn new(backends: Vec<BackendConfig>, settings: PoolSection, hostname: &str) -> Self {
+    pub fn new(
+        backends: Vec<BackendConfig>,
+        settings: PoolSection,
+        hostname: &str,
+        director: Arc<Director>,
+    ) -> Self {
         Self {
             backends: backends
                 .into_iter()
@@ -121,6 +136,7 @@ impl Pool {
             hostname: hostname.to_string(),
             tick: AtomicUsize::new(0),
             keywords: Arc::new(Mutex::new(None)),
+            director,
         }
     }
 
@@ -178,12 +194,22 @@ impl Pool {
     pub fn status(&self) -> Vec<BackendStatus> {
         self.backends
             .iter()
-            .map(|b| BackendStatus {
-                address: b.config.address,
-                healthy: b.healthy.load(Ordering::SeqCst),
-                active: b.active.load(Ordering::SeqCst),
+            .map(|b| {
+                let state = self.director.state(b.config.address);
+                BackendStatus {
+                    address: b.config.address,
+                    healthy: b.healthy.load(Ordering::SeqCst),
+                    active: b.active.load(Ordering::SeqCst),
+                    weight: state.weight.unwrap_or(b.config.weight),
+                    draining: state.drained || state.weight == Some(0),
+                }
             })
             .collect()
+    }
+
+    /// The backends' addresses, in config order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.config.address).collect()
     }
 
     /// Connects `client` to the best backend that takes it, falling over to
@@ -194,11 +220,15 @@ impl Pool {
             .iter()
             .map(|b| {
                 let active = b.active.load(Ordering::SeqCst);
+                let state = self.director.state(b.config.address);
+                let weight = state.weight.unwrap_or(b.config.weight);
                 Candidate {
                     key: b.config.address.to_string(),
-                    weight: b.config.weight,
+                    weight,
                     active,
                     usable: b.healthy.load(Ordering::SeqCst)
+                        && !state.drained
+                        && weight > 0
                         && (b.config.max_connections == 0 || active < b.config.max_connections),
                 }
             })
@@ -220,6 +250,7 @@ impl Pool {
                         lease,
                         greeting,
                         pending,
+                        flush: self.director.flush_token(backend.config.address),
                     })
                 }
                 Err(error) => {

@@ -46,6 +46,7 @@ impl Session {
             lease: _lease,
             greeting,
             mut pending,
+            flush,
         } = match shared.pool.connect(&client).await {
             Ok(connected) => connected,
             Err(_) => {
@@ -93,14 +94,22 @@ impl Session {
                 line_limit: shared.config.engine.line_length,
                 command_time: shared.config.engine.command_time,
             };
-            let gated = relay_gated(
-                &mut self.stream,
-                &mut self.buffer,
-                &mut backend,
-                &mut pending,
-                gates,
-            )
-            .await;
+            let gated = tokio::select! {
+                gated = relay_gated(
+                    &mut self.stream,
+                    &mut self.buffer,
+                    &mut backend,
+                    &mut pending,
+                    gates,
+                ) => Some(gated),
+                _ = flush.cancelled() => None,
+            };
+            let Some(gated) = gated else {
+                // doorman is speaking here: it says why it closes.
+                log::flushed(client.address);
+                self.send(reply::FLUSHED).await;
+                return Phase::Closed;
+            };
             match gated {
                 Ok(Gated::HandOver) => {}
                 Ok(Gated::Closed) => return Phase::Closed,
@@ -117,7 +126,14 @@ impl Session {
             self.send_bytes(&pending).await;
         }
         let early = std::mem::take(&mut self.buffer);
-        match relay(&mut self.stream, backend, early).await {
+        let relayed = tokio::select! {
+            relayed = relay(&mut self.stream, backend, early) => relayed,
+            _ = flush.cancelled() => {
+                log::flushed(client.address);
+                Ok(())
+            }
+        };
+        match relayed {
             Ok(()) => {}
             Err(RelayError::ProxyHeader(input)) => {
                 return self.refuse_header(&client, &input).await;

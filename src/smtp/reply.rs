@@ -31,6 +31,10 @@ pub const SCREENING_PORTS_BUSY: &str = "421 4.3.2 All screening ports are busy\r
 /// (postscreen's default rcpt_reply): come back later.
 pub const RCPT_DEFERRED: &str = "450 4.3.2 Service currently unavailable\r\n";
 
+/// The client's backend was flushed while doorman judged its commands
+/// (postscreen's final reply).
+pub const FLUSHED: &str = "421 4.3.2 Service currently unavailable\r\n";
+
 /// doorman is stopping and its grace period is over.
 pub const SHUTTING_DOWN: &str = "421 4.3.2 Service shutting down, try again later\r\n";
 
