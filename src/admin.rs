@@ -136,7 +136,7 @@ async fn respond(
                 if draining { "drain\n" } else { "ready\n" }.to_string(),
             )
         }
-        (&Method::GET, "/healthz") if shared.pool.any_healthy() => {
+        (&Method::GET, "/healthz") if shared.pool.any_healthy(None) => {
             (StatusCode::OK, "text/plain", "ok\n".to_string())
         }
         (&Method::GET, "/healthz") => (
@@ -231,7 +231,7 @@ const MAX_WEIGHT: u32 = 1000;
 fn backend_json(status: &BackendStatus) -> serde_json::Value {
     serde_json::json!({
         "address": status.address.to_string(),
-        "cluster": "",
+        "cluster": status.cluster,
         "weight": status.weight,
         "up": status.healthy,
         "draining": status.draining,

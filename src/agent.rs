@@ -70,7 +70,7 @@ pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process
         let shared = current.load();
         let text = line(
             process.draining.load(Ordering::SeqCst),
-            shared.pool.any_healthy(),
+            shared.pool.any_healthy(None),
             process.limits.screening(),
             shared.config.limits.screening,
         );

@@ -237,11 +237,18 @@ pub fn backend_state(backend: SocketAddr, up: bool) {
 }
 
 /// No backend took the client (postscreen's line).
-pub fn all_server_ports_busy(client: SocketAddr) {
-    warn!(
-        "NOQUEUE: reject: CONNECT from {}: all server ports busy",
-        Endpoint(client)
-    );
+pub fn all_server_ports_busy(client: SocketAddr, cluster: &str) {
+    if cluster.is_empty() {
+        warn!(
+            "NOQUEUE: reject: CONNECT from {}: all server ports busy",
+            Endpoint(client)
+        );
+    } else {
+        warn!(
+            "NOQUEUE: reject: CONNECT from {}: all server ports busy (cluster {cluster})",
+            Endpoint(client)
+        );
+    }
 }
 
 /// Free heap went back to the system after the connection count fell from

@@ -95,6 +95,12 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    backend: String,
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -112,6 +118,7 @@ pub struct Metrics {
     backend_active: Family<BackendLabels, Gauge>,
     backend_weight: Family<BackendLabels, Gauge>,
     backend_draining: Family<BackendLabels, Gauge>,
+    backend_cluster: Family<ClusterLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
 }
@@ -166,6 +173,12 @@ impl Default for Metrics {
             "Whether a backend takes no new clients (drained, weight 0 or flushed)",
             backend_draining.clone(),
         );
+        let backend_cluster = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "doorman_backend_cluster",
+            "The cluster of each backend (always 1)",
+            backend_cluster.clone(),
+        );
         registry.register(
             "doorman_backend_connections",
             "Active client connections per backend",
@@ -194,6 +207,7 @@ impl Default for Metrics {
             backend_active,
             backend_weight,
             backend_draining,
+            backend_cluster,
             cache_lookups,
             reloads,
         }
@@ -272,6 +286,7 @@ impl Metrics {
         self.backend_active.clear();
         self.backend_weight.clear();
         self.backend_draining.clear();
+        self.backend_cluster.clear();
         for backend in backends {
             let labels = BackendLabels {
                 backend: backend.address.to_string(),
@@ -288,6 +303,12 @@ impl Metrics {
             self.backend_draining
                 .get_or_create(&labels)
                 .set(i64::from(backend.draining));
+            self.backend_cluster
+                .get_or_create(&ClusterLabels {
+                    backend: backend.address.to_string(),
+                    cluster: backend.cluster.clone(),
+                })
+                .set(1);
         }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
@@ -313,8 +334,13 @@ mod tests {
             healthy: true,
             active: 2,
             weight: 3,
+            cluster: "a".into(),
             draining: true,
         }]);
+        assert!(
+            text.contains("doorman_backend_cluster{backend=\"127.0.0.1:10026\",cluster=\"a\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("doorman_backend_weight{backend=\"127.0.0.1:10026\"} 3"),
             "{text}"

@@ -11,6 +11,7 @@ mod screening;
 mod sections;
 
 use crate::gates::{Registry, BUILT_IN, DEFAULT_ORDER};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ struct ConfigFile {
     listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "backend")]
     backends: Vec<BackendConfig>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteConfig>,
     #[serde(default)]
     access: AccessSection,
     #[serde(default)]
@@ -107,6 +110,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The backends, at least one, in the order they are tried.
     pub backends: Vec<BackendConfig>,
+    /// The routes to backend clusters, in order (the first match wins).
+    pub routes: Vec<Route>,
     /// The `[access]` section.
     pub access: AccessSection,
     /// The parsed access list, when `[access] file` names one.
@@ -149,6 +154,15 @@ impl Config {
             .banner
             .clone()
             .unwrap_or_else(|| format!("{} ESMTP", self.hostname))
+    }
+
+    /// The cluster a client that connected to `destination` on `listener`
+    /// goes to: the first matching route's, else the default (`""`).
+    pub fn cluster_for(&self, destination: SocketAddr, listener: SocketAddr) -> &str {
+        self.routes
+            .iter()
+            .find(|route| route.matches(destination, listener))
+            .map_or("", |route| route.cluster.as_str())
     }
 
     /// The shortest TTL of any test, enabled or not (postscreen's
@@ -369,6 +383,20 @@ impl Config {
             }
             None => None,
         };
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for route in &file.routes {
+            let parsed = Route::parse(route).map_err(|message| invalid("[[route]]", message))?;
+            if !file.backends.iter().any(|b| b.cluster == parsed.cluster) {
+                return Err(invalid(
+                    "[[route]]",
+                    format!(
+                        "route to cluster {:?}, which has no [[backend]]",
+                        parsed.cluster
+                    ),
+                ));
+            }
+            routes.push(parsed);
+        }
         let mut admin = file.admin;
         let admin_token = match &admin.token_file {
             Some(token_file) => {
@@ -395,6 +423,7 @@ impl Config {
             proxy_hosts,
             listeners: file.listeners,
             backends: file.backends,
+            routes,
             access,
             access_list,
             greet: file.greet,

@@ -133,6 +133,77 @@ pub struct BackendConfig {
     /// The most clients it takes at once; 0 is no limit.
     #[serde(default)]
     pub max_connections: usize,
+    /// The cluster it belongs to; `""` is the default cluster.
+    #[serde(default)]
+    pub cluster: String,
+}
+
+/// A `[[route]]` as written: which clients go to a cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The address the client connected to (the PROXY header's
+    /// destination): a CIDR (`198.51.100.0/24`), an address, or an address
+    /// with a port (`198.51.100.7:25`, `[2001:db8::7]:25`).
+    pub destination: Option<String>,
+    /// The listener the client came in on.
+    pub listener: Option<SocketAddr>,
+    /// The cluster its clients go to.
+    pub cluster: String,
+}
+
+/// A checked route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The destination network, if the route names one.
+    pub network: Option<ipnet::IpNet>,
+    /// The destination port, if the route names one.
+    pub port: Option<u16>,
+    /// The listener, if the route names one.
+    pub listener: Option<SocketAddr>,
+    /// The cluster.
+    pub cluster: String,
+}
+
+impl Route {
+    /// Reads a route; `Err` says what is wrong.
+    pub fn parse(config: &RouteConfig) -> Result<Self, String> {
+        let (network, port) = match &config.destination {
+            None => (None, None),
+            Some(text) => {
+                if let Ok(address) = text.parse::<SocketAddr>() {
+                    let ip = address.ip().to_canonical();
+                    (Some(ipnet::IpNet::from(ip)), Some(address.port()))
+                } else if let Ok(network) = text.parse::<ipnet::IpNet>() {
+                    (Some(network.trunc()), None)
+                } else if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+                    (Some(ipnet::IpNet::from(ip.to_canonical())), None)
+                } else {
+                    return Err(format!(
+                        "route destination {text:?} is no CIDR, address or address:port"
+                    ));
+                }
+            }
+        };
+        if network.is_none() && config.listener.is_none() {
+            return Err("a route needs a destination or a listener".into());
+        }
+        Ok(Self {
+            network,
+            port,
+            listener: config.listener,
+            cluster: config.cluster.clone(),
+        })
+    }
+
+    /// Whether a client that connected to `destination` on `listener`
+    /// takes this route.
+    pub fn matches(&self, destination: SocketAddr, listener: SocketAddr) -> bool {
+        self.network
+            .is_none_or(|network| network.contains(&destination.ip().to_canonical()))
+            && self.port.is_none_or(|port| port == destination.port())
+            && self.listener.is_none_or(|wanted| wanted == listener)
+    }
 }
 
 /// Where the pass cache keeps its entries.

@@ -66,6 +66,8 @@ pub struct BackendStatus {
     pub active: usize,
     /// Its weight now (the operator's, else the config's).
     pub weight: u32,
+    /// Its cluster (`""`: the default one).
+    pub cluster: String,
     /// Whether it takes no new clients.
     pub draining: bool,
 }
@@ -183,11 +185,12 @@ impl Pool {
         self.keywords.lock().ok().and_then(|k| k.clone())
     }
 
-    /// Whether any backend is up (the answer for HAProxy's checks).
-    pub fn any_healthy(&self) -> bool {
-        self.backends
-            .iter()
-            .any(|b| b.healthy.load(Ordering::SeqCst))
+    /// Whether any backend is up, of `cluster` or of any (the answer for
+    /// HAProxy's checks).
+    pub fn any_healthy(&self, cluster: Option<&str>) -> bool {
+        self.backends.iter().any(|b| {
+            b.healthy.load(Ordering::SeqCst) && cluster.is_none_or(|c| b.config.cluster == c)
+        })
     }
 
     /// Every backend's state.
@@ -201,6 +204,7 @@ impl Pool {
                     healthy: b.healthy.load(Ordering::SeqCst),
                     active: b.active.load(Ordering::SeqCst),
                     weight: state.weight.unwrap_or(b.config.weight),
+                    cluster: b.config.cluster.clone(),
                     draining: state.drained || state.weight == Some(0),
                 }
             })
@@ -212,9 +216,9 @@ impl Pool {
         self.backends.iter().map(|b| b.config.address).collect()
     }
 
-    /// Connects `client` to the best backend that takes it, falling over to
-    /// the next ones.
-    pub async fn connect(&self, client: &Client) -> Result<Connected, NoBackend> {
+    /// Connects `client` to the best backend of `cluster` that takes it,
+    /// falling over to the next ones.
+    pub async fn connect(&self, client: &Client, cluster: &str) -> Result<Connected, NoBackend> {
         let candidates: Vec<Candidate> = self
             .backends
             .iter()
@@ -227,6 +231,7 @@ impl Pool {
                     weight,
                     active,
                     usable: b.healthy.load(Ordering::SeqCst)
+                        && b.config.cluster == cluster
                         && !state.drained
                         && weight > 0
                         && (b.config.max_connections == 0 || active < b.config.max_connections),

@@ -41,17 +41,20 @@ impl Session {
     ) -> Phase {
         self.screening = None;
         let shared = Arc::clone(&self.shared);
+        let cluster = shared
+            .config
+            .cluster_for(client.destination, self.listening);
         let Connected {
             stream: mut backend,
             lease: _lease,
             greeting,
             mut pending,
             flush,
-        } = match shared.pool.connect(&client).await {
+        } = match shared.pool.connect(&client, cluster).await {
             Ok(connected) => connected,
             Err(_) => {
                 self.count(Counted::NoBackend);
-                log::all_server_ports_busy(client.address);
+                log::all_server_ports_busy(client.address, cluster);
                 return self.refuse_busy(teased).await;
             }
         };

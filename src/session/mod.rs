@@ -67,8 +67,9 @@ const EARLY_BYTES_CAP: usize = 4096;
 enum Phase {
     /// A listed proxy must send its PROXY header.
     AwaitHeader,
-    /// The proxy's own health check.
-    HealthCheck,
+    /// The proxy's own health check; the address it checks, when its
+    /// header named one (a v1 check line).
+    HealthCheck(Option<SocketAddr>),
     /// The real client is known: run the tests.
     Screen(Client),
     /// Hand the client to a backend; `teased` when it saw the `220-` teaser,
@@ -159,13 +160,13 @@ impl Session {
         let _ = self.stream.set_nodelay(true);
         let mut phase = self.first_phase();
         loop {
-            let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck);
+            let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
             // Each phase's future is boxed, so a connection only ever holds
             // the state of the phase it is in: a client waiting in the greet
             // phase does not carry the relay's or the engine's state.
             let step: Pin<Box<dyn Future<Output = Phase> + Send + '_>> = match phase {
                 Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
-                Phase::HealthCheck => Box::pin(self.health_check()),
+                Phase::HealthCheck(checked) => Box::pin(self.health_check(checked)),
                 Phase::Screen(client) => Box::pin(self.screen(client)),
                 Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
                 Phase::Engine(run) => Box::pin(self.engine(*run)),
@@ -252,11 +253,13 @@ impl Session {
     /// is a health check; any other header names the real client.
     fn after_header(&self, header: Header) -> Phase {
         match header {
-            Header::Local => Phase::HealthCheck,
-            Header::Proxied { source, .. }
-                if self.shared.config.proxy_hosts.contains(source.ip()) =>
-            {
-                Phase::HealthCheck
+            Header::Local => Phase::HealthCheck(None),
+            Header::Proxied {
+                source,
+                destination,
+                ..
+            } if self.shared.config.proxy_hosts.contains(source.ip()) => {
+                Phase::HealthCheck(Some(destination))
             }
             Header::Proxied {
                 source,
@@ -273,9 +276,20 @@ impl Session {
     /// Answers a health check: a single-line 220 when a backend is alive
     /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
     /// level only.
-    async fn health_check(&mut self) -> Phase {
+    async fn health_check(&mut self, checked: Option<SocketAddr>) -> Phase {
         self.count(Counted::HealthCheck);
-        let alive = self.shared.pool.any_healthy();
+        // A check of an address that routes to a cluster answers for that
+        // cluster; any other for all of them.
+        let config = &self.shared.config;
+        let cluster = checked
+            .filter(|destination| {
+                config
+                    .routes
+                    .iter()
+                    .any(|route| route.matches(*destination, self.listening))
+            })
+            .map(|destination| config.cluster_for(destination, self.listening).to_string());
+        let alive = self.shared.pool.any_healthy(cluster.as_deref());
         log::health_check(self.peer, alive);
         if !alive {
             self.send(reply::SERVER_PORTS_BUSY).await;
