@@ -75,6 +75,11 @@ impl Server {
             ..Process::default()
         };
         let shared = start_shared(config, None, &process).await?;
+        // The fleet's runtime state of the backends, before the first client.
+        process
+            .director
+            .sync(&shared.pool.addresses(), shared.config.pool.flush_grace)
+            .await;
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(shared)),
             process,

@@ -1039,10 +1039,15 @@ pub fn helo_and_mail(stream: &mut TcpStream, sender: &str) {
     assert_eq!(read_line(stream), "250 2.1.0 Ok\r\n");
 }
 
-/// A column (`status`, `weight`, ...) of backend server `doormen/d1` in
+/// A column (`status`, `weight`, `scur`, ...) of backend server `doormen/d1` in
 /// `show stat` of the HAProxy whose stats socket is `haproxy.sock` in
 /// `dir`.
 pub fn haproxy_stat(dir: &Path, column: &str) -> String {
+    haproxy_server_stat(dir, "d1", column)
+}
+
+/// As [`haproxy_stat`], for backend server `doormen/<server>`.
+pub fn haproxy_server_stat(dir: &Path, server: &str, column: &str) -> String {
     let Ok(mut socket) = std::os::unix::net::UnixStream::connect(dir.join("haproxy.sock")) else {
         return "no socket".into();
     };
@@ -1059,8 +1064,9 @@ pub fn haproxy_stat(dir: &Path, column: &str) -> String {
     let Some(index) = header.iter().position(|h| *h == column) else {
         return "no such column".into();
     };
+    let prefix = format!("doormen,{server},");
     out.lines()
-        .find(|l| l.starts_with("doormen,d1,"))
+        .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.split(',').nth(index))
         .unwrap_or("missing")
         .to_string()
