@@ -126,11 +126,7 @@ impl PassCache {
                 tokio::spawn(Arc::clone(&embedded).write_behind(settings.flush_interval));
                 Store::Embedded(embedded)
             }
-            CacheStore::Redis => Store::Redis(Arc::new(RedisStore::new(
-                &settings.redis_url,
-                &settings.redis_prefix,
-                settings.redis_timeout,
-            )?)),
+            CacheStore::Redis => Store::Redis(Arc::new(RedisStore::new(settings)?)),
         };
         let cache = Self::with_store(store, settings.size, settings.retention_time);
         if let Store::Redis(redis) = &cache.store {

@@ -19,10 +19,12 @@ use std::time::{Duration, SystemTime};
 
 use doorman_dnsbl::{Answer, AnswerStore};
 use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::Notify;
 
 use super::entry::Entry;
 use super::{CacheError, Known};
+use crate::config::CacheSection;
 
 /// How often a lost connection is tried again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -39,10 +41,27 @@ fn seconds_left(entry: &Entry, retention: Duration, now: SystemTime) -> Option<u
     (left > 0).then_some(left)
 }
 
+/// Where the Redis master is.
+enum Source {
+    /// One server.
+    Direct(redis::Client),
+    /// Whichever server the Sentinels name as the master now.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Direct(_) => "Direct",
+            Source::Sentinel(_) => "Sentinel",
+        })
+    }
+}
+
 /// A Redis connection that may be down.
 #[derive(Debug)]
 pub struct RedisStore {
-    client: redis::Client,
+    source: Source,
     url: String,
     prefix: String,
     timeout: Duration,
@@ -52,15 +71,42 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `url`; nothing is connected until [`RedisStore::keep_connected`] runs.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| CacheError::Store(format!("redis_url {url:?}: {e}")))?;
+    /// A store for `[cache] redis_url`, or for the master the
+    /// `redis_sentinels` name; nothing is connected until
+    /// [`RedisStore::keep_connected`] runs.
+    pub fn new(settings: &CacheSection) -> Result<Self, CacheError> {
+        let (source, url) = if settings.redis_sentinels.is_empty() {
+            let url = &settings.redis_url;
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| CacheError::Store(format!("redis_url {url:?}: {e}")))?;
+            (Source::Direct(client), url.clone())
+        } else {
+            let sentinels: Vec<String> = settings
+                .redis_sentinels
+                .iter()
+                .map(|address| format!("redis://{address}"))
+                .collect();
+            let client = SentinelClient::build(
+                sentinels,
+                settings.redis_master_name.clone(),
+                None,
+                SentinelServerType::Master,
+            )
+            .map_err(|e| CacheError::Store(format!("redis_sentinels: {e}")))?;
+            (
+                Source::Sentinel(tokio::sync::Mutex::new(client)),
+                format!(
+                    "sentinel/{}@{}",
+                    settings.redis_master_name,
+                    settings.redis_sentinels.join(",")
+                ),
+            )
+        };
         Ok(Self {
-            client,
-            url: url.to_string(),
-            prefix: prefix.to_string(),
-            timeout,
+            source,
+            url,
+            prefix: settings.redis_prefix.clone(),
+            timeout: settings.redis_timeout,
             link: Mutex::new(None),
             down: AtomicBool::new(false),
             wake: Notify::new(),
@@ -93,11 +139,7 @@ impl RedisStore {
     /// One connection attempt within a second. After an outage, the passes
     /// in `known` are offered back before the link is used again.
     pub async fn connect_once(&self, known: Option<(&Known, Duration)>) -> bool {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await;
+        let attempt = tokio::time::timeout(Duration::from_secs(1), self.open_connection()).await;
         match attempt {
             Ok(Ok(mut connection)) => {
                 let offered = match known {
@@ -124,6 +166,17 @@ impl RedisStore {
             Err(_) => {
                 self.mark_down("connect timed out");
                 false
+            }
+        }
+    }
+
+    /// A connection to the server, or to the master the Sentinels name now.
+    async fn open_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        match &self.source {
+            Source::Direct(client) => client.get_multiplexed_async_connection().await,
+            Source::Sentinel(sentinel) => {
+                let master = sentinel.lock().await.async_get_client().await?;
+                master.get_multiplexed_async_connection().await
             }
         }
     }

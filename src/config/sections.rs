@@ -242,6 +242,13 @@ pub struct CacheSection {
     /// The deadline of every Redis call.
     #[serde(with = "humantime_serde", default = "default_redis_timeout")]
     pub redis_timeout: Duration,
+    /// Redis Sentinels (`host:port`) that name the current master; when
+    /// set, `redis_url` is not used and doorman follows a failover.
+    #[serde(default)]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name at the Sentinels.
+    #[serde(default = "default_redis_master_name")]
+    pub redis_master_name: String,
     /// How often expired entries are cleaned up; 0 turns cleanup off.
     #[serde(with = "humantime_serde", default = "default_cleanup_interval")]
     pub cleanup_interval: Duration,
@@ -262,6 +269,8 @@ impl Default for CacheSection {
             redis_url: default_redis_url(),
             redis_prefix: default_redis_prefix(),
             redis_timeout: default_redis_timeout(),
+            redis_sentinels: Vec::new(),
+            redis_master_name: default_redis_master_name(),
             cleanup_interval: default_cleanup_interval(),
             retention_time: default_retention_time(),
             size: default_cache_size(),
@@ -506,6 +515,10 @@ pub(super) fn default_cache_path() -> PathBuf {
 
 pub(super) fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
+}
+
+pub(super) fn default_redis_master_name() -> String {
+    "doorman".into()
 }
 
 pub(super) fn default_redis_url() -> String {
