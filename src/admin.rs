@@ -33,14 +33,19 @@ use crate::shared::{Process, Shared};
 
 /// Binds the admin listener.
 pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(address).await.map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("cannot listen on {address} (admin): {error}"),
-        )
-    })?;
+    let listener = bind_named(address, "admin").await?;
     log::admin_listening(listener.local_addr()?);
     Ok(listener)
+}
+
+/// Binds `address` for one of doorman's own services; the error names it.
+pub async fn bind_named(address: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot listen on {address} ({what}): {error}"),
+        )
+    })
 }
 
 /// How long a connection may take to send its request head.

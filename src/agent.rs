@@ -50,12 +50,7 @@ pub fn line(draining: bool, any_backend_up: bool, screening: usize, limit: usize
 
 /// Binds the agent listener.
 pub async fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(address).await.map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("cannot listen on {address} (agent): {error}"),
-        )
-    })?;
+    let listener = crate::admin::bind_named(address, "agent").await?;
     log::agent_listening(listener.local_addr()?);
     Ok(listener)
 }

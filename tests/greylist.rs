@@ -122,14 +122,7 @@ fn a_doubtful_client_is_greylisted_then_replayed_and_a_clean_one_goes_straight_t
     assert_eq!(read_line(&mut clean), BACKEND);
 
     // `doorman explain` says who would be greylisted, and why.
-    let explain = |ip: &str| {
-        stdout_of(
-            std::process::Command::new(doorman_bin())
-                .args(["explain", "--config"])
-                .arg(doorman.config_path())
-                .arg(ip),
-        )
-    };
+    let explain = |ip: &str| explain(&doorman, ip);
     let doubtful = explain("203.0.113.22");
     assert!(
         doubtful.contains("greylist: doubtful (score 1 >= 1): greylisted at RCPT"),

@@ -27,34 +27,35 @@ impl Recorder {
     fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let requests = Arc::new(Mutex::new(VecDeque::new()));
-        let recorded = Arc::clone(&requests);
-        thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let recorded = Arc::clone(&recorded);
-                let writer = stream.try_clone().unwrap();
-                thread::spawn(move || serve(stream, writer, recorded));
-            }
-        });
-        Self { address, requests }
+        Self::serving(address, move || {
+            let (stream, _) = listener.accept().ok()?;
+            Some((stream.try_clone().ok()?, stream))
+        })
     }
 
     /// The same on a unix socket at `path`; its address is `unix:<path>`.
     fn start_unix(path: &std::path::Path) -> Self {
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        Self::serving(format!("unix:{}", path.display()), move || {
+            let (stream, _) = listener.accept().ok()?;
+            Some((stream.try_clone().ok()?, stream))
+        })
+    }
+
+    /// Serves every connection `accept` gives (a reader and a writer).
+    fn serving<S: Read + Write + Send + 'static>(
+        address: String,
+        mut accept: impl FnMut() -> Option<(S, S)> + Send + 'static,
+    ) -> Self {
         let requests = Arc::new(Mutex::new(VecDeque::new()));
         let recorded = Arc::clone(&requests);
         thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
+            while let Some((reader, writer)) = accept() {
                 let recorded = Arc::clone(&recorded);
-                let writer = stream.try_clone().unwrap();
-                thread::spawn(move || serve(stream, writer, recorded));
+                thread::spawn(move || serve(reader, writer, recorded));
             }
         });
-        Self {
-            address: format!("unix:{}", path.display()),
-            requests,
-        }
+        Self { address, requests }
     }
 
     fn request(&self, n: usize) -> String {

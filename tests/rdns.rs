@@ -7,7 +7,6 @@ mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -122,14 +121,7 @@ fn explain_shows_ptr_names_forward_result_and_weights() {
     };
     let backend = FakeBackend::start(true);
     let doorman = start(&backend, &dns);
-    let explain = |ip: &str| {
-        stdout_of(
-            Command::new(doorman_bin())
-                .args(["explain", "--config"])
-                .arg(doorman.config_path())
-                .arg(ip),
-        )
-    };
+    let explain = |ip: &str| explain(&doorman, ip);
     let generic = explain("203.0.113.33");
     assert!(
         generic.contains("rdns PTR names: dsl-203-0-113-33.pool.isp.test"),

@@ -1072,6 +1072,16 @@ pub fn haproxy_server_stat(dir: &Path, server: &str, column: &str) -> String {
         .to_string()
 }
 
+/// `doorman explain` of `ip` with the config of `doorman`.
+pub fn explain(doorman: &Doorman, ip: &str) -> String {
+    stdout_of(
+        Command::new(doorman_bin())
+            .args(["explain", "--config"])
+            .arg(doorman.config_path())
+            .arg(ip),
+    )
+}
+
 /// Runs `command`, asserts that it succeeded (showing its stderr if not),
 /// and returns its stdout.
 pub fn stdout_of(command: &mut Command) -> String {
