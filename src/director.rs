@@ -139,7 +139,7 @@ impl Director {
                 state.flushes += 1;
             }
         }
-        self.take(backend, state, grace);
+        self.take(backend, state, grace, true);
         let store = self.store.lock().ok().and_then(|store| store.clone());
         if let Some(store) = store {
             let _ = store.put(&key(backend), &state.encode(), KEEP).await;
@@ -155,25 +155,36 @@ impl Director {
             return;
         };
         for backend in backends {
-            if let Ok(Some(text)) = store.get(&key(*backend)).await {
-                match State::decode(&text) {
-                    Some(state) => self.take(*backend, state, grace),
+            match store.get(&key(*backend)).await {
+                Ok(Some(text)) => match State::decode(&text) {
+                    Some(state) => self.take(*backend, state, grace, false),
                     None => tracing::warn!(
                         "warning: director: ignoring an unreadable state for {backend} in the store"
                     ),
+                },
+                // No record yet: the backend is seen, so its first flush
+                // elsewhere flushes here too.
+                Ok(None) => {
+                    if let Ok(mut states) = self.states.lock() {
+                        states.entry(*backend).or_default();
+                    }
                 }
+                Err(_) => {}
             }
         }
     }
 
     /// Takes `state` for `backend`; a new flush ends its sessions after
-    /// `grace`.
-    fn take(&self, backend: SocketAddr, state: State, grace: Duration) {
+    /// `grace`. A state read from the store for a backend this process has
+    /// not seen yet (at start) flushes nothing: those flushes are old.
+    fn take(&self, backend: SocketAddr, state: State, grace: Duration, asked_here: bool) {
         let previous = match self.states.lock() {
-            Ok(mut states) => states.insert(backend, state).unwrap_or_default(),
+            Ok(mut states) => states.insert(backend, state),
             Err(_) => return,
         };
-        if state.flushes > previous.flushes {
+        let known = previous.is_some() || asked_here;
+        let previous = previous.unwrap_or_default();
+        if known && state.flushes > previous.flushes {
             let token = self.flush_token(backend);
             if let Ok(mut tokens) = self.flush_tokens.lock() {
                 tokens.insert(backend, CancellationToken::new());

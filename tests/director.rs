@@ -208,3 +208,37 @@ fn bad_requests_change_nothing() {
     let (to_x, to_y) = spread(&a, &x, &y, 4);
     assert!(to_x > 0 && to_y > 0, "nothing changed: {to_x} {to_y}");
 }
+
+#[test]
+fn a_first_flush_reaches_every_instance() {
+    let Some(redis) = Redis::start() else { return };
+    let (x, y) = (FakeBackend::start(true), FakeBackend::start(true));
+    let a = start(x.address, y.address, &redis, free_port());
+    let b = start(x.address, y.address, &redis, free_port());
+    // Let B see the backends (no state in the store yet).
+    thread::sleep(Duration::from_millis(700));
+    let mut live = loop {
+        let before = x.count();
+        let mut client = connect_as(&b, "203.0.113.70");
+        assert_eq!(read_line(&mut client), BACKEND);
+        if x.count() > before {
+            break client;
+        }
+    };
+    let started = Instant::now();
+    assert!(backend(&a, "flush", &[&x.address.to_string()])
+        .status
+        .success());
+    live.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let mut rest = Vec::new();
+    let _ = live.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "B cut its session after the grace: {:?}",
+        started.elapsed()
+    );
+    b.log.wait_for(
+        "director: ended the session of [203.0.113.70]:40000",
+        Duration::from_secs(5),
+    );
+}
