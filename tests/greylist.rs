@@ -249,3 +249,32 @@ fn with_the_embedded_store_records_survive_a_restart() {
         "the first attempt was remembered on disk"
     );
 }
+
+#[test]
+fn an_ignored_pregreet_does_not_spare_a_doubtful_client() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let sections = format!(
+        "[greet]\nbanner = \"mx.doorman.test ESMTP\"\nwait = \"1s\"\naction = \"ignore\"\n[cache]\nstore = \"memory\"\n\
+[dnsbl]\nsites = [\"bl.test=127.0.0.2\"]\nthreshold = 5\ntimeout = \"2s\"\nnameservers = [\"{}\"]\n\
+[greylist]\nthreshold = 1\ndelay = \"2s\"\n",
+        dns.address
+    );
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"greylist\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", &sections)
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let mut client = connect_as(&doorman, "203.0.113.22");
+    say(&mut client, "HELO early.test\r\n");
+    assert_eq!(read_line(&mut client), "220-mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
+    say(
+        &mut client,
+        "MAIL FROM:<a@early.test>\r\nRCPT TO:<b@doorman.test>\r\n",
+    );
+    assert_eq!(read_line(&mut client), "250 2.1.0 Ok\r\n");
+    assert_eq!(read_line(&mut client), greylisted("b@doorman.test"));
+    assert_eq!(backend.count(), 0);
+}

@@ -235,10 +235,10 @@ impl Session {
             // A doubtful client (or every client, for a gate that asks)
             // talks to the engine up to its RCPTs, like one with deep tests
             // due, so the engine gates see its envelope.
+            // (An ignored failure does not spare a doubtful client.)
             Decision::HandOff { pass }
                 if !due.deep.is_empty()
-                    || (!screening.failed()
-                        && pipeline.needs_dialogue(Some(screening.score().unwrap_or(0)))) =>
+                    || pipeline.needs_dialogue(Some(screening.score().unwrap_or(0))) =>
             {
                 Phase::Engine(Box::new(EngineRun {
                     client,
