@@ -333,3 +333,69 @@ fn shutdown_ends_an_engine_dialogue_with_421() {
         .log
         .wait_for("stopped; 1 sessions were closed", Duration::from_secs(5));
 }
+
+/// A backend that takes one recipient, then gives up on the client (its
+/// own timeout) and closes.
+fn impatient_backend() -> SocketAddr {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut header = [0u8; 16];
+                if reader.read_exact(&mut header).is_err() {
+                    return;
+                }
+                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
+                let _ = reader.read_exact(&mut rest);
+                let _ = writer.write_all(b"220 backend.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let _ = writer.write_all(b"250 ok\r\n");
+                    if upper.starts_with("RCPT") {
+                        std::thread::sleep(Duration::from_millis(300));
+                        let _ =
+                            writer.write_all(b"421 4.4.2 backend.test Error: timeout exceeded\r\n");
+                        return;
+                    }
+                    if upper.starts_with("QUIT") {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_backend_that_gives_up_after_the_replay_ends_the_session_at_once() {
+    let backend = impatient_backend();
+    let doorman = Doorman::start(
+        &deep_config(backend, "pipelining = { enable = true }"),
+        "127.0.0.1\n",
+    );
+    let mut client = connect_as(&doorman, "203.0.113.90");
+    assert_eq!(read_line(&mut client), GREETING);
+    say(&mut client, "HELO client.test\r\n");
+    assert_eq!(read_line(&mut client), "250 mx.doorman.test\r\n");
+    say(&mut client, "MAIL FROM:<a@client.test>\r\n");
+    assert_eq!(read_line(&mut client), "250 2.1.0 Ok\r\n");
+    say(&mut client, "RCPT TO:<b@doorman.test>\r\n");
+    assert_eq!(read_line(&mut client), "250 ok\r\n", "replayed");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        read_to_close(&mut client),
+        "421 4.4.2 backend.test Error: timeout exceeded\r\n"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not after doorman's own command time: {:?}",
+        started.elapsed()
+    );
+}

@@ -72,11 +72,24 @@ pub async fn relay_gated(
             Ok(Some(line)) => line,
             Ok(None) => {
                 buffer.reserve(512);
-                match timeout(gates.command_time, client.read_buf(buffer)).await {
-                    Ok(Ok(0)) | Err(_) => return Ok(Gated::Closed),
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(error)) => return Err(error.into()),
+                // The backend is watched too: one that gives up on the
+                // client (its own timeout, a 421) ends the session now.
+                let said = pending.len();
+                tokio::select! {
+                    read = timeout(gates.command_time, client.read_buf(buffer)) => match read {
+                        Ok(Ok(0)) | Err(_) => return Ok(Gated::Closed),
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(error)) => return Err(error.into()),
+                    },
+                    read = backend.read_buf(pending) => {
+                        client.write_all(&pending[said..]).await?;
+                        pending.truncate(said);
+                        if !matches!(read, Ok(n) if n > 0) {
+                            return Ok(Gated::Closed);
+                        }
+                    }
                 }
+                continue;
             }
             // Too long for a command: no gate can judge it; the backend
             // answers it.
