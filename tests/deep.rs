@@ -337,7 +337,7 @@ fn shutdown_ends_an_engine_dialogue_with_421() {
 /// A backend that takes one recipient, then gives up on the client (its
 /// own timeout) and closes.
 fn impatient_backend() -> SocketAddr {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -345,12 +345,9 @@ fn impatient_backend() -> SocketAddr {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut writer = stream;
-                let mut header = [0u8; 16];
-                if reader.read_exact(&mut header).is_err() {
+                if read_v2_header(&mut reader).is_none() {
                     return;
                 }
-                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
-                let _ = reader.read_exact(&mut rest);
                 let _ = writer.write_all(b"220 backend.test ESMTP\r\n");
                 let mut line = String::new();
                 while reader.read_line(&mut line).unwrap_or(0) > 0 {

@@ -49,6 +49,19 @@ fn spread(doorman: &Doorman, x: &FakeBackend, y: &FakeBackend, n: usize) -> (usi
     (x.count() - x0, y.count() - y0)
 }
 
+/// A client of `doorman` whose session landed on `backend` (clients are
+/// sent until one does).
+fn session_on(doorman: &Doorman, backend: &FakeBackend, client: &str) -> TcpStream {
+    loop {
+        let before = backend.count();
+        let mut stream = connect_as(doorman, client);
+        assert_eq!(read_line(&mut stream), BACKEND);
+        if backend.count() > before {
+            return stream;
+        }
+    }
+}
+
 /// Waits until `check` holds.
 fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -71,14 +84,7 @@ fn one_command_drains_weighs_and_flushes_a_backend_for_the_fleet() {
     );
 
     // A session live on X through B, before X is drained through A.
-    let mut live = loop {
-        let before = x.count();
-        let mut client = connect_as(&b, "203.0.113.50");
-        assert_eq!(read_line(&mut client), BACKEND);
-        if x.count() > before {
-            break client;
-        }
-    };
+    let mut live = session_on(&b, &x, "203.0.113.50");
     let drained = backend(&a, "drain", &[&x.address.to_string()]);
     assert!(drained.status.success(), "{drained:?}");
     let said = String::from_utf8_lossy(&drained.stdout).into_owned();
@@ -149,14 +155,7 @@ fn one_command_drains_weighs_and_flushes_a_backend_for_the_fleet() {
     thread::sleep(Duration::from_millis(700));
 
     // Flush: a session live on X through B ends after the grace.
-    let mut doomed = loop {
-        let before = x.count();
-        let mut client = connect_as(&b, "203.0.113.60");
-        assert_eq!(read_line(&mut client), BACKEND);
-        if x.count() > before {
-            break client;
-        }
-    };
+    let mut doomed = session_on(&b, &x, "203.0.113.60");
     let started = Instant::now();
     assert!(backend(&a, "flush", &[&x.address.to_string()])
         .status
@@ -217,14 +216,7 @@ fn a_first_flush_reaches_every_instance() {
     let b = start(x.address, y.address, &redis, free_port());
     // Let B see the backends (no state in the store yet).
     thread::sleep(Duration::from_millis(700));
-    let mut live = loop {
-        let before = x.count();
-        let mut client = connect_as(&b, "203.0.113.70");
-        assert_eq!(read_line(&mut client), BACKEND);
-        if x.count() > before {
-            break client;
-        }
-    };
+    let mut live = session_on(&b, &x, "203.0.113.70");
     let started = Instant::now();
     assert!(backend(&a, "flush", &[&x.address.to_string()])
         .status

@@ -1094,6 +1094,16 @@ pub fn stdout_of(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Reads a PROXY v2 header off `reader`; whether it was a LOCAL one
+/// (`None`: the peer closed first).
+pub fn read_v2_header(reader: &mut impl Read) -> Option<bool> {
+    let mut header = [0u8; 16];
+    reader.read_exact(&mut header).ok()?;
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
+    let _ = reader.read_exact(&mut rest);
+    Some(header[12] == 0x20)
+}
+
 /// A backend on loopback that speaks from a script: for each connection it
 /// reads the PROXY v2 header, greets with `greeting(check)` (`check`: the
 /// header was a v2 LOCAL health check; `None`: close without a greeting, as
@@ -1110,13 +1120,10 @@ pub fn scripted_backend(
             thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut writer = stream;
-                let mut header = [0u8; 16];
-                if reader.read_exact(&mut header).is_err() {
+                let Some(local) = read_v2_header(&mut reader) else {
                     return;
-                }
-                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
-                let _ = reader.read_exact(&mut rest);
-                let Some(banner) = greeting(header[12] == 0x20) else {
+                };
+                let Some(banner) = greeting(local) else {
                     return;
                 };
                 let _ = writer.write_all(banner);
