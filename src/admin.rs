@@ -33,9 +33,7 @@ use crate::shared::{Process, Shared};
 
 /// Binds the admin listener.
 pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    let listener = bind_named(address, "admin").await?;
-    log::admin_listening(listener.local_addr()?);
-    Ok(listener)
+    bind_named(address, "admin").await
 }
 
 /// Binds `address` for one of doorman's own services; the error names it.

@@ -21,7 +21,6 @@ use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::log;
 use crate::shared::{Process, Shared};
 
 /// The lowest weight doorman asks for while it takes clients.
@@ -50,9 +49,7 @@ pub fn line(draining: bool, any_backend_up: bool, screening: usize, limit: usize
 
 /// Binds the agent listener.
 pub async fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
-    let listener = crate::admin::bind_named(address, "agent").await?;
-    log::agent_listening(listener.local_addr()?);
-    Ok(listener)
+    crate::admin::bind_named(address, "agent").await
 }
 
 /// Answers agent checks until the task is dropped.

@@ -59,7 +59,6 @@ impl Server {
                     format!("cannot listen on {}: {error}", listener.address),
                 )
             })?;
-            log::listening(socket.local_addr()?);
             listeners.push((socket, listener.clone()));
         }
         let admin = match config.admin.address {
@@ -70,6 +69,17 @@ impl Server {
             Some(address) => Some(agent::bind(address).await?),
             None => None,
         };
+        // Announced once every socket is bound: whoever waits for the
+        // first line can reach them all.
+        for (socket, _) in &listeners {
+            log::listening(socket.local_addr()?);
+        }
+        if let Some(listener) = &admin {
+            log::admin_listening(listener.local_addr()?);
+        }
+        if let Some(listener) = &agent {
+            log::agent_listening(listener.local_addr()?);
+        }
         let process = Process {
             registry: Arc::new(registry),
             ..Process::default()
