@@ -344,6 +344,14 @@ pub struct Waits {
     items: Vec<(&'static str, Box<dyn Waiting>)>,
 }
 
+impl std::fmt::Debug for Waits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.items.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 impl Waits {
     /// Whether no wait gate runs.
     pub fn is_empty(&self) -> bool {

@@ -10,7 +10,9 @@
 //!   `FILE:LINE` errors.
 //! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown.
 //! - [`session`]: the one place where a client connection does I/O and
-//!   waits; its phases are an enum.
+//!   waits; its phases are an enum. [`waiting_room`]: clients in the
+//!   greet wait with nothing left to learn but whether they talk, parked
+//!   without a task.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer
 //!   for headers sent to backends.
 //! - [`gates`]: the gate registry (names to constructors) and the
@@ -98,3 +100,4 @@ pub mod session;
 pub mod shared;
 pub mod sink;
 pub mod smtp;
+pub mod waiting_room;

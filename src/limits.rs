@@ -96,6 +96,7 @@ pub struct Place {
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
+    /// A client's place: in the total and in its network's count.
     Client(IpAddr),
     Screening(Option<IpAddr>),
     Total,
@@ -136,25 +137,22 @@ fn count_down(map: &Mutex<HashMap<IpAddr, usize>>, key: IpAddr) {
 }
 
 impl Limits {
-    /// Takes a client place (total and per client); `Err` names the limit.
-    pub fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        settings: &LimitsSection,
-    ) -> Result<(Place, Place), Refusal> {
+    /// Takes a client place (in the total and per client); `Err` names
+    /// the limit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, settings: &LimitsSection) -> Result<Place, Refusal> {
         let total = self.total.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(total, Ordering::Relaxed);
-        let total_place = Place {
-            limits: Arc::clone(self),
-            kind: Kind::Total,
-            screening_limit: settings.screening,
-        };
         if settings.total > 0 && total > settings.total {
+            drop(Place {
+                limits: Arc::clone(self),
+                kind: Kind::Total,
+                screening_limit: settings.screening,
+            });
             return Err(Refusal::Total);
         }
         let client = network(ip, settings).addr();
         let count = count_up(&self.per_client, client);
-        let client_place = Place {
+        let place = Place {
             limits: Arc::clone(self),
             kind: Kind::Client(client),
             screening_limit: settings.screening,
@@ -162,7 +160,7 @@ impl Limits {
         if settings.client_connections > 0 && count > settings.client_connections {
             return Err(Refusal::PerClient);
         }
-        Ok((total_place, client_place))
+        Ok(place)
     }
 
     /// Takes a screening place for `ip`; `Err` when all are busy, or all
@@ -290,7 +288,10 @@ impl Drop for Place {
                     count_down(&self.limits.per_network_screening, network);
                 }
             }
-            Kind::Client(network) => count_down(&self.limits.per_client, network),
+            Kind::Client(network) => {
+                self.limits.total.fetch_sub(1, Ordering::SeqCst);
+                count_down(&self.limits.per_client, network);
+            }
         }
     }
 }

@@ -26,8 +26,9 @@ use crate::config::{Config, ListenerConfig};
 use crate::gates::Registry;
 use crate::log;
 use crate::memory;
-use crate::session::Session;
+use crate::session::{Parked, Session};
 use crate::shared::{Process, Shared};
+use crate::waiting_room::WaitingRoom;
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
 /// so the loop does not spin.
@@ -80,8 +81,13 @@ impl Server {
         if let Some(listener) = &agent {
             log::agent_listening(listener.local_addr()?);
         }
+        let handle = tokio::runtime::Handle::current();
+        let room = WaitingRoom::open(move |stream, parked: Box<Parked>, woken| {
+            handle.spawn(parked.resume(stream, woken));
+        })?;
         let process = Process {
             registry: Arc::new(registry),
+            room: Some(room),
             ..Process::default()
         };
         let shared = start_shared(config, None, &process).await?;
@@ -179,6 +185,9 @@ impl Server {
         {
             cut = sessions.len();
             cut_sessions.cancel();
+            if let Some(room) = &self.process.room {
+                room.close();
+            }
             sessions.wait().await;
         }
         if let Some(agent) = agent {
@@ -272,6 +281,8 @@ async fn accept_loop(
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
 ) {
+    // One per listener, so a session holds one pointer to it.
+    let process = Arc::new(process);
     loop {
         let accepted = tokio::select! {
             _ = stop_accepting.cancelled() => return,
@@ -286,7 +297,7 @@ async fn accept_loop(
                     current.load_full(),
                     process.clone(),
                 );
-                sessions.spawn(session.run(cut_sessions.clone()));
+                tokio::spawn(session.run(cut_sessions.clone(), sessions.token()));
             }
             Err(error) => {
                 log::accept_error(listener.address, &error);

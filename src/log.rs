@@ -47,6 +47,12 @@ pub fn accept_error(listener: SocketAddr, error: &io::Error) {
     warn!("warning: accept on {}: {error}", Endpoint(listener));
 }
 
+/// The waiting room could not watch a socket (or at all); the clients it
+/// had go on in tasks of their own.
+pub fn waiting_room_failed(error: &io::Error) {
+    warn!("warning: waiting room: {error}");
+}
+
 /// The admin listener is up.
 pub fn admin_listening(address: SocketAddr) {
     info!(

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::session::Parked;
+use crate::waiting_room::WaitingRoom;
+
 use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
 use crate::director::Director;
@@ -27,6 +30,9 @@ pub struct Process {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The backends' runtime state (drain, weight, flush).
     pub director: Arc<Director>,
+    /// Where clients in the greet wait with nothing left to learn but
+    /// their first bytes wait without a task (none: they wait in theirs).
+    pub room: Option<WaitingRoom<Box<Parked>>>,
 }
 
 /// Why the shared state could not be built.

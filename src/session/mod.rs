@@ -9,7 +9,8 @@
 //!   │                              └─► Closed (421: timed out / invalid header)
 //!   ├─no, listener "required" ─► Closed (no byte)
 //!   └─no ─► Screen(peer)
-//! Screen: access list ─► pass cache ─► greet wait (teaser, pregreet, DNSBL)
+//! Screen: access list ─► pass cache ─► Wait (teaser, pregreet, DNSBL)
+//!   ⇅ Park (only the first bytes or the deadline left: the waiting room)
 //!   ├─► Handoff ─► backend pool ─► relay ─► Closed
 //!   ├─► Enforce (built-in engine, every RCPT refused) ─► Closed
 //!   └─► Closed (drop: 521)
@@ -18,6 +19,8 @@
 mod engine;
 mod handoff;
 mod screen;
+
+use screen::Waiting;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::cache::Entry;
 use crate::cache::Test;
@@ -50,6 +54,7 @@ use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::{next_line, Line};
 use crate::smtp::reply;
+use crate::waiting_room::Woken;
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +77,10 @@ enum Phase {
     HealthCheck(Option<SocketAddr>),
     /// The real client is known: run the tests.
     Screen(Client),
+    /// The greet wait.
+    Wait(Box<Waiting>),
+    /// The greet wait goes on in the waiting room, without a task.
+    Park(Box<Waiting>),
     /// Hand the client to a backend; `teased` when it saw the `220-` teaser,
     /// so the backend's greeting must complete it.
     Handoff {
@@ -121,9 +130,10 @@ pub struct Session {
     listening: SocketAddr,
     mode: ProxyMode,
     shared: Arc<Shared>,
-    process: Process,
-    /// The counted places this client holds (given back when it ends).
-    places: Vec<Place>,
+    process: Arc<Process>,
+    /// The client's place in the total and per-client counts (given back
+    /// when it ends).
+    admitted: Option<Place>,
     /// The screening place, held during the greet wait and the engine.
     screening: Option<Place>,
     /// Bytes received but not yet used: the rest of a PROXY header, then the
@@ -138,7 +148,7 @@ impl Session {
         peer: SocketAddr,
         listener: &ListenerConfig,
         shared: Arc<Shared>,
-        process: Process,
+        process: Arc<Process>,
     ) -> Self {
         Self {
             stream,
@@ -147,7 +157,7 @@ impl Session {
             mode: listener.proxy,
             shared,
             process,
-            places: Vec::new(),
+            admitted: None,
             screening: None,
             buffer: BytesMut::new(),
         }
@@ -155,10 +165,15 @@ impl Session {
 
     /// Runs the connection to its end, or until `cut` (the end of the
     /// shutdown grace period): a client that doorman itself is talking to
-    /// (the built-in engine, a health check) then gets a 421 first.
-    pub async fn run(mut self, cut: CancellationToken) {
+    /// (the built-in engine, a health check) then gets a 421 first. The
+    /// `token` keeps the session counted, in the waiting room too.
+    pub async fn run(self, cut: CancellationToken, token: TaskTrackerToken) {
         let _ = self.stream.set_nodelay(true);
-        let mut phase = self.first_phase();
+        let first = self.first_phase();
+        self.run_from(first, cut, token).await;
+    }
+
+    async fn run_from(mut self, mut phase: Phase, cut: CancellationToken, token: TaskTrackerToken) {
         loop {
             let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
             // Each phase's future is boxed, so a connection only ever holds
@@ -168,8 +183,10 @@ impl Session {
                 Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
                 Phase::HealthCheck(checked) => Box::pin(self.health_check(checked)),
                 Phase::Screen(client) => Box::pin(self.screen(client)),
+                Phase::Wait(waiting) => Box::pin(self.wait(waiting)),
                 Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
                 Phase::Engine(run) => Box::pin(self.engine(*run)),
+                Phase::Park(waiting) => return self.park(waiting, cut, token),
                 Phase::Closed => return,
             };
             let next = tokio::select! {
@@ -189,6 +206,43 @@ impl Session {
         }
     }
 
+    /// Hands the client to the waiting room, or, without one (or when its
+    /// socket cannot leave the runtime), ends the session.
+    fn park(self, waiting: Box<Waiting>, cut: CancellationToken, token: TaskTrackerToken) {
+        let Some(room) = self.process.room.clone() else {
+            return;
+        };
+        let Session {
+            stream,
+            peer,
+            listening,
+            mode,
+            shared,
+            process,
+            admitted,
+            screening,
+            buffer: _,
+        } = self;
+        match stream.into_std() {
+            Ok(stream) => room.park(
+                stream,
+                waiting.deadline().into_std(),
+                Box::new(Parked {
+                    peer,
+                    listening,
+                    mode,
+                    shared,
+                    process,
+                    admitted,
+                    screening,
+                    waiting: *waiting,
+                    cut,
+                    token,
+                }),
+            ),
+            Err(error) => log::waiting_room_failed(&error),
+        }
+    }
     fn first_phase(&self) -> Phase {
         if self.shared.config.proxy_hosts.contains(self.peer.ip()) {
             return Phase::AwaitHeader;
@@ -402,6 +456,59 @@ impl Session {
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
         let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await;
+    }
+}
+
+/// A session in the waiting room: all of it but its socket.
+pub struct Parked {
+    peer: SocketAddr,
+    listening: SocketAddr,
+    mode: ProxyMode,
+    shared: Arc<Shared>,
+    process: Arc<Process>,
+    admitted: Option<Place>,
+    screening: Option<Place>,
+    /// Inline: one allocation per parked client.
+    waiting: Waiting,
+    cut: CancellationToken,
+    token: TaskTrackerToken,
+}
+
+impl Parked {
+    /// Goes on with the greet wait on `stream`, handed back by the room
+    /// for `woken`.
+    pub async fn resume(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
+        let Parked {
+            peer,
+            listening,
+            mode,
+            shared,
+            process,
+            admitted,
+            screening,
+            mut waiting,
+            cut,
+            token,
+        } = *self;
+        waiting.woken(woken == Woken::Readable);
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => return log::waiting_room_failed(&error),
+        };
+        let session = Session {
+            stream,
+            peer,
+            listening,
+            mode,
+            shared,
+            process,
+            admitted,
+            screening,
+            buffer: BytesMut::new(),
+        };
+        session
+            .run_from(Phase::Wait(Box::new(waiting)), cut, token)
+            .await;
     }
 }
 

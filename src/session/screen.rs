@@ -27,7 +27,7 @@ impl Session {
             AtConnect::Go(failures) => failures.into_iter().for_each(|r| screening.fail(r)),
         }
         match self.process.limits.admit(client.ip(), &config.limits) {
-            Ok((total, per_client)) => self.places.extend([total, per_client]),
+            Ok(place) => self.admitted = Some(place),
             Err(refusal) => return Box::pin(self.refuse(&client, refusal)).await,
         }
         let now = SystemTime::now();
@@ -93,62 +93,80 @@ impl Session {
         if pregreet_due {
             Box::pin(self.send(&format!("220-{banner}\r\n"))).await;
         }
-        let mut waits = pipeline.start_waits(&client, |name| !passed(name));
-        let pregreeted = match self
-            .greet_wait(&client, &mut waits, &mut screening, pregreet_due, started)
-            .await
-        {
-            Ok(pregreeted) => pregreeted,
-            Err(closed) => return closed,
-        };
+        let waits = pipeline.start_waits(&client, |name| !passed(name));
+        Phase::Wait(Box::new(Waiting {
+            client,
+            screening,
+            previous: previous.map(Box::new),
+            pregreet_due,
+            pregreeted: false,
+            readable: false,
+            deep_due,
+            waits,
+            started,
+            deadline: started + self.greet_wait_time(),
+        }))
+    }
 
-        if let Some(rejection) = self.judge_waits(&waits, &client, &mut screening) {
-            return Box::pin(self.drop_client(&client, &rejection)).await;
+    /// The greet wait and its verdict; or, when only the client's first
+    /// bytes (or the deadline) are left to wait for, the waiting room.
+    pub(super) async fn wait(&mut self, mut waiting: Box<Waiting>) -> Phase {
+        match self.greet_wait(&mut waiting).await {
+            WaitEnd::Over => {}
+            WaitEnd::Park => return Phase::Park(waiting),
+            WaitEnd::Ended(phase) => return phase,
         }
-        let names = waits.names();
-        drop(waits);
+        if let Some(rejection) =
+            self.judge_waits(&waiting.waits, &waiting.client, &mut waiting.screening)
+        {
+            return Box::pin(self.drop_client(&waiting.client, &rejection)).await;
+        }
+        let names = waiting.waits.names();
+        let Waiting {
+            client,
+            mut screening,
+            previous,
+            pregreet_due,
+            pregreeted,
+            deep_due,
+            ..
+        } = *waiting;
         if pregreet_due && !pregreeted {
             self.process.metrics.test("pregreet", true);
-            screening.pass("pregreet", config.greet.ttl);
+            screening.pass("pregreet", self.shared.config.greet.ttl);
         }
         let due = Due {
             pregreet: pregreet_due,
             pregreeted,
             deep: deep_due,
         };
-        self.verdict(client, &screening, previous, due, names)
+        self.verdict(client, &screening, previous.map(|entry| *entry), due, names)
     }
 
-    /// The greet wait: watches for a pregreet while the wait gates look
-    /// the client up, until the deadline or until the verdict cannot
-    /// change. `Ok(pregreeted)`, or `Err` with the phase that ended the
-    /// connection (a hang-up, a drop, a PROXY header).
-    async fn greet_wait(
-        &mut self,
-        client: &Client,
-        waits: &mut Waits,
-        screening: &mut Screening,
-        pregreet_due: bool,
-        started: Instant,
-    ) -> Result<bool, Phase> {
+    /// Watches for a pregreet while the wait gates look the client up,
+    /// until the deadline or until the verdict cannot change; or until
+    /// only the client's first bytes or the deadline are left to wait for,
+    /// when the waiting room can hold the client for less.
+    async fn greet_wait(&mut self, waiting: &mut Waiting) -> WaitEnd {
         let config = Arc::clone(&self.shared.config);
-        let deadline = started + self.greet_wait_time();
-        let mut pregreeted = false;
+        let client = &waiting.client;
         loop {
-            if !self.buffer.is_empty() && !pregreeted {
+            if !self.buffer.is_empty() && !waiting.pregreeted {
                 if starts_like_header(&self.buffer) == Prefix::Header {
-                    return Err(Box::pin(self.proxy_not_allowed(client)).await);
+                    return WaitEnd::Ended(Box::pin(self.proxy_not_allowed(client)).await);
                 }
-                if pregreet_due {
-                    pregreeted = true;
+                if waiting.pregreet_due {
+                    waiting.pregreeted = true;
                     self.process.metrics.test("pregreet", false);
-                    log::pregreet(client.address, &self.buffer, started.elapsed());
+                    log::pregreet(client.address, &self.buffer, waiting.started.elapsed());
                     let rejection =
                         Rejection::new(config.greet.action.into(), PREGREET_REPLY.to_string());
                     if rejection.action == Action::Drop {
-                        return Err(Box::pin(self.drop_client(client, &rejection)).await);
+                        return WaitEnd::Ended(
+                            Box::pin(self.drop_client(client, &rejection)).await,
+                        );
                     }
-                    screening.fail(rejection);
+                    waiting.screening.fail(rejection);
                 }
             }
             // The wait ends as soon as its verdict cannot change: every
@@ -156,24 +174,32 @@ impl Session {
             // client talked, or no test is due) or the full score allowlists
             // the client. A partial score never ends it (postscreen waits
             // for every reply before it allowlists).
-            let answered = waits.is_complete();
+            let answered = waiting.waits.is_complete();
             if answered
-                && (!pregreet_due
-                    || pregreeted
-                    || (!screening.failed() && self.allowlisted(waits, client)))
+                && (!waiting.pregreet_due
+                    || waiting.pregreeted
+                    || (!waiting.screening.failed() && self.allowlisted(&waiting.waits, client)))
             {
-                return Ok(pregreeted);
+                return WaitEnd::Over;
+            }
+            // Only the client's first bytes or the deadline can end it now.
+            if answered
+                && !waiting.readable
+                && self.process.room.is_some()
+                && waiting.deadline.saturating_duration_since(Instant::now()) >= PARK_AFTER
+            {
+                return WaitEnd::Park;
             }
             let watching = self.buffer.len() < EARLY_BYTES_CAP;
             tokio::select! {
-                _ = sleep_until(deadline) => return Ok(pregreeted),
-                _ = waits.progress(), if !answered => {}
+                _ = sleep_until(waiting.deadline) => return WaitEnd::Over,
+                _ = waiting.waits.progress(), if !answered => {}
                 read = self.stream.read_buf(&mut self.buffer), if watching => match read {
                     Ok(0) | Err(_) => {
                         self.count(Counted::Hangup);
-                        log::hangup(client.address, started.elapsed(), Stage::BeforeHandshake);
+                        log::hangup(client.address, waiting.started.elapsed(), Stage::BeforeHandshake);
                         log::disconnect(client.address);
-                        return Err(Phase::Closed);
+                        return WaitEnd::Ended(Phase::Closed);
                     }
                     Ok(_) => {}
                 },
@@ -337,6 +363,54 @@ impl Session {
         )
     }
 }
+
+/// A client in the greet wait, and what its screening learned so far.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    client: Client,
+    screening: Screening,
+    /// The client's pass-cache record (boxed: most waiting clients are new).
+    previous: Option<Box<Entry>>,
+    /// The teaser went out: the pregreet test runs.
+    pregreet_due: bool,
+    /// The client talked before its turn.
+    pregreeted: bool,
+    /// The waiting room handed the client back readable: its bytes (or
+    /// hang-up) are read before it may park again.
+    readable: bool,
+    /// The deep tests due after the wait.
+    deep_due: Vec<DeepTest>,
+    waits: Waits,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Waiting {
+    /// The waiting room handed the client back: `readable`, or at its
+    /// deadline.
+    pub(super) fn woken(&mut self, readable: bool) {
+        self.readable = readable;
+    }
+
+    /// When the greet wait ends at the latest.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+/// How the greet wait ended.
+enum WaitEnd {
+    /// Its verdict is in (or the deadline passed).
+    Over,
+    /// Only the client's first bytes or the deadline can end it: the
+    /// waiting room can hold the client.
+    Park,
+    /// The connection ended (a hang-up, a drop, a PROXY header).
+    Ended(Phase),
+}
+
+/// The least time left in a greet wait worth parking the client for.
+const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// Which tests the greet wait ran and the engine still has to.
 struct Due {
