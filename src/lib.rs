@@ -34,7 +34,8 @@
 //!   `/healthz`, `POST /drain` and `/undrain`) and the Prometheus metrics;
 //!   [`agent`]: HAProxy's agent check.
 //! - [`log`]: the postscreen-compatible event lines; [`logfmt`]: where and
-//!   how lines are written (syslog layout, JSON, the syslog socket).
+//!   how lines are written (syslog layout, JSON, the syslog socket);
+//!   [`logbuffer`]: stderr lines written in batches.
 //! - [`explain`]: `doorman explain`, the gates' findings for one address.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
@@ -91,6 +92,7 @@ pub mod handoff;
 pub mod limits;
 pub mod listener;
 pub mod log;
+pub mod logbuffer;
 pub mod logfmt;
 pub mod memory;
 pub mod metrics;

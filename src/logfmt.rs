@@ -6,6 +6,7 @@
 //!   carry postscreen's own `warning:` prefix in the event text; debug lines
 //!   get `debug:`.
 //! - `json`: one object per event.
+//! - On stderr, lines are written in batches ([`crate::logbuffer`]).
 //! - `syslog = true`: each line goes as one datagram to the local syslog
 //!   socket, with the mail facility's priority, and syslog adds the host.
 
@@ -22,6 +23,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSection};
+use crate::logbuffer::{self, BufferedStderr};
 
 /// The filter when `DOORMAN_LOG` is unset: doorman's lines, not the DNS
 /// library's chatter.
@@ -130,7 +132,7 @@ pub fn init(settings: &LogSection) -> Result<(), LogError> {
         (LogFormat::Json, false) => builder
             .json()
             .flatten_event(true)
-            .with_writer(io::stderr)
+            .with_writer(BufferedStderr(logbuffer::stderr()))
             .try_init(),
         (LogFormat::Json, true) => builder
             .json()
@@ -150,7 +152,7 @@ pub fn init(settings: &LogSection) -> Result<(), LogError> {
                 ),
                 pid: std::process::id(),
             })
-            .with_writer(io::stderr)
+            .with_writer(BufferedStderr(logbuffer::stderr()))
             .try_init(),
         (LogFormat::Postscreen, true) => builder
             .event_format(MailLog {

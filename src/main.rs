@@ -199,13 +199,15 @@ fn main() -> ExitCode {
                 .context("sink")
         }),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("fatal: {error:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    doorman::logbuffer::flush();
+    code
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

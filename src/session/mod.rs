@@ -167,40 +167,55 @@ impl Session {
     /// shutdown grace period): a client that doorman itself is talking to
     /// (the built-in engine, a health check) then gets a 421 first. The
     /// `token` keeps the session counted, in the waiting room too.
-    pub async fn run(self, cut: CancellationToken, token: TaskTrackerToken) {
+    pub fn run(
+        self,
+        cut: CancellationToken,
+        token: TaskTrackerToken,
+    ) -> impl Future<Output = ()> + Send {
         let _ = self.stream.set_nodelay(true);
         let first = self.first_phase();
-        self.run_from(first, cut, token).await;
+        self.run_from(first, cut, token)
     }
 
-    async fn run_from(mut self, mut phase: Phase, cut: CancellationToken, token: TaskTrackerToken) {
-        loop {
-            let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
-            // Each phase's future is boxed, so a connection only ever holds
-            // the state of the phase it is in: a client waiting in the greet
-            // phase does not carry the relay's or the engine's state.
-            let step: Pin<Box<dyn Future<Output = Phase> + Send + '_>> = match phase {
-                Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
-                Phase::HealthCheck(checked) => Box::pin(self.health_check(checked)),
-                Phase::Screen(client) => Box::pin(self.screen(client)),
-                Phase::Wait(waiting) => Box::pin(self.wait(waiting)),
-                Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
-                Phase::Engine(run) => Box::pin(self.engine(*run)),
-                Phase::Park(waiting) => return self.park(waiting, cut, token),
-                Phase::Closed => return,
-            };
-            let next = tokio::select! {
-                next = step => Some(next),
-                _ = cut.cancelled() => None,
-            };
-            match next {
-                Some(next) => phase = next,
-                None => {
-                    if speaking {
-                        // Boxed: every connection's task would carry it.
-                        Box::pin(self.send(reply::SHUTTING_DOWN)).await;
+    /// The phases from `phase` on. (An `async` block, not an `async fn`:
+    /// it uses its captures in place, where an `async fn` would keep a
+    /// second copy of its arguments in every task.)
+    #[allow(clippy::manual_async_fn)]
+    fn run_from(
+        mut self,
+        mut phase: Phase,
+        cut: CancellationToken,
+        token: TaskTrackerToken,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            loop {
+                let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
+                // Each phase's future is boxed, so a connection only ever holds
+                // the state of the phase it is in: a client waiting in the greet
+                // phase does not carry the relay's or the engine's state.
+                let step: Pin<Box<dyn Future<Output = Phase> + Send + '_>> = match phase {
+                    Phase::AwaitHeader => Box::pin(self.read_proxy_header()),
+                    Phase::HealthCheck(checked) => Box::pin(self.health_check(checked)),
+                    Phase::Screen(client) => Box::pin(self.screen(client)),
+                    Phase::Wait(waiting) => Box::pin(self.wait(waiting)),
+                    Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
+                    Phase::Engine(run) => Box::pin(self.engine(*run)),
+                    Phase::Park(waiting) => return self.park(waiting, cut, token),
+                    Phase::Closed => return,
+                };
+                let next = tokio::select! {
+                    next = step => Some(next),
+                    _ = cut.cancelled() => None,
+                };
+                match next {
+                    Some(next) => phase = next,
+                    None => {
+                        if speaking {
+                            // Boxed: every connection's task would carry it.
+                            Box::pin(self.send(reply::SHUTTING_DOWN)).await;
+                        }
+                        return;
                     }
-                    return;
                 }
             }
         }
