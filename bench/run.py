@@ -6,7 +6,7 @@ of medians with the ratios to the anchors. See bench/README.md.
 Needs root (Postfix's postscreen instance), and Debian's haproxy, postfix
 (smtp-sink, smtp-source, postscreen) and rbldnsd.
 """
-import argparse, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOORMAN = os.path.join(ROOT, "target", "release", "doorman")
@@ -89,9 +89,11 @@ backend b
     return p
 
 
-def doorman(tmp, procs, backend_port, sections, send_proxy="none"):
+def doorman(tmp, procs, backend_port, sections, send_proxy="none", files=None):
     d = tempfile.mkdtemp(dir=tmp); port = free_port()
     open(os.path.join(d, "haproxy_hosts"), "w").write("127.0.0.10\n")
+    for name, text in (files or {}).items():
+        open(os.path.join(d, name), "w").write(text)
     open(os.path.join(d, "doorman.toml"), "w").write(f"""hostname = "mx.bench.test"
 [proxy]
 hosts_file = "haproxy_hosts"
@@ -232,10 +234,21 @@ def waiting_memory(port, pids, count):
     for n in range(count):
         s = socket.create_connection(("127.0.0.1", port), source_address=PROXY_SOURCE)
         s.sendall(proxy_v1(f"11.0.{n >> 8 & 255}.{n & 255}", 2000 + n)); socks.append(s)
-    time.sleep(1.0)
+    time.sleep(3.0)
     after = sum(rss_kib(p) for p in pids() if os.path.exists(f"/proc/{p}"))
     for s in socks: s.close()
     return max(after - before, 0) * 1024 / count
+
+
+def flood(port, count, expect, source="127.0.0.1"):
+    """First reply lines per second through a front, 100 connections at a
+    time from `source`; only lines starting with `expect` count."""
+    out = subprocess.run([LOADGEN, "flood", "--target", f"127.0.0.1:{port}", "--count", str(count),
+                          "--from", source, "--expect", expect],
+                         check=True, capture_output=True, text=True, timeout=600).stdout.split()
+    if int(out[0]) < count * 0.99:
+        raise RuntimeError(f"flood on {port}: only {out[0]} of {count} answered {expect}")
+    return float(out[1])
 
 
 def main():
@@ -244,21 +257,25 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
+    # 15,000 waiting clients need as many descriptors here and in doorman.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     msgs = 2000 if args.quick else 20000
     banners = 300 if args.quick else 2000
     waiting = 500 if args.quick else 10000
     new_clients = 300 if args.quick else 3000
     bulk = 5_000_000 if args.quick else 50_000_000
+    floods = 3000 if args.quick else 20000
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "doorman", "-p", "doorman-loadgen"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="doorman-bench-"); os.chmod(tmp, 0o755)
     procs = Procs(); results = {}
     try:
         sink = free_port()
-        procs.start(["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{sink}", "5000"]); wait_port(sink)
+        sink_proc = procs.start(["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{sink}", "5000"]); wait_port(sink)
         zones = os.path.join(ROOT, "fixtures", "dnsbl"); dns = free_port()
         procs.start(["rbldnsd", "-n", "-w", zones, "-b", f"127.0.0.1/{dns}", "bl.test:ip4set:bl.test"]); time.sleep(0.5)
         # Paths through HAProxy: direct, doorman (cached client), postscreen (allowlisted).
-        direct = free_port(); haproxy(tmp, procs, direct, sink, "direct", send_proxy=False)
+        direct = free_port(); direct_front = haproxy(tmp, procs, direct, sink, "direct", send_proxy=False)
         # The cost of any proxy in the middle: a second HAProxy between the
         # front and smtp-sink, where doorman would be.
         hop_inner = free_port(); hop = haproxy(tmp, procs, hop_inner, sink, "hop-inner", send_proxy=False)
@@ -273,8 +290,22 @@ def main():
         dm2, dm2_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
         dm2b, dm2b_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\nnameservers = ["127.0.0.1:{dns}"]\n')
         ps2_port, ps2_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_banner =\n")
+        # The flood refusal path (S7): denylisted by the access list with
+        # drop; DNSBL-listed (127.0.0.2, cached after the first) with drop.
+        dm7, dm7_port = doorman(tmp, procs, sink, '[access]\nfile = "access"\naction = "drop"\n',
+                                files={"access": "127.0.0.1/32 reject\n"})
+        via_dm7 = free_port(); dm7_front = haproxy(tmp, procs, via_dm7, dm7_port, "doorman-s7")
+        dm7b, dm7b_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\n'
+                                  f'nameservers = ["127.0.0.1:{dns}"]\naction = "drop"\n')
+        via_dm7b = free_port(); haproxy(tmp, procs, via_dm7b, dm7b_port, "doorman-s7b")
+        cidr = os.path.join(tmp, "postscreen_access.cidr"); open(cidr, "w").write("127.0.0.1/32 reject\n")
+        ps7_port, ps7_master = postfix(tmp, procs, sink, f"postscreen_access_list = cidr:{cidr}\npostscreen_denylist_action = drop\n")
+        via_ps7 = free_port(); haproxy(tmp, procs, via_ps7, ps7_port, "postscreen-s7")
         # Waiting clients: the teaser and a long wait.
-        dm3, dm3_port = doorman(tmp, procs, sink, '[greet]\nwait = "30s"\n')
+        # One fresh doorman per scale: memory an earlier measurement freed
+        # would hide the later one's growth.
+        scales = [500] if args.quick else [1000, 10000, 15000]
+        dm3s = {held: doorman(tmp, procs, sink, '[greet]\nwait = "30s"\n') for held in scales}
         ps3_port, ps3_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_wait = 30s\n")
 
         def interleaved(name, paths, measure, pids=(), labels=None):
@@ -311,8 +342,20 @@ def main():
         results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
         interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "doorman": via_doorman},
                     lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
-        results["S4 doorman bytes/waiting client"] = waiting_memory(dm3_port, lambda: [dm3.pid], waiting)
+        for held, (dm3, dm3_port) in dm3s.items():
+            results[f"S4 doorman bytes/waiting client, {held}"] = waiting_memory(dm3_port, lambda: [dm3.pid], held)
         results["S4 postscreen bytes/waiting client"] = waiting_memory(ps3_port, lambda: tree_pids(ps3_master), waiting)
+        paths = {"smtp-sink banners/s": (direct, "220", "127.0.0.1"),
+                 "doorman refusals/s": (via_dm7, "521", "127.0.0.1"),
+                 "doorman DNSBL refusals/s": (via_dm7b, "521", "127.0.0.2"),
+                 "postscreen refusals/s": (via_ps7, "521", "127.0.0.1")}
+        cpu = interleaved("S7", paths, lambda path: flood(path[0], floods, path[1], path[2]),
+                          pids=[dm7.pid, dm7b.pid, sink_proc.pid, direct_front.pid, dm7_front.pid])
+        per_1000 = lambda pid: sum(cpu[pid]) / (runs * floods / 1000)
+        results["S7 doorman CPU s per 1000 refusals"] = per_1000(dm7.pid)
+        results["S7 doorman CPU s per 1000 DNSBL refusals"] = per_1000(dm7b.pid)
+        results["S7 smtp-sink CPU s per 1000 banners"] = per_1000(sink_proc.pid)
+        results["S7 HAProxy CPU s per 1000 forwarded"] = per_1000(direct_front.pid)
         interleaved("S5", {"direct MB/s": direct, "doorman MB/s": via_doorman},
                     lambda port: smtp_source(port, 2, 1, bulk) * bulk / 1e6)
     finally:
@@ -327,10 +370,15 @@ def main():
         ("S3 banner p50 ms", r["S3 doorman p50 ms"], f"+{r['S3 doorman p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "<= +0.1 ms"),
         ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
         ("S3 p50 ms, an extra HAProxy hop", r["S3 extra HAProxy hop p50 ms"], f"+{r['S3 extra HAProxy hop p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(anchor)"),
-        ("S4 bytes per waiting client", r["S4 doorman bytes/waiting client"], f"{r['S4 doorman bytes/waiting client']/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1x postscreen"),
+        *[(f"S4 bytes/waiting client, {held}", v, f"{v/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1024")
+          for held, v in ((k.rsplit(", ", 1)[1], v) for k, v in r.items() if k.startswith("S4 doorman"))],
         ("S5 bulk MB/s", r["S5 doorman MB/s"], f"{r['S5 doorman MB/s']/r['S5 direct MB/s']:.2f}x direct", ">= 0.8x direct"),
         ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], f"{r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 extra HAProxy hop CPU s per 1000 conn (S1)'],1e-9):.2f}x the extra HAProxy; {100*r['S6 doorman kernel share (S1)']:.0f}% kernel", ""),
         ("S6 CPU s / 1000 conn, S2", r["S6 doorman CPU s per 1000 conn (S2)"], f"{100*r['S6 doorman kernel share (S2)']:.0f}% kernel", ""),
+        ("S7 refusals/s, access drop", r["S7 doorman refusals/s"], f"{r['S7 doorman refusals/s']/r['S7 postscreen refusals/s']:.1f}x postscreen, {r['S7 doorman refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 3x postscreen, >= 0.9x direct"),
+        ("S7 refusals/s, DNSBL drop", r["S7 doorman DNSBL refusals/s"], f"{r['S7 doorman DNSBL refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 0.9x direct"),
+        ("S7 CPU s / 1000 refusals", r["S7 doorman CPU s per 1000 refusals"], f"{r['S7 doorman CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
+        ("S7 same, DNSBL drop", r["S7 doorman CPU s per 1000 DNSBL refusals"], f"{r['S7 doorman CPU s per 1000 DNSBL refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
     ]
     print(f"runs: {runs} (median), messages {msgs}, banners {banners}, waiting {waiting}, new clients {new_clients}, bulk {bulk} bytes")
     print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")

@@ -6,6 +6,9 @@
 //!   that got a final `220 ` line, per second.
 //! * `banner`: one connection after another through a front (HAProxy);
 //!   prints the p50 and p99 time from connect to the first byte.
+//! * `flood`: connections through a front, many at a time, from one
+//!   source address: each reads its first reply line and closes; counts
+//!   the lines that start with the expected code, per second.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -52,6 +55,24 @@ enum Command {
         #[arg(long)]
         count: u32,
     },
+    /// First reply lines per second, many connections at a time.
+    Flood {
+        /// The front's address.
+        #[arg(long)]
+        target: SocketAddr,
+        /// The client address to connect from.
+        #[arg(long, default_value = "127.0.0.1")]
+        from: Ipv4Addr,
+        /// How many connections.
+        #[arg(long)]
+        count: u32,
+        /// How many at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: u32,
+        /// The reply code each line should start with.
+        #[arg(long)]
+        expect: String,
+    },
 }
 
 /// How long one client may take.
@@ -73,6 +94,19 @@ fn main() -> anyhow::Result<()> {
             let served = runtime.block_on(screen(target, from, count, concurrency, first_octet));
             let rate = f64::from(served) / started.elapsed().as_secs_f64();
             println!("{served} {rate:.1}");
+        }
+        Command::Flood {
+            target,
+            from,
+            count,
+            concurrency,
+            expect,
+        } => {
+            let started = Instant::now();
+            let answered =
+                runtime.block_on(flood(target, from, count, concurrency, expect.into_bytes()));
+            let rate = f64::from(answered) / started.elapsed().as_secs_f64();
+            println!("{answered} {rate:.1}");
         }
         Command::Banner { target, count } => {
             let mut samples = runtime.block_on(banner(target, count))?;
@@ -144,6 +178,52 @@ async fn one_client(
             return Ok(true);
         }
     }
+}
+
+/// Runs `count` connections, `concurrency` at a time; returns how many
+/// got a first line starting with `expect`.
+async fn flood(
+    target: SocketAddr,
+    from: Ipv4Addr,
+    count: u32,
+    concurrency: u32,
+    expect: Vec<u8>,
+) -> u32 {
+    let expect = std::sync::Arc::new(expect);
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut next, mut answered) = (0, 0);
+    loop {
+        while next < count && tasks.len() < concurrency as usize {
+            let expect = std::sync::Arc::clone(&expect);
+            tasks.spawn(async move {
+                tokio::time::timeout(CLIENT_TIMEOUT, first_line(target, from))
+                    .await
+                    .is_ok_and(|line| line.is_ok_and(|line| line.starts_with(&expect)))
+            });
+            next += 1;
+        }
+        match tasks.join_next().await {
+            Some(Ok(true)) => answered += 1,
+            Some(_) => {}
+            None => return answered,
+        }
+    }
+}
+
+/// Connects from `from` and reads the first reply line; then closes.
+async fn first_line(target: SocketAddr, from: Ipv4Addr) -> anyhow::Result<Vec<u8>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let mut stream = socket.connect(target).await?;
+    let mut seen = Vec::with_capacity(128);
+    let mut buffer = [0u8; 512];
+    while !seen.contains(&b'\n') {
+        let read = stream.read(&mut buffer).await?;
+        anyhow::ensure!(read > 0, "closed before a reply");
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    Ok(seen)
 }
 
 /// Connects `count` times in a row; returns each time to first byte, in ms.
