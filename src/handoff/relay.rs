@@ -9,6 +9,7 @@
 //! client choose the address a backend believes, so it ends the session.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,9 +41,16 @@ pub async fn relay(
 ) -> Result<(), RelayError> {
     let (mut client_read, mut client_write) = client.split();
     let (mut backend_read, mut backend_write) = backend.split();
+    // The first side to finish is passed on as a half-close; the second
+    // needs none: both sockets are closed right after, and the close
+    // sends the FIN (a shutdown then would only fail on a peer already
+    // gone, one system call per connection for nothing).
+    let one_done = AtomicBool::new(false);
     let to_client = async {
         tokio::io::copy(&mut backend_read, &mut client_write).await?;
-        client_write.shutdown().await?;
+        if !one_done.swap(true, Ordering::Relaxed) {
+            client_write.shutdown().await?;
+        }
         Ok::<(), RelayError>(())
     };
     let to_backend = async {
@@ -61,7 +69,9 @@ pub async fn relay(
         backend_write.write_all(&early).await?;
         drop(early);
         tokio::io::copy(&mut client_read, &mut backend_write).await?;
-        backend_write.shutdown().await?;
+        if !one_done.swap(true, Ordering::Relaxed) {
+            backend_write.shutdown().await?;
+        }
         Ok(())
     };
     tokio::pin!(to_client, to_backend);
