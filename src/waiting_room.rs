@@ -53,8 +53,17 @@ struct Arrival<T> {
 /// What the parkers share with the room's thread.
 struct Door<T> {
     arrivals: Mutex<Vec<Arrival<T>>>,
-    waker: Waker,
+    /// Shared with the room's thread, which keeps it open: a waker closed
+    /// right after its wake would take the wake-up with it.
+    waker: Arc<Waker>,
     closed: AtomicBool,
+}
+
+impl<T> Drop for Door<T> {
+    fn drop(&mut self) {
+        // The last handle is gone: the room's thread wakes and ends.
+        let _ = self.waker.wake();
+    }
 }
 
 /// A handle on the room; clones share it. The room's thread ends when the
@@ -81,14 +90,15 @@ impl<T: Send + 'static> WaitingRoom<T> {
     /// Opens the room on a thread of its own; `wake` gets each client back.
     pub fn open(wake: impl Fn(TcpStream, T, Woken) + Send + 'static) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let door = Arc::new(Door {
             arrivals: Mutex::new(Vec::new()),
-            waker,
+            waker: Arc::clone(&waker),
             closed: AtomicBool::new(false),
         });
         let room = Room {
             poll,
+            _waker: waker,
             door: Arc::downgrade(&door),
             parked: Slab::new(),
             deadlines: BinaryHeap::new(),
@@ -145,6 +155,7 @@ struct Parked<T> {
 /// The room's thread's state.
 struct Room<T> {
     poll: Poll,
+    _waker: Arc<Waker>,
     door: std::sync::Weak<Door<T>>,
     parked: Slab<Parked<T>>,
     /// (deadline, slot, id): an entry whose slot holds another id is stale.
@@ -325,6 +336,17 @@ mod tests {
             at < start + Duration::from_millis(600),
             "late: {:?}",
             at - start
+        );
+    }
+
+    #[test]
+    fn the_thread_ends_with_the_last_handle() {
+        let (room, woken) = room();
+        drop(room);
+        // The wake function (and its sender) goes with the thread.
+        assert_eq!(
+            woken.recv_timeout(Duration::from_secs(2)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
         );
     }
 
