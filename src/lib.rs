@@ -91,6 +91,7 @@ pub mod gates;
 pub mod handoff;
 pub mod limits;
 pub mod listener;
+mod locks;
 pub mod log;
 pub mod logbuffer;
 pub mod logfmt;

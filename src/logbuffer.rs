@@ -12,7 +12,9 @@
 //! written once stderr takes lines again.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use crate::locks::lock;
 
 /// Past this many pending bytes lines are dropped (and counted).
 pub const MAX_PENDING: usize = 4 * 1024 * 1024;
@@ -34,12 +36,6 @@ pub struct LineBuffer {
     wake: Condvar,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 static STDERR: OnceLock<Arc<LineBuffer>> = OnceLock::new();
 
 /// The process's buffer for stderr, its writer thread started on first use.
@@ -51,8 +47,8 @@ pub fn stderr() -> Arc<LineBuffer> {
             .name("log-writer".into())
             .spawn(move || writer.write_forever(&mut io::stderr()));
         if started.is_err() {
-            // No thread: every line is written at once by `flush` callers
-            // only; say so where it can still be seen.
+            // No thread: lines wait (up to the cap) for `flush` at exit;
+            // say so where it can still be seen.
             let _ = writeln!(io::stderr(), "warning: log writer thread did not start");
         }
         buffer

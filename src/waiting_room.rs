@@ -26,6 +26,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::locks::lock;
+
 /// The token of the room's own waker.
 const WAKER: Token = Token(usize::MAX);
 /// How many readiness events one round of the room handles.
@@ -137,12 +139,6 @@ impl<T: Send + 'static> WaitingRoom<T> {
         self.door.closed.store(true, Ordering::SeqCst);
         let _ = self.door.waker.wake();
     }
-}
-
-fn lock<V>(mutex: &Mutex<V>) -> std::sync::MutexGuard<'_, V> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A parked client.

@@ -121,9 +121,10 @@ struct PendingPass {
     entry: Entry,
 }
 
-/// A client connection and what doorman knows about it.
-pub struct Session {
-    stream: TcpStream,
+/// A client connection and what doorman knows about it; `S` is its
+/// socket (`()` while the waiting room holds the socket).
+pub struct Session<S = TcpStream> {
+    stream: S,
     peer: SocketAddr,
     /// The listener's configured address (the connection's own local
     /// address is looked up only for a client that is not behind a proxy).
@@ -227,29 +228,15 @@ impl Session {
         let Some(room) = self.process.room.clone() else {
             return;
         };
-        let Session {
-            stream,
-            peer,
-            listening,
-            mode,
-            shared,
-            process,
-            admitted,
-            screening,
-            buffer: _,
-        } = self;
+        let (stream, mut session) = self.with_stream(());
+        // A parked client holds no buffer (it has sent nothing).
+        session.buffer = BytesMut::new();
         match stream.into_std() {
             Ok(stream) => room.park(
                 stream,
                 waiting.deadline().into_std(),
                 Box::new(Parked {
-                    peer,
-                    listening,
-                    mode,
-                    shared,
-                    process,
-                    admitted,
-                    screening,
+                    session,
                     waiting: *waiting,
                     cut,
                     token,
@@ -474,15 +461,38 @@ impl Session {
     }
 }
 
+impl<S> Session<S> {
+    /// The same session on `stream`, and the socket it had.
+    fn with_stream<T>(self, stream: T) -> (S, Session<T>) {
+        let Session {
+            stream: had,
+            peer,
+            listening,
+            mode,
+            shared,
+            process,
+            admitted,
+            screening,
+            buffer,
+        } = self;
+        let session = Session {
+            stream,
+            peer,
+            listening,
+            mode,
+            shared,
+            process,
+            admitted,
+            screening,
+            buffer,
+        };
+        (had, session)
+    }
+}
+
 /// A session in the waiting room: all of it but its socket.
 pub struct Parked {
-    peer: SocketAddr,
-    listening: SocketAddr,
-    mode: ProxyMode,
-    shared: Arc<Shared>,
-    process: Arc<Process>,
-    admitted: Option<Place>,
-    screening: Option<Place>,
+    session: Session<()>,
     /// Inline: one allocation per parked client.
     waiting: Waiting,
     cut: CancellationToken,
@@ -494,13 +504,7 @@ impl Parked {
     /// for `woken`.
     pub async fn resume(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
         let Parked {
-            peer,
-            listening,
-            mode,
-            shared,
-            process,
-            admitted,
-            screening,
+            session,
             mut waiting,
             cut,
             token,
@@ -510,17 +514,7 @@ impl Parked {
             Ok(stream) => stream,
             Err(error) => return log::waiting_room_failed(&error),
         };
-        let session = Session {
-            stream,
-            peer,
-            listening,
-            mode,
-            shared,
-            process,
-            admitted,
-            screening,
-            buffer: BytesMut::new(),
-        };
+        let ((), session) = session.with_stream(stream);
         session
             .run_from(Phase::Wait(Box::new(waiting)), cut, token)
             .await;
