@@ -4,15 +4,16 @@
 //! `DENYLISTED`, `DISCONNECT`). Written one `write(2)` each, the lines
 //! cost more than the refusal. Here a line is copied into one shared
 //! buffer under a lock held only for that copy, with no allocation (the
-//! buffer keeps its room), and one thread writes it at once: a line alone
-//! goes out alone, and lines that come while a write is under way go out
-//! together in the next (group commit), so a flood's lines take a write
-//! per batch, not per line. Memory is bounded: past [`MAX_PENDING`]
-//! bytes (stderr blocked), lines are counted and dropped, and the count is
-//! written once stderr takes lines again.
+//! buffer keeps its room). Then, if no other thread is writing, this one
+//! writes what is pending; if one is, it leaves at once, and that writer
+//! takes the line with its next batch (group commit). A line alone goes out
+//! before its logging call returns, as an unbuffered stderr would, and a
+//! flood's lines take a write per batch, not per line. Memory is bounded:
+//! past [`MAX_PENDING`] bytes (stderr blocked), lines are counted and
+//! dropped, and the count is written once stderr takes lines again.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 use crate::locks::lock;
 
@@ -27,96 +28,100 @@ struct Pending {
     dropped: u64,
 }
 
-/// The shared buffer; a `MakeWriter` for `tracing_subscriber`.
-#[derive(Default)]
-pub struct LineBuffer {
+/// Where batches go, and the batch being written.
+struct Output<W> {
+    out: W,
+    batch: Vec<u8>,
+}
+
+/// The shared buffer in front of `W`.
+pub struct LineBuffer<W> {
     pending: Mutex<Pending>,
-    /// Held while a batch is taken and written, so batches keep their order.
-    writing: Mutex<Vec<u8>>,
-    wake: Condvar,
+    /// Whoever holds it writes; nobody waits for it.
+    output: Mutex<Output<W>>,
 }
 
-static STDERR: OnceLock<Arc<LineBuffer>> = OnceLock::new();
+static STDERR: OnceLock<Arc<LineBuffer<io::Stderr>>> = OnceLock::new();
 
-/// The process's buffer for stderr, its writer thread started on first use.
-pub fn stderr() -> Arc<LineBuffer> {
-    Arc::clone(STDERR.get_or_init(|| {
-        let buffer = Arc::new(LineBuffer::default());
-        let writer = Arc::clone(&buffer);
-        let started = std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || writer.write_forever(&mut io::stderr()));
-        if started.is_err() {
-            // No thread: lines wait (up to the cap) for `flush` at exit;
-            // say so where it can still be seen.
-            let _ = writeln!(io::stderr(), "warning: log writer thread did not start");
-        }
-        buffer
-    }))
+/// The process's buffer in front of stderr.
+pub fn stderr() -> Arc<LineBuffer<io::Stderr>> {
+    Arc::clone(STDERR.get_or_init(|| Arc::new(LineBuffer::new(io::stderr()))))
 }
 
-/// Writes every pending line to stderr now (before the process exits).
+/// Writes what is pending for stderr (before the process exits), unless
+/// another thread is writing it.
 pub fn flush() {
     if let Some(buffer) = STDERR.get() {
-        buffer.write_batch(&mut io::stderr());
+        buffer.write_pending();
     }
 }
 
-impl LineBuffer {
-    /// Copies one line in.
-    pub fn push(&self, line: &[u8]) {
-        let mut pending = lock(&self.pending);
-        let was_empty = pending.lines.is_empty();
-        if pending.lines.len() + line.len() > MAX_PENDING {
-            pending.dropped += 1;
-            return;
-        }
-        pending.lines.extend_from_slice(line);
-        drop(pending);
-        if was_empty {
-            self.wake.notify_one();
-        }
-    }
-
-    fn write_forever(&self, out: &mut impl Write) {
-        loop {
-            {
-                let mut pending = lock(&self.pending);
-                while pending.lines.is_empty() && pending.dropped == 0 {
-                    pending = self
-                        .wake
-                        .wait(pending)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                }
-            }
-            self.write_batch(out);
-        }
-    }
-
-    /// Takes what is pending and writes it to `out`, in order.
-    fn write_batch(&self, out: &mut impl Write) {
-        let mut batch = lock(&self.writing);
-        let dropped = {
-            let mut pending = lock(&self.pending);
-            std::mem::swap(&mut pending.lines, &mut *batch);
-            std::mem::take(&mut pending.dropped)
-        };
-        let _ = out.write_all(&batch);
-        if dropped > 0 {
-            let _ = writeln!(
+impl<W: Write> LineBuffer<W> {
+    /// A buffer in front of `out`.
+    pub fn new(out: W) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            output: Mutex::new(Output {
                 out,
-                "warning: {dropped} log lines dropped: stderr was blocked"
-            );
+                batch: Vec::new(),
+            }),
         }
-        let _ = out.flush();
-        batch.clear();
-        if batch.capacity() > KEEP_AT_MOST {
-            *batch = Vec::new();
+    }
+
+    /// Copies one line in, and writes it unless another thread is writing.
+    pub fn push(&self, line: &[u8]) {
+        {
+            let mut pending = lock(&self.pending);
+            if pending.lines.len() + line.len() > MAX_PENDING {
+                pending.dropped += 1;
+            } else {
+                pending.lines.extend_from_slice(line);
+            }
+        }
+        self.write_pending();
+    }
+
+    /// Writes batches while there are lines and no other writer. A writer
+    /// looks again after it lets go, so a line added while it wrote (whose
+    /// thread found the output taken) is never left behind.
+    fn write_pending(&self) {
+        loop {
+            let mut output = match self.output.try_lock() {
+                Ok(output) => output,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            let Output { out, batch } = &mut *output;
+            let dropped = {
+                let mut pending = lock(&self.pending);
+                std::mem::swap(&mut pending.lines, batch);
+                std::mem::take(&mut pending.dropped)
+            };
+            if batch.is_empty() && dropped == 0 {
+                return;
+            }
+            let _ = out.write_all(batch);
+            if dropped > 0 {
+                let _ = writeln!(
+                    out,
+                    "warning: {dropped} log lines dropped: stderr was blocked"
+                );
+            }
+            let _ = out.flush();
+            batch.clear();
+            if batch.capacity() > KEEP_AT_MOST {
+                *batch = Vec::new();
+            }
+            drop(output);
+            let pending = lock(&self.pending);
+            if pending.lines.is_empty() && pending.dropped == 0 {
+                return;
+            }
         }
     }
 }
 
-impl io::Write for &LineBuffer {
+impl<W: Write> io::Write for &LineBuffer<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.push(bytes);
         Ok(bytes.len())
@@ -129,10 +134,10 @@ impl io::Write for &LineBuffer {
 
 /// Hands `tracing_subscriber` the process's stderr buffer.
 #[derive(Clone)]
-pub struct BufferedStderr(pub Arc<LineBuffer>);
+pub struct BufferedStderr(pub Arc<LineBuffer<io::Stderr>>);
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
-    type Writer = &'a LineBuffer;
+    type Writer = &'a LineBuffer<io::Stderr>;
 
     fn make_writer(&'a self) -> Self::Writer {
         &self.0
@@ -142,47 +147,106 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStderr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// Output that counts its writes.
+    #[derive(Default)]
+    struct Counted {
+        bytes: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Write for Counted {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn written(buffer: &LineBuffer<Counted>) -> (String, usize) {
+        let output = lock(&buffer.output);
+        (
+            String::from_utf8(output.out.bytes.clone()).unwrap(),
+            output.out.writes,
+        )
+    }
 
     #[test]
-    fn lines_come_out_whole_and_in_order() {
-        let buffer = LineBuffer::default();
-        for n in 0..1000 {
-            buffer.push(format!("line {n}\n").as_bytes());
+    fn a_line_alone_is_written_before_the_call_returns() {
+        let buffer = LineBuffer::new(Counted::default());
+        buffer.push(b"one\n");
+        assert_eq!(written(&buffer), ("one\n".to_string(), 1));
+        buffer.push(b"two\n");
+        assert_eq!(written(&buffer), ("one\ntwo\n".to_string(), 2));
+    }
+
+    #[test]
+    fn lines_that_come_during_a_write_go_out_together_in_order() {
+        let buffer = LineBuffer::new(Counted::default());
+        {
+            // Another thread is writing.
+            let _writing = lock(&buffer.output);
+            for n in 0..100 {
+                buffer.push(format!("line {n}\n").as_bytes());
+            }
         }
-        let mut out = Vec::new();
-        buffer.write_batch(&mut out);
-        let text = String::from_utf8(out).unwrap();
-        let expected: String = (0..1000).map(|n| format!("line {n}\n")).collect();
-        assert_eq!(text, expected);
+        buffer.push(b"last\n");
+        let expected: String = (0..100)
+            .map(|n| format!("line {n}\n"))
+            .chain(["last\n".to_string()])
+            .collect();
+        assert_eq!(written(&buffer), (expected, 1));
+    }
+
+    #[test]
+    fn many_threads_lose_no_line() {
+        let buffer = Arc::new(LineBuffer::new(Counted::default()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let buffer = Arc::clone(&buffer);
+                std::thread::spawn(move || {
+                    for n in 0..1000 {
+                        buffer.push(format!("{t} {n}\n").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let (text, _) = written(&buffer);
+        assert_eq!(text.lines().count(), 4000);
+        for t in 0..4 {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{t} ")))
+                .collect();
+            let expected: Vec<String> = (0..1000).map(|n| format!("{t} {n}")).collect();
+            assert_eq!(mine, expected, "thread {t}'s lines in order");
+        }
     }
 
     #[test]
     fn a_blocked_stderr_costs_at_most_the_cap_and_the_loss_is_told() {
-        let buffer = LineBuffer::default();
-        let line = [b'x'; 1023];
-        for _ in 0..(MAX_PENDING / 1024 + 10) {
-            buffer.push(&[&line[..], b"\n"].concat());
+        let buffer = LineBuffer::new(Counted::default());
+        let line = [&[b'x'; 1023][..], b"\n"].concat();
+        {
+            let _writing = lock(&buffer.output);
+            for _ in 0..(MAX_PENDING / 1024 + 10) {
+                buffer.push(&line);
+            }
+            assert!(lock(&buffer.pending).lines.len() <= MAX_PENDING);
         }
-        assert!(lock(&buffer.pending).lines.len() <= MAX_PENDING);
-        let mut out = Vec::new();
-        buffer.write_batch(&mut out);
-        let text = String::from_utf8(out).unwrap();
+        buffer.push(b"");
+        let (text, _) = written(&buffer);
         assert!(
             text.ends_with("warning: 10 log lines dropped: stderr was blocked\n"),
             "{}",
             &text[text.len() - 80..]
         );
-    }
-
-    #[test]
-    fn the_writer_thread_writes_at_once() {
-        let buffer = stderr();
-        buffer.push(b"doorman logbuffer test line\n");
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while !lock(&buffer.pending).lines.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "not written");
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }
