@@ -4,6 +4,8 @@
 //! - [`query`]: query names (reversed octets, reversed nibbles for IPv6).
 //! - [`score`]: answers, error codes, the sum of weights and the TTL.
 //! - [`resolver`]: the resolver (name servers, timeout) DNS gates share.
+//! - [`socket_reuse`]: its UDP sockets, reused across queries.
+//! - [`exchange`]: one query straight to a single name server.
 //! - [`lookup`]: the answer cache and concurrent queries.
 //! - [`gate`]: the gate: every site's lookup during the greet wait, its
 //!   matches as weighted findings, which the core adds to the other gates'
@@ -12,12 +14,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod exchange;
 pub mod gate;
 pub mod lookup;
 pub mod query;
 pub mod resolver;
 pub mod score;
 pub mod site;
+pub mod socket_reuse;
 
 pub use gate::DnsblGate;
 pub use lookup::{AnswerStore, Dnsbl, Observer, Pending, ResolverError, Settings};

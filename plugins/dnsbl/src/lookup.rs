@@ -19,15 +19,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::resolver::Resolver;
+use hickory_resolver::proto::op::{DnsResponse, ResponseCode};
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::exchange::{Direct, Exchanged};
 use crate::query::query_name;
 pub use crate::resolver::ResolverError;
 use crate::score::{score, Answer, Score};
 use crate::site::Site;
+use crate::socket_reuse::SocketReuse;
 
 /// How often a zone's lookup errors may be logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -75,7 +78,9 @@ fn bounded(capacity: NonZeroUsize) -> LruCache<String, (Answer, Instant)> {
 pub struct Dnsbl {
     settings: Settings,
     zones: Vec<String>,
-    resolver: TokioResolver,
+    resolver: Resolver,
+    /// The direct path, when there is one name server.
+    direct: Option<Direct>,
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
     in_flight: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     store: Option<Arc<dyn AnswerStore>>,
@@ -106,7 +111,11 @@ impl Dnsbl {
         settings: Settings,
         store: Option<Arc<dyn AnswerStore>>,
     ) -> Result<Self, ResolverError> {
-        let resolver = crate::resolver::build(&settings.nameservers, settings.timeout)?;
+        let provider = SocketReuse::default();
+        let resolver =
+            crate::resolver::build_with(&settings.nameservers, settings.timeout, provider.clone())?;
+        let direct = crate::resolver::single_server(&settings.nameservers)
+            .map(|server| Direct::new(server, provider, settings.timeout));
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
             if !zones.contains(&site.domain) {
@@ -118,6 +127,7 @@ impl Dnsbl {
             settings,
             zones,
             resolver,
+            direct,
             cache: Mutex::new(bounded(capacity)),
             in_flight: Mutex::new(HashMap::new()),
             store,
@@ -274,13 +284,31 @@ impl Dnsbl {
         }
     }
 
+    /// Asks DNS within the timeout: the single name server directly when
+    /// there is one (the full resolver for a truncated answer), else the
+    /// full resolver.
     async fn resolve(&self, name: &str) -> Answer {
-        let lookup = tokio::time::timeout(self.settings.timeout, self.resolver.ipv4_lookup(name));
-        match lookup.await {
-            Err(_) => Answer::Failed {
+        let lookup = async {
+            if let Some(direct) = &self.direct {
+                match direct.query_a(name).await {
+                    Exchanged::Answer(response) => return answer_of(&response),
+                    Exchanged::Failed(error) => return Answer::Failed { error },
+                    Exchanged::Truncated => {}
+                }
+            }
+            self.resolve_fully(name).await
+        };
+        tokio::time::timeout(self.settings.timeout, lookup)
+            .await
+            .unwrap_or_else(|_| Answer::Failed {
                 error: format!("timeout after {:?}", self.settings.timeout),
-            },
-            Ok(Ok(lookup)) => {
+            })
+    }
+
+    /// Asks hickory-resolver.
+    async fn resolve_fully(&self, name: &str) -> Answer {
+        match self.resolver.ipv4_lookup(name).await {
+            Ok(lookup) => {
                 let mut ttl = u32::MAX;
                 let mut addresses = Vec::new();
                 for record in lookup.answers() {
@@ -291,7 +319,7 @@ impl Dnsbl {
                 }
                 Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
             }
-            Ok(Err(error)) if error.is_nx_domain() || error.is_no_records_found() => {
+            Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
                 let ttl = error
                     .into_soa()
                     .map_or(0, |soa| soa.ttl.min(soa.data.minimum));
@@ -299,7 +327,7 @@ impl Dnsbl {
                     ttl: Duration::from_secs(u64::from(ttl)),
                 }
             }
-            Ok(Err(error)) => Answer::Failed {
+            Err(error) => Answer::Failed {
                 error: error.to_string(),
             },
         }
@@ -319,6 +347,34 @@ impl Dnsbl {
         last.insert(zone.to_string(), now);
         tracing::warn!("warning: dnsblog_query: lookup error for DNS query {name}: {error}");
     }
+}
+
+/// The answer a name server's response gives: its A records, or none (with
+/// the negative-caching TTL of its SOA), or its error code.
+fn answer_of(response: &DnsResponse) -> Answer {
+    match response.metadata.response_code {
+        ResponseCode::NoError | ResponseCode::NXDomain => {}
+        code => {
+            return Answer::Failed {
+                error: format!("server answered {code}"),
+            }
+        }
+    }
+    let mut ttl = u32::MAX;
+    let mut addresses = Vec::new();
+    for record in &response.answers {
+        if let RData::A(a) = &record.data {
+            addresses.push(a.0);
+            ttl = ttl.min(record.ttl);
+        }
+    }
+    if addresses.is_empty() {
+        let ttl = response.negative_ttl().unwrap_or(0);
+        return Answer::NotListed {
+            ttl: Duration::from_secs(u64::from(ttl)),
+        };
+    }
+    Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
 }
 
 /// The answers for one address as they arrive.
@@ -383,5 +439,83 @@ impl Pending {
     pub async fn finish(mut self) -> Self {
         while self.next().await {}
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::op::Message;
+    use hickory_resolver::proto::rr::rdata::A;
+    use hickory_resolver::proto::rr::Record;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, UdpSocket};
+
+    /// A reply to `query`: truncated, or with the A record 127.0.0.2.
+    fn reply(query: &[u8], truncated: bool) -> Vec<u8> {
+        let query = Message::from_vec(query).unwrap();
+        let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+        reply.queries = query.queries.clone();
+        reply.metadata.truncation = truncated;
+        if !truncated {
+            let name = query.queries[0].name().clone();
+            reply
+                .answers
+                .push(Record::from_rdata(name, 60, RData::A(A::new(127, 0, 0, 2))));
+        }
+        reply.to_vec().unwrap()
+    }
+
+    /// A name server whose UDP answers are all truncated and whose TCP
+    /// answers are whole, on one port.
+    async fn truncating_server() -> SocketAddr {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind(address).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&reply(&buf[..len], true), from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                let mut length = [0u8; 2];
+                stream.read_exact(&mut length).await.unwrap();
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                stream.read_exact(&mut query).await.unwrap();
+                let answer = reply(&query, false);
+                let length = u16::try_from(answer.len()).unwrap().to_be_bytes();
+                stream.write_all(&length).await.unwrap();
+                stream.write_all(&answer).await.unwrap();
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_asked_again_over_tcp() {
+        let server = truncating_server().await;
+        let dnsbl = Arc::new(
+            Dnsbl::new(Settings {
+                sites: Site::parse_list("bl.test").unwrap(),
+                min_ttl: Duration::from_secs(1),
+                max_ttl: Duration::from_secs(60),
+                timeout: Duration::from_secs(5),
+                nameservers: vec![server],
+                cache_size: 10,
+            })
+            .unwrap(),
+        );
+        let pending = dnsbl.start("192.0.2.7".parse().unwrap()).finish().await;
+        match pending.answers().get("bl.test") {
+            Some(Answer::Listed { addresses, .. }) => {
+                assert_eq!(
+                    addresses,
+                    &["127.0.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+                );
+            }
+            other => panic!("not listed over TCP: {other:?}"),
+        }
     }
 }

@@ -1,14 +1,20 @@
 //! The resolver every DNS gate shares the settings of: the configured
 //! name servers (or the system's), one attempt per query within the
 //! timeout, no cache of its own (the gates cache answers with clamped
-//! TTLs), no hosts file.
+//! TTLs), no hosts file, and UDP sockets reused across queries
+//! ([`SocketReuse`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig,
+};
+
+use crate::socket_reuse::SocketReuse;
+
+/// The resolver the DNS gates use.
+pub type Resolver = hickory_resolver::Resolver<SocketReuse>;
 
 /// Why the resolver could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -17,13 +23,18 @@ pub struct ResolverError(String);
 
 /// A resolver asking `nameservers` (empty: the system's, from
 /// `/etc/resolv.conf`), each query within `timeout`.
-pub fn build(
+pub fn build(nameservers: &[SocketAddr], timeout: Duration) -> Result<Resolver, ResolverError> {
+    build_with(nameservers, timeout, SocketReuse::default())
+}
+
+/// As [`build`], with the sockets of `provider`.
+pub fn build_with(
     nameservers: &[SocketAddr],
     timeout: Duration,
-) -> Result<TokioResolver, ResolverError> {
-    let provider = TokioRuntimeProvider::default();
+    provider: SocketReuse,
+) -> Result<Resolver, ResolverError> {
     let mut builder = if nameservers.is_empty() {
-        TokioResolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
+        Resolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
     } else {
         let servers = nameservers
             .iter()
@@ -35,7 +46,7 @@ pub fn build(
                 NameServerConfig::new(address.ip(), true, vec![udp, tcp])
             })
             .collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
     };
     let options = builder.options_mut();
     options.timeout = timeout;
@@ -44,4 +55,39 @@ pub fn build(
     options.use_hosts_file = ResolveHosts::Never;
     options.ndots = 0;
     builder.build().map_err(|e| ResolverError(e.to_string()))
+}
+
+/// The one name server a resolver built from `nameservers` would ask over
+/// UDP, if it has exactly one: the configured one, or the system's only
+/// one.
+pub fn single_server(nameservers: &[SocketAddr]) -> Option<SocketAddr> {
+    match nameservers {
+        [one] => Some(*one),
+        [] => {
+            let (config, _) = hickory_resolver::system_conf::read_system_conf().ok()?;
+            let mut udp = config.name_servers().iter().flat_map(|server| {
+                server
+                    .connections
+                    .iter()
+                    .filter(|connection| connection.protocol == ProtocolConfig::Udp)
+                    .map(|connection| SocketAddr::new(server.ip, connection.port))
+            });
+            let first = udp.next()?;
+            udp.next().is_none().then_some(first)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_configured_server_is_single() {
+        let one: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let two: SocketAddr = "127.0.0.2:53".parse().unwrap();
+        assert_eq!(single_server(&[one]), Some(one));
+        assert_eq!(single_server(&[one, two]), None);
+    }
 }

@@ -27,11 +27,10 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use doorman_dnsbl::resolver::{self, ResolverError};
+use doorman_dnsbl::resolver::{self, Resolver, ResolverError};
 use doorman_gate_api::{
     Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
 };
-use hickory_resolver::TokioResolver;
 use lru::LruCache;
 use tokio::sync::oneshot;
 
@@ -75,7 +74,7 @@ pub struct RdnsGate {
 
 struct Inner {
     settings: Settings,
-    resolver: TokioResolver,
+    resolver: Resolver,
     cache: Mutex<LruCache<IpAddr, (Outcome, Instant)>>,
     last_error_log: Mutex<Option<Instant>>,
 }

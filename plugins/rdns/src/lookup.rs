@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use doorman_dnsbl::resolver::Resolver;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
 
 use crate::generic::is_generic;
 
@@ -52,7 +52,7 @@ pub struct Failed(pub String);
 
 /// Looks `ip` up: PTR, then the forward addresses of at most
 /// [`MAX_NAMES`] names.
-pub async fn check(resolver: &TokioResolver, ip: IpAddr) -> Result<Outcome, Failed> {
+pub async fn check(resolver: &Resolver, ip: IpAddr) -> Result<Outcome, Failed> {
     let ip = ip.to_canonical();
     let (names, ptr_ttl) = match resolver.reverse_lookup(ip).await {
         Ok(lookup) => {
@@ -119,7 +119,7 @@ pub async fn check(resolver: &TokioResolver, ip: IpAddr) -> Result<Outcome, Fail
 
 /// Whether `name` resolves to `ip` (A for IPv4, AAAA for IPv6), and the
 /// TTL of that answer.
-async fn forward(resolver: &TokioResolver, name: &str, ip: IpAddr) -> Result<(bool, u32), Failed> {
+async fn forward(resolver: &Resolver, name: &str, ip: IpAddr) -> Result<(bool, u32), Failed> {
     // The name is absolute: no search domain is ever tried.
     let absolute = format!("{name}.");
     let lookup = match ip {

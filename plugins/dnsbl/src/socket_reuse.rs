@@ -1,0 +1,304 @@
+//! A hickory runtime provider that reuses UDP sockets across queries.
+//!
+//! hickory-resolver opens, binds, registers and closes one UDP socket per
+//! query: six system calls on top of the query's send and receive, on
+//! every new client's path. [`SocketReuse`] hands hickory a socket from a
+//! small idle set instead, and takes it back once its query is answered.
+//!
+//! What stays as hickory made it: each socket is first bound to the random
+//! source port hickory picks, hickory checks every answer's source, ID and
+//! question, and it ignores the datagrams that fail them (such as a late
+//! answer to an earlier query on the same socket). A socket serves one
+//! query at a time. What reuse trades is some of the port's variation: a
+//! socket serves at most [`MAX_QUERIES`] queries and lives at most
+//! [`MAX_AGE`] before a fresh random port replaces it. A socket whose
+//! query was abandoned (timed out), or that failed, is closed, not reused.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::net::runtime::{
+    DnsUdpSocket, RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
+};
+use tokio::net::UdpSocket;
+
+/// How many queries one socket serves before it is closed.
+pub const MAX_QUERIES: u32 = 100;
+/// How long one socket lives before it is closed.
+pub const MAX_AGE: Duration = Duration::from_secs(30);
+/// How many idle sockets are kept.
+const MAX_IDLE: usize = 64;
+
+/// Locks the idle set; a panic elsewhere while it was held leaves a plain
+/// list of sockets, still fit to use.
+fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A socket between queries.
+#[derive(Debug)]
+struct Idle {
+    socket: UdpSocket,
+    local: SocketAddr,
+    queries: u32,
+    born: Instant,
+}
+
+impl Idle {
+    fn spent(&self, now: Instant) -> bool {
+        self.queries >= MAX_QUERIES || now.saturating_duration_since(self.born) >= MAX_AGE
+    }
+}
+
+/// Tokio's runtime provider for hickory, with UDP sockets reused across
+/// queries (see the module's documentation).
+#[derive(Clone, Default)]
+pub struct SocketReuse {
+    tokio: TokioRuntimeProvider,
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+impl SocketReuse {
+    /// An idle socket bound to the same address family and local address
+    /// as `local` (whose port hickory chose at random), if one is left.
+    /// Spent sockets met on the way are closed.
+    fn reuse(&self, local: SocketAddr) -> Option<Idle> {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        while let Some(at) = idle
+            .iter()
+            .rposition(|socket| socket.local.ip() == local.ip())
+        {
+            let socket = idle.swap_remove(at);
+            if !socket.spent(now) {
+                return Some(socket);
+            }
+        }
+        None
+    }
+
+    /// How many queries each idle socket has served (for tests).
+    #[cfg(test)]
+    fn idle(&self) -> Vec<u32> {
+        lock(&self.idle).iter().map(|idle| idle.queries).collect()
+    }
+}
+
+impl RuntimeProvider for SocketReuse {
+    type Handle = TokioHandle;
+    type Timer = TokioTime;
+    type Udp = LentSocket;
+    type Tcp = <TokioRuntimeProvider as RuntimeProvider>::Tcp;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.tokio.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server_addr: SocketAddr,
+        bind_addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Tcp, io::Error>>>> {
+        self.tokio.connect_tcp(server_addr, bind_addr, timeout)
+    }
+
+    fn bind_udp(
+        &self,
+        local_addr: SocketAddr,
+        _server_addr: SocketAddr,
+    ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Udp, io::Error>>>> {
+        let reused = self.reuse(local_addr);
+        let home = Arc::clone(&self.idle);
+        Box::pin(async move {
+            let idle = match reused {
+                Some(idle) => idle,
+                None => Idle {
+                    socket: UdpSocket::bind(local_addr).await?,
+                    local: local_addr,
+                    queries: 0,
+                    born: Instant::now(),
+                },
+            };
+            Ok(LentSocket {
+                idle: Some(idle),
+                home,
+                awaiting: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+            })
+        })
+    }
+}
+
+/// A socket lent to one query; it goes back to the idle set when dropped,
+/// unless its query is still unanswered, it failed, or it is spent.
+pub struct LentSocket {
+    idle: Option<Idle>,
+    home: Arc<Mutex<Vec<Idle>>>,
+    /// A query was sent and no datagram has come back since.
+    awaiting: AtomicBool,
+    /// A send or receive failed.
+    failed: AtomicBool,
+}
+
+impl LentSocket {
+    fn socket(&self) -> io::Result<&UdpSocket> {
+        self.idle
+            .as_ref()
+            .map(|idle| &idle.socket)
+            .ok_or_else(|| io::Error::other("socket already returned"))
+    }
+
+    /// Notes a failure, so that the socket is not reused.
+    fn note<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(_)) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl DnsUdpSocket for LentSocket {
+    type Time = TokioTime;
+
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let socket = self.socket()?;
+        let received = self.note(DnsUdpSocket::poll_recv_from(socket, cx, buf));
+        if let Poll::Ready(Ok(_)) = &received {
+            self.awaiting.store(false, Ordering::Relaxed);
+        }
+        received
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        let socket = self.socket()?;
+        let sent = self.note(DnsUdpSocket::poll_send_to(socket, cx, buf, target));
+        if let Poll::Ready(Ok(_)) = &sent {
+            self.awaiting.store(true, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+impl Drop for LentSocket {
+    fn drop(&mut self) {
+        let Some(mut idle) = self.idle.take() else {
+            return;
+        };
+        if self.awaiting.load(Ordering::Relaxed) || self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        idle.queries += 1;
+        if idle.spent(Instant::now()) {
+            return;
+        }
+        let mut home = lock(&self.home);
+        if home.len() < MAX_IDLE {
+            home.push(idle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any_port() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    async fn exchange(provider: &SocketReuse, server: &UdpSocket) -> (u16, LentSocket) {
+        let lent = provider
+            .bind_udp(any_port(), server.local_addr().unwrap())
+            .await
+            .unwrap();
+        let target = server.local_addr().unwrap();
+        lent.send_to(b"query", target).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (_, from) = server.recv_from(&mut buf).await.unwrap();
+        server.send_to(b"answer", from).await.unwrap();
+        lent.recv_from(&mut buf).await.unwrap();
+        (from.port(), lent)
+    }
+
+    #[tokio::test]
+    async fn an_answered_socket_serves_the_next_query() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let (first, lent) = exchange(&provider, &server).await;
+        drop(lent);
+        assert_eq!(provider.idle(), [1]);
+        let (second, lent) = exchange(&provider, &server).await;
+        assert_eq!(first, second, "the second query came from a new socket");
+        drop(lent);
+        assert_eq!(provider.idle(), [2]);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_socket_is_closed() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let lent = provider
+            .bind_udp(any_port(), server.local_addr().unwrap())
+            .await
+            .unwrap();
+        lent.send_to(b"query", server.local_addr().unwrap())
+            .await
+            .unwrap();
+        drop(lent);
+        assert!(provider.idle().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_spent_socket_is_replaced() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let (first, lent) = exchange(&provider, &server).await;
+        drop(lent);
+        for _ in 1..MAX_QUERIES - 1 {
+            let (port, lent) = exchange(&provider, &server).await;
+            assert_eq!(port, first);
+            drop(lent);
+        }
+        let (last, lent) = exchange(&provider, &server).await;
+        assert_eq!(last, first);
+        drop(lent);
+        assert!(
+            provider.idle().is_empty(),
+            "a socket served more than MAX_QUERIES"
+        );
+        let (_, lent) = exchange(&provider, &server).await;
+        drop(lent);
+        assert_eq!(provider.idle(), [1], "the next query had no fresh socket");
+    }
+
+    #[tokio::test]
+    async fn concurrent_queries_get_their_own_sockets() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let target = server.local_addr().unwrap();
+        let a = provider.bind_udp(any_port(), target).await.unwrap();
+        let b = provider.bind_udp(any_port(), target).await.unwrap();
+        a.send_to(b"a", target).await.unwrap();
+        b.send_to(b"b", target).await.unwrap();
+        let mut buf = [0u8; 4];
+        let (_, from_a) = server.recv_from(&mut buf).await.unwrap();
+        let (_, from_b) = server.recv_from(&mut buf).await.unwrap();
+        assert_ne!(from_a.port(), from_b.port());
+    }
+}
