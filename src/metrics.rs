@@ -105,6 +105,48 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WokenLabels {
+    woken: &'static str,
+}
+
+/// The waiting room's gauge and counters, their series made once (a
+/// flood parks and wakes thousands of clients a second).
+#[derive(Debug)]
+struct RoomMetrics {
+    clients: Gauge,
+    readable: Counter,
+    deadline: Counter,
+}
+
+impl RoomMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let clients = Gauge::default();
+        registry.register(
+            "doorman_waiting_room_clients",
+            "Clients in the greet wait held by the waiting room, without a task",
+            clients.clone(),
+        );
+        let returns = Family::<WokenLabels, Counter>::default();
+        registry.register(
+            "doorman_waiting_room_returns",
+            "Clients the waiting room handed back, by why: first bytes (or a hangup) or deadline",
+            returns.clone(),
+        );
+        let readable = returns
+            .get_or_create(&WokenLabels { woken: "readable" })
+            .clone();
+        let deadline = returns
+            .get_or_create(&WokenLabels { woken: "deadline" })
+            .clone();
+        Self {
+            clients,
+            readable,
+            deadline,
+        }
+    }
+}
+
 /// Every metric doorman keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -121,6 +163,7 @@ pub struct Metrics {
     backend_cluster: Family<ClusterLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    room: RoomMetrics,
 }
 
 impl Default for Metrics {
@@ -196,6 +239,7 @@ impl Default for Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        let room = RoomMetrics::register(&mut registry);
         Self {
             registry,
             connections,
@@ -210,6 +254,7 @@ impl Default for Metrics {
             backend_cluster,
             cache_lookups,
             reloads,
+            room,
         }
     }
 }
@@ -278,6 +323,22 @@ impl Metrics {
                 result: if ok { "ok" } else { "refused" },
             })
             .inc();
+    }
+
+    /// Counts a client parked in the waiting room.
+    pub fn parked(&self) {
+        self.room.clients.inc();
+    }
+
+    /// Counts a client the waiting room handed back: `readable`, or at its
+    /// deadline.
+    pub fn resumed(&self, readable: bool) {
+        self.room.clients.dec();
+        if readable {
+            self.room.readable.inc();
+        } else {
+            self.room.deadline.inc();
+        }
     }
 
     /// The text exposition, with the backends' current state.

@@ -186,6 +186,60 @@ fn reload_metrics_and_healthz() {
 }
 
 #[test]
+fn the_waiting_room_is_counted() {
+    let backend = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &config_with(
+            backend.address,
+            "v2",
+            "",
+            "5s",
+            "[greet]\nwait = \"2s\"\n[cache]\nstore = \"memory\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+        ),
+        "127.0.0.1\n",
+    );
+    let admin = parse_endpoint(
+        &doorman
+            .log
+            .wait_for("admin listening on", Duration::from_secs(5)),
+    );
+    let mut talker = connect_as(&doorman, "203.0.113.10");
+    let mut waiter = connect_as(&doorman, "203.0.113.11");
+    assert_eq!(read_line(&mut talker), "220-mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut waiter), "220-mx.doorman.test ESMTP\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, text) = get(admin, "/metrics");
+    assert_eq!(
+        sample(&text, "doorman_waiting_room_clients"),
+        Some(2.0),
+        "{text}"
+    );
+    // Talking early hands the client back at once, readable.
+    talker.write_all(b"EHLO early.test\r\n").unwrap();
+    doorman.log.wait_for("PREGREET", Duration::from_secs(5));
+    // The other is handed back at its deadline and passes.
+    assert_eq!(read_line(&mut waiter), BACKEND);
+    let (_, text) = get(admin, "/metrics");
+    assert_eq!(sample(&text, "doorman_waiting_room_clients"), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "doorman_waiting_room_returns_total{woken=\"readable\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "doorman_waiting_room_returns_total{woken=\"deadline\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
 fn tells_systemd_when_ready() {
     let backend = FakeBackend::start(true);
     let dir = tempfile::tempdir().unwrap();

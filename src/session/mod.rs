@@ -232,16 +232,19 @@ impl Session {
         // A parked client holds no buffer (it has sent nothing).
         session.buffer = BytesMut::new();
         match stream.into_std() {
-            Ok(stream) => room.park(
-                stream,
-                waiting.deadline().into_std(),
-                Box::new(Parked {
-                    session,
-                    waiting: *waiting,
-                    cut,
-                    token,
-                }),
-            ),
+            Ok(stream) => {
+                session.process.metrics.parked();
+                room.park(
+                    stream,
+                    waiting.deadline().into_std(),
+                    Box::new(Parked {
+                        session,
+                        waiting: *waiting,
+                        cut,
+                        token,
+                    }),
+                )
+            }
             Err(error) => log::waiting_room_failed(&error),
         }
     }
@@ -509,6 +512,7 @@ impl Parked {
             cut,
             token,
         } = *self;
+        session.process.metrics.resumed(woken == Woken::Readable);
         waiting.woken(woken == Woken::Readable);
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
