@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::resolver::Resolver;
-use hickory_resolver::proto::op::{DnsResponse, ResponseCode};
+use hickory_resolver::proto::op::{Message, ResponseCode};
 use hickory_resolver::proto::rr::RData;
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
@@ -115,7 +115,7 @@ impl Dnsbl {
         let resolver =
             crate::resolver::build_with(&settings.nameservers, settings.timeout, provider.clone())?;
         let direct = crate::resolver::single_server(&settings.nameservers)
-            .map(|server| Direct::new(server, provider, settings.timeout));
+            .map(|server| Direct::new(server, provider));
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
             if !zones.contains(&site.domain) {
@@ -351,7 +351,7 @@ impl Dnsbl {
 
 /// The answer a name server's response gives: its A records, or none (with
 /// the negative-caching TTL of its SOA), or its error code.
-fn answer_of(response: &DnsResponse) -> Answer {
+fn answer_of(response: &Message) -> Answer {
     match response.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => {}
         code => {
@@ -369,12 +369,24 @@ fn answer_of(response: &DnsResponse) -> Answer {
         }
     }
     if addresses.is_empty() {
-        let ttl = response.negative_ttl().unwrap_or(0);
+        let ttl = negative_ttl(response).unwrap_or(0);
         return Answer::NotListed {
             ttl: Duration::from_secs(u64::from(ttl)),
         };
     }
     Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
+}
+
+/// The negative-caching TTL of a response (RFC 2308): the smaller of its
+/// SOA record's TTL and the SOA's minimum.
+fn negative_ttl(response: &Message) -> Option<u32> {
+    response
+        .authorities
+        .iter()
+        .find_map(|record| match &record.data {
+            RData::SOA(soa) => Some(record.ttl.min(soa.minimum)),
+            _ => None,
+        })
 }
 
 /// The answers for one address as they arrive.

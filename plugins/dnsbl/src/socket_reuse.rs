@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use hickory_resolver::net::runtime::{
     DnsUdpSocket, RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
 };
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// How many queries one socket serves before it is closed.
@@ -34,6 +35,9 @@ pub const MAX_QUERIES: u32 = 100;
 pub const MAX_AGE: Duration = Duration::from_secs(30);
 /// How many idle sockets are kept.
 const MAX_IDLE: usize = 64;
+/// How many random ports are tried before the system picks one, as
+/// hickory does.
+const RANDOM_PORT_ATTEMPTS: usize = 10;
 
 /// Locks the idle set; a panic elsewhere while it was held leaves a plain
 /// list of sockets, still fit to use.
@@ -83,6 +87,34 @@ impl SocketReuse {
         None
     }
 
+    /// A socket for one query to `server`: an idle one, or a new one bound
+    /// to a random port as hickory binds its own.
+    pub fn lend(&self, server: SocketAddr) -> io::Result<LentSocket> {
+        let any: SocketAddr = match server {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let idle = match self.reuse(any) {
+            Some(idle) => idle,
+            None => Idle {
+                socket: bind_random(any)?,
+                local: any,
+                queries: 0,
+                born: Instant::now(),
+            },
+        };
+        Ok(self.lent(idle))
+    }
+
+    fn lent(&self, idle: Idle) -> LentSocket {
+        LentSocket {
+            idle: Some(idle),
+            home: Arc::clone(&self.idle),
+            awaiting: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        }
+    }
+
     /// How many queries each idle socket has served (for tests).
     #[cfg(test)]
     fn idle(&self) -> Vec<u32> {
@@ -115,7 +147,7 @@ impl RuntimeProvider for SocketReuse {
         _server_addr: SocketAddr,
     ) -> Pin<Box<dyn Send + Future<Output = Result<Self::Udp, io::Error>>>> {
         let reused = self.reuse(local_addr);
-        let home = Arc::clone(&self.idle);
+        let this = self.clone();
         Box::pin(async move {
             let idle = match reused {
                 Some(idle) => idle,
@@ -126,14 +158,32 @@ impl RuntimeProvider for SocketReuse {
                     born: Instant::now(),
                 },
             };
-            Ok(LentSocket {
-                idle: Some(idle),
-                home,
-                awaiting: AtomicBool::new(false),
-                failed: AtomicBool::new(false),
-            })
+            Ok(this.lent(idle))
         })
     }
+}
+
+/// A UDP socket on a random port from 1024 up (`any` has port 0), or on
+/// one the system picks once [`RANDOM_PORT_ATTEMPTS`] ports were taken.
+fn bind_random(any: SocketAddr) -> io::Result<UdpSocket> {
+    for _ in 0..RANDOM_PORT_ATTEMPTS {
+        let port = rand::random_range(1024..=u16::MAX);
+        match std::net::UdpSocket::bind(SocketAddr::new(any.ip(), port)) {
+            Ok(socket) => return from_std(socket),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                ) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    from_std(std::net::UdpSocket::bind(any)?)
+}
+
+fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
 }
 
 /// A socket lent to one query; it goes back to the idle set when dropped,
@@ -153,6 +203,41 @@ impl LentSocket {
             .as_ref()
             .map(|idle| &idle.socket)
             .ok_or_else(|| io::Error::other("socket already returned"))
+    }
+
+    /// Sends `datagram` to `server`.
+    pub async fn send(&self, datagram: &[u8], server: SocketAddr) -> io::Result<()> {
+        let sent = self.socket()?.send_to(datagram, server).await;
+        match &sent {
+            Ok(_) => self.awaiting.store(true, Ordering::Relaxed),
+            Err(_) => self.failed.store(true, Ordering::Relaxed),
+        }
+        sent.map(drop)
+    }
+
+    /// Receives the next datagram. It waits for readiness before it reads,
+    /// so a query's answer costs one read, not a failed one first.
+    pub async fn receive(&self, buffer: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let socket = self.socket()?;
+        loop {
+            let received = match socket.readable().await {
+                Ok(()) => socket.try_recv_from(buffer),
+                Err(error) => Err(error),
+            };
+            match received {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(error);
+                }
+                Ok(received) => return Ok(received),
+            }
+        }
+    }
+
+    /// Tells the socket its query has its answer: it may serve another.
+    pub fn answered(&self) {
+        self.awaiting.store(false, Ordering::Relaxed);
     }
 
     /// Notes a failure, so that the socket is not reused.
@@ -207,6 +292,13 @@ impl Drop for LentSocket {
         if idle.spent(Instant::now()) {
             return;
         }
+        // The answer was read: forget that the socket was readable, so
+        // that the next query waits for its own answer's arrival rather
+        // than reading once in vain. A datagram still queued (a late
+        // answer) is read, and ignored, with the next one.
+        let _ = idle.socket.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
         let mut home = lock(&self.home);
         if home.len() < MAX_IDLE {
             home.push(idle);
