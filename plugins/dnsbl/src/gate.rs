@@ -12,14 +12,18 @@ use crate::lookup::{Dnsbl, Pending};
 #[derive(Debug)]
 pub struct DnsblGate {
     dnsbl: Arc<Dnsbl>,
-    /// Site domain -> name shown in replies (hides keyed zone names).
-    reply_map: HashMap<String, String>,
+    /// Site domain -> name shown in replies (hides keyed zone names);
+    /// shared with every client's lookups.
+    reply_map: Arc<HashMap<String, String>>,
 }
 
 impl DnsblGate {
     /// A gate over `dnsbl`, naming sites through `reply_map`.
     pub fn new(dnsbl: Arc<Dnsbl>, reply_map: HashMap<String, String>) -> Self {
-        Self { dnsbl, reply_map }
+        Self {
+            dnsbl,
+            reply_map: Arc::new(reply_map),
+        }
     }
 
     /// The lookups and answer cache behind the gate.
@@ -40,7 +44,7 @@ impl Gate for DnsblGate {
     fn wait(&self, client: &Client) -> Option<Box<dyn Waiting>> {
         Some(Box::new(Lookups {
             pending: self.dnsbl.start(client.ip()),
-            reply_map: self.reply_map.clone(),
+            reply_map: Arc::clone(&self.reply_map),
         }))
     }
 }
@@ -48,7 +52,7 @@ impl Gate for DnsblGate {
 /// One client's lookups.
 struct Lookups {
     pending: Pending,
-    reply_map: HashMap<String, String>,
+    reply_map: Arc<HashMap<String, String>>,
 }
 
 impl Waiting for Lookups {

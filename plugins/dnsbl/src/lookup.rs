@@ -1,9 +1,11 @@
 //! Lookups over hickory-resolver, with a bounded answer cache.
 //!
-//! [`Dnsbl::start`] sends the queries for every zone at once, each in its
-//! own task, and returns a [`Pending`] that collects the answers as they
-//! come. The caller decides how long to wait; answers that arrive later
-//! still land in the cache. Answers are cached per query name for their TTL
+//! [`Dnsbl::start`] starts the queries for every zone at once and returns a
+//! [`Pending`] that collects the answers as they come: the caller's task
+//! drives them, so an answer wakes that task alone. The caller decides how
+//! long to wait; answers that arrive later still land in the cache (a
+//! `Pending` dropped with queries under way leaves them to a task of their
+//! own). Answers are cached per query name for their TTL
 //! clamped to `[min_ttl, max_ttl]`; failures are cached for `min_ttl` too, so
 //! a dead list is not asked again by every client. Concurrent lookups of
 //! the same name are merged: one query, every waiter gets its answer. An
@@ -20,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::resolver::Resolver;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hickory_resolver::proto::op::{Message, ResponseCode};
 use hickory_resolver::proto::rr::RData;
 use lru::LruCache;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::exchange::{Direct, Exchanged};
 use crate::query::query_name;
@@ -154,19 +157,21 @@ impl Dnsbl {
 
     /// Starts the queries for every zone at once.
     pub fn start(self: &Arc<Self>, ip: IpAddr) -> Pending {
-        let (sender, receiver) = mpsc::channel(self.zones.len().max(1));
-        for zone in &self.zones {
-            let this = Arc::clone(self);
-            let zone = zone.clone();
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let answer = this.answer(ip, &zone).await;
-                let _ = sender.send((zone, answer)).await;
-            });
-        }
+        let lookups = self
+            .zones
+            .iter()
+            .map(|zone| {
+                let this = Arc::clone(self);
+                let zone = zone.clone();
+                Box::pin(async move {
+                    let answer = this.answer(ip, &zone).await;
+                    (zone, answer)
+                }) as ZoneLookup
+            })
+            .collect();
         Pending {
             dnsbl: Arc::clone(self),
-            receiver,
+            lookups,
             answers: HashMap::new(),
         }
     }
@@ -195,16 +200,13 @@ impl Dnsbl {
                 error: "merged lookup abandoned".into(),
             });
         }
+        let mut merged = Merged {
+            in_flight: &self.in_flight,
+            name: &name,
+            told: false,
+        };
         let answer = self.fetch(ip, zone, &name).await;
-        let waiters = self
-            .in_flight
-            .lock()
-            .ok()
-            .and_then(|mut in_flight| in_flight.remove(&name))
-            .unwrap_or_default();
-        for waiter in waiters {
-            let _ = waiter.send(answer.clone());
-        }
+        merged.tell(&answer);
         answer
     }
 
@@ -389,12 +391,71 @@ fn negative_ttl(response: &Message) -> Option<u32> {
         })
 }
 
+/// The clients merged with one lookup. They are told its answer; if the
+/// lookup is dropped first, they are let go (their wait ends as a failed
+/// lookup) rather than left waiting.
+struct Merged<'a> {
+    in_flight: &'a Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
+    name: &'a str,
+    told: bool,
+}
+
+impl Merged<'_> {
+    fn take(&mut self) -> Vec<oneshot::Sender<Answer>> {
+        self.in_flight
+            .lock()
+            .ok()
+            .and_then(|mut in_flight| in_flight.remove(self.name))
+            .unwrap_or_default()
+    }
+
+    fn tell(&mut self, answer: &Answer) {
+        self.told = true;
+        for waiter in self.take() {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+}
+
+impl Drop for Merged<'_> {
+    fn drop(&mut self) {
+        if !self.told {
+            self.take();
+        }
+    }
+}
+
+/// One zone's lookup: the zone and its answer.
+type ZoneLookup = Pin<Box<dyn Future<Output = (String, Answer)> + Send>>;
+
 /// The answers for one address as they arrive.
-#[derive(Debug)]
 pub struct Pending {
     dnsbl: Arc<Dnsbl>,
-    receiver: mpsc::Receiver<(String, Answer)>,
+    lookups: FuturesUnordered<ZoneLookup>,
     answers: HashMap<String, Answer>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("under_way", &self.lookups.len())
+            .field("answers", &self.answers)
+            .finish()
+    }
+}
+
+impl Drop for Pending {
+    /// Lookups still under way finish in a task of their own: their
+    /// answers go to the cache and to the clients merged with them.
+    fn drop(&mut self) {
+        if self.lookups.is_empty() {
+            return;
+        }
+        let mut lookups = std::mem::take(&mut self.lookups);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { while lookups.next().await.is_some() {} });
+        }
+    }
 }
 
 impl Pending {
@@ -404,7 +465,7 @@ impl Pending {
         if self.is_complete() {
             return false;
         }
-        match self.receiver.recv().await {
+        match self.lookups.next().await {
             Some((zone, answer)) => {
                 self.answers.insert(zone, answer);
                 true
@@ -505,10 +566,8 @@ mod tests {
         address
     }
 
-    #[tokio::test]
-    async fn a_truncated_answer_is_asked_again_over_tcp() {
-        let server = truncating_server().await;
-        let dnsbl = Arc::new(
+    fn dnsbl(server: SocketAddr) -> Arc<Dnsbl> {
+        Arc::new(
             Dnsbl::new(Settings {
                 sites: Site::parse_list("bl.test").unwrap(),
                 min_ttl: Duration::from_secs(1),
@@ -518,7 +577,49 @@ mod tests {
                 cache_size: 10,
             })
             .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_the_client_left_still_lands_in_the_cache() {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = udp.local_addr().unwrap();
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&queries);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = udp.send_to(&reply(&buf[..len], false), from).await;
+            }
+        });
+        let dnsbl = dnsbl(server);
+        let ip = "192.0.2.8".parse().unwrap();
+        let mut pending = dnsbl.start(ip);
+        // The client leaves before the answer comes.
+        let waited = tokio::time::timeout(Duration::from_millis(50), pending.next()).await;
+        assert!(waited.is_err(), "answered too soon");
+        drop(pending);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = tokio::time::timeout(Duration::from_secs(5), dnsbl.start(ip).finish())
+            .await
+            .expect("the second lookup hung");
+        assert!(matches!(
+            again.answers().get("bl.test"),
+            Some(Answer::Listed { .. })
+        ));
+        assert_eq!(
+            queries.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the late answer was not cached"
         );
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_asked_again_over_tcp() {
+        let server = truncating_server().await;
+        let dnsbl = dnsbl(server);
         let pending = dnsbl.start("192.0.2.7".parse().unwrap()).finish().await;
         match pending.answers().get("bl.test") {
             Some(Answer::Listed { addresses, .. }) => {
