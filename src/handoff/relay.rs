@@ -12,10 +12,31 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::proxy::{starts_like_header, Prefix};
+
+/// The bytes one direction reads at a time.
+const CHUNK: usize = 8192;
+
+/// Copies from `from` to `to` until `from` ends. The buffer's memory is
+/// written only by reads: no zeroing per connection, as tokio's `copy`
+/// does for its own buffer.
+async fn pump<R, W>(from: &mut R, to: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = Vec::with_capacity(CHUNK);
+    loop {
+        if from.read_buf(&mut buffer).await? == 0 {
+            return Ok(());
+        }
+        to.write_all(&buffer).await?;
+        buffer.clear();
+    }
+}
 
 /// How long a client may stay after its backend has finished.
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -47,7 +68,7 @@ pub async fn relay(
     // gone, one system call per connection for nothing).
     let one_done = AtomicBool::new(false);
     let to_client = async {
-        tokio::io::copy(&mut backend_read, &mut client_write).await?;
+        pump(&mut backend_read, &mut client_write).await?;
         if !one_done.swap(true, Ordering::Relaxed) {
             client_write.shutdown().await?;
         }
@@ -68,7 +89,7 @@ pub async fn relay(
         }
         backend_write.write_all(&early).await?;
         drop(early);
-        tokio::io::copy(&mut client_read, &mut backend_write).await?;
+        pump(&mut client_read, &mut backend_write).await?;
         if !one_done.swap(true, Ordering::Relaxed) {
             backend_write.shutdown().await?;
         }
@@ -76,6 +97,7 @@ pub async fn relay(
     };
     tokio::pin!(to_client, to_backend);
     tokio::select! {
+        biased;
         done = &mut to_backend => {
             done?;
             to_client.await
