@@ -156,6 +156,18 @@ mod tests {
         reply
     }
 
+    /// An answer listing the queried address as 127.0.0.2, for 300 s.
+    fn listed(query: &Message) -> Message {
+        let mut reply = reply(query);
+        let name = query.queries[0].name().clone();
+        reply.answers.push(Record::from_rdata(
+            name,
+            300,
+            RData::A(A::new(127, 0, 0, 2)),
+        ));
+        reply
+    }
+
     async fn direct() -> (Direct, UdpSocket) {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let address = server.local_addr().unwrap();
@@ -166,16 +178,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_comes_back_whole() {
         let (direct, server) = direct().await;
-        let served = tokio::spawn(serve_one(server, |query| {
-            let mut reply = reply(query);
-            let name = query.queries[0].name().clone();
-            reply.answers.push(Record::from_rdata(
-                name,
-                300,
-                RData::A(A::new(127, 0, 0, 2)),
-            ));
-            reply
-        }));
+        let served = tokio::spawn(serve_one(server, listed));
         let Exchanged::Answer(response) = direct.query_a("2.0.0.127.bl.test.").await else {
             panic!("no answer");
         };
@@ -192,16 +195,6 @@ mod tests {
             let mut buf = [0u8; 512];
             let (len, from) = server.recv_from(&mut buf).await.unwrap();
             let query = Message::from_vec(&buf[..len]).unwrap();
-            let listed = |query: &Message| {
-                let mut reply = reply(query);
-                let name = query.queries[0].name().clone();
-                reply.answers.push(Record::from_rdata(
-                    name,
-                    300,
-                    RData::A(A::new(127, 0, 0, 2)),
-                ));
-                reply
-            };
             // From another port, and with another ID: both ignored.
             let forged = listed(&query).to_vec().unwrap();
             decoy.send_to(&forged, from).await.unwrap();
@@ -222,6 +215,42 @@ mod tests {
         };
         served.await.unwrap();
         assert!(response.answers.is_empty(), "a forged answer was taken");
+    }
+
+    #[tokio::test]
+    async fn answered_queries_share_a_socket_and_unanswered_ones_do_not() {
+        let (direct, server) = direct().await;
+        let served = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let mut ports = Vec::new();
+            for answer in [true, true, false, true] {
+                let (len, from) = server.recv_from(&mut buf).await.unwrap();
+                ports.push(from.port());
+                if answer {
+                    let query = Message::from_vec(&buf[..len]).unwrap();
+                    server
+                        .send_to(&reply(&query).to_vec().unwrap(), from)
+                        .await
+                        .unwrap();
+                }
+            }
+            ports
+        });
+        for answered in [true, true, false, true] {
+            let asked = tokio::time::timeout(
+                Duration::from_millis(300),
+                direct.query_a("2.0.0.127.bl.test."),
+            )
+            .await;
+            assert_eq!(asked.is_ok(), answered);
+        }
+        let ports = served.await.unwrap();
+        assert_eq!(ports[0], ports[1], "an answered socket was not reused");
+        assert_eq!(ports[1], ports[2]);
+        assert_ne!(
+            ports[2], ports[3],
+            "a socket whose query went unanswered was reused"
+        );
     }
 
     #[tokio::test]
