@@ -295,6 +295,11 @@ def main():
         # front and smtp-sink, where doorman would be.
         hop_inner = free_port(); hop = haproxy(tmp, procs, hop_inner, sink, "hop-inner", send_proxy=False)
         via_hop = free_port(); haproxy(tmp, procs, via_hop, hop_inner, "hop", send_proxy=False)
+        # What tokio itself costs there: the barest relay it makes.
+        tokio_inner = free_port()
+        tokio_relay = procs.start([LOADGEN, "relay", "--listen", f"127.0.0.1:{tokio_inner}", "--target", f"127.0.0.1:{sink}"])
+        wait_port(tokio_inner)
+        via_tokio = free_port(); haproxy(tmp, procs, via_tokio, tokio_inner, "tokio", send_proxy=False)
         dm, dm_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
         via_doorman = free_port(); haproxy(tmp, procs, via_doorman, dm_port, "doorman")
         ps_port, ps_master = postfix(tmp, procs, sink, "postscreen_access_list = permit_mynetworks\n")
@@ -375,13 +380,16 @@ def main():
         results["S6 doorman CPU s per 1000 conn (S2)"] = (user + system) / (runs * new_clients / 1000)
         results["S6 doorman kernel share (S2)"] = system / max(user + system, 1e-9)
         cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
+                                 "bare tokio relay msg/s": via_tokio,
                                  "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen},
-                          lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid])
+                          lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
         user, system = cpu[dm.pid]
         results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
         results["S6 doorman kernel share (S1)"] = system / max(user + system, 1e-9)
         results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
-        interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "doorman": via_doorman},
+        results["S6 bare tokio relay CPU s per 1000 conn (S1)"] = sum(cpu[tokio_relay.pid]) / (runs * msgs / 1000)
+        interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
+                           "doorman": via_doorman},
                     lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
         for held, (dm3, dm3_port) in dm3s.items():
             results[f"S4 doorman bytes/waiting client, {held}"] = waiting_memory(dm3_port, lambda: [dm3.pid], held)
@@ -395,15 +403,17 @@ def main():
     rows = [
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
         ("S1 same, an extra HAProxy hop", r["S1 extra HAProxy hop msg/s"], f"{r['S1 extra HAProxy hop msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x this", "doorman >= 1.0x this"),
+        ("S1 same, a bare tokio relay", r["S1 bare tokio relay msg/s"], f"{r['S1 bare tokio relay msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 bare tokio relay msg/s']:.2f}x this", "(anchor: tokio's own cost)"),
         ("S2 new clients/s", r["S2 doorman new clients/s"], f"{r['S2 doorman new clients/s']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen", ">= 3x postscreen"),
         ("S2b new clients/s with a DNSBL", r["S2 doorman new clients/s, DNSBL"], f"{r['S2 doorman new clients/s, DNSBL']/r['S2 doorman new clients/s']:.2f}x S2, {r['S2 doorman new clients/s, DNSBL']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen (no DNSBL)", ">= 0.95x S2"),
         ("S3 banner p50 ms", r["S3 doorman p50 ms"], f"+{r['S3 doorman p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "<= +0.1 ms"),
         ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
         ("S3 p50 ms, an extra HAProxy hop", r["S3 extra HAProxy hop p50 ms"], f"+{r['S3 extra HAProxy hop p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "doorman's overhead <= this one's"),
+        ("S3 p50 ms, a bare tokio relay", r["S3 bare tokio relay p50 ms"], f"+{r['S3 bare tokio relay p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(anchor)"),
         *[(f"S4 bytes/waiting client, {held}", v, f"{v/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1024")
           for held, v in ((k.rsplit(", ", 1)[1], v) for k, v in r.items() if k.startswith("S4 doorman"))],
         ("S5 bulk MB/s", r["S5 doorman MB/s"], f"{r['S5 doorman MB/s']/r['S5 direct MB/s']:.2f}x direct", ">= 0.8x direct"),
-        ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], f"{r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 extra HAProxy hop CPU s per 1000 conn (S1)'],1e-9):.2f}x the extra HAProxy; {100*r['S6 doorman kernel share (S1)']:.0f}% kernel", ""),
+        ("S6 CPU s / 1000 conn, S1", r["S6 doorman CPU s per 1000 conn (S1)"], f"{r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 extra HAProxy hop CPU s per 1000 conn (S1)'],1e-9):.2f}x the extra HAProxy, {r['S6 doorman CPU s per 1000 conn (S1)']/max(r['S6 bare tokio relay CPU s per 1000 conn (S1)'],1e-9):.2f}x tokio; {100*r['S6 doorman kernel share (S1)']:.0f}% kernel", ""),
         ("S6 CPU s / 1000 conn, S2", r["S6 doorman CPU s per 1000 conn (S2)"], f"{100*r['S6 doorman kernel share (S2)']:.0f}% kernel", ""),
         ("S7 refusals/s, access drop", r["S7 doorman refusals/s"], f"{r['S7 doorman refusals/s']/r['S7 postscreen refusals/s']:.1f}x postscreen, {r['S7 doorman refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 3x postscreen, >= 0.9x direct"),
         ("S7 ceiling, screener free", r["S7 refusals/s ceiling, screener free"], f"{r['S7 refusals/s ceiling, screener free']/r['S7 postscreen refusals/s']:.1f}x postscreen: {os.cpu_count()} cores / (HAProxy + load generator)", "(anchor)"),

@@ -10,6 +10,9 @@
 //!   source address: each reads its first reply line and closes; counts
 //!   the lines that start with the expected code, per second. It leaves
 //!   with a reset, so its ports are not held in TIME_WAIT.
+//! * `relay`: not load but an anchor: the barest proxy tokio makes (accept,
+//!   connect, `copy_bidirectional`, on tokio's multi-threaded runtime as
+//!   doorman runs), to tell what tokio itself costs in doorman's place.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Benchmark load for doorman.
 #[derive(Debug, Parser)]
@@ -74,16 +77,32 @@ enum Command {
         #[arg(long)]
         expect: String,
     },
+    /// Relays every connection to `target` until killed.
+    Relay {
+        /// The address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The server to relay to.
+        #[arg(long)]
+        target: SocketAddr,
+    },
 }
 
 /// How long one client may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    if let Command::Relay { listen, target } = command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(relay(listen, target));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match Cli::parse().command {
+    match command {
         Command::Screen {
             target,
             from,
@@ -116,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 |share: f64| samples[((samples.len() as f64 * share) as usize).saturating_sub(1)];
             println!("{:.4} {:.4}", at(0.5), at(0.99));
         }
+        Command::Relay { .. } => {}
     }
     Ok(())
 }
@@ -242,4 +262,22 @@ async fn banner(target: SocketAddr, count: u32) -> anyhow::Result<Vec<f64>> {
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(samples)
+}
+
+/// Accepts connections on `listen` and relays each to `target`.
+async fn relay(listen: SocketAddr, target: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    loop {
+        let (mut client, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = client.set_nodelay(true);
+            let Ok(mut server) = TcpStream::connect(target).await else {
+                return;
+            };
+            let _ = server.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        });
+    }
 }

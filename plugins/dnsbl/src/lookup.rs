@@ -84,6 +84,8 @@ pub struct Dnsbl {
     resolver: Resolver,
     /// The direct path, when there is one name server.
     direct: Option<Direct>,
+    /// The UDP sockets both use.
+    sockets: SocketReuse,
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
     in_flight: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     store: Option<Arc<dyn AnswerStore>>,
@@ -116,9 +118,9 @@ impl Dnsbl {
     ) -> Result<Self, ResolverError> {
         let provider = SocketReuse::default();
         let resolver =
-            crate::resolver::build_with(&settings.nameservers, settings.timeout, provider.clone())?;
+            crate::resolver::build(&settings.nameservers, settings.timeout, provider.clone())?;
         let direct = crate::resolver::single_server(&settings.nameservers)
-            .map(|server| Direct::new(server, provider));
+            .map(|server| Direct::new(server, provider.clone()));
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
             if !zones.contains(&site.domain) {
@@ -131,6 +133,7 @@ impl Dnsbl {
             zones,
             resolver,
             direct,
+            sockets: provider,
             cache: Mutex::new(bounded(capacity)),
             in_flight: Mutex::new(HashMap::new()),
             store,
@@ -261,8 +264,9 @@ impl Dnsbl {
 
     /// Rebuilds the answer cache in fresh memory, without its expired
     /// answers, so that the allocations a flood scattered over the heap can
-    /// go back to the system once freed.
+    /// go back to the system once freed; closes the idle DNS sockets.
     pub fn compact(&self) {
+        self.sockets.close_idle();
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };

@@ -22,13 +22,10 @@ pub type Resolver = hickory_resolver::Resolver<SocketReuse>;
 pub struct ResolverError(String);
 
 /// A resolver asking `nameservers` (empty: the system's, from
-/// `/etc/resolv.conf`), each query within `timeout`.
-pub fn build(nameservers: &[SocketAddr], timeout: Duration) -> Result<Resolver, ResolverError> {
-    build_with(nameservers, timeout, SocketReuse::default())
-}
-
-/// As [`build`], with the sockets of `provider`.
-pub fn build_with(
+/// `/etc/resolv.conf`), each query within `timeout`, over the sockets of
+/// `provider` (which the caller keeps, to close its idle sockets after a
+/// flood).
+pub fn build(
     nameservers: &[SocketAddr],
     timeout: Duration,
     provider: SocketReuse,

@@ -13,6 +13,8 @@
 //! socket serves at most [`MAX_QUERIES`] queries and lives at most
 //! [`MAX_AGE`] before a fresh random port replaces it. A socket whose
 //! query was abandoned (timed out), or that failed, is closed, not reused.
+//! At most 64 wait idle; after a flood, [`SocketReuse::close_idle`] closes
+//! them (the gates' `compact`).
 
 use std::future::Future;
 use std::io;
@@ -113,6 +115,12 @@ impl SocketReuse {
             awaiting: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         }
+    }
+
+    /// Closes every idle socket (after a flood: the sockets its concurrent
+    /// queries left idle go back to the system).
+    pub fn close_idle(&self) {
+        lock(&self.idle).clear();
     }
 
     /// How many queries each idle socket has served (for tests).
@@ -339,6 +347,17 @@ mod tests {
         assert_eq!(first, second, "the second query came from a new socket");
         drop(lent);
         assert_eq!(provider.idle(), [2]);
+    }
+
+    #[tokio::test]
+    async fn idle_sockets_are_closed_on_demand() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let (_, lent) = exchange(&provider, &server).await;
+        drop(lent);
+        assert_eq!(provider.idle(), [1]);
+        provider.close_idle();
+        assert!(provider.idle().is_empty());
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use doorman_dnsbl::resolver::{self, Resolver, ResolverError};
+use doorman_dnsbl::socket_reuse::SocketReuse;
 use doorman_gate_api::{
     Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
 };
@@ -75,6 +76,8 @@ pub struct RdnsGate {
 struct Inner {
     settings: Settings,
     resolver: Resolver,
+    /// The resolver's UDP sockets, whose idle ones `compact` closes.
+    sockets: SocketReuse,
     cache: Mutex<LruCache<IpAddr, (Outcome, Instant)>>,
     last_error_log: Mutex<Option<Instant>>,
 }
@@ -90,12 +93,14 @@ impl RdnsGate {
     /// Sets up the resolver. Needs a running tokio runtime only when
     /// lookups are made.
     pub fn new(settings: Settings) -> Result<Self, ResolverError> {
-        let resolver = resolver::build(&settings.nameservers, settings.timeout)?;
+        let sockets = SocketReuse::default();
+        let resolver = resolver::build(&settings.nameservers, settings.timeout, sockets.clone())?;
         let capacity = NonZeroUsize::new(settings.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
                 resolver,
+                sockets,
                 cache: Mutex::new(bounded(capacity)),
                 last_error_log: Mutex::new(None),
             }),
@@ -183,6 +188,7 @@ impl Inner {
     }
 
     fn compact(&self) {
+        self.sockets.close_idle();
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
