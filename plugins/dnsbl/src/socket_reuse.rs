@@ -2,8 +2,10 @@
 //!
 //! hickory-resolver opens, binds, registers and closes one UDP socket per
 //! query: six system calls on top of the query's send and receive, on
-//! every new client's path. [`SocketReuse`] hands hickory a socket from a
-//! small idle set instead, and takes it back once its query is answered.
+//! every new client's path. [`SocketReuse`] hands hickory (and doorman's
+//! own exchange with a single name server, `exchange.rs`, through
+//! [`SocketReuse::lend`]) a socket from a small idle set instead, and takes
+//! it back once its query is answered.
 //!
 //! What stays as hickory made it: each socket is first bound to the random
 //! source port hickory picks, hickory checks every answer's source, ID and
