@@ -98,8 +98,8 @@ pub struct Place {
 enum Kind {
     /// A client's place: in the total and in its network's count.
     Client(IpAddr),
+    /// A screening place, and its network's (when that is limited).
     Screening(Option<IpAddr>),
-    Total,
 }
 
 /// The network `ip` counts as for the limits.
@@ -143,11 +143,7 @@ impl Limits {
         let total = self.total.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(total, Ordering::Relaxed);
         if settings.total > 0 && total > settings.total {
-            drop(Place {
-                limits: Arc::clone(self),
-                kind: Kind::Total,
-                screening_limit: settings.screening,
-            });
+            self.total.fetch_sub(1, Ordering::SeqCst);
             return Err(Refusal::Total);
         }
         let client = network(ip, settings).addr();
@@ -278,9 +274,6 @@ impl Limits {
 impl Drop for Place {
     fn drop(&mut self) {
         match self.kind {
-            Kind::Total => {
-                self.limits.total.fetch_sub(1, Ordering::SeqCst);
-            }
             Kind::Screening(network) => {
                 let now = self.limits.screening.fetch_sub(1, Ordering::SeqCst) - 1;
                 self.limits.update_stress(now, self.screening_limit);

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 use crate::resolver::Resolver;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hickory_resolver::proto::op::{Message, ResponseCode};
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, Record};
 use lru::LruCache;
 use tokio::sync::oneshot;
 
 use crate::exchange::{Direct, Exchanged};
 use crate::query::query_name;
 pub use crate::resolver::ResolverError;
+use crate::resolver::Servers;
 use crate::score::{score, Answer, Score};
 use crate::site::Site;
 use crate::socket_reuse::SocketReuse;
@@ -117,9 +118,10 @@ impl Dnsbl {
         store: Option<Arc<dyn AnswerStore>>,
     ) -> Result<Self, ResolverError> {
         let provider = SocketReuse::default();
-        let resolver =
-            crate::resolver::build(&settings.nameservers, settings.timeout, provider.clone())?;
-        let direct = crate::resolver::single_server(&settings.nameservers)
+        let servers = Servers::new(&settings.nameservers)?;
+        let resolver = servers.resolver(settings.timeout, provider.clone())?;
+        let direct = servers
+            .single()
             .map(|server| Direct::new(server, provider.clone()));
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
@@ -315,15 +317,8 @@ impl Dnsbl {
     async fn resolve_fully(&self, name: &str) -> Answer {
         match self.resolver.ipv4_lookup(name).await {
             Ok(lookup) => {
-                let mut ttl = u32::MAX;
-                let mut addresses = Vec::new();
-                for record in lookup.answers() {
-                    if let RData::A(a) = &record.data {
-                        addresses.push(a.0);
-                        ttl = ttl.min(record.ttl);
-                    }
-                }
-                Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
+                let (addresses, ttl) = a_records(lookup.answers());
+                Answer::from_addresses(addresses, ttl)
             }
             Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
                 let ttl = error
@@ -366,21 +361,27 @@ fn answer_of(response: &Message) -> Answer {
             }
         }
     }
-    let mut ttl = u32::MAX;
-    let mut addresses = Vec::new();
-    for record in &response.answers {
-        if let RData::A(a) = &record.data {
-            addresses.push(a.0);
-            ttl = ttl.min(record.ttl);
-        }
-    }
+    let (addresses, ttl) = a_records(&response.answers);
     if addresses.is_empty() {
         let ttl = negative_ttl(response).unwrap_or(0);
         return Answer::NotListed {
             ttl: Duration::from_secs(u64::from(ttl)),
         };
     }
-    Answer::from_addresses(addresses, Duration::from_secs(u64::from(ttl)))
+    Answer::from_addresses(addresses, ttl)
+}
+
+/// The A values among `records`, and their smallest TTL.
+fn a_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> (Vec<Ipv4Addr>, Duration) {
+    let mut ttl = u32::MAX;
+    let mut addresses = Vec::new();
+    for record in records {
+        if let RData::A(a) = &record.data {
+            addresses.push(a.0);
+            ttl = ttl.min(record.ttl);
+        }
+    }
+    (addresses, Duration::from_secs(u64::from(ttl)))
 }
 
 /// The negative-caching TTL of a response (RFC 2308): the smaller of its

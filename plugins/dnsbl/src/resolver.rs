@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 
 use crate::socket_reuse::SocketReuse;
@@ -21,18 +21,22 @@ pub type Resolver = hickory_resolver::Resolver<SocketReuse>;
 #[error("cannot set up the DNS resolver: {0}")]
 pub struct ResolverError(String);
 
-/// A resolver asking `nameservers` (empty: the system's, from
-/// `/etc/resolv.conf`), each query within `timeout`, over the sockets of
-/// `provider` (which the caller keeps, to close its idle sockets after a
-/// flood).
-pub fn build(
-    nameservers: &[SocketAddr],
-    timeout: Duration,
-    provider: SocketReuse,
-) -> Result<Resolver, ResolverError> {
-    let mut builder = if nameservers.is_empty() {
-        Resolver::builder(provider).map_err(|e| ResolverError(e.to_string()))?
-    } else {
+/// The name servers to ask, read once: the configured ones, or the
+/// system's (`/etc/resolv.conf`, with its options).
+#[derive(Debug)]
+pub struct Servers {
+    config: ResolverConfig,
+    options: ResolverOpts,
+}
+
+impl Servers {
+    /// `nameservers`, or the system's when it is empty.
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolverError> {
+        if nameservers.is_empty() {
+            let (config, options) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| ResolverError(e.to_string()))?;
+            return Ok(Self { config, options });
+        }
         let servers = nameservers
             .iter()
             .map(|address| {
@@ -43,36 +47,42 @@ pub fn build(
                 NameServerConfig::new(address.ip(), true, vec![udp, tcp])
             })
             .collect();
-        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-    };
-    let options = builder.options_mut();
-    options.timeout = timeout;
-    options.attempts = 1;
-    options.cache_size = 0;
-    options.use_hosts_file = ResolveHosts::Never;
-    options.ndots = 0;
-    builder.build().map_err(|e| ResolverError(e.to_string()))
-}
+        Ok(Self {
+            config: ResolverConfig::from_name_servers(servers),
+            options: ResolverOpts::default(),
+        })
+    }
 
-/// The one name server a resolver built from `nameservers` would ask over
-/// UDP, if it has exactly one: the configured one, or the system's only
-/// one.
-pub fn single_server(nameservers: &[SocketAddr]) -> Option<SocketAddr> {
-    match nameservers {
-        [one] => Some(*one),
-        [] => {
-            let (config, _) = hickory_resolver::system_conf::read_system_conf().ok()?;
-            let mut udp = config.name_servers().iter().flat_map(|server| {
-                server
-                    .connections
-                    .iter()
-                    .filter(|connection| connection.protocol == ProtocolConfig::Udp)
-                    .map(|connection| SocketAddr::new(server.ip, connection.port))
-            });
-            let first = udp.next()?;
-            udp.next().is_none().then_some(first)
-        }
-        _ => None,
+    /// The one server asked over UDP, if there is exactly one.
+    pub fn single(&self) -> Option<SocketAddr> {
+        let mut udp = self.config.name_servers().iter().flat_map(|server| {
+            server
+                .connections
+                .iter()
+                .filter(|connection| connection.protocol == ProtocolConfig::Udp)
+                .map(|connection| SocketAddr::new(server.ip, connection.port))
+        });
+        let first = udp.next()?;
+        udp.next().is_none().then_some(first)
+    }
+
+    /// A resolver asking these servers, each query within `timeout`, over
+    /// the sockets of `provider` (which the caller keeps, to close its idle
+    /// sockets after a flood).
+    pub fn resolver(
+        &self,
+        timeout: Duration,
+        provider: SocketReuse,
+    ) -> Result<Resolver, ResolverError> {
+        let mut builder = Resolver::builder_with_config(self.config.clone(), provider);
+        let options = builder.options_mut();
+        *options = self.options.clone();
+        options.timeout = timeout;
+        options.attempts = 1;
+        options.cache_size = 0;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.ndots = 0;
+        builder.build().map_err(|e| ResolverError(e.to_string()))
     }
 }
 
@@ -84,7 +94,7 @@ mod tests {
     fn one_configured_server_is_single() {
         let one: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let two: SocketAddr = "127.0.0.2:53".parse().unwrap();
-        assert_eq!(single_server(&[one]), Some(one));
-        assert_eq!(single_server(&[one, two]), None);
+        assert_eq!(Servers::new(&[one]).unwrap().single(), Some(one));
+        assert_eq!(Servers::new(&[one, two]).unwrap().single(), None);
     }
 }

@@ -59,6 +59,16 @@ struct Idle {
 }
 
 impl Idle {
+    /// A fresh socket, bound to `local`.
+    fn new(socket: UdpSocket, local: SocketAddr) -> Self {
+        Self {
+            socket,
+            local,
+            queries: 0,
+            born: Instant::now(),
+        }
+    }
+
     fn spent(&self, now: Instant) -> bool {
         self.queries >= MAX_QUERIES || now.saturating_duration_since(self.born) >= MAX_AGE
     }
@@ -100,12 +110,7 @@ impl SocketReuse {
         };
         let idle = match self.reuse(any) {
             Some(idle) => idle,
-            None => Idle {
-                socket: bind_random(any)?,
-                local: any,
-                queries: 0,
-                born: Instant::now(),
-            },
+            None => Idle::new(bind_random(any)?, any),
         };
         Ok(self.lent(idle))
     }
@@ -161,12 +166,7 @@ impl RuntimeProvider for SocketReuse {
         Box::pin(async move {
             let idle = match reused {
                 Some(idle) => idle,
-                None => Idle {
-                    socket: UdpSocket::bind(local_addr).await?,
-                    local: local_addr,
-                    queries: 0,
-                    born: Instant::now(),
-                },
+                None => Idle::new(UdpSocket::bind(local_addr).await?, local_addr),
             };
             Ok(this.lent(idle))
         })

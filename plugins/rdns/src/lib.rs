@@ -27,7 +27,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use doorman_dnsbl::resolver::{self, Resolver, ResolverError};
+use doorman_dnsbl::resolver::{Resolver, ResolverError, Servers};
 use doorman_dnsbl::socket_reuse::SocketReuse;
 use doorman_gate_api::{
     Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
@@ -94,7 +94,8 @@ impl RdnsGate {
     /// lookups are made.
     pub fn new(settings: Settings) -> Result<Self, ResolverError> {
         let sockets = SocketReuse::default();
-        let resolver = resolver::build(&settings.nameservers, settings.timeout, sockets.clone())?;
+        let resolver =
+            Servers::new(&settings.nameservers)?.resolver(settings.timeout, sockets.clone())?;
         let capacity = NonZeroUsize::new(settings.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             inner: Arc::new(Inner {
