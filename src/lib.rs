@@ -103,4 +103,5 @@ pub mod session;
 pub mod shared;
 pub mod sink;
 pub mod smtp;
+pub mod tls;
 pub mod waiting_room;

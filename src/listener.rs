@@ -81,6 +81,10 @@ impl Server {
         if let Some(listener) = &agent {
             log::agent_listening(listener.local_addr()?);
         }
+        let skipped = config.skipped_by_starttls();
+        if !skipped.is_empty() {
+            log::starttls_skips_gates(&skipped);
+        }
         let handle = tokio::runtime::Handle::current();
         let room = WaitingRoom::open(move |stream, parked: Box<Parked>, woken| {
             handle.spawn(parked.resume(stream, woken));

@@ -359,6 +359,58 @@ pub fn command_limit(client: SocketAddr, limit: Limit, after: &str) {
     );
 }
 
+/// The engine's STARTTLS handshake completed (Postfix's line; doorman
+/// asks for no client certificate, so the session is "Anonymous").
+pub fn tls_established(client: SocketAddr, summary: &crate::tls::TlsSummary) {
+    info!(
+        "Anonymous TLS connection established from {}: {summary}",
+        Endpoint(client)
+    );
+}
+
+/// The engine's STARTTLS handshake failed: Postfix's `SSL_accept error`
+/// line, and for a client that left or went silent smtpd's `lost
+/// connection` or `timeout after STARTTLS` line.
+pub fn tls_failed(client: SocketAddr, error: &crate::tls::HandshakeError) {
+    use crate::tls::HandshakeError;
+    info!(
+        "SSL_accept error from {}: {}",
+        Endpoint(client),
+        escape(error.to_string().as_bytes(), 200)
+    );
+    match error {
+        HandshakeError::Lost => info!("lost connection after STARTTLS from {}", Endpoint(client)),
+        HandshakeError::Timeout => info!("timeout after STARTTLS from {}", Endpoint(client)),
+        HandshakeError::Refused(_) => {}
+    }
+}
+
+/// Plain text the client sent behind its STARTTLS was thrown away, never
+/// read inside TLS (the CVE-2011-0411 class of injection).
+pub fn plaintext_after_starttls(client: SocketAddr, input: &[u8]) {
+    warn!(
+        "warning: {} bytes of plaintext after STARTTLS from {} discarded: {}",
+        input.len(),
+        Endpoint(client),
+        escape(input, SHOWN_INPUT)
+    );
+}
+
+/// Clients that send STARTTLS skip the engine's gates, because no `[tls]`
+/// is configured and they are handed to the backend at their STARTTLS.
+pub fn starttls_skips_gates(skipped: &[&str]) {
+    warn!("warning: {}", crate::tls::skip_warning(skipped));
+}
+
+/// A backend's STARTTLS failed; the client goes to the next backend.
+pub fn backend_tls_failed(backend: SocketAddr, error: &io::Error) {
+    warn!(
+        "warning: backend {}: STARTTLS failed: {}",
+        Endpoint(backend),
+        escape(error.to_string().as_bytes(), 200)
+    );
+}
+
 /// A session that doorman ended itself, without a handoff.
 pub fn disconnect(client: SocketAddr) {
     info!("DISCONNECT {}", Endpoint(client));

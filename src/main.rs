@@ -164,6 +164,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(loaded) => {
+                match doorman::tls::check(&loaded) {
+                    Ok(warnings) => {
+                        for warning in warnings {
+                            eprintln!("warning: {warning}");
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("{error}");
+                        return ExitCode::from(1);
+                    }
+                }
                 println!(
                     "{}: ok ({} listeners, {} backends, {} proxy hosts)",
                     config.display(),

@@ -106,6 +106,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    result: &'static str,
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WokenLabels {
     woken: &'static str,
 }
@@ -163,6 +169,7 @@ pub struct Metrics {
     backend_cluster: Family<ClusterLabels, Gauge>,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
     room: RoomMetrics,
 }
 
@@ -239,6 +246,12 @@ impl Default for Metrics {
             "Config reloads by result",
             reloads.clone(),
         );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "doorman_tls_handshakes",
+            "TLS handshakes, by result (ok, timeout, lost, refused; backend_failed for doorman's own to a backend) and version",
+            handshakes.clone(),
+        );
         let room = RoomMetrics::register(&mut registry);
         Self {
             registry,
@@ -254,6 +267,7 @@ impl Default for Metrics {
             backend_cluster,
             cache_lookups,
             reloads,
+            handshakes,
             room,
         }
     }
@@ -322,6 +336,14 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "refused" },
             })
+            .inc();
+    }
+
+    /// Counts a TLS handshake: its `result` and the `version` agreed
+    /// (`none` when it failed).
+    pub fn tls_handshake(&self, result: &'static str, version: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { result, version })
             .inc();
     }
 

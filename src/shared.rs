@@ -14,6 +14,7 @@ use crate::handoff::Pool;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::screen::Thresholds;
+use crate::tls::{ServerTls, TlsError};
 
 /// What outlives a config reload: connection counts, metrics, and the
 /// gates this build knows.
@@ -44,6 +45,9 @@ pub enum SharedError {
     /// A gate could not be built.
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// A certificate or key of `[tls]` or of a backend could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The state shared by the sessions of one config.
@@ -59,6 +63,8 @@ pub struct Shared {
     pub thresholds: Thresholds,
     /// Clients that passed.
     pub cache: Arc<PassCache>,
+    /// The engine's STARTTLS, when `[tls]` is set.
+    pub tls: Option<ServerTls>,
 }
 
 impl Shared {
@@ -74,6 +80,9 @@ impl Shared {
             Some(cache) => cache,
             None => Arc::new(PassCache::open(&config.cache)?),
         };
+        // Certificates first: a reload that cannot read them keeps the
+        // running config, and the certificates in use, whole.
+        let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
         process.director.keep_in(cache.record_store());
         let pipeline = process.registry.build(
             &config,
@@ -89,13 +98,14 @@ impl Shared {
                 config.pool.clone(),
                 &config.hostname,
                 Arc::clone(&process.director),
-            )),
+            )?),
             pipeline,
             thresholds: Thresholds {
                 threshold: config.dnsbl.threshold,
                 allowlist_threshold: config.dnsbl.allowlist_threshold,
             },
             cache,
+            tls,
             config: Arc::new(config),
         })
     }

@@ -9,6 +9,7 @@
 mod hosts;
 mod screening;
 mod sections;
+mod tls;
 
 use crate::gates::{Registry, BUILT_IN, DEFAULT_ORDER};
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 pub use hosts::ProxyHosts;
 pub use screening::*;
 pub use sections::*;
+pub use tls::*;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,8 @@ struct ConfigFile {
     admin: AdminSection,
     #[serde(default)]
     deep_tests: DeepTestsSection,
+    #[serde(default)]
+    tls: Option<TlsSection>,
 }
 
 /// A loaded, checked configuration with the files it names.
@@ -144,6 +148,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The `[deep_tests]` section.
     pub deep_tests: DeepTestsSection,
+    /// The `[tls]` section, paths resolved; `None`: the engine offers no
+    /// STARTTLS of its own.
+    pub tls: Option<TlsSection>,
 }
 
 impl Config {
@@ -180,6 +187,32 @@ impl Config {
         .into_iter()
         .min()
         .unwrap_or_default()
+    }
+}
+
+impl Config {
+    /// What a client that sends STARTTLS skips when no `[tls]` is set (it
+    /// is handed to the backend at its STARTTLS): the engine's gates and
+    /// deep tests that are on. Empty when `[tls]` is set.
+    pub fn skipped_by_starttls(&self) -> Vec<&'static str> {
+        if self.tls.is_some() {
+            return Vec::new();
+        }
+        let deep = &self.deep_tests;
+        let mut skipped = Vec::new();
+        if self.gates.iter().any(|gate| gate == "greylist") {
+            skipped.push("greylisting");
+        }
+        if self.gates.iter().any(|gate| gate == "policy") {
+            skipped.push("the policy service");
+        }
+        if [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
+            .iter()
+            .any(|test| test.enable)
+        {
+            skipped.push("the deep tests");
+        }
+        skipped
     }
 }
 
@@ -414,6 +447,37 @@ impl Config {
             }
             None => None,
         };
+        let mut tls = file.tls;
+        if let Some(tls) = &mut tls {
+            if tls.certificates.is_empty() {
+                return Err(invalid(
+                    "[tls]",
+                    "[tls] needs at least one [[tls.certificate]] (chain and key)".into(),
+                ));
+            }
+            if tls.handshake_timeout.is_zero() {
+                return Err(invalid(
+                    "handshake_timeout",
+                    "tls handshake_timeout must be above 0".into(),
+                ));
+            }
+            for certificate in &mut tls.certificates {
+                certificate.chain = base.join(&certificate.chain);
+                certificate.key = base.join(&certificate.key);
+            }
+        }
+        let mut backends = file.backends;
+        for backend in &mut backends {
+            if let Some(ca) = &backend.tls_ca_file {
+                backend.tls_ca_file = Some(base.join(ca));
+            }
+            if backend.tls_verify && backend.tls_ca_file.is_none() {
+                return Err(invalid(
+                    "tls_verify",
+                    format!("backend {}: tls_verify needs tls_ca_file", backend.address),
+                ));
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             hostname: file.hostname,
@@ -422,7 +486,7 @@ impl Config {
             proxy,
             proxy_hosts,
             listeners: file.listeners,
-            backends: file.backends,
+            backends,
             routes,
             access,
             access_list,
@@ -440,6 +504,7 @@ impl Config {
             admin,
             admin_token,
             deep_tests: file.deep_tests,
+            tls,
         })
     }
 }

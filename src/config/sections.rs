@@ -136,6 +136,20 @@ pub struct BackendConfig {
     /// The cluster it belongs to; `""` is the default cluster.
     #[serde(default)]
     pub cluster: String,
+    /// How a client whose TLS doorman terminated reaches it; unset:
+    /// STARTTLS when the backend's EHLO announces it, else plain text.
+    #[serde(default)]
+    pub tls: Option<super::BackendTls>,
+    /// Whether the backend's certificate is verified (against
+    /// `tls_ca_file`, for `tls_server_name`); off, as Postfix's `may`.
+    #[serde(default)]
+    pub tls_verify: bool,
+    /// The CA certificates (PEM) that verify the backend.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the backend's certificate must hold, and the SNI sent.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// A `[[route]]` as written: which clients go to a cluster.

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use doorman_gate_api::{Action, Client, Command, Envelope, Stage, Verdict};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::pool::{read_reply, REPLY_TIMEOUT};
@@ -57,13 +56,17 @@ pub struct Gates<'a> {
 /// Runs the gated relay until the plain relay may take over (see the
 /// module docs). `buffer` holds the client's bytes not read yet, `pending`
 /// the backend's.
-pub async fn relay_gated(
-    client: &mut TcpStream,
+pub async fn relay_gated<C, B>(
+    client: &mut C,
     buffer: &mut BytesMut,
-    backend: &mut TcpStream,
+    backend: &mut B,
     pending: &mut BytesMut,
     mut gates: Gates<'_>,
-) -> Result<Gated, RelayError> {
+) -> Result<Gated, RelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         if starts_like_header(buffer) == Prefix::Header {
             return Err(RelayError::ProxyHeader(buffer.to_vec()));

@@ -14,5 +14,5 @@ pub mod pool;
 pub mod relay;
 pub mod xclient;
 
-pub use pool::{read_reply, BackendStatus, Connected, NoBackend, Pool, REPLY_TIMEOUT};
+pub use pool::{read_reply, BackendStatus, Connected, NoBackend, Pool, TlsHandoff, REPLY_TIMEOUT};
 pub use relay::{relay, RelayError};

@@ -18,17 +18,19 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use doorman_gate_api::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::balance::{self, Candidate};
 use super::xclient;
-use crate::config::{BackendConfig, PoolSection, SendProxy};
+use crate::config::{BackendConfig, BackendTls, PoolSection, SendProxy};
 use crate::director::Director;
 use crate::log;
 use crate::proxy::write;
 use crate::smtp::response::complete_reply;
+use crate::tls::backend::BackendTlsClient;
+use crate::tls::{Channel, TlsError, TlsSummary};
 use tokio_util::sync::CancellationToken;
 
 /// The longest reply doorman reads from a backend.
@@ -49,6 +51,10 @@ pub struct NoBackend;
 pub struct BackendState {
     /// Its config.
     pub config: BackendConfig,
+    /// How doorman starts TLS with it.
+    tls: BackendTlsClient,
+    /// Whether its EHLO announced STARTTLS at the last good check.
+    announces_starttls: AtomicBool,
     healthy: AtomicBool,
     /// Consecutive (successes, failures) of checks.
     streak: Mutex<(u32, u32)>,
@@ -88,8 +94,9 @@ impl Drop for Lease {
 /// greeted it.
 #[derive(Debug)]
 pub struct Connected {
-    /// The connection.
-    pub stream: TcpStream,
+    /// The connection, in TLS when the client's is and the backend takes
+    /// STARTTLS.
+    pub stream: Channel<TcpStream>,
     /// The client's place at the backend.
     pub lease: Lease,
     /// The backend's greeting (after XCLIENT, its fresh one): a 220, or the
@@ -116,30 +123,33 @@ pub struct Pool {
 
 impl Pool {
     /// A pool over `backends`; all count as healthy until the first checks.
+    /// Fails when a backend's TLS settings (its CA file) cannot be used.
     pub fn new(
         backends: Vec<BackendConfig>,
         settings: PoolSection,
         hostname: &str,
         director: Arc<Director>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
             backends: backends
                 .into_iter()
                 .map(|config| {
-                    Arc::new(BackendState {
+                    Ok(Arc::new(BackendState {
+                        tls: BackendTlsClient::new(&config)?,
                         config,
+                        announces_starttls: AtomicBool::new(false),
                         healthy: AtomicBool::new(true),
                         streak: Mutex::new((0, 0)),
                         active: AtomicUsize::new(0),
-                    })
+                    }))
                 })
-                .collect(),
+                .collect::<Result<_, TlsError>>()?,
             settings,
             hostname: hostname.to_string(),
             tick: AtomicUsize::new(0),
             keywords: Arc::new(Mutex::new(None)),
             director,
-        }
+        })
     }
 
     /// Checks every backend once, all at once, and takes the results as
@@ -153,6 +163,7 @@ impl Pool {
             checks.spawn(async move {
                 let healthy = match probe(&backend.config, &hostname).await {
                     Ok(found) => {
+                        backend.learn(found.as_deref());
                         if let (Some(found), Ok(mut keywords)) = (found, keywords_slot.lock()) {
                             *keywords = Some(found);
                         }
@@ -217,8 +228,15 @@ impl Pool {
     }
 
     /// Connects `client` to the best backend of `cluster` that takes it,
-    /// falling over to the next ones.
-    pub async fn connect(&self, client: &Client, cluster: &str) -> Result<Connected, NoBackend> {
+    /// falling over to the next ones. `tls`: the client's TLS session,
+    /// which doorman terminated; a backend whose STARTTLS fails counts as
+    /// one that failed to connect.
+    pub async fn connect(
+        &self,
+        client: &Client,
+        cluster: &str,
+        tls: Option<TlsHandoff<'_>>,
+    ) -> Result<Connected, NoBackend> {
         let candidates: Vec<Candidate> = self
             .backends
             .iter()
@@ -248,7 +266,7 @@ impl Pool {
             if backend.config.max_connections > 0 && active >= backend.config.max_connections {
                 continue;
             }
-            match open(&backend.config, client, &self.hostname).await {
+            match open(backend, client, &self.hostname, tls).await {
                 Ok((stream, greeting, pending)) => {
                     return Ok(Connected {
                         stream,
@@ -288,6 +306,38 @@ impl Pool {
     }
 }
 
+impl BackendState {
+    /// Takes what a good check learned: whether the EHLO announced
+    /// STARTTLS.
+    fn learn(&self, keywords: Option<&[String]>) {
+        let starttls = keywords.is_some_and(|keywords| {
+            keywords
+                .iter()
+                .any(|keyword| keyword.eq_ignore_ascii_case("STARTTLS"))
+        });
+        self.announces_starttls.store(starttls, Ordering::Relaxed);
+    }
+
+    /// Whether a client whose TLS doorman terminated reaches this backend
+    /// over STARTTLS: as configured, else when its EHLO announces it.
+    fn takes_starttls(&self) -> bool {
+        match self.config.tls {
+            Some(BackendTls::Starttls) => true,
+            Some(BackendTls::None) => false,
+            None => self.announces_starttls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A client whose TLS doorman terminated, handed to a backend.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsHandoff<'a> {
+    /// The client's TLS session.
+    pub summary: &'a TlsSummary,
+    /// The client's EHLO line, sent before STARTTLS too.
+    pub ehlo: &'a [u8],
+}
+
 async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
@@ -296,6 +346,7 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
         let result = probe(&backend.config, &pool.hostname).await;
         match &result {
             Ok(Some(found)) => {
+                backend.learn(Some(found));
                 if let Ok(mut keywords) = pool.keywords.lock() {
                     *keywords = Some(found.clone());
                 }
@@ -313,26 +364,92 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
 /// A backend that dies or hangs before greeting is an error, so the client,
 /// which has seen nothing of it yet, goes to the next backend.
 async fn open(
-    backend: &BackendConfig,
+    state: &BackendState,
     client: &Client,
     hostname: &str,
-) -> io::Result<(TcpStream, Vec<u8>, BytesMut)> {
+    tls: Option<TlsHandoff<'_>>,
+) -> io::Result<(Channel<TcpStream>, Vec<u8>, BytesMut)> {
+    let backend = &state.config;
     let mut stream = connect(backend).await?;
-    let header = match backend.send_proxy {
-        SendProxy::V2 => write::encode_v2(client.address, client.destination)?,
-        SendProxy::V1 => write::encode_v1(client.address, client.destination),
-        SendProxy::None => Vec::new(),
-        SendProxy::Xclient => {
-            let greeting = xclient_dialogue(&mut stream, backend, client, hostname).await?;
-            return Ok((stream, greeting, BytesMut::new()));
+    let starttls = tls.filter(|_| state.takes_starttls());
+    // A client whose TLS ends here, going on in plain text: a v2 header
+    // says what its TLS was (HAProxy's SSL TLV).
+    let ssl = match (tls, starttls) {
+        (Some(handoff), None) => write::ssl_tlv(handoff.summary),
+        _ => Vec::new(),
+    };
+    let (greeting, mut pending) = match backend.send_proxy {
+        SendProxy::Xclient => (
+            xclient_dialogue(&mut stream, backend, client, hostname).await?,
+            BytesMut::new(),
+        ),
+        send_proxy => {
+            let header = match send_proxy {
+                SendProxy::V2 if ssl.is_empty() => {
+                    write::encode_v2(client.address, client.destination)?
+                }
+                SendProxy::V2 => write::encode_v2_with_tlvs(
+                    client.address,
+                    client.destination,
+                    &[(write::PP2_TYPE_SSL, &ssl)],
+                    false,
+                )?,
+                SendProxy::V1 => write::encode_v1(client.address, client.destination),
+                _ => Vec::new(),
+            };
+            if !header.is_empty() {
+                stream.write_all(&header).await?;
+            }
+            let mut pending = BytesMut::new();
+            let greeting = read_reply(&mut stream, &mut pending, REPLY_TIMEOUT).await?;
+            (greeting, pending)
         }
     };
-    if !header.is_empty() {
-        stream.write_all(&header).await?;
+    match starttls {
+        Some(handoff) if greeting.starts_with(b"220") => {
+            let stream = start_tls(state, stream, &mut pending, handoff.ehlo)
+                .await
+                .inspect_err(|error| log::backend_tls_failed(backend.address, error))?;
+            Ok((stream, greeting, pending))
+        }
+        _ => Ok((Channel::Plain(stream), greeting, pending)),
     }
-    let mut pending = BytesMut::new();
-    let greeting = read_reply(&mut stream, &mut pending, REPLY_TIMEOUT).await?;
-    Ok((stream, greeting, pending))
+}
+
+/// STARTTLS with a backend that greeted: the client's own EHLO, STARTTLS,
+/// and the client handshake. Nothing may follow the backend's 220 before
+/// the handshake (what did would be plaintext injected into TLS).
+async fn start_tls(
+    state: &BackendState,
+    mut stream: TcpStream,
+    pending: &mut BytesMut,
+    ehlo: &[u8],
+) -> io::Result<Channel<TcpStream>> {
+    let refused = |step: &str, reply: &[u8]| {
+        io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("{step}: {}", log::escape(reply, 200)),
+        )
+    };
+    stream.write_all(ehlo).await?;
+    let reply = read_reply(&mut stream, pending, REPLY_TIMEOUT).await?;
+    if !reply.starts_with(b"250") {
+        return Err(refused("EHLO refused", &reply));
+    }
+    stream.write_all(b"STARTTLS\r\n").await?;
+    let reply = read_reply(&mut stream, pending, REPLY_TIMEOUT).await?;
+    if !reply.starts_with(b"220") {
+        return Err(refused("STARTTLS refused", &reply));
+    }
+    if !pending.is_empty() {
+        return Err(refused("bytes after its 220 to STARTTLS", pending));
+    }
+    let session = timeout(REPLY_TIMEOUT, state.tls.connect(stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(Channel::Tls(Box::new(tokio_rustls::TlsStream::Client(
+        session,
+    ))))
 }
 
 /// Banner, EHLO (XCLIENT must be announced), XCLIENT, and the fresh 220.
@@ -373,8 +490,8 @@ async fn xclient_dialogue(
 
 /// Reads one whole (multi-line) reply within `limit`; bytes after it stay
 /// in `buffer`.
-pub async fn read_reply(
-    stream: &mut TcpStream,
+pub async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buffer: &mut BytesMut,
     limit: Duration,
 ) -> io::Result<Vec<u8>> {

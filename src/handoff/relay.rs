@@ -3,40 +3,28 @@
 //! Bytes flow both ways until both sides are done; a half-close on one side
 //! is passed on to the other. Once the backend has finished (an smtpd
 //! closes after QUIT or its own timeouts), the client gets [`LINGER`] to
-//! finish too, so a client that never closes cannot hold the session. The client's first bytes are checked before
-//! any of them reach the backend: a PROXY header there (from a peer that is
-//! not listed, or a second header behind a listed proxy's) would let a
-//! client choose the address a backend believes, so it ends the session.
+//! finish too, so a client that never closes cannot hold the session. The
+//! client's first bytes are checked before any of them reach the backend:
+//! a PROXY header there (from a peer that is not listed, or a second header
+//! behind a listed proxy's) would let a client choose the address a backend
+//! believes, so it ends the session.
+//!
+//! Both directions are polled in one future over any stream, plain or TLS
+//! (as tokio's `copy_bidirectional`): nothing is split or locked, and a TLS
+//! session is flushed whenever its reader has nothing more for now.
 
+use std::future::{poll_fn, Future};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proxy::{starts_like_header, Prefix};
 
 /// The bytes one direction reads at a time.
 const CHUNK: usize = 8192;
-
-/// Copies from `from` to `to` until `from` ends. The buffer's memory is
-/// written only by reads: no zeroing per connection, as tokio's `copy`
-/// does for its own buffer.
-async fn pump<R, W>(from: &mut R, to: &mut W) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = Vec::with_capacity(CHUNK);
-    loop {
-        if from.read_buf(&mut buffer).await? == 0 {
-            return Ok(());
-        }
-        to.write_all(&buffer).await?;
-        buffer.clear();
-    }
-}
 
 /// How long a client may stay after its backend has finished.
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -53,61 +41,153 @@ pub enum RelayError {
     Io(#[from] io::Error),
 }
 
-/// Relays between `client` and `backend`. `early` holds bytes the client
-/// sent before the handoff; they go first.
-pub async fn relay(
-    client: &mut TcpStream,
-    mut backend: TcpStream,
-    mut early: BytesMut,
-) -> Result<(), RelayError> {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut backend_read, mut backend_write) = backend.split();
-    // The first side to finish is passed on as a half-close; the second
-    // needs none: both sockets are closed right after, and the close
-    // sends the FIN (a shutdown then would only fail on a peer already
-    // gone, one system call per connection for nothing).
-    let one_done = AtomicBool::new(false);
-    let to_client = async {
-        pump(&mut backend_read, &mut client_write).await?;
-        if !one_done.swap(true, Ordering::Relaxed) {
-            client_write.shutdown().await?;
+/// Where one direction of the relay is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pumping {
+    /// Nothing written yet: the first bytes must show they are no PROXY
+    /// header (the client's direction only).
+    Guarded,
+    /// Reading and writing.
+    Copying,
+    /// The reader ended; what was read is written and flushed.
+    Ended,
+}
+
+/// One direction: a buffer that only reads write (no zeroing per
+/// connection), and where it is.
+struct Pump {
+    buffer: BytesMut,
+    state: Pumping,
+    unflushed: bool,
+}
+
+impl Pump {
+    fn new(buffer: BytesMut, guarded: bool) -> Self {
+        Self {
+            buffer,
+            state: if guarded {
+                Pumping::Guarded
+            } else {
+                Pumping::Copying
+            },
+            unflushed: false,
         }
-        Ok::<(), RelayError>(())
-    };
-    let to_backend = async {
+    }
+
+    /// Copies from `from` to `to`; ready once `from` has ended and all of
+    /// it is written and flushed.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<Result<(), RelayError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         loop {
-            match starts_like_header(&early) {
-                Prefix::Header => return Err(RelayError::ProxyHeader(early.to_vec())),
-                Prefix::Other => break,
-                Prefix::Undecided => {
-                    early.reserve(64);
-                    if client_read.read_buf(&mut early).await? == 0 {
-                        break;
+            if self.state == Pumping::Guarded {
+                match starts_like_header(&self.buffer) {
+                    Prefix::Header => {
+                        return Poll::Ready(Err(RelayError::ProxyHeader(self.buffer.to_vec())))
                     }
+                    Prefix::Other => self.state = Pumping::Copying,
+                    Prefix::Undecided => {}
                 }
             }
-        }
-        backend_write.write_all(&early).await?;
-        drop(early);
-        pump(&mut client_read, &mut backend_write).await?;
-        if !one_done.swap(true, Ordering::Relaxed) {
-            backend_write.shutdown().await?;
-        }
-        Ok(())
-    };
-    tokio::pin!(to_client, to_backend);
-    tokio::select! {
-        biased;
-        done = &mut to_backend => {
-            done?;
-            to_client.await
-        }
-        done = &mut to_client => {
-            done?;
-            match tokio::time::timeout(LINGER, to_backend).await {
-                Ok(done) => done,
-                Err(_) => Ok(()),
+            if self.state != Pumping::Guarded {
+                while !self.buffer.is_empty() {
+                    let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.buffer))?;
+                    if written == 0 {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    }
+                    self.buffer.advance(written);
+                    self.unflushed = true;
+                }
+            }
+            if self.state == Pumping::Ended {
+                ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            if self.buffer.is_empty() {
+                self.buffer.clear();
+            }
+            self.buffer.reserve(CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buffer) {
+                Poll::Pending => {
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => self.state = Pumping::Ended,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
     }
+}
+
+/// Relays between `client` and `backend`. `early` holds bytes the client
+/// sent before the handoff; they go first, once they show they are no
+/// PROXY header.
+pub async fn relay<C, B>(client: &mut C, backend: &mut B, early: BytesMut) -> Result<(), RelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Pump::new(early, true);
+    let mut down = Pump::new(BytesMut::new(), false);
+    let (mut up_done, mut down_done) = (false, false);
+    // The first side to finish is passed on as a half-close; the second
+    // needs none: both sockets are closed right after, and the close
+    // sends the FIN.
+    let mut closing: Option<bool> = None;
+    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| loop {
+        if let Some(to_client) = closing {
+            let shut = if to_client {
+                Pin::new(&mut *client).poll_shutdown(cx)
+            } else {
+                Pin::new(&mut *backend).poll_shutdown(cx)
+            };
+            // A peer already gone cannot take a half-close; the other
+            // direction still ends the relay.
+            if ready!(shut).is_err() {
+                return Poll::Ready(Ok(()));
+            }
+            closing = None;
+        }
+        if !down_done {
+            if let Poll::Ready(done) = down.poll_copy(cx, backend, client) {
+                done?;
+                down_done = true;
+                if up_done {
+                    return Poll::Ready(Ok(()));
+                }
+                closing = Some(true);
+                linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+                continue;
+            }
+        }
+        if !up_done {
+            if let Poll::Ready(done) = up.poll_copy(cx, client, backend) {
+                done?;
+                up_done = true;
+                if down_done {
+                    return Poll::Ready(Ok(()));
+                }
+                closing = Some(false);
+                continue;
+            }
+        }
+        if let Some(linger) = &mut linger {
+            ready!(linger.as_mut().poll(cx));
+            return Poll::Ready(Ok(()));
+        }
+        return Poll::Pending;
+    })
+    .await
 }

@@ -15,6 +15,31 @@ const V2_PROXY: u8 = 0x21;
 /// A v2 `LOCAL` header with no address block, as HAProxy sends for checks.
 pub const V2_LOCAL: &[u8; 16] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
 
+/// `PP2_TYPE_SSL`: the client spoke TLS to the proxy.
+pub const PP2_TYPE_SSL: u8 = 0x20;
+/// `PP2_SUBTYPE_SSL_VERSION`, inside the SSL TLV.
+const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+/// `PP2_SUBTYPE_SSL_CIPHER`, inside the SSL TLV.
+const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+/// `PP2_CLIENT_SSL`: the connection was made over TLS.
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// The value of the SSL TLV, as HAProxy writes it: the client byte
+/// (`PP2_CLIENT_SSL`), `verify` (non-zero: no client certificate was
+/// verified), then the version and cipher sub-TLVs.
+pub fn ssl_tlv(summary: &crate::tls::TlsSummary) -> Vec<u8> {
+    let mut value = vec![PP2_CLIENT_SSL, 0, 0, 0, 1];
+    for (kind, text) in [
+        (PP2_SUBTYPE_SSL_VERSION, summary.protocol),
+        (PP2_SUBTYPE_SSL_CIPHER, summary.cipher),
+    ] {
+        value.push(kind);
+        value.extend_from_slice(&u16::try_from(text.len()).unwrap_or(0).to_be_bytes());
+        value.extend_from_slice(text.as_bytes());
+    }
+    value
+}
+
 /// Puts both addresses in one family, preferring IPv4.
 fn same_family(source: SocketAddr, destination: SocketAddr) -> (SocketAddr, SocketAddr) {
     let (s, d) = (source.ip().to_canonical(), destination.ip().to_canonical());

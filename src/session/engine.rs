@@ -31,6 +31,9 @@ impl Session {
             config.engine.command_limit,
             keywords,
         );
+        if self.shared.tls.is_some() {
+            engine.offer_starttls();
+        }
         let started = Instant::now();
         loop {
             let step: EngineStep = match next_line(&mut self.buffer, config.engine.line_length) {
@@ -92,9 +95,7 @@ impl Session {
                         _ if config.deep_tests.after_pass == AfterPass::Replay
                             || run.deep.enabled().is_empty() =>
                         {
-                            let mut envelope = engine.envelope();
-                            envelope.score = run.score;
-                            envelope.names = run.names.clone();
+                            let mut envelope = self.envelope(&engine, &run);
                             envelope.recipients.push(transaction.refused.to.clone());
                             let mut lines: Vec<Vec<u8>> =
                                 transaction.helo_line.into_iter().collect();
@@ -127,6 +128,14 @@ impl Session {
                 _ => {}
             }
             self.send(&step.reply).await;
+            if step.event == Some(EngineEvent::StartTls) {
+                if !self.start_tls(&client).await {
+                    log::disconnect(client.address);
+                    return Phase::Closed;
+                }
+                engine.tls_started();
+                continue;
+            }
             match &step.event {
                 Some(EngineEvent::Refused(refused)) => log::noqueue_rcpt(client.address, refused),
                 Some(EngineEvent::NoValidRcpt(verb)) => log::no_valid_rcpt(client.address, verb),
@@ -153,9 +162,7 @@ impl Session {
         run: &EngineRun,
     ) -> Option<Rejection> {
         let (stage, argument) = engine.question(line)?;
-        let mut envelope = engine.envelope();
-        envelope.score = run.score;
-        envelope.names = run.names.clone();
+        let envelope = self.envelope(engine, run);
         let command = Command {
             stage,
             argument: &argument,
@@ -164,6 +171,47 @@ impl Session {
         match self.shared.pipeline.command(client, command).await {
             Verdict::Reject(rejection) if rejection.action != Action::Ignore => Some(rejection),
             _ => None,
+        }
+    }
+
+    /// The dialogue so far, with what the session knows beside it: the
+    /// score, the client's names, its TLS session.
+    fn envelope(&self, engine: &Engine, run: &EngineRun) -> Envelope {
+        let mut envelope = engine.envelope();
+        envelope.score = run.score;
+        envelope.names = run.names.clone();
+        envelope.encryption = self.stream.tls().as_ref().map(Into::into);
+        envelope
+    }
+
+    /// The engine said `220 2.0.0 Ready to start TLS`: plain text the
+    /// client sent behind STARTTLS is thrown away, and the handshake runs
+    /// within `[tls] handshake_timeout`. False when it failed (logged, and
+    /// the connection is done).
+    async fn start_tls(&mut self, client: &Client) -> bool {
+        if !self.buffer.is_empty() {
+            log::plaintext_after_starttls(client.address, &self.buffer);
+            self.buffer = BytesMut::new();
+        }
+        let (Some(tls), Some(plain)) = (self.shared.tls.clone(), self.stream.take_plain()) else {
+            return false;
+        };
+        match tls.accept(plain).await {
+            Ok(session) => {
+                self.stream = Channel::Tls(Box::new(session.into()));
+                let summary = self.stream.tls();
+                let version = summary.as_ref().map_or("none", |summary| summary.protocol);
+                self.process.metrics.tls_handshake("ok", version);
+                if let Some(summary) = &summary {
+                    log::tls_established(client.address, summary);
+                }
+                true
+            }
+            Err(error) => {
+                self.process.metrics.tls_handshake(error.label(), "none");
+                log::tls_failed(client.address, &error);
+                false
+            }
         }
     }
 

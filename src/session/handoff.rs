@@ -44,13 +44,26 @@ impl Session {
         let cluster = shared
             .config
             .cluster_for(client.destination, self.listening);
+        // A client in TLS reaches the backend over STARTTLS, which wants an
+        // EHLO before it: the client's own, else doorman's.
+        let summary = self.stream.tls();
+        let ehlo = match lines.first() {
+            Some(line) if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"EHLO ") => {
+                line.clone()
+            }
+            _ => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
+        };
+        let tls = summary.as_ref().map(|summary| TlsHandoff {
+            summary,
+            ehlo: &ehlo,
+        });
         let Connected {
             stream: mut backend,
             lease: _lease,
             greeting,
             mut pending,
             flush,
-        } = match shared.pool.connect(&client, cluster).await {
+        } = match shared.pool.connect(&client, cluster, tls).await {
             Ok(connected) => connected,
             Err(_) => {
                 self.count(Counted::NoBackend);
@@ -65,7 +78,8 @@ impl Session {
             // refusal of the client included.
             self.send_bytes(&greeting).await;
         } else if !welcome {
-            log::backend_refused(client.address, backend.peer_addr().ok(), &greeting);
+            let address = backend.plain().and_then(|stream| stream.peer_addr().ok());
+            log::backend_refused(client.address, address, &greeting);
             self.count(Counted::NoBackend);
             return self.refuse_busy(teased).await;
         }
@@ -130,7 +144,7 @@ impl Session {
         }
         let early = std::mem::take(&mut self.buffer);
         let relayed = tokio::select! {
-            relayed = relay(&mut self.stream, backend, early) => relayed,
+            relayed = relay(&mut self.stream, &mut backend, early) => relayed,
             _ = flush.cancelled() => {
                 log::flushed(client.address);
                 Ok(())

@@ -42,7 +42,7 @@ use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
 use crate::handoff::gated::{relay_gated, Gated, Gates};
-use crate::handoff::{read_reply, relay, Connected, RelayError, REPLY_TIMEOUT};
+use crate::handoff::{read_reply, relay, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
@@ -54,6 +54,7 @@ use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::{next_line, Line};
 use crate::smtp::reply;
+use crate::tls::Channel;
 use crate::waiting_room::Woken;
 
 /// How long doorman waits for each command of a health check.
@@ -121,9 +122,12 @@ struct PendingPass {
     entry: Entry,
 }
 
+/// A client's socket: plain, or TLS once the engine started it.
+pub type ClientStream = Channel<TcpStream>;
+
 /// A client connection and what doorman knows about it; `S` is its
 /// socket (`()` while the waiting room holds the socket).
-pub struct Session<S = TcpStream> {
+pub struct Session<S = ClientStream> {
     stream: S,
     peer: SocketAddr,
     /// The listener's configured address (the connection's own local
@@ -152,7 +156,7 @@ impl Session {
         process: Arc<Process>,
     ) -> Self {
         Self {
-            stream,
+            stream: Channel::Plain(stream),
             peer: canonical(peer),
             listening: listener.address,
             mode: listener.proxy,
@@ -173,7 +177,9 @@ impl Session {
         cut: CancellationToken,
         token: TaskTrackerToken,
     ) -> impl Future<Output = ()> + Send {
-        let _ = self.stream.set_nodelay(true);
+        if let Some(stream) = self.stream.plain() {
+            let _ = stream.set_nodelay(true);
+        }
         let first = self.first_phase();
         self.run_from(first, cut, token)
     }
@@ -231,6 +237,9 @@ impl Session {
         let (stream, mut session) = self.with_stream(());
         // A parked client holds no buffer (it has sent nothing).
         session.buffer = BytesMut::new();
+        let Some(stream) = stream.into_plain() else {
+            return;
+        };
         match stream.into_std() {
             Ok(stream) => {
                 session.process.metrics.parked();
@@ -252,7 +261,11 @@ impl Session {
         if self.shared.config.proxy_hosts.contains(self.peer.ip()) {
             return Phase::AwaitHeader;
         }
-        let local = canonical(self.stream.local_addr().unwrap_or(self.listening));
+        let local = self
+            .stream
+            .plain()
+            .and_then(|stream| stream.local_addr().ok())
+            .map_or(self.listening, canonical);
         match self.mode {
             ProxyMode::Required => {
                 log::not_a_proxy(self.peer, local);
@@ -518,7 +531,7 @@ impl Parked {
             Ok(stream) => stream,
             Err(error) => return log::waiting_room_failed(&error),
         };
-        let ((), session) = session.with_stream(stream);
+        let ((), session) = session.with_stream(Channel::Plain(stream));
         session
             .run_from(Phase::Wait(Box::new(waiting)), cut, token)
             .await;

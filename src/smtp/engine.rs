@@ -70,6 +70,19 @@ impl Limit {
     }
 }
 
+/// Whether the engine itself speaks STARTTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Starttls {
+    /// No `[tls]`: STARTTLS is the backend's, if it announces it (the
+    /// client is then handed off at its STARTTLS).
+    Backend,
+    /// The engine announces STARTTLS and runs the handshake itself.
+    Offered,
+    /// TLS is on: STARTTLS is no longer announced, and a second one is
+    /// refused.
+    Active,
+}
+
 /// What a RCPT gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RcptPolicy {
@@ -106,6 +119,9 @@ pub enum EngineEvent {
     NoValidRcpt(&'static str),
     /// A limit was reached; `after` is the last command (or `CONNECT`).
     Limit(Limit),
+    /// The client sent STARTTLS and was told to start: the session runs
+    /// the handshake, then calls [`Engine::tls_started`].
+    StartTls,
 }
 
 /// What to do after a command.
@@ -151,6 +167,7 @@ pub struct Engine {
     proto: Proto,
     from: Option<String>,
     mail_line: Vec<u8>,
+    starttls: Starttls,
 }
 
 /// EHLO keywords the engine never announces: PIPELINING (the pipelining
@@ -180,7 +197,30 @@ impl Engine {
             proto: Proto::Smtp,
             from: None,
             mail_line: Vec::new(),
+            starttls: Starttls::Backend,
         }
+    }
+
+    /// The engine announces STARTTLS and answers it itself.
+    pub fn offer_starttls(&mut self) {
+        self.starttls = Starttls::Offered;
+    }
+
+    /// TLS is on: the dialogue starts over (RFC 3207 4.2: the HELO name,
+    /// the sender and everything else the client said is forgotten), and
+    /// STARTTLS is no longer announced.
+    pub fn tls_started(&mut self) {
+        self.starttls = Starttls::Active;
+        self.helo = None;
+        self.helo_line = None;
+        self.proto = Proto::Smtp;
+        self.from = None;
+        self.mail_line.clear();
+    }
+
+    /// Whether the client's dialogue runs inside TLS.
+    pub fn starttls(&self) -> Starttls {
+        self.starttls
     }
 
     /// From now on every RCPT gets `reply` (a failed deep test under
@@ -205,19 +245,39 @@ impl Engine {
     }
 
     fn ehlo_reply(&self) -> String {
+        let starttls = match self.starttls {
+            Starttls::Offered => "250-STARTTLS\r\n",
+            Starttls::Backend | Starttls::Active => "",
+        };
         match &self.keywords {
             None => format!(
-                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n{starttls}250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
                 self.hostname
             ),
             Some(keywords) => {
-                let shown: Vec<&String> = keywords
+                let word = |k: &String| {
+                    k.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase()
+                };
+                let mut shown: Vec<String> = keywords
                     .iter()
                     .filter(|k| {
-                        let word = k.split_whitespace().next().unwrap_or_default();
-                        !WITHHELD.contains(&word.to_ascii_uppercase().as_str())
+                        let word = word(k);
+                        !WITHHELD.contains(&word.as_str())
+                            && (word != "STARTTLS" || self.starttls == Starttls::Backend)
                     })
+                    .cloned()
                     .collect();
+                if self.starttls == Starttls::Offered {
+                    // Where Postfix lists it: before ENHANCEDSTATUSCODES.
+                    let at = shown
+                        .iter()
+                        .position(|k| word(k) == "ENHANCEDSTATUSCODES")
+                        .unwrap_or(shown.len());
+                    shown.insert(at, "STARTTLS".to_string());
+                }
                 let mut reply = format!("250{}{}\r\n", if shown.is_empty() { ' ' } else { '-' }, self.hostname);
                 for (index, keyword) in shown.iter().enumerate() {
                     let dash = if index + 1 == shown.len() { ' ' } else { '-' };
@@ -287,6 +347,7 @@ impl Engine {
             recipients: Vec::new(),
             score: None,
             names: ClientNames::default(),
+            encryption: None,
         }
     }
 
@@ -348,6 +409,18 @@ impl Engine {
                 self.proto = Proto::Esmtp;
                 Step::reply(self.ehlo_reply())
             }
+            "STARTTLS" if self.starttls == Starttls::Offered && !argument.is_empty() => {
+                Step::reply("501 5.5.4 Syntax: STARTTLS\r\n")
+            }
+            "STARTTLS" if self.starttls == Starttls::Offered => Step {
+                reply: "220 2.0.0 Ready to start TLS\r\n".to_string(),
+                event: Some(EngineEvent::StartTls),
+                close: false,
+            },
+            "STARTTLS" if self.starttls == Starttls::Active => {
+                Step::reply("554 5.5.1 Error: TLS already active\r\n")
+            }
+            // The arms above took STARTTLS whenever the engine offers it.
             "STARTTLS" | "AUTH" if self.announces(verb) && self.helo_line.is_some() => Step {
                 reply: String::new(),
                 event: Some(EngineEvent::HandOffAt(raw)),

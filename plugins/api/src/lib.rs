@@ -210,6 +210,19 @@ pub struct Envelope {
     pub score: Option<i32>,
     /// The client's names, when a wait gate learned them.
     pub names: ClientNames,
+    /// The TLS session the dialogue runs in, if the client started one.
+    pub encryption: Option<Encryption>,
+}
+
+/// A client's TLS session, in the words of Postfix's policy protocol.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encryption {
+    /// The protocol (`TLSv1.3`): `encryption_protocol`.
+    pub protocol: String,
+    /// The cipher, as OpenSSL names it: `encryption_cipher`.
+    pub cipher: String,
+    /// The cipher's key size in bits: `encryption_keysize`.
+    pub keysize: u16,
 }
 
 /// The client's host names, as Postfix's smtpd knows them.

@@ -4,8 +4,10 @@ use doorman_gate_api::{Client, Command};
 
 use crate::protocol::attribute;
 
-/// The attributes of a RCPT request, ended by the empty line. Attributes
-/// doorman does not know (TLS, SASL, the size before DATA) are sent empty,
+/// The attributes of a RCPT request, ended by the empty line. The
+/// `encryption_*` ones describe the client's TLS session (empty and 0 in
+/// plain text, as Postfix sends them). Attributes doorman does not know
+/// (client certificates, SASL, the size before DATA) are sent empty,
 /// as Postfix sends unknown values; `client_name` and
 /// `reverse_client_name` come from the reverse-DNS gate, else `unknown`.
 pub fn rcpt(client: &Client, command: &Command<'_>, instance: &str) -> String {
@@ -45,12 +47,25 @@ pub fn rcpt(client: &Client, command: &Command<'_>, instance: &str) -> String {
         "ccert_issuer",
         "ccert_fingerprint",
         "ccert_pubkey_fingerprint",
-        "encryption_protocol",
-        "encryption_cipher",
     ] {
         attribute(&mut request, name, "");
     }
-    attribute(&mut request, "encryption_keysize", "0");
+    let encryption = envelope.encryption.as_ref();
+    attribute(
+        &mut request,
+        "encryption_protocol",
+        encryption.map_or("", |tls| tls.protocol.as_str()),
+    );
+    attribute(
+        &mut request,
+        "encryption_cipher",
+        encryption.map_or("", |tls| tls.cipher.as_str()),
+    );
+    attribute(
+        &mut request,
+        "encryption_keysize",
+        &encryption.map_or(0, |tls| tls.keysize).to_string(),
+    );
     attribute(&mut request, "etrn_domain", "");
     attribute(&mut request, "stress", "");
     attribute(

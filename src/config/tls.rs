@@ -1,0 +1,63 @@
+//! The `[tls]` section (STARTTLS in the built-in engine) and the
+//! backends' TLS settings, as serde reads them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The lowest TLS version the engine's STARTTLS accepts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (the default; 1.0 and 1.1 are refused, as RFC 8996
+    /// asks).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// One `[[tls.certificate]]`: a chain and its key, in PEM.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first.
+    pub chain: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+}
+
+/// The `[tls]` section: when present, the engine offers STARTTLS.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The lowest version accepted.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// How long a client may take over its handshake.
+    #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// The certificates; SNI chooses among them, the first is the default.
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// A minute: a real client finishes in milliseconds, and a silent one
+/// holds a screening place until then.
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// How doorman speaks to a backend when it hands over a client whose TLS
+/// it terminated itself.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendTls {
+    /// STARTTLS to the backend, so both legs are encrypted.
+    Starttls,
+    /// Plain text (a trusted network); a PROXY v2 header carries the
+    /// client's TLS version and cipher in its SSL TLV.
+    None,
+}

@@ -1,0 +1,115 @@
+//! A connection that may have started TLS: plain bytes, or a TLS session
+//! over the same socket. The client's side and a backend's side are both
+//! channels, so the engine, the replay and the relay read and write one
+//! type whichever it is.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::TlsStream;
+
+use super::TlsSummary;
+
+/// A socket, before or after STARTTLS.
+#[derive(Debug)]
+pub enum Channel<S> {
+    /// Plain text.
+    Plain(S),
+    /// TLS over the socket (boxed: a TLS session is tens of KiB, a plain
+    /// connection should not carry its size).
+    Tls(Box<TlsStream<S>>),
+    /// The socket went into a handshake that failed: nothing more to read
+    /// or write.
+    Gone,
+}
+
+impl<S> Channel<S> {
+    /// The plain socket, taken out for a handshake; the channel is `Gone`
+    /// until the TLS session is put back. `None` when TLS is already on.
+    pub fn take_plain(&mut self) -> Option<S> {
+        match std::mem::replace(self, Channel::Gone) {
+            Channel::Plain(stream) => Some(stream),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// The plain socket, if TLS never started.
+    pub fn plain(&self) -> Option<&S> {
+        match self {
+            Channel::Plain(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// The plain socket by value, if TLS never started.
+    pub fn into_plain(self) -> Option<S> {
+        match self {
+            Channel::Plain(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// What the TLS session is, when there is one.
+    pub fn tls(&self) -> Option<TlsSummary> {
+        match self {
+            Channel::Tls(stream) => match stream.as_ref() {
+                TlsStream::Server(stream) => TlsSummary::of(stream.get_ref().1),
+                TlsStream::Client(stream) => TlsSummary::of(stream.get_ref().1),
+            },
+            _ => None,
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed")
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Channel<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Channel::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Channel::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Channel::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Channel<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Channel::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Channel::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Channel::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Channel::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Channel::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Channel::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Channel::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Channel::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Channel::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}

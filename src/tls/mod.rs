@@ -1,0 +1,203 @@
+//! TLS at the front door: STARTTLS in the built-in engine, and STARTTLS to
+//! the backends that clients are replayed into.
+//!
+//! - [`certificates`]: the `[tls]` certificates, and the resolver that
+//!   picks one by SNI and the client's signature schemes.
+//! - [`channel`]: a socket before or after STARTTLS, read and written as
+//!   one type.
+//! - [`backend`]: the client side, for STARTTLS to a backend.
+//! - [`summary`]: a session in Postfix's words (`TLSv1.3 with cipher ...`).
+//!
+//! rustls does the protocol, with the *ring* crypto provider: no OpenSSL
+//! is linked, and *ring* builds with the C compiler alone (aws-lc-rs would
+//! need CMake and a longer build for the same suites here).
+
+pub mod backend;
+pub mod certificates;
+pub mod channel;
+pub mod summary;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
+pub use channel::Channel;
+pub use summary::TlsSummary;
+
+use crate::config::{TlsSection, TlsVersion};
+use certificates::{Certificate, Resolver};
+
+/// Why the TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate, key or CA file is missing, unreadable or wrong.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the settings.
+    #[error("tls: {0}")]
+    Settings(#[from] rustls::Error),
+}
+
+/// Why a client's handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// No handshake within `handshake_timeout`.
+    #[error("timeout")]
+    Timeout,
+    /// The client closed the connection mid-handshake.
+    #[error("lost connection")]
+    Lost,
+    /// The client sent something TLS refuses (rustls's words).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl HandshakeError {
+    /// The metrics label of the failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandshakeError::Timeout => "timeout",
+            HandshakeError::Lost => "lost",
+            HandshakeError::Refused(_) => "refused",
+        }
+    }
+}
+
+/// The engine's side of STARTTLS: its certificates and limits.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerTls(timeout {:?})", self.timeout)
+    }
+}
+
+impl ServerTls {
+    /// Reads the certificates of `section` and builds the server side.
+    pub fn load(section: &TlsSection) -> Result<Self, TlsError> {
+        let certificates = section
+            .certificates
+            .iter()
+            .map(Certificate::load)
+            .collect::<Result<Vec<_>, _>>()?;
+        let versions: &[&rustls::SupportedProtocolVersion] = match section.min_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Resolver::new(certificates)));
+        // A mail server's sessions are one-off: no tickets or session
+        // cache to hold for clients that rarely resume.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            timeout: section.handshake_timeout,
+        })
+    }
+
+    /// Runs the server handshake on `stream` within the handshake timeout.
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+    ) -> Result<tokio_rustls::server::TlsStream<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
+            Err(_) => Err(HandshakeError::Timeout),
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => Err(match error.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => HandshakeError::Lost,
+                _ => HandshakeError::Refused(error.to_string()),
+            }),
+        }
+    }
+}
+
+/// `doorman check`'s TLS checks of `config`: every certificate pair and
+/// backend CA file is loaded (an error fails the check), then the
+/// warnings: certificates that expire soon or do not cover `hostname`,
+/// and the gates a STARTTLS client skips when there is no `[tls]`.
+pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
+    let mut found = Vec::new();
+    if let Some(section) = &config.tls {
+        ServerTls::load(section)?;
+        found.extend(warnings(section, &config.hostname)?);
+    }
+    for backend in &config.backends {
+        backend::BackendTlsClient::new(backend)?;
+    }
+    let skipped = config.skipped_by_starttls();
+    if !skipped.is_empty() {
+        found.push(skip_warning(&skipped));
+    }
+    Ok(found)
+}
+
+/// The warning for a config without `[tls]` whose engine gates a client
+/// skips by sending STARTTLS.
+pub fn skip_warning(skipped: &[&str]) -> String {
+    format!(
+        "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip {}",
+        skipped.join(", ")
+    )
+}
+
+/// How long before its expiry a certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
+
+/// `doorman check`'s warnings about the certificates of `section`: one
+/// that expires within 14 days (or has), and one whose names do not
+/// cover `hostname`.
+fn warnings(section: &TlsSection, hostname: &str) -> Result<Vec<String>, TlsError> {
+    let mut warnings = Vec::new();
+    let soon = SystemTime::now() + EXPIRY_WARNING;
+    for files in &section.certificates {
+        let certificate = Certificate::load(files)?;
+        let chain = certificates::read_chain(&files.chain)?;
+        if let Some(not_after) = chain.first().and_then(|leaf| expiry(leaf)) {
+            if not_after < soon {
+                let days = not_after
+                    .duration_since(SystemTime::now())
+                    .map_or(0, |left| left.as_secs() / 86400);
+                warnings.push(format!(
+                    "{}: the certificate expires in {days} days",
+                    files.chain.display()
+                ));
+            }
+        }
+        if !certificate.covers(hostname) {
+            warnings.push(format!(
+                "{}: the certificate's names do not cover hostname {hostname:?}",
+                files.chain.display()
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// When a certificate expires.
+fn expiry(certificate: &[u8]) -> Option<SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
