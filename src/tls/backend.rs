@@ -34,10 +34,7 @@ impl std::fmt::Debug for BackendTlsClient {
 impl BackendTlsClient {
     /// The TLS client for `backend`'s settings.
     pub fn new(backend: &BackendConfig) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()?;
-        let config = match (&backend.tls_ca_file, backend.tls_verify) {
+        let roots = match (&backend.tls_ca_file, backend.tls_verify) {
             (Some(ca_file), true) => {
                 let mut roots = RootCertStore::empty();
                 for certificate in read_chain(ca_file)? {
@@ -46,13 +43,11 @@ impl BackendTlsClient {
                         message: format!("bad CA certificate: {error}"),
                     })?;
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                Some(roots)
             }
-            _ => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-                .with_no_client_auth(),
+            _ => None,
         };
+        let config = client_config(roots)?;
         let name = backend
             .tls_server_name
             .clone()
@@ -74,6 +69,22 @@ impl BackendTlsClient {
     {
         self.connector.connect(self.name.clone(), stream).await
     }
+}
+
+/// A TLS client config: verifying against `roots`, or, without them,
+/// accepting any certificate (the handshake's signatures are still
+/// checked).
+pub fn client_config(roots: Option<RootCertStore>) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    Ok(match roots {
+        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth(),
+    })
 }
 
 /// Accepts any certificate, but still checks the handshake's signatures,

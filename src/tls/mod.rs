@@ -171,7 +171,7 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
 fn warnings(section: &TlsSection, hostname: &str) -> Result<Vec<String>, TlsError> {
     let mut warnings = Vec::new();
     let soon = SystemTime::now() + EXPIRY_WARNING;
-    for files in &section.certificates {
+    for (index, files) in section.certificates.iter().enumerate() {
         let certificate = Certificate::load(files)?;
         let chain = certificates::read_chain(&files.chain)?;
         if let Some(not_after) = chain.first().and_then(|leaf| expiry(leaf)) {
@@ -186,8 +186,13 @@ fn warnings(section: &TlsSection, hostname: &str) -> Result<Vec<String>, TlsErro
             }
         }
         if !certificate.covers(hostname) {
+            let role = if index == 0 {
+                "the default certificate, given to clients that name no other"
+            } else {
+                "served only to clients that ask for one of its names by SNI"
+            };
             warnings.push(format!(
-                "{}: the certificate's names do not cover hostname {hostname:?}",
+                "{}: the certificate's names do not cover hostname {hostname:?} ({role})",
                 files.chain.display()
             ));
         }
