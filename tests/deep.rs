@@ -5,6 +5,8 @@
 //! real Postfix smtpd, so TLS runs end to end.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use doorman::proxy::{self, Header, Parsed};
 use support::*;
+use tls_support::postfix_with_tls;
 
 const GREETING: &str = "220 mx.doorman.test ESMTP\r\n";
 
@@ -245,34 +248,10 @@ fn reconnect_mode_is_postscreens() {
 
 #[test]
 fn starttls_hands_off_to_a_real_postfix_smtpd_end_to_end() {
-    if !require_program("swaks") || !require_program("openssl") {
+    if !require_program("swaks") {
         return;
     }
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=backend.postfix.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    // smtpd runs as the postfix user: let it read the throwaway key.
-    for (path, mode) in [(certs.path(), 0o755), (key.as_path(), 0o644)] {
-        let mut permissions = std::fs::metadata(path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, mode);
-        std::fs::set_permissions(path, permissions).unwrap();
-    }
-    let Some(postfix) = Postfix::start_delivering(&format!(
-        "smtpd_upstream_proxy_protocol = haproxy\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = may\nsmtpd_tls_loglevel = 1\nrelay_domains = doorman.test\n",
-        cert.display(),
-        key.display()
-    )) else {
+    let Some((postfix, _certs)) = postfix_with_tls("may") else {
         return;
     };
     // swaks connects directly (no proxy is listed), from 127.0.0.5.

@@ -3,6 +3,8 @@
 //! default action; Debian's postgrey greylists through it for real.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -120,9 +122,14 @@ fn serve(stream: impl Read, mut writer: impl Write, recorded: Arc<Mutex<VecDeque
 }
 
 fn start(backend: &FakeBackend, policy: &str, clients: &str) -> Doorman {
+    start_with(backend, policy, clients, "")
+}
+
+/// As [`start`], with `extra` sections (a `[tls]`).
+fn start_with(backend: &FakeBackend, policy: &str, clients: &str, extra: &str) -> Doorman {
     let sections = format!(
         "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n\
-[policy]\naddress = \"{policy}\"\nclients = \"{clients}\"\ntimeout = \"1s\"\n"
+[policy]\naddress = \"{policy}\"\nclients = \"{clients}\"\ntimeout = \"1s\"\n{extra}"
     );
     let config = format!(
         "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"policy\"]\n{}",
@@ -372,4 +379,47 @@ fn a_policy_service_on_a_unix_socket() {
     assert!(recorder
         .request(0)
         .contains("client_address=203.0.113.54\n"));
+}
+
+#[test]
+fn a_client_in_tls_is_described_by_the_encryption_attributes() {
+    if !require_program("openssl") {
+        return;
+    }
+    use tls_support::*;
+    let certs = tempfile::tempdir().unwrap();
+    let pair = certificate(certs.path(), "mx", "mx.doorman.test", Key::Rsa, 30);
+    let recorder = Recorder::start();
+    let backend = FakeBackend::start(true);
+    let doorman = start_with(
+        &backend,
+        &recorder.address,
+        "all",
+        &tls_section(&[pair], ""),
+    );
+    let mut client = connect_as(&doorman, "203.0.113.51");
+    assert_eq!(read_line(&mut client), BANNER);
+    say(&mut client, "STARTTLS\r\n");
+    assert_eq!(read_line(&mut client), "220 2.0.0 Ready to start TLS\r\n");
+    let mut tls = start_tls(client, None);
+    say_tls(
+        &mut tls,
+        "EHLO client.test\r\nMAIL FROM:<s@client.test>\r\n",
+    );
+    assert!(reply_tls(&mut tls).starts_with("250"));
+    assert_eq!(reply_tls(&mut tls), "250 2.1.0 Ok\r\n");
+    // The first RCPT in the engine, the second through the gated relay.
+    for to in ["ok", "dunno"] {
+        say_tls(&mut tls, &format!("RCPT TO:<{to}@doorman.test>\r\n"));
+        assert_eq!(reply_tls(&mut tls), "250 2.0.0 ok\r\n", "{to}");
+    }
+    for n in 0..2 {
+        let request = recorder.request(n);
+        assert!(
+            request.contains(
+                "encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\n"
+            ),
+            "{request}"
+        );
+    }
 }

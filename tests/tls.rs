@@ -539,3 +539,105 @@ fn check_warns_of_expiry_names_and_skipped_gates() {
         Duration::from_secs(5),
     );
 }
+
+/// doorman scoring with rbldnsd (127.0.0.2 is listed in bl.test at weight
+/// 1), greylisting from 1 with a 2 s delay, offering STARTTLS, in front of
+/// `postfix`; swaks reaches it directly (no proxy is listed).
+fn greylisting_in_front_of(postfix: SocketAddr, dns: SocketAddr, certs: &Path) -> Doorman {
+    let pair = certificate(certs, "mx", "mx.doorman.test", Key::Rsa, 30);
+    let sections = format!(
+        "[greet]\nbanner = \"\"\nwait = \"2s\"\n[cache]\nstore = \"memory\"\n\
+[dnsbl]\nsites = [\"bl.test=127.0.0.2\"]\nthreshold = 5\naction = \"enforce\"\ntimeout = \"2s\"\nnameservers = [\"{dns}\"]\n\
+[greylist]\nthreshold = 1\ndelay = \"2s\"\nretry_window = \"1h\"\n{}",
+        tls_section(&[pair], "")
+    );
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"greylist\"]\n{}",
+        config_with(postfix, "v2", "", "5s", &sections)
+    );
+    Doorman::start(&config, "127.0.0.200\n")
+}
+
+/// swaks with STARTTLS from 127.0.0.2; its exit status and transcript.
+fn swaks_tls(doorman: &Doorman) -> (bool, String) {
+    let out = std::process::Command::new("swaks")
+        .args(["--server", &doorman.address.to_string()])
+        .args(["--local-interface", "127.0.0.2"])
+        .args(["--from", "alice@client.test", "--to", "bob@doorman.test"])
+        .args(["--tls", "--timeout", "20"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A doubtful client that encrypts is greylisted inside TLS on first
+/// contact, and its retry is replayed into Postfix over STARTTLS.
+fn greylisted_in_tls_then_delivered(level: &str) {
+    if !require_program("swaks") {
+        return;
+    }
+    let Some(dns) = Rbldnsd::start() else { return };
+    let Some((postfix, _backend_certs)) = postfix_with_tls(level) else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let doorman = greylisting_in_front_of(postfix.address(), dns.address, certs.path());
+    let (delivered, transcript) = swaks_tls(&doorman);
+    assert!(!delivered, "{transcript}");
+    assert!(
+        transcript.contains("<-  220 2.0.0 Ready to start TLS"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("=== TLS started with cipher"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("CN=mx.doorman.test"),
+        "doorman's certificate: {transcript}"
+    );
+    assert!(
+        transcript.contains(
+            "<~* 450 4.2.0 <bob@doorman.test>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/doorman.test.html"
+        ),
+        "greylisted inside TLS: {transcript}"
+    );
+    doorman.log.wait_for(
+        "Anonymous TLS connection established from [127.0.0.2]:",
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let (delivered, transcript) = swaks_tls(&doorman);
+    assert!(delivered, "{transcript}");
+    assert!(
+        transcript.contains("<~  250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
+    doorman
+        .log
+        .wait_for("greylist: pass for [127.0.0.2]:", Duration::from_secs(5));
+    // Postfix saw a TLS session of its own, for the real client.
+    let line = postfix.wait_for_log(
+        "TLS connection established from unknown[127.0.0.2]",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("TLSv1."), "{line}");
+    postfix.wait_for_log("from=<alice@client.test>", Duration::from_secs(10));
+}
+
+#[test]
+fn a_doubtful_client_in_tls_is_greylisted_then_delivered_over_tls() {
+    greylisted_in_tls_then_delivered("may");
+}
+
+#[test]
+fn a_backend_that_demands_encryption_takes_the_replay() {
+    greylisted_in_tls_then_delivered("encrypt");
+}

@@ -187,3 +187,26 @@ pub fn s_client(address: std::net::SocketAddr, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A Postfix smtpd that takes PROXY v2, delivers for doorman.test (into
+/// discard) and offers STARTTLS at `level` (`may` or `encrypt`) with a
+/// throwaway certificate for backend.postfix.test; the folder holds it.
+pub fn postfix_with_tls(level: &str) -> Option<(super::support::Postfix, tempfile::TempDir)> {
+    if !super::support::require_program("openssl") {
+        return None;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(certs.path(), "backend", "backend.postfix.test", Key::Rsa, 2);
+    // smtpd runs as the postfix user: let it read the throwaway key.
+    for (path, mode) in [(certs.path(), 0o755), (key.as_path(), 0o644)] {
+        let mut permissions = std::fs::metadata(path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, mode);
+        std::fs::set_permissions(path, permissions).unwrap();
+    }
+    let postfix = super::support::Postfix::start_delivering(&format!(
+        "smtpd_upstream_proxy_protocol = haproxy\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = {level}\nsmtpd_tls_loglevel = 1\nrelay_domains = doorman.test\n",
+        cert.display(),
+        key.display()
+    ))?;
+    Some((postfix, certs))
+}
