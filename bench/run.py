@@ -6,7 +6,7 @@ of medians with the ratios to the anchors. See bench/README.md.
 Needs root (Postfix's postscreen instance), and Debian's haproxy, postfix
 (smtp-sink, smtp-source, postscreen) and rbldnsd.
 """
-import argparse, os, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, collections, os, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOORMAN = os.path.join(ROOT, "target", "release", "doorman")
@@ -138,7 +138,9 @@ def drain_queues(limit=300):
         time.sleep(0.5)
 
 
-def postfix(tmp, procs, sink_port, extra):
+def postfix(tmp, procs, sink_port, extra, front="postscreen"):
+    """A private Postfix relaying to smtp-sink; its port listens with
+    `front`: "postscreen" (then smtpd by fd passing) or "smtpd" itself."""
     base = tempfile.mkdtemp(dir=tmp, prefix="pf"); os.chmod(base, 0o755)
     QUEUES.append(os.path.join(base, "queue"))
     for sub in ("etc", "queue", "data"): os.makedirs(os.path.join(base, sub))
@@ -171,8 +173,10 @@ smtp_tls_security_level = none
 smtpd_peername_lookup = no
 {extra}
 """)
-    open(os.path.join(base, "etc/master.cf"), "w").write(f"""127.0.0.1:{port} inet n - n - 1 postscreen
+    listener = "n - n - 1 postscreen" if front == "postscreen" else "n - n - - smtpd"
+    open(os.path.join(base, "etc/master.cf"), "w").write(f"""127.0.0.1:{port} inet {listener}
 smtpd pass - - n - - smtpd
+tlsmgr unix - - n 1000? 1 tlsmgr
 dnsblog unix - - n - 0 dnsblog
 tlsproxy unix - - n - 0 tlsproxy
 postlog unix-dgram n - n - 1 postlogd
@@ -196,6 +200,70 @@ scache unix - - n - 1 scache
     if master is None:
         for line in open(os.path.join(base, "queue", "pid", "master.pid")): master = int(line.strip())
     return port, master
+
+
+def tree_cpu(pid):
+    """CPU seconds of a process tree: the live processes' own, and what
+    their reaped children used."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in tree_pids(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / tick
+    return total
+
+
+def pss_kib(pids):
+    """Proportional set size of the processes, in KiB (shared pages split
+    among their users, as a process tree's real cost)."""
+    total = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"): total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def tls_sessions(port, count, proxy=True):
+    """S8: new clients, each connect, banner, EHLO, STARTTLS, a full TLS
+    handshake, EHLO, QUIT (bench/loadgen); completed sessions per second."""
+    args = [LOADGEN, "screen", "--target", f"127.0.0.1:{port}", "--count", str(count), "--tls",
+            "--concurrency", "50", "--first-octet", str(next(FRESH_OCTETS))]
+    if not proxy: args.append("--no-proxy")
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600).stdout.split()
+    if int(out[0]) < count * 0.99:
+        raise RuntimeError(f"TLS sessions on {port}: only {out[0]} of {count} completed")
+    return float(out[1])
+
+
+def tls_memory(port, pids, count):
+    """S8's memory: `count` clients idle inside TLS after their second EHLO;
+    the PSS the server's processes grew by, per client."""
+    before = pss_kib(pids())
+    load = subprocess.Popen([LOADGEN, "screen", "--target", f"127.0.0.1:{port}", "--count", str(count),
+                             "--concurrency", str(count), "--tls", "--hold", "30",
+                             "--first-octet", str(next(FRESH_OCTETS))], stdout=subprocess.PIPE, text=True)
+    time.sleep(20)
+    after = pss_kib(pids())
+    served = int(load.communicate(timeout=120)[0].split()[0])
+    if served < count * 0.99:
+        raise RuntimeError(f"TLS memory on {port}: only {served} of {count} held")
+    return max(after - before, 0) * 1024 / count
+
+
+def certificate(tmp):
+    """An RSA-2048 certificate for mx.bench.test that Postfix can read."""
+    pem, key = os.path.join(tmp, "mx.pem"), os.path.join(tmp, "mx.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=mx.bench.test", "-addext", "subjectAltName=DNS:mx.bench.test",
+                    "-keyout", key, "-out", pem], check=True, capture_output=True)
+    os.chmod(key, 0o644)
+    return pem, key
 
 
 def smtp_source(port, messages, sessions, size):
@@ -269,7 +337,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small counts, one run: a smoke check under a minute")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8)")
     args = ap.parse_args()
+    want = lambda *names: not args.only or any(name in args.only for name in names)
     runs = 1 if args.quick else args.runs
     # 15,000 waiting clients need as many descriptors here and in doorman.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -277,6 +347,8 @@ def main():
     msgs = 2000 if args.quick else 20000
     banners = 300 if args.quick else 2000
     waiting = 500 if args.quick else 10000
+    tls_clients = 300 if args.quick else 3000
+    tls_idle = 100 if args.quick else 1000
     new_clients = 300 if args.quick else 3000
     bulk = 5_000_000 if args.quick else 50_000_000
     floods = 3000 if args.quick else 10000
@@ -330,6 +402,20 @@ def main():
         # smtp-sink, a relayed session, no longer a waiting one.
         dm3s = {held: doorman(tmp, procs, sink, '[greet]\nwait = "120s"\n') for held in scales}
         ps3_port, ps3_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_wait = 120s\n")
+        # S8, TLS greetings, all with one RSA-2048 certificate: doorman's
+        # engine (the pipelining test due, so it talks to every client),
+        # postscreen with tlsproxy (its deep tests on, so its engine talks),
+        # and smtpd's own STARTTLS.
+        pem, key = certificate(tmp)
+        dm8, dm8_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n[deep_tests]\npipelining = { enable = true }\n'
+                                f'[tls]\n[[tls.certificate]]\nchain = "{pem}"\nkey = "{key}"\n')
+        tls_keys = f"smtpd_tls_cert_file = {pem}\nsmtpd_tls_key_file = {key}\nsmtpd_tls_security_level = may\n"
+        ps8_port, ps8_master = postfix(tmp, procs, sink, "postscreen_access_list =\npostscreen_greet_banner =\n"
+                                       "postscreen_tls_security_level = may\ntlsproxy_tls_security_level = may\n"
+                                       "postscreen_pipelining_enable = yes\npostscreen_non_smtp_command_enable = yes\n"
+                                       "postscreen_bare_newline_enable = yes\n" + tls_keys)
+        sd8_port, sd8_master = postfix(tmp, procs, sink, "smtpd_upstream_proxy_protocol = haproxy\n" + tls_keys,
+                                       front="smtpd")
 
         def interleaved(name, paths, measure, pids=(), labels=None):
             """Runs `measure` on every path once per round, the paths back to
@@ -356,50 +442,69 @@ def main():
 
         # S7 and S2 first: S1 leaves many TIME_WAIT sockets behind, and
         # S7's anchors then run out of local ports.
-        paths = {"smtp-sink banners/s": (banners7, "220", "127.0.0.1"),
-                 "doorman refusals/s": (via_dm7, "521", "127.0.0.1"),
-                 "doorman DNSBL refusals/s": (via_dm7b, "521", "127.0.0.2"),
-                 "postscreen refusals/s": (via_ps7, "521", "127.0.0.1")}
-        cpu = interleaved("S7", paths, lambda path: flood(path[0], floods, path[1], path[2]),
-                          pids=[dm7.pid, dm7b.pid, sink_proc.pid, direct_front.pid, dm7_front.pid])
-        per_1000 = lambda pid: sum(cpu[pid]) / (runs * floods / 1000)
-        results["S7 doorman CPU s per 1000 refusals"] = per_1000(dm7.pid)
-        results["S7 doorman CPU s per 1000 DNSBL refusals"] = per_1000(dm7b.pid)
-        results["S7 smtp-sink CPU s per 1000 banners"] = per_1000(sink_proc.pid)
-        results["S7 HAProxy CPU s per 1000 forwarded"] = per_1000(direct_front.pid)
-        results["S7 load generator CPU s per 1000"] = statistics.median(FLOOD_CPU)
-        # What the machine's cores allow with a refusal costing nothing:
-        # HAProxy and the load generator share the cores with the screener.
-        results["S7 refusals/s ceiling, screener free"] = os.cpu_count() * 1000 / (
-            results["S7 HAProxy CPU s per 1000 forwarded"] + results["S7 load generator CPU s per 1000"])
+        if want("S7"):
+          paths = {"smtp-sink banners/s": (banners7, "220", "127.0.0.1"),
+                   "doorman refusals/s": (via_dm7, "521", "127.0.0.1"),
+                   "doorman DNSBL refusals/s": (via_dm7b, "521", "127.0.0.2"),
+                   "postscreen refusals/s": (via_ps7, "521", "127.0.0.1")}
+          cpu = interleaved("S7", paths, lambda path: flood(path[0], floods, path[1], path[2]),
+                            pids=[dm7.pid, dm7b.pid, sink_proc.pid, direct_front.pid, dm7_front.pid])
+          per_1000 = lambda pid: sum(cpu[pid]) / (runs * floods / 1000)
+          results["S7 doorman CPU s per 1000 refusals"] = per_1000(dm7.pid)
+          results["S7 doorman CPU s per 1000 DNSBL refusals"] = per_1000(dm7b.pid)
+          results["S7 smtp-sink CPU s per 1000 banners"] = per_1000(sink_proc.pid)
+          results["S7 HAProxy CPU s per 1000 forwarded"] = per_1000(direct_front.pid)
+          results["S7 load generator CPU s per 1000"] = statistics.median(FLOOD_CPU)
+          # What the machine's cores allow with a refusal costing nothing:
+          # HAProxy and the load generator share the cores with the screener.
+          results["S7 refusals/s ceiling, screener free"] = os.cpu_count() * 1000 / (
+              results["S7 HAProxy CPU s per 1000 forwarded"] + results["S7 load generator CPU s per 1000"])
+        # S8: TLS greetings for new clients.
+        if want("S8"):
+            before = {"doorman": tree_cpu(dm8.pid), "postscreen+tlsproxy": tree_cpu(ps8_master),
+                      "smtpd": tree_cpu(sd8_master)}
+            interleaved("S8", {"doorman TLS sessions/s": dm8_port, "postscreen+tlsproxy TLS sessions/s": ps8_port,
+                               "smtpd TLS sessions/s": sd8_port},
+                        lambda port: tls_sessions(port, tls_clients))
+            results["S8 doorman CPU s per 1000 TLS sessions"] = (tree_cpu(dm8.pid) - before["doorman"]) / (runs * tls_clients / 1000)
+            results["S8 postscreen+tlsproxy CPU s per 1000 TLS sessions"] = (tree_cpu(ps8_master) - before["postscreen+tlsproxy"]) / (runs * tls_clients / 1000)
+            results["S8 smtpd CPU s per 1000 TLS sessions"] = (tree_cpu(sd8_master) - before["smtpd"]) / (runs * tls_clients / 1000)
+            results["S8 doorman bytes/idle TLS client"] = tls_memory(dm8_port, lambda: [dm8.pid], tls_idle)
+            results["S8 postscreen+tlsproxy bytes/idle TLS client"] = tls_memory(ps8_port, lambda: tree_pids(ps8_master), tls_idle)
         # S2 next.
-        cpu = interleaved("S2", {"doorman new clients/s": dm2_port, "postscreen new clients/s": ps2_port,
-                                 "doorman new clients/s, DNSBL": dm2b_port},
-                          lambda port: screening_rate(port, new_clients), pids=[dm2.pid])
-        user, system = cpu[dm2.pid]
-        results["S6 doorman CPU s per 1000 conn (S2)"] = (user + system) / (runs * new_clients / 1000)
-        results["S6 doorman kernel share (S2)"] = system / max(user + system, 1e-9)
-        cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
-                                 "bare tokio relay msg/s": via_tokio,
-                                 "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen},
-                          lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
-        user, system = cpu[dm.pid]
-        results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
-        results["S6 doorman kernel share (S1)"] = system / max(user + system, 1e-9)
-        results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
-        results["S6 bare tokio relay CPU s per 1000 conn (S1)"] = sum(cpu[tokio_relay.pid]) / (runs * msgs / 1000)
-        interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
-                           "doorman": via_doorman},
-                    lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
-        for held, (dm3, dm3_port) in dm3s.items():
-            results[f"S4 doorman bytes/waiting client, {held}"] = waiting_memory(dm3_port, lambda: [dm3.pid], held)
-        results["S4 postscreen bytes/waiting client"] = waiting_memory(ps3_port, lambda: tree_pids(ps3_master), waiting)
-        interleaved("S5", {"direct MB/s": direct, "doorman MB/s": via_doorman},
-                    lambda port: smtp_source(port, 2, 1, bulk) * bulk / 1e6)
+        if want("S2", "S6"):
+            cpu = interleaved("S2", {"doorman new clients/s": dm2_port, "postscreen new clients/s": ps2_port,
+                                     "doorman new clients/s, DNSBL": dm2b_port},
+                              lambda port: screening_rate(port, new_clients), pids=[dm2.pid])
+            user, system = cpu[dm2.pid]
+            results["S6 doorman CPU s per 1000 conn (S2)"] = (user + system) / (runs * new_clients / 1000)
+            results["S6 doorman kernel share (S2)"] = system / max(user + system, 1e-9)
+        if want("S1", "S6"):
+            cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
+                                     "bare tokio relay msg/s": via_tokio,
+                                     "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen},
+                              lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
+            user, system = cpu[dm.pid]
+            results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
+            results["S6 doorman kernel share (S1)"] = system / max(user + system, 1e-9)
+            results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
+            results["S6 bare tokio relay CPU s per 1000 conn (S1)"] = sum(cpu[tokio_relay.pid]) / (runs * msgs / 1000)
+        if want("S3"):
+            interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
+                               "doorman": via_doorman},
+                        lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
+        if want("S4"):
+            for held, (dm3, dm3_port) in dm3s.items():
+                results[f"S4 doorman bytes/waiting client, {held}"] = waiting_memory(dm3_port, lambda: [dm3.pid], held)
+            results["S4 postscreen bytes/waiting client"] = waiting_memory(ps3_port, lambda: tree_pids(ps3_master), waiting)
+        if want("S5"):
+            interleaved("S5", {"direct MB/s": direct, "doorman MB/s": via_doorman},
+                        lambda port: smtp_source(port, 2, 1, bulk) * bulk / 1e6)
     finally:
         procs.stop(); shutil.rmtree(tmp, ignore_errors=True)
 
-    r = results
+    # A scenario --only left out reads as NaN, and its rows are not shown.
+    r = collections.defaultdict(lambda: float("nan"), results)
     rows = [
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
         ("S1 same, an extra HAProxy hop", r["S1 extra HAProxy hop msg/s"], f"{r['S1 extra HAProxy hop msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x this", "doorman >= 1.0x this"),
@@ -419,8 +524,12 @@ def main():
         ("S7 ceiling, screener free", r["S7 refusals/s ceiling, screener free"], f"{r['S7 refusals/s ceiling, screener free']/r['S7 postscreen refusals/s']:.1f}x postscreen: {os.cpu_count()} cores / (HAProxy + load generator)", "(anchor)"),
         ("S7 refusals/s, DNSBL drop", r["S7 doorman DNSBL refusals/s"], f"{r['S7 doorman DNSBL refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 0.9x direct"),
         ("S7 CPU s / 1000 refusals", r["S7 doorman CPU s per 1000 refusals"], f"{r['S7 doorman CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
+        ("S8 TLS sessions/s, new clients", r["S8 doorman TLS sessions/s"], f"{r['S8 doorman TLS sessions/s']/r['S8 postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy, {r['S8 doorman TLS sessions/s']/r['S8 smtpd TLS sessions/s']:.2f}x smtpd", ">= 2x postscreen+tlsproxy"),
+        ("S8 CPU s / 1000 TLS sessions", r["S8 doorman CPU s per 1000 TLS sessions"], f"{r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 postscreen+tlsproxy CPU s per 1000 TLS sessions'],1e-9):.2f}x postscreen+tlsproxy, {r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 smtpd CPU s per 1000 TLS sessions'],1e-9):.2f}x smtpd", "<= 0.5x postscreen+tlsproxy"),
+        ("S8 bytes/idle TLS client", r["S8 doorman bytes/idle TLS client"], f"{r['S8 doorman bytes/idle TLS client']/max(r['S8 postscreen+tlsproxy bytes/idle TLS client'],1):.2f}x postscreen+tlsproxy", "<= 0.5x postscreen+tlsproxy"),
         ("S7 same, DNSBL drop", r["S7 doorman CPU s per 1000 DNSBL refusals"], f"{r['S7 doorman CPU s per 1000 DNSBL refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
     ]
+    rows = [row for row in rows if row[1] == row[1]]
     print(f"runs: {runs} (median), messages {msgs}, banners {banners}, waiting {waiting}, new clients {new_clients}, bulk {bulk} bytes")
     print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")
     for name, value, ratio, target in rows:

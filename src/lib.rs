@@ -38,6 +38,8 @@
 //!   [`logbuffer`]: stderr lines written in batches.
 //! - [`explain`]: `doorman explain`, the gates' findings for one address.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
+//! - [`tls`]: STARTTLS in the built-in engine (certificates by SNI, the
+//!   channel that is plain or TLS) and STARTTLS to the backends.
 //! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
 //!
 //! # The screening pipeline

@@ -75,6 +75,11 @@ fn a_fast_allowlist_does_not_let_a_slow_blocklist_listing_through() {
         say(&mut client, "QUIT\r\n");
         assert_eq!(read_to_close(&mut client), "221 2.0.0 Bye\r\n");
     }
+    doorman.log.wait_for_count(
+        "DNSBL rank 1 for [203.0.113.22]:40000",
+        2,
+        Duration::from_secs(5),
+    );
     assert_eq!(
         doorman
             .log

@@ -399,6 +399,28 @@ fn sni_and_signature_schemes_choose_the_certificate_and_reload_swaps_it() {
     assert!(shown.contains("Peer signature type: ECDSA"), "{shown}");
     assert!(shown.contains("0 s:CN = mx.doorman.test"), "{shown}");
 
+    // A client that offers a certificate of its own: none is asked for,
+    // the session is anonymous.
+    let own = certificate(dir, "client", "client.test", Key::Rsa, 30);
+    let shown = s_client_through(
+        &doorman,
+        &[
+            "-cert",
+            &own.0.display().to_string(),
+            "-key",
+            &own.1.display().to_string(),
+        ],
+    );
+    assert!(shown.contains("0 s:CN = mx.doorman.test"), "{shown}");
+    assert!(
+        shown.contains("No client certificate CA names sent"),
+        "{shown}"
+    );
+    doorman.log.wait_for(
+        "Anonymous TLS connection established from [203.0.113.60]:40000",
+        Duration::from_secs(5),
+    );
+
     // SIGHUP with a new certificate in the same files: new handshakes use it.
     let before = serial(&s_client_through(&doorman, &[]));
     let fresh = tempfile::tempdir().unwrap();

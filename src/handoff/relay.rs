@@ -191,3 +191,64 @@ where
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn early_bytes_go_first_and_both_directions_close() {
+        let (mut client, mut client_end) = duplex(64);
+        let (mut backend, mut backend_end) = duplex(64);
+        let relaying = tokio::spawn(async move {
+            relay(
+                &mut client_end,
+                &mut backend_end,
+                BytesMut::from(&b"EHLO a\r\n"[..]),
+            )
+            .await
+        });
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 64];
+        while !got.ends_with(b"QUIT\r\n") {
+            let read = backend.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..read]);
+        }
+        assert_eq!(got, b"EHLO a\r\nQUIT\r\n");
+        assert_eq!(backend.read(&mut chunk).await.unwrap(), 0, "the half-close");
+        backend.write_all(b"221 Bye\r\n").await.unwrap();
+        drop(backend);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"221 Bye\r\n");
+        assert!(relaying.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_proxy_header_never_reaches_the_backend() {
+        let (mut client, mut client_end) = duplex(256);
+        let (mut backend, mut backend_end) = duplex(256);
+        let relaying = tokio::spawn(async move {
+            relay(
+                &mut client_end,
+                &mut backend_end,
+                BytesMut::from(&b"PRO"[..]),
+            )
+            .await
+        });
+        client
+            .write_all(b"XY TCP4 1.2.3.4 5.6.7.8 1 2\r\nMAIL FROM:<a@b>\r\n")
+            .await
+            .unwrap();
+        match relaying.await.unwrap() {
+            Err(RelayError::ProxyHeader(input)) => assert!(input.starts_with(b"PROXY TCP4")),
+            other => panic!("{other:?}"),
+        }
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{got:?}");
+    }
+}

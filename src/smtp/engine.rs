@@ -663,6 +663,50 @@ mod tests {
     }
 
     #[test]
+    fn starttls_of_the_engine_itself() {
+        let mut engine = Engine::new("mx.test", RcptPolicy::Pass, 20, None);
+        engine.offer_starttls();
+        assert_eq!(
+            engine.command(&line("EHLO client.test")).reply,
+            "250-mx.test\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+            "where postscreen lists it"
+        );
+        engine.command(&line("MAIL FROM:<a@b>"));
+        assert_eq!(
+            engine.command(&line("STARTTLS now")).reply,
+            "501 5.5.4 Syntax: STARTTLS\r\n"
+        );
+        let step = engine.command(&line("STARTTLS"));
+        assert_eq!(step.reply, "220 2.0.0 Ready to start TLS\r\n");
+        assert_eq!(step.event, Some(EngineEvent::StartTls));
+        engine.tls_started();
+        assert_eq!(engine.starttls(), Starttls::Active);
+        assert_eq!(
+            engine.command(&line("RCPT TO:<c@d>")).reply,
+            "503 5.5.1 Error: need MAIL command\r\n",
+            "the transaction was forgotten"
+        );
+        assert_eq!(engine.envelope().helo, None);
+        assert!(!engine
+            .command(&line("EHLO client.test"))
+            .reply
+            .contains("STARTTLS"));
+        assert_eq!(
+            engine.command(&line("STARTTLS")).reply,
+            "554 5.5.1 Error: TLS already active\r\n"
+        );
+
+        // The backend's keywords: its STARTTLS gives way to the engine's.
+        let keywords = vec!["SIZE 1000".to_string(), "ENHANCEDSTATUSCODES".to_string()];
+        let mut engine = Engine::new("mx.test", RcptPolicy::Pass, 20, Some(keywords));
+        engine.offer_starttls();
+        assert_eq!(
+            engine.command(&line("EHLO client.test")).reply,
+            "250-mx.test\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n"
+        );
+    }
+
+    #[test]
     fn limits() {
         let mut engine = Engine::new("mx.test", RcptPolicy::Refuse(REPLY.into()), 2, None);
         assert!(!engine.command(&line("NOOP")).close);

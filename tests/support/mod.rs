@@ -53,6 +53,20 @@ impl Log {
             .collect()
     }
 
+    /// Waits up to `within` until `count` lines contain `needle` (lines
+    /// reach the log a little after the replies they go with).
+    pub fn wait_for_count(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.matching(needle).len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {count} lines with {needle:?} within {within:?}; log:\n{}",
+                self.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits up to `within` for a line containing `needle`, and returns it.
     pub fn wait_for(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;

@@ -10,6 +10,11 @@
 //!   source address: each reads its first reply line and closes; counts
 //!   the lines that start with the expected code, per second. It leaves
 //!   with a reset, so its ports are not held in TIME_WAIT.
+//! * `screen --tls`: the same clients go on after the greeting with EHLO,
+//!   STARTTLS, a full TLS handshake (rustls, no resumption), EHLO again and
+//!   QUIT (S8); `--hold` keeps each one open, idle inside TLS, for that
+//!   many seconds first (S8's memory), and `--no-proxy` sends no header
+//!   (Postfix's smtpd on its own port).
 //! * `relay`: not load but an anchor: the barest proxy tokio makes (accept,
 //!   connect, `copy_bidirectional`, on tokio's multi-threaded runtime as
 //!   doorman runs), to tell what tokio itself costs in doorman's place.
@@ -21,6 +26,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+mod tls;
 
 /// Benchmark load for doorman.
 #[derive(Debug, Parser)]
@@ -49,6 +56,15 @@ enum Command {
         /// keeps them uncached).
         #[arg(long, default_value_t = 10)]
         first_octet: u8,
+        /// Go on with STARTTLS after the greeting.
+        #[arg(long)]
+        tls: bool,
+        /// Seconds each TLS client stays idle after its second EHLO.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Send no PROXY header.
+        #[arg(long)]
+        no_proxy: bool,
     },
     /// Time to banner, p50 and p99 in ms.
     Banner {
@@ -109,9 +125,24 @@ fn main() -> anyhow::Result<()> {
             count,
             concurrency,
             first_octet,
+            tls,
+            hold,
+            no_proxy,
         } => {
             let started = Instant::now();
-            let served = runtime.block_on(screen(target, from, count, concurrency, first_octet));
+            let dialogue = Dialogue {
+                tls: tls.then(tls::connector),
+                hold: Duration::from_secs(hold),
+                proxy: !no_proxy,
+            };
+            let served = runtime.block_on(screen(
+                target,
+                from,
+                count,
+                concurrency,
+                first_octet,
+                dialogue,
+            ));
             let rate = f64::from(served) / started.elapsed().as_secs_f64();
             println!("{served} {rate:.1}");
         }
@@ -140,13 +171,26 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `count` clients, `concurrency` at a time; returns how many got 220.
+/// What each client of `screen` does after its header.
+#[derive(Clone)]
+struct Dialogue {
+    /// STARTTLS with this connector after the greeting.
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// How long a TLS client stays idle before its QUIT.
+    hold: Duration,
+    /// Whether a PROXY header goes first.
+    proxy: bool,
+}
+
+/// Runs `count` clients, `concurrency` at a time; returns how many got 220
+/// (and, with TLS, through their handshake to the 221).
 async fn screen(
     target: SocketAddr,
     from: Ipv4Addr,
     count: u32,
     concurrency: u32,
     first_octet: u8,
+    dialogue: Dialogue,
 ) -> u32 {
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = 0;
@@ -155,8 +199,10 @@ async fn screen(
         while next < count && tasks.len() < concurrency as usize {
             let [_, b, c, d] = next.to_be_bytes();
             let client = Ipv4Addr::new(first_octet, b, c, d);
+            let dialogue = dialogue.clone();
             tasks.spawn(async move {
-                tokio::time::timeout(CLIENT_TIMEOUT, one_client(target, from, client, next))
+                let limit = CLIENT_TIMEOUT + dialogue.hold;
+                tokio::time::timeout(limit, one_client(target, from, client, next, dialogue))
                     .await
                     .is_ok_and(|served| served.unwrap_or(false))
             });
@@ -170,12 +216,14 @@ async fn screen(
     }
 }
 
-/// One new client: header, wait for the final `220 `, QUIT.
+/// One new client: header, wait for the final `220 `, then QUIT or the
+/// TLS dialogue.
 async fn one_client(
     target: SocketAddr,
     from: Ipv4Addr,
     client: Ipv4Addr,
     n: u32,
+    dialogue: Dialogue,
 ) -> anyhow::Result<bool> {
     let socket = TcpSocket::new_v4()?;
     // Earlier runs leave thousands of TIME_WAIT sockets on this address;
@@ -183,8 +231,10 @@ async fn one_client(
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((from, 0)))?;
     let mut stream = socket.connect(target).await?;
-    let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
-    stream.write_all(header.as_bytes()).await?;
+    if dialogue.proxy {
+        let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
+        stream.write_all(header.as_bytes()).await?;
+    }
     let mut seen = Vec::with_capacity(256);
     let mut buffer = [0u8; 512];
     loop {
@@ -195,8 +245,13 @@ async fn one_client(
         seen.extend_from_slice(&buffer[..read]);
         let greeted = seen.starts_with(b"220 ") || seen.windows(6).any(|w| w == b"\r\n220 ");
         if greeted {
-            stream.write_all(b"QUIT\r\n").await?;
-            return Ok(true);
+            return match &dialogue.tls {
+                Some(connector) => tls::dialogue(stream, connector, dialogue.hold).await,
+                None => {
+                    stream.write_all(b"QUIT\r\n").await?;
+                    Ok(true)
+                }
+            };
         }
     }
 }

@@ -1,0 +1,57 @@
+//! S8's client side: EHLO, STARTTLS, a full TLS handshake with rustls (no
+//! session resumption, the certificate not verified), EHLO, QUIT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A connector that resumes no session and accepts any certificate
+/// (doorman's own client for unverified backends).
+pub fn connector() -> TlsConnector {
+    let mut config = doorman::tls::backend::client_config(None).expect("ring's default versions");
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+/// After the greeting: the TLS dialogue; true when it reached the 221.
+pub async fn dialogue(
+    mut stream: TcpStream,
+    connector: &TlsConnector,
+    hold: Duration,
+) -> anyhow::Result<bool> {
+    stream.write_all(b"EHLO load.test\r\n").await?;
+    reply(&mut stream).await?;
+    stream.write_all(b"STARTTLS\r\n").await?;
+    anyhow::ensure!(
+        reply(&mut stream).await?.starts_with(b"220"),
+        "no 220 to STARTTLS"
+    );
+    let name = ServerName::try_from("mx.bench.test")?;
+    let mut tls = connector.connect(name, stream).await?;
+    tls.write_all(b"EHLO load.test\r\n").await?;
+    anyhow::ensure!(reply(&mut tls).await?.starts_with(b"250"), "no 250 to EHLO");
+    tokio::time::sleep(hold).await;
+    tls.write_all(b"QUIT\r\n").await?;
+    Ok(reply(&mut tls).await?.starts_with(b"221"))
+}
+
+/// Reads one whole reply (its last line has a space after the code).
+async fn reply<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> anyhow::Result<Vec<u8>> {
+    let mut seen = Vec::with_capacity(256);
+    let mut buffer = [0u8; 512];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        anyhow::ensure!(read > 0, "closed before a reply");
+        seen.extend_from_slice(&buffer[..read]);
+        let last_start = seen[..seen.len().saturating_sub(2)]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        if seen.ends_with(b"\r\n") && seen.get(last_start + 3) == Some(&b' ') {
+            return Ok(seen);
+        }
+    }
+}
