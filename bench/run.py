@@ -534,7 +534,7 @@ def main():
     print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")
     for name, value, ratio, target in rows:
         print(f"{name:32} {value:12.3f}  {ratio:40} {target}")
-    print("anchors: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if "doorman" not in k))
+    print("anchors: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items() if "doorman" not in k))
 
 
 if __name__ == "__main__":

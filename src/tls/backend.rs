@@ -75,7 +75,7 @@ impl BackendTlsClient {
 /// accepting any certificate (the handshake's signatures are still
 /// checked).
 pub fn client_config(roots: Option<RootCertStore>) -> Result<ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
     Ok(match roots {
@@ -85,6 +85,14 @@ pub fn client_config(roots: Option<RootCertStore>) -> Result<ClientConfig, TlsEr
             .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
             .with_no_client_auth(),
     })
+}
+
+/// A verifier that accepts any certificate (checking the handshake's
+/// signatures), for clients of doorman's own: the load generator.
+pub fn any_certificate() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Unverified(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    )))
 }
 
 /// Accepts any certificate, but still checks the handshake's signatures,

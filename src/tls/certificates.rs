@@ -41,7 +41,7 @@ impl Certificate {
             path: files.key.clone(),
             message: format!("no private key read: {error}"),
         })?;
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
         let key =
             CertifiedKey::from_der(chain, key, &provider).map_err(|error| TlsError::File {
                 path: files.key.clone(),

@@ -98,6 +98,7 @@ fn group_name(group: NamedGroup) -> &'static str {
         NamedGroup::secp256r1 => "prime256v1",
         NamedGroup::secp384r1 => "secp384r1",
         NamedGroup::secp521r1 => "secp521r1",
+        NamedGroup::X25519MLKEM768 => "X25519MLKEM768",
         _ => "unknown",
     }
 }

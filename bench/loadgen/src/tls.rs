@@ -9,10 +9,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// A connector that resumes no session and accepts any certificate
-/// (doorman's own client for unverified backends).
+/// A connector that resumes no session, accepts any certificate
+/// (doorman's own client for unverified backends) and offers X25519 alone,
+/// as the OpenSSL of the Postfix anchors does.
 pub fn connector() -> TlsConnector {
-    let mut config = doorman::tls::backend::client_config(None).expect("ring's default versions");
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .retain(|group| group.name() == rustls::NamedGroup::X25519);
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("the provider's versions")
+        .dangerous()
+        .with_custom_certificate_verifier(doorman::tls::backend::any_certificate())
+        .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     TlsConnector::from(Arc::new(config))
 }
