@@ -47,11 +47,12 @@ impl Session {
         // A client in TLS reaches the backend over STARTTLS, which wants an
         // EHLO before it: the client's own, else doorman's.
         let summary = self.stream.tls();
-        let ehlo = match lines.first() {
-            Some(line) if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"EHLO ") => {
+        let ehlo = match (&summary, lines.first()) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(line)) if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"EHLO ") => {
                 line.clone()
             }
-            _ => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
+            (Some(_), _) => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
         };
         let tls = summary.as_ref().map(|summary| TlsHandoff {
             summary,

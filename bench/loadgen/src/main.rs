@@ -65,6 +65,10 @@ enum Command {
         /// Send no PROXY header.
         #[arg(long)]
         no_proxy: bool,
+        /// With --tls: a message of this many bytes inside TLS (S5 with
+        /// TLS), accepted with a 250, before the QUIT.
+        #[arg(long, default_value_t = 0)]
+        message: usize,
     },
     /// Time to banner, p50 and p99 in ms.
     Banner {
@@ -128,12 +132,14 @@ fn main() -> anyhow::Result<()> {
             tls,
             hold,
             no_proxy,
+            message,
         } => {
             let started = Instant::now();
             let dialogue = Dialogue {
                 tls: tls.then(tls::connector),
                 hold: Duration::from_secs(hold),
                 proxy: !no_proxy,
+                message,
             };
             let served = runtime.block_on(screen(
                 target,
@@ -180,6 +186,8 @@ struct Dialogue {
     hold: Duration,
     /// Whether a PROXY header goes first.
     proxy: bool,
+    /// The size of a message to send inside TLS (0: none).
+    message: usize,
 }
 
 /// Runs `count` clients, `concurrency` at a time; returns how many got 220
@@ -231,6 +239,10 @@ async fn one_client(
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((from, 0)))?;
     let mut stream = socket.connect(target).await?;
+    // A TLS dialogue writes several small records in a row (the client
+    // Finished, then EHLO): with Nagle on, the second waits for the
+    // server's delayed ACK, 40 ms a session.
+    stream.set_nodelay(true)?;
     if dialogue.proxy {
         let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
         stream.write_all(header.as_bytes()).await?;
@@ -246,7 +258,9 @@ async fn one_client(
         let greeted = seen.starts_with(b"220 ") || seen.windows(6).any(|w| w == b"\r\n220 ");
         if greeted {
             return match &dialogue.tls {
-                Some(connector) => tls::dialogue(stream, connector, dialogue.hold).await,
+                Some(connector) => {
+                    tls::dialogue(stream, connector, dialogue.hold, dialogue.message).await
+                }
                 None => {
                     stream.write_all(b"QUIT\r\n").await?;
                     Ok(true)

@@ -31,6 +31,7 @@ pub async fn dialogue(
     mut stream: TcpStream,
     connector: &TlsConnector,
     hold: Duration,
+    message: usize,
 ) -> anyhow::Result<bool> {
     stream.write_all(b"EHLO load.test\r\n").await?;
     reply(&mut stream).await?;
@@ -43,6 +44,27 @@ pub async fn dialogue(
     let mut tls = connector.connect(name, stream).await?;
     tls.write_all(b"EHLO load.test\r\n").await?;
     anyhow::ensure!(reply(&mut tls).await?.starts_with(b"250"), "no 250 to EHLO");
+    if message > 0 {
+        for command in [&b"MAIL FROM:<a@x.test>\r\n"[..], b"RCPT TO:<b@x.test>\r\n"] {
+            tls.write_all(command).await?;
+            anyhow::ensure!(reply(&mut tls).await?.starts_with(b"250"), "refused");
+        }
+        tls.write_all(b"DATA\r\n").await?;
+        anyhow::ensure!(reply(&mut tls).await?.starts_with(b"354"), "no 354");
+        let line = [b'x'; 78];
+        let mut body = Vec::with_capacity(message + 128);
+        body.extend_from_slice(b"Subject: load\r\n\r\n");
+        while body.len() < message {
+            body.extend_from_slice(&line);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b".\r\n");
+        tls.write_all(&body).await?;
+        anyhow::ensure!(
+            reply(&mut tls).await?.starts_with(b"250"),
+            "message refused"
+        );
+    }
     tokio::time::sleep(hold).await;
     tls.write_all(b"QUIT\r\n").await?;
     Ok(reply(&mut tls).await?.starts_with(b"221"))
