@@ -13,7 +13,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use doorman::proxy::{self, Header, Parsed};
 use support::*;
 use tls_support::postfix_with_tls;
 
@@ -140,13 +139,7 @@ fn a_good_client_passes_and_its_message_reaches_the_backend_in_the_same_connecti
     assert_eq!(read_line(&mut client), "221 2.0.0 bye\r\n");
 
     let got = backend.wait_closed(0);
-    let Ok(Parsed::Complete {
-        header: Header::Proxied { source, .. },
-        length,
-    }) = proxy::parse(&got)
-    else {
-        panic!("no header: {got:?}");
-    };
+    let (source, length) = proxied_client(&got);
     assert_eq!(source, "203.0.113.5:40000".parse().unwrap());
     assert_eq!(
         String::from_utf8_lossy(&got[length..]),

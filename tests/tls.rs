@@ -14,7 +14,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use doorman::proxy::{self, Header, Parsed};
 use support::*;
 use tls_support::*;
 
@@ -142,13 +141,7 @@ fn a_client_in_tls_meets_the_engine_and_is_replayed_with_the_ssl_tlv() {
     // The backend got the dialogue in plain text, behind a v2 header whose
     // SSL TLV names the client's TLS version and cipher.
     let got = backend.wait_closed(0);
-    let Ok(Parsed::Complete {
-        header: Header::Proxied { source, .. },
-        length,
-    }) = proxy::parse(&got)
-    else {
-        panic!("no header: {got:?}");
-    };
+    let (source, length) = proxied_client(&got);
     assert_eq!(source, "203.0.113.50:40000".parse().unwrap());
     let header = &got[..length];
     let ssl = header

@@ -1108,6 +1108,18 @@ pub fn stdout_of(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The client a backend's bytes begin with (a PROXY header naming it),
+/// and the header's length.
+pub fn proxied_client(got: &[u8]) -> (SocketAddr, usize) {
+    match doorman::proxy::parse(got) {
+        Ok(doorman::proxy::Parsed::Complete {
+            header: doorman::proxy::Header::Proxied { source, .. },
+            length,
+        }) => (source, length),
+        other => panic!("no PROXY header naming a client ({other:?}): {got:?}"),
+    }
+}
+
 /// Reads a PROXY v2 header off `reader`; whether it was a LOCAL one
 /// (`None`: the peer closed first).
 pub fn read_v2_header(reader: &mut impl Read) -> Option<bool> {
