@@ -537,6 +537,17 @@ fn check_warns_of_expiry_names_and_skipped_gates() {
         "{failed}"
     );
 
+    // A backend's tls_server_name that is no name.
+    let odd = engine_config(backend.address, "", "tls_server_name = \"no such name!\"");
+    std::fs::write(dir.path().join("doorman.toml"), &odd).unwrap();
+    let out = check(dir.path());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("tls_server_name \"no such name!\" is no DNS name"),
+        "{out:?}"
+    );
+
     // Without [tls], a config whose engine gates a STARTTLS client skips
     // says so, in check and at start-up.
     let plain = engine_config(backend.address, "", "");

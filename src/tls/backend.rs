@@ -52,9 +52,9 @@ impl BackendTlsClient {
             .tls_server_name
             .clone()
             .unwrap_or_else(|| backend.address.ip().to_string());
-        let name = ServerName::try_from(name.clone()).map_err(|_| TlsError::File {
-            path: "tls_server_name".into(),
-            message: format!("{name:?} is no DNS name or address"),
+        let name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName {
+            backend: backend.address,
+            name,
         })?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),

@@ -61,7 +61,7 @@ impl Certificate {
         let Ok(server_name) = ServerName::try_from(name) else {
             return false;
         };
-        let Some(leaf) = self.key.end_entity_cert().ok() else {
+        let Ok(leaf) = self.key.end_entity_cert() else {
             return false;
         };
         webpki::EndEntityCert::try_from(leaf)

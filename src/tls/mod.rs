@@ -46,6 +46,14 @@ pub enum TlsError {
     /// rustls refused the settings.
     #[error("tls: {0}")]
     Settings(#[from] rustls::Error),
+    /// A backend's `tls_server_name` is neither a DNS name nor an address.
+    #[error("backend {backend}: tls_server_name {name:?} is no DNS name or address")]
+    ServerName {
+        /// The backend.
+        backend: std::net::SocketAddr,
+        /// The name as configured.
+        name: String,
+    },
 }
 
 /// Why a client's handshake did not complete.
@@ -89,11 +97,14 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Reads the certificates of `section` and builds the server side.
     pub fn load(section: &TlsSection) -> Result<Self, TlsError> {
-        let certificates = section
-            .certificates
-            .iter()
-            .map(Certificate::load)
-            .collect::<Result<Vec<_>, _>>()?;
+        Self::with_certificates(section, load_certificates(section)?)
+    }
+
+    /// The server side of `section` with its certificates, already read.
+    fn with_certificates(
+        section: &TlsSection,
+        certificates: Vec<Certificate>,
+    ) -> Result<Self, TlsError> {
         let versions: &[&rustls::SupportedProtocolVersion] = match section.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -142,8 +153,9 @@ impl ServerTls {
 pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
     let mut found = Vec::new();
     if let Some(section) = &config.tls {
-        ServerTls::load(section)?;
-        found.extend(warnings(section, &config.hostname)?);
+        let certificates = load_certificates(section)?;
+        found.extend(warnings(&certificates, &config.hostname));
+        ServerTls::with_certificates(section, certificates)?;
     }
     for backend in &config.backends {
         backend::BackendTlsClient::new(backend)?;
@@ -167,24 +179,26 @@ pub fn skip_warning(skipped: &[&str]) -> String {
 /// How long before its expiry a certificate is warned about.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
 
-/// `doorman check`'s warnings about the certificates of `section`: one
-/// that expires within 14 days (or has), and one whose names do not
-/// cover `hostname`.
-fn warnings(section: &TlsSection, hostname: &str) -> Result<Vec<String>, TlsError> {
+/// Reads every certificate pair of `section`.
+fn load_certificates(section: &TlsSection) -> Result<Vec<Certificate>, TlsError> {
+    section.certificates.iter().map(Certificate::load).collect()
+}
+
+/// `doorman check`'s warnings about `certificates` (the first is the
+/// default): one that expires within 14 days (or has), and one whose names
+/// do not cover `hostname`.
+fn warnings(certificates: &[Certificate], hostname: &str) -> Vec<String> {
     let mut warnings = Vec::new();
     let soon = SystemTime::now() + EXPIRY_WARNING;
-    for (index, files) in section.certificates.iter().enumerate() {
-        let certificate = Certificate::load(files)?;
-        let chain = certificates::read_chain(&files.chain)?;
-        if let Some(not_after) = chain.first().and_then(|leaf| expiry(leaf)) {
+    for (index, certificate) in certificates.iter().enumerate() {
+        let file = certificate.chain_file.display();
+        let leaf = certificate.key.end_entity_cert().ok();
+        if let Some(not_after) = leaf.and_then(|leaf| expiry(leaf)) {
             if not_after < soon {
                 let days = not_after
                     .duration_since(SystemTime::now())
                     .map_or(0, |left| left.as_secs() / 86400);
-                warnings.push(format!(
-                    "{}: the certificate expires in {days} days",
-                    files.chain.display()
-                ));
+                warnings.push(format!("{file}: the certificate expires in {days} days"));
             }
         }
         if !certificate.covers(hostname) {
@@ -194,12 +208,11 @@ fn warnings(section: &TlsSection, hostname: &str) -> Result<Vec<String>, TlsErro
                 "served only to clients that ask for one of its names by SNI"
             };
             warnings.push(format!(
-                "{}: the certificate's names do not cover hostname {hostname:?} ({role})",
-                files.chain.display()
+                "{file}: the certificate's names do not cover hostname {hostname:?} ({role})"
             ));
         }
     }
-    Ok(warnings)
+    warnings
 }
 
 /// When a certificate expires.
