@@ -402,15 +402,6 @@ pub fn starttls_skips_gates(skipped: &[&str]) {
     warn!("warning: {}", crate::tls::skip_warning(skipped));
 }
 
-/// A backend's STARTTLS failed; the client goes to the next backend.
-pub fn backend_tls_failed(backend: SocketAddr, error: &io::Error) {
-    warn!(
-        "warning: backend {}: STARTTLS failed: {}",
-        Endpoint(backend),
-        escape(error.to_string().as_bytes(), 200)
-    );
-}
-
 /// A session that doorman ended itself, without a handoff.
 pub fn disconnect(client: SocketAddr) {
     info!("DISCONNECT {}", Endpoint(client));

@@ -212,7 +212,16 @@ fn bad_handshakes_get_a_bounded_logged_end() {
     if !require_program("openssl") {
         return;
     }
-    let (_backend, doorman, _certs) = start("handshake_timeout = \"1s\"", "");
+    // One screening place: a place a bad handshake kept would turn the last
+    // good client away with 421.
+    let (_backend, doorman, _certs) =
+        start("handshake_timeout = \"1s\"", "[limits]\nscreening = 1");
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", doorman.child.id()))
+            .unwrap()
+            .count()
+    };
+    let baseline = descriptors();
 
     // Garbage instead of a ClientHello.
     let mut garbage = ready(&doorman, "203.0.113.52");
@@ -282,7 +291,19 @@ fn bad_handshakes_get_a_bounded_logged_end() {
         .log
         .wait_for("DISCONNECT [203.0.113.56]:40000", Duration::from_secs(5));
 
-    // A second handshake from a good client still works.
+    // No descriptor outlives the bad handshakes (a health check may hold
+    // one for a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while descriptors() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors, {baseline} before",
+            descriptors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A good client still gets the one screening place and its handshake.
     let good = ready(&doorman, "203.0.113.57");
     let mut tls = start_tls(good, Some("unknown.example"));
     assert_eq!(
@@ -666,4 +687,109 @@ fn a_doubtful_client_in_tls_is_greylisted_then_delivered_over_tls() {
 #[test]
 fn a_backend_that_demands_encryption_takes_the_replay() {
     greylisted_in_tls_then_delivered("encrypt");
+}
+
+/// A backend that announces STARTTLS, answers it with 220 and then sends
+/// plain text: right behind the 220 the first time, instead of the
+/// handshake later; it counts the clients that got that far.
+fn broken_tls_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let tried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&tried);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counted = std::sync::Arc::clone(&counted);
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                if read_v2_header(&mut reader).is_none() {
+                    return;
+                }
+                let _ = writer.write_all(b"220 broken.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-broken.test\r\n250 STARTTLS\r\n",
+                        "STAR" => {
+                            // The first time plain text right behind the
+                            // 220, later plain text where the handshake
+                            // should be.
+                            let seen = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = writer.write_all(b"220 2.0.0 Ready to start TLS\r\n");
+                            if seen > 0 {
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            let _ = writer.write_all(b"this is no TLS\r\n");
+                            return;
+                        }
+                        "QUIT" => b"221 2.0.0 Bye\r\n",
+                        _ => b"250 2.0.0 Ok\r\n",
+                    };
+                    let _ = writer.write_all(reply);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (address, tried)
+}
+
+#[test]
+fn a_backend_whose_tls_fails_counts_as_one_that_did_not_connect() {
+    if !require_program("openssl") {
+        return;
+    }
+    let (broken, tried) = broken_tls_backend();
+    let certs = tempfile::tempdir().unwrap();
+    let pair = certificate(certs.path(), "mx", "mx.doorman.test", Key::Rsa, 30);
+    let backend = FakeBackend::start(true);
+    // The broken backend first in the config; each client goes to the
+    // first backend that takes it.
+    let config = engine_config(
+        broken,
+        &tls_section(&[pair], ""),
+        &format!(
+            "[[backend]]\naddress = \"{}\"\nsend_proxy = \"v2\"\n[pool]\ncheck_interval = \"1s\"",
+            backend.address
+        ),
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    // Balancing rotates the order: two of the four try the broken one first.
+    let clients = [
+        "203.0.113.70",
+        "203.0.113.71",
+        "203.0.113.72",
+        "203.0.113.73",
+    ];
+    for (n, client) in clients.into_iter().enumerate() {
+        let mut tls = start_tls(ready(&doorman, client), None);
+        say_tls(&mut tls, "EHLO client.test\r\n");
+        assert!(reply_tls(&mut tls).starts_with("250"));
+        say_tls(&mut tls, "MAIL FROM:<a@client.test>\r\n");
+        assert_eq!(reply_tls(&mut tls), "250 2.1.0 Ok\r\n");
+        say_tls(&mut tls, "RCPT TO:<b@doorman.test>\r\n");
+        assert_eq!(
+            reply_tls(&mut tls),
+            "250 2.0.0 ok\r\n",
+            "client {n} reached the working backend"
+        );
+        let got = backend.wait_bytes(n, 1);
+        assert_eq!(proxied_client(&got).0.ip().to_string(), client);
+    }
+    assert_eq!(tried.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let warning = format!(
+        "warning: cannot connect to service 127.0.0.1:{}: STARTTLS: ",
+        broken.port()
+    );
+    doorman.log.wait_for(
+        &format!("{warning}bytes after its 220 to STARTTLS: this is no TLS\\r\\n"),
+        Duration::from_secs(5),
+    );
+    doorman.log.wait_for(
+        &format!("{warning}handshake: received corrupt message"),
+        Duration::from_secs(5),
+    );
 }

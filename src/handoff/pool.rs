@@ -407,9 +407,7 @@ async fn open(
     };
     match starttls {
         Some(handoff) if greeting.starts_with(b"220") => {
-            let stream = start_tls(state, stream, &mut pending, handoff.ehlo)
-                .await
-                .inspect_err(|error| log::backend_tls_failed(backend.address, error))?;
+            let stream = start_tls(state, stream, &mut pending, handoff.ehlo).await?;
             Ok((stream, greeting, pending))
         }
         _ => Ok((Channel::Plain(stream), greeting, pending)),
@@ -428,7 +426,7 @@ async fn start_tls(
     let refused = |step: &str, reply: &[u8]| {
         io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("{step}: {}", log::escape(reply, 200)),
+            format!("STARTTLS: {step}: {}", log::escape(reply, 200)),
         )
     };
     stream.write_all(ehlo).await?;
@@ -446,7 +444,16 @@ async fn start_tls(
     }
     let session = timeout(REPLY_TIMEOUT, state.tls.connect(stream))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "STARTTLS: handshake timed out"))?
+        .map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!(
+                    "STARTTLS: handshake: {}",
+                    log::escape(error.to_string().as_bytes(), 200)
+                ),
+            )
+        })?;
     Ok(Channel::Tls(Box::new(tokio_rustls::TlsStream::Client(
         session,
     ))))
