@@ -88,8 +88,36 @@ where
         if *level >= Level::DEBUG {
             writer.write_str("debug: ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        // Every part of a line is escaped here, whoever wrote it (an error
+        // text from a library, the OS or Redis may hold a CR or LF): one
+        // event is one line.
+        let mut escaped = Escaped(&mut writer);
+        ctx.field_format()
+            .format_fields(Writer::new(&mut escaped), event)?;
         writeln!(writer)
+    }
+}
+
+/// Writes through to `W`, C-escaping control characters (`\r`, `\n`, `\t`,
+/// `\ooo`). Backslashes pass as they are: client text reaches the line
+/// escaped already, backslashes included.
+struct Escaped<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(|c: char| c.is_ascii_control()) {
+            self.0.write_str(&rest[..at])?;
+            let byte = rest.as_bytes()[at];
+            match byte {
+                b'\r' => self.0.write_str("\\r")?,
+                b'\n' => self.0.write_str("\\n")?,
+                b'\t' => self.0.write_str("\\t")?,
+                other => write!(self.0, "\\{other:03o}")?,
+            }
+            rest = &rest[at + 1..];
+        }
+        self.0.write_str(rest)
     }
 }
 
@@ -176,4 +204,24 @@ fn syslog(path: &Path) -> Result<Syslog, LogError> {
     Ok(Syslog {
         socket: Arc::new(socket),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+
+    #[test]
+    fn control_characters_are_escaped_and_backslashes_kept() {
+        let mut line = String::new();
+        write!(
+            Escaped(&mut line),
+            "malformed v1 header: Header must end in '\r\n'. from [192.0.2.1]:1: EHLO \\r\t\x07"
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "malformed v1 header: Header must end in '\\r\\n'. from [192.0.2.1]:1: EHLO \\r\\t\\007"
+        );
+    }
 }

@@ -256,6 +256,12 @@ fn malformed_headers_get_421_and_close() {
         ("v2 unix", unix, "unsupported network protocol 0x31"),
         ("v2 length too long", lying_long, "longer than"),
         ("v2 length too short", lying_short, "malformed v2"),
+        // ppp's error text for this one holds a real CR and LF.
+        (
+            "v1 trailing garbage",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 extra\r\n".to_vec(),
+            "must end in '\\r\\n'",
+        ),
     ];
     for (name, bytes, log_needle) in cases {
         let said = refused(&doorman, &bytes);
@@ -265,6 +271,13 @@ fn malformed_headers_get_421_and_close() {
     }
     assert_eq!(backend.count(), 0, "no refused header reaches a backend");
     assert!(doorman.log.matching("CONNECT from").is_empty());
+    // Every line is whole: none was split by a library's error text.
+    for line in doorman.log.lines() {
+        assert!(
+            line.split(": ").next().is_some_and(|head| head.contains(" postfix/postscreen[")),
+            "a line without its syslog head: {line:?}"
+        );
+    }
 }
 
 #[test]
