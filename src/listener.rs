@@ -171,7 +171,9 @@ impl Server {
         self.process
             .draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        log::agent_state(true, "shutting down");
+        if agent.is_some() {
+            log::agent_state(true, "shutting down");
+        }
         for task in &background {
             task.abort();
         }

@@ -122,7 +122,7 @@ pub fn agent_listening(address: SocketAddr) {
 
 /// This doorman's agent state changed (`doorman drain`/`undrain`, SIGTERM).
 pub fn agent_state(draining: bool, why: &str) {
-    warn!(
+    info!(
         "agent: {} ({why})",
         if draining { "draining" } else { "ready" }
     );

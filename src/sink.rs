@@ -18,7 +18,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::log::{escape, Endpoint};
 use crate::proxy::{self, Header, Parsed};
@@ -246,14 +246,20 @@ async fn connection(
     let mut buffer = BytesMut::with_capacity(4096);
     let client = if require_proxy {
         match read_header(&mut stream, &mut buffer).await? {
-            Some(Header::Proxied { source, .. }) => source,
-            Some(Header::Local) => peer,
+            Some(Header::Proxied { source, .. }) => Some(source),
+            // A health probe (doorman's, every check_interval): logged at
+            // debug level, so it does not bury the clients' lines.
+            Some(Header::Local) => None,
             None => return Ok(()),
         }
     } else {
-        peer
+        Some(peer)
     };
-    info!("sink: connect from {}", Endpoint(client));
+    match client {
+        Some(client) => info!("sink: connect from {}", Endpoint(client)),
+        None => debug!("sink: health check from {}", Endpoint(peer)),
+    }
+    let client = client.unwrap_or(peer);
     stream
         .write_all(format!("220 {hostname} ESMTP doorman sink\r\n").as_bytes())
         .await?;

@@ -296,6 +296,11 @@ fn shutdown_ends_an_engine_dialogue_with_421() {
         "stopping: no new connections; 1 live",
         Duration::from_secs(5),
     );
+    assert!(
+        doorman.log.matching("agent:").is_empty(),
+        "no agent is configured: {:?}",
+        doorman.log.matching("agent:")
+    );
     // The grace period (3 s) ends, and the engine says why it closes.
     assert_eq!(
         read_to_close(&mut client),

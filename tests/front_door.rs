@@ -274,7 +274,9 @@ fn malformed_headers_get_421_and_close() {
     // Every line is whole: none was split by a library's error text.
     for line in doorman.log.lines() {
         assert!(
-            line.split(": ").next().is_some_and(|head| head.contains(" postfix/postscreen[")),
+            line.split(": ")
+                .next()
+                .is_some_and(|head| head.contains(" postfix/postscreen[")),
             "a line without its syslog head: {line:?}"
         );
     }
