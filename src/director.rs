@@ -61,7 +61,9 @@ impl State {
 pub enum Change {
     /// No new clients.
     Drain,
-    /// New clients again, at the config's weight.
+    /// New clients again, at the weight an operator set (as Dovecot's
+    /// `doveadm director up` keeps a host's vhost count), or the config's
+    /// when none was set or it was 0.
     Undrain,
     /// This share of clients; 0 drains.
     Weight(u32),
@@ -131,7 +133,8 @@ impl Director {
             Change::Drain => state.drained = true,
             Change::Undrain => {
                 state.drained = false;
-                state.weight = None;
+                // A weight of 0 is a drain too: undrained, the config's.
+                state.weight = state.weight.filter(|weight| *weight > 0);
             }
             Change::Weight(weight) => state.weight = Some(weight),
             Change::Flush => {

@@ -97,7 +97,7 @@ enum BackendAction {
         /// The backend, as the config names it.
         address: SocketAddr,
     },
-    /// Give the backend new clients again, at its config weight.
+    /// Give the backend new clients again, at the weight an operator set (after weight 0, or none set: the config's).
     Undrain {
         /// The config file.
         #[arg(long, short)]

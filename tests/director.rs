@@ -154,6 +154,23 @@ fn one_command_drains_weighs_and_flushes_a_backend_for_the_fleet() {
         .success());
     thread::sleep(Duration::from_millis(700));
 
+    // An operator's weight outlives a drain, as a vhost count outlives
+    // Dovecot's `doveadm director down` and `up`.
+    let x_weight = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|l| l.starts_with(&x.address.to_string()))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+    };
+    let weighted = backend(&a, "weight", &[&x.address.to_string(), "3"]);
+    assert_eq!(x_weight(&weighted).as_deref(), Some("3"), "{weighted:?}");
+    assert!(backend(&a, "drain", &[&x.address.to_string()])
+        .status
+        .success());
+    let undrained = backend(&a, "undrain", &[&x.address.to_string()]);
+    assert_eq!(x_weight(&undrained).as_deref(), Some("3"), "{undrained:?}");
+    thread::sleep(Duration::from_millis(700));
+
     // Flush: a session live on X through B ends after the grace.
     let mut doomed = session_on(&b, &x, "203.0.113.60");
     let started = Instant::now();
