@@ -1,7 +1,8 @@
 //! The admin listener: Prometheus `/metrics`, `/healthz`, and control
 //! requests, over HTTP/1.1.
 //!
-//! `/healthz` answers 200 while some backend is up and 503 when none is,
+//! `/healthz` answers 200 while some backend is up and takes new clients,
+//! and 503 when none is up or every one is drained,
 //! for load balancers that check over HTTP instead of SMTP. `POST /drain`
 //! makes the agent check answer `drain` (HAProxy sends no new client) and
 //! `POST /undrain` undoes it. Control requests are taken from the networks
@@ -27,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::director::{describe, Change};
-use crate::handoff::BackendStatus;
+use crate::handoff::{Availability, BackendStatus};
 use crate::log::{self, Endpoint};
 use crate::shared::{Process, Shared};
 
@@ -139,14 +140,19 @@ async fn respond(
                 if draining { "drain\n" } else { "ready\n" }.to_string(),
             )
         }
-        (&Method::GET, "/healthz") if shared.pool.any_healthy(None) => {
-            (StatusCode::OK, "text/plain", "ok\n".to_string())
-        }
-        (&Method::GET, "/healthz") => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no backend is up\n".to_string(),
-        ),
+        (&Method::GET, "/healthz") => match shared.pool.availability(None) {
+            Availability::Ready => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Availability::Drained => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "every backend is drained\n".to_string(),
+            ),
+            Availability::Down => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no backend is up\n".to_string(),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

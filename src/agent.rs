@@ -7,6 +7,8 @@
 //!
 //! - `drain` after `doorman drain` (or `POST /drain`), and during the
 //!   SIGTERM grace period: HAProxy sends no new client, live ones finish;
+//! - `drain` too when every backend that is up is drained (or weighs 0),
+//!   so HAProxy sends nobody the backends would refuse;
 //! - `down` when no backend is up;
 //! - otherwise `ready NN%`: 100% at rest, falling as the screening places
 //!   fill, to [`FLOOR`]% when they are full, so a node under a flood gets
@@ -21,6 +23,7 @@ use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
+use crate::handoff::Availability;
 use crate::shared::{Process, Shared};
 
 /// The lowest weight doorman asks for while it takes clients.
@@ -31,12 +34,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The agent's line: `drain`, `down`, or `ready NN%` for `screening` of
 /// `limit` screening places taken (0: no limit).
-pub fn line(draining: bool, any_backend_up: bool, screening: usize, limit: usize) -> String {
-    if draining {
-        return "drain\n".to_string();
-    }
-    if !any_backend_up {
-        return "down\n".to_string();
+pub fn line(draining: bool, backends: Availability, screening: usize, limit: usize) -> String {
+    match (draining, backends) {
+        // Drained backends let their live sessions finish: so does HAProxy.
+        (true, _) | (false, Availability::Drained) => return "drain\n".to_string(),
+        (false, Availability::Down) => return "down\n".to_string(),
+        (false, Availability::Ready) => {}
     }
     let weight = if limit == 0 {
         100
@@ -62,7 +65,7 @@ pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process
         let shared = current.load();
         let text = line(
             process.draining.load(Ordering::SeqCst),
-            shared.pool.any_healthy(None),
+            shared.pool.availability(None),
             process.limits.screening(),
             shared.config.limits.screening,
         );
@@ -81,13 +84,19 @@ mod tests {
 
     #[test]
     fn lines() {
-        assert_eq!(line(true, true, 0, 100), "drain\n");
-        assert_eq!(line(true, false, 0, 100), "drain\n", "drain first");
-        assert_eq!(line(false, false, 0, 100), "down\n");
-        assert_eq!(line(false, true, 0, 100), "ready 100%\n");
-        assert_eq!(line(false, true, 50, 100), "ready 55%\n");
-        assert_eq!(line(false, true, 100, 100), "ready 10%\n");
-        assert_eq!(line(false, true, 500, 100), "ready 10%\n");
-        assert_eq!(line(false, true, 500, 0), "ready 100%\n", "no limit");
+        use Availability::*;
+        assert_eq!(line(true, Ready, 0, 100), "drain\n");
+        assert_eq!(line(true, Down, 0, 100), "drain\n", "drain first");
+        assert_eq!(
+            line(false, Drained, 0, 100),
+            "drain\n",
+            "every backend drained"
+        );
+        assert_eq!(line(false, Down, 0, 100), "down\n");
+        assert_eq!(line(false, Ready, 0, 100), "ready 100%\n");
+        assert_eq!(line(false, Ready, 50, 100), "ready 55%\n");
+        assert_eq!(line(false, Ready, 100, 100), "ready 10%\n");
+        assert_eq!(line(false, Ready, 500, 100), "ready 10%\n");
+        assert_eq!(line(false, Ready, 500, 0), "ready 100%\n", "no limit");
     }
 }

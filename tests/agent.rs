@@ -166,3 +166,84 @@ fn control_requests_need_a_trusted_network_or_the_token() {
         "a trusted network needs no token"
     );
 }
+
+/// The agent's line now.
+fn agent_says(agent: u16) -> String {
+    let mut line = String::new();
+    TcpStream::connect(("127.0.0.1", agent))
+        .unwrap()
+        .read_to_string(&mut line)
+        .unwrap();
+    line
+}
+
+/// The status line of `GET /healthz`.
+fn healthz(admin: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// What HAProxy's check (a v2 LOCAL header) reads first.
+fn health_check_greeting(doorman: &Doorman) -> String {
+    let mut check = connect_from(Ipv4Addr::LOCALHOST, doorman.address);
+    check.write_all(doorman::proxy::write::V2_LOCAL).unwrap();
+    read_line(&mut check)
+}
+
+#[test]
+fn a_pool_whose_backends_are_all_drained_is_not_ready() {
+    let backend = FakeBackend::start(true);
+    let (admin, agent) = (free_port(), free_port());
+    let doorman = start(&backend, admin, agent);
+    let address = backend.address.to_string();
+    let backend_command = |verb: &str| {
+        stdout_of(
+            Command::new(doorman_bin())
+                .args(["backend", verb, "--config"])
+                .arg(doorman.config_path())
+                .arg(&address),
+        )
+    };
+    assert_eq!(
+        health_check_greeting(&doorman),
+        "220 mx.doorman.test ESMTP\r\n"
+    );
+    assert_eq!(agent_says(agent), "ready 100%\n");
+    assert_eq!(healthz(admin), "HTTP/1.1 200 OK");
+
+    // Its one backend drained: HAProxy must send nobody, as when none is up;
+    // the agent says drain, so live sessions finish.
+    backend_command("drain");
+    assert_eq!(
+        health_check_greeting(&doorman),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    assert_eq!(agent_says(agent), "drain\n");
+    assert_eq!(healthz(admin), "HTTP/1.1 503 Service Unavailable");
+
+    // Weight 0 is a drain too.
+    backend_command("undrain");
+    assert_eq!(agent_says(agent), "ready 100%\n");
+    stdout_of(
+        Command::new(doorman_bin())
+            .args(["backend", "weight", "--config"])
+            .arg(doorman.config_path())
+            .args([address.as_str(), "0"]),
+    );
+    assert_eq!(agent_says(agent), "drain\n");
+    assert_eq!(
+        health_check_greeting(&doorman),
+        "421 4.3.2 All server ports are busy\r\n"
+    );
+    backend_command("undrain");
+    assert_eq!(
+        health_check_greeting(&doorman),
+        "220 mx.doorman.test ESMTP\r\n"
+    );
+    assert_eq!(healthz(admin), "HTTP/1.1 200 OK");
+}

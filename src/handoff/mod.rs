@@ -14,5 +14,7 @@ pub mod pool;
 pub mod relay;
 pub mod xclient;
 
-pub use pool::{read_reply, BackendStatus, Connected, NoBackend, Pool, TlsHandoff, REPLY_TIMEOUT};
+pub use pool::{
+    read_reply, Availability, BackendStatus, Connected, NoBackend, Pool, TlsHandoff, REPLY_TIMEOUT,
+};
 pub use relay::{relay, RelayError};

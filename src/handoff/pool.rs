@@ -78,6 +78,18 @@ pub struct BackendStatus {
     pub draining: bool,
 }
 
+/// Whether the pool (or a cluster of it) can take a client now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// A backend is up and takes new clients.
+    Ready,
+    /// Backends are up, but every one is drained (or weighs 0): live
+    /// sessions finish, new clients would be refused.
+    Drained,
+    /// No backend is up.
+    Down,
+}
+
 /// A client's place at a backend; given back when dropped.
 #[derive(Debug)]
 pub struct Lease {
@@ -196,12 +208,25 @@ impl Pool {
         self.keywords.lock().ok().and_then(|k| k.clone())
     }
 
-    /// Whether any backend is up, of `cluster` or of any (the answer for
-    /// HAProxy's checks).
-    pub fn any_healthy(&self, cluster: Option<&str>) -> bool {
-        self.backends.iter().any(|b| {
-            b.healthy.load(Ordering::SeqCst) && cluster.is_none_or(|c| b.config.cluster == c)
-        })
+    /// Whether a client of `cluster` (of any cluster: `None`) could get a
+    /// backend now: one is up and takes new clients (not drained, weight
+    /// above 0); else whether the ones up are all drained, or none is up.
+    /// The answer for HAProxy's checks, the agent and `/healthz`.
+    pub fn availability(&self, cluster: Option<&str>) -> Availability {
+        let mut availability = Availability::Down;
+        for backend in &self.backends {
+            if !backend.healthy.load(Ordering::SeqCst)
+                || cluster.is_some_and(|c| backend.config.cluster != c)
+            {
+                continue;
+            }
+            let state = self.director.state(backend.config.address);
+            if !state.drained && state.weight.unwrap_or(backend.config.weight) > 0 {
+                return Availability::Ready;
+            }
+            availability = Availability::Drained;
+        }
+        availability
     }
 
     /// Every backend's state.

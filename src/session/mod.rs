@@ -42,7 +42,9 @@ use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
 use crate::handoff::gated::{relay_gated, Gated, Gates};
-use crate::handoff::{read_reply, relay, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT};
+use crate::handoff::{
+    read_reply, relay, Availability, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT,
+};
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
@@ -361,7 +363,9 @@ impl Session {
                     .any(|route| route.matches(*destination, self.listening))
             })
             .map(|destination| config.cluster_for(destination, self.listening).to_string());
-        let alive = self.shared.pool.any_healthy(cluster.as_deref());
+        // Drained backends take no client: a node whose backends are all
+        // drained answers as one with none up, so HAProxy sends nobody.
+        let alive = self.shared.pool.availability(cluster.as_deref()) == Availability::Ready;
         log::health_check(self.peer, alive);
         if !alive {
             self.send(reply::SERVER_PORTS_BUSY).await;
