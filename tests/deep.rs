@@ -373,3 +373,43 @@ fn a_backend_that_gives_up_after_the_replay_ends_the_session_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_pregreet_pass_outlives_a_client_that_leaves_before_rcpt() {
+    let backend = FakeBackend::start(true);
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        "[greet]\nwait = \"1s\"\n[cache]\nstore = \"memory\"\n[deep_tests]\npipelining = { enable = true }\n",
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let visit = || {
+        let started = std::time::Instant::now();
+        let mut client = connect_as(&doorman, "203.0.113.30");
+        let mut first = read_line(&mut client);
+        if first.starts_with("220-") {
+            first = read_line(&mut client);
+        }
+        assert_eq!(first, GREETING);
+        let waited = started.elapsed();
+        say(&mut client, "EHLO client.test\r\n");
+        while !read_line(&mut client).starts_with("250 ") {}
+        say(&mut client, "QUIT\r\n");
+        assert_eq!(read_to_close(&mut client), "221 2.0.0 Bye\r\n");
+        waited
+    };
+    assert!(
+        visit() >= Duration::from_millis(950),
+        "the first visit waits"
+    );
+    // The pregreet test was finished: the next visits skip the wait, while
+    // the pipelining test, never finished, is still due (the engine greets).
+    for _ in 0..2 {
+        let waited = visit();
+        assert!(waited < Duration::from_millis(500), "waited {waited:?}");
+    }
+    assert_eq!(doorman.log.matching("PASS NEW").len(), 0);
+    assert_eq!(backend.count(), 0);
+}

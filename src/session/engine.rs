@@ -4,10 +4,28 @@
 use super::*;
 
 impl Session {
+    /// The built-in engine (see [`Session::dialogue`]). A client that
+    /// leaves before its passes are recorded at RCPT (QUIT, a hang-up, a
+    /// greylisted RCPT) still has its pregreet pass remembered, as
+    /// postscreen remembers each test a client finished, so its next visit
+    /// skips the greet wait. The score's tests are judged again: selective
+    /// greylisting relies on it.
+    pub(super) async fn engine(&mut self, mut run: EngineRun) -> Phase {
+        let phase = self.dialogue(&mut run).await;
+        if let Some(pass) = run.pass.take() {
+            let mut kept = pass.previous.clone().unwrap_or_default();
+            if pass.entry.pregreet > kept.pregreet {
+                kept.pregreet = pass.entry.pregreet;
+                self.shared.cache.put(run.client.ip(), kept);
+            }
+        }
+        phase
+    }
+
     /// The built-in engine's dialogue: deep tests on every line, the
     /// engine's replies, and at RCPT a refusal or, for a client that passed,
     /// the replay into a backend (or postscreen's 450, with `reconnect`).
-    pub(super) async fn engine(&mut self, mut run: EngineRun) -> Phase {
+    async fn dialogue(&mut self, run: &mut EngineRun) -> Phase {
         let config = Arc::clone(&self.shared.config);
         if !run.pregreeted {
             let banner = config.greet_banner();
@@ -64,7 +82,7 @@ impl Session {
                             Action::Ignore => {}
                         }
                     }
-                    match self.ask_gates(&engine, &line, &client, &run).await {
+                    match self.ask_gates(&engine, &line, &client, run).await {
                         Some(rejection) if rejection.action == Action::Drop => {
                             self.count(Counted::Dropped);
                             self.send(&rejection.drop_reply()).await;
@@ -88,14 +106,14 @@ impl Session {
             };
             match step.event {
                 Some(EngineEvent::Passed(transaction)) => {
-                    self.record_deep_passes(&mut run);
+                    self.record_deep_passes(run);
                     match config.deep_tests.after_pass {
                         // A client in the engine only for the gates (no
                         // deep test due) is always replayed.
                         _ if config.deep_tests.after_pass == AfterPass::Replay
                             || run.deep.enabled().is_empty() =>
                         {
-                            let mut envelope = self.envelope(&engine, &run);
+                            let mut envelope = self.envelope(&engine, run);
                             envelope.recipients.push(transaction.refused.to.clone());
                             let mut lines: Vec<Vec<u8>> =
                                 transaction.helo_line.into_iter().collect();
