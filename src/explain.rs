@@ -1,8 +1,9 @@
 //! `doorman explain`: why a client would be let in or refused.
 //!
 //! It runs the access list and every DNSBL lookup for one address, exactly
-//! as a connection would (same resolver settings), and writes what each
-//! step found, the score and the verdict. The greet test is behaviour, not
+//! as a connection would (same resolver settings, answers only until the
+//! greet wait ends), and writes what each step found, the score and the
+//! verdict, judged by the runtime's own [`Thresholds::judge`]. The greet test is behaviour, not
 //! data, so it is only named.
 
 use std::fmt::Write;
@@ -79,7 +80,11 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
             nameservers: config.dnsbl.nameservers.clone(),
             cache_size: 64,
         })?);
-        let done = dnsbl.start(ip).finish().await;
+        // As a connection does: what is not in by the end of the greet wait
+        // is no answer.
+        let mut done = dnsbl.start(ip);
+        let wait = config.greet.wait;
+        let _ = tokio::time::timeout(wait, async { while done.next().await {} }).await;
         for zone in dnsbl.zones() {
             let found = match done.answers().get(zone) {
                 Some(Answer::Listed { addresses, ttl }) => format!(
@@ -93,7 +98,7 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
                 ),
                 Some(Answer::NotListed { ttl }) => format!("not listed (ttl {}s)", ttl.as_secs()),
                 Some(Answer::Failed { error }) => format!("lookup failed: {error}"),
-                None => "no answer".to_string(),
+                None => format!("no answer within the greet wait ({wait:?})"),
             };
             let _ = writeln!(out, "dnsbl {zone}: {found}");
         }
@@ -124,16 +129,32 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
     };
     let mut outcome = None;
     if !scores.is_empty() {
-        let ttl = scores.iter().filter_map(|score| score.ttl).min();
+        // The runtime's own judgement: a pass is remembered only when the
+        // score is complete and refuses nobody.
+        let judgement = thresholds.judge(&scores, ip);
+        let remembered = match judgement {
+            Judgement::Listed { .. } => "fails: nothing remembered".to_string(),
+            Judgement::Undecided { .. } => {
+                "a list did not answer: nothing remembered, tested in full next time".to_string()
+            }
+            Judgement::Allowlisted { .. } | Judgement::Clean { .. } => format!(
+                "pass remembered for {}s",
+                scores
+                    .iter()
+                    .filter_map(|score| score.ttl)
+                    .min()
+                    .unwrap_or_default()
+                    .as_secs()
+            ),
+        };
         let _ = writeln!(
             out,
-            "score: {} (threshold {}, allowlist threshold {}); pass remembered for {}s",
-            scores.iter().map(Score::points).sum::<i32>(),
+            "score: {} (threshold {}, allowlist threshold {}); {remembered}",
+            judgement.rank(),
             thresholds.threshold,
             thresholds.allowlist_threshold,
-            ttl.unwrap_or_default().as_secs()
         );
-        outcome = Some(thresholds.judge(&scores, ip));
+        outcome = Some(judgement);
     }
     if config.gates.iter().any(|gate| gate == "greylist") {
         let score: i32 = scores.iter().map(Score::points).sum();
@@ -160,6 +181,9 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, ResolverErro
         (None, Some(Judgement::Allowlisted { rank })) => {
             format!("allowlisted by DNSWL (rank {rank}): every test passes, handed off")
         }
+        (None, Some(Judgement::Undecided { .. })) => {
+            "not listed by the lists that answered; handed off unless it pregreets, and tested again next time".to_string()
+        }
         _ => "passes the DNSBL test; handed off unless it pregreets".to_string(),
     };
     let _ = writeln!(out, "verdict: {verdict}");
@@ -175,10 +199,22 @@ async fn explain_rdns(
     scores: &mut Vec<Score>,
 ) -> Result<(), ResolverError> {
     let gate = RdnsGate::new(rdns_settings(config))?;
-    let outcome = match gate.check(ip).await {
-        Ok(outcome) => outcome,
-        Err(failed) => {
+    let wait = config.greet.wait;
+    let outcome = match tokio::time::timeout(wait, gate.check(ip)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(failed)) => {
             let _ = writeln!(out, "rdns: lookup failed: {} (no opinion)", failed.0);
+            return Ok(());
+        }
+        Err(_) => {
+            // Unfinished at the end of the wait: the runtime remembers
+            // nothing of such a connection.
+            let _ = writeln!(out, "rdns: no answer within the greet wait ({wait:?})");
+            scores.push(Score {
+                findings: Vec::new(),
+                ttl: None,
+                complete: false,
+            });
             return Ok(());
         }
     };

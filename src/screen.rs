@@ -47,11 +47,31 @@ pub enum Judgement {
         /// The sum.
         rank: i32,
     },
-    /// Neither (or not every answer is in).
+    /// Neither, with every answer in: each gate passes, and the passes are
+    /// remembered.
     Clean {
         /// The sum.
         rank: i32,
     },
+    /// Neither, with an answer missing (a list that did not answer, or
+    /// whose lookup failed): the client goes on, but nothing is remembered
+    /// and it never allowlists.
+    Undecided {
+        /// The sum of what is in.
+        rank: i32,
+    },
+}
+
+impl Judgement {
+    /// The summed score.
+    pub fn rank(&self) -> i32 {
+        match self {
+            Judgement::Listed { rank, .. }
+            | Judgement::Allowlisted { rank }
+            | Judgement::Clean { rank }
+            | Judgement::Undecided { rank } => *rank,
+        }
+    }
 }
 
 /// The score thresholds (`[dnsbl] threshold` and `allowlist_threshold`),
@@ -67,8 +87,9 @@ pub struct Thresholds {
 impl Thresholds {
     /// Judges the gates' scores, as postscreen judges its DNSBL score: the
     /// weights add up; a refusal names the finding with the largest
-    /// positive weight (the first on ties, in gate order); only a complete
-    /// score allowlists.
+    /// positive weight (the first on ties, in gate order); a score with an
+    /// answer missing may refuse, but is otherwise undecided. The runtime
+    /// (`judge_waits`) and `doorman explain` both judge with this.
     pub fn judge<'a>(&self, scores: impl IntoIterator<Item = &'a Score>, ip: IpAddr) -> Judgement {
         let mut rank = 0;
         let mut complete = true;
@@ -91,7 +112,9 @@ impl Thresholds {
                     top.map(|t| t.name.as_str()).unwrap_or_default()
                 ),
             }
-        } else if complete && self.allowlist_threshold < 0 && rank <= self.allowlist_threshold {
+        } else if !complete {
+            Judgement::Undecided { rank }
+        } else if self.allowlist_threshold < 0 && rank <= self.allowlist_threshold {
             Judgement::Allowlisted { rank }
         } else {
             Judgement::Clean { rank }
@@ -259,8 +282,16 @@ mod tests {
         let partial = score(&[("wl.test", -2)], false);
         assert_eq!(
             thresholds.judge([&partial], ip),
-            Judgement::Clean { rank: -2 },
-            "a partial score never allowlists"
+            Judgement::Undecided { rank: -2 },
+            "a partial score never allowlists, and is never remembered"
+        );
+        let partial_listing = score(&[("zen.test", 3)], false);
+        assert!(
+            matches!(
+                thresholds.judge([&partial_listing], ip),
+                Judgement::Listed { rank: 3, .. }
+            ),
+            "but it may refuse"
         );
         let off = Thresholds {
             threshold: 1,

@@ -636,7 +636,7 @@ fn explain_shows_matches_score_and_verdict() {
         "site bl.test=127.0.0.[2..11]*2: matches, +2\n",
         "site bl2.test*1: matches, +1\n",
         "site wl.test=127.0.[0..255].[2..3]*-3: no match\n",
-        "score: 3 (threshold 2, allowlist threshold -2)",
+        "score: 3 (threshold 2, allowlist threshold -2); fails: nothing remembered\n",
         "verdict: DNSBL rank 3: 5.7.1 Service unavailable; client [203.0.113.9] blocked using bl.test, action enforce\n",
     ] {
         assert!(listed.contains(line), "missing {line:?} in:\n{listed}");
@@ -660,6 +660,48 @@ fn explain_shows_matches_score_and_verdict() {
     assert!(
         error.contains("dnsbl bl.test: lookup failed: error code 127.255.255.254"),
         "{error}"
+    );
+    assert!(
+        error.contains("a list did not answer: nothing remembered, tested in full next time"),
+        "{error}"
+    );
+    assert!(!error.contains("pass remembered"), "{error}");
+    let clean = explain("203.0.113.200");
+    assert!(clean.contains("; pass remembered for 60s\n"), "{clean}");
+}
+
+#[test]
+fn explain_and_the_runtime_agree_when_no_list_answers() {
+    // A name server that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = silent.local_addr().unwrap();
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns,
+        Setup {
+            extra: "min_ttl = \"60s\"\n",
+            ..Setup::default()
+        },
+    );
+    let report = explain(&doorman, "203.0.113.201");
+    assert!(
+        report.contains("a list did not answer: nothing remembered, tested in full next time"),
+        "{report}"
+    );
+    assert!(!report.contains("pass remembered"), "{report}");
+    // The runtime: handed off after the wait, nothing remembered, so the
+    // next visit meets the teaser again.
+    for _ in 0..2 {
+        let mut client = connect_as(&doorman, "203.0.113.201");
+        assert_eq!(read_line(&mut client), TEASER);
+        assert_eq!(read_line(&mut client), "220 backend.test ESMTP fake\r\n");
+        drop(client);
+    }
+    assert!(
+        doorman.log.matching("PASS").is_empty(),
+        "{:?}",
+        doorman.log.matching("PASS")
     );
 }
 

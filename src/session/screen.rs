@@ -319,10 +319,7 @@ impl Session {
             .shared
             .thresholds
             .judge(scores.iter().map(|(_, score)| score), client.ip());
-        let (Judgement::Listed { rank, .. }
-        | Judgement::Allowlisted { rank }
-        | Judgement::Clean { rank }) = judgement;
-        screening.scored(rank);
+        screening.scored(judgement.rank());
         match judgement {
             Judgement::Listed { rank, reply_text } => {
                 for (name, score) in &scores {
@@ -335,6 +332,7 @@ impl Session {
                 }
                 screening.fail(rejection);
             }
+            Judgement::Undecided { .. } => screening.undecided(),
             _ if !waits.is_complete() => screening.undecided(),
             judgement => {
                 for (name, score) in &scores {

@@ -116,7 +116,7 @@ pub struct Score {
     /// answers, clamped to `[min_ttl, max_ttl]`; `min_ttl` when no zone
     /// answered.
     pub ttl: Duration,
-    /// Whether every zone answered (or failed) in time.
+    /// Whether every zone answered in time (a failed lookup is no answer).
     pub complete: bool,
 }
 
@@ -151,7 +151,12 @@ pub fn score(
         rank,
         top_site: top.map(|s| s.domain.clone()),
         ttl,
-        complete: answers.len() >= zones,
+        // A failed lookup is no answer: the score may still refuse, but is
+        // never remembered and never allowlists.
+        complete: answers.len() >= zones
+            && !answers
+                .values()
+                .any(|answer| matches!(answer, Answer::Failed { .. })),
     }
 }
 
