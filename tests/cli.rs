@@ -74,7 +74,45 @@ fn check_names_file_and_line_of_a_bad_proxy_host() {
 fn check_reports_a_missing_hosts_file() {
     let (code, _, err) = check(&GOOD.replace("\"haproxy_hosts\"", "\"nope\""), "");
     assert_eq!(code, 1);
-    assert!(err.contains("nope: cannot read"), "{err}");
+    assert!(err.contains("doorman.toml:3: hosts_file = \""), "{err}");
+    assert!(
+        err.contains("nope\": cannot read: No such file or directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_the_key_and_the_value_it_refused() {
+    // A duplicate key.
+    let (code, _, err) = check(
+        &GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\ntimeout = \"6s\""),
+        "127.0.0.1\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doorman.toml:5: timeout = \"6s\": duplicate key"),
+        "{err}"
+    );
+    // A bare word where a number belongs.
+    let config = format!("{GOOD}[pool]\nrise = two\n");
+    let (code, _, err) = check(&config, "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("doorman.toml:11: rise = two: "), "{err}");
+    // A host name where an address belongs.
+    let (code, _, err) = check(
+        &GOOD.replace("\"127.0.0.1:2525\"", "\"localhost:2525\""),
+        "127.0.0.1\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doorman.toml:6: address = \"localhost:2525\": invalid socket address syntax"),
+        "{err}"
+    );
+    // The access table's key, in its own table.
+    let config = format!("{GOOD}[access]\nfile = \"no-such-table\"\n");
+    let (code, _, err) = check(&config, "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("doorman.toml:11: file = \""), "{err}");
 }
 
 #[test]
@@ -104,7 +142,7 @@ fn check_refuses_a_file_that_is_not_a_regular_file() {
     let (code, _, err) = check(&config, "127.0.0.1\n");
     assert_eq!(code, 1);
     assert!(
-        err.contains("/dev/zero: cannot read: not a regular file"),
+        err.contains("doorman.toml:11: file = \"/dev/zero\": cannot read: not a regular file"),
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));

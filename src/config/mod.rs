@@ -236,14 +236,35 @@ impl Config {
 
     /// As [`Config::parse`], with the gates `registry` knows.
     pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: error
+        let file: ConfigFile = toml::from_str(text).map_err(|error| {
+            let line = error
                 .span()
                 .map(|span| line_of(text, span.start))
-                .unwrap_or(1),
-            message: error.message().to_string(),
+                .unwrap_or(1);
+            // The line itself names the key and the value refused.
+            let written = text.lines().nth(line - 1).unwrap_or_default().trim();
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                message: format!(
+                    "{}: {}",
+                    crate::log::escape(written.as_bytes(), 200),
+                    error.message().trim_end()
+                ),
+            }
         })?;
+        // A file the config names that cannot be read: where it is named.
+        let unreadable = |table: &str, key: &str, error: ConfigError| match error {
+            ConfigError::Read { path: file, source } => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_in_table(text, table, key),
+                message: format!(
+                    "{key} = {:?}: cannot read: {source}",
+                    file.display().to_string()
+                ),
+            },
+            other => other,
+        };
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: line_of_key(text, key),
@@ -293,7 +314,8 @@ impl Config {
         let proxy_hosts = match &proxy.hosts_file {
             Some(hosts_file) => {
                 let resolved = base.join(hosts_file);
-                let hosts = ProxyHosts::load(&resolved)?;
+                let hosts = ProxyHosts::load(&resolved)
+                    .map_err(|error| unreadable("proxy", "hosts_file", error))?;
                 proxy.hosts_file = Some(resolved);
                 hosts
             }
@@ -399,7 +421,8 @@ impl Config {
         let access_list = match &access.file {
             Some(table) => {
                 let resolved = base.join(table);
-                let text = read_file(&resolved)?;
+                let text =
+                    read_file(&resolved).map_err(|error| unreadable("access", "file", error))?;
                 let list = AccessList::parse(&text, &resolved, access.action.into()).map_err(
                     |doorman_access::AccessError::Syntax {
                          path,
@@ -434,7 +457,10 @@ impl Config {
         let admin_token = match &admin.token_file {
             Some(token_file) => {
                 let resolved = base.join(token_file);
-                let token = read_file(&resolved)?.trim().to_string();
+                let token = read_file(&resolved)
+                    .map_err(|error| unreadable("admin", "token_file", error))?
+                    .trim()
+                    .to_string();
                 if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
                     return Err(ConfigError::Invalid {
                         path: resolved,
@@ -556,6 +582,30 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The 1-based line where `key` is set in `[table]` (or `[[table]]`), or
+/// the table's own line, or 1.
+fn line_in_table(text: &str, table: &str, key: &str) -> usize {
+    let mut current = "";
+    let mut header = None;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.starts_with('[') {
+            current = line.trim_matches(|c| c == '[' || c == ']').trim();
+            if current == table {
+                header.get_or_insert(index + 1);
+            }
+            continue;
+        }
+        let named = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if current == table && named {
+            return index + 1;
+        }
+    }
+    header.unwrap_or(1)
 }
 
 /// The first line that mentions `key`, for checks that run after parsing.
