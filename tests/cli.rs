@@ -147,3 +147,21 @@ fn check_refuses_a_file_that_is_not_a_regular_file() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn durations_have_upper_bounds() {
+    let config = format!("{GOOD}[greet]\nwait = \"1d\"\n");
+    let (code, _, err) = check(&config, "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doorman.toml:11: wait = \"1day\": at most \"5m\""),
+        "{err}"
+    );
+    let config = format!("{GOOD}[deep_tests]\npipelining = {{ enable = true, ttl = \"2y\" }}\n");
+    let (code, _, err) = check(&config, "127.0.0.1\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("doorman.toml:11: pipelining ttl = "), "{err}");
+    // The bounds admit sane settings: five minutes of greet wait.
+    let config = format!("{GOOD}[greet]\nwait = \"5m\"\n");
+    assert_eq!(check(&config, "127.0.0.1\n").0, 0);
+}

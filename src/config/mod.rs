@@ -6,6 +6,7 @@
 //! the config file is in. A loaded [`Config`] is an immutable snapshot: a
 //! connection takes an `Arc` of it once.
 
+mod bounds;
 mod hosts;
 mod screening;
 mod sections;
@@ -309,6 +310,18 @@ impl Config {
                 ),
             ));
         }
+        if let Some((table, key, value, bound)) = bounds::exceeded(&durations(&file)) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_in_table(text, table, key),
+                message: format!(
+                    "{key}{} = {:?}: at most {:?} (the configuration reference lists every bound)",
+                    if table == "deep_tests" { " ttl" } else { "" },
+                    humantime::format_duration(value).to_string(),
+                    humantime::format_duration(bound).to_string()
+                ),
+            });
+        }
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let mut proxy = file.proxy;
         let proxy_hosts = match &proxy.hosts_file {
@@ -533,6 +546,47 @@ impl Config {
             tls,
         })
     }
+}
+
+/// Every duration of `file`, by table and key, for [`bounds::exceeded`].
+fn durations(file: &ConfigFile) -> Vec<(&'static str, &'static str, Duration)> {
+    let deep = &file.deep_tests;
+    let mut all = vec![
+        ("", "shutdown_grace", file.shutdown_grace),
+        ("proxy", "timeout", file.proxy.timeout),
+        ("greet", "wait", file.greet.wait),
+        ("greet", "ttl", file.greet.ttl),
+        ("dnsbl", "min_ttl", file.dnsbl.min_ttl),
+        ("dnsbl", "max_ttl", file.dnsbl.max_ttl),
+        ("dnsbl", "timeout", file.dnsbl.timeout),
+        ("greylist", "delay", file.greylist.delay),
+        ("greylist", "retry_window", file.greylist.retry_window),
+        ("greylist", "max_age", file.greylist.max_age),
+        ("policy", "timeout", file.policy.timeout),
+        ("pool", "check_interval", file.pool.check_interval),
+        ("pool", "flush_grace", file.pool.flush_grace),
+        ("cache", "flush_interval", file.cache.flush_interval),
+        ("cache", "redis_timeout", file.cache.redis_timeout),
+        ("cache", "cleanup_interval", file.cache.cleanup_interval),
+        ("cache", "retention_time", file.cache.retention_time),
+        ("engine", "command_time", file.engine.command_time),
+        ("deep_tests", "pipelining", deep.pipelining.ttl()),
+        (
+            "deep_tests",
+            "non_smtp_command",
+            deep.non_smtp_command.ttl(),
+        ),
+        ("deep_tests", "bare_newline", deep.bare_newline.ttl()),
+    ];
+    all.extend(
+        file.backends
+            .iter()
+            .map(|backend| ("backend", "connect_timeout", backend.connect_timeout)),
+    );
+    if let Some(tls) = &file.tls {
+        all.push(("tls", "handshake_timeout", tls.handshake_timeout));
+    }
+    all
 }
 
 fn default_gates() -> Vec<String> {
