@@ -159,3 +159,81 @@ fn json_layout_and_syslog_socket() {
     assert!(text.contains(" doorman-test["), "{text}");
     assert!(text.contains("]: listening on [127.0.0.1]:"), "{text}");
 }
+
+/// One syslog datagram as journald stores it and fail2ban's `systemd`
+/// backend renders it: `DATE HOST IDENTIFIER[PID]: MESSAGE`. journald takes
+/// the identifier, the PID and the message from the datagram (`<PRI>DATE
+/// IDENTIFIER[PID]: MESSAGE`) and adds the host.
+fn as_journal_line(datagram: &str, host: &str) -> String {
+    let line = datagram.split_once('>').map_or(datagram, |(_, rest)| rest);
+    let (date, rest) = line.split_at(15.min(line.len()));
+    format!("{date} {host}{rest}")
+}
+
+#[test]
+fn the_journal_jail_bans_from_doormans_syslog_lines() {
+    if !require_program("fail2ban-regex") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let backend = FakeBackend::start(true);
+    // The journal set-up: [log] syslog = true, to the socket journald
+    // serves at /dev/log (here a test socket).
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        &format!(
+            "[greet]\nwait = \"1s\"\n[log]\nsyslog = true\nsyslog_socket = \"{}\"\n",
+            socket_path.display()
+        ),
+    );
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("doorman.toml"), &config).unwrap();
+    std::fs::write(home.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let mut child = Command::new(doorman_bin())
+        .args(["run", "--config"])
+        .arg(home.path().join("doorman.toml"))
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut datagram = [0u8; 4096];
+    let mut address = None;
+    while address.is_none() {
+        let n = socket.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
+        if text.contains("]: listening on ") {
+            address = Some(parse_endpoint(&text));
+        }
+        lines.push(text);
+    }
+    let target = address.unwrap();
+    let mut zombie = connect_from(std::net::Ipv4Addr::LOCALHOST, target);
+    zombie
+        .write_all(b"PROXY TCP4 203.0.113.221 198.51.100.25 40000 25\r\nEHLO ylmf-pc\r\n")
+        .unwrap();
+    loop {
+        let n = socket.recv(&mut datagram).unwrap();
+        let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
+        let done = text.contains("PREGREET");
+        lines.push(text);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let journal = dir.path().join("journal.txt");
+    let rendered: Vec<String> = lines.iter().map(|l| as_journal_line(l, "mx")).collect();
+    for line in &rendered {
+        assert!(line.contains(" mx postfix/postscreen["), "{line}");
+    }
+    std::fs::write(&journal, rendered.join("\n") + "\n").unwrap();
+    assert_eq!(banned(&journal, "ddos"), vec!["203.0.113.221"]);
+}
