@@ -106,3 +106,31 @@ fn the_connection_rate_counts_per_network_with_smtpds_reply() {
         assert_eq!(line, "220 backend.test ESMTP fake\r\n");
     }
 }
+
+#[test]
+fn the_connection_rate_counts_clients_with_no_test_due() {
+    // No teaser, no DNSBL, no deep test: nothing is due, and no client has
+    // a record, so each is still counted.
+    let backend = FakeBackend::start(true);
+    let config = config_with(
+        backend.address,
+        "v2",
+        "",
+        "5s",
+        "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n[limits]\nipv4_prefix = 24\nconnection_rate = 2\n",
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    for n in 1..=2 {
+        let (_stream, line) = first_line(&doorman, &format!("203.0.113.{n}"));
+        assert_eq!(line, "220 backend.test ESMTP fake\r\n");
+    }
+    let (_third, line) = first_line(&doorman, "203.0.113.3");
+    assert_eq!(
+        line,
+        "421 4.7.0 mx.doorman.test Error: too many connections from 203.0.113.3\r\n"
+    );
+    doorman.log.wait_for(
+        "warning: Connection rate limit exceeded: 3 from unknown[203.0.113.3] for service smtp",
+        Duration::from_secs(5),
+    );
+}

@@ -54,6 +54,11 @@ impl Session {
                 self.count(Counted::PassOld);
                 log::pass(client.address, false);
             } else {
+                // No test due, but no record either: its network's
+                // connection rate still counts it.
+                if let Err(refusal) = self.process.limits.rate(client.ip(), &config.limits) {
+                    return Box::pin(self.refuse(&client, refusal)).await;
+                }
                 self.count(Counted::Untested);
             }
             if pipeline.needs_dialogue(None) {
