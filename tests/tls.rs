@@ -213,9 +213,12 @@ fn bad_handshakes_get_a_bounded_logged_end() {
         return;
     }
     // One screening place: a place a bad handshake kept would turn the last
-    // good client away with 421.
-    let (_backend, doorman, _certs) =
-        start("handshake_timeout = \"1s\"", "[limits]\nscreening = 1");
+    // good client away with 421. No backend probes while descriptors are
+    // counted.
+    let (_backend, doorman, _certs) = start(
+        "handshake_timeout = \"1s\"",
+        "[limits]\nscreening = 1\n[pool]\ncheck_interval = \"1h\"",
+    );
     let descriptors = || {
         std::fs::read_dir(format!("/proc/{}/fd", doorman.child.id()))
             .unwrap()
@@ -298,8 +301,7 @@ fn bad_handshakes_get_a_bounded_logged_end() {
         .log
         .wait_for("DISCONNECT [203.0.113.56]:40000", Duration::from_secs(5));
 
-    // No descriptor outlives the bad handshakes (a health check may hold
-    // one for a moment).
+    // No descriptor outlives the bad handshakes.
     let deadline = Instant::now() + Duration::from_secs(5);
     while descriptors() > baseline {
         assert!(
