@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use super::ConfigFile;
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
@@ -57,6 +59,47 @@ pub fn exceeded<'a>(
             .filter(|(_, _, bound)| value > *bound)
             .map(|&(_, _, bound)| (table, key, value, bound))
     })
+}
+
+/// Every duration of `file`, by table and key, for [`exceeded`].
+pub(super) fn durations(file: &ConfigFile) -> Vec<(&'static str, &'static str, Duration)> {
+    let deep = &file.deep_tests;
+    let mut all = vec![
+        ("", "shutdown_grace", file.shutdown_grace),
+        ("proxy", "timeout", file.proxy.timeout),
+        ("greet", "wait", file.greet.wait),
+        ("greet", "ttl", file.greet.ttl),
+        ("dnsbl", "min_ttl", file.dnsbl.min_ttl),
+        ("dnsbl", "max_ttl", file.dnsbl.max_ttl),
+        ("dnsbl", "timeout", file.dnsbl.timeout),
+        ("greylist", "delay", file.greylist.delay),
+        ("greylist", "retry_window", file.greylist.retry_window),
+        ("greylist", "max_age", file.greylist.max_age),
+        ("policy", "timeout", file.policy.timeout),
+        ("pool", "check_interval", file.pool.check_interval),
+        ("pool", "flush_grace", file.pool.flush_grace),
+        ("cache", "flush_interval", file.cache.flush_interval),
+        ("cache", "redis_timeout", file.cache.redis_timeout),
+        ("cache", "cleanup_interval", file.cache.cleanup_interval),
+        ("cache", "retention_time", file.cache.retention_time),
+        ("engine", "command_time", file.engine.command_time),
+        ("deep_tests", "pipelining", deep.pipelining.ttl()),
+        (
+            "deep_tests",
+            "non_smtp_command",
+            deep.non_smtp_command.ttl(),
+        ),
+        ("deep_tests", "bare_newline", deep.bare_newline.ttl()),
+    ];
+    all.extend(
+        file.backends
+            .iter()
+            .map(|backend| ("backend", "connect_timeout", backend.connect_timeout)),
+    );
+    if let Some(tls) = &file.tls {
+        all.push(("tls", "handshake_timeout", tls.handshake_timeout));
+    }
+    all
 }
 
 #[cfg(test)]

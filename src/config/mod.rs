@@ -10,9 +10,11 @@ mod bounds;
 mod hosts;
 mod screening;
 mod sections;
+mod source;
 mod tls;
 
 use crate::gates::{Registry, BUILT_IN, DEFAULT_ORDER};
+use source::{line_in_table, line_of, line_of_key, read_file};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -310,7 +312,7 @@ impl Config {
                 ),
             ));
         }
-        if let Some((table, key, value, bound)) = bounds::exceeded(&durations(&file)) {
+        if let Some((table, key, value, bound)) = bounds::exceeded(&bounds::durations(&file)) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line: line_in_table(text, table, key),
@@ -488,34 +490,14 @@ impl Config {
         };
         let mut tls = file.tls;
         if let Some(tls) = &mut tls {
-            if tls.certificates.is_empty() {
-                return Err(invalid(
-                    "[tls]",
-                    "[tls] needs at least one [[tls.certificate]] (chain and key)".into(),
-                ));
-            }
-            if tls.handshake_timeout.is_zero() {
-                return Err(invalid(
-                    "handshake_timeout",
-                    "tls handshake_timeout must be above 0".into(),
-                ));
-            }
-            for certificate in &mut tls.certificates {
-                certificate.chain = base.join(&certificate.chain);
-                certificate.key = base.join(&certificate.key);
-            }
+            tls.resolve(base)
+                .map_err(|(key, message)| invalid(key, message))?;
         }
         let mut backends = file.backends;
         for backend in &mut backends {
-            if let Some(ca) = &backend.tls_ca_file {
-                backend.tls_ca_file = Some(base.join(ca));
-            }
-            if backend.tls_verify && backend.tls_ca_file.is_none() {
-                return Err(invalid(
-                    "tls_verify",
-                    format!("backend {}: tls_verify needs tls_ca_file", backend.address),
-                ));
-            }
+            backend
+                .resolve_tls(base)
+                .map_err(|(key, message)| invalid(key, message))?;
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -548,47 +530,6 @@ impl Config {
     }
 }
 
-/// Every duration of `file`, by table and key, for [`bounds::exceeded`].
-fn durations(file: &ConfigFile) -> Vec<(&'static str, &'static str, Duration)> {
-    let deep = &file.deep_tests;
-    let mut all = vec![
-        ("", "shutdown_grace", file.shutdown_grace),
-        ("proxy", "timeout", file.proxy.timeout),
-        ("greet", "wait", file.greet.wait),
-        ("greet", "ttl", file.greet.ttl),
-        ("dnsbl", "min_ttl", file.dnsbl.min_ttl),
-        ("dnsbl", "max_ttl", file.dnsbl.max_ttl),
-        ("dnsbl", "timeout", file.dnsbl.timeout),
-        ("greylist", "delay", file.greylist.delay),
-        ("greylist", "retry_window", file.greylist.retry_window),
-        ("greylist", "max_age", file.greylist.max_age),
-        ("policy", "timeout", file.policy.timeout),
-        ("pool", "check_interval", file.pool.check_interval),
-        ("pool", "flush_grace", file.pool.flush_grace),
-        ("cache", "flush_interval", file.cache.flush_interval),
-        ("cache", "redis_timeout", file.cache.redis_timeout),
-        ("cache", "cleanup_interval", file.cache.cleanup_interval),
-        ("cache", "retention_time", file.cache.retention_time),
-        ("engine", "command_time", file.engine.command_time),
-        ("deep_tests", "pipelining", deep.pipelining.ttl()),
-        (
-            "deep_tests",
-            "non_smtp_command",
-            deep.non_smtp_command.ttl(),
-        ),
-        ("deep_tests", "bare_newline", deep.bare_newline.ttl()),
-    ];
-    all.extend(
-        file.backends
-            .iter()
-            .map(|backend| ("backend", "connect_timeout", backend.connect_timeout)),
-    );
-    if let Some(tls) = &file.tls {
-        all.push(("tls", "handshake_timeout", tls.handshake_timeout));
-    }
-    all
-}
-
 fn default_gates() -> Vec<String> {
     DEFAULT_ORDER.iter().map(ToString::to_string).collect()
 }
@@ -606,67 +547,6 @@ fn check_gates(gates: &[String], registry: &Registry) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The largest file a config may name (a list, a table, the config).
-const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
-
-/// Reads a file named by the config, or says which one could not be read.
-/// Only regular files up to [`MAX_FILE_SIZE`] are read, so a config that
-/// names `/dev/zero` or a huge file fails instead of hanging.
-fn read_file(path: &Path) -> Result<String, ConfigError> {
-    let fail = |source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let metadata = std::fs::metadata(path).map_err(fail)?;
-    if !metadata.is_file() || metadata.len() > MAX_FILE_SIZE {
-        return Err(fail(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("not a regular file of at most {MAX_FILE_SIZE} bytes"),
-        )));
-    }
-    std::fs::read_to_string(path).map_err(fail)
-}
-
-/// The 1-based line of byte `offset` in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The 1-based line where `key` is set in `[table]` (or `[[table]]`), or
-/// the table's own line, or 1.
-fn line_in_table(text: &str, table: &str, key: &str) -> usize {
-    let mut current = "";
-    let mut header = None;
-    for (index, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.starts_with('[') {
-            current = line.trim_matches(|c| c == '[' || c == ']').trim();
-            if current == table {
-                header.get_or_insert(index + 1);
-            }
-            continue;
-        }
-        let named = line
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='));
-        if current == table && named {
-            return index + 1;
-        }
-    }
-    header.unwrap_or(1)
-}
-
-/// The first line that mentions `key`, for checks that run after parsing.
-fn line_of_key(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|line| line.split('#').next().unwrap_or_default().contains(key))
-        .map_or(1, |index| index + 1)
 }
 
 #[cfg(test)]

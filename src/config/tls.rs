@@ -1,7 +1,7 @@
 //! The `[tls]` section (STARTTLS in the built-in engine) and the
 //! backends' TLS settings, as serde reads them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,6 +42,47 @@ pub struct TlsSection {
     /// The certificates; SNI chooses among them, the first is the default.
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<CertificateFiles>,
+}
+
+impl TlsSection {
+    /// Checks the section and makes its paths relative to `base`; an error
+    /// names the key to point at.
+    pub(super) fn resolve(&mut self, base: &Path) -> Result<(), (&'static str, String)> {
+        if self.certificates.is_empty() {
+            return Err((
+                "[tls]",
+                "[tls] needs at least one [[tls.certificate]] (chain and key)".into(),
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err((
+                "handshake_timeout",
+                "tls handshake_timeout must be above 0".into(),
+            ));
+        }
+        for certificate in &mut self.certificates {
+            certificate.chain = base.join(&certificate.chain);
+            certificate.key = base.join(&certificate.key);
+        }
+        Ok(())
+    }
+}
+
+impl super::BackendConfig {
+    /// Checks the backend's TLS keys and makes its CA path relative to
+    /// `base`.
+    pub(super) fn resolve_tls(&mut self, base: &Path) -> Result<(), (&'static str, String)> {
+        if let Some(ca) = &self.tls_ca_file {
+            self.tls_ca_file = Some(base.join(ca));
+        }
+        if self.tls_verify && self.tls_ca_file.is_none() {
+            return Err((
+                "tls_verify",
+                format!("backend {}: tls_verify needs tls_ca_file", self.address),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A minute: a real client finishes in milliseconds, and a silent one

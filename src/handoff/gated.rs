@@ -16,7 +16,7 @@ use doorman_gate_api::{Action, Client, Command, Envelope, Stage, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::pool::{read_reply, REPLY_TIMEOUT};
+use super::backend_io::{read_reply, REPLY_TIMEOUT};
 use super::relay::RelayError;
 use crate::gates::Pipeline;
 use crate::proxy::{starts_like_header, Prefix};

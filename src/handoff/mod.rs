@@ -1,20 +1,23 @@
 //! Handing a client to a backend smtpd.
 //!
 //! - [`balance`]: which backend a client goes to (sans-IO).
-//! - [`pool`]: health checks, limits, leases and the backend connection.
+//! - [`pool`]: health checks, limits, leases, and which backend a client
+//!   is connected to.
+//! - [`backend_io`]: what doorman says to a backend itself: XCLIENT,
+//!   STARTTLS, the reply reader, the health probe.
 //! - [`xclient`]: Postfix's XCLIENT (sans-IO).
 //! - [`gated`]: the relay after a replay, while the engine gates still
 //!   judge MAIL and RCPT.
 //! - [`relay`]: the byte copy in both directions once a backend took the
 //!   client.
 
+pub mod backend_io;
 pub mod balance;
 pub mod gated;
 pub mod pool;
 pub mod relay;
 pub mod xclient;
 
-pub use pool::{
-    read_reply, Availability, BackendStatus, Connected, NoBackend, Pool, TlsHandoff, REPLY_TIMEOUT,
-};
+pub use backend_io::{read_reply, TlsHandoff, REPLY_TIMEOUT};
+pub use pool::{Availability, BackendStatus, Connected, NoBackend, Pool};
 pub use relay::{relay, RelayError};

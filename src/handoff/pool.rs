@@ -18,28 +18,20 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use doorman_gate_api::Client;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
 
+use super::backend_io::{
+    connect, probe, read_reply, start_tls, xclient_dialogue, TlsHandoff, REPLY_TIMEOUT,
+};
 use super::balance::{self, Candidate};
-use super::xclient;
 use crate::config::{BackendConfig, BackendTls, PoolSection, SendProxy};
 use crate::director::Director;
 use crate::log;
 use crate::proxy::write;
-use crate::smtp::response::complete_reply;
 use crate::tls::backend::BackendTlsClient;
-use crate::tls::{Channel, TlsError, TlsSummary};
+use crate::tls::{Channel, TlsError};
 use tokio_util::sync::CancellationToken;
-
-/// The longest reply doorman reads from a backend.
-const REPLY_LIMIT: usize = 8192;
-
-/// How long a backend may take to greet a client, or to answer a command
-/// doorman replays for one (Postfix's smtpd may look the client up in DNS
-/// before its banner).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// No backend took the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -354,15 +346,6 @@ impl BackendState {
     }
 }
 
-/// A client whose TLS doorman terminated, handed to a backend.
-#[derive(Clone, Copy, Debug)]
-pub struct TlsHandoff<'a> {
-    /// The client's TLS session.
-    pub summary: &'a TlsSummary,
-    /// The client's EHLO line, sent before STARTTLS too.
-    pub ehlo: &'a [u8],
-}
-
 async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
@@ -432,176 +415,9 @@ async fn open(
     };
     match starttls {
         Some(handoff) if greeting.starts_with(b"220") => {
-            let stream = start_tls(state, stream, &mut pending, handoff.ehlo).await?;
+            let stream = start_tls(&state.tls, stream, &mut pending, handoff.ehlo).await?;
             Ok((stream, greeting, pending))
         }
         _ => Ok((Channel::Plain(stream), greeting, pending)),
     }
-}
-
-/// STARTTLS with a backend that greeted: the client's own EHLO, STARTTLS,
-/// and the client handshake. Nothing may follow the backend's 220 before
-/// the handshake (what did would be plaintext injected into TLS).
-async fn start_tls(
-    state: &BackendState,
-    mut stream: TcpStream,
-    pending: &mut BytesMut,
-    ehlo: &[u8],
-) -> io::Result<Channel<TcpStream>> {
-    let refused = |step: &str, reply: &[u8]| {
-        io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("STARTTLS: {step}: {}", log::escape(reply, 200)),
-        )
-    };
-    stream.write_all(ehlo).await?;
-    let reply = read_reply(&mut stream, pending, REPLY_TIMEOUT).await?;
-    if !reply.starts_with(b"250") {
-        return Err(refused("EHLO refused", &reply));
-    }
-    stream.write_all(b"STARTTLS\r\n").await?;
-    let reply = read_reply(&mut stream, pending, REPLY_TIMEOUT).await?;
-    if !reply.starts_with(b"220") {
-        return Err(refused("STARTTLS refused", &reply));
-    }
-    if !pending.is_empty() {
-        return Err(refused("bytes after its 220 to STARTTLS", pending));
-    }
-    let session = timeout(REPLY_TIMEOUT, state.tls.connect(stream))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "STARTTLS: handshake timed out"))?
-        .map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!(
-                    "STARTTLS: handshake: {}",
-                    log::escape(error.to_string().as_bytes(), 200)
-                ),
-            )
-        })?;
-    Ok(Channel::Tls(Box::new(tokio_rustls::TlsStream::Client(
-        session,
-    ))))
-}
-
-/// Banner, EHLO (XCLIENT must be announced), XCLIENT, and the fresh 220.
-async fn xclient_dialogue(
-    stream: &mut TcpStream,
-    backend: &BackendConfig,
-    client: &Client,
-    hostname: &str,
-) -> io::Result<Vec<u8>> {
-    let mut buffer = BytesMut::with_capacity(1024);
-    let refused = |step: &str, reply: &[u8]| {
-        io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("XCLIENT {step}: {}", log::escape(reply, 200)),
-        )
-    };
-    let banner = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
-    if !banner.starts_with(b"2") {
-        return Err(refused("banner", &banner));
-    }
-    stream
-        .write_all(format!("EHLO {hostname}\r\n").as_bytes())
-        .await?;
-    let ehlo = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
-    let attributes = match xclient::announced(&ehlo) {
-        Some(attributes) if ehlo.starts_with(b"250") => attributes,
-        _ => return Err(refused("not announced in EHLO", &ehlo)),
-    };
-    stream
-        .write_all(xclient::command(client, &attributes).as_bytes())
-        .await?;
-    let greeting = read_reply(stream, &mut buffer, backend.connect_timeout).await?;
-    if !greeting.starts_with(b"220") {
-        return Err(refused("refused", &greeting));
-    }
-    Ok(greeting)
-}
-
-/// Reads one whole (multi-line) reply within `limit`; bytes after it stay
-/// in `buffer`.
-pub async fn read_reply<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buffer: &mut BytesMut,
-    limit: Duration,
-) -> io::Result<Vec<u8>> {
-    loop {
-        match complete_reply(buffer, REPLY_LIMIT) {
-            Ok(Some(reply)) => return Ok(buffer.split_to(reply.length).to_vec()),
-            Ok(None) => {}
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed reply {:?}", log::escape(buffer, 200)),
-                ))
-            }
-        }
-        let read = timeout(limit, stream.read_buf(buffer))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))??;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "backend closed the connection",
-            ));
-        }
-    }
-}
-
-async fn connect(backend: &BackendConfig) -> io::Result<TcpStream> {
-    let stream = timeout(backend.connect_timeout, TcpStream::connect(backend.address))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Speaks to a backend as a health check: the check header (v2 `LOCAL`, or
-/// a v1 line with doorman's own endpoints), a 2xx banner, EHLO (whose
-/// keywords are returned, for the built-in engine to announce), then QUIT.
-async fn probe(backend: &BackendConfig, hostname: &str) -> io::Result<Option<Vec<String>>> {
-    let mut stream = connect(backend).await?;
-    match backend.send_proxy {
-        SendProxy::V2 => stream.write_all(write::V2_LOCAL).await?,
-        SendProxy::V1 => {
-            let line = write::encode_v1(stream.local_addr()?, stream.peer_addr()?);
-            stream.write_all(&line).await?;
-        }
-        SendProxy::Xclient | SendProxy::None => {}
-    }
-    let mut buffer = BytesMut::with_capacity(512);
-    let banner = read_reply(&mut stream, &mut buffer, backend.connect_timeout).await?;
-    if !banner.starts_with(b"2") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("banner {:?}", log::escape(&banner, 100)),
-        ));
-    }
-    // The EHLO keywords are a bonus: a backend that greets but does not
-    // answer EHLO is still up.
-    stream
-        .write_all(format!("EHLO {hostname}\r\n").as_bytes())
-        .await?;
-    let ehlo = read_reply(&mut stream, &mut buffer, backend.connect_timeout)
-        .await
-        .ok()
-        .map(|ehlo| keywords(&ehlo));
-    let _ = stream.write_all(b"QUIT\r\n").await;
-    Ok(ehlo)
-}
-
-/// The keywords of a 250 EHLO reply (every line after the first).
-fn keywords(ehlo: &[u8]) -> Vec<String> {
-    if !ehlo.starts_with(b"250") {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(ehlo)
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.get(4..))
-        .map(|keyword| keyword.trim().to_string())
-        .filter(|keyword| !keyword.is_empty())
-        .collect()
 }
