@@ -125,31 +125,12 @@ fn json_layout_and_syslog_socket() {
         "{line}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("log.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
-        &format!(
-            "[greet]\nbanner = \"\"\n[log]\nsyslog = true\nsyslog_tag = \"doorman-test\"\nsyslog_socket = \"{}\"\n",
-            socket_path.display()
-        ),
-    );
     // With syslog, nothing reaches stderr; wait for the listening datagram.
-    let dir2 = tempfile::tempdir().unwrap();
-    std::fs::write(dir2.path().join("doorman.toml"), &config).unwrap();
-    std::fs::write(dir2.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
-    let mut child = Command::new(doorman_bin())
-        .args(["run", "--config"])
-        .arg(dir2.path().join("doorman.toml"))
-        .spawn()
-        .unwrap();
+    let (socket, mut child, _dirs) = logging_to_a_socket(
+        backend.address,
+        "[greet]\nbanner = \"\"\n",
+        "syslog_tag = \"doorman-test\"\n",
+    );
     let mut datagram = [0u8; 2048];
     let n = socket.recv(&mut datagram).unwrap();
     let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
@@ -158,6 +139,42 @@ fn json_layout_and_syslog_socket() {
     assert!(text.starts_with("<22>"), "mail.info priority: {text}");
     assert!(text.contains(" doorman-test["), "{text}");
     assert!(text.contains("]: listening on [127.0.0.1]:"), "{text}");
+}
+
+/// `doorman run` with `sections` (and `log_keys` in its `[log]`), in front
+/// of `backend`, its lines sent as syslog datagrams (`[log] syslog =
+/// true`) to a socket of the test's:
+/// the socket (reads time out after 10 s), the child, and the folder
+/// holding the socket and the config.
+fn logging_to_a_socket(
+    backend: std::net::SocketAddr,
+    sections: &str,
+    log_keys: &str,
+) -> (UnixDatagram, std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = config_with(
+        backend,
+        "v2",
+        "",
+        "5s",
+        &format!(
+            "{sections}[log]\n{log_keys}syslog = true\nsyslog_socket = \"{}\"\n",
+            socket_path.display()
+        ),
+    );
+    std::fs::write(dir.path().join("doorman.toml"), &config).unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let child = Command::new(doorman_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("doorman.toml"))
+        .spawn()
+        .unwrap();
+    (socket, child, dir)
 }
 
 /// One syslog datagram as journald stores it and fail2ban's `systemd`
@@ -175,33 +192,11 @@ fn the_journal_jail_bans_from_doormans_syslog_lines() {
     if !require_program("fail2ban-regex") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("log.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let backend = FakeBackend::start(true);
     // The journal set-up: [log] syslog = true, to the socket journald
     // serves at /dev/log (here a test socket).
-    let config = config_with(
-        backend.address,
-        "v2",
-        "",
-        "5s",
-        &format!(
-            "[greet]\nwait = \"1s\"\n[log]\nsyslog = true\nsyslog_socket = \"{}\"\n",
-            socket_path.display()
-        ),
-    );
-    let home = tempfile::tempdir().unwrap();
-    std::fs::write(home.path().join("doorman.toml"), &config).unwrap();
-    std::fs::write(home.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
-    let mut child = Command::new(doorman_bin())
-        .args(["run", "--config"])
-        .arg(home.path().join("doorman.toml"))
-        .spawn()
-        .unwrap();
+    let (socket, mut child, dirs) =
+        logging_to_a_socket(backend.address, "[greet]\nwait = \"1s\"\n", "");
     let mut lines = Vec::new();
     let mut datagram = [0u8; 4096];
     let mut address = None;
@@ -229,7 +224,7 @@ fn the_journal_jail_bans_from_doormans_syslog_lines() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let journal = dir.path().join("journal.txt");
+    let journal = dirs.path().join("journal.txt");
     let rendered: Vec<String> = lines.iter().map(|l| as_journal_line(l, "mx")).collect();
     for line in &rendered {
         assert!(line.contains(" mx postfix/postscreen["), "{line}");
