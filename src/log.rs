@@ -1,7 +1,8 @@
 //! The event lines doorman logs, in one place.
 //!
 //! Where doorman does what postscreen does, the line is postscreen's, to the
-//! letter (REFERENCE.md 1.7), so that fail2ban and pflogsumm parse it. Every
+//! letter (the README's Screening section and "Logs and fail2ban" list
+//! them), so that fail2ban and pflogsumm parse it. Every
 //! line goes through `tracing`. Client-supplied bytes are C-escaped, so no
 //! client can forge a log line.
 

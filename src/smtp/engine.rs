@@ -1,5 +1,6 @@
 //! The built-in SMTP engine that talks to clients under an `enforce`
-//! action, as postscreen's dummy engine does (REFERENCE.md 1.6).
+//! action, as postscreen's dummy engine does (its replies are listed in the
+//! README's Screening section).
 //!
 //! It is sans-IO: [`Engine::command`] takes one command line and says what
 //! to reply, what to log and whether to close. It never announces

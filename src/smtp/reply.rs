@@ -1,5 +1,5 @@
-//! Every reply doorman itself sends to a client, worded as REFERENCE.md gives
-//! them (postscreen's texts where doorman does what postscreen does, Haraka's
+//! Every reply doorman itself sends to a client, worded as the README's
+//! tables give them (postscreen's texts where doorman does what postscreen does, Haraka's
 //! where it does what Haraka does). Each ends in CRLF.
 
 use std::net::IpAddr;
