@@ -10,7 +10,10 @@
 //!   `FILE:LINE` errors.
 //! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown.
 //! - [`session`]: the one place where a client connection does I/O and
-//!   waits; its phases are an enum. [`waiting_room`]: clients in the
+//!   waits; its phases are an enum. The phases after the real client is
+//!   known (the engine, the handoff) run over any [`session::ClientIo`]
+//!   stream inside a [`tls::Channel`], plain or TLS, and are unit-tested
+//!   over tokio's duplex streams. [`waiting_room`]: clients in the
 //!   greet wait with nothing left to learn but whether they talk, parked
 //!   without a task.
 //! - [`proxy`]: the sans-IO PROXY v1/v2 reader (over `ppp`) and the writer

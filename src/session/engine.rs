@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Session {
+impl<S: ClientIo> Session<Channel<S>> {
     /// The built-in engine (see [`Session::dialogue`]). A client that
     /// leaves before its passes are recorded at RCPT (QUIT, a hang-up, a
     /// greylisted RCPT) still has its pregreet pass remembered, as

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Session {
+impl<S: ClientIo> Session<Channel<S>> {
     /// Hands a client that is mid-dialogue to a backend: the backend's
     /// greeting is consumed, the client's own `lines` (HELO/EHLO, MAIL,
     /// RCPT; or EHLO and STARTTLS/AUTH) are sent one by one, and the client

@@ -19,6 +19,8 @@
 mod engine;
 mod handoff;
 mod screen;
+#[cfg(test)]
+mod tests;
 
 use screen::Waiting;
 
@@ -30,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use doorman_gate_api::{Action, Client, ClientNames, Command, Envelope, Rejection, Verdict};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -280,7 +282,16 @@ impl Session {
             }),
         }
     }
+}
 
+/// What a client's socket must be for the phases that do not need a TCP
+/// socket as such: any byte stream, plain or (inside [`Channel`]) TLS; in
+/// tests, an in-process duplex stream.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
+
+impl<S: ClientIo> Session<Channel<S>> {
     /// Reads the header of a listed proxy within `proxy.timeout`.
     async fn read_proxy_header(&mut self) -> Phase {
         let deadline = Instant::now() + self.shared.config.proxy.timeout;
