@@ -383,8 +383,8 @@ async fn open(
     // A client whose TLS ends here, going on in plain text: a v2 header
     // says what its TLS was (HAProxy's SSL TLV).
     let ssl = match (tls, starttls) {
-        (Some(handoff), None) => write::ssl_tlv(handoff.summary),
-        _ => Vec::new(),
+        (Some(handoff), None) => Some(write::ssl_tlv(handoff.summary)),
+        _ => None,
     };
     let (greeting, mut pending) = match backend.send_proxy {
         SendProxy::Xclient => (
@@ -393,15 +393,14 @@ async fn open(
         ),
         send_proxy => {
             let header = match send_proxy {
-                SendProxy::V2 if ssl.is_empty() => {
-                    write::encode_v2(client.address, client.destination)?
+                SendProxy::V2 => {
+                    let tlvs: Vec<(u8, &[u8])> = ssl
+                        .as_deref()
+                        .map(|value| (write::PP2_TYPE_SSL, value))
+                        .into_iter()
+                        .collect();
+                    write::encode_v2_with_tlvs(client.address, client.destination, &tlvs, false)?
                 }
-                SendProxy::V2 => write::encode_v2_with_tlvs(
-                    client.address,
-                    client.destination,
-                    &[(write::PP2_TYPE_SSL, &ssl)],
-                    false,
-                )?,
                 SendProxy::V1 => write::encode_v1(client.address, client.destination),
                 _ => Vec::new(),
             };

@@ -13,7 +13,7 @@ impl<S: ClientIo> Session<Channel<S>> {
     pub(super) async fn engine(&mut self, mut run: EngineRun) -> Phase {
         let phase = self.dialogue(&mut run).await;
         if let Some(pass) = run.pass.take() {
-            let mut kept = pass.previous.clone().unwrap_or_default();
+            let mut kept = pass.previous.unwrap_or_default();
             if pass.entry.pregreet > kept.pregreet {
                 kept.pregreet = pass.entry.pregreet;
                 self.shared.cache.put(run.client.ip(), kept);
