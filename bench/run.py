@@ -14,8 +14,21 @@ DOORMAN = os.path.join(ROOT, "target", "release", "doorman")
 PROXY_SOURCE = ("127.0.0.10", 0)
 
 
+# Ports below Linux's ephemeral range (32768-60999), handed out in turn:
+# a port the kernel picked for ":0" and released can be taken at once by an
+# outgoing connection's local port, and the daemon told to listen on it fails.
+_next_port = [10000 + (os.getpid() * 7919) % 22768]
+
+
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    while True:
+        port = _next_port[0]; _next_port[0] = 10000 + (port - 10000 + 1) % 22768
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(socket.AF_INET, kind); s.bind(("127.0.0.1", port)); s.close()
+            return port
+        except OSError:
+            continue
 
 
 def wait_port(port, timeout=20):

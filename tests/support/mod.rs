@@ -474,13 +474,30 @@ fn serve_fake(mut stream: TcpStream, record: Arc<Mutex<Received>>, expects_proxy
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// The first port after Linux's ephemeral range below (32768-60999 by
+/// default) that `free_port` hands out: ports under it are never taken by an
+/// outgoing connection's local port between the test's choice and the bind.
+const FIXED_PORTS: std::ops::Range<u32> = 10_000..32_768;
+
+/// A port free on 127.0.0.1 for TCP and UDP, below the ephemeral range and
+/// never handed out twice by one test binary. (A port the kernel picked for
+/// `:0` and released could be reused at once by a connection's local port,
+/// and a daemon told to listen on it then fails with "Address already in
+/// use".)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = FIXED_PORTS.end - FIXED_PORTS.start;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIXED_PORTS.start + (start + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// Connects to `to` from the loopback address `from`.
@@ -615,7 +632,7 @@ impl Rbldnsd {
         if !require_program("rbldnsd") {
             return None;
         }
-        let port = free_udp_port();
+        let port = free_port();
         let zones = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/dnsbl");
         let dir = tempfile::tempdir().unwrap();
         let query_log = dir.path().join("queries.log");
@@ -678,7 +695,7 @@ impl Dnsmasq {
         }
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
-            let port = free_udp_port();
+            let port = free_port();
             let conf = dir.path().join("dnsmasq.conf");
             std::fs::write(
                 &conf,
@@ -789,15 +806,6 @@ fn dns_wire_name(zone: &str) -> Vec<u8> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     let lower = haystack.to_ascii_lowercase();
     lower.windows(needle.len()).any(|window| window == needle)
-}
-
-/// A free UDP port on 127.0.0.1 (bound and released).
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until the DNS server `name` answers on `port` of 127.0.0.1.
