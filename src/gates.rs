@@ -1,230 +1,59 @@
-//! The gate registry and the pipeline the config orders.
-//!
-//! A [`Registry`] maps each gate name to the constructor that builds the
-//! gate from the config, as Haraka maps `config/plugins` lines to plugins.
-//! `pregreet` and `deep` are names too: they are the session's own tests
-//! (the teaser's watch, the engine's line checks), switched on and ordered
-//! by the same list. The [`Pipeline`] holds the built gates in config order
-//! and runs their hooks: every connect gate in turn, every wait gate at once
-//! ([`Waits`]), every engine gate in turn.
+//! The pipeline the config orders: the gates built from the checked
+//! sections (`config::Registry` knows their names and section types), run
+//! through their hooks: every connect gate in turn, every wait gate at once
+//! ([`Waits`]), every engine gate in turn. `pregreet` and `deep` are the
+//! session's own tests (the teaser's watch, the engine's line checks),
+//! switched on and ordered by the same list.
 //!
 //! # Writing a gate
 //! 1. A crate under `plugins/` that depends on `doorman-gate-api` and
 //!    implements [`Gate`] with the hooks it needs (`connect`, `wait`,
-//!    `command`). Log findings with `tracing`, naming the client as
-//!    `client.endpoint()` does.
-//! 2. A config section for its settings in `src/config/`.
-//! 3. One line in [`Registry::standard`]: its name and a constructor that
-//!    reads the section and returns the gate (`None` when the section
-//!    leaves it nothing to do).
+//!    `command`, and the `explain_*` hooks for `doorman explain`). Log
+//!    findings with `tracing`, naming the client as `client.endpoint()`
+//!    does.
+//! 2. Its section: a serde type in the crate that implements
+//!    `GateSection` (check it, build the gate from it).
+//! 3. One line in `Registry::standard`, and the crate in `Cargo.toml`.
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
-use doorman_dnsbl::{AnswerStore, Dnsbl, DnsblGate, ResolverError, Settings};
 use doorman_gate_api::{
-    Client, ClientNames, Command, EventCounter, Gate, RecordStore, Rejection, Score, Verdict,
-    Waiting,
+    BuildError, Client, ClientNames, Command, Gate, Rejection, Resources, Score, Verdict, Waiting,
 };
-use doorman_greylist::GreylistGate;
-use doorman_policy::{Address, Clients, PolicyGate};
-use doorman_rdns::{RdnsGate, Weights};
 
-use crate::config::{Config, PolicyClients};
+use crate::config::Config;
 use crate::metrics::Metrics;
-
-/// The session's own tests, listed and ordered like gates.
-pub const BUILT_IN: [&str; 2] = ["pregreet", "deep"];
-
-/// The gate order when the config names none: postscreen's.
-pub const DEFAULT_ORDER: [&str; 4] = ["access", "pregreet", "dnsbl", "deep"];
-
-/// What a constructor may use besides the config.
-pub struct Resources {
-    /// The store DNS answers are shared through, if any (Redis).
-    pub answer_store: Option<Arc<dyn AnswerStore>>,
-    /// The store gates keep records in (Redis, or this process's memory).
-    pub record_store: Arc<dyn RecordStore>,
-    /// The metrics, for lookup latencies.
-    pub metrics: Arc<Metrics>,
-}
-
-impl Resources {
-    /// A counter of `gate`'s own events, exported as
-    /// `doorman_gate_events_total{gate, event}`.
-    pub fn events(&self, gate: &'static str) -> EventCounter {
-        let metrics = Arc::clone(&self.metrics);
-        Arc::new(move |event| metrics.gate_event(gate, event))
-    }
-}
 
 /// Why a gate could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum GateError {
-    /// The DNS resolver could not be set up.
-    #[error(transparent)]
-    Resolver(#[from] ResolverError),
+#[error("gate {gate}: {source}")]
+pub struct GateError {
+    /// The gate.
+    pub gate: &'static str,
+    /// What went wrong.
+    pub source: BuildError,
 }
 
-/// Builds a gate from the config; `None` when it has nothing to do.
-pub type Constructor = fn(&Config, &Resources) -> Result<Option<Arc<dyn Gate>>, GateError>;
-
-/// Gate names and their constructors.
-#[derive(Clone)]
-pub struct Registry {
-    entries: Vec<(&'static str, Constructor)>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.entries.iter().map(|(name, _)| name))
-            .finish()
-    }
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Self::standard()
-    }
-}
-
-impl Registry {
-    /// Every gate doorman ships.
-    pub fn standard() -> Self {
-        Self {
-            entries: vec![
-                ("access", access),
-                ("dnsbl", dnsbl),
-                ("rdns", rdns),
-                ("greylist", greylist),
-                ("policy", policy),
-            ],
-        }
-    }
-
-    /// This registry with one more gate (for a build with a gate of its
-    /// own, and the tests).
-    pub fn with(mut self, name: &'static str, constructor: Constructor) -> Self {
-        self.entries.push((name, constructor));
-        self
-    }
-
-    /// Whether `name` is a gate (or one of the session's own tests).
-    pub fn knows(&self, name: &str) -> bool {
-        BUILT_IN.contains(&name) || self.entries.iter().any(|(known, _)| *known == name)
-    }
-
+impl Pipeline {
     /// Builds the gates `config` lists, in its order.
-    pub fn build(&self, config: &Config, resources: &Resources) -> Result<Pipeline, GateError> {
+    pub fn build(config: &Config, resources: &Resources) -> Result<Self, GateError> {
         let mut gates = Vec::new();
-        for name in &config.gates {
-            if let Some((name, constructor)) = self.entries.iter().find(|(known, _)| known == name)
-            {
-                if let Some(gate) = constructor(config, resources)? {
-                    gates.push((*name, gate));
-                }
+        for (name, section) in &config.gate_sections {
+            let built = section
+                .build(&config.shared, resources)
+                .map_err(|source| GateError { gate: name, source })?;
+            if let Some(gate) = built {
+                gates.push((*name, gate));
             }
         }
-        let listed = |name: &str| config.gates.iter().any(|g| g == name);
         Ok(Pipeline {
             gates,
-            pregreet: listed("pregreet"),
-            deep: listed("deep"),
+            pregreet: config.lists("pregreet"),
+            deep: config.lists("deep"),
         })
     }
-}
-
-fn access(config: &Config, _: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
-    Ok(config
-        .access_list
-        .clone()
-        .map(|list| Arc::new(list) as Arc<dyn Gate>))
-}
-
-fn dnsbl(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
-    if config.dnsbl_sites.is_empty() {
-        return Ok(None);
-    }
-    let metrics = Arc::clone(&resources.metrics);
-    let dnsbl = Dnsbl::with_store(
-        Settings {
-            sites: config.dnsbl_sites.clone(),
-            min_ttl: config.dnsbl.min_ttl,
-            max_ttl: config.dnsbl.max_ttl,
-            timeout: config.dnsbl.timeout,
-            nameservers: config.dnsbl.nameservers.clone(),
-            cache_size: config.cache.size,
-        },
-        resources.answer_store.clone(),
-    )?
-    .observed(Arc::new(move |zone, took| {
-        metrics.dnsbl_latency(zone, took)
-    }));
-    Ok(Some(Arc::new(DnsblGate::new(
-        Arc::new(dnsbl),
-        config.dnsbl.reply_map.clone(),
-    ))))
-}
-
-fn rdns(config: &Config, _: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
-    Ok(Some(Arc::new(RdnsGate::new(rdns_settings(config))?)))
-}
-
-/// The reverse-DNS gate's settings: `[rdns]` weights, `[dnsbl]` resolver.
-pub fn rdns_settings(config: &Config) -> doorman_rdns::Settings {
-    doorman_rdns::Settings {
-        weights: Weights {
-            no_ptr: config.rdns.no_ptr,
-            not_confirmed: config.rdns.not_confirmed,
-            generic: config.rdns.generic,
-        },
-        min_ttl: config.dnsbl.min_ttl,
-        max_ttl: config.dnsbl.max_ttl,
-        timeout: config.dnsbl.timeout,
-        nameservers: config.dnsbl.nameservers.clone(),
-        cache_size: config.cache.size,
-    }
-}
-
-fn greylist(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
-    let section = &config.greylist;
-    Ok(Some(Arc::new(GreylistGate::new(
-        doorman_greylist::Settings {
-            threshold: section.threshold,
-            delay: section.delay,
-            retry_window: section.retry_window,
-            auto_allowlist: section.auto_allowlist,
-            max_age: section.max_age,
-            ipv4_prefix: section.ipv4_prefix,
-            ipv6_prefix: section.ipv6_prefix,
-            text: section.text.clone(),
-        },
-        Arc::clone(&resources.record_store),
-        resources.events("greylist"),
-    ))))
-}
-
-fn policy(config: &Config, resources: &Resources) -> Result<Option<Arc<dyn Gate>>, GateError> {
-    let section = &config.policy;
-    let Some(address) = &section.address else {
-        return Ok(None);
-    };
-    Ok(Some(Arc::new(PolicyGate::new(
-        doorman_policy::Settings {
-            address: Address::parse(address),
-            clients: match section.clients {
-                PolicyClients::All => Clients::All,
-                PolicyClients::Doubtful => Clients::Doubtful(config.greylist.threshold),
-            },
-            timeout: section.timeout,
-            default_action: section.default_action.clone(),
-            request_limit: section.request_limit,
-            hostname: config.hostname.clone(),
-        },
-        resources.events("policy"),
-    ))))
 }
 
 /// The gates of one config, in its order.
@@ -325,6 +154,23 @@ impl Pipeline {
         self.gates.iter().map(|(name, _)| *name)
     }
 
+    /// What each connect gate finds about `client`, for `doorman explain`.
+    pub fn explain_connect(&self, client: &Client) -> Vec<String> {
+        self.gates
+            .iter()
+            .filter_map(|(_, gate)| gate.explain_connect(client))
+            .collect()
+    }
+
+    /// What each engine gate would do with a client of this score, by
+    /// gate, for `doorman explain`.
+    pub fn explain_dialogue(&self, score: i32) -> Vec<(&'static str, String)> {
+        self.gates
+            .iter()
+            .filter_map(|(name, gate)| gate.explain_dialogue(score).map(|line| (*name, line)))
+            .collect()
+    }
+
     /// Asks every engine gate about `command`, in order; the first refusal
     /// or permit answers.
     pub async fn command(&self, client: &Client, command: Command<'_>) -> Verdict {
@@ -384,6 +230,14 @@ impl Waits {
             Poll::Pending
         })
         .await
+    }
+
+    /// What each gate's lookups found, for `doorman explain`.
+    pub fn explain(&self, wait: std::time::Duration) -> Vec<String> {
+        self.items
+            .iter()
+            .flat_map(|(_, waiting)| waiting.explain(wait))
+            .collect()
     }
 
     /// The client's names, from the first gate that learned them.

@@ -71,8 +71,9 @@
 //!
 //! # Writing a gate
 //! A crate under `plugins/` that implements `doorman_gate_api::Gate` with
-//! the hooks it needs, a section for its settings in [`config`], and one
-//! line in [`gates::Registry::standard`]; see the [`gates`] module. The
+//! the hooks it needs and `doorman_gate_api::GateSection` for its own
+//! config section, and one line in [`config::Registry::standard`]; see the
+//! [`gates`] module. The
 //! gates doorman ships: the access list (`plugins/access`, at connect), the
 //! DNSBL/DNSWL lookups (`plugins/dnsbl`, during the wait), reverse DNS
 //! (`plugins/rdns`, during the wait), selective greylisting

@@ -22,13 +22,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::agent;
+use crate::config::Registry;
 use crate::config::{Config, ListenerConfig};
-use crate::gates::Registry;
 use crate::log;
 use crate::memory;
-use crate::session::{Parked, Session};
+use crate::session::Session;
 use crate::shared::{Process, Shared};
-use crate::waiting_room::WaitingRoom;
+use crate::waiting_room::{Resumable, WaitingRoom};
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
 /// so the loop does not spin.
@@ -81,12 +81,15 @@ impl Server {
         if let Some(listener) = &agent {
             log::agent_listening(listener.local_addr()?);
         }
+        for line in &config.deprecated {
+            log::deprecated(line);
+        }
         let skipped = config.skipped_by_starttls();
         if !skipped.is_empty() {
             log::starttls_skips_gates(&skipped);
         }
         let handle = tokio::runtime::Handle::current();
-        let room = WaitingRoom::open(move |stream, parked: Box<Parked>, woken| {
+        let room = WaitingRoom::open(move |stream, parked: Box<dyn Resumable>, woken| {
             handle.spawn(parked.resume(stream, woken));
         })?;
         let process = Process {
@@ -264,11 +267,11 @@ pub async fn reload(current: &ArcSwap<Shared>, process: &Process) {
             log::reload_needs_restart(what);
         }
     }
-    let (backends, sites) = (config.backends.len(), config.dnsbl_sites.len());
+    let (backends, gates) = (config.backends.len(), config.gates.join(", "));
     match start_shared(config, Some(Arc::clone(&running.cache)), process).await {
         Ok(shared) => {
             current.store(Arc::new(shared));
-            log::reloaded(&running.config.path, backends, sites);
+            log::reloaded(&running.config.path, backends, &gates);
             process.metrics.reload(true);
         }
         Err(error) => {

@@ -73,11 +73,16 @@ pub fn no_readiness(error: &io::Error) {
 }
 
 /// A reload took effect.
-pub fn reloaded(path: &std::path::Path, backends: usize, sites: usize) {
+pub fn reloaded(path: &std::path::Path, backends: usize, gates: &str) {
     info!(
-        "reloaded {}: {backends} backends, {sites} DNSBL sites; new connections use it",
+        "reloaded {}: {backends} backends, gates {gates}; new connections use it",
         path.display()
     );
+}
+
+/// The config uses a key under its old name.
+pub fn deprecated(line: &str) {
+    warn!("warning: {line}");
 }
 
 /// A reload was refused; the running config stays.
@@ -90,15 +95,10 @@ pub fn reload_needs_restart(what: &str) {
     warn!("warning: reload: {what} changed; that takes effect at the next restart");
 }
 
-/// A deep test's violation (postscreen's lines).
-pub fn deep_violation(client: SocketAddr, violation: &crate::smtp::deep::Violation) {
-    use crate::smtp::deep::DeepTest;
-    let what = match violation.test {
-        DeepTest::Pipelining => "COMMAND PIPELINING",
-        DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
-        DeepTest::BareNewline => "BARE NEWLINE",
-    };
-    info!("{what} from {} {}", Endpoint(client), violation.detail);
+/// A deep test's violation (postscreen's lines): `test` as postscreen
+/// names it (`COMMAND PIPELINING`), `detail` what follows the client.
+pub fn deep_violation(client: SocketAddr, test: &str, detail: &str) {
+    info!("{test} from {} {detail}", Endpoint(client));
 }
 
 /// A backend refused a replayed command; the client gets the refusal.

@@ -293,13 +293,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one of `gate`'s own events.
-    pub fn gate_event(&self, gate: &'static str, event: &'static str) {
-        self.gate_events
-            .get_or_create(&GateEventLabels { gate, event })
-            .inc();
-    }
-
     /// Counts one agent-check reply (`ready`, `drain`, `down`).
     pub fn agent_reply(&self, state: &str) {
         let state = match state {
@@ -310,15 +303,6 @@ impl Metrics {
         self.agent_replies
             .get_or_create(&ResultLabels { result: state })
             .inc();
-    }
-
-    /// Records how long a DNS lookup in `zone` took.
-    pub fn dnsbl_latency(&self, zone: &str, took: Duration) {
-        self.dnsbl_latency
-            .get_or_create(&SiteLabels {
-                site: zone.to_string(),
-            })
-            .observe(took.as_secs_f64());
     }
 
     /// Counts a pass cache lookup.
@@ -401,6 +385,22 @@ impl Metrics {
     }
 }
 
+impl doorman_gate_api::GateMetrics for Metrics {
+    fn event(&self, gate: &'static str, event: &'static str) {
+        self.gate_events
+            .get_or_create(&GateEventLabels { gate, event })
+            .inc();
+    }
+
+    fn lookup_latency(&self, zone: &str, took: Duration) {
+        self.dnsbl_latency
+            .get_or_create(&SiteLabels {
+                site: zone.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +411,11 @@ mod tests {
         metrics.connection(Outcome::PassNew);
         metrics.connection(Outcome::PassNew);
         metrics.test("dnsbl", false);
-        metrics.dnsbl_latency("bl.test", Duration::from_millis(3));
+        doorman_gate_api::GateMetrics::lookup_latency(
+            &metrics,
+            "bl.test",
+            Duration::from_millis(3),
+        );
         let text = metrics.render(&[BackendStatus {
             address: "127.0.0.1:10026".parse().unwrap(),
             healthy: true,

@@ -3,18 +3,19 @@
 
 use std::sync::Arc;
 
-use crate::session::Parked;
-use crate::waiting_room::WaitingRoom;
+use crate::waiting_room::SessionRoom;
 
 use crate::cache::{CacheError, PassCache};
 use crate::config::Config;
+use crate::config::Registry;
 use crate::director::Director;
-use crate::gates::{GateError, Pipeline, Registry, Resources};
+use crate::gates::{GateError, Pipeline};
 use crate::handoff::Pool;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::screen::Thresholds;
 use crate::tls::{ServerTls, TlsError};
+use doorman_gate_api::Resources;
 
 /// What outlives a config reload: connection counts, metrics, and the
 /// gates this build knows.
@@ -33,7 +34,7 @@ pub struct Process {
     pub director: Arc<Director>,
     /// Where clients in the greet wait with nothing left to learn but
     /// their first bytes wait without a task (none: they wait in theirs).
-    pub room: Option<WaitingRoom<Box<Parked>>>,
+    pub room: Option<SessionRoom>,
 }
 
 /// Why the shared state could not be built.
@@ -84,12 +85,12 @@ impl Shared {
         // running config, and the certificates in use, whole.
         let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
         process.director.keep_in(cache.record_store());
-        let pipeline = process.registry.build(
+        let pipeline = Pipeline::build(
             &config,
             &Resources {
                 answer_store: cache.answer_store(),
                 record_store: cache.record_store(),
-                metrics: Arc::clone(&process.metrics),
+                metrics: Arc::clone(&process.metrics) as Arc<dyn doorman_gate_api::GateMetrics>,
             },
         )?;
         Ok(Self {
@@ -101,8 +102,8 @@ impl Shared {
             )?),
             pipeline,
             thresholds: Thresholds {
-                threshold: config.dnsbl.threshold,
-                allowlist_threshold: config.dnsbl.allowlist_threshold,
+                threshold: config.score.threshold,
+                allowlist_threshold: config.score.allowlist_threshold,
             },
             cache,
             tls,

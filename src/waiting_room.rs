@@ -28,6 +28,21 @@ use slab::Slab;
 
 use crate::locks::lock;
 
+/// A client parked in the room that knows how to go on once woken (a
+/// session's parked state), so the room and what holds it need not know
+/// the session's type.
+pub trait Resumable: Send + 'static {
+    /// Goes on with `stream`, handed back by the room for `woken`.
+    fn resume(
+        self: Box<Self>,
+        stream: TcpStream,
+        woken: Woken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+/// The room sessions park in.
+pub type SessionRoom = WaitingRoom<Box<dyn Resumable>>;
+
 /// The token of the room's own waker.
 const WAKER: Token = Token(usize::MAX);
 /// How many readiness events one round of the room handles.

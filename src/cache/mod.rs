@@ -23,7 +23,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use doorman_dnsbl::AnswerStore;
+use doorman_gate_api::AnswerStore;
 use doorman_gate_api::RecordStore;
 use lru::LruCache;
 

@@ -10,14 +10,12 @@
 //! nothing newer is overwritten): a Redis that restarted empty learns the
 //! fleet's clients again instead of having them all screened anew.
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use doorman_dnsbl::{Answer, AnswerStore};
+use doorman_gate_api::{AnswerStore, GateFuture};
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::Notify;
@@ -342,21 +340,17 @@ impl RedisStore {
 }
 
 impl AnswerStore for RedisStore {
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send + 'a>> {
+    fn get<'a>(&'a self, key: &'a str) -> GateFuture<'a, Option<String>> {
         Box::pin(async move {
-            let key = format!("{}dnsbl:{name}", self.prefix);
-            let value: Option<String> = self.call(redis::cmd("GET").arg(key).clone()).await?;
-            value.and_then(|v| Answer::decode(&v))
+            let key = format!("{}{key}", self.prefix);
+            self.call(redis::cmd("GET").arg(key).clone()).await?
         })
     }
 
-    fn put(&self, name: &str, answer: &Answer, ttl: Duration) {
+    fn put(&self, key: &str, value: &str, ttl: Duration) {
         let command = redis::cmd("SET")
-            .arg(format!("{}dnsbl:{name}", self.prefix))
-            .arg(answer.encode())
+            .arg(format!("{}{key}", self.prefix))
+            .arg(value)
             .arg("EX")
             .arg(ttl.as_secs().max(1))
             .clone();

@@ -1,29 +1,40 @@
 //! doorman's configuration: the TOML file and the files it names.
 //!
-//! The file is read into serde types that refuse unknown keys, then checked
-//! as a whole. Every error names the file and the line, as
+//! The file is read as a TOML document that knows where each key is
+//! written ([`document`]). The core's sections are read into serde types
+//! that refuse unknown keys, each gate's section into its own crate's type
+//! through the [`Registry`]; every section checks itself next to its
+//! definition, and every error names the file and the line, as
 //! `FILE:LINE: what is wrong`. Paths in the file are relative to the folder
 //! the config file is in. A loaded [`Config`] is an immutable snapshot: a
-//! connection takes an `Arc` of it once.
+//! connection takes an `Arc` of it once. This module imports nothing from
+//! the runtime.
 
 mod bounds;
+mod defaults;
+mod document;
 mod hosts;
+mod registry;
 mod screening;
 mod sections;
 mod source;
 mod tls;
 
-use crate::gates::{Registry, BUILT_IN, DEFAULT_ORDER};
-use source::{line_in_table, line_of, line_of_key, read_file};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use doorman_access::AccessList;
-use doorman_dnsbl::Site;
+use doorman_gate_api::Shared;
 use serde::Deserialize;
 
+use defaults::*;
+use document::{split_off, Document, Table};
+use source::read_file;
+
 pub use hosts::ProxyHosts;
+pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
 pub use screening::*;
 pub use sections::*;
 pub use tls::*;
@@ -51,109 +62,92 @@ pub enum ConfigError {
     },
 }
 
-/// The config file as written.
+/// The core's sections of the config file, as written and checked (paths
+/// made absolute). The gates' sections are in [`Config::gate_sections`].
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
-    hostname: String,
-    #[serde(default = "default_gates")]
-    gates: Vec<String>,
-    #[serde(with = "humantime_serde", default = "default_shutdown_grace")]
-    shutdown_grace: Duration,
-    #[serde(default)]
-    proxy: ProxySection,
-    #[serde(default, rename = "listener")]
-    listeners: Vec<ListenerConfig>,
-    #[serde(default, rename = "backend")]
-    backends: Vec<BackendConfig>,
-    #[serde(default, rename = "route")]
-    routes: Vec<RouteConfig>,
-    #[serde(default)]
-    access: AccessSection,
-    #[serde(default)]
-    greet: GreetSection,
-    #[serde(default)]
-    dnsbl: DnsblSection,
-    #[serde(default)]
-    rdns: RdnsSection,
-    #[serde(default)]
-    greylist: GreylistSection,
-    #[serde(default)]
-    policy: PolicySection,
-    #[serde(default)]
-    cache: CacheSection,
-    #[serde(default)]
-    engine: EngineSection,
-    #[serde(default)]
-    log: LogSection,
-    #[serde(default)]
-    limits: LimitsSection,
-    #[serde(default)]
-    pool: PoolSection,
-    #[serde(default)]
-    admin: AdminSection,
-    #[serde(default)]
-    deep_tests: DeepTestsSection,
-    #[serde(default)]
-    tls: Option<TlsSection>,
-}
-
-/// A loaded, checked configuration with the files it names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// The config file this came from.
-    pub path: PathBuf,
+pub struct Sections {
     /// The name doorman uses in its own replies.
     pub hostname: String,
     /// The gates, in the order they run (names a [`Registry`] knows).
+    #[serde(default = "default_gates")]
     pub gates: Vec<String>,
     /// How long live sessions may go on after SIGTERM.
+    #[serde(with = "humantime_serde", default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
     /// The `[proxy]` section.
+    #[serde(default)]
     pub proxy: ProxySection,
-    /// The parsed `haproxy_hosts` list (empty when no file is named).
-    pub proxy_hosts: ProxyHosts,
     /// The listeners, at least one.
+    #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     /// The backends, at least one, in the order they are tried.
+    #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
     /// The routes to backend clusters, in order (the first match wins).
+    #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
-    /// The `[access]` section.
-    pub access: AccessSection,
-    /// The parsed access list, when `[access] file` names one.
-    pub access_list: Option<AccessList>,
     /// The `[greet]` section.
+    #[serde(default)]
     pub greet: GreetSection,
-    /// The `[dnsbl]` section.
-    pub dnsbl: DnsblSection,
-    /// The `[rdns]` section.
-    pub rdns: RdnsSection,
-    /// The `[greylist]` section.
-    pub greylist: GreylistSection,
-    /// The `[policy]` section.
-    pub policy: PolicySection,
-    /// The parsed DNSBL sites.
-    pub dnsbl_sites: Vec<Site>,
+    /// The `[score]` section (with `[dnsbl]`'s old keys applied).
+    #[serde(default)]
+    pub score: ScoreSection,
+    /// The core's keys of `[dnsbl]`: the shared resolver.
+    #[serde(default)]
+    pub dnsbl: DnsblShared,
     /// The `[cache]` section.
+    #[serde(default)]
     pub cache: CacheSection,
     /// The `[engine]` section.
+    #[serde(default)]
     pub engine: EngineSection,
     /// The `[log]` section.
+    #[serde(default)]
     pub log: LogSection,
     /// The `[limits]` section.
+    #[serde(default)]
     pub limits: LimitsSection,
     /// The `[pool]` section.
+    #[serde(default)]
     pub pool: PoolSection,
     /// The `[admin]` section.
+    #[serde(default)]
     pub admin: AdminSection,
+    /// The `[deep_tests]` section.
+    #[serde(default)]
+    pub deep_tests: DeepTestsSection,
+    /// The `[tls]` section; `None`: the engine offers no STARTTLS of its
+    /// own.
+    pub tls: Option<TlsSection>,
+}
+
+/// A loaded, checked configuration: the sections as written, and what the
+/// files they name hold.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file this came from.
+    pub path: PathBuf,
+    /// The core's sections (a `Config` derefs to them).
+    pub sections: Sections,
+    /// The parsed `haproxy_hosts` list (empty when no file is named).
+    pub proxy_hosts: ProxyHosts,
     /// The admin token read from `[admin] token_file`.
     pub admin_token: Option<String>,
-    /// The `[deep_tests]` section.
-    pub deep_tests: DeepTestsSection,
-    /// The `[tls]` section, paths resolved; `None`: the engine offers no
-    /// STARTTLS of its own.
-    pub tls: Option<TlsSection>,
+    /// What gates may use from the rest of the config.
+    pub shared: Shared,
+    /// The listed gates' checked sections, in the order they run.
+    pub gate_sections: Vec<(&'static str, Arc<dyn CheckedSection>)>,
+    /// A line for each deprecated key the file uses.
+    pub deprecated: Vec<String>,
+}
+
+impl Deref for Config {
+    type Target = Sections;
+
+    fn deref(&self) -> &Sections {
+        &self.sections
+    }
 }
 
 impl Config {
@@ -191,9 +185,12 @@ impl Config {
         .min()
         .unwrap_or_default()
     }
-}
 
-impl Config {
+    /// Whether gate `name` is listed.
+    pub fn lists(&self, name: &str) -> bool {
+        self.gates.iter().any(|gate| gate == name)
+    }
+
     /// What a client that sends STARTTLS skips when no `[tls]` is set (it
     /// is handed to the backend at its STARTTLS): the engine's gates and
     /// deep tests that are on. Empty when `[tls]` is set.
@@ -203,10 +200,10 @@ impl Config {
         }
         let deep = &self.deep_tests;
         let mut skipped = Vec::new();
-        if self.gates.iter().any(|gate| gate == "greylist") {
+        if self.lists("greylist") {
             skipped.push("greylisting");
         }
-        if self.gates.iter().any(|gate| gate == "policy") {
+        if self.lists("policy") {
             skipped.push("the policy service");
         }
         if [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
@@ -217,6 +214,18 @@ impl Config {
         }
         skipped
     }
+}
+
+/// `[greylist] threshold`, which the core reads too: the score at which a
+/// client is doubtful.
+#[derive(Deserialize)]
+struct Doubtful {
+    #[serde(default = "default_doubtful")]
+    threshold: i32,
+}
+
+fn default_doubtful() -> i32 {
+    1
 }
 
 impl Config {
@@ -239,241 +248,175 @@ impl Config {
 
     /// As [`Config::parse`], with the gates `registry` knows.
     pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|error| {
-            let line = error
-                .span()
-                .map(|span| line_of(text, span.start))
-                .unwrap_or(1);
-            // The line itself names the key and the value refused.
-            let written = text.lines().nth(line - 1).unwrap_or_default().trim();
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                message: format!(
-                    "{}: {}",
-                    crate::log::escape(written.as_bytes(), 200),
-                    error.message().trim_end()
-                ),
+        let document = Document::parse(text, path)?;
+        let mut root = document.root();
+        // The gates' tables go to the gates; the core keeps `[dnsbl]`'s
+        // resolver and old score keys.
+        let mut gate_tables: Vec<(&'static str, Table)> = Vec::new();
+        for name in registry.names() {
+            if let Some((key, mut table)) = root.get_mut().remove_entry(name) {
+                if name == "dnsbl" {
+                    root.get_mut()
+                        .insert(key, split_off(&mut table, &DnsblShared::KEYS));
+                }
+                gate_tables.push((name, table));
             }
-        })?;
-        // A file the config names that cannot be read: where it is named.
-        let unreadable = |table: &str, key: &str, error: ConfigError| match error {
-            ConfigError::Read { path: file, source } => ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: line_in_table(text, table, key),
-                message: format!(
-                    "{key} = {:?}: cannot read: {source}",
-                    file.display().to_string()
-                ),
-            },
-            other => other,
+        }
+        let score_written = root.get_ref().get("score").is_some();
+        let mut sections: Sections = document.read_root(root)?;
+        sections.check(&document, registry)?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let loaded = sections.load(&document, base)?;
+        let (score, deprecated) = sections
+            .dnsbl
+            .score(score_written.then_some(sections.score))
+            .map_err(|error| document.section_error("dnsbl", error))?;
+        sections.score = score;
+        let table = |name: &str| {
+            gate_tables
+                .iter()
+                .find(|(known, _)| *known == name)
+                .map(|(_, table)| table.clone())
         };
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
+        let doubtful: Doubtful = document.read_table(table("greylist"))?;
+        let shared = Shared {
+            hostname: sections.hostname.clone(),
+            base: base.to_path_buf(),
+            cache_size: sections.cache.size,
+            resolver: sections.dnsbl.resolver(),
+            doubtful: doubtful.threshold,
+        };
+        let mut gate_sections = Vec::new();
+        for name in registry.names() {
+            let listed = sections.gates.iter().any(|gate| gate == name);
+            let written = table(name);
+            if !listed && written.is_none() {
+                continue;
+            }
+            let check = listed.then_some(&shared);
+            let read = registry.read(name, document.deserializer(written), check);
+            if let Some(result) = read {
+                let section = result.map_err(|error| document.read_error(name, error))?;
+                if listed {
+                    gate_sections.push((name, section));
+                }
+            }
+        }
+        let order = |name: &str| sections.gates.iter().position(|gate| gate == name);
+        gate_sections.sort_by_key(|(name, _)| order(name));
+        Ok(Self {
             path: path.to_path_buf(),
-            line: line_of_key(text, key),
-            message,
-        };
-        if file.hostname.is_empty()
-            || !file
+            sections,
+            proxy_hosts: loaded.proxy_hosts,
+            admin_token: loaded.admin_token,
+            shared,
+            gate_sections,
+            deprecated,
+        })
+    }
+}
+
+/// What the files the core's sections name hold.
+struct Loaded {
+    proxy_hosts: ProxyHosts,
+    admin_token: Option<String>,
+}
+
+impl Sections {
+    /// Every section's own check, then what spans sections.
+    fn check(&self, document: &Document, registry: &Registry) -> Result<(), ConfigError> {
+        let at = |table: &'static str| move |error| document.section_error(table, error);
+        if self.hostname.is_empty()
+            || !self
                 .hostname
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']')
         {
-            return Err(invalid(
-                "hostname",
+            return Err(document.error(
+                &["hostname"],
                 format!(
                     "hostname {:?} must be one word of printable ASCII",
-                    file.hostname
+                    self.hostname
                 ),
             ));
         }
-        check_gates(&file.gates, registry).map_err(|message| invalid("gates", message))?;
-        if file.proxy.timeout.is_zero() {
-            return Err(invalid("timeout", "proxy timeout must be above 0".into()));
-        }
-        if file.listeners.is_empty() {
-            return Err(invalid(
-                "[[listener]]",
-                "at least one [[listener]] is needed".into(),
-            ));
-        }
-        if file.backends.is_empty() {
-            return Err(invalid(
-                "[[backend]]",
-                "at least one [[backend]] is needed".into(),
-            ));
-        }
-        if let Some(backend) = file.backends.iter().find(|b| b.connect_timeout.is_zero()) {
-            return Err(invalid(
-                "connect_timeout",
-                format!(
-                    "backend {}: connect_timeout must be above 0",
-                    backend.address
+        registry
+            .check(&self.gates)
+            .map_err(|message| document.error(&["gates"], message))?;
+        if self.shutdown_grace > bounds::HOUR {
+            return Err(document.error(
+                &["shutdown_grace"],
+                doorman_gate_api::section::bound_message(
+                    "shutdown_grace",
+                    self.shutdown_grace,
+                    bounds::HOUR,
                 ),
             ));
         }
-        if let Some((table, key, value, bound)) = bounds::exceeded(&bounds::durations(&file)) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: line_in_table(text, table, key),
-                message: format!(
-                    "{key}{} = {:?}: at most {:?} (the configuration reference lists every bound)",
-                    if table == "deep_tests" { " ttl" } else { "" },
-                    humantime::format_duration(value).to_string(),
-                    humantime::format_duration(bound).to_string()
-                ),
-            });
+        self.proxy.check().map_err(at("proxy"))?;
+        if self.listeners.is_empty() {
+            return Err(document.error(&["listener"], "at least one [[listener]] is needed"));
         }
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut proxy = file.proxy;
-        let proxy_hosts = match &proxy.hosts_file {
+        if self.backends.is_empty() {
+            return Err(document.error(&["backend"], "at least one [[backend]] is needed"));
+        }
+        for (index, backend) in self.backends.iter().enumerate() {
+            backend
+                .check()
+                .map_err(|error| document.section_error(&format!("backend.{index}"), error))?;
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            if !self.backends.iter().any(|b| b.cluster == route.cluster) {
+                return Err(document.error(
+                    &["route", &index.to_string()],
+                    format!(
+                        "route to cluster {:?}, which has no [[backend]]",
+                        route.cluster
+                    ),
+                ));
+            }
+        }
+        self.greet.check().map_err(at("greet"))?;
+        self.score.check().map_err(at("score"))?;
+        self.dnsbl.check().map_err(at("dnsbl"))?;
+        self.cache.check().map_err(at("cache"))?;
+        self.engine.check().map_err(at("engine"))?;
+        self.limits.check().map_err(at("limits"))?;
+        self.pool.check().map_err(at("pool"))?;
+        self.deep_tests.check().map_err(at("deep_tests"))
+    }
+
+    /// Makes the paths absolute and reads the files the core's sections
+    /// name.
+    fn load(&mut self, document: &Document, base: &Path) -> Result<Loaded, ConfigError> {
+        let proxy_hosts = match &self.proxy.hosts_file {
             Some(hosts_file) => {
                 let resolved = base.join(hosts_file);
                 let hosts = ProxyHosts::load(&resolved)
-                    .map_err(|error| unreadable("proxy", "hosts_file", error))?;
-                proxy.hosts_file = Some(resolved);
+                    .map_err(|error| document.unreadable(&["proxy", "hosts_file"], error))?;
+                self.proxy.hosts_file = Some(resolved);
                 hosts
             }
             None => ProxyHosts::default(),
         };
-        if proxy_hosts.is_empty()
-            && file
+        if proxy_hosts.is_empty() {
+            if let Some(index) = self
                 .listeners
                 .iter()
-                .any(|l| l.proxy == ProxyMode::Required)
-        {
-            return Err(invalid(
-                "required",
-                "a listener with proxy = \"required\" needs a non-empty hosts_file".into(),
-            ));
-        }
-        if let Some(banner) = &file.greet.banner {
-            if banner.bytes().any(|b| b.is_ascii_control()) {
-                return Err(invalid(
-                    "banner",
-                    "banner must not hold control characters".into(),
+                .position(|l| l.proxy == ProxyMode::Required)
+            {
+                return Err(document.error(
+                    &["listener", &index.to_string(), "proxy"],
+                    "a listener with proxy = \"required\" needs a non-empty hosts_file",
                 ));
             }
         }
-        if file.greet.wait.is_zero() && file.greet.banner.as_deref() != Some("") {
-            return Err(invalid(
-                "wait",
-                "greet wait must be above 0 (set banner = \"\" to turn the pregreet test off)"
-                    .into(),
-            ));
-        }
-        if file.limits.ipv4_prefix > 32 || file.limits.ipv6_prefix > 128 {
-            return Err(invalid(
-                "[limits]",
-                "ipv4_prefix must be at most 32 and ipv6_prefix at most 128".into(),
-            ));
-        }
-        if file.greylist.ipv4_prefix > 32
-            || file.greylist.ipv6_prefix > 128
-            || file.greylist.text.bytes().any(|b| b.is_ascii_control())
-        {
-            return Err(invalid(
-                "[greylist]",
-                "ipv4_prefix must be at most 32, ipv6_prefix at most 128, and text one line".into(),
-            ));
-        }
-        if file.gates.iter().any(|gate| gate == "policy") && file.policy.address.is_none() {
-            return Err(invalid(
-                "[policy]",
-                "the policy gate needs [policy] address (\"host:port\" or \"unix:/path\")".into(),
-            ));
-        }
-        if doorman_policy::protocol::meaning(&file.policy.default_action).is_none()
-            || file.policy.timeout.is_zero()
-        {
-            return Err(invalid(
-                "default_action",
-                format!(
-                    "policy default_action {:?} is no access(5) action, or timeout is 0",
-                    file.policy.default_action
-                ),
-            ));
-        }
-        if file.engine.command_limit == 0 || file.engine.line_length < 16 {
-            return Err(invalid(
-                "[engine]",
-                "command_limit must be above 0 and line_length at least 16".into(),
-            ));
-        }
-        if file.pool.check_interval.is_zero() || file.pool.rise == 0 || file.pool.fall == 0 {
-            return Err(invalid(
-                "[pool]",
-                "check_interval, rise and fall must be above 0".into(),
-            ));
-        }
-        if file.dnsbl.min_ttl > file.dnsbl.max_ttl {
-            return Err(invalid("min_ttl", "dnsbl min_ttl is above max_ttl".into()));
-        }
-        if file.dnsbl.allowlist_threshold > 0 {
-            return Err(invalid(
-                "allowlist_threshold",
-                "allowlist_threshold must be 0 (off) or negative".into(),
-            ));
-        }
-        let mut dnsbl_sites = Vec::new();
-        for entry in &file.dnsbl.sites {
-            let site = Site::parse(entry).map_err(|error| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line: line_of_key(text, entry),
-                message: error.to_string(),
-            })?;
-            dnsbl_sites.push(site);
-        }
-        if file.cache.flush_interval.is_zero() || file.cache.redis_timeout.is_zero() {
-            return Err(invalid(
-                "[cache]",
-                "flush_interval and redis_timeout must be above 0".into(),
-            ));
-        }
-        let mut cache = file.cache;
-        cache.path = base.join(&cache.path);
-        let mut access = file.access;
-        let access_list = match &access.file {
-            Some(table) => {
-                let resolved = base.join(table);
-                let text =
-                    read_file(&resolved).map_err(|error| unreadable("access", "file", error))?;
-                let list = AccessList::parse(&text, &resolved, access.action.into()).map_err(
-                    |doorman_access::AccessError::Syntax {
-                         path,
-                         line,
-                         message,
-                     }| ConfigError::Invalid {
-                        path,
-                        line,
-                        message,
-                    },
-                )?;
-                access.file = Some(resolved);
-                Some(list)
-            }
-            None => None,
-        };
-        let mut routes = Vec::with_capacity(file.routes.len());
-        for route in &file.routes {
-            let parsed = Route::parse(route).map_err(|message| invalid("[[route]]", message))?;
-            if !file.backends.iter().any(|b| b.cluster == parsed.cluster) {
-                return Err(invalid(
-                    "[[route]]",
-                    format!(
-                        "route to cluster {:?}, which has no [[backend]]",
-                        parsed.cluster
-                    ),
-                ));
-            }
-            routes.push(parsed);
-        }
-        let mut admin = file.admin;
-        let admin_token = match &admin.token_file {
+        self.cache.path = base.join(&self.cache.path);
+        let admin_token = match &self.admin.token_file {
             Some(token_file) => {
                 let resolved = base.join(token_file);
                 let token = read_file(&resolved)
-                    .map_err(|error| unreadable("admin", "token_file", error))?
+                    .map_err(|error| document.unreadable(&["admin", "token_file"], error))?
                     .trim()
                     .to_string();
                 if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
@@ -483,70 +426,29 @@ impl Config {
                         message: "the admin token must be one word of printable ASCII".into(),
                     });
                 }
-                admin.token_file = Some(resolved);
+                self.admin.token_file = Some(resolved);
                 Some(token)
             }
             None => None,
         };
-        let mut tls = file.tls;
-        if let Some(tls) = &mut tls {
+        if let Some(tls) = &mut self.tls {
             tls.resolve(base)
-                .map_err(|(key, message)| invalid(key, message))?;
+                .map_err(|error| document.section_error("tls", error))?;
         }
-        let mut backends = file.backends;
-        for backend in &mut backends {
+        for (index, backend) in self.backends.iter_mut().enumerate() {
             backend
                 .resolve_tls(base)
-                .map_err(|(key, message)| invalid(key, message))?;
+                .map_err(|error| document.section_error(&format!("backend.{index}"), error))?;
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            hostname: file.hostname,
-            gates: file.gates,
-            shutdown_grace: file.shutdown_grace,
-            proxy,
+        Ok(Loaded {
             proxy_hosts,
-            listeners: file.listeners,
-            backends,
-            routes,
-            access,
-            access_list,
-            greet: file.greet,
-            dnsbl: file.dnsbl,
-            rdns: file.rdns,
-            greylist: file.greylist,
-            policy: file.policy,
-            dnsbl_sites,
-            cache,
-            engine: file.engine,
-            log: file.log,
-            limits: file.limits,
-            pool: file.pool,
-            admin,
             admin_token,
-            deep_tests: file.deep_tests,
-            tls,
         })
     }
 }
 
 fn default_gates() -> Vec<String> {
     DEFAULT_ORDER.iter().map(ToString::to_string).collect()
-}
-
-/// Every name in `gates` must be known, and listed once.
-fn check_gates(gates: &[String], registry: &Registry) -> Result<(), String> {
-    for (index, name) in gates.iter().enumerate() {
-        if !registry.knows(name) {
-            return Err(format!(
-                "unknown gate {name:?} (known: {registry:?} and {BUILT_IN:?})"
-            ));
-        }
-        if gates[..index].contains(name) {
-            return Err(format!("gate {name:?} is listed twice"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -566,13 +468,16 @@ mod tests {
         assert_eq!(config.greet_banner(), "mx.test ESMTP");
         assert_eq!(config.greet.wait, Duration::from_secs(6));
         assert_eq!(config.greet.ttl, Duration::from_secs(86400));
-        assert_eq!(config.dnsbl.threshold, 1);
+        assert_eq!(config.score, ScoreSection::default());
+        assert_eq!(config.score.threshold, 1);
         assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
         assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
         assert_eq!(config.cache.size, 100_000);
         assert_eq!(config.engine.command_limit, 20);
         assert_eq!(config.engine.line_length, 2048);
-        assert!(config.access_list.is_none() && config.dnsbl_sites.is_empty());
+        let gates: Vec<&str> = config.gate_sections.iter().map(|(name, _)| *name).collect();
+        assert_eq!(gates, ["access", "dnsbl"]);
+        assert!(config.deprecated.is_empty());
     }
 
     #[test]
@@ -582,10 +487,10 @@ mod tests {
         );
         let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
         assert_eq!(config.greet_banner(), "");
-        assert_eq!(config.greet.action, ActionName::Drop);
-        assert_eq!(config.dnsbl_sites.len(), 2);
-        assert_eq!(config.dnsbl_sites[1].weight, -2);
-        assert_eq!(config.dnsbl.reply_map["zen.test"], "zen.example");
+        assert_eq!(config.greet.action, doorman_gate_api::Action::Drop);
+        assert_eq!(config.score.allowlist_threshold, -1);
+        assert_eq!(config.dnsbl.nameservers.len(), 1);
+        assert_eq!(config.deprecated.len(), 1, "{:?}", config.deprecated);
         let bad = text.replace("*-2", "*two");
         let shown = Config::parse(&bad, Path::new("d.toml"))
             .expect_err("bad site")
@@ -616,6 +521,65 @@ mod tests {
             .expect_err("bad hostname")
             .to_string();
         assert!(shown.starts_with("d.toml:1: "), "{shown}");
+    }
+
+    #[test]
+    fn a_check_error_names_the_line_of_its_own_key() {
+        // The backend's connect_timeout is on line 4, the proxy timeout
+        // on line 7: a substring search would have named line 4.
+        let text = "hostname = \"h\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nconnect_timeout = \"2s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[proxy]\ntimeout = \"0s\"\n";
+        let shown = Config::parse(text, Path::new("d.toml"))
+            .expect_err("zero timeout")
+            .to_string();
+        assert_eq!(shown, "d.toml:8: proxy timeout must be above 0");
+        let text =
+            format!("{MINIMAL}[[backend]]\naddress = \"127.0.0.1:2\"\nconnect_timeout = \"0s\"\n");
+        let shown = Config::parse(&text, Path::new("d.toml"))
+            .expect_err("zero connect timeout")
+            .to_string();
+        assert!(
+            shown.starts_with("d.toml:8: backend 127.0.0.1:2"),
+            "{shown}"
+        );
+        let text = format!("{MINIMAL}[greylist]\ndelay = \"2d\"\n");
+        let text = text.replace(
+            "hostname = \"mx.test\"",
+            "hostname = \"mx.test\"\ngates = [\"greylist\"]",
+        );
+        let shown = Config::parse(&text, Path::new("d.toml"))
+            .expect_err("delay above its bound")
+            .to_string();
+        assert!(
+            shown.starts_with("d.toml:8: delay = \"2days\": at most \"1day\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn score_takes_the_old_dnsbl_keys_as_aliases() {
+        let old = format!("{MINIMAL}[dnsbl]\nthreshold = 3\naction = \"enforce\"\n");
+        let config = Config::parse(&old, Path::new("d.toml")).expect("aliases");
+        assert_eq!(config.score.threshold, 3);
+        assert_eq!(config.score.action, doorman_gate_api::Action::Enforce);
+        assert_eq!(
+            config.deprecated,
+            [
+                "[dnsbl] threshold is deprecated: it is [score] threshold now, which judges every gate's weights",
+                "[dnsbl] action is deprecated: it is [score] action now, which judges every gate's weights",
+            ]
+        );
+        let new = format!("{MINIMAL}[score]\nthreshold = 3\naction = \"enforce\"\n");
+        let config = Config::parse(&new, Path::new("d.toml")).expect("score");
+        assert_eq!(config.score.threshold, 3);
+        assert!(config.deprecated.is_empty());
+        let both = format!("{MINIMAL}[score]\nthreshold = 3\n[dnsbl]\nthreshold = 2\n");
+        let shown = Config::parse(&both, Path::new("d.toml"))
+            .expect_err("both")
+            .to_string();
+        assert!(
+            shown.starts_with("d.toml:9: [dnsbl] threshold is the old name"),
+            "{shown}"
+        );
     }
 
     #[test]

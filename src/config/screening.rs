@@ -1,49 +1,18 @@
-//! The screening sections of the config file (the access list, the
-//! greet wait, the gates, the deep tests), as serde reads them, with
-//! postscreen's defaults.
+//! The screening sections the core reads (the greet wait, the score, the
+//! shared resolver, the deep tests), as serde reads them, with postscreen's
+//! defaults, and each section's own check. The gates' sections live in
+//! their crates.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use doorman_gate_api::Action;
+use doorman_gate_api::section::bound_message;
+use doorman_gate_api::{Action, ResolverSettings, SectionError};
+
+use super::bounds::{FIVE_MINUTES, YEAR};
 use serde::Deserialize;
 
 use super::*;
-
-/// A test's action, as written in the config.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionName {
-    /// See [`Action::Ignore`].
-    #[default]
-    Ignore,
-    /// See [`Action::Enforce`].
-    Enforce,
-    /// See [`Action::Drop`].
-    Drop,
-}
-
-impl From<ActionName> for Action {
-    fn from(name: ActionName) -> Self {
-        match name {
-            ActionName::Ignore => Action::Ignore,
-            ActionName::Enforce => Action::Enforce,
-            ActionName::Drop => Action::Drop,
-        }
-    }
-}
-
-/// The `[access]` section: the permanent access list.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AccessSection {
-    /// A Postfix cidr table, relative to the config file's folder.
-    pub file: Option<PathBuf>,
-    /// What to do with `reject` entries.
-    #[serde(default)]
-    pub action: ActionName,
-}
 
 /// The `[greet]` section: the teaser and the pregreet test.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -57,10 +26,32 @@ pub struct GreetSection {
     pub wait: Duration,
     /// What to do with a pregreeter.
     #[serde(default)]
-    pub action: ActionName,
+    pub action: Action,
     /// How long a pregreet pass is remembered.
     #[serde(with = "humantime_serde", default = "default_greet_ttl")]
     pub ttl: Duration,
+}
+
+impl GreetSection {
+    /// Checks the teaser and the wait.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if let Some(banner) = &self.banner {
+            if banner.bytes().any(|b| b.is_ascii_control()) {
+                return Err(SectionError::key(
+                    "banner",
+                    "banner must not hold control characters",
+                ));
+            }
+        }
+        if self.wait.is_zero() && self.banner.as_deref() != Some("") {
+            return Err(SectionError::key(
+                "wait",
+                "greet wait must be above 0 (set banner = \"\" to turn the pregreet test off)",
+            ));
+        }
+        SectionError::within("wait", self.wait, FIVE_MINUTES)?;
+        SectionError::within("ttl", self.ttl, YEAR)
+    }
 }
 
 impl Default for GreetSection {
@@ -68,187 +59,57 @@ impl Default for GreetSection {
         Self {
             banner: None,
             wait: default_greet_wait(),
-            action: ActionName::Ignore,
+            action: Action::Ignore,
             ttl: default_greet_ttl(),
         }
     }
 }
 
-/// The `[rdns]` section: what each reverse-DNS finding weighs. The gate
-/// runs when `rdns` is in `gates`, with the `[dnsbl]` resolver settings.
+/// The `[score]` section: how the wait gates' summed score is judged, as
+/// postscreen judges its DNSBL score (`postscreen_dnsbl_threshold`,
+/// `postscreen_dnsbl_allowlist_threshold`, `postscreen_dnsbl_action`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RdnsSection {
-    /// The client has no PTR name.
-    #[serde(default = "default_no_ptr")]
-    pub no_ptr: i32,
-    /// No PTR name resolves back to the client address.
-    #[serde(default = "default_one")]
-    pub not_confirmed: i32,
-    /// The confirmed name looks generic (it embeds the address, or a pool
-    /// word such as `dsl` or `dynamic`).
-    #[serde(default = "default_one")]
-    pub generic: i32,
-}
-
-impl Default for RdnsSection {
-    fn default() -> Self {
-        Self {
-            no_ptr: default_no_ptr(),
-            not_confirmed: default_one(),
-            generic: default_one(),
-        }
-    }
-}
-
-pub(super) fn default_no_ptr() -> i32 {
-    2
-}
-
-pub(super) fn default_one() -> i32 {
-    1
-}
-
-/// The `[greylist]` section: selective greylisting of doubtful clients.
-/// The gate runs when `greylist` is in `gates`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct GreylistSection {
-    /// A summed score at or above this (and below `[dnsbl] threshold`) is
-    /// doubtful.
-    #[serde(default = "default_one")]
-    pub threshold: i32,
-    /// How long a triplet must wait after its first attempt.
-    #[serde(with = "humantime_serde", default = "default_greylist_delay")]
-    pub delay: Duration,
-    /// How long after the delay a retry is still taken.
-    #[serde(with = "humantime_serde", default = "default_retry_window")]
-    pub retry_window: Duration,
-    /// Successful retries after which a network skips greylisting.
-    #[serde(default = "default_auto_allowlist")]
-    pub auto_allowlist: u32,
-    /// How long a passed triplet and an allowlisted network are kept.
-    #[serde(with = "humantime_serde", default = "default_max_age")]
-    pub max_age: Duration,
-    /// The IPv4 network a client is keyed by.
-    #[serde(default = "default_greylist_ipv4_prefix")]
-    pub ipv4_prefix: u8,
-    /// The IPv6 network a client is keyed by.
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-    /// The reply text; `%r` is the recipient's domain.
-    #[serde(default = "default_greylist_text")]
-    pub text: String,
-}
-
-impl Default for GreylistSection {
-    fn default() -> Self {
-        Self {
-            threshold: default_one(),
-            delay: default_greylist_delay(),
-            retry_window: default_retry_window(),
-            auto_allowlist: default_auto_allowlist(),
-            max_age: default_max_age(),
-            ipv4_prefix: default_greylist_ipv4_prefix(),
-            ipv6_prefix: default_ipv6_prefix(),
-            text: default_greylist_text(),
-        }
-    }
-}
-
-pub(super) fn default_greylist_delay() -> Duration {
-    Duration::from_secs(300)
-}
-
-pub(super) fn default_retry_window() -> Duration {
-    Duration::from_secs(2 * 86400)
-}
-
-pub(super) fn default_auto_allowlist() -> u32 {
-    5
-}
-
-pub(super) fn default_max_age() -> Duration {
-    Duration::from_secs(35 * 86400)
-}
-
-pub(super) fn default_greylist_ipv4_prefix() -> u8 {
-    24
-}
-
-pub(super) fn default_greylist_text() -> String {
-    "Greylisted, see http://postgrey.schweikert.ch/help/%r.html".into()
-}
-
-/// The `[policy]` section: a Postfix policy service asked at RCPT. The
-/// gate runs when `policy` is in `gates`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySection {
-    /// `host:port`, or `unix:/path`.
-    pub address: Option<String>,
-    /// `doubtful` (a score at or above `[greylist] threshold`) or `all`.
-    #[serde(default)]
-    pub clients: PolicyClients,
-    /// How long one request may take.
-    #[serde(with = "humantime_serde", default = "default_policy_timeout")]
-    pub timeout: Duration,
-    /// The action when the service fails (Postfix's
-    /// `smtpd_policy_service_default_action`).
-    #[serde(default = "default_policy_action")]
-    pub default_action: String,
-    /// Requests per connection before a new one; 0: no limit.
-    #[serde(default)]
-    pub request_limit: u32,
-}
-
-/// Which clients the policy service sees.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyClients {
-    /// Only doubtful clients.
-    #[default]
-    Doubtful,
-    /// Every client (each then talks to the built-in engine up to RCPT).
-    All,
-}
-
-impl Default for PolicySection {
-    fn default() -> Self {
-        Self {
-            address: None,
-            clients: PolicyClients::default(),
-            timeout: default_policy_timeout(),
-            default_action: default_policy_action(),
-            request_limit: 0,
-        }
-    }
-}
-
-pub(super) fn default_policy_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-pub(super) fn default_policy_action() -> String {
-    "451 4.3.5 Server configuration problem".into()
-}
-
-/// The `[dnsbl]` section: weighted DNSBL/DNSWL sites.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DnsblSection {
-    /// Sites in postscreen's `domain[=filter][*weight]` syntax.
-    #[serde(default)]
-    pub sites: Vec<String>,
+pub struct ScoreSection {
     /// Inclusive lower bound of a blocking score.
     #[serde(default = "default_threshold")]
     pub threshold: i32,
     /// Inclusive upper bound (negative) of an allowlisting score; 0 disables.
     #[serde(default)]
     pub allowlist_threshold: i32,
-    /// What to do with a listed client.
+    /// What to do with a client whose score blocks it.
     #[serde(default)]
-    pub action: ActionName,
+    pub action: Action,
+}
+
+impl Default for ScoreSection {
+    fn default() -> Self {
+        Self {
+            threshold: default_threshold(),
+            allowlist_threshold: 0,
+            action: Action::Ignore,
+        }
+    }
+}
+
+impl ScoreSection {
+    /// Checks the thresholds.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.allowlist_threshold > 0 {
+            return Err(SectionError::key(
+                "allowlist_threshold",
+                "allowlist_threshold must be 0 (off) or negative",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The keys of `[dnsbl]` the core reads: the resolver every DNS gate
+/// shares, and the old names of `[score]`'s keys. The gate reads the rest.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblShared {
     /// Lower clamp of answer TTLs.
     #[serde(with = "humantime_serde", default = "default_min_ttl")]
     pub min_ttl: Duration,
@@ -261,23 +122,101 @@ pub struct DnsblSection {
     /// Name servers (`ip:port`); empty: the system resolver.
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
-    /// Site domain -> the name shown to clients.
-    #[serde(default)]
-    pub reply_map: HashMap<String, String>,
+    /// The old name of `[score] threshold`.
+    pub threshold: Option<i32>,
+    /// The old name of `[score] allowlist_threshold`.
+    pub allowlist_threshold: Option<i32>,
+    /// The old name of `[score] action`.
+    pub action: Option<Action>,
 }
 
-impl Default for DnsblSection {
+impl DnsblShared {
+    /// The keys this type reads out of `[dnsbl]`.
+    pub const KEYS: [&'static str; 7] = [
+        "min_ttl",
+        "max_ttl",
+        "timeout",
+        "nameservers",
+        "threshold",
+        "allowlist_threshold",
+        "action",
+    ];
+
+    /// Checks the resolver's settings.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.min_ttl > self.max_ttl {
+            return Err(SectionError::key(
+                "min_ttl",
+                "dnsbl min_ttl is above max_ttl",
+            ));
+        }
+        SectionError::within("min_ttl", self.min_ttl, YEAR)?;
+        SectionError::within("max_ttl", self.max_ttl, YEAR)?;
+        SectionError::within("timeout", self.timeout, FIVE_MINUTES)
+    }
+
+    /// The resolver settings gates get.
+    pub fn resolver(&self) -> ResolverSettings {
+        ResolverSettings {
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            timeout: self.timeout,
+            nameservers: self.nameservers.clone(),
+        }
+    }
+
+    /// `[score]` with the old keys applied where `[score]` is silent, and
+    /// a deprecation line for each old key used; an error names a key set
+    /// in both places.
+    pub fn score(
+        &self,
+        score: Option<ScoreSection>,
+    ) -> Result<(ScoreSection, Vec<String>), SectionError> {
+        let old = [
+            ("threshold", self.threshold.is_some()),
+            ("allowlist_threshold", self.allowlist_threshold.is_some()),
+            ("action", self.action.is_some()),
+        ];
+        let used: Vec<&str> = old
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| *key)
+            .collect();
+        let Some(first) = used.first() else {
+            return Ok((score.unwrap_or_default(), Vec::new()));
+        };
+        if score.is_some() {
+            return Err(SectionError::key(
+                *first,
+                format!("[dnsbl] {first} is the old name of [score] {first}: set the score in [score] only"),
+            ));
+        }
+        let defaults = ScoreSection::default();
+        let merged = ScoreSection {
+            threshold: self.threshold.unwrap_or(defaults.threshold),
+            allowlist_threshold: self
+                .allowlist_threshold
+                .unwrap_or(defaults.allowlist_threshold),
+            action: self.action.unwrap_or(defaults.action),
+        };
+        let lines = used
+            .iter()
+            .map(|key| format!("[dnsbl] {key} is deprecated: it is [score] {key} now, which judges every gate's weights"))
+            .collect();
+        Ok((merged, lines))
+    }
+}
+
+impl Default for DnsblShared {
     fn default() -> Self {
         Self {
-            sites: Vec::new(),
-            threshold: default_threshold(),
-            allowlist_threshold: 0,
-            action: ActionName::Ignore,
             min_ttl: default_min_ttl(),
             max_ttl: default_max_ttl(),
             timeout: default_dnsbl_timeout(),
             nameservers: Vec::new(),
-            reply_map: HashMap::new(),
+            threshold: None,
+            allowlist_threshold: None,
+            action: None,
         }
     }
 }
@@ -303,7 +242,7 @@ pub struct DeepTestConfig {
     #[serde(default)]
     pub enable: bool,
     /// What to do on a violation; unset: postscreen's default for the test.
-    pub action: Option<ActionName>,
+    pub action: Option<Action>,
     /// How long a pass is remembered; unset: 30 days.
     #[serde(default, with = "humantime_serde")]
     pub ttl: Option<Duration>,
@@ -311,7 +250,7 @@ pub struct DeepTestConfig {
 
 impl DeepTestConfig {
     /// The action, or `default` when unset.
-    pub fn action_or(&self, default: ActionName) -> ActionName {
+    pub fn action_or(&self, default: Action) -> Action {
         self.action.unwrap_or(default)
     }
 
@@ -340,6 +279,27 @@ pub struct DeepTestsSection {
     /// The non-SMTP command verbs.
     #[serde(default = "default_forbidden_commands")]
     pub forbidden_commands: Vec<String>,
+}
+
+impl DeepTestsSection {
+    /// Checks each test's pass TTL.
+    pub fn check(&self) -> Result<(), SectionError> {
+        for (name, test) in [
+            ("pipelining", &self.pipelining),
+            ("non_smtp_command", &self.non_smtp_command),
+            ("bare_newline", &self.bare_newline),
+        ] {
+            if let Some(ttl) = test.ttl {
+                SectionError::within(&format!("{name}.ttl"), ttl, YEAR).map_err(|_| {
+                    SectionError::key(
+                        format!("{name}.ttl"),
+                        bound_message(&format!("{name} ttl"), ttl, YEAR),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for DeepTestsSection {

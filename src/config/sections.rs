@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use doorman_gate_api::SectionError;
 use serde::Deserialize;
+
+use super::bounds::{DAY, FIVE_MINUTES, HOUR, MINUTE, WEEK, YEAR};
+use super::defaults::*;
 
 /// Whether a listener takes PROXY headers, and from whom.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -68,8 +72,18 @@ pub struct PoolSection {
     pub flush_grace: Duration,
 }
 
-pub(super) fn default_flush_grace() -> Duration {
-    Duration::from_secs(10)
+impl PoolSection {
+    /// Checks the health checks' timing.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.check_interval.is_zero() || self.rise == 0 || self.fall == 0 {
+            return Err(SectionError::key(
+                "",
+                "check_interval, rise and fall must be above 0",
+            ));
+        }
+        SectionError::within("check_interval", self.check_interval, HOUR)?;
+        SectionError::within("flush_grace", self.flush_grace, DAY)
+    }
 }
 
 impl Default for PoolSection {
@@ -93,6 +107,19 @@ pub struct ProxySection {
     /// How long a listed host may take to send its whole header.
     #[serde(with = "humantime_serde", default = "default_proxy_timeout")]
     pub timeout: Duration,
+}
+
+impl ProxySection {
+    /// Checks the header timeout.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.timeout.is_zero() {
+            return Err(SectionError::key(
+                "timeout",
+                "proxy timeout must be above 0",
+            ));
+        }
+        SectionError::within("timeout", self.timeout, FIVE_MINUTES)
+    }
 }
 
 impl Default for ProxySection {
@@ -152,6 +179,19 @@ pub struct BackendConfig {
     pub tls_server_name: Option<String>,
 }
 
+impl BackendConfig {
+    /// Checks the connect timeout.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.connect_timeout.is_zero() {
+            return Err(SectionError::key(
+                "connect_timeout",
+                format!("backend {}: connect_timeout must be above 0", self.address),
+            ));
+        }
+        SectionError::within("connect_timeout", self.connect_timeout, FIVE_MINUTES)
+    }
+}
+
 /// A `[[route]]` as written: which clients go to a cluster.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -166,8 +206,9 @@ pub struct RouteConfig {
     pub cluster: String,
 }
 
-/// A checked route.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A checked `[[route]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "RouteConfig")]
 pub struct Route {
     /// The destination network, if the route names one.
     pub network: Option<ipnet::IpNet>,
@@ -179,9 +220,10 @@ pub struct Route {
     pub cluster: String,
 }
 
-impl Route {
-    /// Reads a route; `Err` says what is wrong.
-    pub fn parse(config: &RouteConfig) -> Result<Self, String> {
+impl TryFrom<RouteConfig> for Route {
+    type Error = String;
+
+    fn try_from(config: RouteConfig) -> Result<Self, String> {
         let (network, port) = match &config.destination {
             None => (None, None),
             Some(text) => {
@@ -206,10 +248,12 @@ impl Route {
             network,
             port,
             listener: config.listener,
-            cluster: config.cluster.clone(),
+            cluster: config.cluster,
         })
     }
+}
 
+impl Route {
     /// Whether a client that connected to `destination` on `listener`
     /// takes this route.
     pub fn matches(&self, destination: SocketAddr, listener: SocketAddr) -> bool {
@@ -274,6 +318,22 @@ pub struct CacheSection {
     pub size: usize,
 }
 
+impl CacheSection {
+    /// Checks the store's timing.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.flush_interval.is_zero() || self.redis_timeout.is_zero() {
+            return Err(SectionError::key(
+                "",
+                "flush_interval and redis_timeout must be above 0",
+            ));
+        }
+        SectionError::within("flush_interval", self.flush_interval, MINUTE)?;
+        SectionError::within("redis_timeout", self.redis_timeout, MINUTE)?;
+        SectionError::within("cleanup_interval", self.cleanup_interval, WEEK)?;
+        SectionError::within("retention_time", self.retention_time, YEAR)
+    }
+}
+
 impl Default for CacheSection {
     fn default() -> Self {
         Self {
@@ -305,6 +365,19 @@ pub struct EngineSection {
     /// How long one whole command line may take to arrive.
     #[serde(with = "humantime_serde", default = "default_command_time")]
     pub command_time: Duration,
+}
+
+impl EngineSection {
+    /// Checks the engine's limits.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.command_limit == 0 || self.line_length < 16 {
+            return Err(SectionError::key(
+                "",
+                "command_limit must be above 0 and line_length at least 16",
+            ));
+        }
+        SectionError::within("command_time", self.command_time, HOUR)
+    }
 }
 
 impl Default for EngineSection {
@@ -346,12 +419,17 @@ pub struct LimitsSection {
     pub connection_rate: usize,
 }
 
-pub(super) fn default_ipv4_prefix() -> u8 {
-    32
-}
-
-pub(super) fn default_ipv6_prefix() -> u8 {
-    64
+impl LimitsSection {
+    /// Checks the network prefixes.
+    pub fn check(&self) -> Result<(), SectionError> {
+        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
+            return Err(SectionError::key(
+                "",
+                "ipv4_prefix must be at most 32 and ipv6_prefix at most 128",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LimitsSection {
@@ -396,13 +474,6 @@ impl Default for AdminSection {
     }
 }
 
-pub(super) fn default_trusted() -> Vec<ipnet::IpNet> {
-    ["127.0.0.1/32", "::1/128"]
-        .iter()
-        .filter_map(|net| net.parse().ok())
-        .collect()
-}
-
 /// The layout of log lines.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -441,128 +512,4 @@ impl Default for LogSection {
             syslog_socket: default_syslog_socket(),
         }
     }
-}
-
-pub(super) fn default_proxy_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-pub(super) fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-pub(super) fn default_shutdown_grace() -> Duration {
-    Duration::from_secs(30)
-}
-
-pub(super) fn default_greet_wait() -> Duration {
-    Duration::from_secs(6)
-}
-
-pub(super) fn default_greet_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-pub(super) fn default_threshold() -> i32 {
-    1
-}
-
-pub(super) fn default_min_ttl() -> Duration {
-    Duration::from_secs(60)
-}
-
-pub(super) fn default_max_ttl() -> Duration {
-    Duration::from_secs(3600)
-}
-
-pub(super) fn default_dnsbl_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-pub(super) fn default_cache_size() -> usize {
-    100_000
-}
-
-pub(super) fn default_forbidden_commands() -> Vec<String> {
-    vec!["CONNECT".into(), "GET".into(), "POST".into()]
-}
-
-pub(super) fn default_weight() -> u32 {
-    1
-}
-
-pub(super) fn default_check_interval() -> Duration {
-    Duration::from_secs(2)
-}
-
-pub(super) fn default_rise() -> u32 {
-    2
-}
-
-pub(super) fn default_fall() -> u32 {
-    3
-}
-
-pub(super) fn default_client_connections() -> usize {
-    50
-}
-
-pub(super) fn default_screening() -> usize {
-    100
-}
-
-pub(super) fn default_total() -> usize {
-    10_000
-}
-
-pub(super) fn default_syslog_tag() -> String {
-    "postfix/postscreen".to_string()
-}
-
-pub(super) fn default_syslog_socket() -> PathBuf {
-    PathBuf::from("/dev/log")
-}
-
-pub(super) fn default_cache_path() -> PathBuf {
-    PathBuf::from("doorman-cache.redb")
-}
-
-pub(super) fn default_flush_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-pub(super) fn default_redis_master_name() -> String {
-    "doorman".into()
-}
-
-pub(super) fn default_redis_url() -> String {
-    "redis://127.0.0.1:6379".to_string()
-}
-
-pub(super) fn default_redis_prefix() -> String {
-    "doorman:".to_string()
-}
-
-pub(super) fn default_redis_timeout() -> Duration {
-    Duration::from_millis(50)
-}
-
-pub(super) fn default_cleanup_interval() -> Duration {
-    Duration::from_secs(12 * 3600)
-}
-
-pub(super) fn default_retention_time() -> Duration {
-    Duration::from_secs(7 * 86400)
-}
-
-pub(super) fn default_command_limit() -> usize {
-    20
-}
-
-pub(super) fn default_line_length() -> usize {
-    2048
-}
-
-pub(super) fn default_command_time() -> Duration {
-    Duration::from_secs(300)
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use doorman_gate_api::SectionError;
 use serde::Deserialize;
 
 /// The lowest TLS version the engine's STARTTLS accepts.
@@ -47,19 +48,24 @@ pub struct TlsSection {
 impl TlsSection {
     /// Checks the section and makes its paths relative to `base`; an error
     /// names the key to point at.
-    pub(super) fn resolve(&mut self, base: &Path) -> Result<(), (&'static str, String)> {
+    pub(super) fn resolve(&mut self, base: &Path) -> Result<(), SectionError> {
         if self.certificates.is_empty() {
-            return Err((
-                "[tls]",
-                "[tls] needs at least one [[tls.certificate]] (chain and key)".into(),
+            return Err(SectionError::key(
+                "",
+                "[tls] needs at least one [[tls.certificate]] (chain and key)",
             ));
         }
         if self.handshake_timeout.is_zero() {
-            return Err((
+            return Err(SectionError::key(
                 "handshake_timeout",
-                "tls handshake_timeout must be above 0".into(),
+                "tls handshake_timeout must be above 0",
             ));
         }
+        SectionError::within(
+            "handshake_timeout",
+            self.handshake_timeout,
+            super::bounds::FIVE_MINUTES * 2,
+        )?;
         for certificate in &mut self.certificates {
             certificate.chain = base.join(&certificate.chain);
             certificate.key = base.join(&certificate.key);
@@ -71,12 +77,12 @@ impl TlsSection {
 impl super::BackendConfig {
     /// Checks the backend's TLS keys and makes its CA path relative to
     /// `base`.
-    pub(super) fn resolve_tls(&mut self, base: &Path) -> Result<(), (&'static str, String)> {
+    pub(super) fn resolve_tls(&mut self, base: &Path) -> Result<(), SectionError> {
         if let Some(ca) = &self.tls_ca_file {
             self.tls_ca_file = Some(base.join(ca));
         }
         if self.tls_verify && self.tls_ca_file.is_none() {
-            return Err((
+            return Err(SectionError::key(
                 "tls_verify",
                 format!("backend {}: tls_verify needs tls_ca_file", self.address),
             ));

@@ -58,7 +58,11 @@ impl<S: ClientIo> Session<Channel<S>> {
                 Err(_) => engine.line_too_long(),
                 Ok(Some(line)) => {
                     for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
-                        log::deep_violation(client.address, &violation);
+                        log::deep_violation(
+                            client.address,
+                            violation.test.log_name(),
+                            &violation.detail,
+                        );
                         self.process.metrics.test(violation.test.name(), false);
                         match deep_action(&config.deep_tests, violation.test) {
                             Action::Drop => {
@@ -295,9 +299,8 @@ pub(super) fn deep_tests(section: &DeepTestsSection) -> Vec<(DeepTest, Test, &De
 /// non-SMTP commands drop, bare newlines ignore.
 fn deep_action(section: &DeepTestsSection, test: DeepTest) -> Action {
     match test {
-        DeepTest::Pipelining => section.pipelining.action_or(ActionName::Enforce),
-        DeepTest::NonSmtpCommand => section.non_smtp_command.action_or(ActionName::Drop),
-        DeepTest::BareNewline => section.bare_newline.action_or(ActionName::Ignore),
+        DeepTest::Pipelining => section.pipelining.action_or(Action::Enforce),
+        DeepTest::NonSmtpCommand => section.non_smtp_command.action_or(Action::Drop),
+        DeepTest::BareNewline => section.bare_newline.action_or(Action::Ignore),
     }
-    .into()
 }

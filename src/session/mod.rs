@@ -40,7 +40,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::cache::Entry;
 use crate::cache::Test;
-use crate::config::{ActionName, AfterPass, DeepTestConfig, DeepTestsSection};
+use crate::config::{AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
 use crate::handoff::gated::{relay_gated, Gated, Gates};
@@ -59,7 +59,7 @@ use crate::smtp::health::{self, Step};
 use crate::smtp::line::{next_line, Line};
 use crate::smtp::reply;
 use crate::tls::Channel;
-use crate::waiting_room::Woken;
+use crate::waiting_room::{Resumable, Woken};
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -530,10 +530,20 @@ pub struct Parked {
     token: TaskTrackerToken,
 }
 
+impl Resumable for Parked {
+    fn resume(
+        self: Box<Self>,
+        stream: std::net::TcpStream,
+        woken: Woken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.go_on(stream, woken))
+    }
+}
+
 impl Parked {
     /// Goes on with the greet wait on `stream`, handed back by the room
     /// for `woken`.
-    pub async fn resume(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
+    async fn go_on(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
         let Parked {
             session,
             mut waiting,

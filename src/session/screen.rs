@@ -164,8 +164,7 @@ impl Session {
                     waiting.pregreeted = true;
                     self.process.metrics.test("pregreet", false);
                     log::pregreet(client.address, &self.buffer, waiting.started.elapsed());
-                    let rejection =
-                        Rejection::new(config.greet.action.into(), PREGREET_REPLY.to_string());
+                    let rejection = Rejection::new(config.greet.action, PREGREET_REPLY.to_string());
                     if rejection.action == Action::Drop {
                         return WaitEnd::Ended(
                             Box::pin(self.drop_client(client, &rejection)).await,
@@ -238,7 +237,7 @@ impl Session {
         // Only an enforced pregreet leaves the client without the engine's
         // 220 line: postscreen clears an ignored pregreet's failure at the
         // end of the wait, and then greets as usual.
-        let pregreeted = due.pregreeted && config.greet.action == ActionName::Enforce;
+        let pregreeted = due.pregreeted && config.greet.action == Action::Enforce;
         match screening.decide(previous.clone(), SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
@@ -331,7 +330,7 @@ impl Session {
                     metrics.test(name, score.points() <= 0);
                 }
                 log::dnsbl_rank(client.address, rank);
-                let rejection = Rejection::new(self.shared.config.dnsbl.action.into(), reply_text);
+                let rejection = Rejection::new(self.shared.config.score.action, reply_text);
                 if rejection.action == Action::Drop {
                     return Some(rejection);
                 }

@@ -7,7 +7,7 @@ use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 use crate::config::Config;
-use crate::gates::Registry;
+use crate::config::Registry;
 
 /// A session whose client is the other end of a duplex stream, with the
 /// config `sections` appended to a minimal one.

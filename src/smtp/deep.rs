@@ -21,6 +21,15 @@ pub enum DeepTest {
 }
 
 impl DeepTest {
+    /// The name in postscreen's log lines.
+    pub fn log_name(self) -> &'static str {
+        match self {
+            DeepTest::Pipelining => "COMMAND PIPELINING",
+            DeepTest::NonSmtpCommand => "NON-SMTP COMMAND",
+            DeepTest::BareNewline => "BARE NEWLINE",
+        }
+    }
+
     /// The name in metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -151,7 +151,7 @@ impl ServerTls {
 /// warnings: certificates that expire soon or do not cover `hostname`,
 /// and the gates a STARTTLS client skips when there is no `[tls]`.
 pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
-    let mut found = Vec::new();
+    let mut found = config.deprecated.clone();
     if let Some(section) = &config.tls {
         let certificates = load_certificates(section)?;
         found.extend(warnings(&certificates, &config.hostname));

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use doorman_gate_api::{Action, Client, Gate, Rejection, Verdict};
 use ipnet::IpNet;
 
+pub mod section;
+
+pub use section::AccessSection;
+
 /// The reply text of a denylisted client (postscreen's).
 pub const DENYLIST_REPLY: &str = "5.3.2 Service currently unavailable";
 
@@ -145,6 +149,21 @@ impl AccessList {
 
 /// The access list is a connect gate, with postscreen's log lines.
 impl Gate for AccessList {
+    fn explain_connect(&self, client: &Client) -> Option<String> {
+        Some(match self.lookup(client.ip()) {
+            None => "access list: no match (dunno)".to_string(),
+            Some(found) => format!(
+                "access list: line {}: {}",
+                found.line,
+                match found.access {
+                    Access::Permit => "permit",
+                    Access::Reject => "reject",
+                    Access::Dunno => "dunno",
+                }
+            ),
+        })
+    }
+
     fn connect(&self, client: &Client) -> Verdict {
         let verdict = self.check(client);
         match verdict {

@@ -21,6 +21,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+pub mod section;
+
+pub use section::{
+    AnswerStore, BuildError, GateMetrics, GateSection, ResolverSettings, Resources, SectionError,
+    Shared,
+};
+
 /// One PROXY protocol v2 TLV as the proxy sent it (type and raw value).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tlv {
@@ -69,11 +76,14 @@ impl fmt::Display for Endpoint {
 }
 
 /// What the core does with a client that failed a test, as postscreen's
-/// `*_action` parameters say it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// `*_action` parameters say it (and the config writes it: `ignore`,
+/// `enforce`, `drop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Log the failure, let the other tests finish, and hand the client off
     /// as if it had passed (but do not remember a pass).
+    #[default]
     Ignore,
     /// Let the other tests finish, then talk to the client with the built-in
     /// SMTP engine, which refuses every RCPT with the test's reply.
@@ -392,6 +402,20 @@ pub trait Gate: Send + Sync {
     /// Rebuilds the gate's caches in fresh memory after a flood, so the
     /// memory the flood scattered can go back to the system.
     fn compact(&self) {}
+
+    /// For `doorman explain`: what the connect hook finds about `client`,
+    /// one line; `None` when the gate has no connect hook.
+    fn explain_connect(&self, _client: &Client) -> Option<String> {
+        None
+    }
+
+    /// For `doorman explain`: what the gate would do in the built-in
+    /// engine's dialogue with a client whose wait gates scored `score` and
+    /// that no test refused, one line; `None` when it takes no part in the
+    /// dialogue.
+    fn explain_dialogue(&self, _score: i32) -> Option<String> {
+        None
+    }
 }
 
 /// A gate's lookups under way during the greet wait.
@@ -410,5 +434,12 @@ pub trait Waiting: Send {
     /// The client's host names, if this gate looked them up.
     fn names(&self) -> ClientNames {
         ClientNames::default()
+    }
+
+    /// For `doorman explain`: what is known now, a finding a line (each
+    /// starting with the gate's own word for it); `wait` is how long the
+    /// answers had. Empty: the core describes the verdict alone.
+    fn explain(&self, _wait: Duration) -> Vec<String> {
+        Vec::new()
     }
 }

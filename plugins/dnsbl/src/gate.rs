@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use doorman_gate_api::{Client, Finding, Gate, GateFuture, Score, Verdict, Waiting};
 
 use crate::lookup::{Dnsbl, Pending};
+use crate::score::Answer;
 
 /// The gate: the sites and resolver, and the names replies show.
 #[derive(Debug)]
@@ -68,6 +70,38 @@ impl Waiting for Lookups {
 
     fn verdict(&self) -> Verdict {
         Verdict::Score(findings(&self.pending, &self.reply_map))
+    }
+
+    fn explain(&self, wait: Duration) -> Vec<String> {
+        let answers = self.pending.answers();
+        let dnsbl = self.pending.dnsbl();
+        let zones = dnsbl.zones().iter().map(|zone| {
+            let found = match answers.get(zone) {
+                Some(Answer::Listed { addresses, ttl }) => format!(
+                    "listed as {} (ttl {}s)",
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    ttl.as_secs()
+                ),
+                Some(Answer::NotListed { ttl }) => format!("not listed (ttl {}s)", ttl.as_secs()),
+                Some(Answer::Failed { error }) => format!("lookup failed: {error}"),
+                None => format!("no answer within the greet wait ({wait:?})"),
+            };
+            format!("dnsbl {zone}: {found}")
+        });
+        let matching = self.pending.matching_sites();
+        let sites = dnsbl.sites().iter().map(|site| {
+            let found = if matching.iter().any(|m| std::ptr::eq(*m, site)) {
+                format!("matches, {:+}", site.weight)
+            } else {
+                "no match".to_string()
+            };
+            format!("site {site}: {found}")
+        });
+        zones.chain(sites).collect()
     }
 }
 

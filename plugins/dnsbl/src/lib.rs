@@ -7,6 +7,7 @@
 //! - [`socket_reuse`]: its UDP sockets, reused across queries.
 //! - [`exchange`]: one query straight to a single name server.
 //! - [`lookup`]: the answer cache and concurrent queries.
+//! - [`section`]: the `[dnsbl]` section, which builds the gate.
 //! - [`gate`]: the gate: every site's lookup during the greet wait, its
 //!   matches as weighted findings, which the core adds to the other gates'
 //!   and judges against the thresholds.
@@ -20,10 +21,12 @@ pub mod lookup;
 pub mod query;
 pub mod resolver;
 pub mod score;
+pub mod section;
 pub mod site;
 pub mod socket_reuse;
 
 pub use gate::DnsblGate;
-pub use lookup::{AnswerStore, Dnsbl, Observer, Pending, ResolverError, Settings};
+pub use lookup::{Dnsbl, Observer, Pending, ResolverError, Settings};
 pub use score::{Answer, Score};
+pub use section::DnsblSection;
 pub use site::{Site, SiteError};

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::resolver::Resolver;
+use doorman_gate_api::AnswerStore;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hickory_resolver::proto::op::{Message, ResponseCode};
 use hickory_resolver::proto::rr::{RData, Record};
@@ -56,17 +57,9 @@ pub struct Settings {
     pub cache_size: usize,
 }
 
-/// A store of DNS answers shared by several doorman instances, asked before
-/// DNS. Implementations must answer quickly (a short deadline) and treat
-/// their own failures as "no answer".
-pub trait AnswerStore: Send + Sync + std::fmt::Debug {
-    /// The stored answer for a query name, if any.
-    fn get<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Option<Answer>> + Send + 'a>>;
-    /// Stores an answer for `ttl`.
-    fn put(&self, name: &str, answer: &Answer, ttl: Duration);
+/// The shared store's key of a query name's answer.
+fn store_key(name: &str) -> String {
+    format!("dnsbl:{name}")
 }
 
 /// An empty answer cache for at most `capacity` names. Its table grows
@@ -96,6 +89,21 @@ pub struct Dnsbl {
 
 /// Told the zone and the latency of every DNS lookup (for metrics).
 pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+
+impl Settings {
+    /// Settings for `sites` with the shared resolver's and cache's.
+    pub fn new(sites: Vec<Site>, shared: &doorman_gate_api::Shared) -> Self {
+        let resolver = &shared.resolver;
+        Self {
+            sites,
+            min_ttl: resolver.min_ttl,
+            max_ttl: resolver.max_ttl,
+            timeout: resolver.timeout,
+            nameservers: resolver.nameservers.clone(),
+            cache_size: shared.cache_size,
+        }
+    }
+}
 
 impl std::fmt::Debug for Dnsbl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,7 +226,8 @@ impl Dnsbl {
     /// Asks the shared store, then DNS, and remembers the answer.
     async fn fetch(&self, ip: IpAddr, zone: &str, name: &str) -> Answer {
         if let Some(store) = &self.store {
-            if let Some(answer) = store.get(name).await {
+            let stored = store.get(&store_key(name)).await;
+            if let Some(answer) = stored.as_deref().and_then(Answer::decode) {
                 self.remember(name, &answer);
                 return answer;
             }
@@ -242,7 +251,7 @@ impl Dnsbl {
         }
         let ttl = self.remember(name, &answer);
         if let Some(store) = &self.store {
-            store.put(name, &answer, ttl);
+            store.put(&store_key(name), &answer.encode(), ttl);
         }
         answer
     }
@@ -482,6 +491,11 @@ impl Pending {
     /// Whether every zone has answered.
     pub fn is_complete(&self) -> bool {
         self.answers.len() >= self.dnsbl.zones.len()
+    }
+
+    /// The lookups these answers are for.
+    pub fn dnsbl(&self) -> &Dnsbl {
+        &self.dnsbl
     }
 
     /// The answers so far, by zone.

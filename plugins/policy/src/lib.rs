@@ -16,6 +16,7 @@
 
 pub mod protocol;
 pub mod request;
+pub mod section;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -29,6 +30,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
 use protocol::{meaning, parse_reply, Action};
+pub use section::PolicySection;
 
 /// Which clients the service sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +231,19 @@ impl PolicyGate {
 impl Gate for PolicyGate {
     fn needs_dialogue(&self, score: Option<i32>) -> bool {
         self.in_scope(score)
+    }
+
+    fn explain_dialogue(&self, score: i32) -> Option<String> {
+        let address = &self.settings.address;
+        Some(match self.settings.clients {
+            Clients::All => format!("{address} asked at every RCPT"),
+            Clients::Doubtful(threshold) if score >= threshold => {
+                format!("{address} asked at every RCPT (score {score} >= {threshold})")
+            }
+            Clients::Doubtful(threshold) => {
+                format!("not asked (score {score} < {threshold})")
+            }
+        })
     }
 
     fn command<'a>(&'a self, client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {

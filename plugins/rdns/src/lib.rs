@@ -15,12 +15,14 @@
 //!
 //! - [`generic`]: the generic-name test, sans-IO.
 //! - [`lookup`]: the PTR and forward lookups.
+//! - [`section`]: the `[rdns]` section, which builds the gate.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod generic;
 pub mod lookup;
+pub mod section;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -36,6 +38,7 @@ use lru::LruCache;
 use tokio::sync::oneshot;
 
 pub use lookup::{Failed, Found, Outcome};
+pub use section::RdnsSection;
 
 /// How often lookup errors may be logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -106,16 +109,6 @@ impl RdnsGate {
                 last_error_log: Mutex::new(None),
             }),
         })
-    }
-
-    /// Looks `ip` up (from the cache when it can), for `doorman explain`.
-    pub async fn check(&self, ip: IpAddr) -> Result<Outcome, Failed> {
-        self.inner.check(ip).await
-    }
-
-    /// The weighted findings of an outcome, in the order they are judged.
-    pub fn findings(&self, outcome: &Outcome) -> Vec<Finding> {
-        self.inner.findings(outcome)
     }
 }
 
@@ -307,5 +300,37 @@ impl Waiting for Check {
             },
             None => Score::default(),
         })
+    }
+
+    fn explain(&self, wait: Duration) -> Vec<String> {
+        let ip = self.client.0.ip();
+        let outcome = match &self.result {
+            None => return vec![format!("rdns: no answer within the greet wait ({wait:?})")],
+            Some(Err(failed)) => {
+                return vec![format!("rdns: lookup failed: {} (no opinion)", failed.0)]
+            }
+            Some(Ok(outcome)) => outcome,
+        };
+        let names = if outcome.names.is_empty() {
+            "none".to_string()
+        } else {
+            outcome.names.join(", ")
+        };
+        let forward = match &outcome.found {
+            Found::NoPtr => "no name to confirm".to_string(),
+            Found::NotConfirmed { .. } => format!("no name resolves back to {ip}"),
+            Found::Generic { name } | Found::Confirmed { name } => {
+                format!("{name} resolves back to {ip}")
+            }
+        };
+        let check = match self.inner.findings(outcome).first() {
+            Some(finding) => format!("rdns check {}: fires, {:+}", finding.name, finding.weight),
+            None => "rdns checks: none fires".to_string(),
+        };
+        vec![
+            format!("rdns PTR names: {names} (ttl {}s)", outcome.ttl.as_secs()),
+            format!("rdns forward: {forward}"),
+            check,
+        ]
     }
 }

@@ -1,0 +1,65 @@
+//! The `[access]` section: the cidr table's file and the action for its
+//! `reject` entries. The file is read, relative to the config file's
+//! folder, when the section is checked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use doorman_gate_api::section::read_named_file;
+use doorman_gate_api::{Action, BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use serde::Deserialize;
+
+use crate::{AccessError, AccessList};
+
+/// The `[access]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    /// A Postfix cidr table, relative to the config file's folder.
+    pub file: Option<PathBuf>,
+    /// What to do with `reject` entries.
+    #[serde(default)]
+    pub action: Action,
+    /// The table, read by [`GateSection::check`].
+    #[serde(skip)]
+    pub list: Option<AccessList>,
+}
+
+impl GateSection for AccessSection {
+    fn check(&mut self, shared: &Shared) -> Result<(), SectionError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let resolved = shared.base.join(file);
+        let text = read_named_file(&resolved).map_err(|error| {
+            SectionError::key(
+                "file",
+                format!(
+                    "file = {:?}: cannot read: {error}",
+                    resolved.display().to_string()
+                ),
+            )
+        })?;
+        let list = AccessList::parse(&text, &resolved, self.action).map_err(
+            |AccessError::Syntax {
+                 path,
+                 line,
+                 message,
+             }| SectionError::File {
+                path,
+                line,
+                message,
+            },
+        )?;
+        self.file = Some(resolved);
+        self.list = Some(list);
+        Ok(())
+    }
+
+    fn build(&self, _: &Shared, _: &Resources) -> Result<Option<Arc<dyn Gate>>, BuildError> {
+        Ok(self
+            .list
+            .clone()
+            .map(|list| Arc::new(list) as Arc<dyn Gate>))
+    }
+}

@@ -1,0 +1,141 @@
+//! The gates a build knows: each name with its section type. The config
+//! reads and checks each listed gate's section through it; the runtime
+//! builds the gates from the checked sections. Adding a gate touches its
+//! crate, one line of [`Registry::standard`] and `Cargo.toml`. This module
+//! imports nothing from the runtime.
+
+use std::fmt;
+use std::sync::Arc;
+
+use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use toml::de::ValueDeserializer;
+
+/// The session's own tests, listed and ordered like gates.
+pub const BUILT_IN: [&str; 2] = ["pregreet", "deep"];
+
+/// The gate order when the config names none: postscreen's.
+pub const DEFAULT_ORDER: [&str; 4] = ["access", "pregreet", "dnsbl", "deep"];
+
+/// A gate's section, read and checked: what the runtime builds the gate
+/// from.
+pub trait CheckedSection: fmt::Debug + Send + Sync {
+    /// Builds the gate; `None` when the section leaves it nothing to do.
+    fn build(
+        &self,
+        shared: &Shared,
+        resources: &Resources,
+    ) -> Result<Option<Arc<dyn Gate>>, BuildError>;
+}
+
+impl<S: GateSection> CheckedSection for S {
+    fn build(
+        &self,
+        shared: &Shared,
+        resources: &Resources,
+    ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
+        GateSection::build(self, shared, resources)
+    }
+}
+
+/// Why a section could not be read.
+pub(super) enum ReadError {
+    /// Its TOML does not fit the section's type.
+    Toml(toml::de::Error),
+    /// Its check refused it.
+    Check(SectionError),
+}
+
+/// Reads a section of one type, and checks it when `Some`.
+type Reader =
+    fn(ValueDeserializer<'_>, Option<&Shared>) -> Result<Arc<dyn CheckedSection>, ReadError>;
+
+fn read<S: GateSection>(
+    table: ValueDeserializer<'_>,
+    check: Option<&Shared>,
+) -> Result<Arc<dyn CheckedSection>, ReadError> {
+    let mut section: S = serde::Deserialize::deserialize(table).map_err(ReadError::Toml)?;
+    if let Some(shared) = check {
+        section.check(shared).map_err(ReadError::Check)?;
+    }
+    Ok(Arc::new(section))
+}
+
+/// Gate names and their section types.
+#[derive(Clone)]
+pub struct Registry {
+    entries: Vec<(&'static str, Reader)>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::standard()
+    }
+}
+
+impl Registry {
+    /// Every gate doorman ships.
+    pub fn standard() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+        .with::<doorman_access::AccessSection>("access")
+        .with::<doorman_dnsbl::DnsblSection>("dnsbl")
+        .with::<doorman_rdns::RdnsSection>("rdns")
+        .with::<doorman_greylist::Settings>("greylist")
+        .with::<doorman_policy::PolicySection>("policy")
+    }
+
+    /// This registry with one more gate, configured by the `[name]`
+    /// section of type `S` (for a build with a gate of its own, and the
+    /// tests).
+    pub fn with<S: GateSection>(mut self, name: &'static str) -> Self {
+        self.entries.push((name, read::<S>));
+        self
+    }
+
+    /// Whether `name` is a gate (or one of the session's own tests).
+    pub fn knows(&self, name: &str) -> bool {
+        BUILT_IN.contains(&name) || self.entries.iter().any(|(known, _)| *known == name)
+    }
+
+    /// The gates' names, in the order they were registered.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.iter().map(|(name, _)| *name)
+    }
+
+    /// Reads gate `name`'s section from `table`, and checks it when
+    /// `check` is `Some` (a gate not listed has its keys read, so a typo
+    /// is refused, but nothing checked).
+    pub(super) fn read(
+        &self,
+        name: &str,
+        table: ValueDeserializer<'_>,
+        check: Option<&Shared>,
+    ) -> Option<Result<Arc<dyn CheckedSection>, ReadError>> {
+        let (_, reader) = self.entries.iter().find(|(known, _)| *known == name)?;
+        Some(reader(table, check))
+    }
+
+    /// Every name in `gates` must be known, and listed once.
+    pub(super) fn check(&self, gates: &[String]) -> Result<(), String> {
+        for (index, name) in gates.iter().enumerate() {
+            if !self.knows(name) {
+                return Err(format!(
+                    "unknown gate {name:?} (known: {self:?} and {BUILT_IN:?})"
+                ));
+            }
+            if gates[..index].contains(name) {
+                return Err(format!("gate {name:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
