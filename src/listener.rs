@@ -86,7 +86,7 @@ impl Server {
         }
         let skipped = config.skipped_by_starttls();
         if !skipped.is_empty() {
-            log::starttls_skips_gates(&skipped);
+            log::starttls_skips_gates(&crate::tls::skip_warning(&skipped));
         }
         let handle = tokio::runtime::Handle::current();
         let room = WaitingRoom::open(move |stream, parked: Box<dyn Resumable>, woken| {

@@ -11,9 +11,6 @@ use std::net::SocketAddr;
 
 use tracing::{debug, info, warn};
 
-use crate::proxy::ProxyError;
-use crate::smtp::engine::{Limit, RefusedRcpt};
-
 /// An endpoint written as postscreen writes it: `[ip]:port`, for IPv6 too.
 pub use doorman_gate_api::Endpoint;
 
@@ -164,7 +161,7 @@ pub fn proxy_timeout(peer: SocketAddr) {
 }
 
 /// A listed proxy sent bytes that are not an acceptable header.
-pub fn proxy_invalid(peer: SocketAddr, error: &ProxyError, input: &[u8]) {
+pub fn proxy_invalid(peer: SocketAddr, error: &dyn std::fmt::Display, input: &[u8]) {
     warn!(
         "warning: haproxy read: {error} from {}: {}",
         Endpoint(peer),
@@ -332,6 +329,21 @@ pub fn dnsbl_rank(client: SocketAddr, rank: i32) {
     info!("DNSBL rank {rank} for {}", Endpoint(client));
 }
 
+/// A refused RCPT, for the `NOQUEUE: reject: RCPT` log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRcpt {
+    /// The reply sent, without CRLF.
+    pub reply: String,
+    /// The MAIL FROM address.
+    pub from: String,
+    /// The RCPT TO address.
+    pub to: String,
+    /// `SMTP` or `ESMTP`.
+    pub proto: &'static str,
+    /// The HELO/EHLO argument.
+    pub helo: String,
+}
+
 /// The engine refused a RCPT.
 pub fn noqueue_rcpt(client: SocketAddr, refused: &RefusedRcpt) {
     info!(
@@ -340,7 +352,7 @@ pub fn noqueue_rcpt(client: SocketAddr, refused: &RefusedRcpt) {
         refused.reply,
         escape(refused.from.as_bytes(), 256),
         escape(refused.to.as_bytes(), 256),
-        refused.proto.as_str(),
+        refused.proto,
         escape(refused.helo.as_bytes(), 256)
     );
 }
@@ -351,10 +363,9 @@ pub fn no_valid_rcpt(client: SocketAddr, verb: &str) {
 }
 
 /// An engine limit was reached.
-pub fn command_limit(client: SocketAddr, limit: Limit, after: &str) {
+pub fn command_limit(client: SocketAddr, limit: &str, after: &str) {
     info!(
-        "COMMAND {} LIMIT from {} after {}",
-        limit.as_str(),
+        "COMMAND {limit} LIMIT from {} after {}",
         Endpoint(client),
         escape(after.as_bytes(), SHOWN_INPUT)
     );
@@ -362,7 +373,7 @@ pub fn command_limit(client: SocketAddr, limit: Limit, after: &str) {
 
 /// The engine's STARTTLS handshake completed (Postfix's line; doorman
 /// asks for no client certificate, so the session is "Anonymous").
-pub fn tls_established(client: SocketAddr, summary: &crate::tls::TlsSummary) {
+pub fn tls_established(client: SocketAddr, summary: &dyn std::fmt::Display) {
     info!(
         "Anonymous TLS connection established from {}: {summary}",
         Endpoint(client)
@@ -371,18 +382,16 @@ pub fn tls_established(client: SocketAddr, summary: &crate::tls::TlsSummary) {
 
 /// The engine's STARTTLS handshake failed: Postfix's `SSL_accept error`
 /// line, and for a client that left or went silent smtpd's `lost
-/// connection` or `timeout after STARTTLS` line.
-pub fn tls_failed(client: SocketAddr, error: &crate::tls::HandshakeError) {
-    use crate::tls::HandshakeError;
+/// connection` or `timeout after STARTTLS` line (`ended`: `lost
+/// connection` or `timeout`, when the client left or went silent).
+pub fn tls_failed(client: SocketAddr, error: &dyn std::fmt::Display, ended: Option<&str>) {
     info!(
         "SSL_accept error from {}: {}",
         Endpoint(client),
         escape(error.to_string().as_bytes(), 200)
     );
-    match error {
-        HandshakeError::Lost => info!("lost connection after STARTTLS from {}", Endpoint(client)),
-        HandshakeError::Timeout => info!("timeout after STARTTLS from {}", Endpoint(client)),
-        HandshakeError::Refused(_) => {}
+    if let Some(ended) = ended {
+        info!("{ended} after STARTTLS from {}", Endpoint(client));
     }
 }
 
@@ -399,8 +408,8 @@ pub fn plaintext_after_starttls(client: SocketAddr, input: &[u8]) {
 
 /// Clients that send STARTTLS skip the engine's gates, because no `[tls]`
 /// is configured and they are handed to the backend at their STARTTLS.
-pub fn starttls_skips_gates(skipped: &[&str]) {
-    warn!("warning: {}", crate::tls::skip_warning(skipped));
+pub fn starttls_skips_gates(warning: &str) {
+    warn!("warning: {warning}");
 }
 
 /// A session that doorman ended itself, without a handoff.
@@ -473,7 +482,7 @@ pub fn cache_cleanup(store: &str, retained: u64, dropped: u64) {
 }
 
 /// A cache operation failed.
-pub fn cache_error(store: &str, error: &crate::cache::CacheError) {
+pub fn cache_error(store: &str, error: &dyn std::fmt::Display) {
     warn!("warning: cache {store}: {error}");
 }
 

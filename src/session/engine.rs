@@ -162,7 +162,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 Some(EngineEvent::Refused(refused)) => log::noqueue_rcpt(client.address, refused),
                 Some(EngineEvent::NoValidRcpt(verb)) => log::no_valid_rcpt(client.address, verb),
                 Some(EngineEvent::Limit(limit)) => {
-                    log::command_limit(client.address, *limit, engine.after())
+                    log::command_limit(client.address, limit.as_str(), engine.after())
                 }
                 _ => {}
             }
@@ -231,7 +231,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             }
             Err(error) => {
                 self.process.metrics.tls_handshake(error.label(), "none");
-                log::tls_failed(client.address, &error);
+                log::tls_failed(client.address, &error, error.smtpd_ended());
                 false
             }
         }

@@ -10,6 +10,7 @@
 //! session can replay the dialogue into a backend. It closes after DATA,
 //! BDAT, QUIT or a limit.
 
+use crate::log::RefusedRcpt;
 use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 
 use super::line::Line;
@@ -32,21 +33,6 @@ impl Proto {
             Proto::Esmtp => "ESMTP",
         }
     }
-}
-
-/// A refused RCPT, for the `NOQUEUE: reject: RCPT` log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefusedRcpt {
-    /// The reply sent, without CRLF.
-    pub reply: String,
-    /// The MAIL FROM address.
-    pub from: String,
-    /// The RCPT TO address.
-    pub to: String,
-    /// SMTP or ESMTP.
-    pub proto: Proto,
-    /// The HELO/EHLO argument.
-    pub helo: String,
 }
 
 /// Which engine limit a client reached.
@@ -450,7 +436,7 @@ impl Engine {
                         reply: reply.trim_end().to_string(),
                         from: from.clone(),
                         to,
-                        proto: self.proto,
+                        proto: self.proto.as_str(),
                         helo: self.helo.clone().unwrap_or_default(),
                     };
                     let event = match self.rcpt {
@@ -568,7 +554,7 @@ mod tests {
                 reply: REPLY.trim_end().into(),
                 from: "s@x".into(),
                 to: "good@y".into(),
-                proto: Proto::Esmtp,
+                proto: Proto::Esmtp.as_str(),
                 helo: "bad.example".into(),
             }))
         );

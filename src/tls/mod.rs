@@ -71,6 +71,16 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// What smtpd logs after `SSL_accept error` when the client left or
+    /// went silent: `lost connection`, `timeout`.
+    pub fn smtpd_ended(&self) -> Option<&'static str> {
+        match self {
+            HandshakeError::Lost => Some("lost connection"),
+            HandshakeError::Timeout => Some("timeout"),
+            HandshakeError::Refused(_) => None,
+        }
+    }
+
     /// The metrics label of the failure.
     pub fn label(&self) -> &'static str {
         match self {
