@@ -106,10 +106,12 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, GateError> {
     let verdict = match (refused, judgement) {
         (Some(rejection), _) => format!(
             "denylisted (DENYLISTED): {}, action {}",
-            rejection.reply_text, rejection.action
+            rejection.reply.after_code(),
+            rejection.action
         ),
-        (None, Some(Judgement::Listed { rank, reply_text })) => format!(
-            "DNSBL rank {rank}: {reply_text}, action {}",
+        (None, Some(Judgement::Listed { rank, reply })) => format!(
+            "DNSBL rank {rank}: {}, action {}",
+            reply.after_code(),
             config.score.action
         ),
         (None, Some(Judgement::Allowlisted { rank })) => {

@@ -1,8 +1,8 @@
 //! The event lines doorman logs, in one place.
 //!
 //! Where doorman does what postscreen does, the line is postscreen's, to the
-//! letter (the README's Screening section and "Logs and fail2ban" list
-//! them), so that fail2ban and pflogsumm parse it. Every
+//! letter (docs/postscreen.md, "Log lines"), so that fail2ban and
+//! pflogsumm parse it. Every
 //! line goes through `tracing`. Client-supplied bytes are C-escaped, so no
 //! client can forge a log line.
 

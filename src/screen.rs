@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use std::net::IpAddr;
 
-use doorman_gate_api::{Action, Rejection, Score};
+use doorman_gate_api::{Action, Rejection, Reply, Score};
 
 use crate::cache::{Entry, Test};
 
@@ -37,9 +37,9 @@ pub enum Judgement {
     Listed {
         /// The sum of every gate's weights.
         rank: i32,
-        /// The reply text after the code (postscreen's), naming the finding
-        /// with the largest weight.
-        reply_text: String,
+        /// The reply to each RCPT (postscreen's), naming the finding with
+        /// the largest weight.
+        reply: Reply,
     },
     /// Every answer is in and `rank <= allowlist_threshold` (a negative
     /// value): the client skips the remaining tests.
@@ -106,10 +106,14 @@ impl Thresholds {
         if rank >= self.threshold {
             Judgement::Listed {
                 rank,
-                reply_text: format!(
-                    "5.7.1 Service unavailable; client [{}] blocked using {}",
-                    ip.to_canonical(),
-                    top.map(|t| t.name.as_str()).unwrap_or_default()
+                reply: Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Service unavailable; client [{}] blocked using {}",
+                        ip.to_canonical(),
+                        top.map(|t| t.name.as_str()).unwrap_or_default()
+                    ),
                 ),
             }
         } else if !complete {
@@ -132,8 +136,11 @@ pub struct Screening {
     score: Option<i32>,
 }
 
-/// The reply text of a pregreet failure (postscreen's).
-pub const PREGREET_REPLY: &str = "5.5.1 Protocol error";
+/// The enhanced status code of the reply to a pregreeter (postscreen's).
+pub const PREGREET_STATUS: &str = "5.5.1";
+
+/// The text of the reply to a pregreeter (postscreen's).
+pub const PREGREET_TEXT: &str = "Protocol error";
 
 impl Screening {
     /// Records a failed test.
@@ -224,7 +231,7 @@ mod tests {
     use super::*;
 
     fn rejection(action: Action, text: &str) -> Rejection {
-        Rejection::new(action, text)
+        Rejection::new(action, "5.7.1", text)
     }
 
     #[test]
@@ -269,8 +276,11 @@ mod tests {
             thresholds.judge([&dnsbl, &rdns], ip),
             Judgement::Listed {
                 rank: 3,
-                reply_text: "5.7.1 Service unavailable; client [192.0.2.7] blocked using zen.test"
-                    .into()
+                reply: Reply::new(
+                    550,
+                    "5.7.1",
+                    "Service unavailable; client [192.0.2.7] blocked using zen.test"
+                )
             }
         );
         assert_eq!(thresholds.judge([&dnsbl], ip), Judgement::Clean { rank: 1 });

@@ -20,7 +20,6 @@ use super::backend_io::{read_reply, REPLY_TIMEOUT};
 use super::relay::RelayError;
 use crate::gates::Pipeline;
 use crate::proxy::{starts_like_header, Prefix};
-use crate::smtp::engine::address;
 use crate::smtp::line::next_line;
 
 /// Verbs after which only the plain relay may go on.
@@ -108,15 +107,11 @@ where
             *buffer = rest;
             return Ok(Gated::HandOver);
         }
-        let text = String::from_utf8_lossy(&line.text).into_owned();
-        let argument = text.get(verb.len()..).unwrap_or_default().trim();
-        let asked = match verb.as_str() {
-            "MAIL" => address(argument, "FROM:").map(|a| (Stage::Mail, a)),
-            "RCPT" if gates.envelope.sender.is_some() => {
-                address(argument, "TO:").map(|a| (Stage::Rcpt, a))
-            }
-            _ => None,
-        };
+        let asked = line.gate_question().filter(|(stage, _)| match stage {
+            Stage::Helo => false,
+            Stage::Mail => true,
+            Stage::Rcpt => gates.envelope.sender.is_some(),
+        });
         if let Some((stage, argument)) = &asked {
             let command = Command {
                 stage: *stage,

@@ -1,4 +1,5 @@
-//! The sans-IO PROXY header reader.
+//! The sans-IO PROXY header reader (the rules it follows:
+//! docs/proxy-protocol.md).
 //!
 //! [`parse`] takes the bytes received so far and never reads past the
 //! header: the caller keeps whatever follows as the client's first bytes.

@@ -34,7 +34,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             } else {
                 banner
             };
-            self.send(&format!("220 {banner}\r\n")).await;
+            self.send(&reply::greeting(&banner)).await;
         }
         let client = run.client.clone();
         // A client that may be replayed into a backend is promised what the
@@ -67,9 +67,9 @@ impl<S: ClientIo> Session<Channel<S>> {
                         match deep_action(&config.deep_tests, violation.test) {
                             Action::Drop => {
                                 let reply = if violation.test == DeepTest::NonSmtpCommand {
-                                    NON_SMTP_DROP_REPLY.to_string()
+                                    reply::NON_SMTP_DROP.to_string()
                                 } else {
-                                    format!("521 {}\r\n", violation.test.reply_text())
+                                    violation.test.refusal(Action::Drop).drop_reply()
                                 };
                                 self.count(Counted::Dropped);
                                 self.send(&reply).await;
@@ -78,8 +78,9 @@ impl<S: ClientIo> Session<Channel<S>> {
                             }
                             Action::Enforce => {
                                 run.pass = None;
-                                engine
-                                    .refuse_with(format!("550 {}\r\n", violation.test.reply_text()))
+                                engine.refuse_with(
+                                    violation.test.refusal(Action::Enforce).enforce_reply(),
+                                )
                             }
                             // postscreen counts an ignored deep-test failure
                             // as a pass until the shortest TTL of any test.
@@ -261,17 +262,6 @@ impl<S: ClientIo> Session<Channel<S>> {
             }
         }
         self.store_pass(&run.client, pass.previous, entry);
-    }
-
-    /// Remembers a pass and logs `PASS NEW` (or `PASS OLD`).
-    fn store_pass(&mut self, client: &Client, previous: Option<Entry>, entry: Entry) {
-        self.count(if previous.is_none() {
-            Counted::PassNew
-        } else {
-            Counted::PassOld
-        });
-        self.shared.cache.put(client.ip(), entry);
-        log::pass(client.address, previous.is_none());
     }
 }
 

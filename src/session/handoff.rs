@@ -161,16 +161,6 @@ impl<S: ClientIo> Session<Channel<S>> {
         Phase::Closed
     }
 
-    /// A client sent a PROXY header after the handoff: refused, never
-    /// forwarded.
-    async fn refuse_header(&mut self, client: &Client, input: &[u8]) -> Phase {
-        self.count(Counted::ProxyRefused);
-        log::proxy_not_allowed(client.address, input);
-        self.send(&reply::proxy_not_allowed(client.address.ip()))
-            .await;
-        Phase::Closed
-    }
-
     /// No backend: `421 4.3.2 All server ports are busy`. After the teaser
     /// the 421 cannot follow a `220-` line, so doorman first completes the
     /// greeting and gives the 421 to the client's next command, as postscreen
@@ -178,7 +168,7 @@ impl<S: ClientIo> Session<Channel<S>> {
     async fn refuse_busy(&mut self, teased: bool) -> Phase {
         if teased {
             let hostname = self.shared.config.hostname.clone();
-            self.send(&format!("220 {hostname} ESMTP\r\n")).await;
+            self.send(&reply::plain_banner(&hostname)).await;
             let limit = self.shared.config.engine.line_length;
             while matches!(next_line(&mut self.buffer, limit), Ok(None)) {
                 if !matches!(self.read_within(HEALTH_COMMAND_TIMEOUT).await, Read::Data) {

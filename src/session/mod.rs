@@ -51,9 +51,9 @@ use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, Stage};
 use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
-use crate::screen::{Decision, Judgement, Screening, PREGREET_REPLY};
+use crate::screen::{Decision, Judgement, Screening, PREGREET_STATUS, PREGREET_TEXT};
 use crate::shared::{Process, Shared};
-use crate::smtp::deep::{DeepTest, DeepTests, NON_SMTP_DROP_REPLY};
+use crate::smtp::deep::{DeepTest, DeepTests};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, Step};
 use crate::smtp::line::{next_line, Line};
@@ -383,7 +383,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             return Phase::Closed;
         }
         let hostname = self.shared.config.hostname.clone();
-        self.send(&reply::health_banner(&hostname)).await;
+        self.send(&reply::plain_banner(&hostname)).await;
         for _ in 0..health::MAX_COMMANDS {
             let line = loop {
                 match next_line(&mut self.buffer, HEALTH_LINE_LIMIT) {
@@ -421,13 +421,27 @@ impl<S: ClientIo> Session<Channel<S>> {
         Phase::Closed
     }
 
-    /// A client that is not a listed proxy sent a PROXY header.
-    async fn proxy_not_allowed(&mut self, client: &Client) -> Phase {
+    /// A client that is not a listed proxy sent a PROXY header (`input`),
+    /// before its handoff or in the middle of the relay: Haraka's soft
+    /// refusal, and the connection closes.
+    async fn refuse_header(&mut self, client: &Client, input: &[u8]) -> Phase {
         self.count(Counted::ProxyRefused);
-        log::proxy_not_allowed(client.address, &self.buffer);
+        log::proxy_not_allowed(client.address, input);
         self.send(&reply::proxy_not_allowed(client.address.ip()))
             .await;
         Phase::Closed
+    }
+
+    /// Remembers the client's passes (`previous`: what was kept before),
+    /// counts and logs `PASS NEW` or `PASS OLD`.
+    fn store_pass(&mut self, client: &Client, previous: Option<Entry>, entry: Entry) {
+        self.count(if previous.is_none() {
+            Counted::PassNew
+        } else {
+            Counted::PassOld
+        });
+        self.shared.cache.put(client.ip(), entry);
+        log::pass(client.address, previous.is_none());
     }
 
     /// A limit refused the client: postscreen's reply and log line.

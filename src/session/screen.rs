@@ -96,7 +96,7 @@ impl Session {
         }
         let started = Instant::now();
         if pregreet_due {
-            Box::pin(self.send(&format!("220-{banner}\r\n"))).await;
+            Box::pin(self.send(&reply::teaser(&banner))).await;
         }
         let waits = pipeline.start_waits(&client, |name| !passed(name));
         Phase::Wait(Box::new(Waiting {
@@ -158,13 +158,15 @@ impl Session {
         loop {
             if !self.buffer.is_empty() && !waiting.pregreeted {
                 if starts_like_header(&self.buffer) == Prefix::Header {
-                    return WaitEnd::Ended(Box::pin(self.proxy_not_allowed(client)).await);
+                    let input = std::mem::take(&mut self.buffer);
+                    return WaitEnd::Ended(Box::pin(self.refuse_header(client, &input)).await);
                 }
                 if waiting.pregreet_due {
                     waiting.pregreeted = true;
                     self.process.metrics.test("pregreet", false);
                     log::pregreet(client.address, &self.buffer, waiting.started.elapsed());
-                    let rejection = Rejection::new(config.greet.action, PREGREET_REPLY.to_string());
+                    let rejection =
+                        Rejection::new(config.greet.action, PREGREET_STATUS, PREGREET_TEXT);
                     if rejection.action == Action::Drop {
                         return WaitEnd::Ended(
                             Box::pin(self.drop_client(client, &rejection)).await,
@@ -282,15 +284,7 @@ impl Session {
             }
             Decision::HandOff { pass } => {
                 match pass {
-                    Some(entry) => {
-                        self.count(if previous.is_none() {
-                            Counted::PassNew
-                        } else {
-                            Counted::PassOld
-                        });
-                        shared.cache.put(client.ip(), entry);
-                        log::pass(client.address, previous.is_none());
-                    }
+                    Some(entry) => self.store_pass(&client, previous, entry),
                     None if screening.is_undecided() && !screening.failed() => {
                         self.count(Counted::Undecided)
                     }
@@ -325,12 +319,15 @@ impl Session {
             .judge(scores.iter().map(|(_, score)| score), client.ip());
         screening.scored(judgement.rank());
         match judgement {
-            Judgement::Listed { rank, reply_text } => {
+            Judgement::Listed { rank, reply } => {
                 for (name, score) in &scores {
                     metrics.test(name, score.points() <= 0);
                 }
                 log::dnsbl_rank(client.address, rank);
-                let rejection = Rejection::new(self.shared.config.score.action, reply_text);
+                let rejection = Rejection {
+                    action: self.shared.config.score.action,
+                    reply,
+                };
                 if rejection.action == Action::Drop {
                     return Some(rejection);
                 }

@@ -39,16 +39,13 @@ impl DeepTest {
         }
     }
 
-    /// The reply text of a failure (after the 550/521 code). A non-SMTP
-    /// command dropped gets postscreen's own words instead (see
-    /// [`NON_SMTP_DROP_REPLY`]).
-    pub fn reply_text(self) -> &'static str {
-        "5.5.1 Protocol error"
+    /// The refusal of a client that failed this test under `action`
+    /// (postscreen's `5.5.1 Protocol error`; the drop of a non-SMTP
+    /// command has its own reply, `reply::NON_SMTP_DROP`).
+    pub fn refusal(self, action: doorman_gate_api::Action) -> doorman_gate_api::Rejection {
+        doorman_gate_api::Rejection::new(action, "5.5.1", "Protocol error")
     }
 }
-
-/// postscreen's reply when it drops a client for a non-SMTP command.
-pub const NON_SMTP_DROP_REPLY: &str = "521 5.7.0 Error: I can break rules, too. Goodbye.\r\n";
 
 /// One violation, with what its log line needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

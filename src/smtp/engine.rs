@@ -1,6 +1,6 @@
 //! The built-in SMTP engine that talks to clients under an `enforce`
-//! action, as postscreen's dummy engine does (its replies are listed in the
-//! README's Screening section).
+//! action, as postscreen's dummy engine does (its replies are listed in
+//! docs/postscreen.md, "Replies").
 //!
 //! It is sans-IO: [`Engine::command`] takes one command line and says what
 //! to reply, what to log and whether to close. It never announces
@@ -13,7 +13,7 @@
 use crate::log::RefusedRcpt;
 use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 
-use super::line::Line;
+use super::line::{path, Line};
 use super::reply;
 
 /// The protocol the client used, as logged (`proto=`).
@@ -232,15 +232,8 @@ impl Engine {
     }
 
     fn ehlo_reply(&self) -> String {
-        let starttls = match self.starttls {
-            Starttls::Offered => "250-STARTTLS\r\n",
-            Starttls::Backend | Starttls::Active => "",
-        };
         match &self.keywords {
-            None => format!(
-                "250-{}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n{starttls}250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
-                self.hostname
-            ),
+            None => reply::ehlo(&self.hostname, self.starttls == Starttls::Offered),
             Some(keywords) => {
                 let word = |k: &String| {
                     k.split_whitespace()
@@ -265,7 +258,11 @@ impl Engine {
                         .unwrap_or(shown.len());
                     shown.insert(at, "STARTTLS".to_string());
                 }
-                let mut reply = format!("250{}{}\r\n", if shown.is_empty() { ' ' } else { '-' }, self.hostname);
+                let mut reply = format!(
+                    "250{}{}\r\n",
+                    if shown.is_empty() { ' ' } else { '-' },
+                    self.hostname
+                );
                 for (index, keyword) in shown.iter().enumerate() {
                     let dash = if index + 1 == shown.len() { ' ' } else { '-' };
                     reply.push_str(&format!("250{dash}{keyword}\r\n"));
@@ -307,22 +304,11 @@ impl Engine {
     /// MAIL with its sender, RCPT with its recipient, when the engine would
     /// take the command in this state; `None` for anything else.
     pub fn question(&self, line: &Line) -> Option<(GateStage, String)> {
-        let verb = line.verb();
-        let text = String::from_utf8_lossy(&line.text);
-        let argument = text.get(verb.len()..).unwrap_or_default().trim();
-        match verb.as_str() {
-            "HELO" | "EHLO" => argument
-                .split_whitespace()
-                .next()
-                .map(|name| (GateStage::Helo, name.to_string())),
-            "MAIL" if self.from.is_none() => {
-                address(argument, "FROM:").map(|from| (GateStage::Mail, from))
-            }
-            "RCPT" if self.from.is_some() => {
-                address(argument, "TO:").map(|to| (GateStage::Rcpt, to))
-            }
-            _ => None,
-        }
+        line.gate_question().filter(|(stage, _)| match stage {
+            GateStage::Helo => true,
+            GateStage::Mail => self.from.is_none(),
+            GateStage::Rcpt => self.from.is_some(),
+        })
     }
 
     /// The dialogue so far, for the gates.
@@ -352,13 +338,7 @@ impl Engine {
         line: &Line,
         answer: impl FnOnce(&mut Self, &str, &str, Vec<u8>) -> Step,
     ) -> Step {
-        let verb = line.verb();
-        let text = String::from_utf8_lossy(&line.text).into_owned();
-        let argument = text
-            .get(verb.len()..)
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let (verb, argument) = line.split();
         if verb != "QUIT" {
             self.commands += 1;
             if self.commands > self.command_limit {
@@ -381,14 +361,12 @@ impl Engine {
 
     fn dispatch(&mut self, verb: &str, argument: &str, raw: Vec<u8>) -> Step {
         match verb {
-            "HELO" | "EHLO" if argument.is_empty() => {
-                Step::reply(format!("501 Syntax: {verb} hostname\r\n"))
-            }
+            "HELO" | "EHLO" if argument.is_empty() => Step::reply(reply::helo_syntax(verb)),
             "HELO" => {
                 self.helo = Some(argument.to_string());
                 self.helo_line = Some(raw);
                 self.proto = Proto::Smtp;
-                Step::reply(format!("250 {}\r\n", self.hostname))
+                Step::reply(reply::helo(&self.hostname))
             }
             "EHLO" => {
                 self.helo = Some(argument.to_string());
@@ -397,15 +375,15 @@ impl Engine {
                 Step::reply(self.ehlo_reply())
             }
             "STARTTLS" if self.starttls == Starttls::Offered && !argument.is_empty() => {
-                Step::reply("501 5.5.4 Syntax: STARTTLS\r\n")
+                Step::reply(reply::STARTTLS_SYNTAX)
             }
             "STARTTLS" if self.starttls == Starttls::Offered => Step {
-                reply: "220 2.0.0 Ready to start TLS\r\n".to_string(),
+                reply: reply::READY_TO_START_TLS.to_string(),
                 event: Some(EngineEvent::StartTls),
                 close: false,
             },
             "STARTTLS" if self.starttls == Starttls::Active => {
-                Step::reply("554 5.5.1 Error: TLS already active\r\n")
+                Step::reply(reply::TLS_ALREADY_ACTIVE)
             }
             // The arms above took STARTTLS whenever the engine offers it.
             "STARTTLS" | "AUTH" if self.announces(verb) && self.helo_line.is_some() => Step {
@@ -413,20 +391,18 @@ impl Engine {
                 event: Some(EngineEvent::HandOffAt(raw)),
                 close: false,
             },
-            "MAIL" if self.from.is_some() => {
-                Step::reply("503 5.5.1 Error: nested MAIL command\r\n")
-            }
-            "MAIL" => match address(argument, "FROM:") {
+            "MAIL" if self.from.is_some() => Step::reply(reply::NESTED_MAIL),
+            "MAIL" => match path(argument, "FROM:") {
                 Some(from) => {
                     self.from = Some(from);
                     self.mail_line = raw;
-                    Step::reply("250 2.1.0 Ok\r\n")
+                    Step::reply(reply::MAIL_OK)
                 }
-                None => Step::reply("501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
+                None => Step::reply(reply::MAIL_SYNTAX),
             },
-            "RCPT" => match (&self.from, address(argument, "TO:")) {
-                (None, _) => Step::reply("503 5.5.1 Error: need MAIL command\r\n"),
-                (Some(_), None) => Step::reply("501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
+            "RCPT" => match (&self.from, path(argument, "TO:")) {
+                (None, _) => Step::reply(reply::NEED_MAIL),
+                (Some(_), None) => Step::reply(reply::RCPT_SYNTAX),
                 (Some(from), Some(to)) => {
                     let reply = match &self.rcpt {
                         RcptPolicy::Refuse(reply) => reply.clone(),
@@ -455,15 +431,15 @@ impl Engine {
                     }
                 }
             },
-            "DATA" if !argument.is_empty() => Step::reply("501 5.5.4 Syntax: DATA\r\n"),
+            "DATA" if !argument.is_empty() => Step::reply(reply::DATA_SYNTAX),
             "DATA" | "BDAT" => {
                 let verb = if verb == "DATA" { "DATA" } else { "BDAT" };
                 let text = if self.from.is_some() {
-                    "554 5.5.1 Error: no valid recipients\r\n"
+                    reply::NO_VALID_RECIPIENTS
                 } else if verb == "DATA" {
-                    "503 5.5.1 Error: need RCPT command\r\n"
+                    reply::NEED_RCPT
                 } else {
-                    "554 5.5.1 Error: need MAIL command\r\n"
+                    reply::BDAT_NEED_MAIL
                 };
                 Step::closing(text, Some(EngineEvent::NoValidRcpt(verb)))
             }
@@ -472,31 +448,19 @@ impl Engine {
                 Step::reply(reply::OK)
             }
             "NOOP" => Step::reply(reply::OK),
-            "VRFY" if argument.is_empty() => Step::reply("501 5.5.4 Syntax: VRFY address\r\n"),
+            "VRFY" if argument.is_empty() => Step::reply(reply::VRFY_SYNTAX),
             "VRFY" => Step::reply(match &self.rcpt {
                 RcptPolicy::Refuse(reply) => reply.clone(),
-                RcptPolicy::Pass => "252 2.0.0 Send some mail, I'll try my best\r\n".to_string(),
+                RcptPolicy::Pass => reply::VRFY_PASS.to_string(),
             }),
-            "ETRN" if argument.is_empty() => Step::reply("500 Syntax: ETRN domain\r\n"),
-            "ETRN" => Step::reply("458 Unable to queue messages\r\n"),
-            "STARTTLS" => Step::reply("502 5.5.1 Error: command not implemented\r\n"),
+            "ETRN" if argument.is_empty() => Step::reply(reply::ETRN_SYNTAX),
+            "ETRN" => Step::reply(reply::ETRN_REFUSED),
+            "STARTTLS" => Step::reply(reply::NOT_IMPLEMENTED),
             "AUTH" => Step::reply(reply::NOT_RECOGNIZED),
             "QUIT" => Step::closing(reply::BYE, None),
             _ => Step::reply(reply::NOT_RECOGNIZED),
         }
     }
-}
-
-/// The address in `FROM:<addr> params` or `TO:<addr>`, without brackets.
-pub(crate) fn address(argument: &str, keyword: &str) -> Option<String> {
-    let head = argument.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = argument[keyword.len()..].trim_start();
-    let inner = rest.strip_prefix('<')?;
-    let end = inner.find('>')?;
-    Some(inner[..end].to_string())
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The sans-IO dialogue with HAProxy's health checks.
+//! The sans-IO dialogue with HAProxy's health checks (what they send and
+//! expect: docs/proxy-protocol.md, "What HAProxy sends").
 //!
 //! A check gets a plain single-line `220` at once (HAProxy's `smtpchk` and
 //! `expect rstring ^220` both need it), 250 to HELO, EHLO, NOOP and RSET,

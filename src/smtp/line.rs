@@ -1,10 +1,12 @@
-//! The sans-IO SMTP command line reader.
+//! The sans-IO SMTP command line reader, and the one place a command line
+//! is split into its verb and argument.
 //!
 //! [`next_line`] takes a complete line off the front of a buffer, or says
 //! that none is complete yet. A line longer than the limit is an error as
 //! soon as the limit is passed, so a buffer never grows past it.
 
 use bytes::{Buf, BytesMut};
+use doorman_gate_api::Stage;
 
 /// A line taken off the buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +27,44 @@ impl Line {
             .unwrap_or(self.text.len());
         String::from_utf8_lossy(&self.text[..end]).to_ascii_uppercase()
     }
+
+    /// The verb, upper-cased, and the argument after it, trimmed.
+    pub fn split(&self) -> (String, String) {
+        let verb = self.verb();
+        let text = String::from_utf8_lossy(&self.text);
+        let argument = text.get(verb.len()..).unwrap_or_default().trim();
+        (verb, argument.to_string())
+    }
+
+    /// What a gate may be asked about this line, by its syntax alone: the
+    /// HELO or EHLO name, the MAIL sender, the RCPT recipient. The caller
+    /// knows whether the dialogue's state takes the command.
+    pub fn gate_question(&self) -> Option<(Stage, String)> {
+        let (verb, argument) = self.split();
+        match verb.as_str() {
+            "HELO" | "EHLO" => argument
+                .split_whitespace()
+                .next()
+                .map(|name| (Stage::Helo, name.to_string())),
+            "MAIL" => path(&argument, "FROM:").map(|from| (Stage::Mail, from)),
+            "RCPT" => path(&argument, "TO:").map(|to| (Stage::Rcpt, to)),
+            _ => None,
+        }
+    }
+}
+
+/// The address in `FROM:<address>` or `TO:<address>` (`keyword` is
+/// `FROM:` or `TO:`, in any case), without its brackets; parameters after
+/// it are ignored.
+pub fn path(argument: &str, keyword: &str) -> Option<String> {
+    let head = argument.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = argument[keyword.len()..].trim_start();
+    let inner = rest.strip_prefix('<')?;
+    let end = inner.find('>')?;
+    Some(inner[..end].to_string())
 }
 
 /// A line longer than the limit, terminator included.

@@ -1,6 +1,7 @@
-//! Every reply doorman itself sends to a client, worded as the README's
-//! tables give them (postscreen's texts where doorman does what postscreen does, Haraka's
-//! where it does what Haraka does). Each ends in CRLF.
+//! Every reply doorman itself sends to a client: postscreen's texts where
+//! doorman does what postscreen does (docs/postscreen.md, "Replies"),
+//! Haraka's where it does what Haraka does (docs/proxy-protocol.md). Each
+//! ends in CRLF.
 
 use std::net::IpAddr;
 
@@ -53,10 +54,24 @@ pub fn proxy_not_allowed(ip: IpAddr) -> String {
     format!("421 4.7.0 PROXY not allowed from {ip}\r\n")
 }
 
-/// The single-line greeting for health checks.
-pub fn health_banner(hostname: &str) -> String {
+/// The single-line greeting `220 <hostname> ESMTP`: to health checks,
+/// and to a client whose teaser must be completed before a 421.
+pub fn plain_banner(hostname: &str) -> String {
     format!("220 {hostname} ESMTP\r\n")
 }
+
+/// The built-in engine's greeting, `220 <banner>`.
+pub fn greeting(banner: &str) -> String {
+    format!("220 {banner}\r\n")
+}
+
+/// The teaser's first line, `220-<banner>`.
+pub fn teaser(banner: &str) -> String {
+    format!("220-{banner}\r\n")
+}
+
+/// postscreen's reply when it drops a client for a non-SMTP command.
+pub const NON_SMTP_DROP: &str = "521 5.7.0 Error: I can break rules, too. Goodbye.\r\n";
 
 /// The reply to HELO or EHLO from a health check.
 pub fn helo(hostname: &str) -> String {
@@ -72,3 +87,68 @@ pub fn service_unavailable(hostname: &str) -> String {
 pub fn timeout_exceeded(hostname: &str) -> String {
     format!("421 4.4.2 {hostname} Error: timeout exceeded\r\n")
 }
+
+/// The built-in engine's EHLO reply, postscreen's keywords (no PIPELINING,
+/// no AUTH), with STARTTLS when the engine offers it.
+pub fn ehlo(hostname: &str, starttls: bool) -> String {
+    let starttls = if starttls { "250-STARTTLS\r\n" } else { "" };
+    format!(
+        "250-{hostname}\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n{starttls}250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    )
+}
+
+/// HELO or EHLO (`verb`) without a name.
+pub fn helo_syntax(verb: &str) -> String {
+    format!("501 Syntax: {verb} hostname\r\n")
+}
+
+/// STARTTLS with an argument.
+pub const STARTTLS_SYNTAX: &str = "501 5.5.4 Syntax: STARTTLS\r\n";
+
+/// STARTTLS taken: the handshake follows.
+pub const READY_TO_START_TLS: &str = "220 2.0.0 Ready to start TLS\r\n";
+
+/// STARTTLS inside TLS.
+pub const TLS_ALREADY_ACTIVE: &str = "554 5.5.1 Error: TLS already active\r\n";
+
+/// A command the engine knows but does not offer (STARTTLS without TLS).
+pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n";
+
+/// MAIL inside a transaction.
+pub const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
+
+/// MAIL taken.
+pub const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
+
+/// MAIL without `FROM:<address>`.
+pub const MAIL_SYNTAX: &str = "501 5.5.4 Syntax: MAIL FROM:<address>\r\n";
+
+/// RCPT before MAIL.
+pub const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
+
+/// RCPT without `TO:<address>`.
+pub const RCPT_SYNTAX: &str = "501 5.5.4 Syntax: RCPT TO:<address>\r\n";
+
+/// DATA with an argument.
+pub const DATA_SYNTAX: &str = "501 5.5.4 Syntax: DATA\r\n";
+
+/// DATA or BDAT after MAIL, with no recipient taken (the engine closes).
+pub const NO_VALID_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients\r\n";
+
+/// DATA before MAIL.
+pub const NEED_RCPT: &str = "503 5.5.1 Error: need RCPT command\r\n";
+
+/// BDAT before MAIL.
+pub const BDAT_NEED_MAIL: &str = "554 5.5.1 Error: need MAIL command\r\n";
+
+/// VRFY without an address.
+pub const VRFY_SYNTAX: &str = "501 5.5.4 Syntax: VRFY address\r\n";
+
+/// VRFY from a client that may reach a backend.
+pub const VRFY_PASS: &str = "252 2.0.0 Send some mail, I'll try my best\r\n";
+
+/// ETRN without a domain.
+pub const ETRN_SYNTAX: &str = "500 Syntax: ETRN domain\r\n";
+
+/// ETRN.
+pub const ETRN_REFUSED: &str = "458 Unable to queue messages\r\n";

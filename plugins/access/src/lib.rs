@@ -22,8 +22,11 @@ pub mod section;
 
 pub use section::AccessSection;
 
-/// The reply text of a denylisted client (postscreen's).
-pub const DENYLIST_REPLY: &str = "5.3.2 Service currently unavailable";
+/// The enhanced status code of a denylisted client's reply (postscreen's).
+pub const DENYLIST_STATUS: &str = "5.3.2";
+
+/// The text of a denylisted client's reply (postscreen's).
+pub const DENYLIST_TEXT: &str = "Service currently unavailable";
 
 /// Why an access table is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +143,7 @@ impl AccessList {
         match self.lookup(client.ip()).map(|m| m.access) {
             Some(Access::Permit) => Verdict::Permit,
             Some(Access::Reject) => {
-                Verdict::Reject(Rejection::new(self.action, DENYLIST_REPLY.to_string()))
+                Verdict::Reject(Rejection::new(self.action, DENYLIST_STATUS, DENYLIST_TEXT))
             }
             Some(Access::Dunno) | None => Verdict::Dunno,
         }
@@ -265,7 +268,8 @@ mod tests {
             list.check(&client("192.0.2.2")),
             Verdict::Reject(Rejection::new(
                 Action::Enforce,
-                "5.3.2 Service currently unavailable"
+                "5.3.2",
+                "Service currently unavailable"
             ))
         );
         assert_eq!(list.check(&client("192.0.2.3")), Verdict::Dunno);

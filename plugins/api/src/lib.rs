@@ -160,47 +160,85 @@ pub struct Finding {
     pub weight: i32,
 }
 
+/// An SMTP reply, as RFC 5321 and RFC 3463 shape it: `550 5.7.1 text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit reply code.
+    pub code: u16,
+    /// The enhanced status code (`5.7.1`).
+    pub status: String,
+    /// The text after them.
+    pub text: String,
+}
+
+impl Reply {
+    /// A reply of `code`, `status` and `text`.
+    pub fn new(code: u16, status: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            status: status.into(),
+            text: text.into(),
+        }
+    }
+
+    /// The reply line, with CRLF.
+    pub fn line(&self) -> String {
+        format!("{self}\r\n")
+    }
+
+    /// What follows the code: `5.7.1 text`.
+    pub fn after_code(&self) -> String {
+        format!("{} {}", self.status, self.text)
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.status, self.text)
+    }
+}
+
 /// Why a client failed a gate, and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// The action configured for this test.
     pub action: Action,
-    /// The reply text after the code, e.g. `5.7.1 Service unavailable; ...`.
-    /// The action chooses the code: 550 (to each RCPT) for
-    /// [`Action::Enforce`], 521 (at once) for [`Action::Drop`].
-    pub reply_text: String,
-    /// A reply code of the gate's own instead of 550 under
-    /// [`Action::Enforce`] (a 450 to greylist, a policy service's 4NN).
-    pub code: Option<u16>,
+    /// The reply to each RCPT under [`Action::Enforce`]; under
+    /// [`Action::Drop`] the same status and text go out at once as a 521.
+    pub reply: Reply,
 }
 
 impl Rejection {
-    /// A refusal with `action`'s reply code.
-    pub fn new(action: Action, reply_text: impl Into<String>) -> Self {
+    /// A refusal with postscreen's codes: 550 to each RCPT under
+    /// [`Action::Enforce`], 521 at once under [`Action::Drop`].
+    pub fn new(action: Action, status: impl Into<String>, text: impl Into<String>) -> Self {
         Self {
             action,
-            reply_text: reply_text.into(),
-            code: None,
+            reply: Reply::new(550, status, text),
         }
     }
 
-    /// A refusal under [`Action::Enforce`] with its own reply code.
-    pub fn with_code(code: u16, reply_text: impl Into<String>) -> Self {
+    /// A refusal under [`Action::Enforce`] with a reply of the gate's own
+    /// (a 450 to greylist, a policy service's 4NN).
+    pub fn with_reply(reply: Reply) -> Self {
         Self {
             action: Action::Enforce,
-            reply_text: reply_text.into(),
-            code: Some(code),
+            reply,
         }
     }
 
     /// The reply to each RCPT under [`Action::Enforce`], with CRLF.
     pub fn enforce_reply(&self) -> String {
-        format!("{} {}\r\n", self.code.unwrap_or(550), self.reply_text)
+        self.reply.line()
     }
 
     /// The reply before closing under [`Action::Drop`], with CRLF.
     pub fn drop_reply(&self) -> String {
-        format!("521 {}\r\n", self.reply_text)
+        Reply {
+            code: 521,
+            ..self.reply.clone()
+        }
+        .line()
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use doorman_gate_api::{
     smtpd_reject_line, BuildError, Client, Command, EventCounter, Gate, GateFuture, GateSection,
-    RecordStore, Rejection, Resources, SectionError, Shared, Stage, StoreDown, Verdict,
+    RecordStore, Rejection, Reply, Resources, SectionError, Shared, Stage, StoreDown, Verdict,
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -290,10 +290,11 @@ impl GreylistGate {
     fn rejection(&self, recipient: &str) -> Rejection {
         let domain = recipient.rsplit_once('@').map_or("", |(_, domain)| domain);
         let text = self.settings.text.replace("%r", domain);
-        Rejection::with_code(
+        Rejection::with_reply(Reply::new(
             450,
-            format!("4.2.0 <{recipient}>: Recipient address rejected: {text}"),
-        )
+            "4.2.0",
+            format!("<{recipient}>: Recipient address rejected: {text}"),
+        ))
     }
 }
 

@@ -23,7 +23,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use doorman_gate_api::{
-    smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection, Stage, Verdict,
+    smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection, Reply, Stage,
+    Verdict,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -204,10 +205,11 @@ impl PolicyGate {
             Some(Action::Refuse { code, status, text }) => {
                 (self.events)(if code >= 500 { "reject" } else { "defer" });
                 let recipient = command.argument;
-                let rejection = Rejection::with_code(
+                let rejection = Rejection::with_reply(Reply::new(
                     code,
-                    format!("{status} <{recipient}>: Recipient address rejected: {text}"),
-                );
+                    status,
+                    format!("<{recipient}>: Recipient address rejected: {text}"),
+                ));
                 let reply = rejection.enforce_reply();
                 tracing::info!(
                     "{}",

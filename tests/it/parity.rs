@@ -6,14 +6,12 @@
 //! failure remembered for the shortest TTL, and the log lines. DNS answers
 //! come from Debian's rbldnsd, one zone of it held back by a forwarder.
 
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";
 const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";

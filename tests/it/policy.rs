@@ -2,10 +2,6 @@
 //! pins the exact request, every action's reply and every failure's
 //! default action; Debian's postgrey greylists through it for real.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
-
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";
 
@@ -386,7 +382,7 @@ fn a_client_in_tls_is_described_by_the_encryption_attributes() {
     if !require_program("openssl") {
         return;
     }
-    use tls_support::*;
+    use crate::support::tls::*;
     let certs = tempfile::tempdir().unwrap();
     let pair = certificate(certs.path(), "mx", "mx.doorman.test", Key::Rsa, 30);
     let recorder = Recorder::start();

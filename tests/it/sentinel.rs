@@ -3,14 +3,12 @@
 //! the master through it, share a pass, ride out the master's death on
 //! their memory, follow the promotion, and share again.
 
-mod support;
-
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 

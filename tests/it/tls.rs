@@ -5,17 +5,13 @@
 //! certificates by SNI and signature scheme with `openssl s_client`,
 //! reload, `doorman check`, and every bad handshake's bounded answer.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::*;
-use tls_support::*;
+use crate::support::tls::*;
+use crate::support::*;
 
 const GREETING: &str = "220 mx.doorman.test ESMTP\r\n";
 const READY: &str = "220 2.0.0 Ready to start TLS\r\n";

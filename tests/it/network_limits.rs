@@ -3,12 +3,10 @@
 //! screening places while a clean client still gets one, and the
 //! connection rate with smtpd's reply and log line.
 
-mod support;
-
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";
 

@@ -4,14 +4,12 @@
 //! mode `normal`, each for the real client's address. Also: the JSON layout
 //! and the syslog socket.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// The addresses fail2ban's `postfix[mode=<mode>]` finds in `log`.
 fn banned(log: &std::path::Path, mode: &str) -> Vec<String> {

@@ -3,13 +3,11 @@
 //! cluster with no backend up refuses with 421 while the others go on, and
 //! HAProxy's checks of an address answer for its cluster.
 
-mod support;
-
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 

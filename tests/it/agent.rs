@@ -3,15 +3,13 @@
 //! `undrain` back, the weight falls as screening fills, no backend means
 //! DOWN; and control requests need a trusted network or the token.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 fn start(backend: &FakeBackend, admin: u16, agent: u16) -> Doorman {
     let sections = format!(

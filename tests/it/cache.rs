@@ -2,12 +2,10 @@
 //! (Redis, with Debian's real redis-server), merged DNSBL lookups counted
 //! in rbldnsd's query log, cleanup, and the `doorman cache` commands.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";

@@ -3,17 +3,15 @@
 //! weights, error codes, TTL clamping, IPv6 nibbles, the answer cache and a
 //! dead server.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::Rbldnsd;
 use doorman::screen::{Judgement, Thresholds};
 use doorman_dnsbl::gate::findings;
 use doorman_dnsbl::{Answer, Dnsbl, Settings, Site};
 use std::collections::HashMap;
-use support::Rbldnsd;
 
 fn dnsbl(server: SocketAddr, sites: &str) -> Arc<Dnsbl> {
     Arc::new(
@@ -65,12 +63,9 @@ async fn listed_unlisted_error_codes_and_ttls() {
         thresholds.judge([&findings(pending, &HashMap::new())], ip(client))
     };
     match judge(&done, "203.0.113.7") {
-        Judgement::Listed {
-            rank: 3,
-            reply_text,
-        } => assert_eq!(
-            reply_text,
-            "5.7.1 Service unavailable; client [203.0.113.7] blocked using bl.test"
+        Judgement::Listed { rank: 3, reply } => assert_eq!(
+            reply.line(),
+            "550 5.7.1 Service unavailable; client [203.0.113.7] blocked using bl.test\r\n"
         ),
         other => panic!("{other:?}"),
     }

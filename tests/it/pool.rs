@@ -2,14 +2,12 @@
 //! health checks with rise and fall, failover within one client connection,
 //! and per-backend connection limits.
 
-mod support;
-
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::support::*;
 use doorman::proxy::{self, Header, Parsed};
-use support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 

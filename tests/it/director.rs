@@ -5,15 +5,13 @@
 //! session after the grace); `doorman backend list`, the JSON, and the
 //! refusals of bad requests.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 

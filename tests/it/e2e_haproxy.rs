@@ -3,13 +3,11 @@
 //! Postfix's smtp-sink behind it; swaks as the client, from a chosen
 //! loopback address.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// How the HAProxy backend line checks and sends the header.
 struct Front {

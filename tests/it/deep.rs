@@ -4,17 +4,13 @@
 //! connection (or postscreen's 450 and reconnect). STARTTLS hands off to a
 //! real Postfix smtpd, so TLS runs end to end.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
-use tls_support::postfix_with_tls;
+use crate::support::tls::postfix_with_tls;
+use crate::support::*;
 
 const GREETING: &str = "220 mx.doorman.test ESMTP\r\n";
 

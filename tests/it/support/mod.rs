@@ -1,7 +1,8 @@
 //! Helpers for the black-box tests: doorman as a child process with a temp
 //! config, a log watcher over its stderr, a fake backend that records what
 //! it receives, and clients bound to chosen loopback addresses.
-#![allow(dead_code)]
+
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -563,8 +564,26 @@ pub fn require_program(name: &str) -> bool {
             panic!("{name} is required under CI=true but is not installed");
         }
         eprintln!("skipping: {name} is not installed");
+        record_skip(name);
     }
     found
+}
+
+/// Where skipped tests are listed, one a line, for `scripts/test`'s
+/// summary.
+pub const SKIPPED_LIST: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests");
+
+/// Adds the running test (libtest names its thread after it) to
+/// [`SKIPPED_LIST`].
+fn record_skip(program: &str) {
+    let test = thread::current().name().unwrap_or("?").to_string();
+    if let Ok(mut list) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPPED_LIST)
+    {
+        let _ = writeln!(list, "{test} (needs {program})");
+    }
 }
 
 /// A running child process with its stderr log (killed on drop).
@@ -619,7 +638,8 @@ pub fn start_sink(require_proxy: bool) -> (Program, SocketAddr) {
 /// Debian's rbldnsd serving the zones in `fixtures/dnsbl/` on a loopback
 /// port (bl.test, bl2.test, wl.test as ip4set; v6.test as ip6trie).
 pub struct Rbldnsd {
-    pub program: Program,
+    /// The server, killed when this is dropped.
+    _program: Program,
     pub address: SocketAddr,
     /// rbldnsd's query log (one line per query answered).
     pub query_log: PathBuf,
@@ -657,7 +677,7 @@ impl Rbldnsd {
         // rbldnsd answers once its zones are loaded.
         let address = answering_on(port, "rbldnsd");
         Some(Self {
-            program,
+            _program: program,
             address,
             query_log,
             _dir: dir,
@@ -678,7 +698,8 @@ impl Rbldnsd {
 /// authoritative (NXDOMAIN for anything else) for `*.test` and the
 /// reverse zones of 203.0.113.0/24 and 2001:db8::/32.
 pub struct Dnsmasq {
-    pub program: Program,
+    /// The server, killed when this is dropped.
+    _program: Program,
     pub address: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -720,7 +741,7 @@ local=/113.0.203.in-addr.arpa/\nlocal=/test/\nlocal=/8.b.d.0.1.0.0.2.ip6.arpa/\n
             while Instant::now() < deadline {
                 if dns_answers(address) {
                     return Some(Self {
-                        program,
+                        _program: program,
                         address,
                         _dir: dir,
                     });

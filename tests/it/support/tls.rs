@@ -1,7 +1,6 @@
 //! TLS for the tests: certificates made with openssl, and a blocking
 //! rustls client that takes over a socket after `220 2.0.0 Ready to start
-//! TLS`. Included with `#[path]` by the tests that speak TLS.
-#![allow(dead_code)]
+//! TLS`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -191,8 +190,8 @@ pub fn s_client(address: std::net::SocketAddr, args: &[&str]) -> String {
 /// A Postfix smtpd that takes PROXY v2, delivers for doorman.test (into
 /// discard) and offers STARTTLS at `level` (`may` or `encrypt`) with a
 /// throwaway certificate for backend.postfix.test; the folder holds it.
-pub fn postfix_with_tls(level: &str) -> Option<(super::support::Postfix, tempfile::TempDir)> {
-    if !super::support::require_program("openssl") {
+pub fn postfix_with_tls(level: &str) -> Option<(super::Postfix, tempfile::TempDir)> {
+    if !super::require_program("openssl") {
         return None;
     }
     let certs = tempfile::tempdir().unwrap();
@@ -203,7 +202,7 @@ pub fn postfix_with_tls(level: &str) -> Option<(super::support::Postfix, tempfil
         std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, mode);
         std::fs::set_permissions(path, permissions).unwrap();
     }
-    let postfix = super::support::Postfix::start_delivering(&format!(
+    let postfix = super::Postfix::start_delivering(&format!(
         "smtpd_upstream_proxy_protocol = haproxy\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = {level}\nsmtpd_tls_loglevel = 1\nrelay_domains = doorman.test\n",
         cert.display(),
         key.display()

@@ -5,14 +5,12 @@
 //! the records; a network is allowlisted after its successful retries; and
 //! an IPv6 client retries from another address of its /64.
 
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";

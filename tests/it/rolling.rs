@@ -4,8 +4,6 @@
 //! started again, and undrained. Every message the clients were told was
 //! accepted reaches the backend, and no client is refused.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
@@ -15,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 struct Node {
     port: u16,

@@ -2,13 +2,11 @@
 //! listener's `/metrics` (Prometheus text whose counters move) and
 //! `/healthz`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 

@@ -3,13 +3,11 @@
 //! test, weighted DNSBL/DNSWL scores, the three actions, the built-in
 //! engine's dialogue byte for byte, its limits, and the pass cache.
 
-mod support;
-
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const TEASER: &str = "220-mx.doorman.test ESMTP\r\n";

@@ -1,15 +1,13 @@
 //! The core front door over real sockets: PROXY v1/v2 from listed hosts,
 //! refusals, health checks, handoff and relay, shutdown.
 
-mod support;
-
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use doorman::proxy::{self, write, Header, Parsed};
-use support::*;
 
 const LISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const UNLISTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);

@@ -1,11 +1,9 @@
 //! The command line: `doorman check` on good and bad configs, `--version`,
 //! and the shipped config.
 
-mod support;
-
 use std::process::Command;
 
-use support::{doorman_bin, stdout_of};
+use crate::support::{doorman_bin, stdout_of};
 
 fn check(config: &str, hosts: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();

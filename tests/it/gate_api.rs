@@ -5,20 +5,18 @@
 //! sockets, in front of the fake backend. Nothing else in doorman knows
 //! the gate: its crate (this file) and one registry line are all it takes.
 
-mod support;
-
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use doorman::config::{Config, Registry};
 use doorman::listener::Server;
 use doorman_gate_api::{
     Action, BuildError, Client, Command, Finding, Gate, GateFuture, GateSection, Rejection,
     Resources, Score, SectionError, Shared, Stage, Verdict, Waiting,
 };
-use support::*;
 
 /// The probe's own `[probe]` section.
 #[derive(Debug, serde::Deserialize)]
@@ -83,7 +81,8 @@ impl Gate for Probe {
         if client.ip().to_string() == self.refused {
             return Verdict::Reject(Rejection::new(
                 Action::Enforce,
-                "5.7.1 probe refuses at connect",
+                "5.7.1",
+                "probe refuses at connect",
             ));
         }
         Verdict::Dunno
@@ -106,8 +105,9 @@ impl Gate for Probe {
         let verdict = if command.stage == Stage::Rcpt && command.argument == self.trap {
             Verdict::Reject(Rejection::new(
                 Action::Enforce,
+                "5.7.1",
                 format!(
-                    "5.7.1 <{}>: Recipient address rejected: spamtrap (sender {})",
+                    "<{}>: Recipient address rejected: spamtrap (sender {})",
                     command.argument,
                     command.envelope.sender.as_deref().unwrap_or_default()
                 ),

@@ -2,12 +2,10 @@
 //! `doorman sink --proxy` on 127.0.0.1:10026, and swaks delivering a message
 //! to 127.0.0.1:2525.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn shipped_config_delivers_a_message_from_swaks() {

@@ -3,13 +3,11 @@
 //! a generic name, over IPv4 and IPv6, each with its weight in the score,
 //! its log line, its reply and its cached pass; and `doorman explain`.
 
-mod support;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BANNER: &str = "220 mx.doorman.test ESMTP\r\n";
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";

@@ -1,0 +1,32 @@
+//! doorman's integration tests, one binary: each module is one area, and
+//! every test talks to doorman over real sockets on loopback, with the real
+//! programs operators use (HAProxy, Postfix, rbldnsd, Redis, swaks, ...).
+//! `support` holds the helpers every area shares.
+
+mod support;
+
+mod agent;
+mod cache;
+mod cli;
+mod clusters;
+mod deep;
+mod director;
+mod dnsbl_rbldnsd;
+mod e2e_haproxy;
+mod fail2ban;
+mod front_door;
+mod fuzz_inputs;
+mod gate_api;
+mod gating;
+mod greylist;
+mod network_limits;
+mod operations;
+mod parity;
+mod policy;
+mod pool;
+mod proptests;
+mod quickstart;
+mod rdns;
+mod rolling;
+mod sentinel;
+mod tls;
