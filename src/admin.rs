@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use crate::director::{describe, Change};
 use crate::handoff::{Availability, BackendStatus};
 use crate::log::{self, Endpoint};
-use crate::shared::{Process, Shared};
+use crate::shared::{ConfigState, ProcessState};
 
 /// Binds the admin listener.
 pub async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
@@ -51,7 +51,11 @@ pub async fn bind_named(address: SocketAddr, what: &str) -> io::Result<TcpListen
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves requests until the task is dropped.
-pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process: Process) {
+pub async fn serve(
+    listener: TcpListener,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -79,7 +83,7 @@ pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process
 
 /// Whether a control request may change anything: from a trusted network,
 /// or with the configured bearer token.
-fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) -> bool {
+fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &ConfigState) -> bool {
     let admin = &shared.config.admin;
     let ip = peer.ip().to_canonical();
     if admin.trusted.iter().any(|net| net.contains(&ip)) {
@@ -99,8 +103,8 @@ fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &Shared) ->
 async fn respond(
     request: Request<Incoming>,
     peer: SocketAddr,
-    current: Arc<ArcSwap<Shared>>,
-    process: Process,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
 ) -> Response<Full<Bytes>> {
     let shared = current.load_full();
     let path = request.uri().path();
@@ -169,8 +173,8 @@ async fn backends(
     rest: &str,
     query: Option<&str>,
     peer: SocketAddr,
-    shared: &Shared,
-    process: &Process,
+    shared: &ConfigState,
+    process: &ProcessState,
 ) -> (StatusCode, String) {
     let error = |status: StatusCode, message: &str| {
         (

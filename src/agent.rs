@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use crate::handoff::Availability;
-use crate::shared::{Process, Shared};
+use crate::shared::{ConfigState, ProcessState};
 
 /// The lowest weight doorman asks for while it takes clients.
 pub const FLOOR: usize = 10;
@@ -56,7 +56,11 @@ pub async fn bind(address: std::net::SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Answers agent checks until the task is dropped.
-pub async fn serve(listener: TcpListener, current: Arc<ArcSwap<Shared>>, process: Process) {
+pub async fn serve(
+    listener: TcpListener,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -19,7 +19,7 @@ use crate::cache::records::MemoryRecords;
 use crate::config::{Config, BUILT_IN};
 use crate::gates::{AtConnect, GateError, Pipeline};
 use crate::metrics::Metrics;
-use crate::screen::{Judgement, Thresholds};
+use crate::verdict::{Judgement, Thresholds};
 
 /// The report for `ip`, one finding a line.
 pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, GateError> {

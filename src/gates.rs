@@ -42,7 +42,7 @@ impl Pipeline {
         let mut gates = Vec::new();
         for (name, section) in &config.gate_sections {
             let built = section
-                .build(&config.shared, resources)
+                .build(&config.context, resources)
                 .map_err(|source| GateError { gate: name, source })?;
             if let Some(gate) = built {
                 gates.push((*name, gate));

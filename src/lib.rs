@@ -20,7 +20,7 @@
 //!   for headers sent to backends.
 //! - [`gates`]: the gate registry (names to constructors) and the
 //!   pipeline the config's `gates` list orders.
-//! - [`screen`]: the sans-IO screening verdict (which tests failed, the
+//! - [`verdict`]: the sans-IO screening verdict (which tests failed, the
 //!   gates' summed score against the thresholds, what that means).
 //! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, the
 //!   health-check dialogue, the deep tests and the built-in engine.
@@ -57,7 +57,7 @@
 //! 2. **During the greet wait** ([`gates::Waits`]): the teaser goes out,
 //!    and every wait gate's lookups start at once, beside the pregreet
 //!    watch. The wait ends at the deadline, or as soon as its verdict
-//!    cannot change. [`screen::Thresholds::judge`] adds every gate's
+//!    cannot change. [`verdict::Thresholds::judge`] adds every gate's
 //!    weights into one score and judges it as postscreen judges its DNSBL
 //!    score; a partial score never allowlists and is never remembered.
 //! 3. **In the built-in engine's dialogue**: clients that failed a test,
@@ -104,10 +104,10 @@ pub mod logfmt;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;
-pub mod screen;
 pub mod session;
 pub mod shared;
 pub mod sink;
 pub mod smtp;
 pub mod tls;
+pub mod verdict;
 pub mod waiting_room;

@@ -27,7 +27,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::log;
 use crate::memory;
 use crate::session::Session;
-use crate::shared::{Process, Shared};
+use crate::shared::{ConfigState, ProcessState};
 use crate::waiting_room::{Resumable, WaitingRoom};
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
@@ -36,8 +36,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Bound listeners with the config they serve.
 pub struct Server {
-    current: Arc<ArcSwap<Shared>>,
-    process: Process,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
     listeners: Vec<(TcpListener, ListenerConfig)>,
     admin: Option<TcpListener>,
     agent: Option<TcpListener>,
@@ -92,10 +92,10 @@ impl Server {
         let room = WaitingRoom::open(move |stream, parked: Box<dyn Resumable>, woken| {
             handle.spawn(parked.resume(stream, woken));
         })?;
-        let process = Process {
+        let process = ProcessState {
             registry: Arc::new(registry),
             room: Some(room),
-            ..Process::default()
+            ..ProcessState::default()
         };
         let shared = start_shared(config, None, &process).await?;
         // The fleet's runtime state of the backends, before the first client.
@@ -211,10 +211,10 @@ impl Server {
 async fn start_shared(
     config: Config,
     cache: Option<Arc<crate::cache::PassCache>>,
-    process: &Process,
-) -> io::Result<Shared> {
-    let shared =
-        Shared::new(config, cache, process).map_err(|error| io::Error::other(error.to_string()))?;
+    process: &ProcessState,
+) -> io::Result<ConfigState> {
+    let shared = ConfigState::new(config, cache, process)
+        .map_err(|error| io::Error::other(error.to_string()))?;
     shared.pool.check_all().await;
     shared.pool.start_checks();
     Ok(shared)
@@ -222,7 +222,7 @@ async fn start_shared(
 
 /// Reads the backends' runtime state from the store every
 /// `check_interval`, so a change made on another instance applies here.
-async fn follow_the_fleet(current: Arc<ArcSwap<Shared>>, process: Process) {
+async fn follow_the_fleet(current: Arc<ArcSwap<ConfigState>>, process: ProcessState) {
     loop {
         let shared = current.load_full();
         tokio::time::sleep(shared.config.pool.check_interval).await;
@@ -236,8 +236,8 @@ async fn follow_the_fleet(current: Arc<ArcSwap<Shared>>, process: Process) {
 /// Rereads the config on every SIGHUP.
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    current: Arc<ArcSwap<Shared>>,
-    process: Process,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
 ) {
     while hangups.recv().await.is_some() {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
@@ -247,7 +247,7 @@ async fn reload_on_hangup(
 }
 
 /// Loads the config again and swaps it in, or says why not.
-pub async fn reload(current: &ArcSwap<Shared>, process: &Process) {
+pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
     let running = current.load_full();
     let config = match Config::load_with(&running.config.path, &process.registry) {
         Ok(config) => config,
@@ -284,8 +284,8 @@ pub async fn reload(current: &ArcSwap<Shared>, process: &Process) {
 async fn accept_loop(
     socket: TcpListener,
     listener: ListenerConfig,
-    current: Arc<ArcSwap<Shared>>,
-    process: Process,
+    current: Arc<ArcSwap<ConfigState>>,
+    process: ProcessState,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
@@ -318,7 +318,7 @@ async fn accept_loop(
 
 /// Cleans the pass cache every `cleanup_interval` (postscreen's
 /// `postscreen_cache_cleanup_interval`); Redis keys expire by themselves.
-async fn clean_cache(current: Arc<ArcSwap<Shared>>) {
+async fn clean_cache(current: Arc<ArcSwap<ConfigState>>) {
     loop {
         let interval = current.load().config.cache.cleanup_interval;
         if interval.is_zero() {

@@ -274,7 +274,7 @@ pub fn seconds(elapsed: std::time::Duration) -> String {
 
 /// Where a client hung up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub enum HangupPhase {
     /// During the greet wait.
     BeforeHandshake,
     /// In the built-in engine.
@@ -312,14 +312,14 @@ pub fn pregreet(client: SocketAddr, input: &[u8], after: std::time::Duration) {
 }
 
 /// The client hung up during the tests.
-pub fn hangup(client: SocketAddr, after: std::time::Duration, stage: Stage) {
+pub fn hangup(client: SocketAddr, after: std::time::Duration, phase: HangupPhase) {
     info!(
         "HANGUP after {} from {} in {}",
         seconds(after),
         Endpoint(client),
-        match stage {
-            Stage::BeforeHandshake => "tests before SMTP handshake",
-            Stage::AfterHandshake => "tests after SMTP handshake",
+        match phase {
+            HangupPhase::BeforeHandshake => "tests before SMTP handshake",
+            HangupPhase::AfterHandshake => "tests after SMTP handshake",
         }
     );
 }

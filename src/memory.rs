@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::log;
-use crate::shared::{Process, Shared};
+use crate::shared::{ConfigState, ProcessState};
 
 /// How often the connection count is looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -32,7 +32,7 @@ pub fn worth_trimming(peak: usize, now: usize) -> bool {
 }
 
 /// Runs forever: compacts the caches and trims the heap after each flood.
-pub async fn trim_after_floods(current: Arc<ArcSwap<Shared>>, process: Process) {
+pub async fn trim_after_floods(current: Arc<ArcSwap<ConfigState>>, process: ProcessState) {
     let mut peak = 0;
     let mut follow_up = false;
     loop {

@@ -183,7 +183,7 @@ impl Default for Metrics {
             connections.clone(),
         );
         let tests = Family::<TestLabels, Counter>::default();
-        registry.register("doorman_tests", "Screening tests by result", tests.clone());
+        registry.register("doorman_tests", "TestRecord tests by result", tests.clone());
         let gate_events = Family::<GateEventLabels, Counter>::default();
         registry.register(
             "doorman_gate_events",

@@ -13,14 +13,14 @@ use crate::gates::{GateError, Pipeline};
 use crate::handoff::Pool;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::screen::Thresholds;
 use crate::tls::{ServerTls, TlsError};
+use crate::verdict::Thresholds;
 use doorman_gate_api::Resources;
 
 /// What outlives a config reload: connection counts, metrics, and the
 /// gates this build knows.
 #[derive(Clone, Debug, Default)]
-pub struct Process {
+pub struct ProcessState {
     /// The connection limits' live counts.
     pub limits: Arc<Limits>,
     /// The metrics.
@@ -53,7 +53,7 @@ pub enum SharedError {
 
 /// The state shared by the sessions of one config.
 #[derive(Debug)]
-pub struct Shared {
+pub struct ConfigState {
     /// The config snapshot.
     pub config: Arc<Config>,
     /// The backends.
@@ -68,14 +68,14 @@ pub struct Shared {
     pub tls: Option<ServerTls>,
 }
 
-impl Shared {
+impl ConfigState {
     /// Builds the shared state of `config`: opens the cache store (or keeps
     /// `cache`, on a reload) and builds the gates. Must run inside the
     /// tokio runtime.
     pub fn new(
         config: Config,
         cache: Option<Arc<PassCache>>,
-        process: &Process,
+        process: &ProcessState,
     ) -> Result<Self, SharedError> {
         let cache = match cache {
             Some(cache) => cache,

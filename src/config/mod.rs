@@ -1,7 +1,7 @@
 //! doorman's configuration: the TOML file and the files it names.
 //!
 //! The file is read as a TOML document that knows where each key is
-//! written ([`document`]). The core's sections are read into serde types
+//! written (the `document` module). The core's sections are read into serde types
 //! that refuse unknown keys, each gate's section into its own crate's type
 //! through the [`Registry`]; every section checks itself next to its
 //! definition, and every error names the file and the line, as
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doorman_gate_api::Shared;
+use doorman_gate_api::SectionContext;
 use serde::Deserialize;
 
 use defaults::*;
@@ -135,7 +135,7 @@ pub struct Config {
     /// The admin token read from `[admin] token_file`.
     pub admin_token: Option<String>,
     /// What gates may use from the rest of the config.
-    pub shared: Shared,
+    pub context: SectionContext,
     /// The listed gates' checked sections, in the order they run.
     pub gate_sections: Vec<(&'static str, Arc<dyn CheckedSection>)>,
     /// A line for each deprecated key the file uses.
@@ -279,7 +279,7 @@ impl Config {
                 .map(|(_, table)| table.clone())
         };
         let doubtful: Doubtful = document.read_table(table("greylist"))?;
-        let shared = Shared {
+        let context = SectionContext {
             hostname: sections.hostname.clone(),
             base: base.to_path_buf(),
             cache_size: sections.cache.size,
@@ -293,7 +293,7 @@ impl Config {
             if !listed && written.is_none() {
                 continue;
             }
-            let check = listed.then_some(&shared);
+            let check = listed.then_some(&context);
             let read = registry.read(name, document.deserializer(written), check);
             if let Some(result) = read {
                 let section = result.map_err(|error| document.read_error(name, error))?;
@@ -309,7 +309,7 @@ impl Config {
             sections,
             proxy_hosts: loaded.proxy_hosts,
             admin_token: loaded.admin_token,
-            shared,
+            context,
             gate_sections,
             deprecated,
         })
@@ -452,154 +452,4 @@ fn default_gates() -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = "hostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:10026\"\n";
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let config = Config::parse(MINIMAL, Path::new("/etc/doorman/doorman.toml")).expect("ok");
-        assert_eq!(config.proxy.timeout, Duration::from_secs(30));
-        assert_eq!(config.backends[0].send_proxy, SendProxy::V2);
-        assert_eq!(config.backends[0].connect_timeout, Duration::from_secs(5));
-        assert_eq!(config.listeners[0].proxy, ProxyMode::Optional);
-        assert!(config.proxy_hosts.is_empty());
-        assert_eq!(config.greet_banner(), "mx.test ESMTP");
-        assert_eq!(config.greet.wait, Duration::from_secs(6));
-        assert_eq!(config.greet.ttl, Duration::from_secs(86400));
-        assert_eq!(config.score, ScoreSection::default());
-        assert_eq!(config.score.threshold, 1);
-        assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
-        assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
-        assert_eq!(config.cache.size, 100_000);
-        assert_eq!(config.engine.command_limit, 20);
-        assert_eq!(config.engine.line_length, 2048);
-        let gates: Vec<&str> = config.gate_sections.iter().map(|(name, _)| *name).collect();
-        assert_eq!(gates, ["access", "dnsbl"]);
-        assert!(config.deprecated.is_empty());
-    }
-
-    #[test]
-    fn gating_sections() {
-        let text = format!(
-            "{MINIMAL}[greet]\nbanner = \"\"\naction = \"drop\"\n[dnsbl]\nsites = [\"zen.test=127.0.0.[2..11]*3\", \"wl.test*-2\"]\nallowlist_threshold = -1\nnameservers = [\"127.0.0.1:5300\"]\nreply_map = {{ \"zen.test\" = \"zen.example\" }}\n"
-        );
-        let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
-        assert_eq!(config.greet_banner(), "");
-        assert_eq!(config.greet.action, doorman_gate_api::Action::Drop);
-        assert_eq!(config.score.allowlist_threshold, -1);
-        assert_eq!(config.dnsbl.nameservers.len(), 1);
-        assert_eq!(config.deprecated.len(), 1, "{:?}", config.deprecated);
-        let bad = text.replace("*-2", "*two");
-        let shown = Config::parse(&bad, Path::new("d.toml"))
-            .expect_err("bad site")
-            .to_string();
-        assert!(
-            shown.starts_with("d.toml:10: bad DNSBL weight factor"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn errors_carry_file_and_line() {
-        let text = format!("{MINIMAL}send_proxy = \"v3\"\n");
-        let error = Config::parse(&text, Path::new("d.toml")).expect_err("bad value");
-        let shown = error.to_string();
-        assert!(shown.starts_with("d.toml:6: "), "{shown}");
-        assert!(shown.contains("v3"), "{shown}");
-
-        let text = MINIMAL.replace("[[backend]]", "bogus = 1\n[[backend]]");
-        let shown = Config::parse(&text, Path::new("d.toml"))
-            .expect_err("unknown key")
-            .to_string();
-        assert!(shown.starts_with("d.toml:4: "), "{shown}");
-        assert!(shown.contains("bogus"), "{shown}");
-
-        let text = MINIMAL.replace("\"mx.test\"", "\"mx test\"");
-        let shown = Config::parse(&text, Path::new("d.toml"))
-            .expect_err("bad hostname")
-            .to_string();
-        assert!(shown.starts_with("d.toml:1: "), "{shown}");
-    }
-
-    #[test]
-    fn a_check_error_names_the_line_of_its_own_key() {
-        // The backend's connect_timeout is on line 4, the proxy timeout
-        // on line 7: a substring search would have named line 4.
-        let text = "hostname = \"h\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nconnect_timeout = \"2s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[proxy]\ntimeout = \"0s\"\n";
-        let shown = Config::parse(text, Path::new("d.toml"))
-            .expect_err("zero timeout")
-            .to_string();
-        assert_eq!(shown, "d.toml:8: proxy timeout must be above 0");
-        let text =
-            format!("{MINIMAL}[[backend]]\naddress = \"127.0.0.1:2\"\nconnect_timeout = \"0s\"\n");
-        let shown = Config::parse(&text, Path::new("d.toml"))
-            .expect_err("zero connect timeout")
-            .to_string();
-        assert!(
-            shown.starts_with("d.toml:8: backend 127.0.0.1:2"),
-            "{shown}"
-        );
-        let text = format!("{MINIMAL}[greylist]\ndelay = \"2d\"\n");
-        let text = text.replace(
-            "hostname = \"mx.test\"",
-            "hostname = \"mx.test\"\ngates = [\"greylist\"]",
-        );
-        let shown = Config::parse(&text, Path::new("d.toml"))
-            .expect_err("delay above its bound")
-            .to_string();
-        assert!(
-            shown.starts_with("d.toml:8: delay = \"2days\": at most \"1day\""),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn score_takes_the_old_dnsbl_keys_as_aliases() {
-        let old = format!("{MINIMAL}[dnsbl]\nthreshold = 3\naction = \"enforce\"\n");
-        let config = Config::parse(&old, Path::new("d.toml")).expect("aliases");
-        assert_eq!(config.score.threshold, 3);
-        assert_eq!(config.score.action, doorman_gate_api::Action::Enforce);
-        assert_eq!(
-            config.deprecated,
-            [
-                "[dnsbl] threshold is deprecated: it is [score] threshold now, which judges every gate's weights",
-                "[dnsbl] action is deprecated: it is [score] action now, which judges every gate's weights",
-            ]
-        );
-        let new = format!("{MINIMAL}[score]\nthreshold = 3\naction = \"enforce\"\n");
-        let config = Config::parse(&new, Path::new("d.toml")).expect("score");
-        assert_eq!(config.score.threshold, 3);
-        assert!(config.deprecated.is_empty());
-        let both = format!("{MINIMAL}[score]\nthreshold = 3\n[dnsbl]\nthreshold = 2\n");
-        let shown = Config::parse(&both, Path::new("d.toml"))
-            .expect_err("both")
-            .to_string();
-        assert!(
-            shown.starts_with("d.toml:9: [dnsbl] threshold is the old name"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn durations_and_modes() {
-        let text = "hostname = \"h\"\n[proxy]\ntimeout = \"1500ms\"\n[[listener]]\naddress = \"[::1]:2525\"\nproxy = \"optional\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nsend_proxy = \"none\"\nconnect_timeout = \"2s\"\n";
-        let config = Config::parse(text, Path::new("x.toml")).expect("ok");
-        assert_eq!(config.proxy.timeout, Duration::from_millis(1500));
-        assert_eq!(config.backends[0].send_proxy, SendProxy::None);
-        assert_eq!(config.listeners[0].address, "[::1]:2525".parse().unwrap());
-    }
-
-    #[test]
-    fn required_mode_needs_hosts() {
-        let text = MINIMAL.replace(
-            "address = \"127.0.0.1:0\"",
-            "address = \"127.0.0.1:0\"\nproxy = \"required\"",
-        );
-        let shown = Config::parse(&text, Path::new("d.toml"))
-            .expect_err("needs hosts")
-            .to_string();
-        assert!(shown.contains("hosts_file"), "{shown}");
-    }
-}
+mod tests;

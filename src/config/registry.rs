@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
 use toml::de::ValueDeserializer;
 
 /// The session's own tests, listed and ordered like gates.
@@ -22,7 +22,7 @@ pub trait CheckedSection: fmt::Debug + Send + Sync {
     /// Builds the gate; `None` when the section leaves it nothing to do.
     fn build(
         &self,
-        shared: &Shared,
+        shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError>;
 }
@@ -30,7 +30,7 @@ pub trait CheckedSection: fmt::Debug + Send + Sync {
 impl<S: GateSection> CheckedSection for S {
     fn build(
         &self,
-        shared: &Shared,
+        shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         GateSection::build(self, shared, resources)
@@ -46,12 +46,14 @@ pub(super) enum ReadError {
 }
 
 /// Reads a section of one type, and checks it when `Some`.
-type Reader =
-    fn(ValueDeserializer<'_>, Option<&Shared>) -> Result<Arc<dyn CheckedSection>, ReadError>;
+type Reader = fn(
+    ValueDeserializer<'_>,
+    Option<&SectionContext>,
+) -> Result<Arc<dyn CheckedSection>, ReadError>;
 
 fn read<S: GateSection>(
     table: ValueDeserializer<'_>,
-    check: Option<&Shared>,
+    check: Option<&SectionContext>,
 ) -> Result<Arc<dyn CheckedSection>, ReadError> {
     let mut section: S = serde::Deserialize::deserialize(table).map_err(ReadError::Toml)?;
     if let Some(shared) = check {
@@ -118,7 +120,7 @@ impl Registry {
         &self,
         name: &str,
         table: ValueDeserializer<'_>,
-        check: Option<&Shared>,
+        check: Option<&SectionContext>,
     ) -> Option<Result<Arc<dyn CheckedSection>, ReadError>> {
         let (_, reader) = self.entries.iter().find(|(known, _)| *known == name)?;
         Some(reader(table, check))

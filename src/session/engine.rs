@@ -103,7 +103,11 @@ impl<S: ClientIo> Session<Channel<S>> {
                     Read::TimedOut => engine.timed_out(),
                     Read::Closed => {
                         self.count(Counted::Hangup);
-                        log::hangup(client.address, started.elapsed(), Stage::AfterHandshake);
+                        log::hangup(
+                            client.address,
+                            started.elapsed(),
+                            HangupPhase::AfterHandshake,
+                        );
                         log::disconnect(client.address);
                         return Phase::Closed;
                     }

@@ -18,11 +18,15 @@
 
 mod engine;
 mod handoff;
+mod header;
+mod parked;
+
+use parked::Parked;
 mod screen;
 #[cfg(test)]
 mod tests;
 
-use screen::Waiting;
+use screen::GreetWait;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,17 +52,17 @@ use crate::handoff::{
     read_reply, relay, Availability, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT,
 };
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
-use crate::log::{self, Stage};
+use crate::log::{self, HangupPhase};
 use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
-use crate::screen::{Decision, Judgement, Screening, PREGREET_STATUS, PREGREET_TEXT};
-use crate::shared::{Process, Shared};
+use crate::shared::{ConfigState, ProcessState};
 use crate::smtp::deep::{DeepTest, DeepTests};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
-use crate::smtp::health::{self, Step};
+use crate::smtp::health::{self, CheckReply};
 use crate::smtp::line::{next_line, Line};
 use crate::smtp::reply;
 use crate::tls::Channel;
+use crate::verdict::{Decision, Judgement, TestRecord, PREGREET_STATUS, PREGREET_TEXT};
 use crate::waiting_room::{Resumable, Woken};
 
 /// How long doorman waits for each command of a health check.
@@ -83,9 +87,9 @@ enum Phase {
     /// The real client is known: run the tests.
     Screen(Client),
     /// The greet wait.
-    Wait(Box<Waiting>),
+    Wait(Box<GreetWait>),
     /// The greet wait goes on in the waiting room, without a task.
-    Park(Box<Waiting>),
+    Park(Box<GreetWait>),
     /// Hand the client to a backend; `teased` when it saw the `220-` teaser,
     /// so the backend's greeting must complete it.
     Handoff {
@@ -138,8 +142,8 @@ pub struct Session<S = ClientStream> {
     /// address is looked up only for a client that is not behind a proxy).
     listening: SocketAddr,
     mode: ProxyMode,
-    shared: Arc<Shared>,
-    process: Arc<Process>,
+    shared: Arc<ConfigState>,
+    process: Arc<ProcessState>,
     /// The client's place in the total and per-client counts (given back
     /// when it ends).
     admitted: Option<Place>,
@@ -156,8 +160,8 @@ impl Session {
         stream: TcpStream,
         peer: SocketAddr,
         listener: &ListenerConfig,
-        shared: Arc<Shared>,
-        process: Arc<Process>,
+        shared: Arc<ConfigState>,
+        process: Arc<ProcessState>,
     ) -> Self {
         Self {
             stream: Channel::Plain(stream),
@@ -234,7 +238,7 @@ impl Session {
 
     /// Hands the client to the waiting room, or, without one (or when its
     /// socket cannot leave the runtime), ends the session.
-    fn park(self, waiting: Box<Waiting>, cut: CancellationToken, token: TaskTrackerToken) {
+    fn park(self, waiting: Box<GreetWait>, cut: CancellationToken, token: TaskTrackerToken) {
         let Some(room) = self.process.room.clone() else {
             return;
         };
@@ -292,135 +296,6 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 
 impl<S: ClientIo> Session<Channel<S>> {
-    /// Reads the header of a listed proxy within `proxy.timeout`.
-    async fn read_proxy_header(&mut self) -> Phase {
-        let deadline = Instant::now() + self.shared.config.proxy.timeout;
-        loop {
-            match proxy::parse(&self.buffer) {
-                Ok(Parsed::Complete { header, length }) => {
-                    let _ = self.buffer.split_to(length);
-                    if self.buffer.is_empty() {
-                        // A waiting client holds no buffer until it talks.
-                        self.buffer = BytesMut::new();
-                    }
-                    return self.after_header(header);
-                }
-                Ok(Parsed::Incomplete) => {}
-                Err(error) => {
-                    self.count(Counted::ProxyRefused);
-                    log::proxy_invalid(self.peer, &error, &self.buffer);
-                    self.send(reply::INVALID_PROXY_HEADER).await;
-                    return Phase::Closed;
-                }
-            }
-            self.buffer.reserve(256);
-            match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
-                Err(_) => {
-                    self.count(Counted::ProxyRefused);
-                    log::proxy_timeout(self.peer);
-                    self.send(reply::PROXY_TIMED_OUT).await;
-                    return Phase::Closed;
-                }
-                Ok(Ok(0)) => {
-                    log::proxy_eof(self.peer, &self.buffer);
-                    return Phase::Closed;
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    log::proxy_read_error(self.peer, &error);
-                    return Phase::Closed;
-                }
-            }
-        }
-    }
-
-    /// A v2 LOCAL header, or a header whose source is itself a listed proxy,
-    /// is a health check; any other header names the real client.
-    fn after_header(&self, header: Header) -> Phase {
-        match header {
-            Header::Local => Phase::HealthCheck(None),
-            Header::Proxied {
-                source,
-                destination,
-                ..
-            } if self.shared.config.proxy_hosts.contains(source.ip()) => {
-                Phase::HealthCheck(Some(destination))
-            }
-            Header::Proxied {
-                source,
-                destination,
-                tlvs,
-            } => Phase::Screen(Client {
-                address: source,
-                destination,
-                tlvs,
-            }),
-        }
-    }
-
-    /// Answers a health check: a single-line 220 when a backend is alive
-    /// (421 when none is), then HELO/EHLO/NOOP/RSET/QUIT. Logged at debug
-    /// level only.
-    async fn health_check(&mut self, checked: Option<SocketAddr>) -> Phase {
-        self.count(Counted::HealthCheck);
-        // A check of an address that routes to a cluster answers for that
-        // cluster; any other for all of them.
-        let config = &self.shared.config;
-        let cluster = checked
-            .filter(|destination| {
-                config
-                    .routes
-                    .iter()
-                    .any(|route| route.matches(*destination, self.listening))
-            })
-            .map(|destination| config.cluster_for(destination, self.listening).to_string());
-        // Drained backends take no client: a node whose backends are all
-        // drained answers as one with none up, so HAProxy sends nobody.
-        let alive = self.shared.pool.availability(cluster.as_deref()) == Availability::Ready;
-        log::health_check(self.peer, alive);
-        if !alive {
-            self.send(reply::SERVER_PORTS_BUSY).await;
-            return Phase::Closed;
-        }
-        let hostname = self.shared.config.hostname.clone();
-        self.send(&reply::plain_banner(&hostname)).await;
-        for _ in 0..health::MAX_COMMANDS {
-            let line = loop {
-                match next_line(&mut self.buffer, HEALTH_LINE_LIMIT) {
-                    Ok(Some(line)) => break line,
-                    Ok(None) => {}
-                    Err(_) => {
-                        self.send(&reply::service_unavailable(&hostname)).await;
-                        log::health_check_ended(self.peer, "line too long");
-                        return Phase::Closed;
-                    }
-                }
-                match self.read_within(HEALTH_COMMAND_TIMEOUT).await {
-                    Read::TimedOut => {
-                        self.send(&reply::timeout_exceeded(&hostname)).await;
-                        log::health_check_ended(self.peer, "timeout");
-                        return Phase::Closed;
-                    }
-                    Read::Closed => {
-                        log::health_check_ended(self.peer, "hang-up");
-                        return Phase::Closed;
-                    }
-                    Read::Data => {}
-                }
-            };
-            match health::answer(&line, &hostname) {
-                Step::Reply(text) => self.send(&text).await,
-                Step::ReplyAndClose(text) => {
-                    self.send(&text).await;
-                    return Phase::Closed;
-                }
-            }
-        }
-        self.send(&reply::service_unavailable(&hostname)).await;
-        log::health_check_ended(self.peer, "too many commands");
-        Phase::Closed
-    }
-
     /// A client that is not a listed proxy sent a PROXY header (`input`),
     /// before its handoff or in the middle of the relay: Haraka's soft
     /// refusal, and the connection closes.
@@ -452,7 +327,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 log::too_many_connections(client.address);
                 reply::TOO_MANY_CONNECTIONS.to_string()
             }
-            Refusal::Screening => {
+            Refusal::TestRecord => {
                 log::screening_busy(client.address);
                 reply::SCREENING_PORTS_BUSY.to_string()
             }
@@ -532,48 +407,6 @@ impl<S> Session<S> {
             buffer,
         };
         (had, session)
-    }
-}
-
-/// A session in the waiting room: all of it but its socket.
-pub struct Parked {
-    session: Session<()>,
-    /// Inline: one allocation per parked client.
-    waiting: Waiting,
-    cut: CancellationToken,
-    token: TaskTrackerToken,
-}
-
-impl Resumable for Parked {
-    fn resume(
-        self: Box<Self>,
-        stream: std::net::TcpStream,
-        woken: Woken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(self.go_on(stream, woken))
-    }
-}
-
-impl Parked {
-    /// Goes on with the greet wait on `stream`, handed back by the room
-    /// for `woken`.
-    async fn go_on(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
-        let Parked {
-            session,
-            mut waiting,
-            cut,
-            token,
-        } = *self;
-        session.process.metrics.resumed(woken == Woken::Readable);
-        waiting.woken(woken == Woken::Readable);
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(error) => return log::waiting_room_failed(&error),
-        };
-        let ((), session) = session.with_stream(Channel::Plain(stream));
-        session
-            .run_from(Phase::Wait(Box::new(waiting)), cut, token)
-            .await;
     }
 }
 

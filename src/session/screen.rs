@@ -12,7 +12,7 @@ impl Session {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let pipeline = &shared.pipeline;
-        let mut screening = Screening::default();
+        let mut screening = TestRecord::default();
         match pipeline.connect(&client, &self.process.metrics) {
             AtConnect::Permit => {
                 self.count(Counted::Allowlisted);
@@ -99,7 +99,7 @@ impl Session {
             Box::pin(self.send(&reply::teaser(&banner))).await;
         }
         let waits = pipeline.start_waits(&client, |name| !passed(name));
-        Phase::Wait(Box::new(Waiting {
+        Phase::Wait(Box::new(GreetWait {
             client,
             screening,
             previous: previous.map(Box::new),
@@ -115,7 +115,7 @@ impl Session {
 
     /// The greet wait and its verdict; or, when only the client's first
     /// bytes (or the deadline) are left to wait for, the waiting room.
-    pub(super) async fn wait(&mut self, mut waiting: Box<Waiting>) -> Phase {
+    pub(super) async fn wait(&mut self, mut waiting: Box<GreetWait>) -> Phase {
         match self.greet_wait(&mut waiting).await {
             WaitEnd::Over => {}
             WaitEnd::Park => return Phase::Park(waiting),
@@ -127,7 +127,7 @@ impl Session {
             return Box::pin(self.drop_client(&waiting.client, &rejection)).await;
         }
         let names = waiting.waits.names();
-        let Waiting {
+        let GreetWait {
             client,
             mut screening,
             previous,
@@ -152,7 +152,7 @@ impl Session {
     /// until the deadline or until the verdict cannot change; or until
     /// only the client's first bytes or the deadline are left to wait for,
     /// when the waiting room can hold the client for less.
-    async fn greet_wait(&mut self, waiting: &mut Waiting) -> WaitEnd {
+    async fn greet_wait(&mut self, waiting: &mut GreetWait) -> WaitEnd {
         let config = Arc::clone(&self.shared.config);
         let client = &waiting.client;
         loop {
@@ -203,7 +203,7 @@ impl Session {
                 read = self.stream.read_buf(&mut self.buffer), if watching => match read {
                     Ok(0) | Err(_) => {
                         self.count(Counted::Hangup);
-                        log::hangup(client.address, waiting.started.elapsed(), Stage::BeforeHandshake);
+                        log::hangup(client.address, waiting.started.elapsed(), HangupPhase::BeforeHandshake);
                         log::disconnect(client.address);
                         return WaitEnd::Ended(Phase::Closed);
                     }
@@ -229,7 +229,7 @@ impl Session {
     fn verdict(
         &mut self,
         client: Client,
-        screening: &Screening,
+        screening: &TestRecord,
         previous: Option<Entry>,
         due: Due,
         names: ClientNames,
@@ -306,7 +306,7 @@ impl Session {
         &self,
         waits: &Waits,
         client: &Client,
-        screening: &mut Screening,
+        screening: &mut TestRecord,
     ) -> Option<Rejection> {
         let scores = waits.scores();
         if scores.is_empty() {
@@ -365,9 +365,9 @@ impl Session {
 
 /// A client in the greet wait, and what its screening learned so far.
 #[derive(Debug)]
-pub(super) struct Waiting {
+pub(super) struct GreetWait {
     client: Client,
-    screening: Screening,
+    screening: TestRecord,
     /// The client's pass-cache record (boxed: most waiting clients are new).
     previous: Option<Box<Entry>>,
     /// The teaser went out: the pregreet test runs.
@@ -384,7 +384,7 @@ pub(super) struct Waiting {
     deadline: Instant,
 }
 
-impl Waiting {
+impl GreetWait {
     /// The waiting room handed the client back: `readable`, or at its
     /// deadline.
     pub(super) fn woken(&mut self, readable: bool) {

@@ -16,11 +16,11 @@ fn over_duplex(sections: &str) -> (Session<Channel<DuplexStream>>, DuplexStream)
         "hostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:9\"\n[cache]\nstore = \"memory\"\n{sections}"
     );
     let config = Config::parse(&text, Path::new("/nonexistent/doorman.toml")).expect("config");
-    let process = Process {
+    let process = ProcessState {
         registry: Arc::new(Registry::standard()),
-        ..Process::default()
+        ..ProcessState::default()
     };
-    let shared = Arc::new(Shared::new(config, None, &process).expect("shared"));
+    let shared = Arc::new(ConfigState::new(config, None, &process).expect("shared"));
     let (client, server) = duplex(8192);
     let session = Session {
         stream: Channel::Plain(server),

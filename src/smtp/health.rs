@@ -13,7 +13,7 @@ pub const MAX_COMMANDS: usize = 10;
 
 /// What to do after a check's command.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum CheckReply {
     /// Send this reply and read the next command.
     Reply(String),
     /// Send this reply and close.
@@ -21,12 +21,12 @@ pub enum Step {
 }
 
 /// The answer to one command of a health check.
-pub fn answer(line: &Line, hostname: &str) -> Step {
+pub fn answer(line: &Line, hostname: &str) -> CheckReply {
     match line.verb().as_str() {
-        "HELO" | "EHLO" => Step::Reply(reply::helo(hostname)),
-        "NOOP" | "RSET" => Step::Reply(reply::OK.to_string()),
-        "QUIT" => Step::ReplyAndClose(reply::BYE.to_string()),
-        _ => Step::Reply(reply::NOT_RECOGNIZED.to_string()),
+        "HELO" | "EHLO" => CheckReply::Reply(reply::helo(hostname)),
+        "NOOP" | "RSET" => CheckReply::Reply(reply::OK.to_string()),
+        "QUIT" => CheckReply::ReplyAndClose(reply::BYE.to_string()),
+        _ => CheckReply::Reply(reply::NOT_RECOGNIZED.to_string()),
     }
 }
 
@@ -45,23 +45,23 @@ mod tests {
     fn check_dialogue() {
         assert_eq!(
             answer(&line("HELO localhost"), "mx"),
-            Step::Reply("250 mx\r\n".into())
+            CheckReply::Reply("250 mx\r\n".into())
         );
         assert_eq!(
             answer(&line("ehlo x"), "mx"),
-            Step::Reply("250 mx\r\n".into())
+            CheckReply::Reply("250 mx\r\n".into())
         );
         assert_eq!(
             answer(&line("NOOP"), "mx"),
-            Step::Reply("250 2.0.0 Ok\r\n".into())
+            CheckReply::Reply("250 2.0.0 Ok\r\n".into())
         );
         assert_eq!(
             answer(&line("QUIT"), "mx"),
-            Step::ReplyAndClose("221 2.0.0 Bye\r\n".into())
+            CheckReply::ReplyAndClose("221 2.0.0 Bye\r\n".into())
         );
         assert_eq!(
             answer(&line("MAIL FROM:<>"), "mx"),
-            Step::Reply("502 5.5.2 Error: command not recognized\r\n".into())
+            CheckReply::Reply("502 5.5.2 Error: command not recognized\r\n".into())
         );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::Rbldnsd;
-use doorman::screen::{Judgement, Thresholds};
+use doorman::verdict::{Judgement, Thresholds};
 use doorman_dnsbl::gate::findings;
 use doorman_dnsbl::{Answer, Dnsbl, Settings, Site};
 use std::collections::HashMap;

@@ -15,7 +15,7 @@ use doorman::config::{Config, Registry};
 use doorman::listener::Server;
 use doorman_gate_api::{
     Action, BuildError, Client, Command, Finding, Gate, GateFuture, GateSection, Rejection,
-    Resources, Score, SectionError, Shared, Stage, Verdict, Waiting,
+    Resources, Score, SectionContext, SectionError, Stage, Verdict, Waiting,
 };
 
 /// The probe's own `[probe]` section.
@@ -38,14 +38,18 @@ fn five() -> i32 {
 }
 
 impl GateSection for ProbeSection {
-    fn check(&mut self, _: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         if !self.trap.contains('@') {
             return Err(SectionError::key("trap", "trap must be an address"));
         }
         Ok(())
     }
 
-    fn build(&self, _: &Shared, _: &Resources) -> Result<Option<Arc<dyn Gate>>, BuildError> {
+    fn build(
+        &self,
+        _: &SectionContext,
+        _: &Resources,
+    ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         Ok(Some(Arc::new(Probe {
             refused: self.refused.clone(),
             listed: self.listed.clone(),

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use doorman_gate_api::section::read_named_file;
-use doorman_gate_api::{Action, BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use doorman_gate_api::{
+    Action, BuildError, Gate, GateSection, Resources, SectionContext, SectionError,
+};
 use serde::Deserialize;
 
 use crate::{AccessError, AccessList};
@@ -26,7 +28,7 @@ pub struct AccessSection {
 }
 
 impl GateSection for AccessSection {
-    fn check(&mut self, shared: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, shared: &SectionContext) -> Result<(), SectionError> {
         let Some(file) = &self.file else {
             return Ok(());
         };
@@ -56,7 +58,11 @@ impl GateSection for AccessSection {
         Ok(())
     }
 
-    fn build(&self, _: &Shared, _: &Resources) -> Result<Option<Arc<dyn Gate>>, BuildError> {
+    fn build(
+        &self,
+        _: &SectionContext,
+        _: &Resources,
+    ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         Ok(self
             .list
             .clone()

@@ -24,8 +24,8 @@ use std::time::Duration;
 pub mod section;
 
 pub use section::{
-    AnswerStore, BuildError, GateMetrics, GateSection, ResolverSettings, Resources, SectionError,
-    Shared,
+    AnswerStore, BuildError, GateMetrics, GateSection, ResolverSettings, Resources, SectionContext,
+    SectionError,
 };
 
 /// One PROXY protocol v2 TLV as the proxy sent it (type and raw value).

@@ -20,7 +20,7 @@ use crate::{EventCounter, Gate, GateFuture, RecordStore};
 
 /// What a gate's section may use from the rest of the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shared {
+pub struct SectionContext {
     /// The name doorman gives itself in replies (`hostname`).
     pub hostname: String,
     /// The folder relative paths are taken from: the config file's.
@@ -179,13 +179,13 @@ pub trait GateSection: serde::de::DeserializeOwned + fmt::Debug + Send + Sync + 
     /// Checks the section once it is read, and loads what it names (a file
     /// relative to `shared.base`). An absent section is read as an empty
     /// table first, so this sees the defaults.
-    fn check(&mut self, shared: &Shared) -> Result<(), SectionError>;
+    fn check(&mut self, shared: &SectionContext) -> Result<(), SectionError>;
 
     /// Builds the gate; `None` when the section leaves it nothing to do
     /// (a list with no entries, say).
     fn build(
         &self,
-        shared: &Shared,
+        shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError>;
 }

@@ -92,7 +92,7 @@ pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
 
 impl Settings {
     /// Settings for `sites` with the shared resolver's and cache's.
-    pub fn new(sites: Vec<Site>, shared: &doorman_gate_api::Shared) -> Self {
+    pub fn new(sites: Vec<Site>, shared: &doorman_gate_api::SectionContext) -> Self {
         let resolver = &shared.resolver;
         Self {
             sites,

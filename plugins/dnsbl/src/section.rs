@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
 use serde::Deserialize;
 
 use crate::gate::DnsblGate;
@@ -30,7 +30,7 @@ pub struct DnsblSection {
 }
 
 impl GateSection for DnsblSection {
-    fn check(&mut self, _: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         self.parsed = self
             .sites
             .iter()
@@ -45,7 +45,7 @@ impl GateSection for DnsblSection {
 
     fn build(
         &self,
-        shared: &Shared,
+        shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         if self.parsed.is_empty() {

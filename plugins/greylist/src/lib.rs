@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use doorman_gate_api::{
     smtpd_reject_line, BuildError, Client, Command, EventCounter, Gate, GateFuture, GateSection,
-    RecordStore, Rejection, Reply, Resources, SectionError, Shared, Stage, StoreDown, Verdict,
+    RecordStore, Rejection, Reply, Resources, SectionContext, SectionError, Stage, StoreDown,
+    Verdict,
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -101,7 +102,7 @@ fn default_text() -> String {
 const DAY: u64 = 86400;
 
 impl GateSection for Settings {
-    fn check(&mut self, _: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         SectionError::within("delay", self.delay, Duration::from_secs(DAY))?;
         SectionError::within(
             "retry_window",
@@ -129,7 +130,7 @@ impl GateSection for Settings {
 
     fn build(
         &self,
-        _: &Shared,
+        _: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         Ok(Some(Arc::new(GreylistGate::new(

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
 use serde::Deserialize;
 
 use crate::protocol::meaning;
@@ -52,7 +52,7 @@ fn default_action() -> String {
 }
 
 impl GateSection for PolicySection {
-    fn check(&mut self, _: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         if self.address.is_none() {
             return Err(SectionError::key(
                 "",
@@ -79,7 +79,7 @@ impl GateSection for PolicySection {
 
     fn build(
         &self,
-        shared: &Shared,
+        shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         let Some(address) = &self.address else {

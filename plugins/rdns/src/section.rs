@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionError, Shared};
+use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
 use serde::Deserialize;
 
 use crate::{RdnsGate, Settings, Weights};
@@ -33,11 +33,15 @@ fn default_one() -> i32 {
 }
 
 impl GateSection for RdnsSection {
-    fn check(&mut self, _: &Shared) -> Result<(), SectionError> {
+    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         Ok(())
     }
 
-    fn build(&self, shared: &Shared, _: &Resources) -> Result<Option<Arc<dyn Gate>>, BuildError> {
+    fn build(
+        &self,
+        shared: &SectionContext,
+        _: &Resources,
+    ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         let resolver = &shared.resolver;
         let settings = Settings {
             weights: Weights {

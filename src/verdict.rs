@@ -128,7 +128,7 @@ impl Thresholds {
 
 /// The tests of one connection.
 #[derive(Clone, Debug, Default)]
-pub struct Screening {
+pub struct TestRecord {
     failures: Vec<Rejection>,
     passed: Vec<(&'static str, Duration)>,
     allowlisted: Option<Duration>,
@@ -142,7 +142,7 @@ pub const PREGREET_STATUS: &str = "5.5.1";
 /// The text of the reply to a pregreeter (postscreen's).
 pub const PREGREET_TEXT: &str = "Protocol error";
 
-impl Screening {
+impl TestRecord {
     /// Records a failed test.
     pub fn fail(&mut self, rejection: Rejection) {
         self.failures.push(rejection);
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn the_latest_enforce_wins_and_ignore_is_not_cached() {
         let now = SystemTime::now();
-        let mut s = Screening::default();
+        let mut s = TestRecord::default();
         s.fail(rejection(Action::Ignore, "a"));
         assert_eq!(s.decide(None, now), Decision::HandOff { pass: None });
         s.fail(rejection(Action::Enforce, "b"));
@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn an_undecided_test_remembers_nothing() {
         let now = SystemTime::now();
-        let mut s = Screening::default();
+        let mut s = TestRecord::default();
         s.pass("pregreet", Duration::from_secs(86400));
         s.undecided();
         assert_eq!(s.decide(None, now), Decision::HandOff { pass: None });
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn passes_are_recorded_with_their_ttls() {
         let now = SystemTime::now();
-        let mut s = Screening::default();
+        let mut s = TestRecord::default();
         s.pass("pregreet", Duration::from_secs(86400));
         s.pass("dnsbl", Duration::from_secs(60));
         let Decision::HandOff { pass: Some(entry) } = s.decide(None, now) else {
@@ -331,7 +331,7 @@ mod tests {
         assert!(entry.passed(Test::Pregreet, now + Duration::from_secs(3600)));
         assert!(!entry.passed(Test::Dnsbl, now + Duration::from_secs(61)));
 
-        let mut allow = Screening::default();
+        let mut allow = TestRecord::default();
         allow.allowlist(Duration::from_secs(300));
         let Decision::HandOff { pass: Some(entry) } = allow.decide(None, now) else {
             panic!("passes")

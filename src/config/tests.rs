@@ -1,0 +1,152 @@
+//! The config tests: defaults, sections, errors with their lines, and the
+//! old `[dnsbl]` score keys.
+
+use super::*;
+
+const MINIMAL: &str = "hostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[[backend]]\naddress = \"127.0.0.1:10026\"\n";
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::parse(MINIMAL, Path::new("/etc/doorman/doorman.toml")).expect("ok");
+    assert_eq!(config.proxy.timeout, Duration::from_secs(30));
+    assert_eq!(config.backends[0].send_proxy, SendProxy::V2);
+    assert_eq!(config.backends[0].connect_timeout, Duration::from_secs(5));
+    assert_eq!(config.listeners[0].proxy, ProxyMode::Optional);
+    assert!(config.proxy_hosts.is_empty());
+    assert_eq!(config.greet_banner(), "mx.test ESMTP");
+    assert_eq!(config.greet.wait, Duration::from_secs(6));
+    assert_eq!(config.greet.ttl, Duration::from_secs(86400));
+    assert_eq!(config.score, ScoreSection::default());
+    assert_eq!(config.score.threshold, 1);
+    assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
+    assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
+    assert_eq!(config.cache.size, 100_000);
+    assert_eq!(config.engine.command_limit, 20);
+    assert_eq!(config.engine.line_length, 2048);
+    let gates: Vec<&str> = config.gate_sections.iter().map(|(name, _)| *name).collect();
+    assert_eq!(gates, ["access", "dnsbl"]);
+    assert!(config.deprecated.is_empty());
+}
+
+#[test]
+fn gating_sections() {
+    let text = format!(
+        "{MINIMAL}[greet]\nbanner = \"\"\naction = \"drop\"\n[dnsbl]\nsites = [\"zen.test=127.0.0.[2..11]*3\", \"wl.test*-2\"]\nallowlist_threshold = -1\nnameservers = [\"127.0.0.1:5300\"]\nreply_map = {{ \"zen.test\" = \"zen.example\" }}\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    assert_eq!(config.greet_banner(), "");
+    assert_eq!(config.greet.action, doorman_gate_api::Action::Drop);
+    assert_eq!(config.score.allowlist_threshold, -1);
+    assert_eq!(config.dnsbl.nameservers.len(), 1);
+    assert_eq!(config.deprecated.len(), 1, "{:?}", config.deprecated);
+    let bad = text.replace("*-2", "*two");
+    let shown = Config::parse(&bad, Path::new("d.toml"))
+        .expect_err("bad site")
+        .to_string();
+    assert!(
+        shown.starts_with("d.toml:10: bad DNSBL weight factor"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn errors_carry_file_and_line() {
+    let text = format!("{MINIMAL}send_proxy = \"v3\"\n");
+    let error = Config::parse(&text, Path::new("d.toml")).expect_err("bad value");
+    let shown = error.to_string();
+    assert!(shown.starts_with("d.toml:6: "), "{shown}");
+    assert!(shown.contains("v3"), "{shown}");
+
+    let text = MINIMAL.replace("[[backend]]", "bogus = 1\n[[backend]]");
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("unknown key")
+        .to_string();
+    assert!(shown.starts_with("d.toml:4: "), "{shown}");
+    assert!(shown.contains("bogus"), "{shown}");
+
+    let text = MINIMAL.replace("\"mx.test\"", "\"mx test\"");
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("bad hostname")
+        .to_string();
+    assert!(shown.starts_with("d.toml:1: "), "{shown}");
+}
+
+#[test]
+fn a_check_error_names_the_line_of_its_own_key() {
+    // The backend's connect_timeout is on line 4, the proxy timeout
+    // on line 7: a substring search would have named line 4.
+    let text = "hostname = \"h\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nconnect_timeout = \"2s\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n[proxy]\ntimeout = \"0s\"\n";
+    let shown = Config::parse(text, Path::new("d.toml"))
+        .expect_err("zero timeout")
+        .to_string();
+    assert_eq!(shown, "d.toml:8: proxy timeout must be above 0");
+    let text =
+        format!("{MINIMAL}[[backend]]\naddress = \"127.0.0.1:2\"\nconnect_timeout = \"0s\"\n");
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("zero connect timeout")
+        .to_string();
+    assert!(
+        shown.starts_with("d.toml:8: backend 127.0.0.1:2"),
+        "{shown}"
+    );
+    let text = format!("{MINIMAL}[greylist]\ndelay = \"2d\"\n");
+    let text = text.replace(
+        "hostname = \"mx.test\"",
+        "hostname = \"mx.test\"\ngates = [\"greylist\"]",
+    );
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("delay above its bound")
+        .to_string();
+    assert!(
+        shown.starts_with("d.toml:8: delay = \"2days\": at most \"1day\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn score_takes_the_old_dnsbl_keys_as_aliases() {
+    let old = format!("{MINIMAL}[dnsbl]\nthreshold = 3\naction = \"enforce\"\n");
+    let config = Config::parse(&old, Path::new("d.toml")).expect("aliases");
+    assert_eq!(config.score.threshold, 3);
+    assert_eq!(config.score.action, doorman_gate_api::Action::Enforce);
+    assert_eq!(
+        config.deprecated,
+        [
+            "[dnsbl] threshold is deprecated: it is [score] threshold now, which judges every gate's weights",
+            "[dnsbl] action is deprecated: it is [score] action now, which judges every gate's weights",
+        ]
+    );
+    let new = format!("{MINIMAL}[score]\nthreshold = 3\naction = \"enforce\"\n");
+    let config = Config::parse(&new, Path::new("d.toml")).expect("score");
+    assert_eq!(config.score.threshold, 3);
+    assert!(config.deprecated.is_empty());
+    let both = format!("{MINIMAL}[score]\nthreshold = 3\n[dnsbl]\nthreshold = 2\n");
+    let shown = Config::parse(&both, Path::new("d.toml"))
+        .expect_err("both")
+        .to_string();
+    assert!(
+        shown.starts_with("d.toml:9: [dnsbl] threshold is the old name"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn durations_and_modes() {
+    let text = "hostname = \"h\"\n[proxy]\ntimeout = \"1500ms\"\n[[listener]]\naddress = \"[::1]:2525\"\nproxy = \"optional\"\n[[backend]]\naddress = \"127.0.0.1:1\"\nsend_proxy = \"none\"\nconnect_timeout = \"2s\"\n";
+    let config = Config::parse(text, Path::new("x.toml")).expect("ok");
+    assert_eq!(config.proxy.timeout, Duration::from_millis(1500));
+    assert_eq!(config.backends[0].send_proxy, SendProxy::None);
+    assert_eq!(config.listeners[0].address, "[::1]:2525".parse().unwrap());
+}
+
+#[test]
+fn required_mode_needs_hosts() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nproxy = \"required\"",
+    );
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("needs hosts")
+        .to_string();
+    assert!(shown.contains("hosts_file"), "{shown}");
+}

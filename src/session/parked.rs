@@ -1,0 +1,47 @@
+//! A session in the waiting room: everything but its socket, and how it
+//! goes on when the room hands the socket back. It touches nothing but the
+//! session and the waiting room's types.
+
+use super::*;
+
+/// A session in the waiting room: all of it but its socket.
+pub struct Parked {
+    pub(super) session: Session<()>,
+    /// Inline: one allocation per parked client.
+    pub(super) waiting: GreetWait,
+    pub(super) cut: CancellationToken,
+    pub(super) token: TaskTrackerToken,
+}
+
+impl Resumable for Parked {
+    fn resume(
+        self: Box<Self>,
+        stream: std::net::TcpStream,
+        woken: Woken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.go_on(stream, woken))
+    }
+}
+
+impl Parked {
+    /// Goes on with the greet wait on `stream`, handed back by the room
+    /// for `woken`.
+    async fn go_on(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
+        let Parked {
+            session,
+            mut waiting,
+            cut,
+            token,
+        } = *self;
+        session.process.metrics.resumed(woken == Woken::Readable);
+        waiting.woken(woken == Woken::Readable);
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => return log::waiting_room_failed(&error),
+        };
+        let ((), session) = session.with_stream(Channel::Plain(stream));
+        session
+            .run_from(Phase::Wait(Box::new(waiting)), cut, token)
+            .await;
+    }
+}
