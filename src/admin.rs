@@ -10,6 +10,9 @@
 //! `Authorization: Bearer <token>` (the token of `[admin] token_file`);
 //! any other gets 401, and the attempt is logged with the peer. Request
 //! bodies are never read, and a request's head is bounded by hyper.
+//!
+//! It reads the running state (config, director, pool) and never touches a
+//! session.
 
 use std::convert::Infallible;
 use std::io;

@@ -13,6 +13,9 @@
 //! - otherwise `ready NN%`: 100% at rest, falling as the screening places
 //!   fill, to [`FLOOR`]% when they are full, so a node under a flood gets
 //!   fewer new clients than its idle peers.
+//!
+//! It reads the pool's availability and never touches a session or the
+//! config.
 
 use std::io;
 use std::sync::atomic::Ordering;

@@ -7,6 +7,9 @@
 //! `check_interval` (a fleet acts as one); with the embedded store it
 //! survives restarts of this instance. A flush ends the backend's relayed
 //! sessions `flush_grace` after it is asked for, on every instance.
+//!
+//! It imports nothing from the crate: the pool and the stores use it, not
+//! the other way round.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

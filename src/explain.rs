@@ -8,6 +8,9 @@
 //! [`Thresholds::judge`]. A gate written for a build of its own shows up
 //! the same way. The greet test is behaviour, not data, so it is only
 //! named.
+//!
+//! It builds gates as the runtime does but opens no listener and touches no
+//! session or store of the running doorman.
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -4,6 +4,8 @@
 //! Each takes arbitrary bytes, drives one parser the way doorman does, and
 //! checks the invariants the rest of doorman relies on. None may panic,
 //! loop forever or allocate without bound.
+//!
+//! It calls the sans-IO parsers only; no socket, runtime or file.
 
 use std::path::Path;
 

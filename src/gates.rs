@@ -14,6 +14,9 @@
 //! 2. Its section: a serde type in the crate that implements
 //!    `GateSection` (check it, build the gate from it).
 //! 3. One line in `Registry::standard`, and the crate in `Cargo.toml`.
+//!
+//! It knows gates only through the gate API and the config's checked
+//! sections; it never touches a session's I/O.
 
 use std::future::poll_fn;
 use std::sync::Arc;

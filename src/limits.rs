@@ -16,6 +16,8 @@
 //!
 //! Stress mode follows postscreen: when screening reaches 90% of its limit,
 //! the greet wait drops to 2 s until screening falls back to 70%.
+//!
+//! It counts and decides; it writes no reply and touches no socket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -9,6 +9,9 @@
 //! them), an invalid one is refused and the running one stays. When the
 //! shutdown future completes, the loops stop accepting, live sessions get
 //! the grace period to finish, and whatever is left is then closed.
+//!
+//! It is the one place that owns the listening sockets and the reload; it
+//! never speaks SMTP itself.
 
 use std::future::Future;
 use std::io;

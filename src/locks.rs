@@ -3,6 +3,8 @@
 //! The data behind doorman's own short locks (a byte buffer, a list of
 //! arrivals) stays valid whatever a panicking holder left half done, so a
 //! poisoned lock is taken as it is rather than spreading the panic.
+//!
+//! It imports nothing from the crate.
 
 use std::sync::{Mutex, MutexGuard};
 

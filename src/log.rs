@@ -5,6 +5,9 @@
 //! pflogsumm parse it. Every
 //! line goes through `tracing`. Client-supplied bytes are C-escaped, so no
 //! client can forge a log line.
+//!
+//! It sits at the bottom: it imports nothing from the crate, and its callers
+//! hand it what to print.
 
 use std::io;
 use std::net::SocketAddr;

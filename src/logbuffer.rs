@@ -11,6 +11,8 @@
 //! flood's lines take a write per batch, not per line. Memory is bounded:
 //! past [`MAX_PENDING`] bytes (stderr blocked), lines are counted and
 //! dropped, and the count is written once stderr takes lines again.
+//!
+//! It touches nothing but the lock helper and stderr.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};

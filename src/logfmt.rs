@@ -9,6 +9,8 @@
 //! - On stderr, lines are written in batches ([`crate::logbuffer`]).
 //! - `syslog = true`: each line goes as one datagram to the local syslog
 //!   socket, with the mail facility's priority, and syslog adds the host.
+//!
+//! It reads only the `[log]` section; it never decides what is logged.
 
 use std::fmt;
 use std::io;

@@ -11,6 +11,9 @@
 //! glibc is asked to return its free pages (`malloc_trim(0)`, on the
 //! blocking pool), and once more an interval later. A steady load never
 //! triggers it. Elsewhere than glibc only the caches are rebuilt.
+//!
+//! It touches the gates' caches through the shared state only, and no
+//! session.
 
 use std::sync::Arc;
 use std::time::Duration;

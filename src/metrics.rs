@@ -2,6 +2,8 @@
 //!
 //! Label values come only from fixed names and from the config (DNSBL zones,
 //! backend addresses), never from clients, so the series stay bounded.
+//!
+//! It counts; it never decides anything.
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! What every session of one config shares: the config snapshot, the
 //! backend pool, the gates and the pass cache.
+//!
+//! It builds and holds state; it runs no session and owns no socket.
 
 use std::sync::Arc;
 

@@ -9,6 +9,9 @@
 //!
 //! The dialogue and the DATA reader are sans-IO ([`Dialogue`],
 //! [`DataReader`]); [`serve`] does the I/O.
+//!
+//! It is a separate command: it uses the PROXY reader and the SMTP line
+//! reader, and nothing of the front door's runtime.
 
 use std::io;
 use std::net::SocketAddr;

@@ -9,6 +9,8 @@
 //! not be decided in time (a DNS answer still outstanding) lets it through
 //! without remembering anything either; and a client with no failure
 //! passes, and its passes are cached.
+//!
+//! It is sans-IO: no socket, no log line, no reply is written here.
 
 use std::time::{Duration, SystemTime};
 

@@ -12,6 +12,9 @@
 //! parked socket (bytes, a hang-up, an error), its deadline, or the room's
 //! closing, hands the socket and its item back through the `wake` function
 //! (or drops them, when closing), and the session goes on where it was.
+//!
+//! It knows parked sessions only as `Resumable`; it never imports the
+//! session.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

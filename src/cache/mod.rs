@@ -12,6 +12,9 @@
 //! Every write also lands in the bounded in-memory LRU, which answers when
 //! the store cannot (Redis down, a file error), so the cache fails open to
 //! what this instance knows.
+//!
+//! It imports only the `[cache]` section from the config; it never touches a
+//! session or a gate.
 
 pub mod embedded;
 pub mod entry;

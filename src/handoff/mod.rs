@@ -10,6 +10,10 @@
 //!   judge MAIL and RCPT.
 //! - [`relay`]: the byte copy in both directions once a backend took the
 //!   client.
+//!
+//! It is given a client that passed and never reads the verdict; its
+//! gated relay only asks the pipeline's engine gates about the MAIL and
+//! RCPT commands that follow a replay.
 
 pub mod backend_io;
 pub mod balance;

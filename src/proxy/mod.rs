@@ -4,6 +4,9 @@
 //! proxy has sent so far and says "incomplete", "here is the header and its
 //! length", or why the bytes are not a valid header. [`write`] builds the
 //! header doorman sends to its backends.
+//!
+//! It is sans-IO (the reader) and byte-building (the writer): no socket, no
+//! log line.
 
 pub mod read;
 pub mod write;

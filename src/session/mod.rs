@@ -15,6 +15,9 @@
 //!   ├─► Enforce (built-in engine, every RCPT refused) ─► Closed
 //!   └─► Closed (drop: 521)
 //! ```
+//!
+//! It is the one place that does a client's I/O; it names no gate (the
+//! pipeline does).
 
 mod engine;
 mod handoff;

@@ -8,6 +8,8 @@
 //!   client under an `enforce` action, as postscreen's dummy engine does.
 //! - [`response`]: the sans-IO reader of a backend's (multi-line) reply.
 //! - [`health`]: the sans-IO dialogue for HAProxy's health checks.
+//!
+//! It is sans-IO: no socket and no deadline; it never reads the config.
 
 pub mod deep;
 pub mod engine;
