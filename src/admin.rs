@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use crate::director::{describe, Change};
 use crate::handoff::{Availability, BackendStatus};
 use crate::log::{self, Endpoint};
+use crate::metrics::Live;
 use crate::shared::{ConfigState, ProcessState};
 
 /// Binds the admin listener.
@@ -135,7 +136,13 @@ async fn respond(
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            process.metrics.render(&shared.pool.status()),
+            process.metrics.render(&Live {
+                backends: &shared.pool.status(),
+                screening: process.limits.screening(),
+                screening_limit: shared.config.limits.screening,
+                store_up: shared.cache.store_up(),
+                certificates: shared.tls.as_ref().map_or(&[], |tls| tls.expiries()),
+            }),
         ),
         (&Method::POST, "/drain") | (&Method::POST, "/undrain") => {
             let draining = path == "/drain";

@@ -48,7 +48,7 @@ pub enum Refusal {
     /// Too many connections from this client.
     PerClient,
     /// Too many clients being screened.
-    TestRecord,
+    Screening,
     /// Too many clients of this network being screened.
     NetworkScreening(IpNet),
     /// Too many new connections from this network in the last minute: the
@@ -101,7 +101,7 @@ enum Kind {
     /// A client's place: in the total and in its network's count.
     Client(IpAddr),
     /// A screening place, and its network's (when that is limited).
-    TestRecord(Option<IpAddr>),
+    Screening(Option<IpAddr>),
 }
 
 /// The network `ip` counts as for the limits.
@@ -175,14 +175,14 @@ impl Limits {
         let now = self.screening.fetch_add(1, Ordering::SeqCst) + 1;
         let place = Place {
             limits: Arc::clone(self),
-            kind: Kind::TestRecord(counted),
+            kind: Kind::Screening(counted),
             screening_limit: settings.screening,
         };
         if per_network > 0 && of_network > per_network {
             return Err(Refusal::NetworkScreening(net));
         }
         if settings.screening > 0 && now > settings.screening {
-            return Err(Refusal::TestRecord);
+            return Err(Refusal::Screening);
         }
         self.update_stress(now, settings.screening);
         Ok(place)
@@ -276,7 +276,7 @@ impl Limits {
 impl Drop for Place {
     fn drop(&mut self) {
         match self.kind {
-            Kind::TestRecord(network) => {
+            Kind::Screening(network) => {
                 let now = self.limits.screening.fetch_sub(1, Ordering::SeqCst) - 1;
                 self.limits.update_stress(now, self.screening_limit);
                 if let Some(network) = network {
@@ -394,7 +394,7 @@ mod tests {
         places.truncate(7);
         assert!(!limits.stressed(), "back at 70%");
         let more: Vec<Place> = (0..3).map(|_| limits.screen(any, &s).unwrap()).collect();
-        assert_eq!(limits.screen(any, &s).unwrap_err(), Refusal::TestRecord);
+        assert_eq!(limits.screen(any, &s).unwrap_err(), Refusal::Screening);
         drop(more);
     }
 }

@@ -14,7 +14,12 @@ use doorman::logfmt;
 /// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
 /// screening, handoff to real smtpd backends.
 #[derive(Debug, Parser)]
-#[command(name = "doorman", version, about)]
+#[command(
+    name = "doorman",
+    version,
+    about,
+    after_long_help = "The configuration is described in doorman.toml(5); the package installs it as /etc/doorman/doorman.toml, with haproxy_hosts and access beside it."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,6 +80,12 @@ enum Command {
         /// The name in the sink's replies.
         #[arg(long, default_value = "sink.localhost")]
         hostname: String,
+    },
+    /// Write the man pages (doorman(8), one per subcommand) and the bash and zsh completions into DIR (for packagers).
+    #[command(hide = true)]
+    Generate {
+        /// The folder to write the `.8` pages, `doorman.bash` and `_doorman` into.
+        dir: PathBuf,
     },
 }
 
@@ -209,6 +220,7 @@ fn main() -> ExitCode {
             rt.block_on(doorman::sink::serve(listen, hostname, proxy))
                 .context("sink")
         }),
+        Command::Generate { dir } => generate(&dir),
     };
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -355,4 +367,34 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Writes doorman(8), a page per subcommand (`doorman-run(8)`, ...) and
+/// the shell completions, from the CLI definition.
+fn generate(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    write_pages(dir, &command, "doorman")?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh] {
+        clap_complete::generate_to(shell, &mut command.clone(), "doorman", dir)
+            .with_context(|| format!("{shell} completions"))?;
+    }
+    Ok(())
+}
+
+/// Writes `name.8` for `command`, then the pages of its visible
+/// subcommands as `name-sub.8`.
+fn write_pages(dir: &std::path::Path, command: &clap::Command, name: &str) -> anyhow::Result<()> {
+    let file = format!("{name}.8");
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone().name(name.to_string()))
+        .section("8")
+        .manual("System Manager's Manual")
+        .render(&mut page)
+        .with_context(|| file.clone())?;
+    std::fs::write(dir.join(&file), page).with_context(|| file.clone())?;
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        write_pages(dir, sub, &format!("{name}-{}", sub.get_name()))?;
+    }
+    Ok(())
 }

@@ -161,6 +161,15 @@ impl PassCache {
         }
     }
 
+    /// Whether the store answers now: Redis while its link is up; the
+    /// embedded and memory stores always.
+    pub fn store_up(&self) -> bool {
+        match &self.store {
+            Store::Redis(redis) => redis.is_up(),
+            Store::Embedded(_) | Store::Memory => true,
+        }
+    }
+
     /// The store gates keep records in: Redis, shared by the fleet; the
     /// embedded store's file; or this process's memory.
     pub fn record_store(&self) -> Arc<dyn RecordStore> {

@@ -222,6 +222,11 @@ impl RedisStore {
         written
     }
 
+    /// Whether the link to Redis is up now.
+    pub fn is_up(&self) -> bool {
+        self.link.lock().map(|l| l.is_some()).unwrap_or(false)
+    }
+
     fn mark_down(&self, why: &str) {
         if let Ok(mut link) = self.link.lock() {
             *link = None;

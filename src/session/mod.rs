@@ -330,7 +330,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 log::too_many_connections(client.address);
                 reply::TOO_MANY_CONNECTIONS.to_string()
             }
-            Refusal::TestRecord => {
+            Refusal::Screening => {
                 log::screening_busy(client.address);
                 reply::SCREENING_PORTS_BUSY.to_string()
             }

@@ -99,6 +99,8 @@ impl HandshakeError {
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     timeout: Duration,
+    /// Each certificate's chain file and its leaf's expiry (Unix time).
+    expiries: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -122,6 +124,19 @@ impl ServerTls {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
+        let expiries = certificates
+            .iter()
+            .filter_map(|certificate| {
+                let leaf = certificate.key.end_entity_cert().ok()?;
+                let seconds = expiry(leaf)?
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                Some((
+                    certificate.chain_file.display().to_string(),
+                    i64::try_from(seconds).unwrap_or(i64::MAX),
+                ))
+            })
+            .collect();
         let mut config = ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -135,7 +150,14 @@ impl ServerTls {
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             timeout: section.handshake_timeout,
+            expiries,
         })
+    }
+
+    /// Each certificate's chain file and the Unix time its leaf expires,
+    /// for the metrics.
+    pub fn expiries(&self) -> &[(String, i64)] {
+        &self.expiries
     }
 
     /// Runs the server handshake on `stream` within the handshake timeout.

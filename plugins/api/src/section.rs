@@ -151,8 +151,9 @@ pub trait AnswerStore: Send + Sync + fmt::Debug {
 pub trait GateMetrics: Send + Sync {
     /// One of `gate`'s own events (`doorman_gate_events_total`).
     fn event(&self, gate: &'static str, event: &'static str);
-    /// How long one DNS lookup in `zone` took.
-    fn lookup_latency(&self, zone: &str, took: Duration);
+    /// One DNS lookup in `zone`: how long it took, and whether it failed
+    /// (a timeout, SERVFAIL, a list's error code).
+    fn lookup(&self, zone: &str, took: Duration, failed: bool);
 }
 
 /// What the core lends a gate when it builds it.

@@ -87,8 +87,9 @@ pub struct Dnsbl {
     last_error_log: Mutex<HashMap<String, Instant>>,
 }
 
-/// Told the zone and the latency of every DNS lookup (for metrics).
-pub type Observer = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+/// Told the zone, the latency and whether it failed, of every DNS lookup
+/// (for metrics).
+pub type Observer = Arc<dyn Fn(&str, Duration, bool) + Send + Sync>;
 
 impl Settings {
     /// Settings for `sites` with the shared resolver's and cache's.
@@ -235,7 +236,11 @@ impl Dnsbl {
         let started = Instant::now();
         let answer = self.resolve(name).await;
         if let Some(observer) = &self.observer {
-            observer(zone, started.elapsed());
+            observer(
+                zone,
+                started.elapsed(),
+                matches!(answer, Answer::Failed { .. }),
+            );
         }
         match &answer {
             Answer::Listed { addresses, .. } => {

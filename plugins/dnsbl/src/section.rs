@@ -56,8 +56,8 @@ impl GateSection for DnsblSection {
             Settings::new(self.parsed.clone(), shared),
             resources.answer_store.clone(),
         )?
-        .observed(Arc::new(move |zone, took| {
-            metrics.lookup_latency(zone, took)
+        .observed(Arc::new(move |zone, took, failed| {
+            metrics.lookup(zone, took, failed)
         }));
         Ok(Some(Arc::new(DnsblGate::new(
             Arc::new(dnsbl),

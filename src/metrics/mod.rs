@@ -15,7 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::handoff::BackendStatus;
+mod live;
+
+pub use live::Live;
 
 /// How a client connection ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,14 +94,9 @@ struct SiteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BackendLabels {
-    backend: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClusterLabels {
-    backend: String,
-    cluster: String,
+struct LookupLabels {
+    site: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,11 +161,8 @@ pub struct Metrics {
     gate_events: Family<GateEventLabels, Counter>,
     agent_replies: Family<ResultLabels, Counter>,
     dnsbl_latency: Family<SiteLabels, Histogram>,
-    backend_up: Family<BackendLabels, Gauge>,
-    backend_active: Family<BackendLabels, Gauge>,
-    backend_weight: Family<BackendLabels, Gauge>,
-    backend_draining: Family<BackendLabels, Gauge>,
-    backend_cluster: Family<ClusterLabels, Gauge>,
+    dnsbl_lookups: Family<LookupLabels, Counter>,
+    live: live::LiveGauges,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
@@ -185,7 +179,7 @@ impl Default for Metrics {
             connections.clone(),
         );
         let tests = Family::<TestLabels, Counter>::default();
-        registry.register("doorman_tests", "TestRecord tests by result", tests.clone());
+        registry.register("doorman_tests", "Screening tests by result", tests.clone());
         let gate_events = Family::<GateEventLabels, Counter>::default();
         registry.register(
             "doorman_gate_events",
@@ -206,36 +200,13 @@ impl Default for Metrics {
             "DNSBL lookup latency by zone",
             dnsbl_latency.clone(),
         );
-        let backend_up = Family::<BackendLabels, Gauge>::default();
+        let dnsbl_lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
-            "doorman_backend_up",
-            "Whether health checks say a backend is up",
-            backend_up.clone(),
+            "doorman_dnsbl_lookups",
+            "DNS lookups of the DNSBL sites, by site and result (ok or failed)",
+            dnsbl_lookups.clone(),
         );
-        let backend_active = Family::<BackendLabels, Gauge>::default();
-        let backend_weight = Family::<BackendLabels, Gauge>::default();
-        registry.register(
-            "doorman_backend_weight",
-            "A backend's weight now (the operator's, else the config's)",
-            backend_weight.clone(),
-        );
-        let backend_draining = Family::<BackendLabels, Gauge>::default();
-        registry.register(
-            "doorman_backend_draining",
-            "Whether a backend takes no new clients (drained, weight 0 or flushed)",
-            backend_draining.clone(),
-        );
-        let backend_cluster = Family::<ClusterLabels, Gauge>::default();
-        registry.register(
-            "doorman_backend_cluster",
-            "The cluster of each backend (always 1)",
-            backend_cluster.clone(),
-        );
-        registry.register(
-            "doorman_backend_connections",
-            "Active client connections per backend",
-            backend_active.clone(),
-        );
+        let live = live::LiveGauges::register(&mut registry);
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         registry.register(
             "doorman_cache_lookups",
@@ -262,11 +233,8 @@ impl Default for Metrics {
             gate_events,
             agent_replies,
             dnsbl_latency,
-            backend_up,
-            backend_active,
-            backend_weight,
-            backend_draining,
-            backend_cluster,
+            dnsbl_lookups,
+            live,
             cache_lookups,
             reloads,
             handshakes,
@@ -349,36 +317,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the backends' current state.
-    pub fn render(&self, backends: &[BackendStatus]) -> String {
-        self.backend_up.clear();
-        self.backend_active.clear();
-        self.backend_weight.clear();
-        self.backend_draining.clear();
-        self.backend_cluster.clear();
-        for backend in backends {
-            let labels = BackendLabels {
-                backend: backend.address.to_string(),
-            };
-            self.backend_up
-                .get_or_create(&labels)
-                .set(i64::from(backend.healthy));
-            self.backend_active
-                .get_or_create(&labels)
-                .set(i64::try_from(backend.active).unwrap_or(i64::MAX));
-            self.backend_weight
-                .get_or_create(&labels)
-                .set(i64::from(backend.weight));
-            self.backend_draining
-                .get_or_create(&labels)
-                .set(i64::from(backend.draining));
-            self.backend_cluster
-                .get_or_create(&ClusterLabels {
-                    backend: backend.address.to_string(),
-                    cluster: backend.cluster.clone(),
-                })
-                .set(1);
-        }
+    /// The text exposition, with the state read at this scrape.
+    pub fn render(&self, state: &live::Live<'_>) -> String {
+        self.live.set(state);
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();
@@ -394,18 +335,25 @@ impl doorman_gate_api::GateMetrics for Metrics {
             .inc();
     }
 
-    fn lookup_latency(&self, zone: &str, took: Duration) {
+    fn lookup(&self, zone: &str, took: Duration, failed: bool) {
         self.dnsbl_latency
             .get_or_create(&SiteLabels {
                 site: zone.to_string(),
             })
             .observe(took.as_secs_f64());
+        self.dnsbl_lookups
+            .get_or_create(&LookupLabels {
+                site: zone.to_string(),
+                result: if failed { "failed" } else { "ok" },
+            })
+            .inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handoff::BackendStatus;
 
     #[test]
     fn exposition() {
@@ -413,19 +361,32 @@ mod tests {
         metrics.connection(Outcome::PassNew);
         metrics.connection(Outcome::PassNew);
         metrics.test("dnsbl", false);
-        doorman_gate_api::GateMetrics::lookup_latency(
-            &metrics,
-            "bl.test",
-            Duration::from_millis(3),
-        );
-        let text = metrics.render(&[BackendStatus {
-            address: "127.0.0.1:10026".parse().unwrap(),
-            healthy: true,
-            active: 2,
-            weight: 3,
-            cluster: "a".into(),
-            draining: true,
-        }]);
+        doorman_gate_api::GateMetrics::lookup(&metrics, "bl.test", Duration::from_millis(3), false);
+        doorman_gate_api::GateMetrics::lookup(&metrics, "bl.test", Duration::from_millis(9), true);
+        let text = metrics.render(&Live {
+            backends: &[BackendStatus {
+                address: "127.0.0.1:10026".parse().unwrap(),
+                healthy: true,
+                active: 2,
+                weight: 3,
+                cluster: "a".into(),
+                draining: true,
+            }],
+            screening: 7,
+            screening_limit: 100,
+            store_up: false,
+            certificates: &[("/etc/doorman/mx.pem".into(), 1_900_000_000)],
+        });
+        for line in [
+            "doorman_screening_clients 7",
+            "doorman_screening_limit 100",
+            "doorman_cache_store_up 0",
+            "doorman_tls_certificate_expiry_timestamp_seconds{certificate=\"/etc/doorman/mx.pem\"} 1900000000",
+            "doorman_dnsbl_lookups_total{site=\"bl.test\",result=\"failed\"} 1",
+            "doorman_dnsbl_lookups_total{site=\"bl.test\",result=\"ok\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
         assert!(
             text.contains("doorman_backend_cluster{backend=\"127.0.0.1:10026\",cluster=\"a\"} 1"),
             "{text}"
