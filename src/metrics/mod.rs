@@ -408,7 +408,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("doorman_dnsbl_lookup_seconds_count{site=\"bl.test\"} 1"),
+            text.contains("doorman_dnsbl_lookup_seconds_count{site=\"bl.test\"} 2"),
             "{text}"
         );
         assert!(
