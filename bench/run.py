@@ -369,7 +369,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small counts, one run: a smoke check under a minute")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8)")
+    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8, S1r)")
     args = ap.parse_args()
     want = lambda *names: not args.only or any(name in args.only for name in names)
     runs = 1 if args.quick else args.runs
@@ -407,6 +407,11 @@ def main():
         via_tokio = free_port(); haproxy(tmp, procs, via_tokio, tokio_inner, "tokio", send_proxy=False)
         dm, dm_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
         via_doorman = free_port(); haproxy(tmp, procs, via_doorman, dm_port, "doorman")
+        # S1r: the same clients, in a cluster balanced by recipient: each
+        # goes through the engine up to its first RCPT, then the replay and
+        # the gated relay (which copies the DATA body through).
+        dmr, dmr_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n[cluster.""]\nbalance = "recipient"\n')
+        via_recipient = free_port(); haproxy(tmp, procs, via_recipient, dmr_port, "doorman-recipient")
         ps_port, ps_master = postfix(tmp, procs, sink, "postscreen_access_list = permit_mynetworks\n")
         via_postscreen = free_port(); haproxy(tmp, procs, via_postscreen, ps_port, "postscreen")
         # Screeners for new clients, no teaser. postscreen's dnsblog can only
@@ -522,10 +527,11 @@ def main():
             user, system = cpu[dm2.pid]
             results["S6 doorman CPU s per 1000 conn (S2)"] = (user + system) / (runs * new_clients / 1000)
             results["S6 doorman kernel share (S2)"] = system / max(user + system, 1e-9)
-        if want("S1", "S6"):
+        if want("S1", "S6", "S1r"):
             cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
                                      "bare tokio relay msg/s": via_tokio,
-                                     "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen},
+                                     "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen,
+                                     "doorman by recipient msg/s": via_recipient},
                               lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
             user, system = cpu[dm.pid]
             results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
@@ -560,6 +566,7 @@ def main():
     r = collections.defaultdict(lambda: float("nan"), results)
     rows = [
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
+        ("S1r msg/s, cached clients, balanced by recipient", r["S1 doorman by recipient msg/s"], f"{r['S1 doorman by recipient msg/s']/r['S1 doorman msg/s']:.2f}x doorman's S1, {r['S1 doorman by recipient msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.8x S1"),
         ("S1 same, an extra HAProxy hop", r["S1 extra HAProxy hop msg/s"], f"{r['S1 extra HAProxy hop msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x this", "doorman >= 1.0x this"),
         ("S1 same, a bare tokio relay", r["S1 bare tokio relay msg/s"], f"{r['S1 bare tokio relay msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 bare tokio relay msg/s']:.2f}x this", "(anchor: tokio's own cost)"),
         ("S2 new clients/s", r["S2 doorman new clients/s"], f"{r['S2 doorman new clients/s']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen", ">= 3x postscreen"),

@@ -148,3 +148,55 @@ fn remembered(judgement: &Judgement, scores: &[Score]) -> String {
         ),
     }
 }
+
+/// `doorman explain --rcpt ADDR`: the user `rcpt` belongs to and the
+/// backend its key ranks first in each cluster balanced by recipient, by
+/// the config's weights (health and a remembered assignment, which `doorman
+/// user lookup` shows, can change that at run time).
+pub fn recipient(config: &Config, rcpt: &str) -> String {
+    use crate::config::Balance;
+    use crate::handoff::balance::{order, Affinity, Candidate};
+    let mut out = String::new();
+    let routed = config
+        .clusters
+        .iter()
+        .filter(|(_, section)| section.by_recipient());
+    let mut any = false;
+    for (cluster, section) in routed {
+        any = true;
+        let user = section.key.of(rcpt);
+        let backends: Vec<_> = config
+            .backends
+            .iter()
+            .filter(|b| &b.cluster == cluster)
+            .collect();
+        let candidates: Vec<Candidate> = backends
+            .iter()
+            .map(|backend| Candidate {
+                key: backend.address.to_string(),
+                weight: backend.weight,
+                active: 0,
+                usable: backend.weight > 0,
+            })
+            .collect();
+        let ranked = order(Balance::Recipient, &candidates, Affinity::User(&user), 0);
+        let ring: Vec<String> = ranked
+            .iter()
+            .map(|&i| backends[i].address.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "recipient <{rcpt}>: user {user} in cluster {cluster:?} -> {} (then {}; remembered for {}s after each use)",
+            ring.first().map_or("no backend", String::as_str),
+            if ring.len() > 1 { ring[1..].join(", ") } else { "none".to_string() },
+            section.user_expire.as_secs()
+        );
+    }
+    if !any {
+        let _ = writeln!(
+            out,
+            "recipient <{rcpt}>: no cluster is balanced by recipient"
+        );
+    }
+    out
+}

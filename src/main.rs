@@ -46,6 +46,9 @@ enum Command {
         config: PathBuf,
         /// The client address.
         ip: std::net::IpAddr,
+        /// Also show which backend this recipient's user goes to, in each cluster balanced by recipient.
+        #[arg(long)]
+        rcpt: Option<String>,
     },
     /// Ask HAProxy (through the agent check) for no new clients: live ones finish.
     Drain {
@@ -63,6 +66,11 @@ enum Command {
     Backend {
         #[command(subcommand)]
         action: BackendAction,
+    },
+    /// Show or move a user's backend, in a cluster balanced by recipient (for the whole fleet when it shares Redis).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
     },
     /// Look into the pass cache of the store the config names.
     Cache {
@@ -86,6 +94,34 @@ enum Command {
     Generate {
         /// The folder to write the `.8` pages, `doorman.bash` and `_doorman` into.
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// The user's key, its backend, and whether that is remembered or fresh from the hash.
+    Lookup {
+        /// The config file (its [admin] address is asked).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cluster, when more than one is balanced by recipient.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// A recipient address of the user.
+        address: String,
+    },
+    /// Send the user's next transaction to BACKEND, on every instance that shares the store.
+    Move {
+        /// The config file (its [admin] address is asked).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The cluster, when more than one is balanced by recipient.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// A recipient address of the user.
+        address: String,
+        /// The backend, as the config names it.
+        backend: SocketAddr,
     },
 }
 
@@ -204,12 +240,16 @@ fn main() -> ExitCode {
         Command::Drain { config } => control(&config, "/drain"),
         Command::Undrain { config } => control(&config, "/undrain"),
         Command::Cache { action } => cache_command(action),
+        Command::User { action } => user_command(action),
         Command::Backend { action } => backend_command(action),
-        Command::Explain { config, ip } => Config::load(&config)
+        Command::Explain { config, ip, rcpt } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(|loaded| {
                 let report = runtime()?.block_on(doorman::explain::explain(&loaded, ip))?;
                 print!("{report}");
+                if let Some(rcpt) = rcpt {
+                    print!("{}", doorman::explain::recipient(&loaded, &rcpt));
+                }
                 Ok(())
             }),
         Command::Sink {
@@ -308,6 +348,67 @@ fn backend_command(action: BackendAction) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("{}", doorman::admin::backend_table(&body, &loaded)?);
+    Ok(())
+}
+
+fn user_command(action: UserAction) -> anyhow::Result<()> {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
+    let (config, cluster, method, path) = match &action {
+        UserAction::Lookup {
+            config,
+            cluster,
+            address,
+        } => (
+            config,
+            cluster,
+            hyper::Method::GET,
+            format!("/users?address={}", encode(address)),
+        ),
+        UserAction::Move {
+            config,
+            cluster,
+            address,
+            backend,
+        } => (
+            config,
+            cluster,
+            hyper::Method::POST,
+            format!(
+                "/users/move?address={}&backend={}",
+                encode(address),
+                encode(&backend.to_string())
+            ),
+        ),
+    };
+    let path = match cluster {
+        Some(cluster) => format!("{path}&cluster={}", encode(cluster)),
+        None => path,
+    };
+    let loaded = Config::load(config)?;
+    let (status, body) = runtime()?.block_on(doorman::admin::request(&loaded, method, &path))?;
+    if !status.is_success() {
+        anyhow::bail!("{}: {status}: {}", path, body.trim());
+    }
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).context("the admin listener's answer")?;
+    let text = |key: &str| answer[key].as_str().unwrap_or("none").to_string();
+    match action {
+        UserAction::Lookup { address, .. } => println!(
+            "{address}: user {} in cluster {:?} -> {} ({})",
+            text("key"),
+            text("cluster"),
+            text("backend"),
+            if answer["remembered"].as_bool() == Some(true) {
+                "remembered"
+            } else {
+                "fresh: by the hash"
+            }
+        ),
+        UserAction::Move { address, .. } => {
+            println!("{address}: user {} -> {}", text("key"), text("backend"))
+        }
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::config::Registry;
 use crate::director::Director;
 use crate::gates::{GateError, Pipeline};
+use crate::handoff::users::UserMap;
 use crate::handoff::Pool;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -99,8 +100,13 @@ impl ConfigState {
             pool: Arc::new(Pool::new(
                 config.backends.clone(),
                 config.pool.clone(),
+                config.clusters.clone(),
                 &config.hostname,
                 Arc::clone(&process.director),
+                UserMap::new(cache.record_store(), {
+                    let metrics = Arc::clone(&process.metrics);
+                    Arc::new(move |event| metrics.user_route(event))
+                }),
             )?),
             pipeline,
             thresholds: Thresholds {

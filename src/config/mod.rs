@@ -11,6 +11,7 @@
 //! the runtime.
 
 mod bounds;
+mod cluster;
 mod defaults;
 mod document;
 mod hosts;
@@ -33,6 +34,7 @@ use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
 
+pub use cluster::{ClusterSection, RecipientKey};
 pub use hosts::ProxyHosts;
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
 pub use screening::*;
@@ -87,6 +89,9 @@ pub struct Sections {
     /// The routes to backend clusters, in order (the first match wins).
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
+    /// The `[cluster.NAME]` sections, by cluster name.
+    #[serde(default, rename = "cluster")]
+    pub clusters: std::collections::BTreeMap<String, ClusterSection>,
     /// The `[greet]` section.
     #[serde(default)]
     pub greet: GreetSection,
@@ -184,6 +189,22 @@ impl Config {
         .into_iter()
         .min()
         .unwrap_or_default()
+    }
+
+    /// The `[cluster.NAME]` section of `cluster` when it balances by
+    /// recipient.
+    pub fn by_recipient(&self, cluster: &str) -> Option<&ClusterSection> {
+        self.clusters
+            .get(cluster)
+            .filter(|section| section.by_recipient())
+    }
+
+    /// How `cluster` picks a backend: its own `balance`, else `[pool]`'s.
+    pub fn balance_of(&self, cluster: &str) -> Balance {
+        self.clusters
+            .get(cluster)
+            .and_then(|section| section.balance)
+            .unwrap_or(self.pool.balance)
     }
 
     /// Whether gate `name` is listed.
@@ -375,6 +396,17 @@ impl Sections {
                     ),
                 ));
             }
+        }
+        for (name, cluster) in &self.clusters {
+            if !self.backends.iter().any(|b| &b.cluster == name) {
+                return Err(document.error(
+                    &["cluster", name],
+                    format!("[cluster.{name}] names a cluster with no [[backend]]"),
+                ));
+            }
+            cluster
+                .check()
+                .map_err(|error| document.section_error(&format!("cluster.{name}"), error))?;
         }
         self.greet.check().map_err(at("greet"))?;
         self.score.check().map_err(at("score"))?;

@@ -49,6 +49,9 @@ pub enum Balance {
     Leastconn,
     /// A rendezvous hash of the client address.
     Source,
+    /// A rendezvous hash of each transaction's first recipient, remembered
+    /// per user (only in a `[cluster.NAME]` section).
+    Recipient,
 }
 
 /// The `[pool]` section: balancing and active health checks.
@@ -75,6 +78,12 @@ pub struct PoolSection {
 impl PoolSection {
     /// Checks the health checks' timing.
     pub fn check(&self) -> Result<(), SectionError> {
+        if self.balance == Balance::Recipient {
+            return Err(SectionError::key(
+                "balance",
+                "balance = \"recipient\" is set per cluster, in a [cluster.NAME] section",
+            ));
+        }
         if self.check_interval.is_zero() || self.rise == 0 || self.fall == 0 {
             return Err(SectionError::key(
                 "",

@@ -8,6 +8,9 @@
 //! - `source`: weighted rendezvous hashing of the client address: a client
 //!   keeps its backend, and adding or removing a backend moves only that
 //!   backend's share of clients.
+//! - `recipient`: the same over a user's key (see `config::RecipientKey`),
+//!   with xxHash64, whose output is fixed by its specification, so every
+//!   instance of a fleet ranks a user's backends alike.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -27,11 +30,20 @@ pub struct Candidate {
     pub usable: bool,
 }
 
+/// What a client is kept on its backend by, for the hashing balancers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affinity<'a> {
+    /// The client address (`source`).
+    Client(IpAddr),
+    /// A user's key (`recipient`).
+    User(&'a str),
+}
+
 /// The indices of the usable candidates, best first.
 pub fn order(
     balance: Balance,
     candidates: &[Candidate],
-    client: IpAddr,
+    affinity: Affinity<'_>,
     tick: usize,
 ) -> Vec<usize> {
     let mut usable: Vec<usize> = (0..candidates.len())
@@ -66,21 +78,33 @@ pub fn order(
                 load(a).cmp(&load(b))
             });
         }
-        Balance::Source => {
-            let score = |i: usize| rendezvous(client, &candidates[i].key, candidates[i].weight);
+        Balance::Source | Balance::Recipient => {
+            let score = |i: usize| rendezvous(affinity, &candidates[i].key, candidates[i].weight);
             usable.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
         }
     }
     usable
 }
 
-/// The weighted rendezvous score of a backend for a client:
+/// The weighted rendezvous score of a backend for a client or user:
 /// `-weight / ln(u)` with `u` a hash of both in (0, 1).
-fn rendezvous(client: IpAddr, key: &str, weight: u32) -> f64 {
-    let mut hasher = DefaultHasher::new();
-    client.to_canonical().hash(&mut hasher);
-    key.hash(&mut hasher);
-    let unit = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+fn rendezvous(affinity: Affinity<'_>, key: &str, weight: u32) -> f64 {
+    let hash = match affinity {
+        Affinity::Client(client) => {
+            let mut hasher = DefaultHasher::new();
+            client.to_canonical().hash(&mut hasher);
+            key.hash(&mut hasher);
+            hasher.finish()
+        }
+        Affinity::User(user) => {
+            let mut hasher = twox_hash::XxHash64::with_seed(0);
+            hasher.write(user.as_bytes());
+            hasher.write(&[0]);
+            hasher.write(key.as_bytes());
+            hasher.finish()
+        }
+    };
+    let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -f64::from(weight) / unit.ln()
 }
 
@@ -109,11 +133,11 @@ mod tests {
     fn weighted_roundrobin() {
         let c = candidates(&[1, 2]);
         let firsts: Vec<usize> = (0..6)
-            .map(|t| order(Balance::Roundrobin, &c, ip(1), t)[0])
+            .map(|t| order(Balance::Roundrobin, &c, Affinity::Client(ip(1)), t)[0])
             .collect();
         assert_eq!(firsts, vec![0, 1, 1, 0, 1, 1]);
         assert_eq!(
-            order(Balance::Roundrobin, &c, ip(1), 0),
+            order(Balance::Roundrobin, &c, Affinity::Client(ip(1)), 0),
             vec![0, 1],
             "the rest follow"
         );
@@ -124,11 +148,11 @@ mod tests {
         let mut c = candidates(&[1, 1, 1]);
         c[1].usable = false;
         for tick in 0..6 {
-            assert!(!order(Balance::Roundrobin, &c, ip(1), tick).contains(&1));
+            assert!(!order(Balance::Roundrobin, &c, Affinity::Client(ip(1)), tick).contains(&1));
         }
         c[0].usable = false;
         c[2].usable = false;
-        assert!(order(Balance::Source, &c, ip(1), 0).is_empty());
+        assert!(order(Balance::Source, &c, Affinity::Client(ip(1)), 0).is_empty());
     }
 
     #[test]
@@ -136,9 +160,15 @@ mod tests {
         let mut c = candidates(&[1, 2]);
         c[0].active = 1;
         c[1].active = 1;
-        assert_eq!(order(Balance::Leastconn, &c, ip(1), 0), vec![1, 0]);
+        assert_eq!(
+            order(Balance::Leastconn, &c, Affinity::Client(ip(1)), 0),
+            vec![1, 0]
+        );
         c[1].active = 3;
-        assert_eq!(order(Balance::Leastconn, &c, ip(1), 0), vec![0, 1]);
+        assert_eq!(
+            order(Balance::Leastconn, &c, Affinity::Client(ip(1)), 0),
+            vec![0, 1]
+        );
     }
 
     #[test]
@@ -149,13 +179,13 @@ mod tests {
         let mut moved = 0usize;
         let mut shares = [0usize; 4];
         for n in 0..clients {
-            let before = order(Balance::Source, &three, ip(n), 0)[0];
+            let before = order(Balance::Source, &three, Affinity::Client(ip(n)), 0)[0];
             assert_eq!(
                 before,
-                order(Balance::Source, &three, ip(n), 7)[0],
+                order(Balance::Source, &three, Affinity::Client(ip(n)), 7)[0],
                 "sticky"
             );
-            let after = order(Balance::Source, &four, ip(n), 0)[0];
+            let after = order(Balance::Source, &four, Affinity::Client(ip(n)), 0)[0];
             shares[after] += 1;
             if after != before {
                 assert_eq!(after, 3, "a client only ever moves to the new backend");
@@ -171,5 +201,36 @@ mod tests {
             shares.iter().all(|s| s.abs_diff(expected) < expected / 5),
             "{shares:?}"
         );
+    }
+
+    #[test]
+    fn users_spread_by_weight_and_a_new_backend_moves_few() {
+        let three = candidates(&[1, 1, 2]);
+        let mut four = candidates(&[1, 1, 2, 1]);
+        four[3].key = "127.0.0.1:20000".into();
+        let users = 10_000;
+        let mut shares = [0usize; 3];
+        let mut moved = 0usize;
+        for n in 0..users {
+            let user = format!("user{n}@example.org");
+            let before = order(Balance::Recipient, &three, Affinity::User(&user), 0)[0];
+            assert_eq!(
+                before,
+                order(Balance::Recipient, &three, Affinity::User(&user), 5)[0],
+                "a user keeps its backend"
+            );
+            shares[before] += 1;
+            let after = order(Balance::Recipient, &four, Affinity::User(&user), 0)[0];
+            if after != before {
+                assert_eq!(after, 3, "a user only ever moves to the new backend");
+                moved += 1;
+            }
+        }
+        // Shares of 1/4, 1/4 and 1/2, each within 5% of the users.
+        for (share, expected) in shares.iter().zip([users / 4, users / 4, users / 2]) {
+            assert!(share.abs_diff(expected) <= users / 20, "{shares:?}");
+        }
+        assert!(moved <= users * 3 / 10, "moved {moved} of {users}");
+        assert!(moved > 0);
     }
 }

@@ -8,6 +8,12 @@
 //! command goes to the backend, whose reply goes back to the client. From
 //! the first command that carries data or changes the channel, the plain
 //! relay takes over, with the bytes not read yet.
+//!
+//! For a cluster balanced by recipient the relay goes on for the whole
+//! session: each RCPT whose user belongs to another backend gets `452 4.5.3
+//! Too many recipients`, which MTAs (Postfix, Exim) answer by sending those
+//! recipients in a transaction of their own, and DATA and BDAT bodies are
+//! copied through (up to their end) so the next transaction is read too.
 
 use std::time::Duration;
 
@@ -17,10 +23,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::backend_io::{read_reply, REPLY_TIMEOUT};
+use super::pool::Pool;
 use super::relay::RelayError;
+use super::users::UserRoute;
+use crate::config::RecipientKey;
 use crate::gates::Pipeline;
+use crate::log;
 use crate::proxy::{starts_like_header, Prefix};
 use crate::smtp::line::next_line;
+use crate::smtp::reply;
 
 /// Verbs after which only the plain relay may go on.
 const HAND_OVER: [&str; 5] = ["DATA", "BDAT", "STARTTLS", "AUTH", "QUIT"];
@@ -50,7 +61,27 @@ pub struct Gates<'a> {
     pub line_limit: usize,
     /// How long the client may take for one command.
     pub command_time: Duration,
+    /// For a cluster balanced by recipient: where each RCPT belongs.
+    pub route: Option<RecipientRoute<'a>>,
 }
+
+/// The backend a session balanced by recipient is connected to, and how a
+/// RCPT's user is routed.
+pub struct RecipientRoute<'a> {
+    /// The pool that knows users' backends.
+    pub pool: &'a Pool,
+    /// The cluster.
+    pub cluster: &'a str,
+    /// What a user is.
+    pub key: RecipientKey,
+    /// How long a user's backend is remembered.
+    pub expire: Duration,
+    /// The backend this session is connected to.
+    pub backend: std::net::SocketAddr,
+}
+
+/// How long a DATA or BDAT body may pause between two reads.
+const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs the gated relay until the plain relay may take over (see the
 /// module docs). `buffer` holds the client's bytes not read yet, `pending`
@@ -100,6 +131,12 @@ where
         let verb = line.verb();
         let mut raw = line.text.clone();
         raw.extend_from_slice(b"\r\n");
+        if gates.route.is_some() && (verb == "DATA" || verb == "BDAT") {
+            if !body(client, buffer, backend, pending, &line, &raw).await? {
+                return Ok(Gated::Closed);
+            }
+            continue;
+        }
         if HAND_OVER.contains(&verb.as_str()) {
             let mut rest = BytesMut::with_capacity(raw.len() + buffer.len());
             rest.put_slice(&raw);
@@ -112,6 +149,25 @@ where
             Stage::Mail => true,
             Stage::Rcpt => gates.envelope.sender.is_some(),
         });
+        if let (Some(route), Some((Stage::Rcpt, recipient))) = (&gates.route, &asked) {
+            let user = route.key.of(recipient);
+            let owner = UserRoute {
+                cluster: route.cluster,
+                user: &user,
+                expire: route.expire,
+            };
+            match route.pool.backend_for(gates.client, &owner).await {
+                Some(elsewhere) if elsewhere != route.backend => {
+                    log::recipient_elsewhere(gates.client.address, recipient, elsewhere);
+                    route.pool.users().count("split");
+                    client
+                        .write_all(reply::TOO_MANY_RECIPIENTS.as_bytes())
+                        .await?;
+                    continue;
+                }
+                _ => {}
+            }
+        }
         if let Some((stage, argument)) = &asked {
             let command = Command {
                 stage: *stage,
@@ -152,5 +208,114 @@ where
             }
             _ => {}
         }
+    }
+}
+
+/// Copies one DATA or BDAT command and its body to the backend, and the
+/// backend's replies to the client; `false` when either side went away.
+async fn body<C, B>(
+    client: &mut C,
+    buffer: &mut BytesMut,
+    backend: &mut B,
+    pending: &mut BytesMut,
+    line: &crate::smtp::line::Line,
+    raw: &[u8],
+) -> Result<bool, RelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (verb, argument) = line.split();
+    backend.write_all(raw).await?;
+    if verb == "DATA" {
+        let go_ahead = read_reply(backend, pending, REPLY_TIMEOUT).await?;
+        client.write_all(&go_ahead).await?;
+        if !go_ahead.starts_with(b"354") {
+            return Ok(true);
+        }
+        if !copy_until_end_of_data(client, buffer, backend).await? {
+            return Ok(false);
+        }
+    } else {
+        let size = argument
+            .split_whitespace()
+            .next()
+            .and_then(|size| size.parse::<u64>().ok());
+        if let Some(size) = size {
+            if !copy_exactly(client, buffer, backend, size).await? {
+                return Ok(false);
+            }
+        }
+    }
+    let reply = read_reply(backend, pending, BODY_TIMEOUT).await?;
+    client.write_all(&reply).await?;
+    Ok(true)
+}
+
+/// Copies a DATA body up to and with its `CRLF.CRLF`; what follows stays
+/// in `buffer`.
+async fn copy_until_end_of_data<C, B>(
+    client: &mut C,
+    buffer: &mut BytesMut,
+    backend: &mut B,
+) -> Result<bool, RelayError>
+where
+    C: AsyncRead + Unpin,
+    B: AsyncWrite + Unpin,
+{
+    // As if the DATA line's own CRLF came just before.
+    let mut window = [0u8, 0, 0, b'\r', b'\n'];
+    loop {
+        let end = buffer.iter().position(|&byte| {
+            window = [window[1], window[2], window[3], window[4], byte];
+            &window == b"\r\n.\r\n"
+        });
+        let take = end.map_or(buffer.len(), |end| end + 1);
+        backend.write_all(&buffer.split_to(take)).await?;
+        if end.is_some() {
+            return Ok(true);
+        }
+        if !read_more(client, buffer).await? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Copies `size` body bytes of a BDAT chunk; what follows stays in
+/// `buffer`.
+async fn copy_exactly<C, B>(
+    client: &mut C,
+    buffer: &mut BytesMut,
+    backend: &mut B,
+    mut size: u64,
+) -> Result<bool, RelayError>
+where
+    C: AsyncRead + Unpin,
+    B: AsyncWrite + Unpin,
+{
+    while size > 0 {
+        if buffer.is_empty() && !read_more(client, buffer).await? {
+            return Ok(false);
+        }
+        let take = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        backend.write_all(&buffer.split_to(take)).await?;
+        size -= take as u64;
+    }
+    Ok(true)
+}
+
+/// Reads more of the client's bytes; `false` when it closed or paused
+/// longer than [`BODY_TIMEOUT`].
+async fn read_more<C: AsyncRead + Unpin>(
+    client: &mut C,
+    buffer: &mut BytesMut,
+) -> Result<bool, RelayError> {
+    buffer.reserve(16 * 1024);
+    match timeout(BODY_TIMEOUT, client.read_buf(buffer)).await {
+        Ok(Ok(0)) | Err(_) => Ok(false),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(error)) => Err(error.into()),
     }
 }

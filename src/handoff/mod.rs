@@ -10,6 +10,7 @@
 //!   judge MAIL and RCPT.
 //! - [`relay`]: the byte copy in both directions once a backend took the
 //!   client.
+//! - [`users`]: users' backends, for clusters balanced by recipient.
 //!
 //! It is given a client that passed and never reads the verdict; its
 //! gated relay only asks the pipeline's engine gates about the MAIL and
@@ -20,6 +21,7 @@ pub mod balance;
 pub mod gated;
 pub mod pool;
 pub mod relay;
+pub mod users;
 pub mod xclient;
 
 pub use backend_io::{read_reply, TlsHandoff, REPLY_TIMEOUT};

@@ -10,6 +10,7 @@
 //! the order [`balance::order`] gives, skipping those at `max_connections`,
 //! and falls over to the next one within its connection.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,8 +25,9 @@ use tokio::net::TcpStream;
 use super::backend_io::{
     connect, probe, read_reply, start_tls, xclient_dialogue, TlsHandoff, REPLY_TIMEOUT,
 };
-use super::balance::{self, Candidate};
-use crate::config::{BackendConfig, BackendTls, PoolSection, SendProxy};
+use super::balance::{self, Affinity, Candidate};
+use super::users::{UserMap, UserRoute};
+use crate::config::{BackendConfig, BackendTls, Balance, ClusterSection, PoolSection, SendProxy};
 use crate::director::Director;
 use crate::log;
 use crate::proxy::write;
@@ -110,6 +112,8 @@ pub struct Connected {
     pub pending: BytesMut,
     /// Cancelled when the backend is flushed: the session ends.
     pub flush: CancellationToken,
+    /// The backend's address.
+    pub backend: SocketAddr,
 }
 
 /// The backends of one config.
@@ -123,6 +127,10 @@ pub struct Pool {
     keywords: Arc<Mutex<Option<Vec<String>>>>,
     /// The backends' runtime state.
     director: Arc<Director>,
+    /// The `[cluster.NAME]` sections.
+    clusters: BTreeMap<String, ClusterSection>,
+    /// Users' backends, for clusters balanced by recipient.
+    users: UserMap,
 }
 
 impl Pool {
@@ -131,8 +139,10 @@ impl Pool {
     pub fn new(
         backends: Vec<BackendConfig>,
         settings: PoolSection,
+        clusters: BTreeMap<String, ClusterSection>,
         hostname: &str,
         director: Arc<Director>,
+        users: UserMap,
     ) -> Result<Self, TlsError> {
         Ok(Self {
             backends: backends
@@ -153,6 +163,8 @@ impl Pool {
             tick: AtomicUsize::new(0),
             keywords: Arc::new(Mutex::new(None)),
             director,
+            clusters,
+            users,
         })
     }
 
@@ -252,8 +264,118 @@ impl Pool {
         &self,
         client: &Client,
         cluster: &str,
+        route: Option<UserRoute<'_>>,
         tls: Option<TlsHandoff<'_>>,
     ) -> Result<Connected, NoBackend> {
+        for index in self.ranked(client, cluster, route.as_ref()).await {
+            let backend = &self.backends[index];
+            let active = backend.active.fetch_add(1, Ordering::SeqCst);
+            let lease = Lease {
+                backend: Arc::clone(backend),
+            };
+            if backend.config.max_connections > 0 && active >= backend.config.max_connections {
+                continue;
+            }
+            match open(backend, client, &self.hostname, tls).await {
+                Ok((stream, greeting, pending)) => {
+                    if let Some(route) = &route {
+                        self.users.remember(route, backend.config.address).await;
+                    }
+                    return Ok(Connected {
+                        stream,
+                        lease,
+                        greeting,
+                        pending,
+                        flush: self.director.flush_token(backend.config.address),
+                        backend: backend.config.address,
+                    });
+                }
+                Err(error) => {
+                    log::backend_unreachable(backend.config.address, &error);
+                    self.record(backend, false);
+                }
+            }
+        }
+        Err(NoBackend)
+    }
+
+    /// The backend a user of a cluster balanced by recipient goes to now,
+    /// remembered for it: the one its next transaction would reach.
+    pub async fn backend_for(&self, client: &Client, route: &UserRoute<'_>) -> Option<SocketAddr> {
+        let first = *self
+            .ranked(client, route.cluster, Some(route))
+            .await
+            .first()?;
+        let address = self.backends[first].config.address;
+        self.users.remember(route, address).await;
+        Some(address)
+    }
+
+    /// What `doorman user lookup` shows: the backend the user is
+    /// remembered on (if any), and the one the hash gives now.
+    pub async fn user_lookup(
+        &self,
+        client: &Client,
+        route: &UserRoute<'_>,
+    ) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let remembered = self.users.remembered(route).await;
+        let hashed = self
+            .order(client, route.cluster, Some(route), false)
+            .first()
+            .map(|&i| self.backends[i].config.address);
+        (remembered, hashed)
+    }
+
+    /// The users' assignments.
+    pub fn users(&self) -> &UserMap {
+        &self.users
+    }
+
+    /// `doorman user move`: the user's next transaction goes to `backend`,
+    /// on every instance that shares the store. `false`: `backend` is not
+    /// one of the cluster's.
+    pub async fn move_user(&self, route: &UserRoute<'_>, backend: SocketAddr) -> bool {
+        let known = self
+            .backends
+            .iter()
+            .any(|b| b.config.address == backend && b.config.cluster == route.cluster);
+        if known {
+            self.users.remember(route, backend).await;
+            self.users.count("moved");
+        }
+        known
+    }
+
+    /// The usable backends of `cluster` for this client (or user), best
+    /// first.
+    async fn ranked(
+        &self,
+        client: &Client,
+        cluster: &str,
+        route: Option<&UserRoute<'_>>,
+    ) -> Vec<usize> {
+        let mut order = self.order(client, cluster, route, false);
+        if let Some(route) = route {
+            let home = self
+                .order(client, cluster, Some(route), true)
+                .first()
+                .map(|&i| self.backends[i].config.address);
+            self.users
+                .reorder(route, &mut order, |i| self.backends[i].config.address, home)
+                .await;
+        }
+        order
+    }
+
+    /// The balancer's ranking of `cluster`'s usable backends (with
+    /// `every`, of all of them, as if each were up and had room).
+    fn order(
+        &self,
+        client: &Client,
+        cluster: &str,
+        route: Option<&UserRoute<'_>>,
+        every: bool,
+    ) -> Vec<usize> {
         let candidates: Vec<Candidate> = self
             .backends
             .iter()
@@ -265,41 +387,30 @@ impl Pool {
                     key: b.config.address.to_string(),
                     weight,
                     active,
-                    usable: b.healthy.load(Ordering::SeqCst)
-                        && b.config.cluster == cluster
-                        && !state.drained
+                    usable: b.config.cluster == cluster
                         && weight > 0
-                        && (b.config.max_connections == 0 || active < b.config.max_connections),
+                        && (every
+                            || b.healthy.load(Ordering::SeqCst)
+                                && !state.drained
+                                && (b.config.max_connections == 0
+                                    || active < b.config.max_connections)),
                 }
             })
             .collect();
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        for index in balance::order(self.settings.balance, &candidates, client.ip(), tick) {
-            let backend = &self.backends[index];
-            let active = backend.active.fetch_add(1, Ordering::SeqCst);
-            let lease = Lease {
-                backend: Arc::clone(backend),
-            };
-            if backend.config.max_connections > 0 && active >= backend.config.max_connections {
-                continue;
+        let (balance, affinity) = match route {
+            Some(route) => (Balance::Recipient, Affinity::User(route.user)),
+            None => {
+                let balance = self
+                    .clusters
+                    .get(cluster)
+                    .and_then(|section| section.balance)
+                    .filter(|balance| *balance != Balance::Recipient)
+                    .unwrap_or(self.settings.balance);
+                (balance, Affinity::Client(client.ip()))
             }
-            match open(backend, client, &self.hostname, tls).await {
-                Ok((stream, greeting, pending)) => {
-                    return Ok(Connected {
-                        stream,
-                        lease,
-                        greeting,
-                        pending,
-                        flush: self.director.flush_token(backend.config.address),
-                    })
-                }
-                Err(error) => {
-                    log::backend_unreachable(backend.config.address, &error);
-                    self.record(backend, false);
-                }
-            }
-        }
-        Err(NoBackend)
+        };
+        balance::order(balance, &candidates, affinity, tick)
     }
 
     /// Counts a check result and changes the state after `rise`/`fall`.

@@ -94,6 +94,11 @@ struct SiteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UserRouteLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LookupLabels {
     site: String,
     result: &'static str,
@@ -162,6 +167,7 @@ pub struct Metrics {
     agent_replies: Family<ResultLabels, Counter>,
     dnsbl_latency: Family<SiteLabels, Histogram>,
     dnsbl_lookups: Family<LookupLabels, Counter>,
+    user_routes: Family<UserRouteLabels, Counter>,
     live: live::LiveGauges,
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -206,6 +212,12 @@ impl Default for Metrics {
             "DNS lookups of the DNSBL sites, by site and result (ok or failed)",
             dnsbl_lookups.clone(),
         );
+        let user_routes = Family::<UserRouteLabels, Counter>::default();
+        registry.register(
+            "doorman_user_routes",
+            "Users' backends in clusters balanced by recipient: assigned, moved by an operator, or a RCPT split off with 452",
+            user_routes.clone(),
+        );
         let live = live::LiveGauges::register(&mut registry);
         let cache_lookups = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -234,6 +246,7 @@ impl Default for Metrics {
             agent_replies,
             dnsbl_latency,
             dnsbl_lookups,
+            user_routes,
             live,
             cache_lookups,
             reloads,
@@ -281,6 +294,13 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: if hit { "hit" } else { "miss" },
             })
+            .inc();
+    }
+
+    /// Counts a routing event of a cluster balanced by recipient.
+    pub fn user_route(&self, event: &'static str) {
+        self.user_routes
+            .get_or_create(&UserRouteLabels { event })
             .inc();
     }
 

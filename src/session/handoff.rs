@@ -58,13 +58,31 @@ impl<S: ClientIo> Session<Channel<S>> {
             summary,
             ehlo: &ehlo,
         });
+        // A cluster balanced by recipient: the transaction's first
+        // recipient's user picks the backend.
+        let by_recipient = shared.config.by_recipient(cluster);
+        let user = by_recipient
+            .zip(
+                gated
+                    .as_ref()
+                    .and_then(|envelope| envelope.recipients.first()),
+            )
+            .map(|(section, recipient)| section.key.of(recipient));
+        let route = by_recipient
+            .zip(user.as_deref())
+            .map(|(section, user)| UserRoute {
+                cluster,
+                user,
+                expire: section.user_expire,
+            });
         let Connected {
             stream: mut backend,
             lease: _lease,
             greeting,
             mut pending,
             flush,
-        } = match shared.pool.connect(&client, cluster, tls).await {
+            backend: address,
+        } = match shared.pool.connect(&client, cluster, route, tls).await {
             Ok(connected) => connected,
             Err(_) => {
                 self.count(Counted::NoBackend);
@@ -111,6 +129,13 @@ impl<S: ClientIo> Session<Channel<S>> {
                 envelope,
                 line_limit: shared.config.engine.line_length,
                 command_time: shared.config.engine.command_time,
+                route: by_recipient.map(|section| RecipientRoute {
+                    pool: &shared.pool,
+                    cluster,
+                    key: section.key,
+                    expire: section.user_expire,
+                    backend: address,
+                }),
             };
             let gated = tokio::select! {
                 gated = relay_gated(

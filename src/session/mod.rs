@@ -50,7 +50,8 @@ use crate::cache::Test;
 use crate::config::{AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
-use crate::handoff::gated::{relay_gated, Gated, Gates};
+use crate::handoff::gated::{relay_gated, Gated, Gates, RecipientRoute};
+use crate::handoff::users::UserRoute;
 use crate::handoff::{
     read_reply, relay, Availability, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT,
 };

@@ -13,9 +13,16 @@ impl Session {
         let config = &shared.config;
         let pipeline = &shared.pipeline;
         let mut screening = TestRecord::default();
+        // A cluster balanced by recipient sees every client's first RCPT:
+        // even one that skips every test talks to the engine up to it.
+        let cluster = config.cluster_for(client.destination, self.listening);
+        let by_recipient = config.by_recipient(cluster).is_some();
         match pipeline.connect(&client, &self.process.metrics) {
             AtConnect::Permit => {
                 self.count(Counted::Allowlisted);
+                if by_recipient {
+                    return untested_in_engine(client, config);
+                }
                 return Phase::Handoff {
                     client,
                     teased: false,
@@ -61,16 +68,8 @@ impl Session {
                 }
                 self.count(Counted::Untested);
             }
-            if pipeline.needs_dialogue(None) {
-                return Phase::Engine(Box::new(EngineRun {
-                    client,
-                    rcpt: RcptPolicy::Pass,
-                    pregreeted: false,
-                    deep: DeepTests::new(Vec::new(), &config.deep_tests.forbidden_commands),
-                    pass: None,
-                    score: None,
-                    names: ClientNames::default(),
-                }));
+            if pipeline.needs_dialogue(None) || by_recipient {
+                return untested_in_engine(client, config);
             }
             return Phase::Handoff {
                 client,
@@ -240,6 +239,9 @@ impl Session {
         // 220 line: postscreen clears an ignored pregreet's failure at the
         // end of the wait, and then greets as usual.
         let pregreeted = due.pregreeted && config.greet.action == Action::Enforce;
+        let by_recipient = config
+            .by_recipient(config.cluster_for(client.destination, self.listening))
+            .is_some();
         match screening.decide(previous.clone(), SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
@@ -270,7 +272,8 @@ impl Session {
             // (An ignored failure does not spare a doubtful client.)
             Decision::HandOff { pass }
                 if !due.deep.is_empty()
-                    || pipeline.needs_dialogue(Some(screening.score().unwrap_or(0))) =>
+                    || pipeline.needs_dialogue(Some(screening.score().unwrap_or(0)))
+                    || by_recipient =>
             {
                 Phase::Engine(Box::new(EngineRun {
                     client,
@@ -419,4 +422,19 @@ struct Due {
     pregreeted: bool,
     /// The deep tests due.
     deep: Vec<DeepTest>,
+}
+
+/// The engine for a client that skips every test but must reach its first
+/// RCPT there (a gate asks for every client, or its cluster is balanced by
+/// recipient): no teaser, no deep test, replayed at its first RCPT.
+fn untested_in_engine(client: Client, config: &crate::config::Config) -> Phase {
+    Phase::Engine(Box::new(EngineRun {
+        client,
+        rcpt: RcptPolicy::Pass,
+        pregreeted: false,
+        deep: DeepTests::new(Vec::new(), &config.deep_tests.forbidden_commands),
+        pass: None,
+        score: None,
+        names: ClientNames::default(),
+    }))
 }

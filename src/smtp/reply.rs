@@ -152,3 +152,8 @@ pub const ETRN_SYNTAX: &str = "500 Syntax: ETRN domain\r\n";
 
 /// ETRN.
 pub const ETRN_REFUSED: &str = "458 Unable to queue messages\r\n";
+
+/// A RCPT whose user belongs to another backend than the transaction's
+/// (RFC 5321's reply for a recipient limit: MTAs send such recipients in a
+/// transaction of their own).
+pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients\r\n";

@@ -27,6 +27,7 @@ mod pool;
 mod proptests;
 mod quickstart;
 mod rdns;
+mod recipients;
 mod rolling;
 mod sentinel;
 mod tls;

@@ -14,6 +14,8 @@
 //! It reads the running state (config, director, pool) and never touches a
 //! session.
 
+mod users;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -119,6 +121,11 @@ async fn respond(
             "text/plain",
             "unauthorised\n".into(),
         );
+    }
+    if let Some(rest) = path.strip_prefix("/users") {
+        let (status, body) =
+            users::users(request.method(), rest, request.uri().query(), peer, &shared).await;
+        return reply(status, "application/json", body);
     }
     if let Some(rest) = path.strip_prefix("/backends") {
         let (status, body) = backends(
