@@ -312,3 +312,129 @@ fn two_instances_on_one_redis_share_users_and_a_down_backends_users_come_back() 
     assert_eq!(deliver(&first, &user_a), "250 2.0.0 ok\r\n");
     assert_eq!((a.count(), b.count()), (1, 2), "back on a");
 }
+
+#[test]
+fn two_postfix_mailstores_each_get_their_own_users() {
+    // Each mailstore holds only its own users: the hash of the two ports
+    // picks them, before the Postfix instances start.
+    let ports = [free_port(), free_port()];
+    let backends = ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    let (user_a, user_b) = (user_of(0, backends), user_of(1, backends));
+    let Some(a) = Postfix::start_delivering_on(ports[0], &mailstore(&user_a)) else {
+        return;
+    };
+    let Some(b) = Postfix::start_delivering_on(ports[1], &mailstore(&user_b)) else {
+        return;
+    };
+    let doorman = start(a.address(), b.address());
+
+    // One message for both: the second recipient is split off with 452,
+    // and the first is delivered by its own mailstore.
+    let mut client = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
+    assert_eq!(read_line(&mut client), "220-mx.doorman.test ESMTP\r\n");
+    assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
+    assert!(say(&mut client, "EHLO client.test").starts_with("250 "));
+    assert_eq!(
+        say(&mut client, "MAIL FROM:<s@client.test>"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        say(&mut client, &format!("RCPT TO:<{user_a}>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert_eq!(
+        say(&mut client, &format!("RCPT TO:<{user_b}>")),
+        "452 4.5.3 Too many recipients\r\n"
+    );
+    assert!(say(&mut client, "DATA").starts_with("354 "));
+    assert!(say(&mut client, "Subject: both\r\n\r\nhello\r\n.").starts_with("250 2.0.0 Ok: queued"));
+    assert_eq!(say(&mut client, "QUIT"), "221 2.0.0 Bye\r\n");
+    a.wait_for_log(
+        &format!("to=<{user_a}>"),
+        std::time::Duration::from_secs(10),
+    );
+
+    // The retry of the second recipient, from the now cached client,
+    // reaches its own mailstore (the other would refuse it: User unknown).
+    let mut retry = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
+    assert_eq!(read_line(&mut retry), "220 mx.doorman.test ESMTP\r\n");
+    assert!(say(&mut retry, "EHLO client.test").starts_with("250 "));
+    assert_eq!(
+        say(&mut retry, "MAIL FROM:<s@client.test>"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        say(&mut retry, &format!("RCPT TO:<{user_b}>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert!(say(&mut retry, "DATA").starts_with("354 "));
+    assert!(say(&mut retry, "Subject: retry\r\n\r\nhello\r\n.").starts_with("250 2.0.0 Ok: queued"));
+    assert_eq!(say(&mut retry, "QUIT"), "221 2.0.0 Bye\r\n");
+    b.wait_for_log(
+        &format!("to=<{user_b}>"),
+        std::time::Duration::from_secs(10),
+    );
+}
+
+/// The main.cf lines of a Postfix that accepts mail for `user` alone, as a
+/// mailstore holding only its own users does.
+fn mailstore(user: &str) -> String {
+    format!(
+        "smtpd_upstream_proxy_protocol = haproxy\nrelay_domains = mail.test\n\
+relay_recipient_maps = inline:{{ {user}=ok }}\n"
+    )
+}
+
+#[test]
+fn a_backend_added_to_the_cluster_moves_no_remembered_user() {
+    let (a, b, c) = (
+        FakeBackend::start(true),
+        FakeBackend::start(true),
+        FakeBackend::start(true),
+    );
+    let doorman = start(a.address, b.address);
+    // A user of b that the hash would give to c once c is in the cluster.
+    let three = |user: &str| {
+        let candidates: Vec<Candidate> = [a.address, b.address, c.address]
+            .iter()
+            .map(|backend| Candidate {
+                key: backend.to_string(),
+                weight: 1,
+                active: 0,
+                usable: true,
+            })
+            .collect();
+        let key = RecipientKey::Address.of(user);
+        order(Balance::Recipient, &candidates, Affinity::User(&key), 0)[0]
+    };
+    let user = (0..)
+        .map(|i| format!("user{i}@mail.test"))
+        .find(|user| owner(user, [a.address, b.address]) == 1 && three(user) == 2)
+        .unwrap();
+    assert_eq!(deliver(&doorman, &user), "250 2.0.0 ok\r\n");
+    assert_eq!(b.count(), 1);
+
+    // c joins the cluster (a reload); the user stays on b while remembered.
+    let config = std::fs::read_to_string(doorman.config_path()).unwrap();
+    let added = config.replace(
+        "[cluster.",
+        &format!(
+            "[[backend]]\naddress = \"{}\"\nsend_proxy = \"v2\"\n[cluster.",
+            c.address
+        ),
+    );
+    std::fs::write(doorman.config_path(), added).unwrap();
+    signal(doorman.child.id(), "HUP");
+    doorman
+        .log
+        .wait_for("reloaded", std::time::Duration::from_secs(10));
+    assert_eq!(deliver(&doorman, &user), "250 2.0.0 ok\r\n");
+    assert_eq!((b.count(), c.count()), (2, 0));
+    // A user with no assignment gets the new ranking.
+    let fresh = (0..)
+        .map(|i| format!("new{i}@mail.test"))
+        .find(|user| three(user) == 2)
+        .unwrap();
+    assert_eq!(deliver(&doorman, &fresh), "250 2.0.0 ok\r\n");
+    assert_eq!(c.count(), 1);
+}

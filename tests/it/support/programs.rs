@@ -153,22 +153,28 @@ impl Postfix {
     /// on the smtpd service; `None` (the test skips) when Postfix is missing
     /// or this is not root, outside CI.
     pub fn start(extra: &str, smtpd_args: &str) -> Option<Self> {
-        Self::start_with(extra, smtpd_args, "")
+        Self::start_with(extra, smtpd_args, "", free_port())
     }
 
     /// As [`Postfix::start`], plus the services that accept a message into
     /// the queue (cleanup, qmgr, ...); queued mail is discarded.
     pub fn start_delivering(extra: &str) -> Option<Self> {
+        Self::start_delivering_on(free_port(), extra)
+    }
+
+    /// As [`Postfix::start_delivering`], with its smtpd on `port`.
+    pub fn start_delivering_on(port: u16, extra: &str) -> Option<Self> {
         Self::start_with(
             &format!("{extra}\ndefault_transport = discard\nrelay_transport = discard\n"),
             "",
             "cleanup unix n - n - 0 cleanup\nqmgr unix n - n 300 1 qmgr\n\
 bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\ntrace unix - - n - 0 bounce\n\
 discard unix - - n - - discard\ntlsmgr unix - - n 1000? 1 tlsmgr\n",
+            port,
         )
     }
 
-    fn start_with(extra: &str, smtpd_args: &str, services: &str) -> Option<Self> {
+    fn start_with(extra: &str, smtpd_args: &str, services: &str, port: u16) -> Option<Self> {
         if !require_program("postfix") {
             return None;
         }
@@ -203,7 +209,6 @@ discard unix - - n - - discard\ntlsmgr unix - - n 1000? 1 tlsmgr\n",
             .parse()
             .unwrap();
         std::os::unix::fs::chown(base.join("data"), Some(uid), None).unwrap();
-        let port = free_port();
         let b = base.display();
         std::fs::write(
             base.join("etc/main.cf"),
