@@ -279,7 +279,13 @@ impl Pool {
             match open(backend, client, &self.hostname, tls).await {
                 Ok((stream, greeting, pending)) => {
                     if let Some(route) = &route {
-                        self.users.remember(route, backend.config.address).await;
+                        self.users
+                            .remember(
+                                route,
+                                backend.config.address,
+                                self.flushes(backend.config.address),
+                            )
+                            .await;
                     }
                     return Ok(Connected {
                         stream,
@@ -307,7 +313,9 @@ impl Pool {
             .await
             .first()?;
         let address = self.backends[first].config.address;
-        self.users.remember(route, address).await;
+        self.users
+            .remember(route, address, self.flushes(address))
+            .await;
         Some(address)
     }
 
@@ -318,12 +326,17 @@ impl Pool {
         client: &Client,
         route: &UserRoute<'_>,
     ) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        let remembered = self.users.remembered(route).await;
+        let remembered = self.users.remembered(route, |b| self.flushes(b)).await;
         let hashed = self
             .order(client, route.cluster, Some(route), false)
             .first()
             .map(|&i| self.backends[i].config.address);
         (remembered, hashed)
+    }
+
+    /// How many times `backend` was flushed, fleet-wide.
+    fn flushes(&self, backend: SocketAddr) -> u64 {
+        self.director.state(backend).flushes
     }
 
     /// The users' assignments.
@@ -340,7 +353,9 @@ impl Pool {
             .iter()
             .any(|b| b.config.address == backend && b.config.cluster == route.cluster);
         if known {
-            self.users.remember(route, backend).await;
+            self.users
+                .remember(route, backend, self.flushes(backend))
+                .await;
             self.users.count("moved");
         }
         known
@@ -361,7 +376,13 @@ impl Pool {
                 .first()
                 .map(|&i| self.backends[i].config.address);
             self.users
-                .reorder(route, &mut order, |i| self.backends[i].config.address, home)
+                .reorder(
+                    route,
+                    &mut order,
+                    |i| self.backends[i].config.address,
+                    |b| self.flushes(b),
+                    home,
+                )
                 .await;
         }
         order

@@ -3,8 +3,10 @@
 //! ranks by rendezvous hashing, unless one is remembered. The assignment is
 //! remembered in the cache store for `user_expire` after its last use, so a
 //! backend that comes back, or a weight change, does not move a user in the
-//! middle of a burst of mail; with Redis the whole fleet shares it. When the
-//! store cannot answer, the hash alone decides, and that is logged once.
+//! middle of a burst of mail; with Redis the whole fleet shares it. A record
+//! keeps the backend's flush count: a flush forgets every assignment to the
+//! backend at once, fleet-wide. When the store cannot answer, the hash
+//! alone decides, and that is logged once.
 //! It touches only the record store and the balancer's ranking.
 
 use std::net::SocketAddr;
@@ -64,12 +66,21 @@ impl UserMap {
     }
 
     /// The backend remembered for the user, if any (and if the store
-    /// answers).
-    pub async fn remembered(&self, route: &UserRoute<'_>) -> Option<SocketAddr> {
+    /// answers), unless that backend was flushed since: `flushes` gives a
+    /// backend's fleet-wide flush count, which the record keeps.
+    pub async fn remembered(
+        &self,
+        route: &UserRoute<'_>,
+        flushes: impl Fn(SocketAddr) -> u64,
+    ) -> Option<SocketAddr> {
         match self.store.get(&Self::key(route)).await {
             Ok(found) => {
                 self.store_answers();
-                found.and_then(|address| address.parse().ok())
+                let found = found?;
+                let (address, at) = found.split_once(';').unwrap_or((&found, "0"));
+                let address: SocketAddr = address.parse().ok()?;
+                let at: u64 = at.parse().ok()?;
+                (flushes(address) <= at).then_some(address)
             }
             Err(_) => {
                 self.store_fails();
@@ -78,11 +89,16 @@ impl UserMap {
         }
     }
 
-    /// Remembers `backend` for the user for `expire` from now.
-    pub async fn remember(&self, route: &UserRoute<'_>, backend: SocketAddr) {
+    /// Remembers `backend` (flushed `flushes` times so far) for the user
+    /// for `expire` from now.
+    pub async fn remember(&self, route: &UserRoute<'_>, backend: SocketAddr, flushes: u64) {
         let stored = self
             .store
-            .put(&Self::key(route), &backend.to_string(), route.expire)
+            .put(
+                &Self::key(route),
+                &format!("{backend};{flushes}"),
+                route.expire,
+            )
             .await;
         match stored {
             Ok(()) => self.store_answers(),
@@ -99,9 +115,10 @@ impl UserMap {
         route: &UserRoute<'_>,
         order: &mut [usize],
         address_of: impl Fn(usize) -> SocketAddr,
+        flushes: impl Fn(SocketAddr) -> u64,
         home: Option<SocketAddr>,
     ) {
-        let remembered = self.remembered(route).await;
+        let remembered = self.remembered(route, flushes).await;
         if remembered.is_none() {
             self.count("assigned");
         }
