@@ -311,6 +311,20 @@ fn two_instances_on_one_redis_share_users_and_a_down_backends_users_come_back() 
     std::thread::sleep(std::time::Duration::from_millis(3500));
     assert_eq!(deliver(&first, &user_a), "250 2.0.0 ok\r\n");
     assert_eq!((a.count(), b.count()), (1, 2), "back on a");
+
+    // Two moves of one user from two instances: the last write wins on
+    // every instance.
+    let (ok, _) = user(&first, &["move", &user_b, &b.address.to_string()]);
+    assert!(ok);
+    let (ok, _) = user(&second, &["move", &user_b, &a.address.to_string()]);
+    assert!(ok);
+    for instance in [&first, &second] {
+        let (_, shown) = user(instance, &["lookup", &user_b]);
+        assert!(
+            shown.contains(&format!("-> {} (remembered)", a.address)),
+            "{shown}"
+        );
+    }
 }
 
 #[test]
@@ -437,4 +451,32 @@ fn a_backend_added_to_the_cluster_moves_no_remembered_user() {
         .unwrap();
     assert_eq!(deliver(&doorman, &fresh), "250 2.0.0 ok\r\n");
     assert_eq!(c.count(), 1);
+}
+
+#[test]
+fn odd_recipients_get_a_bounded_user_and_the_usual_reply() {
+    let (a, b) = (FakeBackend::start(true), FakeBackend::start(true));
+    let doorman = start(a.address, b.address);
+    let long = format!("{}@mail.test", "x".repeat(1500));
+    for odd in [
+        "",
+        "\"quoted+part\"@mail.test",
+        "Ünïcode@mail.test",
+        long.as_str(),
+        "no-domain",
+    ] {
+        // Each is routed like any user (the fake backends take anything)
+        // and doorman goes on.
+        assert_eq!(deliver(&doorman, odd), "250 2.0.0 ok\r\n", "{odd:?}");
+    }
+    assert_eq!(a.count() + b.count(), 5);
+    // The user of the long address is cut to 256 bytes in lookups too.
+    let (ok, shown) = user(&doorman, &["lookup", &long]);
+    assert!(ok, "{shown}");
+    let key = shown
+        .split(": user ")
+        .nth(1)
+        .and_then(|rest| rest.split(" in cluster").next())
+        .unwrap_or_default();
+    assert_eq!(key, &long[..256], "{shown}");
 }
