@@ -103,23 +103,38 @@ impl<S: ClientIo> Session<Channel<S>> {
             return self.refuse_busy(teased).await;
         }
         let count = lines.len();
-        for (index, line) in lines.into_iter().enumerate() {
-            let answer = match backend.write_all(&line).await {
-                Ok(()) => read_reply(&mut backend, &mut pending, REPLY_TIMEOUT).await,
-                Err(error) => Err(error),
-            };
-            match answer {
-                Ok(answer) if index + 1 == count => self.send_bytes(&answer).await,
-                Ok(answer) if answer.starts_with(b"2") => {}
-                Ok(refusal) => {
-                    log::replay_refused(client.address, &line, &refusal);
-                    self.send_bytes(&refusal).await;
-                    break;
+        let pipelining = shared.pool.ehlo_keywords().is_some_and(|keywords| {
+            keywords
+                .iter()
+                .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+        });
+        let mut index = 0;
+        let mut refused = false;
+        for group in replay_groups(lines, pipelining) {
+            if let Err(error) = backend.write_all(&group.concat()).await {
+                log::relay_error(client.address, &error);
+                return self.refuse_busy(false).await;
+            }
+            for line in group {
+                match read_reply(&mut backend, &mut pending, REPLY_TIMEOUT).await {
+                    // The reply to a command pipelined behind a refused one.
+                    Ok(_) if refused => {}
+                    Ok(answer) if index + 1 == count => self.send_bytes(&answer).await,
+                    Ok(answer) if answer.starts_with(b"2") => {}
+                    Ok(refusal) => {
+                        log::replay_refused(client.address, &line, &refusal);
+                        self.send_bytes(&refusal).await;
+                        refused = true;
+                    }
+                    Err(error) => {
+                        log::relay_error(client.address, &error);
+                        return self.refuse_busy(false).await;
+                    }
                 }
-                Err(error) => {
-                    log::relay_error(client.address, &error);
-                    return self.refuse_busy(false).await;
-                }
+                index += 1;
+            }
+            if refused {
+                break;
             }
         }
         if let Some(envelope) = gated {

@@ -63,7 +63,7 @@ use crate::shared::{ConfigState, ProcessState};
 use crate::smtp::deep::{DeepTest, DeepTests};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, CheckReply};
-use crate::smtp::line::{next_line, Line};
+use crate::smtp::line::{next_line, replay_groups, Line};
 use crate::smtp::reply;
 use crate::tls::Channel;
 use crate::verdict::{Decision, Judgement, TestRecord, PREGREET_STATUS, PREGREET_TEXT};

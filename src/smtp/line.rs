@@ -92,6 +92,28 @@ pub fn next_line(buffer: &mut BytesMut, limit: usize) -> Result<Option<Line>, Li
     }
 }
 
+/// The groups in which replayed command lines may go to a backend: with
+/// `pipelining` (the backend announced PIPELINING) consecutive MAIL and
+/// RCPT lines share one write, as RFC 2920 allows; every other command
+/// (EHLO, STARTTLS, ...) ends its group, so it goes alone.
+pub fn replay_groups(lines: Vec<Vec<u8>>, pipelining: bool) -> Vec<Vec<Vec<u8>>> {
+    let groupable = |line: &[u8]| {
+        pipelining
+            && line.len() >= 4
+            && (line[..4].eq_ignore_ascii_case(b"MAIL") || line[..4].eq_ignore_ascii_case(b"RCPT"))
+    };
+    let mut groups: Vec<Vec<Vec<u8>>> = Vec::new();
+    for line in lines {
+        match groups.last_mut() {
+            Some(group) if groupable(&line) && group.iter().all(|l| groupable(l)) => {
+                group.push(line)
+            }
+            _ => groups.push(vec![line]),
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +138,22 @@ mod tests {
         assert_eq!(next_line(&mut long, 10), Err(LineTooLong { limit: 10 }));
         let mut fits = BytesMut::from(&b"12345678\r\n"[..]);
         assert!(next_line(&mut fits, 10).unwrap().is_some());
+    }
+
+    #[test]
+    fn mail_and_rcpt_share_a_write_only_with_pipelining() {
+        let lines = || {
+            [
+                "EHLO c\r\n",
+                "MAIL FROM:<a@b>\r\n",
+                "RCPT TO:<c@d>\r\n",
+                "STARTTLS\r\n",
+            ]
+            .map(|l| l.as_bytes().to_vec())
+            .to_vec()
+        };
+        let sizes = |groups: Vec<Vec<Vec<u8>>>| groups.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(replay_groups(lines(), true)), [1, 2, 1]);
+        assert_eq!(sizes(replay_groups(lines(), false)), [1, 1, 1, 1]);
     }
 }
