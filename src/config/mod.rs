@@ -233,6 +233,9 @@ impl Config {
         {
             skipped.push("the deep tests");
         }
+        if self.clusters.values().any(ClusterSection::by_recipient) {
+            skipped.push("routing by recipient");
+        }
         skipped
     }
 }
@@ -404,9 +407,14 @@ impl Sections {
                     format!("[cluster.{name}] names a cluster with no [[backend]]"),
                 ));
             }
-            cluster
-                .check()
-                .map_err(|error| document.section_error(&format!("cluster.{name}"), error))?;
+            // A cluster's name may be "" (the default cluster), so its
+            // path is given part by part.
+            cluster.check().map_err(|error| match error {
+                doorman_gate_api::SectionError::Key { key, message } => {
+                    document.error(&["cluster", name, &key], message)
+                }
+                other => document.section_error("cluster", other),
+            })?;
         }
         self.greet.check().map_err(at("greet"))?;
         self.score.check().map_err(at("score"))?;

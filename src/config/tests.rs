@@ -150,3 +150,39 @@ fn required_mode_needs_hosts() {
         .to_string();
     assert!(shown.contains("hosts_file"), "{shown}");
 }
+
+#[test]
+fn a_cluster_balanced_by_recipient_is_checked_and_warned_about_without_tls() {
+    let text = format!(
+        "{MINIMAL}[cluster.\"\"]\nbalance = \"recipient\"\nkey = \"domain\"\nuser_expire = \"1h\"\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    let section = config.by_recipient("").expect("balanced by recipient");
+    assert_eq!(section.key, RecipientKey::Domain);
+    assert_eq!(section.user_expire, Duration::from_secs(3600));
+    assert_eq!(config.skipped_by_starttls(), ["routing by recipient"]);
+    let shown = Config::parse(&text.replace("\"1h\"", "\"2d\""), Path::new("d.toml"))
+        .expect_err("above a day")
+        .to_string();
+    assert!(shown.starts_with("d.toml:9: user_expire"), "{shown}");
+    let shown = Config::parse(
+        &text.replace("[cluster.\"\"]", "[cluster.nowhere]"),
+        Path::new("d.toml"),
+    )
+    .expect_err("no such cluster")
+    .to_string();
+    assert!(
+        shown.contains("[cluster.nowhere] names a cluster with no [[backend]]"),
+        "{shown}"
+    );
+    let shown = Config::parse(
+        &format!("{MINIMAL}[pool]\nbalance = \"recipient\"\n"),
+        Path::new("d.toml"),
+    )
+    .expect_err("recipient in [pool]")
+    .to_string();
+    assert!(
+        shown.starts_with("d.toml:7: balance = \"recipient\" is set per cluster"),
+        "{shown}"
+    );
+}
