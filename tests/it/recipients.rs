@@ -347,22 +347,14 @@ fn two_postfix_mailstores_each_get_their_own_users() {
     let mut client = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
     assert_eq!(read_line(&mut client), "220-mx.doorman.test ESMTP\r\n");
     assert_eq!(read_line(&mut client), "220 mx.doorman.test ESMTP\r\n");
-    assert!(say(&mut client, "EHLO client.test").starts_with("250 "));
-    assert_eq!(
-        say(&mut client, "MAIL FROM:<s@client.test>"),
-        "250 2.1.0 Ok\r\n"
+    postfix_message(
+        &mut client,
+        &[
+            (&user_a, "250 2.1.5 Ok\r\n"),
+            (&user_b, "452 4.5.3 Too many recipients\r\n"),
+        ],
+        "both",
     );
-    assert_eq!(
-        say(&mut client, &format!("RCPT TO:<{user_a}>")),
-        "250 2.1.5 Ok\r\n"
-    );
-    assert_eq!(
-        say(&mut client, &format!("RCPT TO:<{user_b}>")),
-        "452 4.5.3 Too many recipients\r\n"
-    );
-    assert!(say(&mut client, "DATA").starts_with("354 "));
-    assert!(say(&mut client, "Subject: both\r\n\r\nhello\r\n.").starts_with("250 2.0.0 Ok: queued"));
-    assert_eq!(say(&mut client, "QUIT"), "221 2.0.0 Bye\r\n");
     a.wait_for_log(
         &format!("to=<{user_a}>"),
         std::time::Duration::from_secs(10),
@@ -372,22 +364,25 @@ fn two_postfix_mailstores_each_get_their_own_users() {
     // reaches its own mailstore (the other would refuse it: User unknown).
     let mut retry = connect_from(Ipv4Addr::new(127, 0, 0, 1), doorman.address);
     assert_eq!(read_line(&mut retry), "220 mx.doorman.test ESMTP\r\n");
-    assert!(say(&mut retry, "EHLO client.test").starts_with("250 "));
-    assert_eq!(
-        say(&mut retry, "MAIL FROM:<s@client.test>"),
-        "250 2.1.0 Ok\r\n"
-    );
-    assert_eq!(
-        say(&mut retry, &format!("RCPT TO:<{user_b}>")),
-        "250 2.1.5 Ok\r\n"
-    );
-    assert!(say(&mut retry, "DATA").starts_with("354 "));
-    assert!(say(&mut retry, "Subject: retry\r\n\r\nhello\r\n.").starts_with("250 2.0.0 Ok: queued"));
-    assert_eq!(say(&mut retry, "QUIT"), "221 2.0.0 Bye\r\n");
+    postfix_message(&mut retry, &[(&user_b, "250 2.1.5 Ok\r\n")], "retry");
     b.wait_for_log(
         &format!("to=<{user_b}>"),
         std::time::Duration::from_secs(10),
     );
+}
+
+/// EHLO, MAIL, each RCPT with the reply it must get, a message with
+/// `subject`, and QUIT, through doorman to a real Postfix.
+fn postfix_message(client: &mut TcpStream, recipients: &[(&str, &str)], subject: &str) {
+    assert!(say(client, "EHLO client.test").starts_with("250 "));
+    assert_eq!(say(client, "MAIL FROM:<s@client.test>"), "250 2.1.0 Ok\r\n");
+    for (to, reply) in recipients {
+        assert_eq!(say(client, &format!("RCPT TO:<{to}>")), *reply);
+    }
+    assert!(say(client, "DATA").starts_with("354 "));
+    let message = format!("Subject: {subject}\r\n\r\nhello\r\n.");
+    assert!(say(client, &message).starts_with("250 2.0.0 Ok: queued"));
+    assert_eq!(say(client, "QUIT"), "221 2.0.0 Bye\r\n");
 }
 
 /// The main.cf lines of a Postfix that accepts mail for `user` alone, as a
