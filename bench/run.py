@@ -44,7 +44,8 @@ def wait_port(port, timeout=20):
 class Procs:
     def __init__(self): self.procs = []; self.cleanups = []
     def start(self, args, **kw):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw); self.procs.append(p); return p
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, **kw); self.procs.append(p); return p
     def stop(self):
         for p in self.procs:
             try: p.kill(); p.wait(5)
@@ -108,7 +109,14 @@ backend b
     return p
 
 
-def doorman(tmp, procs, backend_port, sections, send_proxy="none", files=None):
+# The [runtime] model every doorman of this run uses (--runtime).
+RUNTIME = ["per-core"]
+
+
+def doorman(tmp, procs, backend_port, sections, send_proxy="none", files=None, log=None, binary=None, model=None):
+    """A doorman handing off to `backend_port`. Only warnings are logged,
+    unless `log` names a file: then the default lines go there, as an
+    operator runs it."""
     d = tempfile.mkdtemp(dir=tmp); port = free_port()
     open(os.path.join(d, "haproxy_hosts"), "w").write("127.0.0.10\n")
     for name, text in (files or {}).items():
@@ -129,10 +137,15 @@ total = 0
 store = "memory"
 [log]
 format = "postscreen"
+[runtime]
+model = "{model or RUNTIME[0]}"
 {sections}
 """)
     env = dict(os.environ, DOORMAN_LOG="warn")
-    p = procs.start([DOORMAN, "run", "--config", os.path.join(d, "doorman.toml")], env=env)
+    output = {}
+    if log:
+        del env["DOORMAN_LOG"]; output["stderr"] = open(log, "ab")
+    p = procs.start([binary or DOORMAN, "run", "--config", os.path.join(d, "doorman.toml")], env=env, **output)
     wait_port(port); return p, port
 
 
@@ -365,12 +378,47 @@ def flood(port, count, expect, source="127.0.0.1"):
     return float(out[1])
 
 
+def context_switches(pid):
+    """Voluntary and involuntary context switches of all a process's threads."""
+    voluntary = involuntary = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{task}/status"):
+                if line.startswith("voluntary_ctxt_switches:"): voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"): involuntary += int(line.split()[1])
+        except OSError:
+            pass
+    return voluntary, involuntary
+
+
+def paced_flood(port, rate, seconds, expect, pid):
+    """S7m: `rate` connections per second for `seconds` through a front
+    (bench/loadgen flood --rate), each reading its first line and leaving;
+    returns the server's CPU ms per connection, its voluntary and
+    involuntary context switches per connection, and the rate answered."""
+    count = rate * seconds
+    cpu, switches = sum(cpu_split(pid)), context_switches(pid)
+    out = subprocess.run([LOADGEN, "flood", "--target", f"127.0.0.1:{port}", "--count", str(count),
+                          "--expect", expect, "--rate", str(rate), "--concurrency", "1000"],
+                         check=True, capture_output=True, text=True, timeout=600).stdout.split()
+    if int(out[0]) < count * 0.99:
+        raise RuntimeError(f"paced flood on {port}: only {out[0]} of {count} answered {expect}")
+    after = context_switches(pid)
+    return ((sum(cpu_split(pid)) - cpu) * 1000 / count, (after[0] - switches[0]) / count,
+            (after[1] - switches[1]) / count, float(out[1]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small counts, one run: a smoke check under a minute")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8, S1r)")
+    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8, S1r, S7m)")
+    ap.add_argument("--runtime", choices=("per-core", "shared"), default="per-core",
+                    help="every doorman's [runtime] model (the default is doorman's own)")
     args = ap.parse_args()
+    RUNTIME[0] = args.runtime
+    # S1, S3, S7 and S7m also measure a doorman with the other model.
+    other = {"per-core": "shared", "shared": "per-core"}[args.runtime]
     want = lambda *names: not args.only or any(name in args.only for name in names)
     runs = 1 if args.quick else args.runs
     # 15,000 waiting clients need as many descriptors here and in doorman.
@@ -385,6 +433,8 @@ def main():
     new_clients = 300 if args.quick else 3000
     bulk = 5_000_000 if args.quick else 50_000_000
     floods = 3000 if args.quick else 10000
+    moderate_rates = (2000, 5000)
+    paced_seconds = 2 if args.quick else 5
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "doorman", "-p", "doorman-loadgen"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="doorman-bench-"); os.chmod(tmp, 0o755)
     procs = Procs(); results = {}
@@ -407,6 +457,8 @@ def main():
         via_tokio = free_port(); haproxy(tmp, procs, via_tokio, tokio_inner, "tokio", send_proxy=False)
         dm, dm_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n')
         via_doorman = free_port(); haproxy(tmp, procs, via_doorman, dm_port, "doorman")
+        dm_other, dm_other_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n', model=other)
+        via_other = free_port(); haproxy(tmp, procs, via_other, dm_other_port, "doorman-other")
         # S1r: the same clients, in a cluster balanced by recipient: each
         # goes through the engine up to its first RCPT, then the replay and
         # the gated relay (which copies the DATA body through).
@@ -425,6 +477,15 @@ def main():
         dm7, dm7_port = doorman(tmp, procs, sink, '[access]\nfile = "access"\naction = "drop"\n',
                                 files={"access": "127.0.0.1/32 reject\n"})
         via_dm7 = free_port(); dm7_front = haproxy(tmp, procs, via_dm7, dm7_port, "doorman-s7", nolinger=True)
+        # S7m's second doorman logs its lines to a file, as an operator runs it.
+        dm7m_log = os.path.join(tmp, "doorman-s7m.log")
+        dm7m, dm7m_port = doorman(tmp, procs, sink, '[access]\nfile = "access"\naction = "drop"\n',
+                                  files={"access": "127.0.0.1/32 reject\n"}, log=dm7m_log)
+        via_dm7m = free_port(); haproxy(tmp, procs, via_dm7m, dm7m_port, "doorman-s7m", nolinger=True)
+        dm7o_log = os.path.join(tmp, "doorman-s7-other.log")
+        dm7o, dm7o_port = doorman(tmp, procs, sink, '[access]\nfile = "access"\naction = "drop"\n',
+                                  files={"access": "127.0.0.1/32 reject\n"}, log=dm7o_log, model=other)
+        via_dm7o = free_port(); haproxy(tmp, procs, via_dm7o, dm7o_port, "doorman-s7-other", nolinger=True)
         dm7b, dm7b_port = doorman(tmp, procs, sink, f'[greet]\nbanner = ""\n[dnsbl]\nsites = ["bl.test"]\n'
                                   f'nameservers = ["127.0.0.1:{dns}"]\naction = "drop"\n')
         via_dm7b = free_port(); haproxy(tmp, procs, via_dm7b, dm7b_port, "doorman-s7b", nolinger=True)
@@ -489,12 +550,16 @@ def main():
           paths = {"smtp-sink banners/s": (banners7, "220", "127.0.0.1"),
                    "doorman refusals/s": (via_dm7, "521", "127.0.0.1"),
                    "doorman DNSBL refusals/s": (via_dm7b, "521", "127.0.0.2"),
+                   "doorman logging refusals/s": (via_dm7m, "521", "127.0.0.1"),
+                   "doorman logging, other runtime refusals/s": (via_dm7o, "521", "127.0.0.1"),
                    "postscreen refusals/s": (via_ps7, "521", "127.0.0.1")}
           cpu = interleaved("S7", paths, lambda path: flood(path[0], floods, path[1], path[2]),
-                            pids=[dm7.pid, dm7b.pid, sink_proc.pid, direct_front.pid, dm7_front.pid])
+                            pids=[dm7.pid, dm7b.pid, dm7m.pid, dm7o.pid, sink_proc.pid, direct_front.pid, dm7_front.pid])
           per_1000 = lambda pid: sum(cpu[pid]) / (runs * floods / 1000)
           results["S7 doorman CPU s per 1000 refusals"] = per_1000(dm7.pid)
           results["S7 doorman CPU s per 1000 DNSBL refusals"] = per_1000(dm7b.pid)
+          results["S7 doorman logging CPU s per 1000 refusals"] = per_1000(dm7m.pid)
+          results["S7 doorman logging, other runtime CPU s per 1000 refusals"] = per_1000(dm7o.pid)
           results["S7 smtp-sink CPU s per 1000 banners"] = per_1000(sink_proc.pid)
           results["S7 HAProxy CPU s per 1000 forwarded"] = per_1000(direct_front.pid)
           results["S7 load generator CPU s per 1000"] = statistics.median(FLOOD_CPU)
@@ -502,6 +567,19 @@ def main():
           # HAProxy and the load generator share the cores with the screener.
           results["S7 refusals/s ceiling, screener free"] = os.cpu_count() * 1000 / (
               results["S7 HAProxy CPU s per 1000 forwarded"] + results["S7 load generator CPU s per 1000"])
+        # S7m: the same refusals and banners at a moderate, fixed rate, where
+        # real floods run: CPU and context switches per connection.
+        if want("S7m"):
+            for rate in moderate_rates:
+                interleaved(f"S7m {rate}/s", {"smtp-sink": (banners7, "220", sink_proc.pid),
+                                             "doorman": (via_dm7, "521", dm7.pid),
+                                             "doorman logging": (via_dm7m, "521", dm7m.pid),
+                                             "doorman logging, other runtime": (via_dm7o, "521", dm7o.pid)},
+                            lambda path: paced_flood(path[0], rate, paced_seconds, path[1], path[2]),
+                            labels=("CPU ms per connection", "voluntary switches", "involuntary switches", "rate"))
+            lines = sum(1 for _ in open(dm7m_log))
+            refusals = runs * paced_seconds * sum(moderate_rates) + (runs * floods if want("S7") else 0)
+            results["S7m log lines per refusal"] = lines / refusals
         # S8: TLS greetings for new clients.
         if want("S8"):
             before = {"doorman": tree_cpu(dm8.pid), "postscreen+tlsproxy": tree_cpu(ps8_master),
@@ -531,7 +609,8 @@ def main():
             cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
                                      "bare tokio relay msg/s": via_tokio,
                                      "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen,
-                                     "doorman by recipient msg/s": via_recipient},
+                                     "doorman by recipient msg/s": via_recipient,
+                                     "doorman, other runtime msg/s": via_other},
                               lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
             user, system = cpu[dm.pid]
             results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
@@ -540,7 +619,7 @@ def main():
             results["S6 bare tokio relay CPU s per 1000 conn (S1)"] = sum(cpu[tokio_relay.pid]) / (runs * msgs / 1000)
         if want("S3"):
             interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
-                               "doorman": via_doorman},
+                               "doorman": via_doorman, "doorman, other runtime": via_other},
                         lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
         if want("S4"):
             for held, (dm3, dm3_port) in dm3s.items():
@@ -568,12 +647,14 @@ def main():
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
         ("S1r msg/s, cached clients, balanced by recipient", r["S1 doorman by recipient msg/s"], f"{r['S1 doorman by recipient msg/s']/r['S1 doorman msg/s']:.2f}x doorman's S1, {r['S1 doorman by recipient msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.8x S1"),
         ("S1 same, an extra HAProxy hop", r["S1 extra HAProxy hop msg/s"], f"{r['S1 extra HAProxy hop msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x this", "doorman >= 1.0x this"),
+        (f"S1 same, doorman {other}", r["S1 doorman, other runtime msg/s"], f"{r['S1 doorman, other runtime msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x the extra HAProxy hop", f"(the other [runtime] model)"),
         ("S1 same, a bare tokio relay", r["S1 bare tokio relay msg/s"], f"{r['S1 bare tokio relay msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 bare tokio relay msg/s']:.2f}x this", "(anchor: tokio's own cost)"),
         ("S2 new clients/s", r["S2 doorman new clients/s"], f"{r['S2 doorman new clients/s']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen", ">= 3x postscreen"),
         ("S2b new clients/s with a DNSBL", r["S2 doorman new clients/s, DNSBL"], f"{r['S2 doorman new clients/s, DNSBL']/r['S2 doorman new clients/s']:.2f}x S2, {r['S2 doorman new clients/s, DNSBL']/max(r['S2 postscreen new clients/s'],1e-9):.1f}x postscreen (no DNSBL)", ">= 0.95x S2"),
         ("S3 banner p50 ms", r["S3 doorman p50 ms"], f"+{r['S3 doorman p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "<= +0.1 ms"),
         ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
         ("S3 p50 ms, an extra HAProxy hop", r["S3 extra HAProxy hop p50 ms"], f"+{r['S3 extra HAProxy hop p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "doorman's overhead <= this one's"),
+        (f"S3 p50 ms, doorman {other}", r["S3 doorman, other runtime p50 ms"], f"+{r['S3 doorman, other runtime p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(the other [runtime] model)"),
         ("S3 p50 ms, a bare tokio relay", r["S3 bare tokio relay p50 ms"], f"+{r['S3 bare tokio relay p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(anchor)"),
         *[(f"S4 bytes/waiting client, {held}", v, f"{v/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1024")
           for held, v in ((k.rsplit(", ", 1)[1], v) for k, v in r.items() if k.startswith("S4 doorman"))],
@@ -585,14 +666,28 @@ def main():
         ("S7 refusals/s, access drop", r["S7 doorman refusals/s"], f"{r['S7 doorman refusals/s']/r['S7 postscreen refusals/s']:.1f}x postscreen, {r['S7 doorman refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 3x postscreen, >= 0.9x direct"),
         ("S7 ceiling, screener free", r["S7 refusals/s ceiling, screener free"], f"{r['S7 refusals/s ceiling, screener free']/r['S7 postscreen refusals/s']:.1f}x postscreen: {os.cpu_count()} cores / (HAProxy + load generator)", "(anchor)"),
         ("S7 refusals/s, DNSBL drop", r["S7 doorman DNSBL refusals/s"], f"{r['S7 doorman DNSBL refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", ">= 0.9x direct"),
-        ("S7 CPU s / 1000 refusals", r["S7 doorman CPU s per 1000 refusals"], f"{r['S7 doorman CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
+        ("S7 CPU s / 1000 refusals", r["S7 doorman CPU s per 1000 refusals"], f"{r['S7 doorman CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 0.6x smtp-sink"),
+        *[(f"S7m CPU ms / refusal, {rate}/s", r[f"S7m {rate}/s doorman CPU ms per connection"],
+           f"{r[f'S7m {rate}/s doorman CPU ms per connection']/max(r[f'S7m {rate}/s smtp-sink CPU ms per connection'],1e-9):.2f}x smtp-sink per banner; "
+           f"switches {r[f'S7m {rate}/s doorman voluntary switches']:.2f}+{r[f'S7m {rate}/s doorman involuntary switches']:.2f} vs "
+           f"{r[f'S7m {rate}/s smtp-sink voluntary switches']:.2f}+{r[f'S7m {rate}/s smtp-sink involuntary switches']:.2f}",
+           "<= 1.0x smtp-sink") for rate in (2000, 5000)],
+        *[(f"S7m same, logging, {rate}/s", r[f"S7m {rate}/s doorman logging CPU ms per connection"],
+           f"{r[f'S7m {rate}/s doorman logging CPU ms per connection']/max(r[f'S7m {rate}/s smtp-sink CPU ms per connection'],1e-9):.2f}x smtp-sink per banner; "
+           f"{r['S7m log lines per refusal']:.2f} lines per refusal to a file", "<= 1.0x smtp-sink") for rate in (2000, 5000)],
+        *[(f"S7m same, logging, {other}, {rate}/s", r[f"S7m {rate}/s doorman logging, other runtime CPU ms per connection"],
+           f"{r[f'S7m {rate}/s doorman logging, other runtime CPU ms per connection']/max(r[f'S7m {rate}/s smtp-sink CPU ms per connection'],1e-9):.2f}x smtp-sink per banner",
+           "(the other [runtime] model)") for rate in (2000, 5000)],
         ("S8 TLS sessions/s, new clients", r["S8 doorman TLS sessions/s"], f"{r['S8 doorman TLS sessions/s']/r['S8 postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy, {r['S8 doorman TLS sessions/s']/r['S8 smtpd TLS sessions/s']:.2f}x smtpd", ">= 2x postscreen+tlsproxy"),
         ("S8 ceiling, cores / CPU", r["S8 doorman TLS sessions/s ceiling"], f"{r['S8 doorman TLS sessions/s ceiling']/r['S8 postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy: {os.cpu_count()} cores / (doorman + load generator, {r['S8 load generator CPU s per 1000 TLS sessions']:.2f} s)", "(anchor)"),
         ("S8 CPU s / 1000 TLS sessions", r["S8 doorman CPU s per 1000 TLS sessions"], f"{r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 postscreen+tlsproxy CPU s per 1000 TLS sessions'],1e-9):.2f}x postscreen+tlsproxy, {r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 smtpd CPU s per 1000 TLS sessions'],1e-9):.2f}x smtpd", "<= 0.5x postscreen+tlsproxy"),
         ("S8 bytes/idle TLS client", r["S8 doorman bytes/idle TLS client"], f"{r['S8 doorman bytes/idle TLS client']/max(r['S8 postscreen+tlsproxy bytes/idle TLS client'],1):.2f}x postscreen+tlsproxy", "<= 0.5x postscreen+tlsproxy"),
+        ("S7 same, logging", r["S7 doorman logging CPU s per 1000 refusals"], f"{r['S7 doorman logging CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner; {r['S7 doorman logging refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", "<= 0.6x smtp-sink"),
+        (f"S7 same, logging, {other}", r["S7 doorman logging, other runtime CPU s per 1000 refusals"], f"{r['S7 doorman logging, other runtime CPU s per 1000 refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner; {r['S7 doorman logging, other runtime refusals/s']/r['S7 smtp-sink banners/s']:.2f}x direct banners", "(the other [runtime] model)"),
         ("S7 same, DNSBL drop", r["S7 doorman CPU s per 1000 DNSBL refusals"], f"{r['S7 doorman CPU s per 1000 DNSBL refusals']/max(r['S7 smtp-sink CPU s per 1000 banners'],1e-9):.2f}x smtp-sink per banner", "<= 1.0x smtp-sink"),
     ]
     rows = [row for row in rows if row[1] == row[1]]
+    print(f"[runtime] model {args.runtime}; the rows that say {other} use the other")
     print(f"runs: {runs} (median), messages {msgs}, banners {banners}, waiting {waiting}, new clients {new_clients}, bulk {bulk} bytes")
     print(f"{'scenario':32} {'doorman':>12}  {'ratio':40} target")
     for name, value, ratio, target in rows:

@@ -8,7 +8,9 @@
 //! # Module map
 //! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
 //!   `FILE:LINE` errors.
-//! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown.
+//! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown;
+//!   [`threads`]: the serving threads, their runtimes and listening
+//!   sockets (one per thread with `SO_REUSEPORT`, or one shared).
 //! - [`session`]: the one place where a client connection does I/O and
 //!   waits; its phases are an enum. The phases after the real client is
 //!   known (the engine, the handoff) run over any [`session::ClientIo`]
@@ -38,7 +40,8 @@
 //!   [`agent`]: HAProxy's agent check.
 //! - [`log`]: the postscreen-compatible event lines; [`logfmt`]: where and
 //!   how lines are written (syslog layout, JSON, the syslog socket);
-//!   [`logbuffer`]: stderr lines written in batches.
+//!   [`logbuffer`]: stderr lines written in batches by a thread of their
+//!   own.
 //! - [`explain`]: `doorman explain`, the gates' findings for one address.
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`tls`]: STARTTLS in the built-in engine (certificates by SNI, the
@@ -108,6 +111,7 @@ pub mod session;
 pub mod shared;
 pub mod sink;
 pub mod smtp;
+pub mod threads;
 pub mod tls;
 pub mod verdict;
 pub mod waiting_room;

@@ -2,7 +2,10 @@
 //!
 //! [`Server::bind`] opens every listener first, so a port that is taken is
 //! an error before any client is served. [`Server::serve`] runs one accept
-//! loop per listener and one task per connection. Each connection takes the
+//! loop per listening socket and one task per connection: with
+//! `[runtime] model = "per-core"` each listener has a socket per serving
+//! thread, and the threads other than the caller's run on runtimes of
+//! their own ([`crate::threads`]). Each connection takes the
 //! config snapshot current when it is accepted. SIGHUP rereads the config
 //! and every file it names; a valid one is swapped in atomically for new
 //! connections (live sessions keep theirs, and removed backends drain with
@@ -31,6 +34,7 @@ use crate::log;
 use crate::memory;
 use crate::session::Session;
 use crate::shared::{ConfigState, ProcessState};
+use crate::threads::{self, Threads};
 use crate::waiting_room::{Resumable, WaitingRoom};
 
 /// How long to pause after an accept error (e.g. out of file descriptors),
@@ -41,7 +45,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct Server {
     current: Arc<ArcSwap<ConfigState>>,
     process: ProcessState,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
+    /// Each listener's sockets, one per serving thread.
+    listeners: Vec<(Vec<std::net::TcpListener>, ListenerConfig)>,
     admin: Option<TcpListener>,
     agent: Option<TcpListener>,
 }
@@ -55,15 +60,18 @@ impl Server {
     /// As [`Server::bind`], with the gates `registry` knows (a build with
     /// gates of its own; the config must have been loaded with the same).
     pub async fn bind_with(config: Config, registry: Registry) -> io::Result<Self> {
+        let threads = Threads::new(&config.runtime);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.address).await.map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("cannot listen on {}: {error}", listener.address),
-                )
-            })?;
-            listeners.push((socket, listener.clone()));
+            let sockets = threads::bind(listener.address, threads.sockets_per_listener()).map_err(
+                |error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("cannot listen on {}: {error}", listener.address),
+                    )
+                },
+            )?;
+            listeners.push((sockets, listener.clone()));
         }
         let admin = match config.admin.address {
             Some(address) => Some(admin::bind(address).await?),
@@ -75,8 +83,10 @@ impl Server {
         };
         // Announced once every socket is bound: whoever waits for the
         // first line can reach them all.
-        for (socket, _) in &listeners {
-            log::listening(socket.local_addr()?);
+        for (sockets, _) in &listeners {
+            if let Some(socket) = sockets.first() {
+                log::listening(socket.local_addr()?);
+            }
         }
         if let Some(listener) = &admin {
             log::admin_listening(listener.local_addr()?);
@@ -91,9 +101,8 @@ impl Server {
         if !skipped.is_empty() {
             log::starttls_skips_gates(&crate::tls::skip_warning(&skipped));
         }
-        let handle = tokio::runtime::Handle::current();
-        let room = WaitingRoom::open(move |stream, parked: Box<dyn Resumable>, woken| {
-            handle.spawn(parked.resume(stream, woken));
+        let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
+            parked.resume(stream, woken)
         })?;
         let process = ProcessState {
             registry: Arc::new(registry),
@@ -124,18 +133,14 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let cut_sessions = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let mut loops = Vec::new();
-        for (socket, listener) in self.listeners {
-            loops.push(tokio::spawn(accept_loop(
-                socket,
-                listener,
-                Arc::clone(&self.current),
-                self.process.clone(),
-                sessions.clone(),
-                stop_accepting.clone(),
-                cut_sessions.clone(),
-            )));
-        }
+        let accepting = Accepting {
+            current: Arc::clone(&self.current),
+            process: self.process.clone(),
+            sessions: sessions.clone(),
+            stop_accepting: stop_accepting.clone(),
+            cut_sessions: cut_sessions.clone(),
+        };
+        let (loops, serving_threads) = accepting.start(self.listeners);
         let mut background = vec![
             tokio::spawn(clean_cache(Arc::clone(&self.current))),
             tokio::spawn(follow_the_fleet(
@@ -188,6 +193,13 @@ impl Server {
             let _ = accept.await;
         }
         sessions.close();
+        // The serving threads end once their loops have stopped and every
+        // session is over.
+        let serving_threads = tokio::task::spawn_blocking(move || {
+            for thread in serving_threads {
+                let _ = thread.join();
+            }
+        });
         let shared = self.current.load_full();
         log::shutdown_started(sessions.len(), shared.config.shutdown_grace);
         let mut cut = 0;
@@ -205,6 +217,7 @@ impl Server {
         if let Some(agent) = agent {
             agent.abort();
         }
+        let _ = serving_threads.await;
         shared.cache.close().await;
         log::shutdown_finished(cut);
     }
@@ -265,6 +278,7 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
         ("[cache]", config.cache != running.config.cache),
         ("[log]", config.log != running.config.log),
         ("[admin]", config.admin != running.config.admin),
+        ("[runtime]", config.runtime != running.config.runtime),
     ] {
         if changed {
             log::reload_needs_restart(what);
@@ -284,15 +298,97 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
     }
 }
 
-async fn accept_loop(
-    socket: TcpListener,
-    listener: ListenerConfig,
+/// What every accept loop shares, on whichever thread it runs.
+#[derive(Clone)]
+struct Accepting {
     current: Arc<ArcSwap<ConfigState>>,
     process: ProcessState,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     cut_sessions: CancellationToken,
-) {
+}
+
+impl Accepting {
+    /// Starts an accept loop for every socket: socket k of each listener
+    /// on serving thread k, where thread 0 is the caller's runtime. Returns
+    /// thread 0's loops and the other threads.
+    fn start(
+        &self,
+        listeners: Vec<(Vec<std::net::TcpListener>, ListenerConfig)>,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        Vec<std::thread::JoinHandle<()>>,
+    ) {
+        let mut by_thread: Vec<Vec<_>> = Vec::new();
+        for (sockets, listener) in listeners {
+            for (thread, socket) in sockets.into_iter().enumerate() {
+                if by_thread.len() <= thread {
+                    by_thread.push(Vec::new());
+                }
+                by_thread[thread].push((socket, listener.clone()));
+            }
+        }
+        let mut by_thread = by_thread.into_iter();
+        let loops = by_thread
+            .next()
+            .map_or_else(Vec::new, |mine| self.spawn_loops(mine));
+        let threads = by_thread
+            .enumerate()
+            .filter_map(|(index, sockets)| self.start_thread(index + 1, sockets))
+            .collect();
+        (loops, threads)
+    }
+
+    /// Spawns an accept loop for each socket on the current runtime.
+    fn spawn_loops(
+        &self,
+        sockets: Vec<(std::net::TcpListener, ListenerConfig)>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut loops = Vec::with_capacity(sockets.len());
+        for (socket, listener) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(socket) => loops.push(tokio::spawn(accept_loop(socket, listener, self.clone()))),
+                Err(error) => log::accept_error(listener.address, &error),
+            }
+        }
+        loops
+    }
+
+    /// Starts serving thread `index` with a current-thread runtime of its
+    /// own for `sockets`; it ends once its loops have stopped and every
+    /// session is over. `None` (logged) if the thread cannot start.
+    fn start_thread(
+        &self,
+        index: usize,
+        sockets: Vec<(std::net::TcpListener, ListenerConfig)>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let accepting = self.clone();
+        let started = threads::current_thread().and_then(|runtime| {
+            std::thread::Builder::new()
+                .name(format!("doorman-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        for accept in accepting.spawn_loops(sockets) {
+                            let _ = accept.await;
+                        }
+                        accepting.sessions.wait().await;
+                    })
+                })
+        });
+        started
+            .map_err(|error| log::thread_failed(index, &error))
+            .ok()
+    }
+}
+
+async fn accept_loop(socket: TcpListener, listener: ListenerConfig, accepting: Accepting) {
+    let Accepting {
+        current,
+        process,
+        sessions,
+        stop_accepting,
+        cut_sessions,
+    } = accepting;
     // One per listener, so a session holds one pointer to it.
     let process = Arc::new(process);
     loop {

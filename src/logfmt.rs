@@ -12,11 +12,13 @@
 //!
 //! It reads only the `[log]` section; it never decides what is logged.
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -76,16 +78,13 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let level = event.metadata().level();
-        let stamp = chrono::Local::now().format("%b %e %H:%M:%S");
+        if self.host.is_none() {
+            write!(writer, "<{}>", priority(level))?;
+        }
+        with_stamp(|stamp| writer.write_str(stamp))?;
         match &self.host {
-            Some(host) => write!(writer, "{stamp} {host} {}[{}]: ", self.tag, self.pid)?,
-            None => write!(
-                writer,
-                "<{}>{stamp} {}[{}]: ",
-                priority(level),
-                self.tag,
-                self.pid
-            )?,
+            Some(host) => write!(writer, " {host} {}[{}]: ", self.tag, self.pid)?,
+            None => write!(writer, " {}[{}]: ", self.tag, self.pid)?,
         }
         if *level >= Level::DEBUG {
             writer.write_str("debug: ")?;
@@ -98,6 +97,32 @@ where
             .format_fields(Writer::new(&mut escaped), event)?;
         writeln!(writer)
     }
+}
+
+thread_local! {
+    /// The second [`with_stamp`] last formatted, and its text.
+    static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Calls `write` with the syslog timestamp of now, `Mmm dd hh:mm:ss` in
+/// local time. It is formatted once per second per thread: a flood logs
+/// thousands of lines a second, and the time zone lookup and `strftime`
+/// cost more than the rest of a line.
+fn with_stamp<R>(write: impl FnOnce(&str) -> R) -> R {
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    STAMP.with_borrow_mut(|(formatted_at, text)| {
+        if *formatted_at != second {
+            text.clear();
+            let local = chrono::DateTime::<chrono::Local>::from(now);
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{}", local.format("%b %e %H:%M:%S"));
+            *formatted_at = second;
+        }
+        write(text)
+    })
 }
 
 /// Writes through to `W`, C-escaping control characters (`\r`, `\n`, `\t`,
@@ -211,7 +236,21 @@ fn syslog(path: &Path) -> Result<Syslog, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt::Write;
+
+    #[test]
+    fn the_stamp_is_the_syslog_layout_of_now_formatted_or_cached() {
+        for _ in 0..2 {
+            loop {
+                let before = chrono::Local::now();
+                let stamp = with_stamp(str::to_string);
+                let after = chrono::Local::now();
+                if before.timestamp() == after.timestamp() {
+                    assert_eq!(stamp, before.format("%b %e %H:%M:%S").to_string());
+                    break;
+                }
+            }
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped_and_backslashes_kept() {

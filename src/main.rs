@@ -282,7 +282,9 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     logfmt::init(&config.log)?;
-    let runtime = runtime()?;
+    let runtime = doorman::threads::Threads::new(&config.runtime)
+        .main_runtime()
+        .context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
         server.serve(shutdown_signal()).await;
@@ -446,6 +448,7 @@ fn cache_command(action: CacheAction) -> anyhow::Result<()> {
     })
 }
 
+/// The runtime of the commands other than `run`.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

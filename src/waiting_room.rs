@@ -35,12 +35,9 @@ use crate::locks::lock;
 /// session's parked state), so the room and what holds it need not know
 /// the session's type.
 pub trait Resumable: Send + 'static {
-    /// Goes on with `stream`, handed back by the room for `woken`.
-    fn resume(
-        self: Box<Self>,
-        stream: TcpStream,
-        woken: Woken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    /// Goes on with `stream`, handed back by the room for `woken` (on the
+    /// room's thread: it spawns what goes on where it belongs).
+    fn resume(self: Box<Self>, stream: TcpStream, woken: Woken);
 }
 
 /// The room sessions park in.

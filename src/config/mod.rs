@@ -16,6 +16,7 @@ mod defaults;
 mod document;
 mod hosts;
 mod registry;
+mod runtime;
 mod screening;
 mod sections;
 mod source;
@@ -37,6 +38,7 @@ use source::read_file;
 pub use cluster::{ClusterSection, RecipientKey};
 pub use hosts::ProxyHosts;
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
+pub use runtime::{RuntimeSection, ThreadModel, MAX_THREADS};
 pub use screening::*;
 pub use sections::*;
 pub use tls::*;
@@ -119,6 +121,9 @@ pub struct Sections {
     /// The `[admin]` section.
     #[serde(default)]
     pub admin: AdminSection,
+    /// The `[runtime]` section.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
     /// The `[deep_tests]` section.
     #[serde(default)]
     pub deep_tests: DeepTestsSection,
@@ -423,6 +428,7 @@ impl Sections {
         self.engine.check().map_err(at("engine"))?;
         self.limits.check().map_err(at("limits"))?;
         self.pool.check().map_err(at("pool"))?;
+        self.runtime.check().map_err(at("runtime"))?;
         self.deep_tests.check().map_err(at("deep_tests"))
     }
 

@@ -12,7 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// An endpoint written as postscreen writes it: `[ip]:port`, for IPv6 too.
 pub use doorman_gate_api::Endpoint;
@@ -46,6 +46,12 @@ pub fn listening(address: SocketAddr) {
 /// Accepting a connection failed (e.g. out of file descriptors).
 pub fn accept_error(listener: SocketAddr, error: &io::Error) {
     warn!("warning: accept on {}: {error}", Endpoint(listener));
+}
+
+/// A serving thread could not start; its sockets are closed, and the
+/// kernel spreads their connections over the other threads.
+pub fn thread_failed(index: usize, error: &io::Error) {
+    error!("error: cannot start serving thread {index}: {error}");
 }
 
 /// The waiting room could not watch a socket (or at all); the clients it

@@ -263,6 +263,7 @@ impl Session {
                         waiting: *waiting,
                         cut,
                         token,
+                        home: tokio::runtime::Handle::current(),
                     }),
                 )
             }

@@ -11,15 +11,16 @@ pub struct Parked {
     pub(super) waiting: GreetWait,
     pub(super) cut: CancellationToken,
     pub(super) token: TaskTrackerToken,
+    /// The runtime of the thread that accepted the client, where it goes
+    /// on (with `[runtime] model = "per-core"`, a connection stays on its
+    /// thread).
+    pub(super) home: tokio::runtime::Handle,
 }
 
 impl Resumable for Parked {
-    fn resume(
-        self: Box<Self>,
-        stream: std::net::TcpStream,
-        woken: Woken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(self.go_on(stream, woken))
+    fn resume(self: Box<Self>, stream: std::net::TcpStream, woken: Woken) {
+        let home = self.home.clone();
+        home.spawn(self.go_on(stream, woken));
     }
 }
 
@@ -32,6 +33,7 @@ impl Parked {
             mut waiting,
             cut,
             token,
+            home: _,
         } = *self;
         session.process.metrics.resumed(woken == Woken::Readable);
         waiting.woken(woken == Woken::Readable);

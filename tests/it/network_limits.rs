@@ -132,3 +132,73 @@ fn the_connection_rate_counts_clients_with_no_test_due() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn a_flood_from_one_24_over_many_threads_takes_exactly_its_places() {
+    // Four serving threads, each with its own listening socket, and eight
+    // client threads connecting at once: the per-network places are one
+    // count for the whole process, whichever thread accepts a client.
+    let (_backend, doorman) = doorman(
+        "ipv4_prefix = 24\nscreening = 500\nscreening_per_network = 5\n[runtime]\nmodel = \"per-core\"\nthreads = 4",
+    );
+    // The serving threads start right after the listening line.
+    let serving_threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", doorman.child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| name.starts_with("doorman-"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while serving_threads().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        serving_threads().len(),
+        3,
+        "serving threads besides the main one: {:?}",
+        serving_threads()
+    );
+    let start = std::sync::Barrier::new(8);
+    let answered: Vec<(TcpStream, String)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|thread| {
+                let (start, doorman) = (&start, &doorman);
+                scope.spawn(move || {
+                    start.wait();
+                    (1..=25)
+                        .map(|n| first_line(doorman, &format!("203.0.113.{}", thread * 25 + n)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|client| client.join().unwrap())
+            .collect()
+    });
+    let held = answered.iter().filter(|(_, line)| line == TEASER).count();
+    let refused = answered
+        .iter()
+        .filter(|(_, line)| line == "421 4.3.2 All screening ports are busy\r\n")
+        .count();
+    assert_eq!((held, refused), (5, 195));
+    // The kernel spread the flood: several threads woke for it.
+    let busy = std::fs::read_dir(format!("/proc/{}/task", doorman.child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .filter(|status| status.contains("Name:\tdoorman"))
+        .filter_map(|status| {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .filter(|&switches| switches >= 10)
+        .count();
+    assert!(busy >= 2, "only {busy} serving threads woke for the flood");
+    // Another /24 still gets a place.
+    let (_clean, line) = first_line(&doorman, "203.0.114.1");
+    assert_eq!(line, TEASER);
+}

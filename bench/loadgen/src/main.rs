@@ -9,7 +9,8 @@
 //! * `flood`: connections through a front, many at a time, from one
 //!   source address: each reads its first reply line and closes; counts
 //!   the lines that start with the expected code, per second. It leaves
-//!   with a reset, so its ports are not held in TIME_WAIT.
+//!   with a reset, so its ports are not held in TIME_WAIT. `--rate` paces
+//!   the connections at a fixed rate instead (S7m).
 //! * `screen --tls`: the same clients go on after the greeting with EHLO,
 //!   STARTTLS, a full TLS handshake (rustls, no resumption), EHLO again and
 //!   QUIT (S8); `--hold` keeps each one open, idle inside TLS, for that
@@ -96,6 +97,11 @@ enum Command {
         /// The reply code each line should start with.
         #[arg(long)]
         expect: String,
+        /// Offer this many connections per second, evenly paced, instead
+        /// of as many as `concurrency` allows (S7m); `concurrency` is then
+        /// only a ceiling.
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// Relays every connection to `target` until killed.
     Relay {
@@ -158,10 +164,17 @@ fn main() -> anyhow::Result<()> {
             count,
             concurrency,
             expect,
+            rate,
         } => {
             let started = Instant::now();
-            let answered =
-                runtime.block_on(flood(target, from, count, concurrency, expect.into_bytes()));
+            let load = Flood {
+                target,
+                from,
+                count,
+                concurrency,
+                rate,
+            };
+            let answered = runtime.block_on(flood(load, expect.into_bytes()));
             let rate = f64::from(answered) / started.elapsed().as_secs_f64();
             println!("{answered} {rate:.1}");
         }
@@ -270,21 +283,50 @@ async fn one_client(
     }
 }
 
-/// Runs `count` connections, `concurrency` at a time; returns how many
-/// got a first line starting with `expect`.
-async fn flood(
+/// What `flood` offers.
+struct Flood {
+    /// The front's address.
     target: SocketAddr,
+    /// The client address to connect from.
     from: Ipv4Addr,
+    /// How many connections in all.
     count: u32,
+    /// How many at once, at most.
     concurrency: u32,
-    expect: Vec<u8>,
-) -> u32 {
+    /// Connections per second, paced; `None`: as fast as `concurrency`
+    /// allows.
+    rate: Option<u32>,
+}
+
+impl Flood {
+    /// How many connections should have started `elapsed` into the run.
+    fn due(&self, elapsed: Duration) -> u32 {
+        match self.rate {
+            Some(rate) => {
+                (elapsed.as_secs_f64() * f64::from(rate)).min(f64::from(self.count)) as u32
+            }
+            None => self.count,
+        }
+    }
+}
+
+/// Runs `load.count` connections, at most `load.concurrency` at a time and,
+/// with a rate, no faster than it; returns how many got a first line
+/// starting with `expect`.
+async fn flood(load: Flood, expect: Vec<u8>) -> u32 {
     let expect = std::sync::Arc::new(expect);
     let mut tasks = tokio::task::JoinSet::new();
     let (mut next, mut answered) = (0, 0);
+    let started = Instant::now();
+    // A paced run starts what is due every millisecond (tokio's timer
+    // granularity), so 5,000/s is 5 connections a tick.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        while next < count && tasks.len() < concurrency as usize {
+        let due = load.due(started.elapsed());
+        while next < due && tasks.len() < load.concurrency as usize {
             let expect = std::sync::Arc::clone(&expect);
+            let (target, from) = (load.target, load.from);
             tasks.spawn(async move {
                 tokio::time::timeout(CLIENT_TIMEOUT, first_line(target, from))
                     .await
@@ -292,10 +334,17 @@ async fn flood(
             });
             next += 1;
         }
-        match tasks.join_next().await {
-            Some(Ok(true)) => answered += 1,
-            Some(_) => {}
-            None => return answered,
+        if next == load.count && tasks.is_empty() {
+            return answered;
+        }
+        let paced = load.rate.is_some() && next < load.count;
+        tokio::select! {
+            joined = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(Ok(true)) = joined {
+                    answered += 1;
+                }
+            }
+            _ = tick.tick(), if paced => {}
         }
     }
 }

@@ -27,6 +27,10 @@ pub fn doorman_bin() -> &'static str {
 }
 
 /// Lines a child process wrote to stderr, as they arrive.
+/// How long a line doorman logged takes to reach a [`Log`], at most: its
+/// batch's 10 ms, and the machine's scheduling.
+const LOG_SETTLES: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Default)]
 pub struct Log {
     inner: Arc<(Mutex<Vec<String>>, Condvar)>,
@@ -55,8 +59,16 @@ impl Log {
         self.inner.0.lock().unwrap().clone()
     }
 
-    /// The lines so far that contain `needle`.
+    /// The lines that contain `needle`, of those logged before the call:
+    /// doorman writes its lines in batches, up to 10 ms after they happen
+    /// (`src/logbuffer.rs`), so this lets them arrive first.
     pub fn matching(&self, needle: &str) -> Vec<String> {
+        thread::sleep(LOG_SETTLES);
+        self.matching_now(needle)
+    }
+
+    /// The lines so far that contain `needle`.
+    fn matching_now(&self, needle: &str) -> Vec<String> {
         self.lines()
             .into_iter()
             .filter(|l| l.contains(needle))
@@ -67,7 +79,7 @@ impl Log {
     /// reach the log a little after the replies they go with).
     pub fn wait_for_count(&self, needle: &str, count: usize, within: Duration) {
         let deadline = Instant::now() + within;
-        while self.matching(needle).len() < count {
+        while self.matching_now(needle).len() < count {
             assert!(
                 Instant::now() < deadline,
                 "fewer than {count} lines with {needle:?} within {within:?}; log:\n{}",
