@@ -145,6 +145,11 @@ impl Pipeline {
             .any(|(_, gate)| gate.needs_dialogue(score))
     }
 
+    /// Whether a gate judges commands (see `Gate::has_command_hook`).
+    pub fn judges_commands(&self) -> bool {
+        self.gates.iter().any(|(_, gate)| gate.has_command_hook())
+    }
+
     /// Lets every gate rebuild its caches compactly (after a flood).
     pub fn compact(&self) {
         for (_, gate) in &self.gates {

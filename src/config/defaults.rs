@@ -146,3 +146,7 @@ pub(super) fn default_line_length() -> usize {
 pub(super) fn default_command_time() -> Duration {
     Duration::from_secs(300)
 }
+
+pub(super) fn default_bare_newline_reject_code() -> u16 {
+    550
+}

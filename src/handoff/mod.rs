@@ -6,19 +6,16 @@
 //! - [`backend_io`]: what doorman says to a backend itself: XCLIENT,
 //!   STARTTLS, the reply reader, the health probe.
 //! - [`xclient`]: Postfix's XCLIENT (sans-IO).
-//! - [`gated`]: the relay after a replay, while the engine gates still
-//!   judge MAIL and RCPT.
 //! - [`relay`]: the byte copy in both directions once a backend took the
 //!   client.
 //! - [`users`]: users' backends, for clusters balanced by recipient.
 //!
-//! It is given a client that passed and never reads the verdict; its
-//! gated relay only asks the pipeline's engine gates about the MAIL and
-//! RCPT commands that follow a replay.
+//! It is given a client that passed and never reads the verdict; the
+//! conversation after a handoff, when doorman reads it, is the session's
+//! (`session::conversation`).
 
 pub mod backend_io;
 pub mod balance;
-pub mod gated;
 pub mod pool;
 pub mod relay;
 pub mod users;

@@ -49,6 +49,8 @@ pub struct BackendState {
     tls: BackendTlsClient,
     /// Whether its EHLO announced STARTTLS at the last good check.
     announces_starttls: AtomicBool,
+    /// Its EHLO keywords at the last good check that read them.
+    keywords: Mutex<Option<Vec<String>>>,
     healthy: AtomicBool,
     /// Consecutive (successes, failures) of checks.
     streak: Mutex<(u32, u32)>,
@@ -114,6 +116,10 @@ pub struct Connected {
     pub flush: CancellationToken,
     /// The backend's address.
     pub backend: SocketAddr,
+    /// How it learns the client.
+    pub send_proxy: SendProxy,
+    /// Its EHLO keywords at its last good check (empty when unknown).
+    pub keywords: Vec<String>,
 }
 
 /// The backends of one config.
@@ -123,8 +129,6 @@ pub struct Pool {
     settings: PoolSection,
     hostname: String,
     tick: AtomicUsize,
-    /// The EHLO keywords the last good check saw.
-    keywords: Arc<Mutex<Option<Vec<String>>>>,
     /// The backends' runtime state.
     director: Arc<Director>,
     /// The `[cluster.NAME]` sections.
@@ -152,6 +156,7 @@ impl Pool {
                         tls: BackendTlsClient::new(&config)?,
                         config,
                         announces_starttls: AtomicBool::new(false),
+                        keywords: Mutex::new(None),
                         healthy: AtomicBool::new(true),
                         streak: Mutex::new((0, 0)),
                         active: AtomicUsize::new(0),
@@ -161,7 +166,6 @@ impl Pool {
             settings,
             hostname: hostname.to_string(),
             tick: AtomicUsize::new(0),
-            keywords: Arc::new(Mutex::new(None)),
             director,
             clusters,
             users,
@@ -174,15 +178,11 @@ impl Pool {
         let mut checks = tokio::task::JoinSet::new();
         for backend in &self.backends {
             let backend = Arc::clone(backend);
-            let keywords_slot = Arc::clone(&self.keywords);
             let hostname = self.hostname.clone();
             checks.spawn(async move {
                 let healthy = match probe(&backend.config, &hostname).await {
                     Ok(found) => {
-                        backend.learn(found.as_deref());
-                        if let (Some(found), Ok(mut keywords)) = (found, keywords_slot.lock()) {
-                            *keywords = Some(found);
-                        }
+                        backend.learn(found);
                         true
                     }
                     Err(error) => {
@@ -207,9 +207,29 @@ impl Pool {
         }
     }
 
-    /// The backends' EHLO keywords, as the last good check saw them.
-    pub fn ehlo_keywords(&self) -> Option<Vec<String>> {
-        self.keywords.lock().ok().and_then(|k| k.clone())
+    /// The EHLO keywords every usable backend of `cluster` announced at
+    /// its last good check (SIZE with the smallest limit): what the engine
+    /// may promise a client of that cluster, whichever backend it reaches.
+    /// `None` until a check has read any.
+    pub fn ehlo_keywords(&self, cluster: &str) -> Option<Vec<String>> {
+        let known: Vec<Vec<String>> = self
+            .backends
+            .iter()
+            .filter(|b| b.config.cluster == cluster && b.healthy.load(Ordering::SeqCst))
+            .filter_map(|b| b.keywords.lock().ok().and_then(|k| k.clone()))
+            .collect();
+        let (first, rest) = known.split_first()?;
+        Some(common_keywords(first, rest))
+    }
+
+    /// Whether a client of `cluster` may reach a backend that trusts
+    /// doorman's own address (XCLIENT, or no header at all), whose
+    /// conversation doorman must therefore read.
+    pub fn trusts_doorman(&self, cluster: &str) -> bool {
+        self.backends.iter().any(|b| {
+            b.config.cluster == cluster
+                && matches!(b.config.send_proxy, SendProxy::Xclient | SendProxy::None)
+        })
     }
 
     /// Whether a client of `cluster` (of any cluster: `None`) could get a
@@ -294,6 +314,13 @@ impl Pool {
                         pending,
                         flush: self.director.flush_token(backend.config.address),
                         backend: backend.config.address,
+                        send_proxy: backend.config.send_proxy,
+                        keywords: backend
+                            .keywords
+                            .lock()
+                            .ok()
+                            .and_then(|k| k.clone())
+                            .unwrap_or_default(),
                     });
                 }
                 Err(error) => {
@@ -456,15 +483,18 @@ impl Pool {
 }
 
 impl BackendState {
-    /// Takes what a good check learned: whether the EHLO announced
-    /// STARTTLS.
-    fn learn(&self, keywords: Option<&[String]>) {
-        let starttls = keywords.is_some_and(|keywords| {
+    /// Takes what a good check learned: the EHLO keywords, and whether
+    /// they announce STARTTLS.
+    fn learn(&self, keywords: Option<Vec<String>>) {
+        let starttls = keywords.as_ref().is_some_and(|keywords| {
             keywords
                 .iter()
                 .any(|keyword| keyword.eq_ignore_ascii_case("STARTTLS"))
         });
         self.announces_starttls.store(starttls, Ordering::Relaxed);
+        if let (Some(found), Ok(mut keywords)) = (keywords, self.keywords.lock()) {
+            *keywords = Some(found);
+        }
     }
 
     /// Whether a client whose TLS doorman terminated reaches this backend
@@ -478,6 +508,43 @@ impl BackendState {
     }
 }
 
+/// The keywords of `first` that every one of `rest` announces too, by
+/// their first word; SIZE keeps the smallest limit (0, no limit, counts as
+/// the largest).
+fn common_keywords(first: &[String], rest: &[Vec<String>]) -> Vec<String> {
+    let word = |keyword: &str| {
+        keyword
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+    };
+    let size = |keyword: &str| {
+        keyword
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(u64::MAX)
+    };
+    first
+        .iter()
+        .filter_map(|keyword| {
+            let name = word(keyword);
+            let mut smallest = size(keyword);
+            for other in rest {
+                let same = other.iter().find(|k| word(k) == name)?;
+                smallest = smallest.min(size(same));
+            }
+            Some(match name.as_str() {
+                "SIZE" if smallest == u64::MAX => "SIZE".to_string(),
+                "SIZE" => format!("SIZE {smallest}"),
+                _ => keyword.clone(),
+            })
+        })
+        .collect()
+}
+
 async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
@@ -485,12 +552,7 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
         let backend = Arc::clone(&pool.backends[index]);
         let result = probe(&backend.config, &pool.hostname).await;
         match &result {
-            Ok(Some(found)) => {
-                backend.learn(Some(found));
-                if let Ok(mut keywords) = pool.keywords.lock() {
-                    *keywords = Some(found.clone());
-                }
-            }
+            Ok(Some(found)) => backend.learn(Some(found.clone())),
             Ok(None) => {}
             Err(error) => log::backend_check_failed(backend.config.address, error),
         }
@@ -550,5 +612,24 @@ async fn open(
             Ok((stream, greeting, pending))
         }
         _ => Ok((Channel::Plain(stream), greeting, pending)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_keywords;
+
+    #[test]
+    fn a_cluster_is_promised_only_what_every_backend_offers() {
+        let list = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let a = list(&["PIPELINING", "SIZE 10240000", "8BITMIME", "CHUNKING"]);
+        let b = list(&["size 5000000", "8BITMIME", "PIPELINING"]);
+        let c = list(&["PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8"]);
+        assert_eq!(
+            common_keywords(&a, &[b.clone(), c.clone()]),
+            list(&["PIPELINING", "SIZE 5000000", "8BITMIME"])
+        );
+        assert_eq!(common_keywords(&c, &[]), c);
+        assert_eq!(common_keywords(&c, &[list(&[])]), list(&[]));
     }
 }

@@ -505,8 +505,10 @@ pub fn shutdown_finished(cut: usize) {
     info!("stopped; {cut} sessions were closed at the end of the grace period");
 }
 
+mod conversation;
 mod users;
 
+pub use conversation::*;
 pub use users::*;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The built-in engine's dialogue: deep tests on every line, the engine
 //! gates at HELO, MAIL and RCPT, and at RCPT a refusal or the replay.
 
+use super::command::Incoming;
 use super::*;
 
 impl<S: ClientIo> Session<Channel<S>> {
@@ -37,10 +38,11 @@ impl<S: ClientIo> Session<Channel<S>> {
             self.send(&reply::greeting(&banner)).await;
         }
         let client = run.client.clone();
-        // A client that may be replayed into a backend is promised what the
-        // backend offers; one that is refused gets postscreen's list.
+        // A client that may be replayed into a backend is promised what
+        // every backend of its cluster offers; one that is refused gets
+        // postscreen's list.
         let keywords = match run.rcpt {
-            RcptPolicy::Pass => self.shared.pool.ehlo_keywords(),
+            RcptPolicy::Pass => self.replay_keywords(&client),
             RcptPolicy::Refuse(_) => None,
         };
         let mut engine = Engine::new(
@@ -54,9 +56,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         }
         let started = Instant::now();
         loop {
-            let step: EngineStep = match next_line(&mut self.buffer, config.engine.line_length) {
-                Err(_) => engine.line_too_long(),
-                Ok(Some(line)) => {
+            let step: EngineStep = match self.next_command().await {
+                Incoming::TooLong => engine.line_too_long(),
+                Incoming::Line(line) => {
                     for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
                         log::deep_violation(
                             client.address,
@@ -98,20 +100,17 @@ impl<S: ClientIo> Session<Channel<S>> {
                         None => engine.command(&line),
                     }
                 }
-                Ok(None) => match self.read_within(config.engine.command_time).await {
-                    Read::Data => continue,
-                    Read::TimedOut => engine.timed_out(),
-                    Read::Closed => {
-                        self.count(Counted::Hangup);
-                        log::hangup(
-                            client.address,
-                            started.elapsed(),
-                            HangupPhase::AfterHandshake,
-                        );
-                        log::disconnect(client.address);
-                        return Phase::Closed;
-                    }
-                },
+                Incoming::TimedOut => engine.timed_out(),
+                Incoming::Closed => {
+                    self.count(Counted::Hangup);
+                    log::hangup(
+                        client.address,
+                        started.elapsed(),
+                        HangupPhase::AfterHandshake,
+                    );
+                    log::disconnect(client.address);
+                    return Phase::Closed;
+                }
             };
             match step.event {
                 Some(EngineEvent::Passed(transaction)) => {
@@ -128,7 +127,9 @@ impl<S: ClientIo> Session<Channel<S>> {
                                 transaction.helo_line.into_iter().collect();
                             lines.push(transaction.mail_line);
                             lines.push(transaction.rcpt_line);
-                            return self.replay(client, lines, Some(envelope)).await;
+                            return self
+                                .replay(client, lines, Answer::Last, Some(envelope))
+                                .await;
                         }
                         _ => {
                             let reply = reply::RCPT_DEFERRED.to_string();
@@ -143,14 +144,30 @@ impl<S: ClientIo> Session<Channel<S>> {
                     }
                 }
                 Some(EngineEvent::HandOffAt(command)) => {
-                    // STARTTLS or AUTH: only the backend can answer them, so
-                    // the unfinished deep tests are not remembered.
+                    let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
+                    if command.len() >= 4 && command[..4].eq_ignore_ascii_case(b"AUTH") {
+                        // AUTH is the backend's to answer, and doorman
+                        // reads the exchange (and everything after it):
+                        // the backend is brought to the client's EHLO, and
+                        // the AUTH line is read again by the conversation.
+                        // AUTH alone stores no pass.
+                        run.pass = None;
+                        let mut rest = BytesMut::from(&command[..]);
+                        rest.extend_from_slice(&self.buffer);
+                        self.buffer = rest;
+                        let envelope = self.envelope(&engine, run);
+                        return self
+                            .replay(client, lines, Answer::Nothing, Some(envelope))
+                            .await;
+                    }
+                    // STARTTLS to a backend, offered only where nothing
+                    // after it needs reading: the unfinished deep tests are
+                    // not remembered.
                     if let Some(pass) = run.pass.take() {
                         self.store_pass(&client, pass.previous, pass.entry);
                     }
-                    let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
                     lines.push(command);
-                    return self.replay(client, lines, None).await;
+                    return self.replay(client, lines, Answer::Last, None).await;
                 }
                 _ => {}
             }
@@ -176,6 +193,26 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return Phase::Closed;
             }
         }
+    }
+
+    /// The EHLO keywords a client of the engine is promised: what every
+    /// backend of its cluster offers. Without `[tls]`, STARTTLS (the
+    /// backend's) is offered only when nothing after the handoff needs
+    /// reading: no gate judges commands, the cluster is not balanced by
+    /// recipient, and no backend of it trusts doorman's own address.
+    fn replay_keywords(&self, client: &Client) -> Option<Vec<String>> {
+        let shared = &self.shared;
+        let cluster = shared
+            .config
+            .cluster_for(client.destination, self.listening);
+        let mut keywords = shared.pool.ehlo_keywords(cluster)?;
+        let read_after = shared.pipeline.judges_commands()
+            || shared.config.by_recipient(cluster).is_some()
+            || shared.pool.trusts_doorman(cluster);
+        if read_after {
+            keywords.retain(|k| !k.eq_ignore_ascii_case("STARTTLS"));
+        }
+        Some(keywords)
     }
 
     /// Asks the engine gates about `line` when it is a HELO/EHLO, MAIL or

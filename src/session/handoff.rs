@@ -1,24 +1,48 @@
-//! Handing a client to a backend: a plain handoff or a replay, the gated
-//! relay, the relay, and the refusals when no backend takes it.
+//! Handing a client to a backend: a plain handoff or a replay, then the
+//! conversation read to its end or the byte copy, and the refusals when no
+//! backend takes it.
 
+use super::conversation::{BackendSide, Conversation, Judged, Routing};
 use super::*;
+use crate::config::SendProxy;
+
+/// The client's lines replayed into a backend.
+pub(super) struct Replay {
+    /// The lines, with CRLF.
+    pub lines: Vec<Vec<u8>>,
+    /// Whether the client waits for the answer to the last one.
+    pub answer: Answer,
+}
+
+/// Whether the client waits for the backend's answer to a replay's last
+/// line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// It does: the answer goes to it.
+    Last,
+    /// It does not (the replay only brings the backend where the client
+    /// is, and the client's pending command follows).
+    Nothing,
+}
 
 impl<S: ClientIo> Session<Channel<S>> {
     /// Hands a client that is mid-dialogue to a backend: the backend's
     /// greeting is consumed, the client's own `lines` (HELO/EHLO, MAIL,
-    /// RCPT; or EHLO and STARTTLS/AUTH) are sent one by one, and the client
-    /// gets the backend's answer to its pending command, or the first
-    /// refusal, so it never gets a reply it did not ask for. Then relays.
-    /// With `gated`, the envelope so far, the engine gates go on judging
-    /// the client's MAIL and RCPT commands until its DATA (see
-    /// [`relay_gated`]).
+    /// RCPT; or EHLO and STARTTLS) are sent, and the client gets the
+    /// backend's answer to its pending command (the last line; none with
+    /// `Answer::Nothing`), or the first refusal, so it never gets a reply it
+    /// did not ask for. With `gated`, the envelope so far, the conversation
+    /// is then read to its end and the engine gates judge every MAIL and
+    /// RCPT (see [`Session::converse`]).
     pub(super) async fn replay(
         &mut self,
         client: Client,
         lines: Vec<Vec<u8>>,
+        answer: Answer,
         gated: Option<Envelope>,
     ) -> Phase {
-        self.connect_and_relay(client, false, lines, gated).await
+        self.connect_and_relay(client, false, Replay { lines, answer }, gated)
+            .await
     }
 
     /// Connects the client to a backend and relays until both sides are
@@ -26,17 +50,22 @@ impl<S: ClientIo> Session<Channel<S>> {
     /// when it is a 220; otherwise doorman completes the greeting itself and
     /// refuses the next command.
     pub(super) async fn hand_off(&mut self, client: Client, teased: bool) -> Phase {
-        self.connect_and_relay(client, teased, Vec::new(), None)
-            .await
+        let replay = Replay {
+            lines: Vec::new(),
+            answer: Answer::Last,
+        };
+        self.connect_and_relay(client, teased, replay, None).await
     }
 
     /// The handoff itself: a backend, its greeting (forwarded for a plain
-    /// handoff, consumed for a replay), the replayed `lines`, the relay.
+    /// handoff, consumed for a replay), the replayed lines, then the
+    /// conversation read to its end, or the byte copy for a client nobody
+    /// needs to read.
     async fn connect_and_relay(
         &mut self,
         client: Client,
         teased: bool,
-        lines: Vec<Vec<u8>>,
+        replay: Replay,
         gated: Option<Envelope>,
     ) -> Phase {
         self.screening = None;
@@ -47,7 +76,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         // A client in TLS reaches the backend over STARTTLS, which wants an
         // EHLO before it: the client's own, else doorman's.
         let summary = self.stream.tls();
-        let ehlo = match (&summary, lines.first()) {
+        let ehlo = match (&summary, replay.lines.first()) {
             (None, _) => Vec::new(),
             (Some(_), Some(line)) if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"EHLO ") => {
                 line.clone()
@@ -75,14 +104,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 user,
                 expire: section.user_expire,
             });
-        let Connected {
-            stream: mut backend,
-            lease: _lease,
-            greeting,
-            mut pending,
-            flush,
-            backend: address,
-        } = match shared.pool.connect(&client, cluster, route, tls).await {
+        let connected = match shared.pool.connect(&client, cluster, route, tls).await {
             Ok(connected) => connected,
             Err(_) => {
                 self.count(Counted::NoBackend);
@@ -90,7 +112,17 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return self.refuse_busy(teased).await;
             }
         };
-        let replaying = !lines.is_empty();
+        let Connected {
+            stream: mut backend,
+            lease: _lease,
+            greeting,
+            mut pending,
+            flush,
+            backend: address,
+            send_proxy,
+            keywords,
+        } = connected;
+        let replaying = !replay.lines.is_empty();
         let welcome = greeting.starts_with(b"220");
         if !replaying && (welcome || !teased) {
             // A plain handoff gets the backend's greeting as it is, its own
@@ -102,83 +134,50 @@ impl<S: ClientIo> Session<Channel<S>> {
             self.count(Counted::NoBackend);
             return self.refuse_busy(teased).await;
         }
-        let count = lines.len();
-        let pipelining = shared.pool.ehlo_keywords().is_some_and(|keywords| {
-            keywords
-                .iter()
-                .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
-        });
-        let mut index = 0;
-        let mut refused = false;
-        for group in replay_groups(lines, pipelining) {
-            if let Err(error) = backend.write_all(&group.concat()).await {
-                log::relay_error(client.address, &error);
-                return self.refuse_busy(false).await;
-            }
-            for line in group {
-                match read_reply(&mut backend, &mut pending, REPLY_TIMEOUT).await {
-                    // The reply to a command pipelined behind a refused one.
-                    Ok(_) if refused => {}
-                    Ok(answer) if index + 1 == count => self.send_bytes(&answer).await,
-                    Ok(answer) if answer.starts_with(b"2") => {}
-                    Ok(refusal) => {
-                        log::replay_refused(client.address, &line, &refusal);
-                        self.send_bytes(&refusal).await;
-                        refused = true;
-                    }
-                    Err(error) => {
-                        log::relay_error(client.address, &error);
-                        return self.refuse_busy(false).await;
-                    }
-                }
-                index += 1;
-            }
-            if refused {
-                break;
-            }
+        let pipelining = keywords
+            .iter()
+            .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"));
+        if let Err(error) = self
+            .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
+            .await
+        {
+            log::relay_error(client.address, &error);
+            return self.refuse_busy(false).await;
         }
-        if let Some(envelope) = gated {
-            let gates = Gates {
-                pipeline: &shared.pipeline,
-                client: &client,
-                envelope,
-                line_limit: shared.config.engine.line_length,
-                command_time: shared.config.engine.command_time,
-                route: by_recipient.map(|section| RecipientRoute {
-                    pool: &shared.pool,
-                    cluster,
+        // A client that met the engine is read to its end, and so is every
+        // client of a backend that trusts doorman's own address: it must
+        // never be able to speak for doorman.
+        let reads = gated.is_some() || matches!(send_proxy, SendProxy::Xclient | SendProxy::None);
+        if reads {
+            let judged = if gated.is_some() {
+                Judged::ByGates
+            } else {
+                Judged::NotGated
+            };
+            let mut talk = Conversation {
+                client,
+                backend: BackendSide {
+                    stream: backend,
+                    pending,
+                    address,
+                },
+                envelope: gated.unwrap_or_default(),
+                judged,
+                routing: by_recipient.map(|section| Routing {
+                    cluster: cluster.to_string(),
                     key: section.key,
                     expire: section.user_expire,
-                    backend: address,
                 }),
             };
-            let gated = tokio::select! {
-                gated = relay_gated(
-                    &mut self.stream,
-                    &mut self.buffer,
-                    &mut backend,
-                    &mut pending,
-                    gates,
-                ) => Some(gated),
-                _ = flush.cancelled() => None,
-            };
-            let Some(gated) = gated else {
-                // doorman is speaking here: it says why it closes.
-                log::flushed(client.address);
-                self.send(reply::FLUSHED).await;
-                return Phase::Closed;
-            };
-            match gated {
-                Ok(Gated::HandOver) => {}
-                Ok(Gated::Closed) => return Phase::Closed,
-                Err(RelayError::ProxyHeader(input)) => {
-                    return Box::pin(self.refuse_header(&client, &input)).await
+            return tokio::select! {
+                phase = self.converse(&mut talk) => phase,
+                _ = flush.cancelled() => {
+                    // doorman is speaking here: it says why it closes.
+                    log::flushed(talk.client.address);
+                    self.send(reply::FLUSHED).await;
+                    Phase::Closed
                 }
-                Err(RelayError::Io(error)) => {
-                    log::relay_error(client.address, &error);
-                    return Phase::Closed;
-                }
-            }
+            };
         }
         if !pending.is_empty() {
             self.send_bytes(&pending).await;
@@ -199,6 +198,48 @@ impl<S: ClientIo> Session<Channel<S>> {
             Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
         }
         Phase::Closed
+    }
+
+    /// Sends the replayed lines, MAIL and RCPT in one write when the
+    /// backend announced PIPELINING in its own EHLO, and gives the client
+    /// the answer it waits for, or the first refusal.
+    async fn send_replay(
+        &mut self,
+        client: &Client,
+        backend: &mut Channel<TcpStream>,
+        pending: &mut BytesMut,
+        replay: Replay,
+        pipelining: bool,
+    ) -> io::Result<()> {
+        let count = replay.lines.len();
+        let mut index = 0;
+        for group in replay_groups(replay.lines, pipelining) {
+            timeout(WRITE_TIMEOUT, backend.write_all(&group.concat()))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the backend does not read")
+                })??;
+            let mut refused = false;
+            for line in group {
+                let answer = read_reply(backend, pending, REPLY_TIMEOUT).await?;
+                index += 1;
+                if refused {
+                    // The reply to a command pipelined behind a refused one.
+                } else if index == count {
+                    if replay.answer == Answer::Last {
+                        self.send_bytes(&answer).await;
+                    }
+                } else if !answer.starts_with(b"2") {
+                    log::replay_refused(client.address, &line, &answer);
+                    self.send_bytes(&answer).await;
+                    refused = true;
+                }
+            }
+            if refused {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// No backend: `421 4.3.2 All server ports are busy`. After the teaser

@@ -19,9 +19,12 @@
 //! It is the one place that does a client's I/O; it names no gate (the
 //! pipeline does).
 
+mod command;
+mod conversation;
 mod engine;
 mod handoff;
 mod header;
+mod message;
 mod parked;
 
 use parked::Parked;
@@ -32,6 +35,7 @@ mod tests;
 use screen::GreetWait;
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,7 +54,6 @@ use crate::cache::Test;
 use crate::config::{AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
-use crate::handoff::gated::{relay_gated, Gated, Gates, RecipientRoute};
 use crate::handoff::users::UserRoute;
 use crate::handoff::{
     read_reply, relay, Availability, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT,
@@ -68,6 +71,7 @@ use crate::smtp::reply;
 use crate::tls::Channel;
 use crate::verdict::{Decision, Judgement, TestRecord, PREGREET_STATUS, PREGREET_TEXT};
 use crate::waiting_room::{Resumable, Woken};
+use handoff::Answer;
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,7 +13,8 @@
 use crate::log::RefusedRcpt;
 use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 
-use super::line::{path, Line};
+use super::address::{parse_path, PathError};
+use super::line::Line;
 use super::reply;
 
 /// The protocol the client used, as logged (`proto=`).
@@ -391,19 +392,30 @@ impl Engine {
                 event: Some(EngineEvent::HandOffAt(raw)),
                 close: false,
             },
+            // A client that may be replayed is told what smtpd tells an
+            // unauthorised client; one being refused gets postscreen's 502.
+            "XCLIENT" | "XFORWARD" if self.rcpt == RcptPolicy::Pass => {
+                Step::reply(reply::INSUFFICIENT_AUTHORIZATION)
+            }
             "MAIL" if self.from.is_some() => Step::reply(reply::NESTED_MAIL),
-            "MAIL" => match path(argument, "FROM:") {
-                Some(from) => {
-                    self.from = Some(from);
+            "MAIL" => match parse_path(argument, "FROM:") {
+                Ok(from) => {
+                    self.from = Some(from.address);
                     self.mail_line = raw;
                     Step::reply(reply::MAIL_OK)
                 }
-                None => Step::reply(reply::MAIL_SYNTAX),
+                Err(PathError::Syntax) => Step::reply(reply::MAIL_SYNTAX),
+                Err(PathError::Address) => Step::reply(reply::SENDER_SYNTAX),
             },
-            "RCPT" => match (&self.from, path(argument, "TO:")) {
+            "RCPT" => match (&self.from, parse_path(argument, "TO:")) {
                 (None, _) => Step::reply(reply::NEED_MAIL),
-                (Some(_), None) => Step::reply(reply::RCPT_SYNTAX),
-                (Some(from), Some(to)) => {
+                (Some(_), Err(PathError::Syntax)) => Step::reply(reply::RCPT_SYNTAX),
+                (Some(_), Err(PathError::Address)) => Step::reply(reply::RECIPIENT_SYNTAX),
+                (Some(_), Ok(to)) if to.address.is_empty() => {
+                    Step::reply(reply::RECIPIENT_SYNTAX)
+                }
+                (Some(from), Ok(to)) => {
+                    let to = to.address;
                     let reply = match &self.rcpt {
                         RcptPolicy::Refuse(reply) => reply.clone(),
                         RcptPolicy::Pass => String::new(),

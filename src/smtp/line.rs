@@ -8,6 +8,8 @@
 use bytes::{Buf, BytesMut};
 use doorman_gate_api::Stage;
 
+use super::address::parse_path;
+
 /// A line taken off the buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line {
@@ -46,25 +48,16 @@ impl Line {
                 .split_whitespace()
                 .next()
                 .map(|name| (Stage::Helo, name.to_string())),
-            "MAIL" => path(&argument, "FROM:").map(|from| (Stage::Mail, from)),
-            "RCPT" => path(&argument, "TO:").map(|to| (Stage::Rcpt, to)),
+            "MAIL" => parse_path(&argument, "FROM:")
+                .ok()
+                .map(|from| (Stage::Mail, from.address)),
+            "RCPT" => parse_path(&argument, "TO:")
+                .ok()
+                .filter(|to| !to.address.is_empty())
+                .map(|to| (Stage::Rcpt, to.address)),
             _ => None,
         }
     }
-}
-
-/// The address in `FROM:<address>` or `TO:<address>` (`keyword` is
-/// `FROM:` or `TO:`, in any case), without its brackets; parameters after
-/// it are ignored.
-pub fn path(argument: &str, keyword: &str) -> Option<String> {
-    let head = argument.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = argument[keyword.len()..].trim_start();
-    let inner = rest.strip_prefix('<')?;
-    let end = inner.find('>')?;
-    Some(inner[..end].to_string())
 }
 
 /// A line longer than the limit, terminator included.

@@ -1,6 +1,12 @@
 //! SMTP, the parts doorman speaks itself.
 //!
-//! - [`line`]: the sans-IO command line reader, with its length cap.
+//! - [`line`]: the sans-IO command line reader, with its length cap: the
+//!   one reader of a client's commands, in the engine and after the
+//!   handoff.
+//! - [`address`]: MAIL and RCPT paths, parsed as Postfix's smtpd parses
+//!   them by default.
+//! - [`body`]: the DATA body framer: where a message ends, and what a bare
+//!   CR or LF in it becomes (SMTP smuggling).
 //! - [`reply`]: every reply a client can get from doorman itself, in one
 //!   place, worded as postscreen and Haraka word them.
 //! - [`deep`]: postscreen's deep protocol tests (sans-IO).
@@ -11,6 +17,8 @@
 //!
 //! It is sans-IO: no socket and no deadline; it never reads the config.
 
+pub mod address;
+pub mod body;
 pub mod deep;
 pub mod engine;
 pub mod health;

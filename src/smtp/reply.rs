@@ -157,3 +157,42 @@ pub const ETRN_REFUSED: &str = "458 Unable to queue messages\r\n";
 /// (RFC 5321's reply for a recipient limit: MTAs send such recipients in a
 /// transaction of their own).
 pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients\r\n";
+
+/// A client's own XCLIENT or XFORWARD: Postfix's reply to a client outside
+/// `smtpd_authorized_xclient_hosts`. It never reaches a backend.
+pub const INSUFFICIENT_AUTHORIZATION: &str = "550 5.7.0 Error: insufficient authorization\r\n";
+
+/// A command line with a NUL or a bare CR in it (smtpd's reply to a line
+/// it cannot split).
+pub const BAD_SYNTAX: &str = "500 5.5.2 Error: bad syntax\r\n";
+
+/// A MAIL whose address cannot be parsed.
+pub const SENDER_SYNTAX: &str = "501 5.1.7 Bad sender address syntax\r\n";
+
+/// A RCPT whose address cannot be parsed (or is empty).
+pub const RECIPIENT_SYNTAX: &str = "501 5.1.3 Bad recipient address syntax\r\n";
+
+/// More recipients than smtpd's `smtpd_recipient_limit` in one transaction.
+pub const RECIPIENT_LIMIT: &str = "452 4.5.3 Error: too many recipients\r\n";
+
+/// A BDAT whose size cannot be read.
+pub const BDAT_SYNTAX: &str = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+
+/// The backend was lost (or too slow) after the end of a message: Postfix's
+/// before-queue proxy reply.
+pub const QUEUE_WRITE_ERROR: &str = "451 4.3.0 Error: queue file write error\r\n";
+
+/// An AUTH exchange line longer than the line limit.
+pub const AUTH_LINE_TOO_LONG: &str = "500 5.5.6 Authentication exchange line is too long\r\n";
+
+/// The backend was lost while the client waited for its reply to a command.
+pub fn lost_backend(hostname: &str) -> String {
+    format!("421 4.4.2 {hostname} Error: lost connection with the backend\r\n")
+}
+
+/// A bare CR or LF in a command or a message under `bare_newline =
+/// "reject"`: Postfix's `smtpd_forbid_bare_newline = reject` reply, with
+/// its `smtpd_forbid_bare_newline_reject_code`.
+pub fn bare_newline(code: u16, hostname: &str) -> String {
+    format!("{code} 5.5.2 {hostname} Error: bare <LF> received\r\n")
+}

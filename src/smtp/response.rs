@@ -47,9 +47,65 @@ pub fn complete_reply(buffer: &[u8], limit: usize) -> Result<Option<Reply>, Malf
     Ok(None)
 }
 
+/// A backend's EHLO reply without the keywords in `hidden` (upper case):
+/// the lines that announce them are left out and the last line left ends
+/// the reply. Any other reply is returned as it is.
+pub fn without_keywords(reply: &[u8], hidden: &[&str]) -> Vec<u8> {
+    if !reply.starts_with(b"250-") {
+        return reply.to_vec();
+    }
+    let mut lines: Vec<&[u8]> = reply.split_inclusive(|&b| b == b'\n').collect();
+    let first = lines.remove(0);
+    lines.retain(|line| {
+        let keyword = line
+            .get(4..)
+            .unwrap_or_default()
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        !hidden
+            .iter()
+            .any(|hide| keyword.eq_ignore_ascii_case(hide.as_bytes()))
+    });
+    let mut out = first.to_vec();
+    let count = lines.len();
+    for (index, line) in lines.into_iter().enumerate() {
+        let mut line = line.to_vec();
+        if let Some(separator) = line.get_mut(3) {
+            *separator = if index + 1 == count { b' ' } else { b'-' };
+        }
+        out.extend_from_slice(&line);
+    }
+    if count == 0 {
+        if let Some(separator) = out.get_mut(3) {
+            *separator = b' ';
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_keywords_leave_a_well_formed_reply() {
+        let ehlo =
+            b"250-mx.test\r\n250-PIPELINING\r\n250-XCLIENT NAME ADDR\r\n250 XFORWARD NAME\r\n";
+        assert_eq!(
+            without_keywords(ehlo, &["XCLIENT", "XFORWARD"]),
+            b"250-mx.test\r\n250 PIPELINING\r\n"
+        );
+        assert_eq!(
+            without_keywords(b"250-mx.test\r\n250 xclient ADDR\r\n", &["XCLIENT"]),
+            b"250 mx.test\r\n"
+        );
+        assert_eq!(
+            without_keywords(b"250 mx.test\r\n", &["X"]),
+            b"250 mx.test\r\n"
+        );
+        assert_eq!(without_keywords(b"501 no\r\n", &["X"]), b"501 no\r\n");
+    }
 
     #[test]
     fn single_multi_partial_and_bad() {

@@ -426,6 +426,13 @@ pub trait Gate: Send + Sync {
         false
     }
 
+    /// Whether [`Gate::command`] judges commands: the core then reads the
+    /// conversation of every client that met the engine to its end, so
+    /// that every MAIL and RCPT of every transaction meets the gate.
+    fn has_command_hook(&self) -> bool {
+        false
+    }
+
     /// **In the built-in engine's dialogue**: the verdict on HELO/EHLO,
     /// MAIL or RCPT, with the envelope so far. Asked only of clients the
     /// engine talks to.
