@@ -46,7 +46,9 @@
 //! - [`sink`]: `doorman sink`, a small SMTP sink for trials and benchmarks.
 //! - [`tls`]: STARTTLS in the built-in engine (certificates by SNI, the
 //!   channel that is plain or TLS) and STARTTLS to the backends.
-//! - [`fuzzing`]: entry points of the fuzz targets and their replay tests.
+//! - `fuzzing`: entry points of the fuzz targets and their replay tests,
+//!   built only with the `fuzzing` feature (the fuzz crate and the
+//!   integration tests turn it on).
 //!
 //! # The screening pipeline
 //! A connection meets the gates in the order the config's `gates` lists
@@ -95,6 +97,7 @@ pub mod cache;
 pub mod config;
 pub mod director;
 pub mod explain;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gates;
 pub mod handoff;

@@ -112,6 +112,9 @@ pub(super) struct Conversation<B> {
     pub judged: Judged,
     /// Routing by recipient, for such a cluster.
     pub routing: Option<Routing>,
+    /// The client's last command verb (`CONNECT` before any), for the
+    /// limit lines.
+    pub last: String,
 }
 
 /// Whether the conversation goes on after a command.
@@ -130,7 +133,6 @@ impl<S: ClientIo> Session<Channel<S>> {
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let address = talk.client.address;
-        let mut last = String::from("CONNECT");
         loop {
             if starts_like_header(&self.buffer) == Prefix::Header {
                 let input = std::mem::take(&mut self.buffer);
@@ -154,19 +156,19 @@ impl<S: ClientIo> Session<Channel<S>> {
                 Incoming::Line(line) => line,
                 Incoming::Closed => return Phase::Closed,
                 Incoming::TimedOut => {
-                    log::command_limit(address, "TIME", &last);
+                    log::command_limit(address, "TIME", &talk.last);
                     let hostname = self.shared.config.hostname.clone();
                     self.send(&reply::timeout_exceeded(&hostname)).await;
                     return Phase::Closed;
                 }
                 Incoming::TooLong => {
-                    log::command_limit(address, "LENGTH", &last);
+                    log::command_limit(address, "LENGTH", &talk.last);
                     let hostname = self.shared.config.hostname.clone();
                     self.send(&reply::service_unavailable(&hostname)).await;
                     return Phase::Closed;
                 }
             };
-            last = line.verb();
+            talk.last = line.verb();
             match self.relay_command(talk, line).await {
                 Next::Go => {}
                 Next::Close => return Phase::Closed,

@@ -134,6 +134,16 @@ impl<S: ClientIo> Session<Channel<S>> {
             self.count(Counted::NoBackend);
             return self.refuse_busy(teased).await;
         }
+        let last = replay.lines.last().map_or_else(
+            || "CONNECT".to_string(),
+            |line| {
+                Line {
+                    text: line.clone(),
+                    bare_newline: false,
+                }
+                .verb()
+            },
+        );
         let pipelining = keywords
             .iter()
             .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"));
@@ -168,6 +178,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                     key: section.key,
                     expire: section.user_expire,
                 }),
+                last,
             };
             return tokio::select! {
                 phase = self.converse(&mut talk) => phase,

@@ -411,9 +411,7 @@ impl Engine {
                 (None, _) => Step::reply(reply::NEED_MAIL),
                 (Some(_), Err(PathError::Syntax)) => Step::reply(reply::RCPT_SYNTAX),
                 (Some(_), Err(PathError::Address)) => Step::reply(reply::RECIPIENT_SYNTAX),
-                (Some(_), Ok(to)) if to.address.is_empty() => {
-                    Step::reply(reply::RECIPIENT_SYNTAX)
-                }
+                (Some(_), Ok(to)) if to.address.is_empty() => Step::reply(reply::RECIPIENT_SYNTAX),
                 (Some(from), Ok(to)) => {
                     let to = to.address;
                     let reply = match &self.rcpt {

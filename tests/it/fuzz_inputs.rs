@@ -5,9 +5,11 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 8] = [
     ("proxy_header", doorman::fuzzing::proxy_header),
     ("smtp_engine", doorman::fuzzing::smtp_engine),
+    ("smtp_body", doorman::fuzzing::smtp_body),
+    ("smtp_address", doorman::fuzzing::smtp_address),
     ("dnsbl_sites", doorman::fuzzing::dnsbl_sites),
     ("access_table", doorman::fuzzing::access_table),
     ("haproxy_hosts", doorman::fuzzing::haproxy_hosts),
@@ -43,5 +45,37 @@ fn seeds_corpora_and_regressions_replay_cleanly() {
         let corpus = replay("corpus", name, target);
         assert!(corpus > 0, "no committed corpus for {name}");
         replay("regressions", name, target);
+    }
+}
+
+mod scratch_tmp {
+    use proptest::prelude::*;
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            3 => Just(b'\r'), 3 => Just(b'\n'), 3 => Just(b'.'),
+            1 => Just(0u8), 2 => Just(b'a'), 1 => any::<u8>()
+        ];
+        prop::collection::vec(byte, 0..120)
+    }
+    fn addr() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            2 => Just(b'<'), 2 => Just(b'>'), 2 => Just(b'"'), 2 => Just(b'\\'),
+            2 => Just(b'@'), 2 => Just(b':'), 1 => Just(b','), 2 => Just(b' '),
+            1 => Just(b'\t'), 3 => Just(b'a'), 1 => any::<u8>()
+        ];
+        prop::collection::vec(byte, 0..30).prop_map(|v| {
+            let mut head = if v.len() % 2 == 0 { b"FROM:".to_vec() } else { b"to:".to_vec() };
+            head.extend(v);
+            head
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200000))]
+        #[test]
+        fn scratch_body(data in body()) { doorman::fuzzing::smtp_body(&data); }
+        #[test]
+        fn scratch_addr(data in addr()) { doorman::fuzzing::smtp_address(&data); }
     }
 }

@@ -9,6 +9,7 @@ mod agent;
 mod cache;
 mod cli;
 mod clusters;
+mod conversation;
 mod deep;
 mod director;
 mod dnsbl_rbldnsd;
