@@ -85,8 +85,9 @@
 //! (`plugins/greylist`, at RCPT, for doubtful clients) and Postfix policy
 //! services (`plugins/policy`, at RCPT). An engine gate may ask for clients
 //! in the engine (`Gate::needs_dialogue`); they are replayed into a backend
-//! once a recipient is accepted, and their later MAIL and RCPT commands
-//! still meet the gates ([`handoff::gated`]).
+//! once a recipient is accepted, and the session reads their conversation
+//! to its end, so every later MAIL and RCPT of every transaction still
+//! meets the gates (`session::conversation`).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -186,7 +186,10 @@ fn every_transaction_is_gated(tls: bool) {
     assert_eq!(ask(s, "RCPT TO:<bob@doorman.test>\r\n"), "250 2.1.5 Ok\r\n");
     let chunk = "Subject: three\r\n\r\nchunked\r\n";
     let answer = ask(s, &format!("BDAT {} LAST\r\n{chunk}", chunk.len()));
-    assert!(answer.starts_with("250 2.0.0 Ok: 27 bytes queued as"), "{answer}");
+    assert!(
+        answer.starts_with("250 2.0.0 Ok: 27 bytes queued as"),
+        "{answer}"
+    );
     assert_eq!(
         ask(s, "MAIL FROM:<alice@sender.test>\r\n"),
         "250 2.1.0 Ok\r\n"

@@ -65,7 +65,11 @@ mod scratch_tmp {
             1 => Just(b'\t'), 3 => Just(b'a'), 1 => any::<u8>()
         ];
         prop::collection::vec(byte, 0..30).prop_map(|v| {
-            let mut head = if v.len() % 2 == 0 { b"FROM:".to_vec() } else { b"to:".to_vec() };
+            let mut head = if v.len() % 2 == 0 {
+                b"FROM:".to_vec()
+            } else {
+                b"to:".to_vec()
+            };
             head.extend(v);
             head
         })
