@@ -222,14 +222,13 @@ impl Pool {
         Some(common_keywords(first, rest))
     }
 
-    /// Whether a client of `cluster` may reach a backend that trusts
-    /// doorman's own address (XCLIENT, or no header at all), whose
-    /// conversation doorman must therefore read.
+    /// Whether a client of `cluster` may reach an XCLIENT backend, which
+    /// trusts doorman's own address to speak for clients, so that doorman
+    /// must read the conversation.
     pub fn trusts_doorman(&self, cluster: &str) -> bool {
-        self.backends.iter().any(|b| {
-            b.config.cluster == cluster
-                && matches!(b.config.send_proxy, SendProxy::Xclient | SendProxy::None)
-        })
+        self.backends
+            .iter()
+            .any(|b| b.config.cluster == cluster && b.config.send_proxy == SendProxy::Xclient)
     }
 
     /// Whether a client of `cluster` (of any cluster: `None`) could get a

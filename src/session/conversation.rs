@@ -2,8 +2,8 @@
 //! its end.
 //!
 //! Every client that met the engine, and every client of a backend that
-//! trusts doorman's own address (`send_proxy = "xclient"` or `"none"`), is
-//! relayed here rather than copied: each command line comes through the
+//! trusts doorman's own address to speak for clients (`send_proxy =
+//! "xclient"`), is relayed here rather than copied: each command line comes through the
 //! session's one reader ([`Session::next_command`], one deadline for the
 //! whole line), and
 //! - XCLIENT and XFORWARD get smtpd's `550 5.7.0` from doorman and never

@@ -155,9 +155,9 @@ impl<S: ClientIo> Session<Channel<S>> {
             return self.refuse_busy(false).await;
         }
         // A client that met the engine is read to its end, and so is every
-        // client of a backend that trusts doorman's own address: it must
-        // never be able to speak for doorman.
-        let reads = gated.is_some() || matches!(send_proxy, SendProxy::Xclient | SendProxy::None);
+        // client of an XCLIENT backend, which trusts doorman's own address:
+        // it must never be able to speak for doorman.
+        let reads = gated.is_some() || send_proxy == SendProxy::Xclient;
         if reads {
             let judged = if gated.is_some() {
                 Judged::ByGates
