@@ -97,9 +97,8 @@ impl Server {
         for line in &config.deprecated {
             log::deprecated(line);
         }
-        let skipped = config.skipped_by_starttls();
-        if !skipped.is_empty() {
-            log::starttls_skips_gates(&crate::tls::skip_warning(&skipped));
+        if let Some(warning) = config.starttls_warning() {
+            log::starttls_warning(&warning);
         }
         let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
             parked.resume(stream, woken)

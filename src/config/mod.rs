@@ -217,31 +217,46 @@ impl Config {
         self.gates.iter().any(|gate| gate == name)
     }
 
-    /// What a client that sends STARTTLS skips when no `[tls]` is set (it
-    /// is handed to the backend at its STARTTLS): the engine's gates and
-    /// deep tests that are on. Empty when `[tls]` is set.
-    pub fn skipped_by_starttls(&self) -> Vec<&'static str> {
+    /// What `doorman check` and the start-up say when no `[tls]` is set
+    /// and that costs something: clients whose conversation doorman reads
+    /// (a gate judges their commands, their cluster is balanced by
+    /// recipient, or an XCLIENT backend trusts doorman) are offered no
+    /// STARTTLS; otherwise a client that sends STARTTLS is handed to its
+    /// backend at once and skips the deep tests that are on.
+    pub fn starttls_warning(&self) -> Option<String> {
         if self.tls.is_some() {
-            return Vec::new();
+            return None;
         }
-        let deep = &self.deep_tests;
-        let mut skipped = Vec::new();
+        let mut read = Vec::new();
         if self.lists("greylist") {
-            skipped.push("greylisting");
+            read.push("greylisting");
         }
         if self.lists("policy") {
-            skipped.push("the policy service");
-        }
-        if [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
-            .iter()
-            .any(|test| test.enable)
-        {
-            skipped.push("the deep tests");
+            read.push("the policy service");
         }
         if self.clusters.values().any(ClusterSection::by_recipient) {
-            skipped.push("routing by recipient");
+            read.push("routing by recipient");
         }
-        skipped
+        if self
+            .backends
+            .iter()
+            .any(|b| b.send_proxy == SendProxy::Xclient)
+        {
+            read.push("XCLIENT backends");
+        }
+        if !read.is_empty() {
+            return Some(format!(
+                "no [tls] section: clients whose conversation doorman reads ({}) are not offered STARTTLS; add [tls] to offer it",
+                read.join(", ")
+            ));
+        }
+        let deep = &self.deep_tests;
+        [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
+            .iter()
+            .any(|test| test.enable)
+            .then(|| {
+                "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip the deep tests".to_string()
+            })
     }
 }
 

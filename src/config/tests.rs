@@ -160,7 +160,10 @@ fn a_cluster_balanced_by_recipient_is_checked_and_warned_about_without_tls() {
     let section = config.by_recipient("").expect("balanced by recipient");
     assert_eq!(section.key, RecipientKey::Domain);
     assert_eq!(section.user_expire, Duration::from_secs(3600));
-    assert_eq!(config.skipped_by_starttls(), ["routing by recipient"]);
+    assert_eq!(
+        config.starttls_warning().as_deref(),
+        Some("no [tls] section: clients whose conversation doorman reads (routing by recipient) are not offered STARTTLS; add [tls] to offer it")
+    );
     let shown = Config::parse(&text.replace("\"1h\"", "\"2d\""), Path::new("d.toml"))
         .expect_err("above a day")
         .to_string();

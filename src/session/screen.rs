@@ -15,8 +15,7 @@ impl Session {
         let mut screening = TestRecord::default();
         // A cluster balanced by recipient sees every client's first RCPT:
         // even one that skips every test talks to the engine up to it.
-        let cluster = config.cluster_for(client.destination, self.listening);
-        let by_recipient = config.by_recipient(cluster).is_some();
+        let by_recipient = self.engine_for_everyone(&client);
         match pipeline.connect(&client, &self.process.metrics) {
             AtConnect::Permit => {
                 self.count(Counted::Allowlisted);
@@ -212,6 +211,20 @@ impl Session {
         }
     }
 
+    /// Whether every client of `client`'s cluster talks to the engine,
+    /// even one that skips every test: the cluster is balanced by
+    /// recipient (its first RCPT picks the backend), or doorman offers
+    /// STARTTLS and the cluster has an XCLIENT backend (whose conversation
+    /// doorman reads, so only doorman's own STARTTLS keeps it in sight).
+    fn engine_for_everyone(&self, client: &Client) -> bool {
+        let shared = &self.shared;
+        let cluster = shared
+            .config
+            .cluster_for(client.destination, self.listening);
+        shared.config.by_recipient(cluster).is_some()
+            || (shared.tls.is_some() && shared.pool.trusts_doorman(cluster))
+    }
+
     /// The greet wait's length: `[greet] wait`, shorter under stress.
     fn greet_wait_time(&self) -> Duration {
         let wait = self.shared.config.greet.wait;
@@ -239,9 +252,7 @@ impl Session {
         // 220 line: postscreen clears an ignored pregreet's failure at the
         // end of the wait, and then greets as usual.
         let pregreeted = due.pregreeted && config.greet.action == Action::Enforce;
-        let by_recipient = config
-            .by_recipient(config.cluster_for(client.destination, self.listening))
-            .is_some();
+        let by_recipient = self.engine_for_everyone(&client);
         match screening.decide(previous.clone(), SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);

@@ -184,7 +184,7 @@ impl ServerTls {
 /// `doorman check`'s TLS checks of `config`: every certificate pair and
 /// backend CA file is loaded (an error fails the check), then the
 /// warnings: certificates that expire soon or do not cover `hostname`,
-/// and the gates a STARTTLS client skips when there is no `[tls]`.
+/// and what STARTTLS costs when there is no `[tls]`.
 pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
     let mut found = config.deprecated.clone();
     if let Some(section) = &config.tls {
@@ -195,20 +195,8 @@ pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
     for backend in &config.backends {
         backend::BackendTlsClient::new(backend)?;
     }
-    let skipped = config.skipped_by_starttls();
-    if !skipped.is_empty() {
-        found.push(skip_warning(&skipped));
-    }
+    found.extend(config.starttls_warning());
     Ok(found)
-}
-
-/// The warning for a config without `[tls]` whose engine gates a client
-/// skips by sending STARTTLS.
-pub fn skip_warning(skipped: &[&str]) -> String {
-    format!(
-        "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip {}",
-        skipped.join(", ")
-    )
 }
 
 /// How long before its expiry a certificate is warned about.
