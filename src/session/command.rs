@@ -57,16 +57,4 @@ impl<S: ClientIo> Session<Channel<S>> {
             limit
         }
     }
-
-    /// Reads more body bytes (DATA or BDAT) into the buffer within one
-    /// command time; false when the client closed or paused too long.
-    pub(super) async fn read_body(&mut self) -> Result<bool, io::Error> {
-        self.buffer.reserve(16 * 1024);
-        match timeout(self.command_time(), self.stream.read_buf(&mut self.buffer)).await {
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client timed out")),
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(error)) => Err(error),
-        }
-    }
 }

@@ -23,9 +23,11 @@
 use doorman_gate_api::Stage;
 
 use super::command::Incoming;
+use super::message::END_OF_MESSAGE;
 use super::*;
-use crate::config::RecipientKey;
+use crate::config::{BareNewline, RecipientKey};
 use crate::smtp::address::{parse_path, PathError};
+use crate::smtp::line::Unrelayable;
 use crate::smtp::response::without_keywords;
 
 /// The most recipients of one transaction, as smtpd's
@@ -36,6 +38,11 @@ pub(super) const RECIPIENT_LIMIT: usize = 1000;
 /// it speak for doorman, and STARTTLS, which would take its conversation
 /// out of doorman's sight.
 const HIDDEN_KEYWORDS: [&str; 3] = ["XCLIENT", "XFORWARD", "STARTTLS"];
+
+/// The other commands a relayed client's backend gets as they are; any
+/// verb not named here or handled on its own is answered `502` by doorman,
+/// so nothing doorman does not understand reaches the backend.
+const FORWARDED: [&str; 6] = ["RSET", "NOOP", "QUIT", "VRFY", "HELP", "ETRN"];
 
 /// How long a backend may take to answer the end of a message (Postfix's
 /// `smtp_data_done_timeout`).
@@ -115,6 +122,8 @@ pub(super) struct Conversation<B> {
     /// The client's last command verb (`CONNECT` before any), for the
     /// limit lines.
     pub last: String,
+    /// Whether the backend announced CHUNKING (BDAT goes to no other).
+    pub chunking: bool,
 }
 
 /// Whether the conversation goes on after a command.
@@ -132,7 +141,6 @@ impl<S: ClientIo> Session<Channel<S>> {
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let address = talk.client.address;
         loop {
             if starts_like_header(&self.buffer) == Prefix::Header {
                 let input = std::mem::take(&mut self.buffer);
@@ -145,35 +153,77 @@ impl<S: ClientIo> Session<Channel<S>> {
                 incoming = self.next_command() => incoming,
                 read = talk.backend.stream.read_buf(&mut talk.backend.pending) => {
                     let unsolicited = talk.backend.pending.split_off(said);
-                    self.send_bytes(&unsolicited).await;
                     if matches!(read, Ok(n) if n > 0) && unsolicited.starts_with(b"421") {
-                        continue;
+                        self.send_bytes(&unsolicited).await;
+                    } else {
+                        let error = match read {
+                            Err(error) => error,
+                            Ok(_) => io::Error::new(io::ErrorKind::InvalidData, "unsolicited reply"),
+                        };
+                        self.backend_lost(talk, "a command", &error).await;
                     }
                     return Phase::Closed;
                 }
             };
-            let line = match incoming {
-                Incoming::Line(line) => line,
-                Incoming::Closed => return Phase::Closed,
-                Incoming::TimedOut => {
-                    log::command_limit(address, "TIME", &talk.last);
-                    let hostname = self.shared.config.hostname.clone();
-                    self.send(&reply::timeout_exceeded(&hostname)).await;
-                    return Phase::Closed;
-                }
-                Incoming::TooLong => {
-                    log::command_limit(address, "LENGTH", &talk.last);
-                    let hostname = self.shared.config.hostname.clone();
-                    self.send(&reply::service_unavailable(&hostname)).await;
-                    return Phase::Closed;
-                }
+            let line = match self.take_line(talk, incoming).await {
+                Ok(line) => line,
+                Err(next) => match next {
+                    Next::Go => continue,
+                    Next::Close => return Phase::Closed,
+                },
             };
+            if line.verb() == "PROXY" {
+                return self.refuse_header(&talk.client, &line.text).await;
+            }
             talk.last = line.verb();
-            match self.relay_command(talk, line).await {
-                Next::Go => {}
-                Next::Close => return Phase::Closed,
+            if self.relay_command(talk, line).await == Next::Close {
+                return Phase::Closed;
             }
         }
+    }
+
+    /// The line the client sent, if it may go on: a time or length limit
+    /// ends the session (logged, with postscreen's reply), and a line no
+    /// backend may see as it is gets smtpd's refusal from doorman.
+    pub(super) async fn take_line<B>(
+        &mut self,
+        talk: &Conversation<B>,
+        incoming: Incoming,
+    ) -> Result<Line, Next> {
+        let config = Arc::clone(&self.shared.config);
+        let (limit, text) = match incoming {
+            Incoming::Line(line) => {
+                let refusal = match line.unrelayable() {
+                    Some(Unrelayable::ProxyHeader) | None => None,
+                    Some(Unrelayable::Utf8) => Some(reply::BAD_UTF8.to_string()),
+                    Some(Unrelayable::Empty | Unrelayable::Control) => {
+                        Some(reply::BAD_SYNTAX.to_string())
+                    }
+                };
+                let refusal = refusal.or_else(|| {
+                    (line.bare_newline && config.engine.bare_newline == BareNewline::Reject).then(
+                        || {
+                            log::bare_newline(talk.client.address, "a command");
+                            let code = config.engine.bare_newline_reject_code;
+                            reply::bare_newline(code, &config.hostname)
+                        },
+                    )
+                });
+                return match refusal {
+                    None => Ok(line),
+                    Some(text) => {
+                        self.send(&text).await;
+                        Err(Next::Go)
+                    }
+                };
+            }
+            Incoming::Closed => return Err(Next::Close),
+            Incoming::TimedOut => ("TIME", reply::timeout_exceeded(&config.hostname)),
+            Incoming::TooLong => ("LENGTH", reply::service_unavailable(&config.hostname)),
+        };
+        log::command_limit(talk.client.address, limit, &talk.last);
+        self.send(&text).await;
+        Err(Next::Close)
     }
 
     /// One command of a relayed conversation.
@@ -181,69 +231,65 @@ impl<S: ClientIo> Session<Channel<S>> {
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let config = Arc::clone(&self.shared.config);
-        if line.text.iter().any(|&b| b == 0 || b == b'\r') {
-            self.send(reply::BAD_SYNTAX).await;
-            return Next::Go;
-        }
-        if line.bare_newline && config.engine.bare_newline == crate::smtp::body::BareNewline::Reject
-        {
-            log::bare_newline(talk.client.address, "a command");
-            let code = config.engine.bare_newline_reject_code;
-            self.send(&reply::bare_newline(code, &config.hostname))
-                .await;
-            return Next::Go;
-        }
         let (verb, argument) = line.split();
         let mut raw = line.text;
         raw.extend_from_slice(b"\r\n");
         match verb.as_str() {
             "XCLIENT" | "XFORWARD" => {
                 log::speaks_for_doorman(talk.client.address, &verb);
-                self.send(reply::INSUFFICIENT_AUTHORIZATION).await;
-                Next::Go
+                self.answer(reply::INSUFFICIENT_AUTHORIZATION).await
             }
             "STARTTLS" if self.stream.tls().is_some() => {
-                self.send(reply::TLS_ALREADY_ACTIVE).await;
-                Next::Go
+                self.answer(reply::TLS_ALREADY_ACTIVE).await
             }
-            "STARTTLS" => {
-                self.send(reply::NOT_IMPLEMENTED).await;
-                Next::Go
-            }
+            "STARTTLS" => self.answer(reply::NOT_IMPLEMENTED).await,
             "MAIL" => self.mail(talk, &argument, &raw).await,
             "RCPT" => self.rcpt(talk, &argument, &raw).await,
             "DATA" => self.data(talk, &raw).await,
             "BDAT" => self.bdat(talk, &argument, &raw).await,
             "AUTH" => self.auth(talk, &raw).await,
-            _ => {
-                let Some(answer) = self.forward(talk, &verb, &raw, REPLY_TIMEOUT).await else {
+            "EHLO" | "HELO" => self.greeting(talk, &verb, &argument, &raw).await,
+            verb if FORWARDED.contains(&verb) => {
+                let Some(answer) = self.forward(talk, verb, &raw, REPLY_TIMEOUT).await else {
                     return Next::Close;
                 };
-                let accepted = answer.starts_with(b"2");
-                match verb.as_str() {
-                    "EHLO" | "HELO" => {
-                        self.send_bytes(&without_keywords(&answer, &HIDDEN_KEYWORDS))
-                            .await;
-                        if accepted {
-                            talk.envelope.helo = argument.split_whitespace().next().map(Into::into);
-                            talk.envelope.esmtp = verb == "EHLO";
-                            end_transaction(&mut talk.envelope);
-                        }
+                self.send_bytes(&answer).await;
+                match verb {
+                    "QUIT" => Next::Close,
+                    "RSET" if answer.starts_with(b"2") => {
+                        end_transaction(&mut talk.envelope);
+                        Next::Go
                     }
-                    _ => {
-                        self.send_bytes(&answer).await;
-                        if verb == "RSET" && accepted {
-                            end_transaction(&mut talk.envelope);
-                        }
-                    }
+                    _ => Next::Go,
                 }
-                if verb == "QUIT" {
-                    return Next::Close;
-                }
-                Next::Go
             }
+            _ => self.answer(reply::NOT_RECOGNIZED).await,
         }
+    }
+
+    /// EHLO or HELO: the backend's reply without the keywords a relayed
+    /// client may not use; an accepted one starts the dialogue over.
+    async fn greeting<B>(
+        &mut self,
+        talk: &mut Conversation<B>,
+        verb: &str,
+        argument: &str,
+        raw: &[u8],
+    ) -> Next
+    where
+        B: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(answer) = self.forward(talk, verb, raw, REPLY_TIMEOUT).await else {
+            return Next::Close;
+        };
+        self.send_bytes(&without_keywords(&answer, &HIDDEN_KEYWORDS))
+            .await;
+        if answer.starts_with(b"2") {
+            talk.envelope.helo = argument.split_whitespace().next().map(Into::into);
+            talk.envelope.esmtp = verb == "EHLO";
+            end_transaction(&mut talk.envelope);
+        }
+        Next::Go
     }
 
     /// Sends `raw` to the backend and reads its reply; `None` (the client
@@ -277,7 +323,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         error: &io::Error,
     ) {
         log::backend_lost(talk.client.address, talk.backend.address, stage, error);
-        let text = if stage == "END-OF-MESSAGE" {
+        let text = if stage == END_OF_MESSAGE {
             reply::QUEUE_WRITE_ERROR.to_string()
         } else {
             reply::lost_backend(&self.shared.config.hostname)
@@ -320,17 +366,16 @@ impl<S: ClientIo> Session<Channel<S>> {
             Ok(_) | Err(PathError::Address) => return self.answer(reply::RECIPIENT_SYNTAX).await,
             Err(PathError::Syntax) => return self.answer(reply::RCPT_SYNTAX).await,
         };
-        // Without a sender the backend refuses it (503): nothing to judge.
-        if talk.envelope.sender.is_some() {
-            if talk.envelope.recipients.len() >= RECIPIENT_LIMIT {
-                return self.answer(reply::RECIPIENT_LIMIT).await;
-            }
-            if self.routed_elsewhere(talk, &recipient).await {
-                return self.answer(reply::TOO_MANY_RECIPIENTS).await;
-            }
-            if let Some(next) = self.judge(talk, Stage::Rcpt, &recipient).await {
-                return next;
-            }
+        // Every RCPT is judged, whatever doorman believes of the
+        // transaction: any disagreement with the backend must fail closed.
+        if talk.envelope.recipients.len() >= RECIPIENT_LIMIT {
+            return self.answer(reply::RECIPIENT_LIMIT).await;
+        }
+        if self.routed_elsewhere(talk, &recipient).await {
+            return self.answer(reply::TOO_MANY_RECIPIENTS).await;
+        }
+        if let Some(next) = self.judge(talk, Stage::Rcpt, &recipient).await {
+            return next;
         }
         let Some(answer) = self.forward(talk, "RCPT", raw, REPLY_TIMEOUT).await else {
             return Next::Close;

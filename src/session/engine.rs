@@ -155,7 +155,10 @@ impl<S: ClientIo> Session<Channel<S>> {
                         let mut rest = BytesMut::from(&command[..]);
                         rest.extend_from_slice(&self.buffer);
                         self.buffer = rest;
-                        let envelope = self.envelope(&engine, run);
+                        // Only the greeting is replayed: the backend has no
+                        // transaction open.
+                        let mut envelope = self.envelope(&engine, run);
+                        envelope.sender = None;
                         return self
                             .replay(client, lines, Answer::Nothing, Some(envelope))
                             .await;

@@ -2,7 +2,7 @@
 //! conversation read to its end or the byte copy, and the refusals when no
 //! backend takes it.
 
-use super::conversation::{BackendSide, Conversation, Judged, Routing};
+use super::conversation::{self, BackendSide, Conversation, Judged, Routing};
 use super::*;
 use crate::config::SendProxy;
 
@@ -147,12 +147,25 @@ impl<S: ClientIo> Session<Channel<S>> {
         let pipelining = keywords
             .iter()
             .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"));
-        if let Err(error) = self
+        let count = replay.lines.len();
+        let refused = match self
             .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
             .await
         {
-            log::relay_error(client.address, &error);
-            return self.refuse_busy(false).await;
+            Ok(refused) => refused,
+            Err(error) => {
+                log::relay_error(client.address, &error);
+                return self.refuse_busy(false).await;
+            }
+        };
+        // The gates' envelope is what the backend accepted of the replay.
+        let mut gated = gated;
+        if let (Some(envelope), Some(index)) = (gated.as_mut(), refused) {
+            if index + 1 == count {
+                envelope.recipients.clear();
+            } else {
+                conversation::end_transaction(envelope);
+            }
         }
         // A client that met the engine is read to its end, and so is every
         // client of an XCLIENT backend, which trusts doorman's own address:
@@ -179,6 +192,9 @@ impl<S: ClientIo> Session<Channel<S>> {
                     expire: section.user_expire,
                 }),
                 last,
+                chunking: keywords
+                    .iter()
+                    .any(|keyword| keyword.eq_ignore_ascii_case("CHUNKING")),
             };
             return tokio::select! {
                 phase = self.converse(&mut talk) => phase,
@@ -221,9 +237,10 @@ impl<S: ClientIo> Session<Channel<S>> {
         pending: &mut BytesMut,
         replay: Replay,
         pipelining: bool,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<usize>> {
         let count = replay.lines.len();
         let mut index = 0;
+        let mut first_refused = None;
         for group in replay_groups(replay.lines, pipelining) {
             timeout(WRITE_TIMEOUT, backend.write_all(&group.concat()))
                 .await
@@ -233,6 +250,9 @@ impl<S: ClientIo> Session<Channel<S>> {
             let mut refused = false;
             for line in group {
                 let answer = read_reply(backend, pending, REPLY_TIMEOUT).await?;
+                if !answer.starts_with(b"2") {
+                    first_refused = first_refused.or(Some(index));
+                }
                 index += 1;
                 if refused {
                     // The reply to a command pipelined behind a refused one.
@@ -250,7 +270,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 break;
             }
         }
-        Ok(())
+        Ok(first_refused)
     }
 
     /// No backend: `421 4.3.2 All server ports are busy`. After the teaser

@@ -1,10 +1,13 @@
 //! The relayed commands that carry more than a line: DATA and its body,
 //! BDAT and its chunk, and the AUTH exchange.
 
-use super::command::Incoming;
 use super::conversation::{end_transaction, Conversation, Judged, Next, END_OF_DATA_TIMEOUT};
 use super::*;
 use crate::smtp::body::{DataFramer, Framed};
+
+/// Where the backend's reply to a message's end goes wrong, for its log
+/// line and the client's reply (Postfix's before-queue `451 4.3.0`).
+pub(super) const END_OF_MESSAGE: &str = "END-OF-MESSAGE";
 
 impl<S: ClientIo> Session<Channel<S>> {
     /// DATA: the backend's go-ahead, then the body through the framer, so
@@ -23,79 +26,49 @@ impl<S: ClientIo> Session<Channel<S>> {
             return Next::Go;
         }
         end_transaction(&mut talk.envelope);
-        let policy = self.shared.config.engine.bare_newline;
-        let mut framer = DataFramer::new(policy);
+        let mut framer = DataFramer::new(self.shared.config.engine.bare_newline);
         let mut out = BytesMut::new();
         let mut backend_error: Option<io::Error> = None;
         let framed = loop {
             let framed = framer.feed(&mut self.buffer, &mut out);
             if !out.is_empty() && backend_error.is_none() {
-                if let Err(error) = talk.backend.write(&out).await {
-                    // The body is still read to its end, so the client gets
-                    // its reply at the end, as smtpd's proxy does.
-                    backend_error = Some(error);
-                }
+                // On a write error the body is still read to its end, so
+                // the client gets its reply there, as smtpd's proxy does.
+                backend_error = talk.backend.write(&out).await.err();
             }
             out.clear();
             if framed != Framed::More {
                 break framed;
             }
-            match self.read_body().await {
-                Ok(true) => {}
-                Ok(false) => return Next::Close,
-                Err(_) => {
-                    log::command_limit(talk.client.address, "TIME", "DATA");
-                    let hostname = self.shared.config.hostname.clone();
-                    self.send(&reply::timeout_exceeded(&hostname)).await;
-                    return Next::Close;
-                }
+            if let Some(next) = self.read_body(talk, "DATA").await {
+                return next;
             }
         };
         if let Some(error) = backend_error {
-            self.backend_lost(talk, "END-OF-MESSAGE", &error).await;
+            self.backend_lost(talk, END_OF_MESSAGE, &error).await;
             return Next::Close;
         }
         if framed == Framed::Rejected {
             // The backend's transaction cannot be taken back within SMTP:
             // its connection is dropped with the session.
-            log::bare_newline(talk.client.address, "END-OF-MESSAGE");
+            log::bare_newline(talk.client.address, END_OF_MESSAGE);
             let config = &self.shared.config;
             let text =
                 reply::bare_newline(config.engine.bare_newline_reject_code, &config.hostname);
             self.send(&text).await;
             return Next::Close;
         }
-        self.finish_message(talk).await
+        self.pass_reply(talk, END_OF_MESSAGE, END_OF_DATA_TIMEOUT)
+            .await
+            .map_or(Next::Close, |_| Next::Go)
     }
 
-    /// The backend's reply to the end of a message (DATA's, or BDAT
-    /// LAST's) goes to the client; a backend lost here gets Postfix's
-    /// before-queue reply.
-    async fn finish_message<B>(&mut self, talk: &mut Conversation<B>) -> Next
-    where
-        B: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let backend = &mut talk.backend;
-        match read_reply(
-            &mut backend.stream,
-            &mut backend.pending,
-            END_OF_DATA_TIMEOUT,
-        )
-        .await
-        {
-            Ok(answer) => {
-                self.send_bytes(&answer).await;
-                Next::Go
-            }
-            Err(error) => {
-                self.backend_lost(talk, "END-OF-MESSAGE", &error).await;
-                Next::Close
-            }
-        }
-    }
-
-    /// BDAT: the command and exactly its chunk's bytes go to the backend,
-    /// and its reply to the client; after LAST the transaction is over.
+    /// BDAT: only to a backend that announced CHUNKING, with a size
+    /// written as smtpd reads it (ASCII digits); the command and exactly
+    /// its chunk go to the backend, and its reply to the client. A chunk
+    /// the backend refused ends the session: a backend that would read it
+    /// as commands must never get the chance. After LAST the transaction
+    /// is over.
     pub(super) async fn bdat<B>(
         &mut self,
         talk: &mut Conversation<B>,
@@ -105,31 +78,21 @@ impl<S: ClientIo> Session<Channel<S>> {
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut words = argument.split_whitespace();
-        let size = words.next().and_then(|size| size.parse::<u64>().ok());
-        let last = match words.next() {
-            None => false,
-            Some(word) if word.eq_ignore_ascii_case("LAST") => true,
-            Some(_) => return self.answer(reply::BDAT_SYNTAX).await,
-        };
-        let Some(mut left) = size.filter(|_| words.next().is_none()) else {
+        if !talk.chunking {
+            return self.answer(reply::NOT_IMPLEMENTED).await;
+        }
+        let Some((size, last)) = bdat_argument(argument) else {
             return self.answer(reply::BDAT_SYNTAX).await;
         };
         if let Err(error) = talk.backend.write(raw).await {
             self.backend_lost(talk, "BDAT", &error).await;
             return Next::Close;
         }
+        let mut left = size;
         while left > 0 {
             if self.buffer.is_empty() {
-                match self.read_body().await {
-                    Ok(true) => {}
-                    Ok(false) => return Next::Close,
-                    Err(_) => {
-                        log::command_limit(talk.client.address, "TIME", "BDAT");
-                        let hostname = self.shared.config.hostname.clone();
-                        self.send(&reply::timeout_exceeded(&hostname)).await;
-                        return Next::Close;
-                    }
+                if let Some(next) = self.read_body(talk, "BDAT").await {
+                    return next;
                 }
             }
             let take = usize::try_from(left)
@@ -142,27 +105,22 @@ impl<S: ClientIo> Session<Channel<S>> {
             }
             left -= take as u64;
         }
-        if last {
+        let (stage, limit) = if last {
             end_transaction(&mut talk.envelope);
-            return self.finish_message(talk).await;
-        }
-        let backend = &mut talk.backend;
-        match read_reply(&mut backend.stream, &mut backend.pending, REPLY_TIMEOUT).await {
-            Ok(answer) => {
-                self.send_bytes(&answer).await;
-                Next::Go
-            }
-            Err(error) => {
-                self.backend_lost(talk, "BDAT", &error).await;
-                Next::Close
-            }
+            (END_OF_MESSAGE, END_OF_DATA_TIMEOUT)
+        } else {
+            ("BDAT", REPLY_TIMEOUT)
+        };
+        match self.pass_reply(talk, stage, limit).await {
+            Some(answer) if answer.starts_with(b"2") => Next::Go,
+            _ => Next::Close,
         }
     }
 
     /// AUTH: the SASL exchange goes between the client and the backend,
-    /// each client line bounded as a command is; the backend's final reply
-    /// decides. `235`: the RCPT gates pass for the rest of the session.
-    /// Anything else changes nothing.
+    /// each client line bounded and checked as a command is; the backend's
+    /// final reply decides. `235`: the gates let the session's MAIL and
+    /// RCPT pass from now on. Anything else changes nothing.
     pub(super) async fn auth<B>(&mut self, talk: &mut Conversation<B>, raw: &[u8]) -> Next
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
@@ -180,25 +138,106 @@ impl<S: ClientIo> Session<Channel<S>> {
                 }
                 return Next::Go;
             }
-            line = match self.next_command().await {
-                Incoming::Line(response) => {
-                    let mut response = response.text;
-                    response.extend_from_slice(b"\r\n");
-                    response
-                }
-                Incoming::Closed => return Next::Close,
-                Incoming::TimedOut => {
-                    log::command_limit(talk.client.address, "TIME", "AUTH");
-                    let hostname = self.shared.config.hostname.clone();
-                    self.send(&reply::timeout_exceeded(&hostname)).await;
+            talk.last = "AUTH".to_string();
+            let incoming = self.next_command().await;
+            line = match self.take_line(talk, incoming).await {
+                Ok(response) if response.verb() != "PROXY" => response.text,
+                Ok(response) => {
+                    self.refuse_header(&talk.client, &response.text).await;
                     return Next::Close;
                 }
-                Incoming::TooLong => {
-                    log::command_limit(talk.client.address, "LENGTH", "AUTH");
-                    self.send(reply::AUTH_LINE_TOO_LONG).await;
-                    return Next::Close;
+                Err(next) => {
+                    if next == Next::Go {
+                        // doorman refused the line: the backend's exchange
+                        // is cancelled as RFC 4954 lets a client cancel it.
+                        b"*".to_vec()
+                    } else {
+                        return next;
+                    }
                 }
             };
+            line.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Reads more of a body within one command time; `Some` when the
+    /// session ends (the client left, or paused too long: logged and
+    /// told, as after a command).
+    async fn read_body<B>(&mut self, talk: &Conversation<B>, stage: &str) -> Option<Next> {
+        self.buffer.reserve(16 * 1024);
+        match timeout(self.command_time(), self.stream.read_buf(&mut self.buffer)).await {
+            Ok(Ok(n)) if n > 0 => None,
+            Ok(_) => Some(Next::Close),
+            Err(_) => {
+                log::command_limit(talk.client.address, "TIME", stage);
+                let text = reply::timeout_exceeded(&self.shared.config.hostname);
+                self.send(&text).await;
+                Some(Next::Close)
+            }
+        }
+    }
+
+    /// Reads the backend's reply to what was sent at `stage` and passes it
+    /// to the client; `None` when the backend was lost (the client told).
+    async fn pass_reply<B>(
+        &mut self,
+        talk: &mut Conversation<B>,
+        stage: &str,
+        limit: Duration,
+    ) -> Option<Vec<u8>>
+    where
+        B: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let backend = &mut talk.backend;
+        match read_reply(&mut backend.stream, &mut backend.pending, limit).await {
+            Ok(answer) => {
+                self.send_bytes(&answer).await;
+                Some(answer)
+            }
+            Err(error) => {
+                self.backend_lost(talk, stage, &error).await;
+                None
+            }
+        }
+    }
+}
+
+/// A BDAT argument as smtpd reads it: a size of ASCII digits, then `LAST`
+/// or nothing, separated by spaces.
+fn bdat_argument(argument: &str) -> Option<(u64, bool)> {
+    let mut words = argument.split([' ', '\t']).filter(|w| !w.is_empty());
+    let size = words.next()?;
+    if !size.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let size = size.parse::<u64>().ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bdat_argument;
+
+    #[test]
+    fn bdat_sizes_are_read_as_smtpd_reads_them() {
+        assert_eq!(bdat_argument("27 LAST"), Some((27, true)));
+        assert_eq!(bdat_argument("0 last"), Some((0, true)));
+        assert_eq!(bdat_argument("5"), Some((5, false)));
+        for bad in [
+            "+5",
+            "5\u{a0}LAST",
+            "x",
+            "",
+            "5 LAST more",
+            "5 FIRST",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(bdat_argument(bad), None, "{bad:?}");
         }
     }
 }

@@ -38,6 +38,32 @@ impl Line {
         (verb, argument.to_string())
     }
 
+    /// What keeps this line from reaching a backend as it is, if
+    /// anything. Only a line every smtpd splits as doorman does may pass:
+    /// no control byte but TAB (smtpd splits on C's `isspace`, which counts
+    /// a vertical tab and a form feed, where doorman's verb would not end),
+    /// valid UTF-8 (the gates judge text), something in it, and no PROXY
+    /// header.
+    pub fn unrelayable(&self) -> Option<Unrelayable> {
+        if self.text.iter().all(|&b| b == b' ' || b == b'\t') {
+            return Some(Unrelayable::Empty);
+        }
+        if self
+            .text
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Some(Unrelayable::Control);
+        }
+        if std::str::from_utf8(&self.text).is_err() {
+            return Some(Unrelayable::Utf8);
+        }
+        if self.verb() == "PROXY" {
+            return Some(Unrelayable::ProxyHeader);
+        }
+        None
+    }
+
     /// What a gate may be asked about this line, by its syntax alone: the
     /// HELO or EHLO name, the MAIL sender, the RCPT recipient. The caller
     /// knows whether the dialogue's state takes the command.
@@ -58,6 +84,19 @@ impl Line {
             _ => None,
         }
     }
+}
+
+/// Why a command line may not reach a backend as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrelayable {
+    /// Nothing but blanks: smtpd's `500 5.5.2 Error: bad syntax`.
+    Empty,
+    /// A control byte other than TAB (NUL, a bare CR, a vertical tab...).
+    Control,
+    /// Not UTF-8.
+    Utf8,
+    /// A PROXY v1 header after the first bytes of the connection.
+    ProxyHeader,
 }
 
 /// A line longer than the limit, terminator included.
@@ -131,6 +170,33 @@ mod tests {
         assert_eq!(next_line(&mut long, 10), Err(LineTooLong { limit: 10 }));
         let mut fits = BytesMut::from(&b"12345678\r\n"[..]);
         assert!(next_line(&mut fits, 10).unwrap().is_some());
+    }
+
+    #[test]
+    fn only_lines_every_smtpd_splits_alike_are_relayable() {
+        let line = |text: &[u8]| Line {
+            text: text.to_vec(),
+            bare_newline: false,
+        };
+        assert_eq!(line(b"MAIL FROM:<a@b>\tSIZE=1").unrelayable(), None);
+        assert_eq!(line(b"RCPT TO:<\xc3\xa9@b>").unrelayable(), None);
+        assert_eq!(line(b" \t").unrelayable(), Some(Unrelayable::Empty));
+        for control in [
+            &b"XCLIENT\x0bADDR=1.2.3.4"[..],
+            b"NOOP \0",
+            b"NOOP\rRSET",
+            b"X\x7f",
+        ] {
+            assert_eq!(line(control).unrelayable(), Some(Unrelayable::Control));
+        }
+        assert_eq!(
+            line(b"RCPT TO:<\xff@b>").unrelayable(),
+            Some(Unrelayable::Utf8)
+        );
+        assert_eq!(
+            line(b"proxy TCP4 1.2.3.4 5.6.7.8 1 2").unrelayable(),
+            Some(Unrelayable::ProxyHeader)
+        );
     }
 
     #[test]

@@ -162,9 +162,12 @@ pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients\r\n";
 /// `smtpd_authorized_xclient_hosts`. It never reaches a backend.
 pub const INSUFFICIENT_AUTHORIZATION: &str = "550 5.7.0 Error: insufficient authorization\r\n";
 
-/// A command line with a NUL or a bare CR in it (smtpd's reply to a line
-/// it cannot split).
+/// An empty command line, or one with a control byte in it (smtpd's reply
+/// to a line it cannot split).
 pub const BAD_SYNTAX: &str = "500 5.5.2 Error: bad syntax\r\n";
+
+/// A command line that is not UTF-8 (smtpd's reply).
+pub const BAD_UTF8: &str = "500 5.5.2 Error: bad UTF-8 syntax\r\n";
 
 /// A MAIL whose address cannot be parsed.
 pub const SENDER_SYNTAX: &str = "501 5.1.7 Bad sender address syntax\r\n";

@@ -235,12 +235,17 @@ fn every_transaction_is_gated(tls: bool) {
     assert_eq!(reply(s), "250 2.1.0 Ok\r\n");
     assert_eq!(reply(s), greylisted("gina@doorman.test"));
     assert_eq!(reply(s), "554 5.5.1 Error: no valid recipients\r\n");
-    // The body the client pipelined is commands now, and Postfix ends a
-    // session whose command looks like a header.
-    assert_eq!(
-        reply(s),
-        "221 2.7.0 Error: I can break rules, too. Goodbye.\r\n"
-    );
+    // The body the client pipelined is commands now: doorman answers each
+    // line it would not pass on, and none reaches Postfix.
+    for answer in [
+        "502 5.5.2 Error: command not recognized\r\n",
+        "500 5.5.2 Error: bad syntax\r\n",
+        "502 5.5.2 Error: command not recognized\r\n",
+        "502 5.5.2 Error: command not recognized\r\n",
+    ] {
+        assert_eq!(reply(s), answer);
+    }
+    assert_eq!(ask(s, "QUIT\r\n"), "221 2.0.0 Bye\r\n");
 
     postfix.wait_for_log("to=<bob@doorman.test>", Duration::from_secs(10));
     thread::sleep(Duration::from_millis(500));
@@ -475,11 +480,31 @@ fn hostile_lines_after_the_replay_get_clean_replies() {
         ask(&mut s, "RCPT TO:<over@doorman.test>\r\n"),
         "452 4.5.3 Error: too many recipients\r\n"
     );
-    assert_eq!(ask(&mut s, "BDAT 0 LAST\r\n"), "250 2.0.0 ok\r\n");
+    // This backend never announced CHUNKING: no BDAT reaches it.
     assert_eq!(
-        ask(&mut s, "BDAT x\r\n"),
-        "501 5.5.4 Syntax: BDAT count [LAST]\r\n"
+        ask(&mut s, "BDAT 5 LAST\r\n"),
+        "502 5.5.1 Error: command not implemented\r\n"
     );
+    // Lines that another smtpd would split otherwise than doorman: a
+    // vertical tab (C's isspace), other control bytes, bad UTF-8, an
+    // empty line, a verb doorman does not know.
+    for (line, answer) in [
+        (
+            "XCLIENT\x0bADDR=10.9.9.9\r\n",
+            "500 5.5.2 Error: bad syntax\r\n",
+        ),
+        ("MAIL\x0bFROM:<x@y>\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        ("RCPT\x0cTO:<x@y>\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        ("\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        (
+            "XSHADOW ADDR=10.9.9.9\r\n",
+            "502 5.5.2 Error: command not recognized\r\n",
+        ),
+    ] {
+        assert_eq!(ask(&mut s, line), answer, "{line:?}");
+    }
+    s.write_all(b"RCPT TO:<\xff@doorman.test>\r\n").unwrap();
+    assert_eq!(reply(&mut s), "500 5.5.2 Error: bad UTF-8 syntax\r\n");
     // A line one byte over the limit (2,048 with its CRLF).
     let long = format!("RCPT TO:<{}@doorman.test>\r\n", "x".repeat(2049 - 25));
     assert_eq!(long.len(), 2049);
@@ -488,7 +513,10 @@ fn hostile_lines_after_the_replay_get_clean_replies() {
         "421 mx.doorman.test Service unavailable - try again later\r\n"
     );
     let got = String::from_utf8_lossy(&backend.wait_closed(0)).into_owned();
-    for never in ["XCLIENT", "XFORWARD", "\0x", "over@", "BDAT x", "xxxxxxxx"] {
+    for never in [
+        "XCLIENT", "XFORWARD", "XSHADOW", "\0x", "\x0bADDR", "\x0cTO", "<\u{FFFD}@", "over@", "BDAT",
+        "xxxxxxxx",
+    ] {
         assert!(!got.contains(never), "{never:?} reached the backend");
     }
 
@@ -633,4 +661,27 @@ fn auth_passes_the_gates_only_when_the_backend_accepts_it() {
         Duration::from_secs(5),
     );
     assert!(doorman.log.matching("PASS NEW [203.0.113.22]").is_empty());
+}
+
+#[test]
+fn a_late_proxy_header_after_the_replay_ends_the_session() {
+    let backend = FakeBackend::start(true);
+    let doorman = engine_first(backend.address, "");
+    let mut s = greet(&doorman, "203.0.113.46", false);
+    assert_eq!(
+        ask(&mut *s, "MAIL FROM:<a@sender.test>\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        ask(&mut *s, "RCPT TO:<b@doorman.test>\r\n"),
+        "250 2.0.0 ok\r\n"
+    );
+    assert_eq!(ask(&mut *s, "NOOP\r\n"), "250 2.0.0 ok\r\n");
+    // Alone in its own write, after the buffer was empty.
+    assert_eq!(
+        ask(&mut *s, "PROXY TCP4 6.6.6.6 127.0.0.1 1 25\r\n"),
+        "421 4.7.0 PROXY not allowed from 203.0.113.46\r\n"
+    );
+    let got = String::from_utf8_lossy(&backend.wait_closed(0)).into_owned();
+    assert!(!got.contains("6.6.6.6"), "{got}");
 }

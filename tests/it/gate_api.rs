@@ -105,10 +105,6 @@ impl Gate for Probe {
         }))
     }
 
-    fn has_command_hook(&self) -> bool {
-        true
-    }
-
     fn command<'a>(&'a self, _client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {
         let verdict = if command.stage == Stage::Rcpt && command.argument == self.trap {
             Verdict::Reject(Rejection::new(

@@ -152,6 +152,10 @@ impl AccessList {
 
 /// The access list is a connect gate, with postscreen's log lines.
 impl Gate for AccessList {
+    fn has_command_hook(&self) -> bool {
+        false
+    }
+
     fn explain_connect(&self, client: &Client) -> Option<String> {
         Some(match self.lookup(client.ip()) {
             None => "access list: no match (dunno)".to_string(),

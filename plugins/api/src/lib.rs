@@ -428,9 +428,12 @@ pub trait Gate: Send + Sync {
 
     /// Whether [`Gate::command`] judges commands: the core then reads the
     /// conversation of every client that met the engine to its end, so
-    /// that every MAIL and RCPT of every transaction meets the gate.
+    /// that every MAIL and RCPT of every transaction meets the gate. It
+    /// fails closed: a gate answers `false` only when it has no command
+    /// hook (a gate that forgot would otherwise lose every transaction
+    /// after the first).
     fn has_command_hook(&self) -> bool {
-        false
+        true
     }
 
     /// **In the built-in engine's dialogue**: the verdict on HELO/EHLO,

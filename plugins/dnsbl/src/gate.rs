@@ -35,6 +35,10 @@ impl DnsblGate {
 }
 
 impl Gate for DnsblGate {
+    fn has_command_hook(&self) -> bool {
+        false
+    }
+
     fn compact(&self) {
         self.dnsbl.compact();
     }

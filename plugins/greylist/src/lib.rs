@@ -313,10 +313,6 @@ impl Gate for GreylistGate {
         })
     }
 
-    fn has_command_hook(&self) -> bool {
-        true
-    }
-
     fn command<'a>(&'a self, client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {
         Box::pin(async move {
             if command.stage != Stage::Rcpt || !self.is_doubtful(command.envelope.score) {

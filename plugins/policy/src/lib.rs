@@ -248,10 +248,6 @@ impl Gate for PolicyGate {
         })
     }
 
-    fn has_command_hook(&self) -> bool {
-        true
-    }
-
     fn command<'a>(&'a self, client: &'a Client, command: Command<'a>) -> GateFuture<'a, Verdict> {
         Box::pin(async move {
             if command.stage != Stage::Rcpt || !self.in_scope(command.envelope.score) {

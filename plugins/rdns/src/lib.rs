@@ -196,6 +196,10 @@ impl Inner {
 }
 
 impl Gate for RdnsGate {
+    fn has_command_hook(&self) -> bool {
+        false
+    }
+
     fn has_wait_hook(&self) -> bool {
         true
     }
