@@ -3,6 +3,7 @@
 
 use super::command::Incoming;
 use super::*;
+use crate::smtp::response::keyword_name;
 
 impl<S: ClientIo> Session<Channel<S>> {
     /// The built-in engine (see [`Session::dialogue`]). A client that
@@ -213,7 +214,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             || shared.config.by_recipient(cluster).is_some()
             || shared.pool.trusts_doorman(cluster);
         if read_after {
-            keywords.retain(|k| !k.eq_ignore_ascii_case("STARTTLS"));
+            keywords.retain(|k| keyword_name(k) != "STARTTLS");
         }
         Some(keywords)
     }

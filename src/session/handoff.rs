@@ -5,6 +5,7 @@
 use super::conversation::{self, BackendSide, Conversation, Judged, Routing};
 use super::*;
 use crate::config::SendProxy;
+use crate::smtp::response::announces;
 
 /// The client's lines replayed into a backend.
 pub(super) struct Replay {
@@ -69,6 +70,104 @@ impl<S: ClientIo> Session<Channel<S>> {
         gated: Option<Envelope>,
     ) -> Phase {
         self.screening = None;
+        let connected = match self
+            .connect_backend(&client, teased, &replay, gated.as_ref())
+            .await
+        {
+            Ok(connected) => connected,
+            Err(phase) => return phase,
+        };
+        let Connected {
+            stream: mut backend,
+            lease: _lease,
+            mut pending,
+            flush,
+            backend: address,
+            send_proxy,
+            keywords,
+            ..
+        } = connected;
+        let last = replay.lines.last().map_or_else(
+            || "CONNECT".to_string(),
+            |line| {
+                Line {
+                    text: line.clone(),
+                    bare_newline: false,
+                }
+                .verb()
+            },
+        );
+        let count = replay.lines.len();
+        let pipelining = announces(&keywords, "PIPELINING");
+        let refused = match self
+            .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
+            .await
+        {
+            Ok(refused) => refused,
+            Err(error) => {
+                log::relay_error(client.address, &error);
+                return self.refuse_busy(false).await;
+            }
+        };
+        // A client that met the engine is read to its end, and so is every
+        // client of an XCLIENT backend, which trusts doorman's own address:
+        // it must never be able to speak for doorman.
+        if gated.is_none() && send_proxy != SendProxy::Xclient {
+            return self.copy_bytes(&client, backend, pending, flush).await;
+        }
+        let judged = if gated.is_some() {
+            Judged::ByGates
+        } else {
+            Judged::NotGated
+        };
+        // The gates' envelope is what the backend accepted of the replay.
+        let mut envelope = gated.unwrap_or_default();
+        match refused {
+            Some(index) if index + 1 == count => envelope.recipients.clear(),
+            Some(_) => conversation::end_transaction(&mut envelope),
+            None => {}
+        }
+        let config = &self.shared.config;
+        let cluster = config.cluster_for(client.destination, self.listening);
+        let routing = config.by_recipient(cluster).map(|section| Routing {
+            cluster: cluster.to_string(),
+            key: section.key,
+            expire: section.user_expire,
+        });
+        let mut talk = Conversation {
+            client,
+            backend: BackendSide {
+                stream: backend,
+                pending,
+                address,
+            },
+            envelope,
+            judged,
+            routing,
+            last,
+            chunking: announces(&keywords, "CHUNKING"),
+        };
+        tokio::select! {
+            phase = self.converse(&mut talk) => phase,
+            _ = flush.cancelled() => {
+                // doorman is speaking here: it says why it closes.
+                log::flushed(talk.client.address);
+                self.send(reply::FLUSHED).await;
+                Phase::Closed
+            }
+        }
+    }
+
+    /// A backend for the client, with its greeting: forwarded to a client
+    /// handed off plainly, checked for a replay. `Err`: the phase after
+    /// the client was told no backend takes it.
+    async fn connect_backend(
+        &mut self,
+        client: &Client,
+        teased: bool,
+        replay: &Replay,
+        gated: Option<&Envelope>,
+    ) -> Result<Connected, Phase> {
         let shared = Arc::clone(&self.shared);
         let cluster = shared
             .config
@@ -91,11 +190,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         // recipient's user picks the backend.
         let by_recipient = shared.config.by_recipient(cluster);
         let user = by_recipient
-            .zip(
-                gated
-                    .as_ref()
-                    .and_then(|envelope| envelope.recipients.first()),
-            )
+            .zip(gated.and_then(|envelope| envelope.recipients.first()))
             .map(|(section, recipient)| section.key.of(recipient));
         let route = by_recipient
             .zip(user.as_deref())
@@ -104,108 +199,34 @@ impl<S: ClientIo> Session<Channel<S>> {
                 user,
                 expire: section.user_expire,
             });
-        let connected = match shared.pool.connect(&client, cluster, route, tls).await {
-            Ok(connected) => connected,
-            Err(_) => {
-                self.count(Counted::NoBackend);
-                log::all_server_ports_busy(client.address, cluster);
-                return self.refuse_busy(teased).await;
-            }
+        let Ok(connected) = shared.pool.connect(client, cluster, route, tls).await else {
+            self.count(Counted::NoBackend);
+            log::all_server_ports_busy(client.address, cluster);
+            return Err(self.refuse_busy(teased).await);
         };
-        let Connected {
-            stream: mut backend,
-            lease: _lease,
-            greeting,
-            mut pending,
-            flush,
-            backend: address,
-            send_proxy,
-            keywords,
-        } = connected;
-        let replaying = !replay.lines.is_empty();
-        let welcome = greeting.starts_with(b"220");
-        if !replaying && (welcome || !teased) {
+        let welcome = connected.greeting.starts_with(b"220");
+        if replay.lines.is_empty() && (welcome || !teased) {
             // A plain handoff gets the backend's greeting as it is, its own
             // refusal of the client included.
-            self.send_bytes(&greeting).await;
+            self.send_bytes(&connected.greeting).await;
         } else if !welcome {
-            let address = backend.plain().and_then(|stream| stream.peer_addr().ok());
-            log::backend_refused(client.address, address, &greeting);
+            log::backend_refused(client.address, Some(connected.backend), &connected.greeting);
             self.count(Counted::NoBackend);
-            return self.refuse_busy(teased).await;
+            return Err(self.refuse_busy(teased).await);
         }
-        let last = replay.lines.last().map_or_else(
-            || "CONNECT".to_string(),
-            |line| {
-                Line {
-                    text: line.clone(),
-                    bare_newline: false,
-                }
-                .verb()
-            },
-        );
-        let pipelining = keywords
-            .iter()
-            .any(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"));
-        let count = replay.lines.len();
-        let refused = match self
-            .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
-            .await
-        {
-            Ok(refused) => refused,
-            Err(error) => {
-                log::relay_error(client.address, &error);
-                return self.refuse_busy(false).await;
-            }
-        };
-        // The gates' envelope is what the backend accepted of the replay.
-        let mut gated = gated;
-        if let (Some(envelope), Some(index)) = (gated.as_mut(), refused) {
-            if index + 1 == count {
-                envelope.recipients.clear();
-            } else {
-                conversation::end_transaction(envelope);
-            }
-        }
-        // A client that met the engine is read to its end, and so is every
-        // client of an XCLIENT backend, which trusts doorman's own address:
-        // it must never be able to speak for doorman.
-        let reads = gated.is_some() || send_proxy == SendProxy::Xclient;
-        if reads {
-            let judged = if gated.is_some() {
-                Judged::ByGates
-            } else {
-                Judged::NotGated
-            };
-            let mut talk = Conversation {
-                client,
-                backend: BackendSide {
-                    stream: backend,
-                    pending,
-                    address,
-                },
-                envelope: gated.unwrap_or_default(),
-                judged,
-                routing: by_recipient.map(|section| Routing {
-                    cluster: cluster.to_string(),
-                    key: section.key,
-                    expire: section.user_expire,
-                }),
-                last,
-                chunking: keywords
-                    .iter()
-                    .any(|keyword| keyword.eq_ignore_ascii_case("CHUNKING")),
-            };
-            return tokio::select! {
-                phase = self.converse(&mut talk) => phase,
-                _ = flush.cancelled() => {
-                    // doorman is speaking here: it says why it closes.
-                    log::flushed(talk.client.address);
-                    self.send(reply::FLUSHED).await;
-                    Phase::Closed
-                }
-            };
-        }
+        Ok(connected)
+    }
+
+    /// The byte copy, for a client nobody needs to read: what the backend
+    /// said after its greeting, then both directions until both are done
+    /// (or the backend is flushed).
+    async fn copy_bytes(
+        &mut self,
+        client: &Client,
+        mut backend: Channel<TcpStream>,
+        pending: BytesMut,
+        flush: tokio_util::sync::CancellationToken,
+    ) -> Phase {
         if !pending.is_empty() {
             self.send_bytes(&pending).await;
         }
@@ -220,7 +241,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         match relayed {
             Ok(()) => {}
             Err(RelayError::ProxyHeader(input)) => {
-                return self.refuse_header(&client, &input).await;
+                return self.refuse_header(client, &input).await;
             }
             Err(RelayError::Io(error)) => log::relay_error(client.address, &error),
         }

@@ -16,6 +16,7 @@ use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 use super::address::{parse_path, PathError};
 use super::line::Line;
 use super::reply;
+use super::response::{announces, keyword_name};
 
 /// The protocol the client used, as logged (`proto=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,23 +226,16 @@ impl Engine {
 
     /// Whether `keyword` is announced in the EHLO reply.
     fn announces(&self, keyword: &str) -> bool {
-        self.keywords.as_ref().is_some_and(|keywords| {
-            keywords
-                .iter()
-                .any(|k| k.split_whitespace().next() == Some(keyword))
-        })
+        self.keywords
+            .as_ref()
+            .is_some_and(|keywords| announces(keywords, keyword))
     }
 
     fn ehlo_reply(&self) -> String {
         match &self.keywords {
             None => reply::ehlo(&self.hostname, self.starttls == Starttls::Offered),
             Some(keywords) => {
-                let word = |k: &String| {
-                    k.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_ascii_uppercase()
-                };
+                let word = |k: &String| keyword_name(k);
                 let mut shown: Vec<String> = keywords
                     .iter()
                     .filter(|k| {

@@ -47,6 +47,22 @@ pub fn complete_reply(buffer: &[u8], limit: usize) -> Result<Option<Reply>, Malf
     Ok(None)
 }
 
+/// An EHLO keyword's name, upper-cased: its first word (`SIZE` of `SIZE
+/// 10240000`).
+pub fn keyword_name(keyword: &str) -> String {
+    keyword
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+/// Whether `keywords` (an EHLO reply's, one per line) announce `name`
+/// (upper case), with or without parameters.
+pub fn announces(keywords: &[String], name: &str) -> bool {
+    keywords.iter().any(|keyword| keyword_name(keyword) == name)
+}
+
 /// A backend's EHLO reply without the keywords in `hidden` (upper case):
 /// the lines that announce them are left out and the last line left ends
 /// the reply. Any other reply is returned as it is.

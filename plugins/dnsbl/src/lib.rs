@@ -7,6 +7,10 @@
 //! - [`socket_reuse`]: its UDP sockets, reused across queries.
 //! - [`exchange`]: one query straight to a single name server.
 //! - [`lookup`]: the answer cache and concurrent queries.
+//! - `dns_asker` (crate-private): one query name's A lookup, straight to the
+//!   single name server or through the resolver, read as an answer.
+//! - `pending` (crate-private; its [`Pending`] is re-exported): one address's
+//!   answers as they arrive, the matching sites and the score.
 //! - [`section`]: the `[dnsbl]` section, which builds the gate.
 //! - [`gate`]: the gate: every site's lookup during the greet wait, its
 //!   matches as weighted findings, which the core adds to the other gates'
@@ -15,9 +19,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod dns_asker;
 pub mod exchange;
 pub mod gate;
 pub mod lookup;
+mod pending;
 pub mod query;
 pub mod resolver;
 pub mod score;

@@ -1,4 +1,4 @@
-//! Lookups over hickory-resolver, with a bounded answer cache.
+//! The answer cache and concurrent lookups of a [`Dnsbl`].
 //!
 //! [`Dnsbl::start`] starts the queries for every zone at once and returns a
 //! [`Pending`] that collects the answers as they come: the caller's task
@@ -11,29 +11,26 @@
 //! the same name are merged: one query, every waiter gets its answer. An
 //! optional shared [`AnswerStore`] (Redis, for a fleet) is asked before DNS
 //! and told every fresh answer. Lookup errors are logged at most once per
-//! zone per minute.
+//! zone per minute. The queries themselves, over hickory-resolver or
+//! straight to a single name server, are `dns_asker`'s; `Pending` is
+//! `pending`'s, re-exported here.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::resolver::Resolver;
 use doorman_gate_api::AnswerStore;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use hickory_resolver::proto::op::{Message, ResponseCode};
-use hickory_resolver::proto::rr::{RData, Record};
 use lru::LruCache;
 use tokio::sync::oneshot;
 
-use crate::exchange::{Direct, Exchanged};
+use crate::dns_asker::DnsAsker;
+pub use crate::pending::Pending;
+use crate::pending::ZoneLookup;
 use crate::query::query_name;
 pub use crate::resolver::ResolverError;
-use crate::resolver::Servers;
-use crate::score::{score, Answer, Score};
+use crate::score::Answer;
 use crate::site::Site;
 use crate::socket_reuse::SocketReuse;
 
@@ -75,9 +72,8 @@ fn bounded(capacity: NonZeroUsize) -> LruCache<String, (Answer, Instant)> {
 pub struct Dnsbl {
     settings: Settings,
     zones: Vec<String>,
-    resolver: Resolver,
-    /// The direct path, when there is one name server.
-    direct: Option<Direct>,
+    /// The resolver, and the direct path when there is one name server.
+    asker: DnsAsker,
     /// The UDP sockets both use.
     sockets: SocketReuse,
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
@@ -127,11 +123,7 @@ impl Dnsbl {
         store: Option<Arc<dyn AnswerStore>>,
     ) -> Result<Self, ResolverError> {
         let provider = SocketReuse::default();
-        let servers = Servers::new(&settings.nameservers)?;
-        let resolver = servers.resolver(settings.timeout, provider.clone())?;
-        let direct = servers
-            .single()
-            .map(|server| Direct::new(server, provider.clone()));
+        let asker = DnsAsker::new(&settings.nameservers, settings.timeout, provider.clone())?;
         let mut zones: Vec<String> = Vec::new();
         for site in &settings.sites {
             if !zones.contains(&site.domain) {
@@ -142,8 +134,7 @@ impl Dnsbl {
         Ok(Self {
             settings,
             zones,
-            resolver,
-            direct,
+            asker,
             sockets: provider,
             cache: Mutex::new(bounded(capacity)),
             in_flight: Mutex::new(HashMap::new()),
@@ -169,6 +160,11 @@ impl Dnsbl {
         &self.zones
     }
 
+    /// The settings it was made with.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Starts the queries for every zone at once.
     pub fn start(self: &Arc<Self>, ip: IpAddr) -> Pending {
         let lookups = self
@@ -183,11 +179,7 @@ impl Dnsbl {
                 }) as ZoneLookup
             })
             .collect();
-        Pending {
-            dnsbl: Arc::clone(self),
-            lookups,
-            answers: HashMap::new(),
-        }
+        Pending::new(Arc::clone(self), lookups)
     }
 
     async fn answer(&self, ip: IpAddr, zone: &str) -> Answer {
@@ -234,7 +226,7 @@ impl Dnsbl {
             }
         }
         let started = Instant::now();
-        let answer = self.resolve(name).await;
+        let answer = self.asker.resolve(name).await;
         if let Some(observer) = &self.observer {
             observer(
                 zone,
@@ -306,48 +298,6 @@ impl Dnsbl {
         }
     }
 
-    /// Asks DNS within the timeout: the single name server directly when
-    /// there is one (the full resolver for a truncated answer), else the
-    /// full resolver.
-    async fn resolve(&self, name: &str) -> Answer {
-        let lookup = async {
-            if let Some(direct) = &self.direct {
-                match direct.query_a(name).await {
-                    Exchanged::Answer(response) => return answer_of(&response),
-                    Exchanged::Failed(error) => return Answer::Failed { error },
-                    Exchanged::Truncated => {}
-                }
-            }
-            self.resolve_fully(name).await
-        };
-        tokio::time::timeout(self.settings.timeout, lookup)
-            .await
-            .unwrap_or_else(|_| Answer::Failed {
-                error: format!("timeout after {:?}", self.settings.timeout),
-            })
-    }
-
-    /// Asks hickory-resolver.
-    async fn resolve_fully(&self, name: &str) -> Answer {
-        match self.resolver.ipv4_lookup(name).await {
-            Ok(lookup) => {
-                let (addresses, ttl) = a_records(lookup.answers());
-                Answer::from_addresses(addresses, ttl)
-            }
-            Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
-                let ttl = error
-                    .into_soa()
-                    .map_or(0, |soa| soa.ttl.min(soa.data.minimum));
-                Answer::NotListed {
-                    ttl: Duration::from_secs(u64::from(ttl)),
-                }
-            }
-            Err(error) => Answer::Failed {
-                error: error.to_string(),
-            },
-        }
-    }
-
     fn log_error(&self, zone: &str, name: &str, error: &str) {
         let Ok(mut last) = self.last_error_log.lock() else {
             return;
@@ -362,52 +312,6 @@ impl Dnsbl {
         last.insert(zone.to_string(), now);
         tracing::warn!("warning: dnsblog_query: lookup error for DNS query {name}: {error}");
     }
-}
-
-/// The answer a name server's response gives: its A records, or none (with
-/// the negative-caching TTL of its SOA), or its error code.
-fn answer_of(response: &Message) -> Answer {
-    match response.metadata.response_code {
-        ResponseCode::NoError | ResponseCode::NXDomain => {}
-        code => {
-            return Answer::Failed {
-                error: format!("server answered {code}"),
-            }
-        }
-    }
-    let (addresses, ttl) = a_records(&response.answers);
-    if addresses.is_empty() {
-        let ttl = negative_ttl(response).unwrap_or(0);
-        return Answer::NotListed {
-            ttl: Duration::from_secs(u64::from(ttl)),
-        };
-    }
-    Answer::from_addresses(addresses, ttl)
-}
-
-/// The A values among `records`, and their smallest TTL.
-fn a_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> (Vec<Ipv4Addr>, Duration) {
-    let mut ttl = u32::MAX;
-    let mut addresses = Vec::new();
-    for record in records {
-        if let RData::A(a) = &record.data {
-            addresses.push(a.0);
-            ttl = ttl.min(record.ttl);
-        }
-    }
-    (addresses, Duration::from_secs(u64::from(ttl)))
-}
-
-/// The negative-caching TTL of a response (RFC 2308): the smaller of its
-/// SOA record's TTL and the SOA's minimum.
-fn negative_ttl(response: &Message) -> Option<u32> {
-    response
-        .authorities
-        .iter()
-        .find_map(|record| match &record.data {
-            RData::SOA(soa) => Some(record.ttl.min(soa.minimum)),
-            _ => None,
-        })
 }
 
 /// The clients merged with one lookup. They are told its answer; if the
@@ -444,151 +348,11 @@ impl Drop for Merged<'_> {
     }
 }
 
-/// One zone's lookup: the zone and its answer.
-type ZoneLookup = Pin<Box<dyn Future<Output = (String, Answer)> + Send>>;
-
-/// The answers for one address as they arrive.
-pub struct Pending {
-    dnsbl: Arc<Dnsbl>,
-    lookups: FuturesUnordered<ZoneLookup>,
-    answers: HashMap<String, Answer>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("under_way", &self.lookups.len())
-            .field("answers", &self.answers)
-            .finish()
-    }
-}
-
-impl Drop for Pending {
-    /// Lookups still under way finish in a task of their own: their
-    /// answers go to the cache and to the clients merged with them.
-    fn drop(&mut self) {
-        if self.lookups.is_empty() {
-            return;
-        }
-        let mut lookups = std::mem::take(&mut self.lookups);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { while lookups.next().await.is_some() {} });
-        }
-    }
-}
-
-impl Pending {
-    /// Waits for the next answer; `false` once every zone has answered.
-    /// Cancel-safe: no answer is lost if the wait is abandoned.
-    pub async fn next(&mut self) -> bool {
-        if self.is_complete() {
-            return false;
-        }
-        match self.lookups.next().await {
-            Some((zone, answer)) => {
-                self.answers.insert(zone, answer);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether every zone has answered.
-    pub fn is_complete(&self) -> bool {
-        self.answers.len() >= self.dnsbl.zones.len()
-    }
-
-    /// The lookups these answers are for.
-    pub fn dnsbl(&self) -> &Dnsbl {
-        &self.dnsbl
-    }
-
-    /// The answers so far, by zone.
-    pub fn answers(&self) -> &HashMap<String, Answer> {
-        &self.answers
-    }
-
-    /// The sites that match the answers so far, in config order.
-    pub fn matching_sites(&self) -> Vec<&Site> {
-        self.dnsbl
-            .settings
-            .sites
-            .iter()
-            .filter(|site| match self.answers.get(&site.domain) {
-                Some(Answer::Listed { addresses, .. }) => site.matches(addresses),
-                _ => false,
-            })
-            .collect()
-    }
-
-    /// The score of the answers so far.
-    pub fn score(&self) -> Score {
-        score(
-            &self.dnsbl.settings.sites,
-            &self.answers,
-            self.dnsbl.zones.len(),
-            self.dnsbl.settings.min_ttl,
-            self.dnsbl.settings.max_ttl,
-        )
-    }
-
-    /// Waits for every answer (each query has its own timeout).
-    pub async fn finish(mut self) -> Self {
-        while self.next().await {}
-        self
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::op::Message;
-    use hickory_resolver::proto::rr::rdata::A;
-    use hickory_resolver::proto::rr::Record;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, UdpSocket};
-
-    /// A reply to `query`: truncated, or with the A record 127.0.0.2.
-    fn reply(query: &[u8], truncated: bool) -> Vec<u8> {
-        let query = Message::from_vec(query).unwrap();
-        let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
-        reply.queries = query.queries.clone();
-        reply.metadata.truncation = truncated;
-        if !truncated {
-            let name = query.queries[0].name().clone();
-            reply
-                .answers
-                .push(Record::from_rdata(name, 60, RData::A(A::new(127, 0, 0, 2))));
-        }
-        reply.to_vec().unwrap()
-    }
-
-    /// A name server whose UDP answers are all truncated and whose TCP
-    /// answers are whole, on one port.
-    async fn truncating_server() -> SocketAddr {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = tcp.local_addr().unwrap();
-        let udp = UdpSocket::bind(address).await.unwrap();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
-                let _ = udp.send_to(&reply(&buf[..len], true), from).await;
-            }
-        });
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = tcp.accept().await {
-                let mut length = [0u8; 2];
-                stream.read_exact(&mut length).await.unwrap();
-                let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
-                stream.read_exact(&mut query).await.unwrap();
-                let answer = reply(&query, false);
-                let length = u16::try_from(answer.len()).unwrap().to_be_bytes();
-                stream.write_all(&length).await.unwrap();
-                stream.write_all(&answer).await.unwrap();
-            }
-        });
-        address
-    }
+    use crate::dns_asker::tests::reply;
+    use tokio::net::UdpSocket;
 
     fn dnsbl(server: SocketAddr) -> Arc<Dnsbl> {
         Arc::new(
@@ -638,21 +402,5 @@ mod tests {
             1,
             "the late answer was not cached"
         );
-    }
-
-    #[tokio::test]
-    async fn a_truncated_answer_is_asked_again_over_tcp() {
-        let server = truncating_server().await;
-        let dnsbl = dnsbl(server);
-        let pending = dnsbl.start("192.0.2.7".parse().unwrap()).finish().await;
-        match pending.answers().get("bl.test") {
-            Some(Answer::Listed { addresses, .. }) => {
-                assert_eq!(
-                    addresses,
-                    &["127.0.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
-                );
-            }
-            other => panic!("not listed over TCP: {other:?}"),
-        }
     }
 }
