@@ -85,6 +85,9 @@ enum Command {
         /// Require a PROXY v1/v2 header on every connection, and log the client it names.
         #[arg(long)]
         proxy: bool,
+        /// Announce XCLIENT and take the client it names (as an smtpd that authorises doorman), for an XCLIENT backend.
+        #[arg(long, conflicts_with = "proxy")]
+        xclient: bool,
         /// The name in the sink's replies.
         #[arg(long, default_value = "sink.localhost")]
         hostname: String,
@@ -255,9 +258,15 @@ fn main() -> ExitCode {
         Command::Sink {
             listen,
             proxy,
+            xclient,
             hostname,
         } => runtime().and_then(|rt| {
-            rt.block_on(doorman::sink::serve(listen, hostname, proxy))
+            let introduced = match (proxy, xclient) {
+                (true, _) => doorman::sink::Introduced::Proxy,
+                (_, true) => doorman::sink::Introduced::Xclient,
+                _ => doorman::sink::Introduced::Not,
+            };
+            rt.block_on(doorman::sink::serve(listen, hostname, introduced))
                 .context("sink")
         }),
         Command::Generate { dir } => generate(&dir),

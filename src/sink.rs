@@ -45,11 +45,16 @@ pub enum Next {
     Quit,
 }
 
-/// The envelope so far.
+/// The envelope so far, and whether the sink takes XCLIENT.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dialogue {
     from: Option<String>,
     to: Vec<String>,
+    /// Whether EHLO announces XCLIENT and XCLIENT is answered, as
+    /// Postfix's smtpd does for an authorised client.
+    pub xclient: bool,
+    /// The client an XCLIENT named (`ADDR=`), for the log line.
+    pub named: Option<String>,
 }
 
 /// A delivered message, for the log.
@@ -83,10 +88,24 @@ impl Dialogue {
             })
         };
         match line.verb().as_str() {
+            "EHLO" if self.xclient => (
+                format!("250-{hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-XCLIENT ADDR PORT NAME HELO PROTO DESTADDR DESTPORT\r\n250 SIZE 0\r\n"),
+                Next::Command,
+            ),
             "EHLO" => (
                 format!("250-{hostname}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 0\r\n"),
                 Next::Command,
             ),
+            // A fresh greeting, as smtpd answers an accepted XCLIENT.
+            "XCLIENT" if self.xclient => {
+                self.named = text
+                    .split_whitespace()
+                    .find_map(|word| word.strip_prefix("ADDR="))
+                    .map(Into::into);
+                self.from = None;
+                self.to.clear();
+                (format!("220 {hostname} ESMTP doorman sink\r\n"), Next::Command)
+            }
             "HELO" => (format!("250 {hostname}\r\n"), Next::Command),
             "MAIL" => match argument("MAIL FROM:") {
                 Some(from) => {
@@ -119,7 +138,8 @@ impl Dialogue {
             ),
             "DATA" => ("354 End data with <CR><LF>.<CR><LF>\r\n".into(), Next::Data),
             "RSET" => {
-                *self = Self::default();
+                self.from = None;
+                self.to.clear();
                 ("250 2.0.0 Ok\r\n".into(), Next::Command)
             }
             "NOOP" => ("250 2.0.0 Ok\r\n".into(), Next::Command),
@@ -217,8 +237,23 @@ impl DataReader {
     }
 }
 
+/// How a connection tells the sink who its client is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Introduced {
+    /// It does not: the peer is the client.
+    Not,
+    /// A PROXY v1/v2 header first (`--proxy`).
+    Proxy,
+    /// XCLIENT after EHLO (`--xclient`), answered with a fresh 220.
+    Xclient,
+}
+
 /// Listens on `address` and serves until the process ends.
-pub async fn serve(address: SocketAddr, hostname: String, require_proxy: bool) -> io::Result<()> {
+pub async fn serve(
+    address: SocketAddr,
+    hostname: String,
+    introduced: Introduced,
+) -> io::Result<()> {
     let listener = TcpListener::bind(address).await?;
     info!("sink: listening on {}", Endpoint(listener.local_addr()?));
     loop {
@@ -232,7 +267,7 @@ pub async fn serve(address: SocketAddr, hostname: String, require_proxy: bool) -
         };
         let hostname = hostname.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection(stream, peer, &hostname, require_proxy).await {
+            if let Err(error) = connection(stream, peer, &hostname, introduced).await {
                 info!("sink: {} ended: {error}", Endpoint(peer));
             }
         });
@@ -243,11 +278,11 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     hostname: &str,
-    require_proxy: bool,
+    introduced: Introduced,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buffer = BytesMut::with_capacity(4096);
-    let client = if require_proxy {
+    let client = if introduced == Introduced::Proxy {
         match read_header(&mut stream, &mut buffer).await? {
             Some(Header::Proxied { source, .. }) => Some(source),
             // A health probe (doorman's, every check_interval): logged at
@@ -266,7 +301,10 @@ async fn connection(
     stream
         .write_all(format!("220 {hostname} ESMTP doorman sink\r\n").as_bytes())
         .await?;
-    let mut dialogue = Dialogue::default();
+    let mut dialogue = Dialogue {
+        xclient: introduced == Introduced::Xclient,
+        ..Dialogue::default()
+    };
     loop {
         let line = match next_line(&mut buffer, LINE_LIMIT) {
             Ok(Some(line)) => line,
@@ -300,7 +338,9 @@ async fn connection(
                         return Ok(());
                     }
                 }
+                let named = dialogue.named.clone();
                 let delivery = dialogue.delivered(data);
+                let client = named.unwrap_or_else(|| Endpoint(client).to_string());
                 info!(
                     "sink: message from=<{}> to=<{}> size={} message-id=<{}> subject=\"{}\" client={}",
                     escape(delivery.from.as_bytes(), 200),
@@ -308,7 +348,7 @@ async fn connection(
                     delivery.size,
                     escape(delivery.message_id.unwrap_or_default().as_bytes(), 200),
                     escape(delivery.subject.unwrap_or_default().as_bytes(), 200),
-                    Endpoint(client),
+                    escape(client.as_bytes(), 100),
                 );
                 stream.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
             }
