@@ -18,7 +18,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             let mut kept = pass.previous.unwrap_or_default();
             if pass.entry.pregreet > kept.pregreet {
                 kept.pregreet = pass.entry.pregreet;
-                self.shared.cache.put(run.client.ip(), kept);
+                self.remember(&run.client, kept);
             }
         }
         phase
@@ -43,7 +43,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         // every backend of its cluster offers; one that is refused gets
         // postscreen's list.
         let keywords = match run.rcpt {
-            RcptPolicy::Pass => self.replay_keywords(&client),
+            RcptPolicy::Pass => self.replay_keywords(),
             RcptPolicy::Refuse(_) => None,
         };
         let mut engine = Engine::new(
@@ -151,8 +151,8 @@ impl<S: ClientIo> Session<Channel<S>> {
                         // reads the exchange (and everything after it):
                         // the backend is brought to the client's EHLO, and
                         // the AUTH line is read again by the conversation.
-                        // AUTH alone stores no pass.
-                        run.pass = None;
+                        // AUTH stores no pass (the pregreet test the
+                        // client finished is kept, as after any leave).
                         let mut rest = BytesMut::from(&command[..]);
                         rest.extend_from_slice(&self.buffer);
                         self.buffer = rest;
@@ -204,11 +204,9 @@ impl<S: ClientIo> Session<Channel<S>> {
     /// backend's) is offered only when nothing after the handoff needs
     /// reading: no gate judges commands, the cluster is not balanced by
     /// recipient, and no backend of it trusts doorman's own address.
-    fn replay_keywords(&self, client: &Client) -> Option<Vec<String>> {
+    fn replay_keywords(&self) -> Option<Vec<String>> {
         let shared = &self.shared;
-        let cluster = shared
-            .config
-            .cluster_for(client.destination, self.listening);
+        let cluster = self.cluster.as_str();
         let mut keywords = shared.pool.ehlo_keywords(cluster)?;
         let read_after = shared.pipeline.judges_commands()
             || shared.config.by_recipient(cluster).is_some()

@@ -127,13 +127,15 @@ impl<S: ClientIo> Session<Channel<S>> {
             Some(_) => conversation::end_transaction(&mut envelope),
             None => {}
         }
-        let config = &self.shared.config;
-        let cluster = config.cluster_for(client.destination, self.listening);
-        let routing = config.by_recipient(cluster).map(|section| Routing {
-            cluster: cluster.to_string(),
-            key: section.key,
-            expire: section.user_expire,
-        });
+        let routing = self
+            .shared
+            .config
+            .by_recipient(&self.cluster)
+            .map(|section| Routing {
+                cluster: self.cluster.clone(),
+                key: section.key,
+                expire: section.user_expire,
+            });
         let mut talk = Conversation {
             client,
             backend: BackendSide {
@@ -169,9 +171,8 @@ impl<S: ClientIo> Session<Channel<S>> {
         gated: Option<&Envelope>,
     ) -> Result<Connected, Phase> {
         let shared = Arc::clone(&self.shared);
-        let cluster = shared
-            .config
-            .cluster_for(client.destination, self.listening);
+        let cluster = self.cluster.clone();
+        let cluster = cluster.as_str();
         // A client in TLS reaches the backend over STARTTLS, which wants an
         // EHLO before it: the client's own, else doorman's.
         let summary = self.stream.tls();

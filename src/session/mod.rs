@@ -160,6 +160,9 @@ pub struct Session<S = ClientStream> {
     /// Bytes received but not yet used: the rest of a PROXY header, then the
     /// client's first bytes.
     buffer: BytesMut,
+    /// The backend cluster the client goes to, resolved once, when the
+    /// real client is known (`""`: the default cluster).
+    cluster: String,
 }
 
 impl Session {
@@ -181,6 +184,7 @@ impl Session {
             admitted: None,
             screening: None,
             buffer: BytesMut::new(),
+            cluster: String::new(),
         }
     }
 
@@ -324,8 +328,13 @@ impl<S: ClientIo> Session<Channel<S>> {
         } else {
             Counted::PassOld
         });
-        self.shared.cache.put(client.ip(), entry);
+        self.remember(client, entry);
         log::pass(client.address, previous.is_none());
+    }
+
+    /// The one place a client's passes are written to the pass cache.
+    fn remember(&self, client: &Client, entry: Entry) {
+        self.shared.cache.put(client.ip(), entry);
     }
 
     /// A limit refused the client: postscreen's reply and log line.
@@ -403,6 +412,7 @@ impl<S> Session<S> {
             admitted,
             screening,
             buffer,
+            cluster,
         } = self;
         let session = Session {
             stream,
@@ -414,6 +424,7 @@ impl<S> Session<S> {
             admitted,
             screening,
             buffer,
+            cluster,
         };
         (had, session)
     }

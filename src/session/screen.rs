@@ -10,12 +10,16 @@ impl Session {
     pub(super) async fn screen(&mut self, client: Client) -> Phase {
         log::connect(client.address, client.destination);
         let shared = Arc::clone(&self.shared);
+        self.cluster = shared
+            .config
+            .cluster_for(client.destination, self.listening)
+            .to_string();
         let config = &shared.config;
         let pipeline = &shared.pipeline;
         let mut screening = TestRecord::default();
         // A cluster balanced by recipient sees every client's first RCPT:
         // even one that skips every test talks to the engine up to it.
-        let by_recipient = self.engine_for_everyone(&client);
+        let by_recipient = self.engine_for_everyone();
         match pipeline.connect(&client, &self.process.metrics) {
             AtConnect::Permit => {
                 self.count(Counted::Allowlisted);
@@ -211,18 +215,15 @@ impl Session {
         }
     }
 
-    /// Whether every client of `client`'s cluster talks to the engine,
+    /// Whether every client of the session's cluster talks to the engine,
     /// even one that skips every test: the cluster is balanced by
     /// recipient (its first RCPT picks the backend), or doorman offers
     /// STARTTLS and the cluster has an XCLIENT backend (whose conversation
     /// doorman reads, so only doorman's own STARTTLS keeps it in sight).
-    fn engine_for_everyone(&self, client: &Client) -> bool {
+    fn engine_for_everyone(&self) -> bool {
         let shared = &self.shared;
-        let cluster = shared
-            .config
-            .cluster_for(client.destination, self.listening);
-        shared.config.by_recipient(cluster).is_some()
-            || (shared.tls.is_some() && shared.pool.trusts_doorman(cluster))
+        shared.config.by_recipient(&self.cluster).is_some()
+            || (shared.tls.is_some() && shared.pool.trusts_doorman(&self.cluster))
     }
 
     /// The greet wait's length: `[greet] wait`, shorter under stress.
@@ -252,7 +253,7 @@ impl Session {
         // 220 line: postscreen clears an ignored pregreet's failure at the
         // end of the wait, and then greets as usual.
         let pregreeted = due.pregreeted && config.greet.action == Action::Enforce;
-        let by_recipient = self.engine_for_everyone(&client);
+        let by_recipient = self.engine_for_everyone();
         match screening.decide(previous.clone(), SystemTime::now()) {
             Decision::Enforce(rejection) => {
                 self.count(Counted::Enforced);
