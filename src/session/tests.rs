@@ -32,6 +32,7 @@ fn over_duplex(sections: &str) -> (Session<Channel<DuplexStream>>, DuplexStream)
         admitted: None,
         screening: None,
         buffer: BytesMut::new(),
+        cluster: String::new(),
     };
     (session, client)
 }
