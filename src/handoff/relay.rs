@@ -3,7 +3,9 @@
 //! Bytes flow both ways until both sides are done; a half-close on one side
 //! is passed on to the other. Once the backend has finished (an smtpd
 //! closes after QUIT or its own timeouts), the client gets [`LINGER`] to
-//! finish too, so a client that never closes cannot hold the session. The
+//! finish too, so a client that never closes cannot hold the session, and
+//! a write that makes no progress for [`WRITE_STALL`] (a peer that stops
+//! reading) ends it too. The
 //! client's first bytes are checked before any of them reach the backend:
 //! a PROXY header there (from a peer that is not listed, or a second header
 //! behind a listed proxy's) would let a client choose the address a backend
@@ -28,6 +30,10 @@ const CHUNK: usize = 8192;
 
 /// How long a client may stay after its backend has finished.
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a write may make no progress (a peer that stops reading)
+/// before the relay ends.
+pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a relay ended early.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,8 @@ struct Pump {
     buffer: BytesMut,
     state: Pumping,
     unflushed: bool,
+    /// Running while a write makes no progress.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Pump {
@@ -71,7 +79,22 @@ impl Pump {
                 Pumping::Copying
             },
             unflushed: false,
+            stall: None,
         }
+    }
+
+    /// A write that cannot go on now: the relay ends once it has made no
+    /// progress for [`WRITE_STALL`].
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RelayError>> {
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        ready!(stall.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer stopped reading",
+        )
+        .into()))
     }
 
     /// Copies from `from` to `to`; ready once `from` has ended and all of
@@ -98,10 +121,14 @@ impl Pump {
             }
             if self.state != Pumping::Guarded {
                 while !self.buffer.is_empty() {
-                    let written = ready!(Pin::new(&mut *to).poll_write(cx, &self.buffer))?;
+                    let written = match Pin::new(&mut *to).poll_write(cx, &self.buffer) {
+                        Poll::Ready(written) => written?,
+                        Poll::Pending => return self.stalled(cx),
+                    };
                     if written == 0 {
                         return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
+                    self.stall = None;
                     self.buffer.advance(written);
                     self.unflushed = true;
                 }
@@ -225,6 +252,24 @@ mod tests {
         client.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"221 Bye\r\n");
         assert!(relaying.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_let_go() {
+        let (_client, mut client_end) = duplex(64);
+        let (mut backend, mut backend_end) = duplex(64 * 1024);
+        let relaying =
+            tokio::spawn(
+                async move { relay(&mut client_end, &mut backend_end, BytesMut::new()).await },
+            );
+        // The client never reads: the backend's bytes fill its side.
+        backend.write_all(&[b'x'; 32 * 1024]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match relaying.await.unwrap() {
+            Err(RelayError::Io(error)) => assert_eq!(error.kind(), io::ErrorKind::TimedOut),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= WRITE_STALL);
     }
 
     #[tokio::test]

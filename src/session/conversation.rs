@@ -44,6 +44,9 @@ const HIDDEN_KEYWORDS: [&str; 3] = ["XCLIENT", "XFORWARD", "STARTTLS"];
 /// so nothing doorman does not understand reaches the backend.
 const FORWARDED: [&str; 6] = ["RSET", "NOOP", "QUIT", "VRFY", "HELP", "ETRN"];
 
+/// How long the rest of a backend's unsolicited reply may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a backend may take to answer the end of a message (Postfix's
 /// `smtp_data_done_timeout`).
 pub(super) const END_OF_DATA_TIMEOUT: Duration = Duration::from_secs(600);
@@ -148,20 +151,10 @@ impl<S: ClientIo> Session<Channel<S>> {
             }
             // The backend is watched too: one that gives up on the client
             // (its own timeout, a 421) ends the session now.
-            let said = talk.backend.pending.len();
             let incoming = tokio::select! {
                 incoming = self.next_command() => incoming,
                 read = talk.backend.stream.read_buf(&mut talk.backend.pending) => {
-                    let unsolicited = talk.backend.pending.split_off(said);
-                    if matches!(read, Ok(n) if n > 0) && unsolicited.starts_with(b"421") {
-                        self.send_bytes(&unsolicited).await;
-                    } else {
-                        let error = match read {
-                            Err(error) => error,
-                            Ok(_) => io::Error::new(io::ErrorKind::InvalidData, "unsolicited reply"),
-                        };
-                        self.backend_lost(talk, "a command", &error).await;
-                    }
+                    self.unsolicited(talk, read).await;
                     return Phase::Closed;
                 }
             };
@@ -179,6 +172,34 @@ impl<S: ClientIo> Session<Channel<S>> {
             if self.relay_command(talk, line).await == Next::Close {
                 return Phase::Closed;
             }
+        }
+    }
+
+    /// The backend spoke (or closed) while doorman waited for the
+    /// client: its whole `421` goes to the client, as smtpd's own goodbye;
+    /// anything else is a backend lost. The session ends either way.
+    async fn unsolicited<B>(&mut self, talk: &mut Conversation<B>, read: io::Result<usize>)
+    where
+        B: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let backend = &mut talk.backend;
+        let said = match read {
+            Ok(n) if n > 0 => {
+                read_reply(&mut backend.stream, &mut backend.pending, GOODBYE_TIMEOUT).await
+            }
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed the connection",
+            )),
+            Err(error) => Err(error),
+        };
+        match said {
+            Ok(goodbye) if goodbye.starts_with(b"421") => self.send_bytes(&goodbye).await,
+            Ok(_) => {
+                let error = io::Error::new(io::ErrorKind::InvalidData, "unsolicited reply");
+                self.backend_lost(talk, &talk.last.clone(), &error).await;
+            }
+            Err(error) => self.backend_lost(talk, &talk.last.clone(), &error).await,
         }
     }
 
