@@ -47,39 +47,3 @@ fn seeds_corpora_and_regressions_replay_cleanly() {
         replay("regressions", name, target);
     }
 }
-
-mod scratch_tmp {
-    use proptest::prelude::*;
-
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        let byte = prop_oneof![
-            3 => Just(b'\r'), 3 => Just(b'\n'), 3 => Just(b'.'),
-            1 => Just(0u8), 2 => Just(b'a'), 1 => any::<u8>()
-        ];
-        prop::collection::vec(byte, 0..120)
-    }
-    fn addr() -> impl Strategy<Value = Vec<u8>> {
-        let byte = prop_oneof![
-            2 => Just(b'<'), 2 => Just(b'>'), 2 => Just(b'"'), 2 => Just(b'\\'),
-            2 => Just(b'@'), 2 => Just(b':'), 1 => Just(b','), 2 => Just(b' '),
-            1 => Just(b'\t'), 3 => Just(b'a'), 1 => any::<u8>()
-        ];
-        prop::collection::vec(byte, 0..30).prop_map(|v| {
-            let mut head = if v.len() % 2 == 0 {
-                b"FROM:".to_vec()
-            } else {
-                b"to:".to_vec()
-            };
-            head.extend(v);
-            head
-        })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200000))]
-        #[test]
-        fn scratch_body(data in body()) { doorman::fuzzing::smtp_body(&data); }
-        #[test]
-        fn scratch_addr(data in addr()) { doorman::fuzzing::smtp_address(&data); }
-    }
-}

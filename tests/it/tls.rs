@@ -61,15 +61,7 @@ fn ready(doorman: &Doorman, client: &str) -> TcpStream {
 
 /// One whole (multi-line) reply in plain text.
 fn read_reply(stream: &mut TcpStream) -> String {
-    let mut text = String::new();
-    loop {
-        let line = read_line(stream);
-        let last = line.as_bytes().get(3) != Some(&b'-');
-        text.push_str(&line);
-        if last || line.is_empty() {
-            return text;
-        }
-    }
+    whole_reply(stream)
 }
 
 /// Reads until the peer closes or `within` passes; whether it closed.

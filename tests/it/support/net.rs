@@ -102,3 +102,25 @@ pub fn helo_and_mail(stream: &mut TcpStream, sender: &str) {
         .unwrap();
     assert_eq!(read_line(stream), "250 2.1.0 Ok\r\n");
 }
+
+/// Reads one whole reply from any stream, plain or TLS: every line up to
+/// the one with a space after the code ("" when the peer closed first).
+pub fn whole_reply(stream: &mut (impl Read + ?Sized)) -> String {
+    let mut text = String::new();
+    loop {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => return text,
+            }
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let last = line.as_bytes().get(3) != Some(&b'-');
+        text.push_str(&line);
+        if last {
+            return text;
+        }
+    }
+}

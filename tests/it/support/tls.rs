@@ -2,7 +2,7 @@
 //! rustls client that takes over a socket after `220 2.0.0 Ready to start
 //! TLS`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,26 +127,9 @@ pub fn say_tls(tls: &mut Tls, text: &str) {
     tls.flush().unwrap();
 }
 
-/// Reads one whole reply (every line up to the one with a space after the
-/// code) inside TLS.
+/// Reads one whole reply inside TLS (see [`super::whole_reply`]).
 pub fn reply_tls(tls: &mut Tls) -> String {
-    let mut text = String::new();
-    loop {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\n") {
-            match tls.read(&mut byte) {
-                Ok(1) => line.push(byte[0]),
-                _ => return text,
-            }
-        }
-        let line = String::from_utf8_lossy(&line).into_owned();
-        let last = line.as_bytes().get(3) != Some(&b'-');
-        text.push_str(&line);
-        if last {
-            return text;
-        }
-    }
+    super::whole_reply(tls)
 }
 
 /// The subject CN and serial of the leaf certificate the server showed.

@@ -1,0 +1,283 @@
+//! Dripped commands, hostile lines, a client's own XCLIENT against an
+//! XCLIENT backend, a late PROXY header.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+#[test]
+fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_replay() {
+    let backend = FakeBackend::start(true);
+    let doorman = engine_first(backend.address, "[engine]\ncommand_time = \"2s\"\n");
+    let drip = |s: &mut dyn Wire| {
+        let started = Instant::now();
+        let mut answer = String::new();
+        for byte in b"NOOP and some more words to drip\r\n" {
+            if s.write_all(&[*byte]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(400));
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        answer.push_str(&reply(s));
+        (answer, started.elapsed())
+    };
+    // In the engine.
+    let mut s = greet(&doorman, "203.0.113.41", false);
+    let (answer, took) = drip(&mut *s);
+    assert_eq!(
+        answer,
+        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    doorman.log.wait_for(
+        "COMMAND TIME LIMIT from [203.0.113.41]:40000 after EHLO",
+        Duration::from_secs(5),
+    );
+    // After the replay.
+    let mut s = greet(&doorman, "203.0.113.42", false);
+    steps(
+        &mut *s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+        ],
+    );
+    let (answer, took) = drip(&mut *s);
+    assert_eq!(
+        answer,
+        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    doorman.log.wait_for(
+        "COMMAND TIME LIMIT from [203.0.113.42]:40000 after RCPT",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn hostile_lines_after_the_replay_get_clean_replies() {
+    let backend = FakeBackend::start(true);
+    let doorman = engine_first(backend.address, "[engine]\ncommand_time = \"3s\"\n");
+    let mut s = connect_as(&doorman, "203.0.113.43");
+    assert_eq!(reply(&mut s), "220 mx.doorman.test ESMTP\r\n");
+    // XCLIENT before and after EHLO, in the engine.
+    assert_eq!(
+        ask(&mut s, "XCLIENT ADDR=10.9.9.9\r\n"),
+        "550 5.7.0 Error: insufficient authorization\r\n"
+    );
+    assert!(ask(&mut s, "EHLO client.test\r\n").starts_with("250"));
+    steps(
+        &mut s,
+        &[
+            (
+                "XFORWARD ADDR=10.9.9.9\r\n",
+                "550 5.7.0 Error: insufficient authorization\r\n".to_string(),
+            ),
+            ("MAIL FROM:<>\r\n", "250 2.1.0 Ok\r\n".to_string()),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+        ],
+    );
+    // After the replay: a NUL or a bare CR in a command.
+    steps(
+        &mut s,
+        &[
+            (
+                "NOOP \0x\r\n",
+                "500 5.5.2 Error: bad syntax\r\n".to_string(),
+            ),
+            (
+                "NOOP a\rRCPT TO:<x@y>\r\n",
+                "500 5.5.2 Error: bad syntax\r\n".to_string(),
+            ),
+        ],
+    );
+    // 1,000 recipients (the replayed one, then 999 in one write): the
+    // 1,001st is refused by doorman.
+    let mut many = String::new();
+    for n in 1..1000 {
+        many.push_str(&format!("RCPT TO:<r{n}@doorman.test>\r\n"));
+    }
+    s.write_all(many.as_bytes()).unwrap();
+    for _ in 1..1000 {
+        assert_eq!(reply(&mut s), "250 2.0.0 ok\r\n");
+    }
+    assert_eq!(
+        ask(&mut s, "RCPT TO:<over@doorman.test>\r\n"),
+        "452 4.5.3 Error: too many recipients\r\n"
+    );
+    // This backend never announced CHUNKING: no BDAT reaches it.
+    assert_eq!(
+        ask(&mut s, "BDAT 5 LAST\r\n"),
+        "502 5.5.1 Error: command not implemented\r\n"
+    );
+    // Lines that another smtpd would split otherwise than doorman: a
+    // vertical tab (C's isspace), other control bytes, bad UTF-8, an
+    // empty line, a verb doorman does not know.
+    for (line, answer) in [
+        (
+            "XCLIENT\x0bADDR=10.9.9.9\r\n",
+            "500 5.5.2 Error: bad syntax\r\n",
+        ),
+        ("MAIL\x0bFROM:<x@y>\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        ("RCPT\x0cTO:<x@y>\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        ("\r\n", "500 5.5.2 Error: bad syntax\r\n"),
+        (
+            "XSHADOW ADDR=10.9.9.9\r\n",
+            "502 5.5.2 Error: command not recognized\r\n",
+        ),
+    ] {
+        assert_eq!(ask(&mut s, line), answer, "{line:?}");
+    }
+    s.write_all(b"RCPT TO:<\xff@doorman.test>\r\n").unwrap();
+    assert_eq!(reply(&mut s), "500 5.5.2 Error: bad UTF-8 syntax\r\n");
+    // A line one byte over the limit (2,048 with its CRLF).
+    let long = format!("RCPT TO:<{}@doorman.test>\r\n", "x".repeat(2049 - 25));
+    assert_eq!(long.len(), 2049);
+    assert_eq!(
+        ask(&mut s, &long),
+        "421 mx.doorman.test Service unavailable - try again later\r\n"
+    );
+    let got = String::from_utf8_lossy(&backend.wait_closed(0)).into_owned();
+    for never in [
+        "XCLIENT",
+        "XFORWARD",
+        "XSHADOW",
+        "\0x",
+        "\x0bADDR",
+        "\x0cTO",
+        "<\u{FFFD}@",
+        "over@",
+        "BDAT",
+        "xxxxxxxx",
+    ] {
+        assert!(!got.contains(never), "{never:?} reached the backend");
+    }
+
+    // A body that never ends, then silence: cut at the command time.
+    let mut s = greet(&doorman, "203.0.113.44", false);
+    steps(
+        &mut *s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+            ("DATA\r\n", "354 go ahead\r\n".to_string()),
+        ],
+    );
+    let started = Instant::now();
+    assert_eq!(
+        ask(&mut *s, "Subject: unfinished\r\n\r\nno end"),
+        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // AUTH with a 10,000-byte initial response.
+    let mut s = greet(&doorman, "203.0.113.45", false);
+    let auth = format!("AUTH PLAIN {}\r\n", "A".repeat(10_000));
+    let answer = ask(&mut *s, &auth);
+    assert_eq!(
+        answer,
+        "421 mx.doorman.test Service unavailable - try again later\r\n"
+    );
+}
+
+/// A client's own XCLIENT, against a Postfix that authorises more than
+/// doorman for XCLIENT (the set-up in which it let a client relay): refused
+/// by doorman, and the relay stays closed.
+#[test]
+fn a_clients_xclient_never_reaches_an_xclient_backend() {
+    let Some(postfix) = Postfix::start(
+        "smtpd_authorized_xclient_hosts = 127.0.0.0/8\nmynetworks = 127.0.0.9/32\n\
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n",
+        "",
+    ) else {
+        return;
+    };
+    let config = config(postfix.address(), "xclient", "", "5s");
+    let doorman = Doorman::start(&config, "127.0.0.200\n");
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 5), doorman.address);
+    assert_eq!(reply(&mut s), "220 backend.postfix.test ESMTP Postfix\r\n");
+    let ehlo = ask(&mut s, "EHLO client.test\r\n");
+    assert!(ehlo.starts_with("250-backend.postfix.test\r\n"), "{ehlo}");
+    assert!(
+        !ehlo.contains("XCLIENT") && !ehlo.contains("XFORWARD"),
+        "{ehlo}"
+    );
+    steps(
+        &mut s,
+        &[
+            (
+                "XCLIENT ADDR=127.0.0.9\r\n",
+                "550 5.7.0 Error: insufficient authorization\r\n".to_string(),
+            ),
+            (
+                "XFORWARD ADDR=127.0.0.9\r\n",
+                "550 5.7.0 Error: insufficient authorization\r\n".to_string(),
+            ),
+            (
+                "MAIL FROM:<a@client.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+        ],
+    );
+    let answer = ask(&mut s, "RCPT TO:<b@elsewhere.test>\r\n");
+    assert!(
+        answer.starts_with("554 5.7.1 <b@elsewhere.test>: Relay access denied"),
+        "{answer}"
+    );
+    assert_eq!(ask(&mut s, "QUIT\r\n"), "221 2.0.0 Bye\r\n");
+    postfix.wait_for_log(
+        "[127.0.0.5]: 554 5.7.1 <b@elsewhere.test>",
+        Duration::from_secs(10),
+    );
+    let log = std::fs::read_to_string(postfix.dir.path().join("maillog")).unwrap();
+    assert!(!log.contains("127.0.0.9"), "{log}");
+}
+
+#[test]
+fn a_late_proxy_header_after_the_replay_ends_the_session() {
+    let backend = FakeBackend::start(true);
+    let doorman = engine_first(backend.address, "");
+    let mut s = greet(&doorman, "203.0.113.46", false);
+    steps(
+        &mut *s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+            ("NOOP\r\n", "250 2.0.0 ok\r\n".to_string()),
+        ],
+    );
+    // Alone in its own write, after the buffer was empty.
+    assert_eq!(
+        ask(&mut *s, "PROXY TCP4 6.6.6.6 127.0.0.1 1 25\r\n"),
+        "421 4.7.0 PROXY not allowed from 203.0.113.46\r\n"
+    );
+    let got = String::from_utf8_lossy(&backend.wait_closed(0)).into_owned();
+    assert!(!got.contains("6.6.6.6"), "{got}");
+}
