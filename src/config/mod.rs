@@ -14,6 +14,7 @@ mod bounds;
 mod cluster;
 mod defaults;
 mod document;
+mod engine;
 mod hosts;
 mod registry;
 mod runtime;
@@ -36,6 +37,7 @@ use document::{split_off, Document, Table};
 use source::read_file;
 
 pub use cluster::{ClusterSection, RecipientKey};
+pub use engine::*;
 pub use hosts::ProxyHosts;
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
 pub use runtime::{RuntimeSection, ThreadModel, MAX_THREADS};
@@ -215,48 +217,6 @@ impl Config {
     /// Whether gate `name` is listed.
     pub fn lists(&self, name: &str) -> bool {
         self.gates.iter().any(|gate| gate == name)
-    }
-
-    /// What `doorman check` and the start-up say when no `[tls]` is set
-    /// and that costs something: clients whose conversation doorman reads
-    /// (a gate judges their commands, their cluster is balanced by
-    /// recipient, or an XCLIENT backend trusts doorman) are offered no
-    /// STARTTLS; otherwise a client that sends STARTTLS is handed to its
-    /// backend at once and skips the deep tests that are on.
-    pub fn starttls_warning(&self) -> Option<String> {
-        if self.tls.is_some() {
-            return None;
-        }
-        let mut read = Vec::new();
-        if self.lists("greylist") {
-            read.push("greylisting");
-        }
-        if self.lists("policy") {
-            read.push("the policy service");
-        }
-        if self.clusters.values().any(ClusterSection::by_recipient) {
-            read.push("routing by recipient");
-        }
-        if self
-            .backends
-            .iter()
-            .any(|b| b.send_proxy == SendProxy::Xclient)
-        {
-            read.push("XCLIENT backends");
-        }
-        if !read.is_empty() {
-            return Some(format!(
-                "no [tls] section: clients whose conversation doorman reads ({}) are not offered STARTTLS; add [tls] to offer it",
-                read.join(", ")
-            ));
-        }
-        let deep = &self.deep_tests;
-        [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
-            .iter()
-            .any(|test| test.enable)
-            .then(|| {
-                "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip the deep tests".to_string()
-            })
     }
 }
 

@@ -25,6 +25,9 @@ pub trait CheckedSection: fmt::Debug + Send + Sync {
         shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError>;
+
+    /// Whether the gate judges commands (see `GateSection::judges_commands`).
+    fn judges_commands(&self) -> bool;
 }
 
 impl<S: GateSection> CheckedSection for S {
@@ -34,6 +37,10 @@ impl<S: GateSection> CheckedSection for S {
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         GateSection::build(self, shared, resources)
+    }
+
+    fn judges_commands(&self) -> bool {
+        GateSection::judges_commands(self)
     }
 }
 

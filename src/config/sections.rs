@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::bounds::{DAY, FIVE_MINUTES, HOUR, MINUTE, WEEK, YEAR};
 use super::defaults::*;
-pub use crate::smtp::body::BareNewline;
 
 /// Whether a listener takes PROXY headers, and from whom.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -358,62 +357,6 @@ impl Default for CacheSection {
             cleanup_interval: default_cleanup_interval(),
             retention_time: default_retention_time(),
             size: default_cache_size(),
-        }
-    }
-}
-
-/// The `[engine]` section: limits of the built-in SMTP engine.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSection {
-    /// Commands per session (QUIT excepted).
-    #[serde(default = "default_command_limit")]
-    pub command_limit: usize,
-    /// The longest command line, CRLF included.
-    #[serde(default = "default_line_length")]
-    pub line_length: usize,
-    /// How long one whole command line may take to arrive.
-    #[serde(with = "humantime_serde", default = "default_command_time")]
-    pub command_time: Duration,
-    /// What a bare CR or LF in a client's message (or command) gets, once
-    /// doorman reads the client's conversation: `normalize` (CRLF, as
-    /// Postfix's default `smtpd_forbid_bare_newline = normalize`) or
-    /// `reject`.
-    #[serde(default)]
-    pub bare_newline: BareNewline,
-    /// The reply code of a `reject` (Postfix's
-    /// `smtpd_forbid_bare_newline_reject_code`).
-    #[serde(default = "default_bare_newline_reject_code")]
-    pub bare_newline_reject_code: u16,
-}
-
-impl EngineSection {
-    /// Checks the engine's limits.
-    pub fn check(&self) -> Result<(), SectionError> {
-        if self.command_limit == 0 || self.line_length < 16 {
-            return Err(SectionError::key(
-                "",
-                "command_limit must be above 0 and line_length at least 16",
-            ));
-        }
-        if !(400..600).contains(&self.bare_newline_reject_code) {
-            return Err(SectionError::key(
-                "bare_newline_reject_code",
-                "must be a 4xx or 5xx code",
-            ));
-        }
-        SectionError::within("command_time", self.command_time, HOUR)
-    }
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        Self {
-            command_limit: default_command_limit(),
-            line_length: default_line_length(),
-            command_time: default_command_time(),
-            bare_newline: BareNewline::default(),
-            bare_newline_reject_code: default_bare_newline_reject_code(),
         }
     }
 }

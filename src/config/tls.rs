@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use doorman_gate_api::SectionError;
+
+use super::{ClusterSection, SendProxy};
 use serde::Deserialize;
 
 /// The lowest TLS version the engine's STARTTLS accepts.
@@ -107,4 +109,47 @@ pub enum BackendTls {
     /// Plain text (a trusted network); a PROXY v2 header carries the
     /// client's TLS version and cipher in its SSL TLV.
     None,
+}
+
+impl super::Config {
+    /// What `doorman check` and the start-up say when no `[tls]` is set
+    /// and that costs something: clients whose conversation doorman reads
+    /// (a gate judges their commands, named by the gate, their cluster is balanced by
+    /// recipient, or an XCLIENT backend trusts doorman) are offered no
+    /// STARTTLS; otherwise a client that sends STARTTLS is handed to its
+    /// backend at once and skips the deep tests that are on.
+    pub fn starttls_warning(&self) -> Option<String> {
+        if self.tls.is_some() {
+            return None;
+        }
+        let mut read: Vec<&str> = self
+            .gate_sections
+            .iter()
+            .filter(|(_, section)| section.judges_commands())
+            .map(|(name, _)| *name)
+            .collect();
+        if self.clusters.values().any(ClusterSection::by_recipient) {
+            read.push("routing by recipient");
+        }
+        if self
+            .backends
+            .iter()
+            .any(|b| b.send_proxy == SendProxy::Xclient)
+        {
+            read.push("XCLIENT backends");
+        }
+        if !read.is_empty() {
+            return Some(format!(
+                "no [tls] section: clients whose conversation doorman reads ({}) are not offered STARTTLS; add [tls] to offer it",
+                read.join(", ")
+            ));
+        }
+        let deep = &self.deep_tests;
+        [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
+            .iter()
+            .any(|test| test.enable)
+            .then(|| {
+                "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip the deep tests".to_string()
+            })
+    }
 }

@@ -38,6 +38,10 @@ fn five() -> i32 {
 }
 
 impl GateSection for ProbeSection {
+    fn judges_commands(&self) -> bool {
+        true
+    }
+
     fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         if !self.trap.contains('@') {
             return Err(SectionError::key("trap", "trap must be an address"));

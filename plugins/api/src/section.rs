@@ -189,4 +189,12 @@ pub trait GateSection: serde::de::DeserializeOwned + fmt::Debug + Send + Sync + 
         shared: &SectionContext,
         resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError>;
+
+    /// Whether the gate judges commands in the engine (its
+    /// `Gate::has_command_hook`), asked before any gate is built: `doorman
+    /// check` and the start-up say what that costs a config without
+    /// `[tls]`.
+    fn judges_commands(&self) -> bool {
+        false
+    }
 }

@@ -102,6 +102,10 @@ fn default_text() -> String {
 const DAY: u64 = 86400;
 
 impl GateSection for Settings {
+    fn judges_commands(&self) -> bool {
+        true
+    }
+
     fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         SectionError::within("delay", self.delay, Duration::from_secs(DAY))?;
         SectionError::within(

@@ -52,6 +52,10 @@ fn default_action() -> String {
 }
 
 impl GateSection for PolicySection {
+    fn judges_commands(&self) -> bool {
+        true
+    }
+
     fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
         if self.address.is_none() {
             return Err(SectionError::key(
