@@ -72,6 +72,11 @@ pub fn parse_path(argument: &str, keyword: &str) -> Result<Path, PathError> {
         Some((_route, mailbox)) if inner.starts_with('@') => mailbox,
         _ => inner,
     };
+    // What is left of a route is a mailbox, never another route: what the
+    // gates judge must be what any reader of it would take.
+    if mailbox.starts_with('@') {
+        return Err(PathError::Address);
+    }
     if check(mailbox)? > 1 {
         return Err(PathError::Address);
     }
@@ -161,6 +166,8 @@ mod tests {
     const CASES: &[(&str, &str, Expected)] = &[
         // The common forms.
         ("FROM:<a@b>", "FROM:", Ok(("a@b", ""))),
+        // What is left of a route is never another route.
+        ("FROM:<@x:@y:u@d>", "FROM:", Err(PathError::Address)),
         ("FROM:<a@b> SIZE=100", "FROM:", Ok(("a@b", "SIZE=100"))),
         ("from: a@b", "FROM:", Ok(("a@b", ""))),
         ("FROM: <a@b>", "FROM:", Ok(("a@b", ""))),
