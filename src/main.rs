@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use doorman::cache::PassCache;
 use doorman::config::{Config, LogSection};
 use doorman::listener::Server;
 use doorman::logfmt;
+
+#[path = "cli/cache.rs"]
+mod cache_cli;
+use cache_cli::{cache_command, CacheAction};
 
 /// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
 /// screening, handoff to real smtpd backends.
@@ -172,32 +175,6 @@ enum BackendAction {
         address: SocketAddr,
         /// The weight, 0 to 1000.
         weight: u32,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CacheAction {
-    /// Show the passes of one address.
-    Get {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The client address.
-        ip: std::net::IpAddr,
-    },
-    /// Delete one address, so it is tested again.
-    Delete {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The client address.
-        ip: std::net::IpAddr,
-    },
-    /// Count the entries of the store.
-    Stats {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
     },
 }
 
@@ -421,40 +398,6 @@ fn user_command(action: UserAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn cache_command(action: CacheAction) -> anyhow::Result<()> {
-    let (CacheAction::Get { config, .. }
-    | CacheAction::Delete { config, .. }
-    | CacheAction::Stats { config }) = &action;
-    let loaded = Config::load(config)?;
-    runtime()?.block_on(async {
-        let cache = PassCache::open_for_command(&loaded.cache).await?;
-        match action {
-            CacheAction::Get { ip, .. } => match cache.get(ip.to_canonical()).await {
-                Some(entry) => println!("{}", doorman::cache::describe(ip, &entry)),
-                None => println!("{ip}: not in the cache ({})", cache.name()),
-            },
-            CacheAction::Delete { ip, .. } => {
-                let existed = cache.delete(ip.to_canonical()).await?;
-                println!(
-                    "{ip}: {} ({})",
-                    if existed {
-                        "deleted"
-                    } else {
-                        "was not in the cache"
-                    },
-                    cache.name()
-                );
-            }
-            CacheAction::Stats { .. } => {
-                let stats = cache.stats().await?;
-                println!("store: {}\nentries: {}", stats.store, stats.entries);
-            }
-        }
-        cache.close().await;
-        Ok(())
-    })
 }
 
 /// The runtime of the commands other than `run`.

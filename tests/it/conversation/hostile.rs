@@ -12,21 +12,7 @@ use super::*;
 fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_replay() {
     let backend = FakeBackend::start(true);
     let doorman = engine_first(backend.address, "[engine]\ncommand_time = \"2s\"\n");
-    let drip = |s: &mut dyn Wire| {
-        let started = Instant::now();
-        let mut answer = String::new();
-        for byte in b"NOOP and some more words to drip\r\n" {
-            if s.write_all(&[*byte]).is_err() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(400));
-            if started.elapsed() > Duration::from_secs(3) {
-                break;
-            }
-        }
-        answer.push_str(&reply(s));
-        (answer, started.elapsed())
-    };
+    let drip = |s: &mut dyn Wire| drip(s, Duration::from_secs(3));
     // In the engine.
     let mut s = greet(&doorman, "203.0.113.41", false);
     let (answer, took) = drip(&mut *s);
@@ -64,6 +50,99 @@ fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_repl
         "COMMAND TIME LIMIT from [203.0.113.42]:40000 after RCPT",
         Duration::from_secs(5),
     );
+}
+
+/// Drips a command a byte every 400 ms, for at most `cap`; the reply it got
+/// and how long that took.
+fn drip(s: &mut dyn Wire, cap: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    for byte in b"NOOP and some more words to drip, and more, and more\r\n"
+        .iter()
+        .cycle()
+    {
+        if s.write_all(&[*byte]).is_err() || started.elapsed() > cap {
+            break;
+        }
+        thread::sleep(Duration::from_millis(400));
+    }
+    (reply(s), started.elapsed())
+}
+
+#[test]
+fn under_stress_a_command_gets_ten_seconds() {
+    // Two screening places: two clients in the engine put doorman under
+    // stress (90% of them), and a command then gets 10 s, not 60.
+    let backend = FakeBackend::start(true);
+    let doorman = engine_first(
+        backend.address,
+        "[engine]\ncommand_time = \"60s\"\n[limits]\nscreening = 2\n",
+    );
+    let _other = greet(&doorman, "203.0.113.47", false);
+    let mut s = greet(&doorman, "203.0.113.48", false);
+    doorman
+        .log
+        .wait_for("entering STRESS mode", Duration::from_secs(5));
+    let (answer, took) = drip(&mut *s, Duration::from_secs(20));
+    assert_eq!(
+        answer,
+        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "{took:?}"
+    );
+}
+
+/// BDAT chunks longer than a command line, and one beyond the backend's
+/// SIZE, against a real Postfix: the first is queued, the second refused
+/// by Postfix, and doorman ends the session there.
+#[test]
+fn bdat_chunks_beyond_the_line_and_the_size_limit() {
+    let Some(postfix) = Postfix::start_delivering(
+        "smtpd_upstream_proxy_protocol = haproxy\nrelay_domains = doorman.test\nmessage_size_limit = 100000\n",
+    ) else {
+        return;
+    };
+    let doorman = engine_first(postfix.address(), "");
+    let mut s = greet(&doorman, "203.0.113.49", false);
+    let s = &mut *s;
+    steps(
+        s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.1.5 Ok\r\n".to_string(),
+            ),
+            ("BDAT 0\r\n", "250 2.0.0 Ok: 0 bytes\r\n".to_string()),
+        ],
+    );
+    let chunk = format!("Subject: long\r\n\r\n{}\r\n", "x".repeat(5000));
+    let answer = ask(s, &format!("BDAT {} LAST\r\n{chunk}", chunk.len()));
+    assert!(
+        answer.starts_with("250 2.0.0 Ok: 5020 bytes queued as"),
+        "{answer}"
+    );
+    steps(
+        s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.1.5 Ok\r\n".to_string(),
+            ),
+        ],
+    );
+    let big = "y".repeat(200_000);
+    let answer = ask(s, &format!("BDAT {} LAST\r\n{big}", big.len()));
+    assert!(answer.starts_with("552 5.3.4"), "{answer}");
+    assert_eq!(reply(s), "", "the session ends after a refused chunk");
 }
 
 #[test]
