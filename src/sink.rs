@@ -350,6 +350,10 @@ async fn connection(
                     escape(delivery.subject.unwrap_or_default().as_bytes(), 200),
                     escape(client.as_bytes(), 100),
                 );
+                // The record is written before the 250, as an MTA writes
+                // its queue file first: a sink killed after its 250 has
+                // not lost a message it accepted.
+                crate::logbuffer::flush();
                 stream.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
             }
         }

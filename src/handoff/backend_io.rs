@@ -32,12 +32,12 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TlsHandoff<'a> {
     /// The client's TLS session.
     pub summary: &'a TlsSummary,
-    /// The client's EHLO line, sent before STARTTLS too.
+    /// The EHLO line sent before STARTTLS (doorman's own).
     pub ehlo: &'a [u8],
 }
 
-/// STARTTLS with a backend that greeted: the client's own EHLO, STARTTLS,
-/// and the client handshake. Nothing may follow the backend's 220 before
+/// STARTTLS with a backend that greeted: doorman's EHLO, STARTTLS, and
+/// the client handshake. Nothing may follow the backend's 220 before
 /// the handshake (what did would be plaintext injected into TLS).
 pub(super) async fn start_tls(
     tls: &BackendTlsClient,

@@ -174,14 +174,13 @@ impl<S: ClientIo> Session<Channel<S>> {
         let cluster = self.cluster.clone();
         let cluster = cluster.as_str();
         // A client in TLS reaches the backend over STARTTLS, which wants an
-        // EHLO before it: the client's own, else doorman's.
+        // EHLO before it: doorman's own, so that a backend's refusal there
+        // is about doorman's dialogue, never the client's (the client's
+        // EHLO is replayed inside TLS, where its refusal goes to it).
         let summary = self.stream.tls();
-        let ehlo = match (&summary, replay.lines.first()) {
-            (None, _) => Vec::new(),
-            (Some(_), Some(line)) if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"EHLO ") => {
-                line.clone()
-            }
-            (Some(_), _) => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
+        let ehlo = match &summary {
+            None => Vec::new(),
+            Some(_) => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
         };
         let tls = summary.as_ref().map(|summary| TlsHandoff {
             summary,
