@@ -134,8 +134,10 @@ impl Pump {
                 }
             }
             if self.state == Pumping::Ended {
-                ready!(Pin::new(&mut *to).poll_flush(cx))?;
-                return Poll::Ready(Ok(()));
+                return match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(flushed) => Poll::Ready(flushed.map_err(Into::into)),
+                    Poll::Pending => self.stalled(cx),
+                };
             }
             if self.buffer.is_empty() {
                 self.buffer.clear();
@@ -144,8 +146,12 @@ impl Pump {
             match tokio_util::io::poll_read_buf(Pin::new(&mut *from), cx, &mut self.buffer) {
                 Poll::Pending => {
                     if self.unflushed {
-                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        match Pin::new(&mut *to).poll_flush(cx) {
+                            Poll::Ready(flushed) => flushed?,
+                            Poll::Pending => return self.stalled(cx),
+                        }
                         self.unflushed = false;
+                        self.stall = None;
                     }
                     return Poll::Pending;
                 }

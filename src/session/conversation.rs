@@ -306,7 +306,10 @@ impl<S: ClientIo> Session<Channel<S>> {
         self.send_bytes(&without_keywords(&answer, &HIDDEN_KEYWORDS))
             .await;
         if answer.starts_with(b"2") {
-            talk.envelope.helo = argument.split_whitespace().next().map(Into::into);
+            talk.envelope.helo = argument
+                .split([' ', '\t'])
+                .find(|name| !name.is_empty())
+                .map(Into::into);
             talk.envelope.esmtp = verb == "EHLO";
             end_transaction(&mut talk.envelope);
         }
@@ -392,11 +395,13 @@ impl<S: ClientIo> Session<Channel<S>> {
         if talk.envelope.recipients.len() >= RECIPIENT_LIMIT {
             return self.answer(reply::RECIPIENT_LIMIT).await;
         }
-        if self.routed_elsewhere(talk, &recipient).await {
-            return self.answer(reply::TOO_MANY_RECIPIENTS).await;
-        }
+        // The gates first: a recipient they refuse is routed nowhere, so
+        // it writes no user assignment.
         if let Some(next) = self.judge(talk, Stage::Rcpt, &recipient).await {
             return next;
+        }
+        if self.routed_elsewhere(talk, &recipient).await {
+            return self.answer(reply::TOO_MANY_RECIPIENTS).await;
         }
         let Some(answer) = self.forward(talk, "RCPT", raw, REPLY_TIMEOUT).await else {
             return Next::Close;

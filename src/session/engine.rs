@@ -3,6 +3,7 @@
 
 use super::command::Incoming;
 use super::*;
+use crate::smtp::line::Unrelayable;
 use crate::smtp::response::keyword_name;
 
 impl<S: ClientIo> Session<Channel<S>> {
@@ -59,48 +60,10 @@ impl<S: ClientIo> Session<Channel<S>> {
         loop {
             let step: EngineStep = match self.next_command().await {
                 Incoming::TooLong => engine.line_too_long(),
-                Incoming::Line(line) => {
-                    for violation in run.deep.inspect(&line, &self.buffer, engine.after()) {
-                        log::deep_violation(
-                            client.address,
-                            violation.test.log_name(),
-                            &violation.detail,
-                        );
-                        self.process.metrics.test(violation.test.name(), false);
-                        match deep_action(&config.deep_tests, violation.test) {
-                            Action::Drop => {
-                                let reply = if violation.test == DeepTest::NonSmtpCommand {
-                                    reply::NON_SMTP_DROP.to_string()
-                                } else {
-                                    violation.test.refusal(Action::Drop).drop_reply()
-                                };
-                                self.count(Counted::Dropped);
-                                self.send(&reply).await;
-                                log::disconnect(client.address);
-                                return Phase::Closed;
-                            }
-                            Action::Enforce => {
-                                run.pass = None;
-                                engine.refuse_with(
-                                    violation.test.refusal(Action::Enforce).enforce_reply(),
-                                )
-                            }
-                            // postscreen counts an ignored deep-test failure
-                            // as a pass until the shortest TTL of any test.
-                            Action::Ignore => {}
-                        }
-                    }
-                    match self.ask_gates(&engine, &line, &client, run).await {
-                        Some(rejection) if rejection.action == Action::Drop => {
-                            self.count(Counted::Dropped);
-                            self.send(&rejection.drop_reply()).await;
-                            log::disconnect(client.address);
-                            return Phase::Closed;
-                        }
-                        Some(rejection) => engine.refuse(&line, rejection.enforce_reply()),
-                        None => engine.command(&line),
-                    }
-                }
+                Incoming::Line(line) => match self.answer_line(&mut engine, run, &line).await {
+                    Ok(step) => step,
+                    Err(phase) => return phase,
+                },
                 Incoming::TimedOut => engine.timed_out(),
                 Incoming::Closed => {
                     self.count(Counted::Hangup);
@@ -128,9 +91,12 @@ impl<S: ClientIo> Session<Channel<S>> {
                                 transaction.helo_line.into_iter().collect();
                             lines.push(transaction.mail_line);
                             lines.push(transaction.rcpt_line);
-                            return self
-                                .replay(client, lines, Answer::Last, Some(envelope))
-                                .await;
+                            let replay = Replay {
+                                lines,
+                                answer: Answer::Last,
+                                judged: run.judged,
+                            };
+                            return self.replay(client, replay, Some(envelope)).await;
                         }
                         _ => {
                             let reply = reply::RCPT_DEFERRED.to_string();
@@ -160,9 +126,12 @@ impl<S: ClientIo> Session<Channel<S>> {
                         // transaction open.
                         let mut envelope = self.envelope(&engine, run);
                         envelope.sender = None;
-                        return self
-                            .replay(client, lines, Answer::Nothing, Some(envelope))
-                            .await;
+                        let replay = Replay {
+                            lines,
+                            answer: Answer::Nothing,
+                            judged: run.judged,
+                        };
+                        return self.replay(client, replay, Some(envelope)).await;
                     }
                     // STARTTLS to a backend, offered only where nothing
                     // after it needs reading: the unfinished deep tests are
@@ -171,7 +140,12 @@ impl<S: ClientIo> Session<Channel<S>> {
                         self.store_pass(&client, pass.previous, pass.entry);
                     }
                     lines.push(command);
-                    return self.replay(client, lines, Answer::Last, None).await;
+                    let replay = Replay {
+                        lines,
+                        answer: Answer::Last,
+                        judged: Judged::NotGated,
+                    };
+                    return self.replay(client, replay, None).await;
                 }
                 _ => {}
             }
@@ -197,6 +171,67 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return Phase::Closed;
             }
         }
+    }
+
+    /// The engine's step for one command line: the deep tests look at it,
+    /// a line no backend may see as it is is refused (for a client that may
+    /// be replayed), then the engine gates, then the engine. `Err`: the
+    /// session ends (a `drop`).
+    async fn answer_line(
+        &mut self,
+        engine: &mut Engine,
+        run: &mut EngineRun,
+        line: &Line,
+    ) -> Result<EngineStep, Phase> {
+        let config = Arc::clone(&self.shared.config);
+        let client = run.client.clone();
+        for violation in run.deep.inspect(line, &self.buffer, engine.after()) {
+            log::deep_violation(client.address, violation.test.log_name(), &violation.detail);
+            self.process.metrics.test(violation.test.name(), false);
+            match deep_action(&config.deep_tests, violation.test) {
+                Action::Drop => {
+                    let reply = if violation.test == DeepTest::NonSmtpCommand {
+                        reply::NON_SMTP_DROP.to_string()
+                    } else {
+                        violation.test.refusal(Action::Drop).drop_reply()
+                    };
+                    self.count(Counted::Dropped);
+                    self.send(&reply).await;
+                    log::disconnect(client.address);
+                    return Err(Phase::Closed);
+                }
+                Action::Enforce => {
+                    run.pass = None;
+                    engine.refuse_with(violation.test.refusal(Action::Enforce).enforce_reply())
+                }
+                // postscreen counts an ignored deep-test failure
+                // as a pass until the shortest TTL of any test.
+                Action::Ignore => {}
+            }
+        }
+        // What may be replayed is held to the conversation's rule: a line
+        // no backend may see as it is is refused here, never stored for
+        // the replay.
+        let unrelayable = match (&run.rcpt, line.unrelayable()) {
+            (RcptPolicy::Pass, Some(Unrelayable::Utf8)) => Some(reply::BAD_UTF8),
+            (RcptPolicy::Pass, Some(Unrelayable::Empty | Unrelayable::Control)) => {
+                Some(reply::BAD_SYNTAX)
+            }
+            _ => None,
+        };
+        if let Some(text) = unrelayable {
+            return Ok(engine.refuse(line, text.to_string()));
+        }
+        Ok(match self.ask_gates(engine, line, &client, run).await {
+            Some(rejection) if rejection.action == Action::Drop => {
+                self.count(Counted::Dropped);
+                self.send(&rejection.drop_reply()).await;
+                log::disconnect(client.address);
+                return Err(Phase::Closed);
+            }
+            Some(rejection) => engine.refuse(line, rejection.enforce_reply()),
+            None => engine.command(line),
+        })
     }
 
     /// The EHLO keywords a client of the engine is promised: what every
@@ -227,6 +262,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         client: &Client,
         run: &EngineRun,
     ) -> Option<Rejection> {
+        if run.judged == Judged::NotGated {
+            return None;
+        }
         let (stage, argument) = engine.question(line)?;
         let envelope = self.envelope(engine, run);
         let command = Command {

@@ -13,6 +13,8 @@ pub(super) struct Replay {
     pub lines: Vec<Vec<u8>>,
     /// Whether the client waits for the answer to the last one.
     pub answer: Answer,
+    /// Whether the engine gates judge the rest of the conversation.
+    pub judged: Judged,
 }
 
 /// Whether the client waits for the backend's answer to a replay's last
@@ -38,12 +40,10 @@ impl<S: ClientIo> Session<Channel<S>> {
     pub(super) async fn replay(
         &mut self,
         client: Client,
-        lines: Vec<Vec<u8>>,
-        answer: Answer,
+        replay: Replay,
         gated: Option<Envelope>,
     ) -> Phase {
-        self.connect_and_relay(client, false, Replay { lines, answer }, gated)
-            .await
+        self.connect_and_relay(client, false, replay, gated).await
     }
 
     /// Connects the client to a backend and relays until both sides are
@@ -54,6 +54,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         let replay = Replay {
             lines: Vec::new(),
             answer: Answer::Last,
+            judged: Judged::NotGated,
         };
         self.connect_and_relay(client, teased, replay, None).await
     }
@@ -98,6 +99,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             },
         );
         let count = replay.lines.len();
+        let judged = replay.judged;
         let pipelining = announces(&keywords, "PIPELINING");
         let refused = match self
             .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
@@ -116,7 +118,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             return self.copy_bytes(&client, backend, pending, flush).await;
         }
         let judged = if gated.is_some() {
-            Judged::ByGates
+            judged
         } else {
             Judged::NotGated
         };

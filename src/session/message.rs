@@ -1,6 +1,7 @@
 //! The relayed commands that carry more than a line: DATA and its body,
 //! BDAT and its chunk, and the AUTH exchange.
 
+use super::command::Incoming;
 use super::conversation::{end_transaction, Conversation, Judged, Next, END_OF_DATA_TIMEOUT};
 use super::*;
 use crate::smtp::body::{DataFramer, Framed};
@@ -21,10 +22,18 @@ impl<S: ClientIo> Session<Channel<S>> {
         let Some(go_ahead) = self.forward(talk, "DATA", raw, REPLY_TIMEOUT).await else {
             return Next::Close;
         };
-        self.send_bytes(&go_ahead).await;
         if !go_ahead.starts_with(b"354") {
-            return Next::Go;
+            // Only a refusal leaves the backend reading commands; a
+            // backend that says anything else is not followed.
+            if go_ahead.starts_with(b"4") || go_ahead.starts_with(b"5") {
+                self.send_bytes(&go_ahead).await;
+                return Next::Go;
+            }
+            let error = io::Error::new(io::ErrorKind::InvalidData, "DATA answered without 354");
+            self.backend_lost(talk, "DATA", &error).await;
+            return Next::Close;
         }
+        self.send_bytes(&go_ahead).await;
         end_transaction(&mut talk.envelope);
         let mut framer = DataFramer::new(self.shared.config.engine.bare_newline);
         let mut out = BytesMut::new();
@@ -139,22 +148,30 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return Next::Go;
             }
             talk.last = "AUTH".to_string();
-            let incoming = self.next_command().await;
-            line = match self.take_line(talk, incoming).await {
-                Ok(response) if response.verb() != "PROXY" => response.text,
-                Ok(response) => {
-                    self.refuse_header(&talk.client, &response.text).await;
-                    return Next::Close;
-                }
-                Err(next) => {
-                    if next == Next::Go {
-                        // doorman refused the line: the backend's exchange
-                        // is cancelled as RFC 4954 lets a client cancel it.
-                        b"*".to_vec()
-                    } else {
-                        return next;
+            line = match self.next_command().await {
+                // An empty response is allowed in SASL (RFC 4954).
+                Incoming::Line(response) if response.text.is_empty() => response.text,
+                incoming => match self.take_line(talk, incoming).await {
+                    Ok(response) if response.verb() != "PROXY" => response.text,
+                    Ok(response) => {
+                        self.refuse_header(&talk.client, &response.text).await;
+                        return Next::Close;
                     }
-                }
+                    // doorman refused the line and said so: the backend's
+                    // exchange is cancelled (RFC 4954's `*`), and its reply
+                    // to that is not passed on: the client has had one.
+                    Err(Next::Go) => {
+                        let cancelled = talk.backend.ask(b"*\r\n", REPLY_TIMEOUT).await;
+                        return match cancelled {
+                            Ok(_) => Next::Go,
+                            Err(error) => {
+                                self.backend_lost(talk, "AUTH", &error).await;
+                                Next::Close
+                            }
+                        };
+                    }
+                    Err(next) => return next,
+                },
             };
             line.extend_from_slice(b"\r\n");
         }
@@ -210,7 +227,8 @@ fn bdat_argument(argument: &str) -> Option<(u64, bool)> {
     if !size.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let size = size.parse::<u64>().ok()?;
+    // As smtpd's off_t: a size past i64 is a syntax error there too.
+    let size = size.parse::<u64>().ok().filter(|&n| n <= i64::MAX as u64)?;
     let last = match words.next() {
         None => false,
         Some(word) if word.eq_ignore_ascii_case("LAST") => true,

@@ -71,7 +71,8 @@ use crate::smtp::reply;
 use crate::tls::Channel;
 use crate::verdict::{Decision, Judgement, TestRecord, PREGREET_STATUS, PREGREET_TEXT};
 use crate::waiting_room::{Resumable, Woken};
-use handoff::Answer;
+use conversation::Judged;
+use handoff::{Answer, Replay};
 
 /// How long doorman waits for each command of a health check.
 const HEALTH_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,6 +130,9 @@ struct EngineRun {
     score: Option<i32>,
     /// The client's names, when a wait gate learned them.
     names: ClientNames,
+    /// Whether the engine gates judge the client's commands (not for one a
+    /// connect gate permitted, which skips every further test).
+    judged: Judged,
 }
 
 /// The passes so far, waiting for the deep tests.

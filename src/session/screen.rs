@@ -24,7 +24,7 @@ impl Session {
             AtConnect::Permit => {
                 self.count(Counted::Allowlisted);
                 if by_recipient {
-                    return untested_in_engine(client, config);
+                    return untested_in_engine(client, config, Judged::NotGated);
                 }
                 return Phase::Handoff {
                     client,
@@ -72,7 +72,7 @@ impl Session {
                 self.count(Counted::Untested);
             }
             if pipeline.needs_dialogue(None) || by_recipient {
-                return untested_in_engine(client, config);
+                return untested_in_engine(client, config, Judged::ByGates);
             }
             return Phase::Handoff {
                 client,
@@ -276,6 +276,7 @@ impl Session {
                     pass: None,
                     score: screening.score(),
                     names,
+                    judged: Judged::ByGates,
                 }))
             }
             // A doubtful client (or every client, for a gate that asks)
@@ -295,6 +296,7 @@ impl Session {
                     pass: pass.map(|entry| PendingPass { previous, entry }),
                     score: screening.score(),
                     names,
+                    judged: Judged::ByGates,
                 }))
             }
             Decision::HandOff { pass } => {
@@ -438,8 +440,10 @@ struct Due {
 
 /// The engine for a client that skips every test but must reach its first
 /// RCPT there (a gate asks for every client, or its cluster is balanced by
-/// recipient): no teaser, no deep test, replayed at its first RCPT.
-fn untested_in_engine(client: Client, config: &crate::config::Config) -> Phase {
+/// recipient): no teaser, no deep test, replayed at its first RCPT;
+/// `judged` says whether the engine gates judge it (not for a client a
+/// connect gate permitted).
+fn untested_in_engine(client: Client, config: &crate::config::Config, judged: Judged) -> Phase {
     Phase::Engine(Box::new(EngineRun {
         client,
         rcpt: RcptPolicy::Pass,
@@ -448,5 +452,6 @@ fn untested_in_engine(client: Client, config: &crate::config::Config) -> Phase {
         pass: None,
         score: None,
         names: ClientNames::default(),
+        judged,
     }))
 }

@@ -53,6 +53,7 @@ async fn the_engine_phase_runs_over_any_stream() {
         deep: DeepTests::new(Vec::new(), &[]),
         pass: None,
         score: Some(2),
+        judged: Judged::ByGates,
         names: ClientNames::default(),
     };
     let engine = tokio::spawn(async move { matches!(session.engine(run).await, Phase::Closed) });

@@ -34,7 +34,11 @@ impl Line {
     pub fn split(&self) -> (String, String) {
         let verb = self.verb();
         let text = String::from_utf8_lossy(&self.text);
-        let argument = text.get(verb.len()..).unwrap_or_default().trim();
+        // smtpd splits on ASCII blanks only: a no-break space is text.
+        let argument = text
+            .get(verb.len()..)
+            .unwrap_or_default()
+            .trim_matches(|c: char| c == ' ' || c == '\t');
         (verb, argument.to_string())
     }
 
@@ -71,8 +75,8 @@ impl Line {
         let (verb, argument) = self.split();
         match verb.as_str() {
             "HELO" | "EHLO" => argument
-                .split_whitespace()
-                .next()
+                .split([' ', '\t'])
+                .find(|name| !name.is_empty())
                 .map(|name| (Stage::Helo, name.to_string())),
             "MAIL" => parse_path(&argument, "FROM:")
                 .ok()

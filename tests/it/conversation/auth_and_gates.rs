@@ -202,6 +202,9 @@ fn auth_backend() -> SocketAddr {
             }
             "AUTH PLAIN good" => b"235 2.7.0 Authentication successful\r\n",
             "AUTH LOGIN" => b"334 VXNlcm5hbWU6\r\n",
+            "AUTH GSSAPI" => b"334 \r\n",
+            "" => b"535 5.7.8 Error: empty GSSAPI token\r\n",
+            "*" => b"501 5.7.0 Authentication aborted\r\n",
             "dXNlcg==" => b"334 UGFzc3dvcmQ6\r\n",
             "cGFzcw==" => b"235 2.7.0 Authentication successful\r\n",
             l if l.starts_with("AUTH") => b"535 5.7.8 Error: authentication failed\r\n",
@@ -232,6 +235,21 @@ fn auth_passes_the_gates_only_when_the_backend_accepts_it() {
                 "RCPT TO:<bob@doorman.test>\r\n",
                 greylisted("bob@doorman.test"),
             ),
+            // An empty SASL response reaches the backend (RFC 4954).
+            ("AUTH GSSAPI\r\n", "334 \r\n".to_string()),
+            (
+                "\r\n",
+                "535 5.7.8 Error: empty GSSAPI token\r\n".to_string(),
+            ),
+            // A response doorman refuses cancels the exchange with `*`;
+            // the client gets doorman's reply alone, and the next reply is
+            // the backend's to the next command.
+            ("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n".to_string()),
+            (
+                "dX\x0bNlcg==\r\n",
+                "500 5.5.2 Error: bad syntax\r\n".to_string(),
+            ),
+            ("NOOP\r\n", "250 2.0.0 Ok\r\n".to_string()),
             ("QUIT\r\n", "221 2.0.0 Bye\r\n".to_string()),
         ],
     );
@@ -266,4 +284,63 @@ fn auth_passes_the_gates_only_when_the_backend_accepts_it() {
         Duration::from_secs(5),
     );
     assert!(doorman.log.matching("PASS NEW [203.0.113.22]").is_empty());
+}
+
+/// A client a connect gate permits skips every further test: in a cluster
+/// balanced by recipient it talks to the engine up to its first RCPT, but
+/// no engine gate judges it, then or after the replay. (The policy service
+/// is dead, so every client it judges gets its default 451.)
+#[test]
+fn a_permitted_client_meets_no_engine_gate() {
+    let backend = FakeBackend::start(true);
+    let (_reserved, dead) = dead_address();
+    let sections = format!(
+        "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n[access]\nfile = \"access\"\n\
+[cluster.\"\"]\nbalance = \"recipient\"\n\
+[policy]\naddress = \"{dead}\"\nclients = \"all\"\ntimeout = \"1s\"\n"
+    );
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"policy\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", &sections)
+    );
+    let doorman = Doorman::start_with_files(
+        &config,
+        &[
+            ("haproxy_hosts", "127.0.0.1\n"),
+            ("access", "203.0.113.60 permit\n"),
+        ],
+    );
+    let unavailable =
+        "451 4.3.5 <b@doorman.test>: Recipient address rejected: Server configuration problem\r\n"
+            .to_string();
+    let mut other = greet(&doorman, "203.0.113.61", false);
+    steps(
+        &mut *other,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            ("RCPT TO:<b@doorman.test>\r\n", unavailable),
+        ],
+    );
+    let mut s = greet(&doorman, "203.0.113.60", false);
+    steps(
+        &mut *s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<c@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+            ("QUIT\r\n", "221 2.0.0 bye\r\n".to_string()),
+        ],
+    );
 }

@@ -168,6 +168,12 @@ fn hostile_lines_after_the_replay_get_clean_replies() {
                 "XFORWARD ADDR=10.9.9.9\r\n",
                 "550 5.7.0 Error: insufficient authorization\r\n".to_string(),
             ),
+            // In the engine too, a line no backend may see is refused, never
+            // stored for the replay.
+            (
+                "MAIL FROM:<a@b> X=\x0b\r\n",
+                "500 5.5.2 Error: bad syntax\r\n".to_string(),
+            ),
             ("MAIL FROM:<>\r\n", "250 2.1.0 Ok\r\n".to_string()),
             (
                 "RCPT TO:<b@doorman.test>\r\n",
