@@ -150,3 +150,7 @@ pub(super) fn default_command_time() -> Duration {
 pub(super) fn default_bare_newline_reject_code() -> u16 {
     550
 }
+
+pub(super) fn default_hard_error_limit() -> usize {
+    20
+}

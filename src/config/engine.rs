@@ -34,6 +34,11 @@ pub struct EngineSection {
     /// `smtpd_forbid_bare_newline_reject_code`).
     #[serde(default = "default_bare_newline_reject_code")]
     pub bare_newline_reject_code: u16,
+    /// The 4xx and 5xx replies a session may get before doorman ends it
+    /// with `421 4.7.0 <hostname> Error: too many errors` (smtpd's
+    /// `smtpd_hard_error_limit`); 0: no limit.
+    #[serde(default = "default_hard_error_limit")]
+    pub hard_error_limit: usize,
 }
 
 impl EngineSection {
@@ -63,6 +68,7 @@ impl Default for EngineSection {
             command_time: default_command_time(),
             bare_newline: BareNewline::default(),
             bare_newline_reject_code: default_bare_newline_reject_code(),
+            hard_error_limit: default_hard_error_limit(),
         }
     }
 }

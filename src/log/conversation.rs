@@ -48,3 +48,12 @@ pub fn backend_lost(client: SocketAddr, backend: SocketAddr, stage: &str, error:
         escape(error.to_string().as_bytes(), SHOWN_INPUT)
     );
 }
+
+/// A session ended at the hard error limit (smtpd's line).
+pub fn too_many_errors(client: SocketAddr, after: &str) {
+    info!(
+        "too many errors after {} from {}",
+        escape(after.as_bytes(), SHOWN_INPUT),
+        Endpoint(client)
+    );
+}

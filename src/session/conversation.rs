@@ -145,6 +145,13 @@ impl<S: ClientIo> Session<Channel<S>> {
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
         loop {
+            let limit = self.shared.config.engine.hard_error_limit;
+            if limit > 0 && self.errors >= limit {
+                log::too_many_errors(talk.client.address, &talk.last);
+                let text = reply::too_many_errors(&self.shared.config.hostname);
+                self.send(&text).await;
+                return Phase::Closed;
+            }
             if starts_like_header(&self.buffer) == Prefix::Header {
                 let input = std::mem::take(&mut self.buffer);
                 return self.refuse_header(&talk.client, &input).await;

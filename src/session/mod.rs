@@ -167,6 +167,8 @@ pub struct Session<S = ClientStream> {
     /// The backend cluster the client goes to, resolved once, when the
     /// real client is known (`""`: the default cluster).
     cluster: String,
+    /// The 4xx and 5xx replies the client has had (smtpd's error count).
+    errors: usize,
 }
 
 impl Session {
@@ -189,6 +191,7 @@ impl Session {
             screening: None,
             buffer: BytesMut::new(),
             cluster: String::new(),
+            errors: 0,
         }
     }
 
@@ -399,6 +402,9 @@ impl<S: ClientIo> Session<Channel<S>> {
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
+        if matches!(bytes.first(), Some(b'4' | b'5')) {
+            self.errors += 1;
+        }
         let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await;
     }
 }
@@ -417,6 +423,7 @@ impl<S> Session<S> {
             screening,
             buffer,
             cluster,
+            errors,
         } = self;
         let session = Session {
             stream,
@@ -429,6 +436,7 @@ impl<S> Session<S> {
             screening,
             buffer,
             cluster,
+            errors,
         };
         (had, session)
     }

@@ -33,6 +33,7 @@ fn over_duplex(sections: &str) -> (Session<Channel<DuplexStream>>, DuplexStream)
         screening: None,
         buffer: BytesMut::new(),
         cluster: String::new(),
+        errors: 0,
     };
     (session, client)
 }

@@ -199,3 +199,8 @@ pub fn lost_backend(hostname: &str) -> String {
 pub fn bare_newline(code: u16, hostname: &str) -> String {
     format!("{code} 5.5.2 {hostname} Error: bare <LF> received\r\n")
 }
+
+/// A session past smtpd's `smtpd_hard_error_limit`.
+pub fn too_many_errors(hostname: &str) -> String {
+    format!("421 4.7.0 {hostname} Error: too many errors\r\n")
+}
