@@ -3,6 +3,7 @@
 
 use super::command::Incoming;
 use super::*;
+use crate::smtp::engine::Transaction;
 use crate::smtp::line::Unrelayable;
 use crate::smtp::response::keyword_name;
 
@@ -40,22 +41,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             self.send(&reply::greeting(&banner)).await;
         }
         let client = run.client.clone();
-        // A client that may be replayed into a backend is promised what
-        // every backend of its cluster offers; one that is refused gets
-        // postscreen's list.
-        let keywords = match run.rcpt {
-            RcptPolicy::Pass => self.replay_keywords(),
-            RcptPolicy::Refuse(_) => None,
-        };
-        let mut engine = Engine::new(
-            &config.hostname,
-            run.rcpt.clone(),
-            config.engine.command_limit,
-            keywords,
-        );
-        if self.shared.tls.is_some() {
-            engine.offer_starttls();
-        }
+        let mut engine = self.new_engine(run);
         let started = Instant::now();
         loop {
             let step: EngineStep = match self.next_command().await {
@@ -78,74 +64,13 @@ impl<S: ClientIo> Session<Channel<S>> {
             };
             match step.event {
                 Some(EngineEvent::Passed(transaction)) => {
-                    self.record_deep_passes(run);
-                    match config.deep_tests.after_pass {
-                        // A client in the engine only for the gates (no
-                        // deep test due) is always replayed.
-                        _ if config.deep_tests.after_pass == AfterPass::Replay
-                            || run.deep.enabled().is_empty() =>
-                        {
-                            let mut envelope = self.envelope(&engine, run);
-                            envelope.recipients.push(transaction.refused.to.clone());
-                            let mut lines: Vec<Vec<u8>> =
-                                transaction.helo_line.into_iter().collect();
-                            lines.push(transaction.mail_line);
-                            lines.push(transaction.rcpt_line);
-                            let replay = Replay {
-                                lines,
-                                answer: Answer::Last,
-                                judged: run.judged,
-                            };
-                            return self.replay(client, replay, Some(envelope)).await;
-                        }
-                        _ => {
-                            let reply = reply::RCPT_DEFERRED.to_string();
-                            let mut refused = transaction.refused;
-                            refused.reply = reply.trim_end().to_string();
-                            self.send(&reply).await;
-                            log::noqueue_rcpt(client.address, &refused);
-                            engine.refuse_with(reply);
-                            run.pass = None;
-                            continue;
-                        }
+                    match self.passed(&mut engine, run, *transaction).await {
+                        Some(phase) => return phase,
+                        None => continue,
                     }
                 }
                 Some(EngineEvent::HandOffAt(command)) => {
-                    let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
-                    if command.len() >= 4 && command[..4].eq_ignore_ascii_case(b"AUTH") {
-                        // AUTH is the backend's to answer, and doorman
-                        // reads the exchange (and everything after it):
-                        // the backend is brought to the client's EHLO, and
-                        // the AUTH line is read again by the conversation.
-                        // AUTH stores no pass (the pregreet test the
-                        // client finished is kept, as after any leave).
-                        let mut rest = BytesMut::from(&command[..]);
-                        rest.extend_from_slice(&self.buffer);
-                        self.buffer = rest;
-                        // Only the greeting is replayed: the backend has no
-                        // transaction open.
-                        let mut envelope = self.envelope(&engine, run);
-                        envelope.sender = None;
-                        let replay = Replay {
-                            lines,
-                            answer: Answer::Nothing,
-                            judged: run.judged,
-                        };
-                        return self.replay(client, replay, Some(envelope)).await;
-                    }
-                    // STARTTLS to a backend, offered only where nothing
-                    // after it needs reading: the unfinished deep tests are
-                    // not remembered.
-                    if let Some(pass) = run.pass.take() {
-                        self.store_pass(&client, pass.previous, pass.entry);
-                    }
-                    lines.push(command);
-                    let replay = Replay {
-                        lines,
-                        answer: Answer::Last,
-                        judged: Judged::NotGated,
-                    };
-                    return self.replay(client, replay, None).await;
+                    return self.hand_off_at(&engine, run, command).await
                 }
                 _ => {}
             }
@@ -171,6 +96,111 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return Phase::Closed;
             }
         }
+    }
+
+    /// The engine for `run`: a client that may be replayed into a backend
+    /// is promised what every backend of its cluster offers; one that is
+    /// refused gets postscreen's list. STARTTLS is the engine's own when
+    /// `[tls]` is set.
+    fn new_engine(&self, run: &EngineRun) -> Engine {
+        let config = &self.shared.config;
+        let keywords = match run.rcpt {
+            RcptPolicy::Pass => self.replay_keywords(),
+            RcptPolicy::Refuse(_) => None,
+        };
+        let mut engine = Engine::new(
+            &config.hostname,
+            run.rcpt.clone(),
+            config.engine.command_limit,
+            keywords,
+        );
+        if self.shared.tls.is_some() {
+            engine.offer_starttls();
+        }
+        engine
+    }
+
+    /// The client reached RCPT with its tests passed: its passes are
+    /// remembered, and it is replayed into a backend (`Some`, the phase
+    /// after), or told postscreen's 450 under `after_pass = "reconnect"`
+    /// (`None`: the dialogue goes on).
+    async fn passed(
+        &mut self,
+        engine: &mut Engine,
+        run: &mut EngineRun,
+        transaction: Transaction,
+    ) -> Option<Phase> {
+        self.record_deep_passes(run);
+        // A client in the engine only for the gates (no deep test due) is
+        // always replayed.
+        if self.shared.config.deep_tests.after_pass == AfterPass::Replay
+            || run.deep.enabled().is_empty()
+        {
+            let mut envelope = self.envelope(engine, run);
+            envelope.recipients.push(transaction.refused.to.clone());
+            let mut lines: Vec<Vec<u8>> = transaction.helo_line.into_iter().collect();
+            lines.push(transaction.mail_line);
+            lines.push(transaction.rcpt_line);
+            let replay = Replay {
+                lines,
+                answer: Answer::Last,
+                judged: run.judged,
+            };
+            return Some(
+                self.replay(run.client.clone(), replay, Some(envelope))
+                    .await,
+            );
+        }
+        let reply = reply::RCPT_DEFERRED.to_string();
+        let mut refused = transaction.refused;
+        refused.reply = reply.trim_end().to_string();
+        self.send(&reply).await;
+        log::noqueue_rcpt(run.client.address, &refused);
+        engine.refuse_with(reply);
+        run.pass = None;
+        None
+    }
+
+    /// The client sent STARTTLS or AUTH that only the backend can answer.
+    /// AUTH: the backend is brought to the client's EHLO and the
+    /// conversation reads the exchange and everything after it (AUTH
+    /// stores no pass; the pregreet test the client finished is kept, as
+    /// after any leave). STARTTLS, offered only where nothing after it
+    /// needs reading: the unfinished deep tests are not remembered, and the
+    /// rest is copied.
+    async fn hand_off_at(
+        &mut self,
+        engine: &Engine,
+        run: &mut EngineRun,
+        command: Vec<u8>,
+    ) -> Phase {
+        let client = run.client.clone();
+        let mut lines: Vec<Vec<u8>> = engine.helo_line().into_iter().collect();
+        if command.len() >= 4 && command[..4].eq_ignore_ascii_case(b"AUTH") {
+            let mut rest = BytesMut::from(&command[..]);
+            rest.extend_from_slice(&self.buffer);
+            self.buffer = rest;
+            // Only the greeting is replayed: the backend has no
+            // transaction open.
+            let mut envelope = self.envelope(engine, run);
+            envelope.sender = None;
+            let replay = Replay {
+                lines,
+                answer: Answer::Nothing,
+                judged: run.judged,
+            };
+            return self.replay(client, replay, Some(envelope)).await;
+        }
+        if let Some(pass) = run.pass.take() {
+            self.store_pass(&client, pass.previous, pass.entry);
+        }
+        lines.push(command);
+        let replay = Replay {
+            lines,
+            answer: Answer::Last,
+            judged: Judged::NotGated,
+        };
+        self.replay(client, replay, None).await
     }
 
     /// The engine's step for one command line: the deep tests look at it,

@@ -90,13 +90,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         } = connected;
         let last = replay.lines.last().map_or_else(
             || "CONNECT".to_string(),
-            |line| {
-                Line {
-                    text: line.clone(),
-                    bare_newline: false,
-                }
-                .verb()
-            },
+            |line| Line::from_bytes(line).verb(),
         );
         let count = replay.lines.len();
         let judged = replay.judged;
@@ -122,13 +116,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         } else {
             Judged::NotGated
         };
-        // The gates' envelope is what the backend accepted of the replay.
-        let mut envelope = gated.unwrap_or_default();
-        match refused {
-            Some(index) if index + 1 == count => envelope.recipients.clear(),
-            Some(_) => conversation::end_transaction(&mut envelope),
-            None => {}
-        }
+        let envelope = accepted(gated.unwrap_or_default(), refused, count);
         let routing = self
             .shared
             .config
@@ -151,10 +139,19 @@ impl<S: ClientIo> Session<Channel<S>> {
             last,
             chunking: announces(&keywords, "CHUNKING"),
         };
+        self.converse_until_flushed(&mut talk, flush).await
+    }
+
+    /// The conversation, until its end or until its backend is flushed:
+    /// doorman is speaking then, and says why it closes.
+    async fn converse_until_flushed(
+        &mut self,
+        talk: &mut Conversation<Channel<TcpStream>>,
+        flush: tokio_util::sync::CancellationToken,
+    ) -> Phase {
         tokio::select! {
-            phase = self.converse(&mut talk) => phase,
+            phase = self.converse(talk) => phase,
             _ = flush.cancelled() => {
-                // doorman is speaking here: it says why it closes.
                 log::flushed(talk.client.address);
                 self.send(reply::FLUSHED).await;
                 Phase::Closed
@@ -314,4 +311,15 @@ impl<S: ClientIo> Session<Channel<S>> {
         self.send(reply::SERVER_PORTS_BUSY).await;
         Phase::Closed
     }
+}
+
+/// The gates' envelope after a replay: what the backend accepted of it
+/// (`refused`: the index of the first of the `count` lines it refused).
+fn accepted(mut envelope: Envelope, refused: Option<usize>, count: usize) -> Envelope {
+    match refused {
+        Some(index) if index + 1 == count => envelope.recipients.clear(),
+        Some(_) => conversation::end_transaction(&mut envelope),
+        None => {}
+    }
+    envelope
 }

@@ -20,6 +20,16 @@ pub struct Line {
 }
 
 impl Line {
+    /// A line of `bytes` with its CRLF (or without a terminator): a stored
+    /// command line, read again.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let text = bytes.strip_suffix(b"\r\n").unwrap_or(bytes);
+        Self {
+            text: text.to_vec(),
+            bare_newline: false,
+        }
+    }
+
     /// The command verb, upper-cased (`EHLO`, `MAIL`, ...).
     pub fn verb(&self) -> String {
         let end = self
