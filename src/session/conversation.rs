@@ -382,6 +382,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         if answer.starts_with(b"2") {
             end_transaction(&mut talk.envelope);
             talk.envelope.sender = Some(sender);
+            talk.envelope.transaction = next_transaction();
         }
         Next::Go
     }

@@ -260,7 +260,13 @@ impl<S: ClientIo> Session<Channel<S>> {
                 return Err(Phase::Closed);
             }
             Some(rejection) => engine.refuse(line, rejection.enforce_reply()),
-            None => engine.command(line),
+            None => {
+                let step = engine.command(line);
+                if step.reply == reply::MAIL_OK {
+                    run.transaction = next_transaction();
+                }
+                step
+            }
         })
     }
 
@@ -315,6 +321,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         envelope.score = run.score;
         envelope.names = run.names.clone();
         envelope.encryption = self.stream.tls().as_ref().map(Into::into);
+        envelope.transaction = run.transaction;
         envelope
     }
 

@@ -133,6 +133,16 @@ struct EngineRun {
     /// Whether the engine gates judge the client's commands (not for one a
     /// connect gate permitted, which skips every further test).
     judged: Judged,
+    /// The transaction the client's accepted MAIL opened (see
+    /// [`next_transaction`]).
+    transaction: u64,
+}
+
+/// A number for a new message transaction, unique in the process: what
+/// the gates see as `Envelope::transaction` from one accepted MAIL on.
+fn next_transaction() -> u64 {
+    static TRANSACTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    TRANSACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The passes so far, waiting for the deep tests.

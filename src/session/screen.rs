@@ -277,6 +277,7 @@ impl Session {
                     score: screening.score(),
                     names,
                     judged: Judged::ByGates,
+                    transaction: 0,
                 }))
             }
             // A doubtful client (or every client, for a gate that asks)
@@ -297,6 +298,7 @@ impl Session {
                     score: screening.score(),
                     names,
                     judged: Judged::ByGates,
+                    transaction: 0,
                 }))
             }
             Decision::HandOff { pass } => {
@@ -453,5 +455,6 @@ fn untested_in_engine(client: Client, config: &crate::config::Config, judged: Ju
         score: None,
         names: ClientNames::default(),
         judged,
+        transaction: 0,
     }))
 }

@@ -55,6 +55,7 @@ async fn the_engine_phase_runs_over_any_stream() {
         pass: None,
         score: Some(2),
         judged: Judged::ByGates,
+        transaction: 0,
         names: ClientNames::default(),
     };
     let engine = tokio::spawn(async move { matches!(session.engine(run).await, Phase::Closed) });

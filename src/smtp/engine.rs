@@ -316,6 +316,7 @@ impl Engine {
             score: None,
             names: ClientNames::default(),
             encryption: None,
+            transaction: 0,
         }
     }
 

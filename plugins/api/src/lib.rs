@@ -260,6 +260,10 @@ pub struct Envelope {
     pub names: ClientNames,
     /// The TLS session the dialogue runs in, if the client started one.
     pub encryption: Option<Encryption>,
+    /// Which message transaction this is: a number unique in the process,
+    /// the same for every command from one accepted MAIL to the end of its
+    /// message or RSET (Postfix's policy `instance`); 0 before any MAIL.
+    pub transaction: u64,
 }
 
 /// A client's TLS session, in the words of Postfix's policy protocol.
