@@ -87,8 +87,8 @@ pub async fn serve(
     }
 }
 
-/// Whether a control request may change anything: from a trusted network,
-/// or with the configured bearer token.
+/// Whether a control request may change anything, or read users'
+/// addresses: from a trusted network, or with the configured bearer token.
 fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &ConfigState) -> bool {
     let admin = &shared.config.admin;
     let ip = peer.ip().to_canonical();
@@ -103,7 +103,14 @@ fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &ConfigStat
         .get("authorization")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| given.trim() == token)
+        .is_some_and(|given| {
+            // In constant time, so the time a refusal takes tells nothing
+            // of how much of the token was right.
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                given.trim().as_bytes(),
+                token.as_bytes(),
+            ))
+        })
 }
 
 async fn respond(
@@ -114,7 +121,9 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     let shared = current.load_full();
     let path = request.uri().path();
-    if request.method() == Method::POST && !authorised(&request, peer, &shared) {
+    // Changes, and users' addresses (personal data), need authorisation.
+    let private = request.method() == Method::POST || path.starts_with("/users");
+    if private && !authorised(&request, peer, &shared) {
         log::admin_refused(peer, request.method().as_str(), path);
         return reply(
             StatusCode::UNAUTHORIZED,

@@ -12,7 +12,7 @@
 //!   with xxHash64, whose output is fixed by its specification, so every
 //!   instance of a fleet ranks a user's backends alike.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
 
 use crate::config::Balance;
@@ -89,21 +89,24 @@ pub fn order(
 /// The weighted rendezvous score of a backend for a client or user:
 /// `-weight / ln(u)` with `u` a hash of both in (0, 1).
 fn rendezvous(affinity: Affinity<'_>, key: &str, weight: u32) -> f64 {
-    let hash = match affinity {
+    // xxHash64 for both, so every build and every instance of a fleet
+    // ranks alike (std's hasher may change between Rust releases).
+    let octets;
+    let subject: &[u8] = match affinity {
         Affinity::Client(client) => {
-            let mut hasher = DefaultHasher::new();
-            client.to_canonical().hash(&mut hasher);
-            key.hash(&mut hasher);
-            hasher.finish()
+            octets = match client.to_canonical() {
+                std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+                std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+            };
+            &octets
         }
-        Affinity::User(user) => {
-            let mut hasher = twox_hash::XxHash64::with_seed(0);
-            hasher.write(user.as_bytes());
-            hasher.write(&[0]);
-            hasher.write(key.as_bytes());
-            hasher.finish()
-        }
+        Affinity::User(user) => user.as_bytes(),
     };
+    let mut hasher = twox_hash::XxHash64::with_seed(0);
+    hasher.write(subject);
+    hasher.write(&[0]);
+    hasher.write(key.as_bytes());
+    let hash = hasher.finish();
     let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -f64::from(weight) / unit.ln()
 }
@@ -127,6 +130,18 @@ mod tests {
 
     fn ip(n: u32) -> IpAddr {
         IpAddr::from((0xc000_0200u32 + n).to_be_bytes())
+    }
+
+    #[test]
+    fn source_hashing_is_the_same_in_every_build() {
+        // xxHash64 of the octets: a value pinned here, so a change of
+        // hasher (std's DefaultHasher may change between Rust releases)
+        // cannot silently move every client of a fleet.
+        let client = Affinity::Client("192.0.2.7".parse().expect("ip"));
+        let score = rendezvous(client, "127.0.0.1:2525", 1);
+        assert_eq!(format!("{score:.6}"), "2.442197");
+        let mapped = Affinity::Client("::ffff:192.0.2.7".parse().expect("ip"));
+        assert_eq!(rendezvous(mapped, "127.0.0.1:2525", 1), score);
     }
 
     #[test]

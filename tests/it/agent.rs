@@ -107,6 +107,18 @@ fn haproxy_follows_doormans_agent() {
 /// A control request from `source`, with an optional token; the status
 /// line.
 fn post(admin: u16, source: Ipv4Addr, path: &str, token: Option<&str>) -> String {
+    admin_request("POST", admin, source, path, token)
+}
+
+/// An admin request (`method`, `path`) from `source`, with an optional
+/// token; the status line.
+fn admin_request(
+    method: &str,
+    admin: u16,
+    source: Ipv4Addr,
+    path: &str,
+    token: Option<&str>,
+) -> String {
     let mut stream = connect_from(source, format!("127.0.0.1:{admin}").parse().unwrap());
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -114,7 +126,7 @@ fn post(admin: u16, source: Ipv4Addr, path: &str, token: Option<&str>) -> String
     stream
         .write_all(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: doorman\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: doorman\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
             )
             .as_bytes(),
         )
@@ -141,6 +153,16 @@ fn control_requests_need_a_trusted_network_or_the_token() {
     doorman.log.wait_for(
         "warning: admin: refused POST /drain from [127.0.0.9]:",
         Duration::from_secs(5),
+    );
+    // Users' addresses are read only with the same authorisation.
+    let lookup = "/users?address=a@doorman.test";
+    assert_eq!(
+        admin_request("GET", admin, stranger, lookup, None),
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_ne!(
+        admin_request("GET", admin, stranger, lookup, Some("s3cret-token")),
+        "HTTP/1.1 401 Unauthorized"
     );
     let mut agent_line = String::new();
     TcpStream::connect(("127.0.0.1", agent))

@@ -23,9 +23,19 @@ struct Recorder {
 
 impl Recorder {
     fn start() -> Self {
+        Self::start_tcp(false)
+    }
+
+    /// A service that closes each connection after its first answer, as
+    /// many do.
+    fn start_closing() -> Self {
+        Self::start_tcp(true)
+    }
+
+    fn start_tcp(closing: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        Self::serving(address, move || {
+        Self::serving(address, closing, move || {
             let (stream, _) = listener.accept().ok()?;
             Some((stream.try_clone().ok()?, stream))
         })
@@ -34,15 +44,17 @@ impl Recorder {
     /// The same on a unix socket at `path`; its address is `unix:<path>`.
     fn start_unix(path: &std::path::Path) -> Self {
         let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-        Self::serving(format!("unix:{}", path.display()), move || {
+        Self::serving(format!("unix:{}", path.display()), false, move || {
             let (stream, _) = listener.accept().ok()?;
             Some((stream.try_clone().ok()?, stream))
         })
     }
 
-    /// Serves every connection `accept` gives (a reader and a writer).
+    /// Serves every connection `accept` gives (a reader and a writer),
+    /// closing each after its first answer when `closing`.
     fn serving<S: Read + Write + Send + 'static>(
         address: String,
+        closing: bool,
         mut accept: impl FnMut() -> Option<(S, S)> + Send + 'static,
     ) -> Self {
         let requests = Arc::new(Mutex::new(VecDeque::new()));
@@ -50,7 +62,7 @@ impl Recorder {
         thread::spawn(move || {
             while let Some((reader, writer)) = accept() {
                 let recorded = Arc::clone(&recorded);
-                thread::spawn(move || serve(reader, writer, recorded));
+                thread::spawn(move || serve(reader, writer, recorded, closing));
             }
         });
         Self { address, requests }
@@ -59,9 +71,24 @@ impl Recorder {
     fn request(&self, n: usize) -> String {
         self.requests.lock().unwrap()[n].clone()
     }
+
+    /// The `instance` attribute of request `n`.
+    fn instance(&self, n: usize) -> String {
+        let request = self.request(n);
+        request
+            .lines()
+            .find_map(|l| l.strip_prefix("instance="))
+            .unwrap_or_else(|| panic!("no instance in {request}"))
+            .to_string()
+    }
 }
 
-fn serve(stream: impl Read, mut writer: impl Write, recorded: Arc<Mutex<VecDeque<String>>>) {
+fn serve(
+    stream: impl Read,
+    mut writer: impl Write,
+    recorded: Arc<Mutex<VecDeque<String>>>,
+    closing: bool,
+) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request = String::new();
@@ -114,6 +141,9 @@ fn serve(stream: impl Read, mut writer: impl Write, recorded: Arc<Mutex<VecDeque
             _ => "DUNNO",
         };
         let _ = writer.write_all(format!("action={action}\n\n").as_bytes());
+        if closing {
+            return;
+        }
     }
 }
 
@@ -197,7 +227,7 @@ fn every_action_and_failure_answers_as_postfix_would() {
             "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
 helo_name=client.test\nqueue_id=\nsender=s@client.test\nrecipient=reject@doorman.test\n\
 recipient_count=0\nclient_address=203.0.113.50\nclient_name=unknown\n\
-reverse_client_name=unknown\ninstance=mx.doorman.test.0\nsasl_method=\nsasl_username=\n\
+reverse_client_name=unknown\ninstance=mx.doorman.test.1\nsasl_method=\nsasl_username=\n\
 sasl_sender=\nsize=0\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n\
 ccert_pubkey_fingerprint=\nencryption_protocol=\nencryption_cipher=\nencryption_keysize=0\n\
 etrn_domain=\nstress=\nclient_port=40000\npolicy_context=\nserver_address=198.51.100.25\n\
@@ -418,4 +448,78 @@ fn a_client_in_tls_is_described_by_the_encryption_attributes() {
             "{request}"
         );
     }
+}
+
+#[test]
+fn a_service_that_closes_after_each_answer_costs_no_client_the_default_action() {
+    let recorder = Recorder::start_closing();
+    let backend = FakeBackend::start(true);
+    let doorman = start(&backend, &recorder.address, "all");
+    // The first session opens the connection; the later ones take the
+    // kept one, find it closed, and try again on a new one (try_limit 2).
+    for n in 0..3 {
+        let mut client = connect_as(&doorman, "203.0.113.55");
+        assert_eq!(read_line(&mut client), BANNER, "session {n}");
+        helo_and_mail(&mut client, "s@client.test");
+        assert_eq!(
+            rcpt(&mut client, "dunno"),
+            "250 2.0.0 ok\r\n",
+            "session {n}"
+        );
+        say(&mut client, "QUIT\r\n");
+        let mut rest = String::new();
+        let _ = client.read_to_string(&mut rest);
+    }
+    assert_eq!(recorder.requests.lock().unwrap().len(), 3);
+    let problems = doorman.log.matching("problem talking to server");
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn without_a_second_try_a_closed_connection_gets_the_default_action() {
+    let recorder = Recorder::start_closing();
+    let backend = FakeBackend::start(true);
+    let doorman = start_with(&backend, &recorder.address, "all", "try_limit = 1\n");
+    let mut client = connect_as(&doorman, "203.0.113.56");
+    assert_eq!(read_line(&mut client), BANNER);
+    helo_and_mail(&mut client, "s@client.test");
+    assert_eq!(rcpt(&mut client, "dunno"), "250 2.0.0 ok\r\n");
+    // The service closed the kept connection after its answer.
+    assert_eq!(
+        rcpt(&mut client, "again"),
+        refused("451 4.3.5", "again", "Server configuration problem")
+    );
+    doorman.log.wait_for(
+        &format!("warning: problem talking to server {}: ", recorder.address),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn every_rcpt_of_a_transaction_has_its_instance() {
+    let recorder = Recorder::start();
+    let backend = FakeBackend::start(true);
+    let doorman = start(&backend, &recorder.address, "all");
+    let mut client = connect_as(&doorman, "203.0.113.57");
+    assert_eq!(read_line(&mut client), BANNER);
+    helo_and_mail(&mut client, "s@client.test");
+    // In the engine, then after the replay, through the gated relay.
+    assert_eq!(
+        rcpt(&mut client, "reject"),
+        refused("554 5.7.1", "reject", "Access denied")
+    );
+    assert_eq!(rcpt(&mut client, "dunno"), "250 2.0.0 ok\r\n");
+    assert_eq!(rcpt(&mut client, "other"), "250 2.0.0 ok\r\n");
+    say(&mut client, "RSET\r\n");
+    assert!(read_line(&mut client).starts_with("250"));
+    say(&mut client, "MAIL FROM:<t@client.test>\r\n");
+    assert!(read_line(&mut client).starts_with("250"));
+    assert_eq!(rcpt(&mut client, "next"), "250 2.0.0 ok\r\n");
+    let first = recorder.instance(0);
+    assert!(first.starts_with("mx.doorman.test."), "{first}");
+    assert_eq!(recorder.instance(1), first);
+    assert_eq!(recorder.instance(2), first);
+    let second = recorder.instance(3);
+    assert!(second.starts_with("mx.doorman.test."), "{second}");
+    assert_ne!(second, first, "a new transaction, a new instance");
 }

@@ -6,10 +6,14 @@
 //! doubtful ones), the gate sends the attributes Postfix sends at RCPT that
 //! doorman knows (see [`request`]) over TCP or a unix socket, reads the
 //! `action=` reply, and acts as Postfix's access(5) does ([`protocol`]).
-//! Connections are kept and reused, each for at most `request_limit`
-//! requests. A service that fails (no connection, no reply within
-//! `timeout`, garbage, a reply over 4 KiB, a close mid-reply) gets one
-//! warning line, and `default_action` answers.
+//! Connections are kept and reused, as Postfix's smtpd keeps them: each
+//! for at most `request_limit` requests, `max_idle` between two requests
+//! and `max_ttl` in all. A connection that fails before the first byte of
+//! a reply (the service closed it, as many do after each answer) is tried
+//! again on a new one, up to `try_limit` attempts in all. A service that
+//! fails (no connection, no reply within `timeout`, garbage, a reply over
+//! 4 KiB, a close mid-reply) gets one warning line, and `default_action`
+//! answers.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,9 +22,8 @@ pub mod protocol;
 pub mod request;
 pub mod section;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use doorman_gate_api::{
     smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection, Reply, Stage,
@@ -83,6 +86,13 @@ pub struct Settings {
     pub default_action: String,
     /// Requests per connection before a new one; 0: no limit.
     pub request_limit: u32,
+    /// Attempts per request (at least 1): a connection that fails before
+    /// the first byte of a reply is replaced by a new one until then.
+    pub try_limit: u32,
+    /// How long a kept connection may stay unused and still be reused.
+    pub max_idle: Duration,
+    /// How long after it was opened a connection may still be reused.
+    pub max_ttl: Duration,
     /// The name doorman gives itself in `instance` values.
     pub hostname: String,
 }
@@ -90,10 +100,36 @@ pub struct Settings {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// A kept connection and how many requests it carried.
+/// A kept connection, how many requests it carried, when it was opened
+/// and when it was last used.
 struct Connection {
     stream: Box<dyn Stream>,
     requests: u32,
+    opened: Instant,
+    used: Instant,
+}
+
+impl Connection {
+    /// Whether it may carry another request at `now`.
+    fn reusable(&self, settings: &Settings, now: Instant) -> bool {
+        now.saturating_duration_since(self.used) <= settings.max_idle
+            && now.saturating_duration_since(self.opened) <= settings.max_ttl
+    }
+}
+
+/// Why one attempt at a request failed.
+enum Failure {
+    /// Before the first byte of a reply (no connection, a write error, a
+    /// close or read error before any reply byte).
+    BeforeReply {
+        /// What happened.
+        error: String,
+        /// Whether a connection was open: a new one may do better.
+        connected: bool,
+    },
+    /// After the reply began (garbage, a reply too long, a close
+    /// mid-reply): never tried again.
+    InReply(String),
 }
 
 /// The most idle connections kept.
@@ -103,7 +139,6 @@ const MAX_IDLE: usize = 16;
 pub struct PolicyGate {
     settings: Settings,
     idle: Mutex<Vec<Connection>>,
-    instances: AtomicU64,
     events: EventCounter,
 }
 
@@ -114,7 +149,6 @@ impl PolicyGate {
         Self {
             settings,
             idle: Mutex::new(Vec::new()),
-            instances: AtomicU64::new(0),
             events,
         }
     }
@@ -126,41 +160,101 @@ impl PolicyGate {
         }
     }
 
-    /// Sends `request` and returns the `action=` value.
+    /// Sends `request` and returns the `action=` value, trying again on a
+    /// new connection when one fails before the first reply byte, as
+    /// Postfix's `smtpd_policy_service_try_limit` does.
     async fn ask(&self, request: &str) -> Result<String, String> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut connection = match pooled {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.attempt(request).await {
+                Ok(action) => return Ok(action),
+                Err(Failure::InReply(error)) => return Err(error),
+                Err(Failure::BeforeReply { error, connected }) => {
+                    if !connected {
+                        return Err(error);
+                    }
+                    error
+                }
+            };
+            if attempts >= self.settings.try_limit {
+                return Err(error);
+            }
+            tracing::debug!(
+                "policy {}: {error}, trying a new connection",
+                self.settings.address
+            );
+        }
+    }
+
+    /// A kept connection still fit for use, dropping the stale ones.
+    fn pooled(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(connection) = idle.pop() {
+            if connection.reusable(&self.settings, now) {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    /// One attempt at `request`: on a kept connection, else a new one.
+    async fn attempt(&self, request: &str) -> Result<String, Failure> {
+        let mut connection = match self.pooled() {
             Some(connection) => connection,
-            None => Connection {
-                stream: self.connect().await?,
-                requests: 0,
-            },
+            None => {
+                let stream = self.connect().await.map_err(|error| Failure::BeforeReply {
+                    error,
+                    connected: false,
+                })?;
+                let now = Instant::now();
+                Connection {
+                    stream,
+                    requests: 0,
+                    opened: now,
+                    used: now,
+                }
+            }
+        };
+        let before_reply = |error: String| Failure::BeforeReply {
+            error,
+            connected: true,
         };
         connection
             .stream
             .write_all(request.as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| before_reply(e.to_string()))?;
         let mut buffer = Vec::with_capacity(256);
         let action = loop {
             match parse_reply(&buffer) {
                 Ok(Some(action)) => break action,
                 Ok(None) => {}
-                Err(protocol::ReplyError::TooLong) => return Err("reply too long".into()),
-                Err(protocol::ReplyError::NoAction) => return Err("reply without action=".into()),
+                Err(protocol::ReplyError::TooLong) => {
+                    return Err(Failure::InReply("reply too long".into()))
+                }
+                Err(protocol::ReplyError::NoAction) => {
+                    return Err(Failure::InReply("reply without action=".into()))
+                }
             }
             let mut chunk = [0u8; 1024];
-            let read = connection
-                .stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| e.to_string())?;
+            let read = match connection.stream.read(&mut chunk).await {
+                Ok(read) => read,
+                Err(e) if buffer.is_empty() => return Err(before_reply(e.to_string())),
+                Err(e) => return Err(Failure::InReply(e.to_string())),
+            };
             if read == 0 {
-                return Err("connection closed mid-reply".into());
+                return Err(if buffer.is_empty() {
+                    before_reply("connection closed before a reply".into())
+                } else {
+                    Failure::InReply("connection closed mid-reply".into())
+                });
             }
             buffer.extend_from_slice(&chunk[..read]);
         };
         connection.requests += 1;
+        connection.used = Instant::now();
         let limit = self.settings.request_limit;
         if limit == 0 || connection.requests < limit {
             if let Ok(mut idle) = self.idle.lock() {
@@ -253,10 +347,11 @@ impl Gate for PolicyGate {
             if command.stage != Stage::Rcpt || !self.in_scope(command.envelope.score) {
                 return Verdict::Dunno;
             }
+            // One value for every RCPT of a message transaction, as
+            // Postfix's smtpd gives.
             let instance = format!(
                 "{}.{:x}",
-                self.settings.hostname,
-                self.instances.fetch_add(1, Ordering::Relaxed)
+                self.settings.hostname, command.envelope.transaction
             );
             let request = request::rcpt(client, &command, &instance);
             let action = match timeout(self.settings.timeout, self.ask(&request)).await {
@@ -278,5 +373,40 @@ impl PolicyGate {
             self.settings.address
         );
         self.settings.default_action.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_connections_age_as_postfix_s() {
+        let settings = Settings {
+            address: Address::parse("127.0.0.1:10023"),
+            clients: Clients::All,
+            timeout: Duration::from_secs(10),
+            default_action: "DUNNO".into(),
+            request_limit: 0,
+            try_limit: 2,
+            max_idle: Duration::from_secs(300),
+            max_ttl: Duration::from_secs(1000),
+            hostname: "mx.doorman.test".into(),
+        };
+        let (stream, _other) = tokio::io::duplex(64);
+        let opened = Instant::now();
+        let mut connection = Connection {
+            stream: Box::new(stream),
+            requests: 1,
+            opened,
+            used: opened,
+        };
+        let at = |seconds| opened + Duration::from_secs(seconds);
+        assert!(connection.reusable(&settings, at(0)));
+        assert!(connection.reusable(&settings, at(300)));
+        assert!(!connection.reusable(&settings, at(301)), "idle too long");
+        connection.used = at(900);
+        assert!(connection.reusable(&settings, at(1000)));
+        assert!(!connection.reusable(&settings, at(1001)), "too old");
     }
 }

@@ -30,6 +30,19 @@ pub struct PolicySection {
     /// Requests per connection before a new one; 0: no limit.
     #[serde(default)]
     pub request_limit: u32,
+    /// Attempts per request, at least 1: a connection the service closed
+    /// (or that fails before the first reply byte) is replaced by a new
+    /// one until then (Postfix's `smtpd_policy_service_try_limit`).
+    #[serde(default = "default_try_limit")]
+    pub try_limit: u32,
+    /// How long a kept connection may be unused and still be reused
+    /// (Postfix's `smtpd_policy_service_max_idle`).
+    #[serde(with = "humantime_serde", default = "default_max_idle")]
+    pub max_idle: Duration,
+    /// How long after it was opened a connection may still be reused
+    /// (Postfix's `smtpd_policy_service_max_ttl`).
+    #[serde(with = "humantime_serde", default = "default_max_ttl")]
+    pub max_ttl: Duration,
 }
 
 /// Which clients the service sees, as the config names them.
@@ -46,6 +59,21 @@ pub enum ClientsName {
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
+
+fn default_try_limit() -> u32 {
+    2
+}
+
+fn default_max_idle() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(1000)
+}
+
+/// The bound of `max_idle` and `max_ttl`.
+const MAX_CONNECTION_TIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn default_action() -> String {
     "451 4.3.5 Server configuration problem".into()
@@ -78,7 +106,23 @@ impl GateSection for PolicySection {
                 "policy timeout must be above 0",
             ));
         }
-        SectionError::within("timeout", self.timeout, Duration::from_secs(5 * 60))
+        SectionError::within("timeout", self.timeout, Duration::from_secs(5 * 60))?;
+        if self.try_limit == 0 {
+            return Err(SectionError::key(
+                "try_limit",
+                "policy try_limit must be at least 1 (1: no second attempt)",
+            ));
+        }
+        for (key, value) in [("max_idle", self.max_idle), ("max_ttl", self.max_ttl)] {
+            if value.is_zero() {
+                return Err(SectionError::key(
+                    key,
+                    format!("policy {key} must be above 0"),
+                ));
+            }
+            SectionError::within(key, value, MAX_CONNECTION_TIME)?;
+        }
+        Ok(())
     }
 
     fn build(
@@ -98,11 +142,97 @@ impl GateSection for PolicySection {
             timeout: self.timeout,
             default_action: self.default_action.clone(),
             request_limit: self.request_limit,
+            try_limit: self.try_limit,
+            max_idle: self.max_idle,
+            max_ttl: self.max_ttl,
             hostname: shared.hostname.clone(),
         };
         Ok(Some(Arc::new(PolicyGate::new(
             settings,
             resources.events("policy"),
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use doorman_gate_api::ResolverSettings;
+    use serde::de::value::{Error, MapDeserializer};
+
+    /// The section from string keys (durations), with an address.
+    fn section(pairs: &[(&'static str, &'static str)]) -> Result<PolicySection, Error> {
+        let pairs = pairs.iter().copied();
+        let mut section = PolicySection::deserialize(MapDeserializer::<_, Error>::new(pairs))?;
+        section.address = Some("127.0.0.1:10023".into());
+        Ok(section)
+    }
+
+    fn context() -> SectionContext {
+        SectionContext {
+            hostname: "mx.doorman.test".into(),
+            base: ".".into(),
+            cache_size: 10,
+            resolver: ResolverSettings {
+                min_ttl: Duration::from_secs(60),
+                max_ttl: Duration::from_secs(3600),
+                timeout: Duration::from_secs(10),
+                nameservers: Vec::new(),
+            },
+            doubtful: 1,
+        }
+    }
+
+    fn error_key(pairs: &[(&'static str, &'static str)]) -> Option<String> {
+        match section(pairs).unwrap().check(&context()) {
+            Ok(()) => None,
+            Err(SectionError::Key { key, .. }) => Some(key),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_postfix_s() {
+        let mut section = section(&[]).unwrap();
+        assert_eq!(section.try_limit, 2);
+        assert_eq!(section.max_idle, Duration::from_secs(300));
+        assert_eq!(section.max_ttl, Duration::from_secs(1000));
+        assert_eq!(section.request_limit, 0);
+        assert_eq!(section.check(&context()), Ok(()));
+    }
+
+    #[test]
+    fn connection_keys_are_read_and_checked() {
+        let read = section(&[("max_idle", "10s"), ("max_ttl", "1h")]).unwrap();
+        assert_eq!(read.max_idle, Duration::from_secs(10));
+        assert_eq!(read.max_ttl, Duration::from_secs(3600));
+        assert!(section(&[("max_idle", "soon")]).is_err());
+        assert_eq!(
+            error_key(&[("max_idle", "0s")]).as_deref(),
+            Some("max_idle")
+        );
+        assert_eq!(error_key(&[("max_ttl", "0s")]).as_deref(), Some("max_ttl"));
+        assert_eq!(
+            error_key(&[("max_idle", "2d")]).as_deref(),
+            Some("max_idle")
+        );
+        assert_eq!(error_key(&[("max_ttl", "25h")]).as_deref(), Some("max_ttl"));
+        assert_eq!(error_key(&[("max_ttl", "24h")]), None);
+    }
+
+    #[test]
+    fn try_limit_is_at_least_one() {
+        let mut one = section(&[]).unwrap();
+        one.try_limit = 1;
+        assert_eq!(one.check(&context()), Ok(()));
+        let mut zero = section(&[]).unwrap();
+        zero.try_limit = 0;
+        match zero.check(&context()) {
+            Err(SectionError::Key { key, message }) => {
+                assert_eq!(key, "try_limit");
+                assert!(message.contains("at least 1"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
