@@ -380,6 +380,14 @@ pub fn command_limit(client: SocketAddr, limit: &str, after: &str) {
     );
 }
 
+/// A backend that announced STARTTLS no longer does at a health check;
+/// doorman keeps using it.
+pub fn backend_starttls_gone(backend: SocketAddr) {
+    warn!(
+        "warning: backend {backend} no longer announces STARTTLS; doorman still starts TLS with it"
+    );
+}
+
 /// A session that doorman ended itself, without a handoff.
 pub fn disconnect(client: SocketAddr) {
     info!("DISCONNECT {}", Endpoint(client));

@@ -194,6 +194,12 @@ pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
     }
     for backend in &config.backends {
         backend::BackendTlsClient::new(backend)?;
+        if backend.tls_ca_file.is_some() && !backend.tls_verify {
+            found.push(format!(
+                "backend {}: tls_ca_file is set but tls_verify is off: its certificate is not checked",
+                backend.address
+            ));
+        }
     }
     found.extend(config.starttls_warning());
     Ok(found)

@@ -566,6 +566,24 @@ fn check_warns_of_expiry_names_and_skipped_gates() {
         "{out:?}"
     );
 
+    // A backend CA file without tls_verify checks nothing: said so.
+    let ca = soon.0.clone();
+    let unverified = engine_config(
+        backend.address,
+        "",
+        &format!("tls_ca_file = \"{}\"", ca.display()),
+    );
+    std::fs::write(dir.path().join("doorman.toml"), &unverified).unwrap();
+    let out = check(dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "warning: backend {}: tls_ca_file is set but tls_verify is off: its certificate is not checked",
+            backend.address
+        )),
+        "{out:?}"
+    );
+
     // Without [tls], a config whose engine gates a STARTTLS client skips
     // says so, in check and at start-up.
     let plain = engine_config(backend.address, "", "");

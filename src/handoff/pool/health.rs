@@ -80,11 +80,20 @@ impl Pool {
 impl BackendState {
     /// Takes what a good check learned: the EHLO keywords, and whether
     /// they announce STARTTLS.
+    ///
+    /// STARTTLS is pinned: a backend once seen announcing it keeps getting
+    /// it (until `tls = "none"` says otherwise), so a probe that no longer
+    /// sees it (a man in the middle, one failed EHLO) logs a warning and
+    /// never sends a decrypted client's session on in clear text.
     fn learn(&self, keywords: Option<Vec<String>>) {
         let starttls = keywords
             .as_ref()
             .is_some_and(|keywords| announces(keywords, "STARTTLS"));
-        self.announces_starttls.store(starttls, Ordering::Relaxed);
+        if starttls {
+            self.announces_starttls.store(true, Ordering::Relaxed);
+        } else if self.announces_starttls.load(Ordering::Relaxed) && keywords.is_some() {
+            log::backend_starttls_gone(self.config.address);
+        }
         if let (Some(found), Ok(mut keywords)) = (keywords, self.keywords.lock()) {
             *keywords = Some(found);
         }
@@ -140,6 +149,32 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
 #[cfg(test)]
 mod tests {
     use super::common_keywords;
+    use crate::config::BackendConfig;
+    use crate::handoff::pool::BackendState;
+    use crate::tls::backend::BackendTlsClient;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_backend_once_seen_with_starttls_keeps_getting_it() {
+        let config: BackendConfig = toml::from_str("address = \"127.0.0.1:25\"").expect("config");
+        let backend = BackendState {
+            tls: BackendTlsClient::new(&config).expect("tls"),
+            config,
+            announces_starttls: AtomicBool::new(false),
+            keywords: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            streak: Mutex::new((0, 0)),
+            active: AtomicUsize::new(0),
+        };
+        assert!(!backend.takes_starttls());
+        backend.learn(Some(vec!["PIPELINING".into(), "STARTTLS".into()]));
+        assert!(backend.takes_starttls());
+        // A probe without it (a stripped EHLO), or without an EHLO at all.
+        backend.learn(Some(vec!["PIPELINING".into()]));
+        backend.learn(None);
+        assert!(backend.takes_starttls(), "pinned");
+    }
 
     #[test]
     fn a_cluster_is_promised_only_what_every_backend_offers() {
