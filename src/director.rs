@@ -131,21 +131,31 @@ impl Director {
 
     /// Applies `change` to `backend`, here and in the store; the new state.
     pub async fn change(&self, backend: SocketAddr, change: Change, grace: Duration) -> State {
-        let mut state = self.state(backend);
-        match change {
-            Change::Drain => state.drained = true,
-            Change::Undrain => {
-                state.drained = false;
-                // A weight of 0 is a drain too: undrained, the config's.
-                state.weight = state.weight.filter(|weight| *weight > 0);
+        // Read, changed and written under one lock: a sync landing in
+        // between cannot be lost, nor undo the change.
+        let (previous, state) = {
+            let Ok(mut states) = self.states.lock() else {
+                return self.state(backend);
+            };
+            let previous = states.get(&backend).copied();
+            let mut state = previous.unwrap_or_default();
+            match change {
+                Change::Drain => state.drained = true,
+                Change::Undrain => {
+                    state.drained = false;
+                    // A weight of 0 is a drain too: undrained, the config's.
+                    state.weight = state.weight.filter(|weight| *weight > 0);
+                }
+                Change::Weight(weight) => state.weight = Some(weight),
+                Change::Flush => {
+                    state.drained = true;
+                    state.flushes += 1;
+                }
             }
-            Change::Weight(weight) => state.weight = Some(weight),
-            Change::Flush => {
-                state.drained = true;
-                state.flushes += 1;
-            }
-        }
-        self.take(backend, state, grace, true);
+            states.insert(backend, state);
+            (previous, state)
+        };
+        self.taken(backend, previous, state, grace, true);
         let store = self.store.lock().ok().and_then(|store| store.clone());
         if let Some(store) = store {
             let _ = store.put(&key(backend), &state.encode(), KEEP).await;
@@ -188,6 +198,20 @@ impl Director {
             Ok(mut states) => states.insert(backend, state),
             Err(_) => return,
         };
+        self.taken(backend, previous, state, grace, asked_here);
+    }
+
+    /// What follows a backend's new state (`previous`: the one it
+    /// replaced): a flush counted here starts the grace period, and a
+    /// change is logged.
+    fn taken(
+        &self,
+        backend: SocketAddr,
+        previous: Option<State>,
+        state: State,
+        grace: Duration,
+        asked_here: bool,
+    ) {
         let known = previous.is_some() || asked_here;
         let previous = previous.unwrap_or_default();
         if known && state.flushes > previous.flushes {
