@@ -313,3 +313,24 @@ fn a_client_that_never_closes_is_let_go_after_its_backend_finished() {
     visit(&doorman, "203.0.113.3");
     drop(stays);
 }
+
+#[test]
+fn a_backend_that_serves_clients_is_not_probed() {
+    let a = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &pool_config(&[(a.address, "")], "check_interval = \"1s\""),
+        "127.0.0.1\n",
+    );
+    // Clients every 200 ms for 3 s: the backend is seen up without probes.
+    let probes = a.probes();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        visit(&doorman, "203.0.113.80");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.probes() <= probes + 1, "{} probes", a.probes() - probes);
+    // Idle, it is probed every interval again.
+    let probes = a.probes();
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(a.probes() >= probes + 2, "{} probes", a.probes() - probes);
+}

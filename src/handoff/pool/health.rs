@@ -136,6 +136,14 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
         tokio::time::sleep(interval).await;
         let Some(pool) = pool.upgrade() else { return };
         let backend = Arc::clone(&pool.backends[index]);
+        // Passive health, as HAProxy's `observe layer4`: a backend that
+        // greeted a client within the interval is up, and is spared a
+        // probe (and the probe's lines in its log).
+        let served = backend.served.lock().ok().and_then(|served| *served);
+        if served.is_some_and(|at| at.elapsed() < interval) {
+            pool.record(&backend, true);
+            continue;
+        }
         let result = probe(&backend.config, &pool.hostname).await;
         match &result {
             Ok(Some(found)) => backend.learn(Some(found.clone())),
@@ -163,6 +171,7 @@ mod tests {
             config,
             announces_starttls: AtomicBool::new(false),
             keywords: Mutex::new(None),
+            served: Mutex::new(None),
             healthy: AtomicBool::new(true),
             streak: Mutex::new((0, 0)),
             active: AtomicUsize::new(0),

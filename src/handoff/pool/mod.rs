@@ -53,6 +53,10 @@ pub struct BackendState {
     announces_starttls: AtomicBool,
     /// Its EHLO keywords at the last good check that read them.
     keywords: Mutex<Option<Vec<String>>>,
+    /// When a client's connection last reached its greeting (passive
+    /// health: a backend that served one within a check interval is not
+    /// probed).
+    served: Mutex<Option<std::time::Instant>>,
     healthy: AtomicBool,
     /// Consecutive (successes, failures) of checks.
     streak: Mutex<(u32, u32)>,
@@ -159,6 +163,7 @@ impl Pool {
                         config,
                         announces_starttls: AtomicBool::new(false),
                         keywords: Mutex::new(None),
+                        served: Mutex::new(None),
                         healthy: AtomicBool::new(true),
                         streak: Mutex::new((0, 0)),
                         active: AtomicUsize::new(0),
@@ -249,6 +254,9 @@ impl Pool {
             }
             match open(backend, client, &self.hostname, tls).await {
                 Ok((stream, greeting, pending)) => {
+                    if let Ok(mut served) = backend.served.lock() {
+                        *served = Some(std::time::Instant::now());
+                    }
                     if let Some(route) = &route {
                         self.users
                             .remember(
