@@ -110,6 +110,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     result: &'static str,
     version: &'static str,
@@ -172,6 +177,7 @@ pub struct Metrics {
     cache_lookups: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
+    backend_lost: Family<StageLabels, Counter>,
     room: RoomMetrics,
 }
 
@@ -237,6 +243,12 @@ impl Default for Metrics {
             "TLS handshakes, by result (ok, timeout, lost, refused; backend_failed for doorman's own to a backend) and version",
             handshakes.clone(),
         );
+        let backend_lost = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "doorman_backend_lost",
+            "Backends lost (closed, timed out, or not following) while a client waited, by stage (a command, or END-OF-MESSAGE)",
+            backend_lost.clone(),
+        );
         let room = RoomMetrics::register(&mut registry);
         Self {
             registry,
@@ -251,6 +263,7 @@ impl Default for Metrics {
             cache_lookups,
             reloads,
             handshakes,
+            backend_lost,
             room,
         }
     }
@@ -309,6 +322,33 @@ impl Metrics {
         self.reloads
             .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "refused" },
+            })
+            .inc();
+    }
+
+    /// Counts a backend lost while a client waited at `stage` (a verb
+    /// doorman knows, or `END-OF-MESSAGE`; anything else counts as
+    /// `other`, so a client cannot grow the label set).
+    pub fn backend_lost(&self, stage: &str) {
+        const STAGES: [&str; 13] = [
+            "EHLO",
+            "HELO",
+            "MAIL",
+            "RCPT",
+            "DATA",
+            "BDAT",
+            "AUTH",
+            "RSET",
+            "NOOP",
+            "QUIT",
+            "VRFY",
+            "ETRN",
+            "END-OF-MESSAGE",
+        ];
+        let stage = STAGES.iter().find(|known| **known == stage).copied();
+        self.backend_lost
+            .get_or_create(&StageLabels {
+                stage: stage.unwrap_or("other"),
             })
             .inc();
     }

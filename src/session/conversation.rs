@@ -354,6 +354,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         error: &io::Error,
     ) {
         log::backend_lost(talk.client.address, talk.backend.address, stage, error);
+        self.process.metrics.backend_lost(stage);
         let text = if stage == END_OF_MESSAGE {
             reply::QUEUE_WRITE_ERROR.to_string()
         } else {

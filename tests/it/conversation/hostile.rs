@@ -404,3 +404,88 @@ fn twenty_errors_end_the_session_as_smtpd_ends_it() {
         Duration::from_secs(5),
     );
 }
+
+/// A backend that greets and answers every line, but hangs up without a
+/// word at the end of a message.
+fn dies_at_end_of_message() -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                if read_v2_header(&mut reader).is_none() {
+                    return;
+                }
+                let _ = writer.write_all(b"220 backend.test ESMTP\r\n");
+                let mut in_data = false;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = match () {
+                        _ if in_data && line == ".\r\n" => return,
+                        _ if in_data => b"",
+                        _ if upper.starts_with("DATA") => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        _ if upper.starts_with("QUIT") => return,
+                        _ => b"250 2.0.0 ok\r\n",
+                    };
+                    let _ = writer.write_all(reply);
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_backend_lost_at_the_end_of_a_message_gets_postfixs_451() {
+    let doorman = engine_first(
+        dies_at_end_of_message(),
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let admin = parse_endpoint(
+        &doorman
+            .log
+            .wait_for("admin listening on", Duration::from_secs(5)),
+    );
+    let mut s = greet(&doorman, "203.0.113.51", false);
+    steps(
+        &mut *s,
+        &[
+            (
+                "MAIL FROM:<a@sender.test>\r\n",
+                "250 2.1.0 Ok\r\n".to_string(),
+            ),
+            (
+                "RCPT TO:<b@doorman.test>\r\n",
+                "250 2.0.0 ok\r\n".to_string(),
+            ),
+            ("DATA\r\n", "354 go ahead\r\n".to_string()),
+            (
+                "Subject: x\r\n\r\nhello\r\n.\r\n",
+                "451 4.3.0 Error: queue file write error\r\n".to_string(),
+            ),
+        ],
+    );
+    assert_eq!(reply(&mut *s), "", "closed after the 451");
+    doorman.log.wait_for(
+        "after END-OF-MESSAGE for [203.0.113.51]:40000",
+        Duration::from_secs(5),
+    );
+    let mut metrics = std::net::TcpStream::connect(admin).unwrap();
+    metrics
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut metrics, &mut text).unwrap();
+    assert!(
+        text.contains("doorman_backend_lost_total{stage=\"END-OF-MESSAGE\"} 1"),
+        "{text}"
+    );
+}
