@@ -269,3 +269,36 @@ fn tells_systemd_when_ready() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_keyed_zone_shows_no_key_in_the_metrics() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let sections = format!(
+        "[greet]\nbanner = \"\"\nwait = \"1s\"\n[cache]\nstore = \"memory\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+[dnsbl]\nsites = [\"secretkey123.zen.test\"]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n\
+[dnsbl.reply_map]\n\"secretkey123.zen.test\" = \"zen.test\"\n",
+        dns.address
+    );
+    let doorman = Doorman::start(
+        &config_with(backend.address, "v2", "", "5s", &sections),
+        "127.0.0.1\n",
+    );
+    let admin = parse_endpoint(
+        &doorman
+            .log
+            .wait_for("admin listening on", Duration::from_secs(5)),
+    );
+    let mut client = connect_as(&doorman, "203.0.113.70");
+    assert_eq!(read_line(&mut client), BACKEND);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (_, text) = get(admin, "/metrics");
+        if text.contains("doorman_dnsbl_lookups_total{") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("site=\"zen.test\""), "{text}");
+    assert!(!text.contains("secretkey123"), "{text}");
+}

@@ -52,12 +52,17 @@ impl GateSection for DnsblSection {
             return Ok(None);
         }
         let metrics = Arc::clone(&resources.metrics);
+        // Metric labels name a zone as replies do (`reply_map`): a keyed
+        // zone (Spamhaus DQS's `KEY.zen.dq.spamhaus.net`) must not show
+        // its key to whoever scrapes `/metrics`.
+        let names = self.reply_map.clone();
         let dnsbl = Dnsbl::with_store(
             Settings::new(self.parsed.clone(), shared),
             resources.answer_store.clone(),
         )?
         .observed(Arc::new(move |zone, took, failed| {
-            metrics.lookup(zone, took, failed)
+            let shown = names.get(zone).map_or(zone, String::as_str);
+            metrics.lookup(shown, took, failed)
         }));
         Ok(Some(Arc::new(DnsblGate::new(
             Arc::new(dnsbl),
