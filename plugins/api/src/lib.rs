@@ -21,7 +21,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+mod logline;
 pub mod section;
+
+pub use logline::{printable, smtpd_reject_line};
 
 pub use section::{
     AnswerStore, BuildError, GateMetrics, GateSection, ResolverSettings, Resources, SectionContext,
@@ -330,44 +333,6 @@ impl Envelope {
             "SMTP"
         }
     }
-}
-
-/// The line Postfix's smtpd logs for a refused RCPT, for gates that refuse
-/// as smtpd's restrictions do (`NOQUEUE: reject: RCPT from
-/// name[ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`, the
-/// name `unknown` unless verified),
-/// which fail2ban's and pflogsumm's smtpd rules read. `reply` has no CRLF;
-/// control characters of client text are escaped.
-pub fn smtpd_reject_line(
-    client: &Client,
-    reply: &str,
-    envelope: &Envelope,
-    recipient: &str,
-) -> String {
-    format!(
-        "NOQUEUE: reject: RCPT from {}[{}]: {reply}; from=<{}> to=<{}> proto={} helo=<{}>",
-        envelope.names.client_name(),
-        client.ip(),
-        printable(envelope.sender.as_deref().unwrap_or_default()),
-        printable(recipient),
-        envelope.proto(),
-        printable(envelope.helo.as_deref().unwrap_or_default())
-    )
-}
-
-/// `text` with control characters and non-ASCII bytes as `?`, cut at 256
-/// characters, for log lines.
-fn printable(text: &str) -> String {
-    text.chars()
-        .take(256)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }
 
 /// A small store of records with expiry that gates keep state in: the

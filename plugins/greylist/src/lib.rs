@@ -360,8 +360,10 @@ impl Gate for GreylistGate {
                         Decided::Passed { waited } => {
                             (self.events)("passed");
                             tracing::info!(
-                                "greylist: pass for {} after {waited}s: from=<{sender}> to=<{recipient}>",
-                                client.endpoint()
+                                "greylist: pass for {} after {waited}s: from=<{}> to=<{}>",
+                                client.endpoint(),
+                                doorman_gate_api::printable(sender),
+                                doorman_gate_api::printable(recipient)
                             );
                             Verdict::Dunno
                         }
