@@ -259,14 +259,16 @@ def pss_kib(pids):
 TLS_LOAD_CPU = []
 
 
-def tls_sessions(port, count, proxy=True):
+def tls_sessions(port, count, proxy=True, nagle=False):
     """S8: new clients, each connect, banner, EHLO, STARTTLS, a full TLS
     handshake, EHLO, QUIT (bench/loadgen); completed sessions per second.
-    Notes the load generator's own CPU in TLS_LOAD_CPU."""
+    `nagle`: the clients leave Nagle's algorithm on, as Postfix's smtp
+    client does. Notes the load generator's own CPU in TLS_LOAD_CPU."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     args = [LOADGEN, "screen", "--target", f"127.0.0.1:{port}", "--count", str(count), "--tls",
             "--concurrency", "50", "--first-octet", str(next(FRESH_OCTETS))]
     if not proxy: args.append("--no-proxy")
+    if nagle: args.append("--nagle")
     out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600).stdout.split()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     TLS_LOAD_CPU.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (count / 1000))
@@ -611,6 +613,12 @@ def main():
             # them with the server's.
             results["S8 doorman TLS sessions/s ceiling"] = os.cpu_count() * 1000 / (
                 results["S8 load generator CPU s per 1000 TLS sessions"] + results["S8 doorman CPU s per 1000 TLS sessions"])
+            # The same with clients that leave Nagle's algorithm on, as
+            # Postfix's smtp client does.
+            interleaved("S8 Nagle", {"doorman TLS sessions/s": dm8_port,
+                                     "postscreen+tlsproxy TLS sessions/s": ps8_port,
+                                     "smtpd TLS sessions/s": sd8_port},
+                        lambda port: tls_sessions(port, tls_clients, nagle=True))
             results["S8 doorman bytes/idle TLS client"] = tls_memory(dm8_port, lambda: [dm8.pid], tls_idle)
             results["S8 postscreen+tlsproxy bytes/idle TLS client"] = tls_memory(ps8_port, lambda: tree_pids(ps8_master), tls_idle)
         # S2 next.
@@ -700,6 +708,7 @@ def main():
            f"{r[f'S7m {rate}/s doorman logging, other runtime CPU ms per connection']/max(r[f'S7m {rate}/s smtp-sink CPU ms per connection'],1e-9):.2f}x smtp-sink per banner",
            "(the other [runtime] model)") for rate in (2000, 5000)],
         ("S8 TLS sessions/s, new clients", r["S8 doorman TLS sessions/s"], f"{r['S8 doorman TLS sessions/s']/r['S8 postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy, {r['S8 doorman TLS sessions/s']/r['S8 smtpd TLS sessions/s']:.2f}x smtpd", ">= 2x postscreen+tlsproxy"),
+        ("S8 same, Nagle-on clients", r["S8 Nagle doorman TLS sessions/s"], f"{r['S8 Nagle doorman TLS sessions/s']/r['S8 Nagle postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy, {r['S8 Nagle doorman TLS sessions/s']/r['S8 Nagle smtpd TLS sessions/s']:.2f}x smtpd", ">= 2x postscreen+tlsproxy"),
         ("S8 ceiling, cores / CPU", r["S8 doorman TLS sessions/s ceiling"], f"{r['S8 doorman TLS sessions/s ceiling']/r['S8 postscreen+tlsproxy TLS sessions/s']:.2f}x postscreen+tlsproxy: {os.cpu_count()} cores / (doorman + load generator, {r['S8 load generator CPU s per 1000 TLS sessions']:.2f} s)", "(anchor)"),
         ("S8 CPU s / 1000 TLS sessions", r["S8 doorman CPU s per 1000 TLS sessions"], f"{r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 postscreen+tlsproxy CPU s per 1000 TLS sessions'],1e-9):.2f}x postscreen+tlsproxy, {r['S8 doorman CPU s per 1000 TLS sessions']/max(r['S8 smtpd CPU s per 1000 TLS sessions'],1e-9):.2f}x smtpd", "<= 0.5x postscreen+tlsproxy"),
         ("S8 bytes/idle TLS client", r["S8 doorman bytes/idle TLS client"], f"{r['S8 doorman bytes/idle TLS client']/max(r['S8 postscreen+tlsproxy bytes/idle TLS client'],1):.2f}x postscreen+tlsproxy", "<= 0.5x postscreen+tlsproxy"),

@@ -143,10 +143,15 @@ impl ServerTls {
         .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver::new(certificates)));
-        // A mail server's sessions are one-off: no tickets or session
-        // cache to hold for clients that rarely resume.
+        // No session cache to hold (a mail server's sessions are mostly
+        // one-off), but stateless TLS 1.3 tickets, sent as soon as the
+        // client's Finished is read, as OpenSSL's servers send theirs:
+        // that write is what lets a client that leaves Nagle's algorithm on
+        // (Postfix's smtp client) send its EHLO without waiting for a
+        // delayed ACK, and it gives resumption to clients that use it.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        config.send_tls13_tickets = 1;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             timeout: section.handshake_timeout,

@@ -66,6 +66,10 @@ enum Command {
         /// Send no PROXY header.
         #[arg(long)]
         no_proxy: bool,
+        /// Leave Nagle's algorithm on, as Postfix's smtp client does (the
+        /// default sets TCP_NODELAY).
+        #[arg(long)]
+        nagle: bool,
         /// With --tls: a message of this many bytes inside TLS (S5 with
         /// TLS), accepted with a 250, before the QUIT.
         #[arg(long, default_value_t = 0)]
@@ -138,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             tls,
             hold,
             no_proxy,
+            nagle,
             message,
         } => {
             let started = Instant::now();
@@ -145,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 tls: tls.then(tls::connector),
                 hold: Duration::from_secs(hold),
                 proxy: !no_proxy,
+                nagle,
                 message,
             };
             let served = runtime.block_on(screen(
@@ -199,6 +205,8 @@ struct Dialogue {
     hold: Duration,
     /// Whether a PROXY header goes first.
     proxy: bool,
+    /// Whether Nagle's algorithm stays on (no TCP_NODELAY).
+    nagle: bool,
     /// The size of a message to send inside TLS (0: none).
     message: usize,
 }
@@ -254,8 +262,9 @@ async fn one_client(
     let mut stream = socket.connect(target).await?;
     // A TLS dialogue writes several small records in a row (the client
     // Finished, then EHLO): with Nagle on, the second waits for the
-    // server's delayed ACK, 40 ms a session.
-    stream.set_nodelay(true)?;
+    // server's ACK unless the server writes first. `--nagle` keeps it on,
+    // as Postfix's smtp client does, to show which servers wait.
+    stream.set_nodelay(!dialogue.nagle)?;
     if dialogue.proxy {
         let header = format!("PROXY TCP4 {client} 127.0.0.1 {} 25\r\n", 1024 + n % 60000);
         stream.write_all(header.as_bytes()).await?;
