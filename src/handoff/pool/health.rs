@@ -159,23 +159,11 @@ mod tests {
     use super::common_keywords;
     use crate::config::BackendConfig;
     use crate::handoff::pool::BackendState;
-    use crate::tls::backend::BackendTlsClient;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Mutex;
 
     #[test]
     fn a_backend_once_seen_with_starttls_keeps_getting_it() {
         let config: BackendConfig = toml::from_str("address = \"127.0.0.1:25\"").expect("config");
-        let backend = BackendState {
-            tls: BackendTlsClient::new(&config).expect("tls"),
-            config,
-            announces_starttls: AtomicBool::new(false),
-            keywords: Mutex::new(None),
-            served: Mutex::new(None),
-            healthy: AtomicBool::new(true),
-            streak: Mutex::new((0, 0)),
-            active: AtomicUsize::new(0),
-        };
+        let backend = BackendState::new(config).expect("backend");
         assert!(!backend.takes_starttls());
         backend.learn(Some(vec!["PIPELINING".into(), "STARTTLS".into()]));
         assert!(backend.takes_starttls());

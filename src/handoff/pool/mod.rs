@@ -157,18 +157,7 @@ impl Pool {
         Ok(Self {
             backends: backends
                 .into_iter()
-                .map(|config| {
-                    Ok(Arc::new(BackendState {
-                        tls: BackendTlsClient::new(&config)?,
-                        config,
-                        announces_starttls: AtomicBool::new(false),
-                        keywords: Mutex::new(None),
-                        served: Mutex::new(None),
-                        healthy: AtomicBool::new(true),
-                        streak: Mutex::new((0, 0)),
-                        active: AtomicUsize::new(0),
-                    }))
-                })
+                .map(|config| BackendState::new(config).map(Arc::new))
                 .collect::<Result<_, TlsError>>()?,
             settings,
             hostname: hostname.to_string(),
@@ -422,6 +411,21 @@ impl Pool {
 }
 
 impl BackendState {
+    /// A backend from its config, counted healthy until its first check.
+    /// Fails when its TLS settings (its CA file) cannot be used.
+    fn new(config: BackendConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            tls: BackendTlsClient::new(&config)?,
+            config,
+            announces_starttls: AtomicBool::new(false),
+            keywords: Mutex::new(None),
+            served: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            streak: Mutex::new((0, 0)),
+            active: AtomicUsize::new(0),
+        })
+    }
+
     /// Whether a client whose TLS doorman terminated reaches this backend
     /// over STARTTLS: as configured, else when its EHLO announces it.
     fn takes_starttls(&self) -> bool {

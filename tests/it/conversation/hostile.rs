@@ -26,7 +26,23 @@ fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_repl
         Duration::from_secs(5),
     );
     // After the replay.
-    let mut s = greet(&doorman, "203.0.113.42", false);
+    let mut s = replayed(&doorman, "203.0.113.42");
+    let (answer, took) = drip(&mut *s);
+    assert_eq!(
+        answer,
+        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    doorman.log.wait_for(
+        "COMMAND TIME LIMIT from [203.0.113.42]:40000 after RCPT",
+        Duration::from_secs(5),
+    );
+}
+
+/// A client of a doorman with a fake backend (see [`engine_first`]), past
+/// its MAIL and its replayed RCPT.
+fn replayed(doorman: &Doorman, client: &str) -> Box<dyn Wire> {
+    let mut s = greet(doorman, client, false);
     steps(
         &mut *s,
         &[
@@ -40,16 +56,7 @@ fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_repl
             ),
         ],
     );
-    let (answer, took) = drip(&mut *s);
-    assert_eq!(
-        answer,
-        "421 4.4.2 mx.doorman.test Error: timeout exceeded\r\n"
-    );
-    assert!(took < Duration::from_secs(4), "{took:?}");
-    doorman.log.wait_for(
-        "COMMAND TIME LIMIT from [203.0.113.42]:40000 after RCPT",
-        Duration::from_secs(5),
-    );
+    s
 }
 
 /// Drips a command a byte every 400 ms, for at most `cap`; the reply it got
@@ -258,21 +265,8 @@ fn hostile_lines_after_the_replay_get_clean_replies() {
     }
 
     // A body that never ends, then silence: cut at the command time.
-    let mut s = greet(&doorman, "203.0.113.44", false);
-    steps(
-        &mut *s,
-        &[
-            (
-                "MAIL FROM:<a@sender.test>\r\n",
-                "250 2.1.0 Ok\r\n".to_string(),
-            ),
-            (
-                "RCPT TO:<b@doorman.test>\r\n",
-                "250 2.0.0 ok\r\n".to_string(),
-            ),
-            ("DATA\r\n", "354 go ahead\r\n".to_string()),
-        ],
-    );
+    let mut s = replayed(&doorman, "203.0.113.44");
+    steps(&mut *s, &[("DATA\r\n", "354 go ahead\r\n".to_string())]);
     let started = Instant::now();
     assert_eq!(
         ask(&mut *s, "Subject: unfinished\r\n\r\nno end"),
@@ -347,21 +341,8 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n",
 fn a_late_proxy_header_after_the_replay_ends_the_session() {
     let backend = FakeBackend::start(true);
     let doorman = engine_first(backend.address, "");
-    let mut s = greet(&doorman, "203.0.113.46", false);
-    steps(
-        &mut *s,
-        &[
-            (
-                "MAIL FROM:<a@sender.test>\r\n",
-                "250 2.1.0 Ok\r\n".to_string(),
-            ),
-            (
-                "RCPT TO:<b@doorman.test>\r\n",
-                "250 2.0.0 ok\r\n".to_string(),
-            ),
-            ("NOOP\r\n", "250 2.0.0 ok\r\n".to_string()),
-        ],
-    );
+    let mut s = replayed(&doorman, "203.0.113.46");
+    steps(&mut *s, &[("NOOP\r\n", "250 2.0.0 ok\r\n".to_string())]);
     // Alone in its own write, after the buffer was empty.
     assert_eq!(
         ask(&mut *s, "PROXY TCP4 6.6.6.6 127.0.0.1 1 25\r\n"),
@@ -454,18 +435,10 @@ fn a_backend_lost_at_the_end_of_a_message_gets_postfixs_451() {
             .log
             .wait_for("admin listening on", Duration::from_secs(5)),
     );
-    let mut s = greet(&doorman, "203.0.113.51", false);
+    let mut s = replayed(&doorman, "203.0.113.51");
     steps(
         &mut *s,
         &[
-            (
-                "MAIL FROM:<a@sender.test>\r\n",
-                "250 2.1.0 Ok\r\n".to_string(),
-            ),
-            (
-                "RCPT TO:<b@doorman.test>\r\n",
-                "250 2.0.0 ok\r\n".to_string(),
-            ),
             ("DATA\r\n", "354 go ahead\r\n".to_string()),
             (
                 "Subject: x\r\n\r\nhello\r\n.\r\n",
