@@ -14,11 +14,7 @@ fn every_transaction_is_gated(tls: bool) {
     let Some(dns) = Rbldnsd::start() else { return };
     let Some(postfix) = postfix() else { return };
     let certs = tempfile::tempdir().unwrap();
-    let section = if tls {
-        tls_config(certs.path())
-    } else {
-        String::new()
-    };
+    let section = tls_config(certs.path(), tls);
     let doorman = greylisting(postfix.address(), dns.address, &section);
     let mut s = past_greylisting(&doorman, "203.0.113.22", tls);
     let s = &mut *s;

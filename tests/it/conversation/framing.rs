@@ -22,11 +22,7 @@ const SMUGGLING: [&str; 6] = [
 fn no_smuggling(tls: bool) {
     let Some(postfix) = postfix() else { return };
     let certs = tempfile::tempdir().unwrap();
-    let section = if tls {
-        tls_config(certs.path())
-    } else {
-        String::new()
-    };
+    let section = tls_config(certs.path(), tls);
     let doorman = engine_first(postfix.address(), &section);
     for (n, ending) in SMUGGLING.iter().enumerate() {
         let mut s = greet(&doorman, &format!("203.0.113.{}", 30 + n), tls);

@@ -49,8 +49,12 @@ pub(super) fn greylisted(recipient: &str) -> String {
     )
 }
 
-/// The `[tls]` section with a throwaway certificate made in `dir`.
-pub(super) fn tls_config(dir: &Path) -> String {
+/// With `tls`, the `[tls]` section with a throwaway certificate made in
+/// `dir`; else nothing.
+pub(super) fn tls_config(dir: &Path, tls: bool) -> String {
+    if !tls {
+        return String::new();
+    }
     let pair = certificate(dir, "mx", "mx.doorman.test", Key::Rsa, 2);
     tls_section(&[pair], "")
 }
