@@ -220,8 +220,9 @@ impl Config {
     }
 }
 
-/// `[greylist] threshold`, which the core reads too: the score at which a
-/// client is doubtful.
+/// The `threshold` of the gate the registry names as the one that says
+/// when a client is doubtful (see `Registry::doubtful`): every gate that
+/// acts on doubtful clients reads it through its `SectionContext`.
 #[derive(Deserialize)]
 struct Doubtful {
     #[serde(default = "default_doubtful")]
@@ -282,7 +283,7 @@ impl Config {
                 .find(|(known, _)| *known == name)
                 .map(|(_, table)| table.clone())
         };
-        let doubtful: Doubtful = document.read_table(table("greylist"))?;
+        let doubtful: Doubtful = document.read_table(registry.doubtful().and_then(table))?;
         let context = SectionContext {
             hostname: sections.hostname.clone(),
             base: base.to_path_buf(),

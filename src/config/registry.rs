@@ -73,6 +73,9 @@ fn read<S: GateSection>(
 #[derive(Clone)]
 pub struct Registry {
     entries: Vec<(&'static str, Reader)>,
+    /// The gate whose section's `threshold` says when a client is
+    /// doubtful, for every gate that acts on doubtful clients.
+    doubtful: Option<&'static str>,
 }
 
 impl fmt::Debug for Registry {
@@ -94,6 +97,7 @@ impl Registry {
     pub fn standard() -> Self {
         Self {
             entries: Vec::new(),
+            doubtful: Some("greylist"),
         }
         .with::<doorman_access::AccessSection>("access")
         .with::<doorman_dnsbl::DnsblSection>("dnsbl")
@@ -108,6 +112,12 @@ impl Registry {
     pub fn with<S: GateSection>(mut self, name: &'static str) -> Self {
         self.entries.push((name, read::<S>));
         self
+    }
+
+    /// The gate whose section's `threshold` says when a client is
+    /// doubtful (greylisting's, in the standard registry).
+    pub fn doubtful(&self) -> Option<&'static str> {
+        self.doubtful
     }
 
     /// Whether `name` is a gate (or one of the session's own tests).

@@ -363,7 +363,7 @@ impl Session {
                 }
                 if matches!(judgement, Judgement::Allowlisted { .. }) && !screening.failed() {
                     let ttl = scores.iter().filter_map(|(_, score)| score.ttl).min();
-                    screening.allowlist(ttl.unwrap_or(self.shared.config.dnsbl.min_ttl));
+                    screening.allowlist(ttl.unwrap_or(self.shared.config.shortest_ttl()));
                 }
             }
         }
