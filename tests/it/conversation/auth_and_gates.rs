@@ -189,7 +189,7 @@ fn every_transaction_after_a_replay_meets_the_gates_inside_tls() {
 
 /// A backend that announces AUTH, accepts `AUTH PLAIN good` and the LOGIN
 /// exchange, and refuses anything else.
-fn auth_backend() -> SocketAddr {
+pub(super) fn auth_backend() -> SocketAddr {
     scripted_backend(
         |_| Some(b"220 backend.test ESMTP\r\n"),
         |line| match line.trim_end() {

@@ -26,7 +26,7 @@ fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_repl
         Duration::from_secs(5),
     );
     // After the replay.
-    let mut s = replayed(&doorman, "203.0.113.42");
+    let mut s = replayed(&doorman, "203.0.113.42", false);
     let (answer, took) = drip(&mut *s);
     assert_eq!(
         answer,
@@ -40,9 +40,9 @@ fn a_dripped_command_is_cut_at_the_command_time_in_the_engine_and_after_the_repl
 }
 
 /// A client of a doorman with a fake backend (see [`engine_first`]), past
-/// its MAIL and its replayed RCPT.
-fn replayed(doorman: &Doorman, client: &str) -> Box<dyn Wire> {
-    let mut s = greet(doorman, client, false);
+/// its MAIL and its replayed RCPT (inside TLS with `tls`).
+pub(super) fn replayed(doorman: &Doorman, client: &str, tls: bool) -> Box<dyn Wire> {
+    let mut s = greet(doorman, client, tls);
     steps(
         &mut *s,
         &[
@@ -61,7 +61,7 @@ fn replayed(doorman: &Doorman, client: &str) -> Box<dyn Wire> {
 
 /// Drips a command a byte every 400 ms, for at most `cap`; the reply it got
 /// and how long that took.
-fn drip(s: &mut dyn Wire, cap: Duration) -> (String, Duration) {
+pub(super) fn drip(s: &mut dyn Wire, cap: Duration) -> (String, Duration) {
     let started = Instant::now();
     for byte in b"NOOP and some more words to drip, and more, and more\r\n"
         .iter()
@@ -265,7 +265,7 @@ fn hostile_lines_after_the_replay_get_clean_replies() {
     }
 
     // A body that never ends, then silence: cut at the command time.
-    let mut s = replayed(&doorman, "203.0.113.44");
+    let mut s = replayed(&doorman, "203.0.113.44", false);
     steps(&mut *s, &[("DATA\r\n", "354 go ahead\r\n".to_string())]);
     let started = Instant::now();
     assert_eq!(
@@ -341,7 +341,7 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n",
 fn a_late_proxy_header_after_the_replay_ends_the_session() {
     let backend = FakeBackend::start(true);
     let doorman = engine_first(backend.address, "");
-    let mut s = replayed(&doorman, "203.0.113.46");
+    let mut s = replayed(&doorman, "203.0.113.46", false);
     steps(&mut *s, &[("NOOP\r\n", "250 2.0.0 ok\r\n".to_string())]);
     // Alone in its own write, after the buffer was empty.
     assert_eq!(
@@ -356,7 +356,7 @@ fn a_late_proxy_header_after_the_replay_ends_the_session() {
 fn twenty_errors_end_the_session_as_smtpd_ends_it() {
     let backend = FakeBackend::start(true);
     let doorman = engine_first(backend.address, "");
-    let mut s = replayed(&doorman, "203.0.113.50");
+    let mut s = replayed(&doorman, "203.0.113.50", false);
     let s = &mut *s;
     s.write_all("RCPT TO:<>\r\n".repeat(25).as_bytes()).unwrap();
     for _ in 0..20 {
@@ -375,7 +375,7 @@ fn twenty_errors_end_the_session_as_smtpd_ends_it() {
 
 /// A backend that greets and answers every line, but hangs up without a
 /// word at the end of a message.
-fn dies_at_end_of_message() -> SocketAddr {
+pub(super) fn dies_at_end_of_message() -> SocketAddr {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -422,7 +422,7 @@ fn a_backend_lost_at_the_end_of_a_message_gets_postfixs_451() {
             .log
             .wait_for("admin listening on", Duration::from_secs(5)),
     );
-    let mut s = replayed(&doorman, "203.0.113.51");
+    let mut s = replayed(&doorman, "203.0.113.51", false);
     steps(
         &mut *s,
         &[

@@ -10,6 +10,7 @@
 mod auth_and_gates;
 mod framing;
 mod hostile;
+mod inside_tls;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
