@@ -27,7 +27,6 @@ use super::message::END_OF_MESSAGE;
 use super::*;
 use crate::config::{BareNewline, RecipientKey};
 use crate::smtp::address::{parse_path, PathError};
-use crate::smtp::line::Unrelayable;
 use crate::smtp::response::without_keywords;
 
 /// The most recipients of one transaction, as smtpd's
@@ -221,13 +220,10 @@ impl<S: ClientIo> Session<Channel<S>> {
         let config = Arc::clone(&self.shared.config);
         let (limit, text) = match incoming {
             Incoming::Line(line) => {
-                let refusal = match line.unrelayable() {
-                    Some(Unrelayable::ProxyHeader) | None => None,
-                    Some(Unrelayable::Utf8) => Some(reply::BAD_UTF8.to_string()),
-                    Some(Unrelayable::Empty | Unrelayable::Control) => {
-                        Some(reply::BAD_SYNTAX.to_string())
-                    }
-                };
+                let refusal = line
+                    .unrelayable()
+                    .and_then(reply::unrelayable)
+                    .map(str::to_string);
                 let refusal = refusal.or_else(|| {
                     (line.bare_newline && config.engine.bare_newline == BareNewline::Reject).then(
                         || {

@@ -4,7 +4,6 @@
 use super::command::Incoming;
 use super::*;
 use crate::smtp::engine::Transaction;
-use crate::smtp::line::Unrelayable;
 use crate::smtp::response::keyword_name;
 
 impl<S: ClientIo> Session<Channel<S>> {
@@ -242,12 +241,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         // What may be replayed is held to the conversation's rule: a line
         // no backend may see as it is is refused here, never stored for
         // the replay.
-        let unrelayable = match (&run.rcpt, line.unrelayable()) {
-            (RcptPolicy::Pass, Some(Unrelayable::Utf8)) => Some(reply::BAD_UTF8),
-            (RcptPolicy::Pass, Some(Unrelayable::Empty | Unrelayable::Control)) => {
-                Some(reply::BAD_SYNTAX)
-            }
-            _ => None,
+        let unrelayable = match run.rcpt {
+            RcptPolicy::Pass => line.unrelayable().and_then(reply::unrelayable),
+            RcptPolicy::Refuse(_) => None,
         };
         if let Some(text) = unrelayable {
             return Ok(engine.refuse(line, text.to_string()));

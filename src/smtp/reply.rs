@@ -204,3 +204,14 @@ pub fn bare_newline(code: u16, hostname: &str) -> String {
 pub fn too_many_errors(hostname: &str) -> String {
     format!("421 4.7.0 {hostname} Error: too many errors\r\n")
 }
+
+/// smtpd's refusal of a command line no backend may see as it is (`None`
+/// for a PROXY line, which ends the session instead).
+pub fn unrelayable(flaw: super::line::Unrelayable) -> Option<&'static str> {
+    use super::line::Unrelayable;
+    match flaw {
+        Unrelayable::Utf8 => Some(BAD_UTF8),
+        Unrelayable::Empty | Unrelayable::Control => Some(BAD_SYNTAX),
+        Unrelayable::ProxyHeader => None,
+    }
+}
