@@ -417,7 +417,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small counts, one run: a smoke check under a minute")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before", metavar="BINARY", help="another doorman build (an earlier commit's) measured on S1's path in the same rounds")
-    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8, S1r, S1x, S7m)")
+    ap.add_argument("--only", nargs="+", metavar="S", help="run only these scenarios (S1 ... S8, S1r, S1x, S1rm, S7m)")
     ap.add_argument("--runtime", choices=("per-core", "shared"), default="per-core",
                     help="every doorman's [runtime] model (the default is doorman's own)")
     args = ap.parse_args()
@@ -482,6 +482,11 @@ def main():
         wait_port(xsink)
         dmx, dmx_port = doorman(tmp, procs, xsink, '[greet]\nbanner = ""\n', send_proxy="xclient")
         via_xclient = free_port(); haproxy(tmp, procs, via_xclient, dmx_port, "doorman-xclient")
+        # S1rm: the same clients to a backend told nothing, in relay mode:
+        # each meets the engine, and doorman writes a Received header into
+        # every message it reads through.
+        dmrm, dmrm_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n', send_proxy="received")
+        via_relaymode = free_port(); haproxy(tmp, procs, via_relaymode, dmrm_port, "doorman-relay-mode")
         dmc, dmc_port = doorman(tmp, procs, xsink, '[greet]\nbanner = ""\n')
         via_copied = free_port(); haproxy(tmp, procs, via_copied, dmc_port, "doorman-copied")
         ps_port, ps_master = postfix(tmp, procs, sink, "postscreen_access_list = permit_mynetworks\n")
@@ -631,21 +636,23 @@ def main():
             user, system = cpu[dm2.pid]
             results["S6 doorman CPU s per 1000 conn (S2)"] = (user + system) / (runs * new_clients / 1000)
             results["S6 doorman kernel share (S2)"] = system / max(user + system, 1e-9)
-        if want("S1", "S6", "S1r", "S1x"):
+        if want("S1", "S6", "S1r", "S1x", "S1rm"):
             cpu = interleaved("S1", {"direct msg/s": direct, "extra HAProxy hop msg/s": via_hop,
                                      "bare tokio relay msg/s": via_tokio,
                                      "doorman msg/s": via_doorman, "postscreen msg/s": via_postscreen,
                                      "doorman by recipient msg/s": via_recipient,
                                      "doorman xclient msg/s": via_xclient,
+                                     "doorman relay mode msg/s": via_relaymode,
                                      "doorman copied to doorman sink msg/s": via_copied,
                                      **({"doorman before msg/s": via_before} if args.before else {}),
                                      "doorman, other runtime msg/s": via_other},
-                              lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid])
+                              lambda port: smtp_source(port, msgs, 50, 1024), pids=[dm.pid, hop.pid, tokio_relay.pid, dmrm.pid])
             user, system = cpu[dm.pid]
             results["S6 doorman CPU s per 1000 conn (S1)"] = (user + system) / (runs * msgs / 1000)
             results["S6 doorman kernel share (S1)"] = system / max(user + system, 1e-9)
             results["S6 extra HAProxy hop CPU s per 1000 conn (S1)"] = sum(cpu[hop.pid]) / (runs * msgs / 1000)
             results["S6 bare tokio relay CPU s per 1000 conn (S1)"] = sum(cpu[tokio_relay.pid]) / (runs * msgs / 1000)
+            results["S1rm doorman CPU s per 1000 msg"] = sum(cpu[dmrm.pid]) / (runs * msgs / 1000)
         if want("S3"):
             interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
                                "doorman": via_doorman, "doorman, other runtime": via_other},
@@ -680,6 +687,7 @@ def main():
         ("S1 msg/s, cached clients", r["S1 doorman msg/s"], f"{r['S1 doorman msg/s']/r['S1 direct msg/s']:.2f}x direct, {r['S1 doorman msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x direct, >= 5x postscreen"),
         ("S1r msg/s, cached clients, balanced by recipient", r["S1 doorman by recipient msg/s"], f"{r['S1 doorman by recipient msg/s']/r['S1 doorman msg/s']:.2f}x doorman's S1, {r['S1 doorman by recipient msg/s']/r['S1 postscreen msg/s']:.1f}x postscreen", ">= 0.85x S1"),
         ("S1x msg/s, cached clients, XCLIENT backend (every command read)", r["S1 doorman xclient msg/s"], f"{r['S1 doorman xclient msg/s']/r['S1 doorman copied to doorman sink msg/s']:.2f}x the same copied to the same sink; {r['S1 doorman xclient msg/s']/r['S1 doorman msg/s']:.2f}x doorman's S1", ">= 0.85x S1"),
+        ("S1rm msg/s, cached clients, relay mode (Received header)", r["S1 doorman relay mode msg/s"], f"{r['S1 doorman relay mode msg/s']/r['S1 doorman msg/s']:.2f}x doorman's S1 (PROXY v2); doorman CPU {r['S1rm doorman CPU s per 1000 msg']:.3f} s/1000 msg against {r['S6 doorman CPU s per 1000 conn (S1)']:.3f} in S1", ">= 0.7x S1"),
         ("S1 same, the --before build", r["S1 doorman before msg/s"], f"this build {r['S1 doorman msg/s']/r['S1 doorman before msg/s']:.2f}x it", "within 5%"),
         ("S1 same, an extra HAProxy hop", r["S1 extra HAProxy hop msg/s"], f"{r['S1 extra HAProxy hop msg/s']/r['S1 direct msg/s']:.2f}x direct; doorman {r['S1 doorman msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x this", "doorman >= 1.0x this"),
         (f"S1 same, doorman {other}", r["S1 doorman, other runtime msg/s"], f"{r['S1 doorman, other runtime msg/s']/r['S1 extra HAProxy hop msg/s']:.2f}x the extra HAProxy hop", f"(the other [runtime] model)"),

@@ -17,6 +17,7 @@ mod document;
 mod engine;
 mod hosts;
 mod registry;
+mod relay;
 mod runtime;
 mod screening;
 mod sections;
@@ -40,6 +41,7 @@ pub use cluster::{ClusterSection, RecipientKey};
 pub use engine::*;
 pub use hosts::ProxyHosts;
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
+pub use relay::RelaySection;
 pub use runtime::{RuntimeSection, ThreadModel, MAX_THREADS};
 pub use screening::*;
 pub use sections::*;
@@ -129,6 +131,9 @@ pub struct Sections {
     /// The `[deep_tests]` section.
     #[serde(default)]
     pub deep_tests: DeepTestsSection,
+    /// The `[relay]` section: relay mode's limits.
+    #[serde(default)]
+    pub relay: RelaySection,
     /// The `[tls]` section; `None`: the engine offers no STARTTLS of its
     /// own.
     pub tls: Option<TlsSection>,
@@ -370,6 +375,15 @@ impl Sections {
                 .check()
                 .map_err(|error| document.section_error(&format!("backend.{index}"), error))?;
         }
+        if let Some((index, message)) = relay::mixed_cluster(&self.backends) {
+            return Err(document.error(&["backend", &index.to_string(), "send_proxy"], message));
+        }
+        if let Some(name) = relay::relay_by_recipient(&self.backends, &self.clusters) {
+            return Err(document.error(
+                &["cluster", name, "balance"],
+                "a relay-mode cluster (send_proxy = \"received\") cannot be balanced by recipient",
+            ));
+        }
         for (index, route) in self.routes.iter().enumerate() {
             if !self.backends.iter().any(|b| b.cluster == route.cluster) {
                 return Err(document.error(
@@ -405,6 +419,7 @@ impl Sections {
         self.limits.check().map_err(at("limits"))?;
         self.pool.check().map_err(at("pool"))?;
         self.runtime.check().map_err(at("runtime"))?;
+        self.relay.check().map_err(at("relay"))?;
         self.deep_tests.check().map_err(at("deep_tests"))
     }
 

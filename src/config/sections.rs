@@ -36,6 +36,10 @@ pub enum SendProxy {
     Xclient,
     /// Nothing: the backend sees doorman as the client.
     None,
+    /// Relay mode: nothing before the greeting; doorman reads every
+    /// client's conversation, speaks its own EHLO, and writes a
+    /// `Received:` header naming the client at the top of each message.
+    Received,
 }
 
 /// How the pool picks a backend.

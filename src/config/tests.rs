@@ -189,3 +189,39 @@ fn a_cluster_balanced_by_recipient_is_checked_and_warned_about_without_tls() {
         "{shown}"
     );
 }
+
+#[test]
+fn relay_mode_clusters_are_whole_and_not_balanced_by_recipient() {
+    let relay = MINIMAL.replace(
+        "address = \"127.0.0.1:10026\"\n",
+        "address = \"127.0.0.1:10026\"\nsend_proxy = \"received\"\n",
+    );
+    let config = Config::parse(&relay, Path::new("d.toml")).expect("ok");
+    assert_eq!(config.backends[0].send_proxy, SendProxy::Received);
+    assert_eq!(config.relay, RelaySection::default());
+    assert_eq!(config.relay.max_hops, 50);
+    assert_eq!(
+        config.starttls_warning().as_deref(),
+        Some("no [tls] section: clients whose conversation doorman reads (relay mode) are not offered STARTTLS; add [tls] to offer it")
+    );
+    let mixed = format!("{relay}[[backend]]\naddress = \"127.0.0.1:10027\"\n");
+    let shown = Config::parse(&mixed, Path::new("d.toml"))
+        .expect_err("a mixed cluster")
+        .to_string();
+    assert!(
+        shown.starts_with("d.toml:6: cluster \"\" mixes send_proxy = \"received\""),
+        "{shown}"
+    );
+    let balanced = format!("{relay}[cluster.\"\"]\nbalance = \"recipient\"\n");
+    let shown = Config::parse(&balanced, Path::new("d.toml"))
+        .expect_err("relay mode by recipient")
+        .to_string();
+    assert!(shown.contains("cannot be balanced by recipient"), "{shown}");
+    let shown = Config::parse(
+        &format!("{relay}[relay]\nmax_hops = 0\n"),
+        Path::new("d.toml"),
+    )
+    .expect_err("no hops")
+    .to_string();
+    assert!(shown.contains("max_hops"), "{shown}");
+}

@@ -115,7 +115,7 @@ impl super::Config {
     /// What `doorman check` and the start-up say when no `[tls]` is set
     /// and that costs something: clients whose conversation doorman reads
     /// (a gate judges their commands, named by the gate, their cluster is balanced by
-    /// recipient, or an XCLIENT backend trusts doorman) are offered no
+    /// recipient, an XCLIENT backend trusts doorman, or relay mode) are offered no
     /// STARTTLS; otherwise a client that sends STARTTLS is handed to its
     /// backend at once and skips the deep tests that are on.
     pub fn starttls_warning(&self) -> Option<String> {
@@ -137,6 +137,13 @@ impl super::Config {
             .any(|b| b.send_proxy == SendProxy::Xclient)
         {
             read.push("XCLIENT backends");
+        }
+        if self
+            .backends
+            .iter()
+            .any(|b| b.send_proxy == SendProxy::Received)
+        {
+            read.push("relay mode");
         }
         if !read.is_empty() {
             return Some(format!(

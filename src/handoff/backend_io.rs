@@ -30,8 +30,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client whose TLS doorman terminated, handed to a backend.
 #[derive(Clone, Copy, Debug)]
 pub struct TlsHandoff<'a> {
-    /// The client's TLS session.
-    pub summary: &'a TlsSummary,
+    /// The client's TLS session with doorman; `None` for a plain client
+    /// of a relay-mode backend that is set to `tls = "starttls"`.
+    pub summary: Option<&'a TlsSummary>,
     /// The EHLO line sent before STARTTLS (doorman's own).
     pub ehlo: &'a [u8],
 }
@@ -169,7 +170,7 @@ pub(super) async fn probe(
             let line = write::encode_v1(stream.local_addr()?, stream.peer_addr()?);
             stream.write_all(&line).await?;
         }
-        SendProxy::Xclient | SendProxy::None => {}
+        SendProxy::Xclient | SendProxy::None | SendProxy::Received => {}
     }
     let mut buffer = BytesMut::with_capacity(512);
     let banner = read_reply(&mut stream, &mut buffer, backend.connect_timeout).await?;

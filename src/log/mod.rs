@@ -473,10 +473,12 @@ pub fn shutdown_finished(cut: usize) {
 }
 
 mod conversation;
+mod relay;
 mod tls;
 mod users;
 
 pub use conversation::*;
+pub use relay::*;
 pub use tls::*;
 pub use users::*;
 

@@ -16,8 +16,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod live;
+mod relay;
 
 pub use live::Live;
+use relay::RelayMetrics;
+pub use relay::RelayResult;
 
 /// How a client connection ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +182,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     backend_lost: Family<StageLabels, Counter>,
     room: RoomMetrics,
+    relay: RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -250,6 +254,7 @@ impl Default for Metrics {
             backend_lost.clone(),
         );
         let room = RoomMetrics::register(&mut registry);
+        let relay = RelayMetrics::register(&mut registry);
         Self {
             registry,
             connections,
@@ -265,6 +270,7 @@ impl Default for Metrics {
             handshakes,
             backend_lost,
             room,
+            relay,
         }
     }
 }
@@ -324,6 +330,16 @@ impl Metrics {
                 result: if ok { "ok" } else { "refused" },
             })
             .inc();
+    }
+
+    /// Counts a relay-mode message's end.
+    pub fn relay_message(&self, result: RelayResult) {
+        self.relay.message(result);
+    }
+
+    /// Counts message bytes relayed to a relay-mode backend.
+    pub fn relay_bytes(&self, bytes: usize) {
+        self.relay.bytes(bytes);
     }
 
     /// Counts a backend lost while a client waited at `stage` (a verb

@@ -22,8 +22,10 @@
 
 use doorman_gate_api::Stage;
 
+pub(super) use super::backend_side::BackendSide;
 use super::command::Incoming;
 use super::message::END_OF_MESSAGE;
+use super::relay_mode::RelayMode;
 use super::*;
 use crate::config::{BareNewline, RecipientKey};
 use crate::smtp::address::{parse_path, PathError};
@@ -74,40 +76,6 @@ pub(super) struct Routing {
     pub expire: Duration,
 }
 
-/// The backend side of a relayed conversation.
-pub(super) struct BackendSide<B> {
-    /// The connection.
-    pub stream: B,
-    /// Bytes the backend sent that are not read yet.
-    pub pending: BytesMut,
-    /// Its address, for log lines and routing.
-    pub address: SocketAddr,
-}
-
-impl<B: AsyncRead + AsyncWrite + Unpin> BackendSide<B> {
-    /// Writes `bytes` within the write deadline.
-    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match timeout(WRITE_TIMEOUT, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the backend does not read",
-            )),
-        }
-    }
-
-    /// Sends `line` and reads the backend's whole reply within `limit`.
-    pub async fn ask(&mut self, line: &[u8], limit: Duration) -> io::Result<Vec<u8>> {
-        self.write(line).await?;
-        read_reply(&mut self.stream, &mut self.pending, limit).await
-    }
-}
-
 /// One relayed conversation's state.
 pub(super) struct Conversation<B> {
     /// The client.
@@ -126,6 +94,19 @@ pub(super) struct Conversation<B> {
     pub last: String,
     /// Whether the backend announced CHUNKING (BDAT goes to no other).
     pub chunking: bool,
+    /// Relay mode's state, for a backend that learns the client from
+    /// doorman's `Received:` header.
+    pub relay: Option<Box<RelayMode>>,
+}
+
+impl<B> Conversation<B> {
+    /// How long the backend may take to answer a command: `[relay]
+    /// timeout` in relay mode.
+    pub fn reply_time(&self) -> Duration {
+        self.relay
+            .as_ref()
+            .map_or(REPLY_TIMEOUT, |relay| relay.timeout)
+    }
 }
 
 /// Whether the conversation goes on after a command.
@@ -256,8 +237,12 @@ impl<S: ClientIo> Session<Channel<S>> {
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let (verb, argument) = line.split();
+        if let Some(next) = self.relay_mode_command(talk, &verb, &argument).await {
+            return next;
+        }
         let mut raw = line.text;
         raw.extend_from_slice(b"\r\n");
+        let limit = talk.reply_time();
         match verb.as_str() {
             "XCLIENT" | "XFORWARD" => {
                 log::speaks_for_doorman(talk.client.address, &verb);
@@ -272,9 +257,9 @@ impl<S: ClientIo> Session<Channel<S>> {
             "DATA" => self.data(talk, &raw).await,
             "BDAT" => self.bdat(talk, &argument, &raw).await,
             "AUTH" => self.auth(talk, &raw).await,
-            "EHLO" | "HELO" => self.greeting(talk, &verb, &argument, &raw).await,
+            "EHLO" | "HELO" => self.greeting(talk, &verb, &argument, &raw, limit).await,
             verb if FORWARDED.contains(&verb) => {
-                let Some(answer) = self.forward(talk, verb, &raw, REPLY_TIMEOUT).await else {
+                let Some(answer) = self.forward(talk, verb, &raw, limit).await else {
                     return Next::Close;
                 };
                 self.send_bytes(&answer).await;
@@ -299,11 +284,12 @@ impl<S: ClientIo> Session<Channel<S>> {
         verb: &str,
         argument: &str,
         raw: &[u8],
+        limit: Duration,
     ) -> Next
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let Some(answer) = self.forward(talk, verb, raw, REPLY_TIMEOUT).await else {
+        let Some(answer) = self.forward(talk, verb, raw, limit).await else {
             return Next::Close;
         };
         self.send_bytes(&without_keywords(&answer, &HIDDEN_KEYWORDS))
@@ -349,9 +335,16 @@ impl<S: ClientIo> Session<Channel<S>> {
         stage: &str,
         error: &io::Error,
     ) {
-        log::backend_lost(talk.client.address, talk.backend.address, stage, error);
+        let (client, backend) = (talk.client.address, talk.backend.address);
+        let relay = talk.relay.is_some();
+        if relay && error.kind() == io::ErrorKind::TimedOut {
+            log::backend_timeout(client, backend, stage);
+        } else {
+            log::backend_lost(client, backend, stage, error);
+        }
         self.process.metrics.backend_lost(stage);
-        let text = if stage == END_OF_MESSAGE {
+        // Relay mode answers every loss as Postfix's before-queue proxy.
+        let text = if stage == END_OF_MESSAGE || relay {
             reply::QUEUE_WRITE_ERROR.to_string()
         } else {
             reply::lost_backend(&self.shared.config.hostname)
@@ -372,7 +365,8 @@ impl<S: ClientIo> Session<Channel<S>> {
         if let Some(next) = self.judge(talk, Stage::Mail, &sender).await {
             return next;
         }
-        let Some(answer) = self.forward(talk, "MAIL", raw, REPLY_TIMEOUT).await else {
+        let limit = talk.reply_time();
+        let Some(answer) = self.forward(talk, "MAIL", raw, limit).await else {
             return Next::Close;
         };
         self.send_bytes(&answer).await;
@@ -408,7 +402,8 @@ impl<S: ClientIo> Session<Channel<S>> {
         if self.routed_elsewhere(talk, &recipient).await {
             return self.answer(reply::TOO_MANY_RECIPIENTS).await;
         }
-        let Some(answer) = self.forward(talk, "RCPT", raw, REPLY_TIMEOUT).await else {
+        let limit = talk.reply_time();
+        let Some(answer) = self.forward(talk, "RCPT", raw, limit).await else {
             return Next::Close;
         };
         self.send_bytes(&answer).await;

@@ -137,6 +137,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         {
             let mut envelope = self.envelope(engine, run);
             envelope.recipients.push(transaction.refused.to.clone());
+            if self.shared.pool.relays(&self.cluster) {
+                return self.relay_replay(engine, run, transaction, envelope).await;
+            }
             let mut lines: Vec<Vec<u8>> = transaction.helo_line.into_iter().collect();
             lines.push(transaction.mail_line);
             lines.push(transaction.rcpt_line);
@@ -275,11 +278,18 @@ impl<S: ClientIo> Session<Channel<S>> {
         let shared = &self.shared;
         let cluster = self.cluster.as_str();
         let mut keywords = shared.pool.ehlo_keywords(cluster)?;
+        let relays = shared.pool.relays(cluster);
         let read_after = shared.pipeline.judges_commands()
             || shared.config.by_recipient(cluster).is_some()
-            || shared.pool.trusts_doorman(cluster);
+            || shared.pool.trusts_doorman(cluster)
+            || relays;
         if read_after {
             keywords.retain(|k| keyword_name(k) != "STARTTLS");
+        }
+        if relays {
+            // Relay mode takes no AUTH (the backend would authenticate
+            // doorman) and no BDAT (its header goes into DATA).
+            keywords.retain(|k| !matches!(keyword_name(k).as_str(), "AUTH" | "CHUNKING"));
         }
         Some(keywords)
     }

@@ -88,6 +88,13 @@ impl<S: ClientIo> Session<Channel<S>> {
             keywords,
             ..
         } = connected;
+        // A relay-mode backend takes only what relay mode writes (its
+        // clients all meet the engine): never a copy of a client's bytes.
+        if send_proxy == SendProxy::Received {
+            let error = io::Error::other("a relay-mode backend reached without the engine");
+            log::relay_error(client.address, &error);
+            return self.refuse_busy(false).await;
+        }
         let last = replay.lines.last().map_or_else(
             || "CONNECT".to_string(),
             |line| Line::from_bytes(line).verb(),
@@ -96,7 +103,14 @@ impl<S: ClientIo> Session<Channel<S>> {
         let judged = replay.judged;
         let pipelining = announces(&keywords, "PIPELINING");
         let refused = match self
-            .send_replay(&client, &mut backend, &mut pending, replay, pipelining)
+            .send_replay(
+                &client,
+                &mut backend,
+                &mut pending,
+                replay,
+                pipelining,
+                REPLY_TIMEOUT,
+            )
             .await
         {
             Ok(refused) => refused,
@@ -138,13 +152,14 @@ impl<S: ClientIo> Session<Channel<S>> {
             routing,
             last,
             chunking: announces(&keywords, "CHUNKING"),
+            relay: None,
         };
         self.converse_until_flushed(&mut talk, flush).await
     }
 
     /// The conversation, until its end or until its backend is flushed:
     /// doorman is speaking then, and says why it closes.
-    async fn converse_until_flushed(
+    pub(super) async fn converse_until_flushed(
         &mut self,
         talk: &mut Conversation<Channel<TcpStream>>,
         flush: tokio_util::sync::CancellationToken,
@@ -182,7 +197,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             Some(_) => format!("EHLO {}\r\n", shared.config.hostname).into_bytes(),
         };
         let tls = summary.as_ref().map(|summary| TlsHandoff {
-            summary,
+            summary: Some(summary),
             ehlo: &ehlo,
         });
         // A cluster balanced by recipient: the transaction's first
@@ -250,13 +265,14 @@ impl<S: ClientIo> Session<Channel<S>> {
     /// Sends the replayed lines, MAIL and RCPT in one write when the
     /// backend announced PIPELINING in its own EHLO, and gives the client
     /// the answer it waits for, or the first refusal.
-    async fn send_replay(
+    pub(super) async fn send_replay(
         &mut self,
         client: &Client,
         backend: &mut Channel<TcpStream>,
         pending: &mut BytesMut,
         replay: Replay,
         pipelining: bool,
+        limit: Duration,
     ) -> io::Result<Option<usize>> {
         let count = replay.lines.len();
         let mut index = 0;
@@ -269,7 +285,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 })??;
             let mut refused = false;
             for line in group {
-                let answer = read_reply(backend, pending, REPLY_TIMEOUT).await?;
+                let answer = read_reply(backend, pending, limit).await?;
                 if !answer.starts_with(b"2") {
                     first_refused = first_refused.or(Some(index));
                 }
@@ -315,7 +331,7 @@ impl<S: ClientIo> Session<Channel<S>> {
 
 /// The gates' envelope after a replay: what the backend accepted of it
 /// (`refused`: the index of the first of the `count` lines it refused).
-fn accepted(mut envelope: Envelope, refused: Option<usize>, count: usize) -> Envelope {
+pub(super) fn accepted(mut envelope: Envelope, refused: Option<usize>, count: usize) -> Envelope {
     match refused {
         Some(index) if index + 1 == count => envelope.recipients.clear(),
         Some(_) => conversation::end_transaction(&mut envelope),

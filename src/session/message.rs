@@ -180,7 +180,11 @@ impl<S: ClientIo> Session<Channel<S>> {
     /// Reads more of a body within one command time; `Some` when the
     /// session ends (the client left, or paused too long: logged and
     /// told, as after a command).
-    async fn read_body<B>(&mut self, talk: &Conversation<B>, stage: &str) -> Option<Next> {
+    pub(super) async fn read_body<B>(
+        &mut self,
+        talk: &Conversation<B>,
+        stage: &str,
+    ) -> Option<Next> {
         self.buffer.reserve(16 * 1024);
         match timeout(self.command_time(), self.stream.read_buf(&mut self.buffer)).await {
             Ok(Ok(n)) if n > 0 => None,

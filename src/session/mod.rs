@@ -19,6 +19,7 @@
 //! It is the one place that does a client's I/O; it names no gate (the
 //! pipeline does).
 
+mod backend_side;
 mod command;
 mod conversation;
 mod engine;
@@ -26,6 +27,7 @@ mod handoff;
 mod header;
 mod message;
 mod parked;
+mod relay_mode;
 
 use parked::Parked;
 mod screen;

@@ -217,12 +217,14 @@ impl Session {
 
     /// Whether every client of the session's cluster talks to the engine,
     /// even one that skips every test: the cluster is balanced by
-    /// recipient (its first RCPT picks the backend), or doorman offers
+    /// recipient (its first RCPT picks the backend), its backends are in
+    /// relay mode (doorman writes every message's trace), or doorman offers
     /// STARTTLS and the cluster has an XCLIENT backend (whose conversation
     /// doorman reads, so only doorman's own STARTTLS keeps it in sight).
     fn engine_for_everyone(&self) -> bool {
         let shared = &self.shared;
         shared.config.by_recipient(&self.cluster).is_some()
+            || shared.pool.relays(&self.cluster)
             || (shared.tls.is_some() && shared.pool.trusts_doorman(&self.cluster))
     }
 

@@ -16,7 +16,7 @@ use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 use super::address::{parse_path, PathError};
 use super::line::Line;
 use super::reply;
-use super::response::{announces, keyword_name};
+use super::response::{announces, keyword_name, size_limit};
 
 /// The protocol the client used, as logged (`proto=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +231,21 @@ impl Engine {
             .is_some_and(|keywords| announces(keywords, keyword))
     }
 
-    fn ehlo_reply(&self) -> String {
+    /// Whether MAIL's `parameters` declare a SIZE past the one the engine
+    /// announced (the backend's), as smtpd refuses it at MAIL.
+    fn too_large(&self, parameters: &str) -> bool {
+        let Some(limit) = self.keywords.as_ref().and_then(|k| size_limit(k)) else {
+            return false;
+        };
+        parameters.split_ascii_whitespace().any(|parameter| {
+            let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+            name.eq_ignore_ascii_case("SIZE") && value.parse::<u64>().is_ok_and(|size| size > limit)
+        })
+    }
+
+    /// The EHLO reply the engine gives (the backend's keywords less the
+    /// withheld ones, or postscreen's list).
+    pub fn ehlo_reply(&self) -> String {
         match &self.keywords {
             None => reply::ehlo(&self.hostname, self.starttls == Starttls::Offered),
             Some(keywords) => {
@@ -394,6 +408,9 @@ impl Engine {
             }
             "MAIL" if self.from.is_some() => Step::reply(reply::NESTED_MAIL),
             "MAIL" => match parse_path(argument, "FROM:") {
+                Ok(from) if self.too_large(&from.parameters) => {
+                    Step::reply(reply::SIZE_EXCEEDS_LIMIT)
+                }
                 Ok(from) => {
                     self.from = Some(from.address);
                     self.mail_line = raw;

@@ -212,3 +212,20 @@ fn limits() {
         "421 4.4.2 mx.test Error: timeout exceeded\r\n"
     );
 }
+
+#[test]
+fn a_declared_size_past_the_backends_limit_is_refused_at_mail() {
+    let keywords = vec!["SIZE 1000".to_string(), "8BITMIME".to_string()];
+    let mut engine = Engine::new("mx.test", RcptPolicy::Pass, 20, Some(keywords));
+    engine.command(&line("EHLO client.example"));
+    assert_eq!(
+        engine.command(&line("MAIL FROM:<s@x> size=1001")).reply,
+        "552 5.3.4 Message size exceeds fixed limit\r\n"
+    );
+    assert_eq!(
+        engine
+            .command(&line("MAIL FROM:<s@x> BODY=8BITMIME SIZE=1000"))
+            .reply,
+        "250 2.1.0 Ok\r\n"
+    );
+}

@@ -7,6 +7,10 @@
 //!   them by default.
 //! - [`body`]: the DATA body framer: where a message ends, and what a bare
 //!   CR or LF in it becomes (SMTP smuggling).
+//! - [`received`]: the `Received:` header doorman writes in relay mode,
+//!   in Postfix's form.
+//! - [`header_block`]: a relay-mode message's header block, held back and
+//!   checked (hops, size) before the backend sees the message.
 //! - [`reply`]: every reply a client can get from doorman itself, in one
 //!   place, worded as postscreen and Haraka word them.
 //! - [`deep`]: postscreen's deep protocol tests (sans-IO).
@@ -21,7 +25,9 @@ pub mod address;
 pub mod body;
 pub mod deep;
 pub mod engine;
+pub mod header_block;
 pub mod health;
 pub mod line;
+pub mod received;
 pub mod reply;
 pub mod response;

@@ -185,6 +185,21 @@ pub const BDAT_SYNTAX: &str = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
 /// before-queue proxy reply.
 pub const QUEUE_WRITE_ERROR: &str = "451 4.3.0 Error: queue file write error\r\n";
 
+/// A MAIL whose SIZE parameter is past the limit the backend announced:
+/// smtpd's reply.
+pub const SIZE_EXCEEDS_LIMIT: &str = "552 5.3.4 Message size exceeds fixed limit\r\n";
+
+/// The go-ahead for a relay-mode message, from doorman itself: smtpd's.
+pub const START_MAIL_INPUT: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
+
+/// A relay-mode message with more `Received:` headers than `[relay]
+/// max_hops`: Postfix's reply to a mail loop.
+pub const TOO_MANY_HOPS: &str = "554 5.4.0 Error: too many hops\r\n";
+
+/// A relay-mode message whose header block is past `[relay]
+/// max_header_size`.
+pub const HEADER_TOO_LARGE: &str = "552 5.3.4 Error: message header size exceeds limit\r\n";
+
 /// An AUTH exchange line longer than the line limit.
 pub const AUTH_LINE_TOO_LONG: &str = "500 5.5.6 Authentication exchange line is too long\r\n";
 

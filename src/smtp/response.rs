@@ -100,6 +100,16 @@ pub fn without_keywords(reply: &[u8], hidden: &[&str]) -> Vec<u8> {
     out
 }
 
+/// The message size limit in an EHLO keyword list (`SIZE n`, n above 0).
+pub fn size_limit(keywords: &[String]) -> Option<u64> {
+    keywords.iter().find_map(|keyword| {
+        let mut words = keyword.split_ascii_whitespace();
+        let name = words.next()?;
+        let size = words.next()?.parse::<u64>().ok()?;
+        (name.eq_ignore_ascii_case("SIZE") && size > 0).then_some(size)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ mod proptests;
 mod quickstart;
 mod rdns;
 mod recipients;
+mod relay;
 mod rolling;
 mod sentinel;
 mod tls;

@@ -11,7 +11,7 @@ use crate::support::*;
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 
 /// GETs `path` from the admin listener; returns (status line, body).
-fn get(admin: SocketAddr, path: &str) -> (String, String) {
+pub(crate) fn get(admin: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(admin).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -32,7 +32,7 @@ fn get(admin: SocketAddr, path: &str) -> (String, String) {
 
 /// Parses Prometheus/OpenMetrics text: every sample line is
 /// `name{labels} value`; returns the value of `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {

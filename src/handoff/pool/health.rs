@@ -41,6 +41,23 @@ impl Pool {
         }
     }
 
+    /// Whether a client of `cluster` may reach an XCLIENT backend, which
+    /// trusts doorman's own address to speak for clients, so that doorman
+    /// must read the conversation.
+    pub fn trusts_doorman(&self, cluster: &str) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.config.cluster == cluster && b.config.send_proxy == SendProxy::Xclient)
+    }
+
+    /// Whether `cluster`'s backends are in relay mode (`send_proxy =
+    /// "received"`; a cluster is all relay mode or none of it).
+    pub fn relays(&self, cluster: &str) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.config.cluster == cluster && b.config.send_proxy == SendProxy::Received)
+    }
+
     /// The EHLO keywords every usable backend of `cluster` announced at
     /// its last good check (SIZE with the smallest limit): what the engine
     /// may promise a client of that cluster, whichever backend it reaches.

@@ -168,15 +168,6 @@ impl Pool {
         })
     }
 
-    /// Whether a client of `cluster` may reach an XCLIENT backend, which
-    /// trusts doorman's own address to speak for clients, so that doorman
-    /// must read the conversation.
-    pub fn trusts_doorman(&self, cluster: &str) -> bool {
-        self.backends
-            .iter()
-            .any(|b| b.config.cluster == cluster && b.config.send_proxy == SendProxy::Xclient)
-    }
-
     /// Whether a client of `cluster` (of any cluster: `None`) could get a
     /// backend now: one is up and takes new clients (not drained, weight
     /// above 0); else whether the ones up are all drained, or none is up.
@@ -450,11 +441,14 @@ async fn open(
 ) -> io::Result<(Channel<TcpStream>, Vec<u8>, BytesMut)> {
     let backend = &state.config;
     let mut stream = connect(backend).await?;
-    let starttls = tls.filter(|_| state.takes_starttls());
+    let starttls = tls.filter(|handoff| match handoff.summary {
+        Some(_) => state.takes_starttls(),
+        None => state.config.tls == Some(BackendTls::Starttls),
+    });
     // A client whose TLS ends here, going on in plain text: a v2 header
     // says what its TLS was (HAProxy's SSL TLV).
-    let ssl = match (tls, starttls) {
-        (Some(handoff), None) => Some(write::ssl_tlv(handoff.summary)),
+    let ssl = match (tls.and_then(|handoff| handoff.summary), starttls) {
+        (Some(summary), None) => Some(write::ssl_tlv(summary)),
         _ => None,
     };
     let (greeting, mut pending) = match backend.send_proxy {

@@ -174,6 +174,15 @@ pub fn s_client(address: std::net::SocketAddr, args: &[&str]) -> String {
 /// discard) and offers STARTTLS at `level` (`may` or `encrypt`) with a
 /// throwaway certificate for backend.postfix.test; the folder holds it.
 pub fn postfix_with_tls(level: &str) -> Option<(super::Postfix, tempfile::TempDir)> {
+    postfix_with_tls_and(level, "smtpd_upstream_proxy_protocol = haproxy\n")
+}
+
+/// As [`postfix_with_tls`], with `extra` main.cf lines instead of the PROXY
+/// protocol.
+pub fn postfix_with_tls_and(
+    level: &str,
+    extra: &str,
+) -> Option<(super::Postfix, tempfile::TempDir)> {
     if !super::require_program("openssl") {
         return None;
     }
@@ -186,7 +195,7 @@ pub fn postfix_with_tls(level: &str) -> Option<(super::Postfix, tempfile::TempDi
         std::fs::set_permissions(path, permissions).unwrap();
     }
     let postfix = super::Postfix::start_delivering(&format!(
-        "smtpd_upstream_proxy_protocol = haproxy\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = {level}\nsmtpd_tls_loglevel = 1\nrelay_domains = doorman.test\n",
+        "{extra}smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = {level}\nsmtpd_tls_loglevel = 1\nrelay_domains = doorman.test\n",
         cert.display(),
         key.display()
     ))?;
