@@ -225,10 +225,10 @@ impl Server {
 /// Builds the shared state and runs the first round of backend checks.
 async fn start_shared(
     config: Config,
-    cache: Option<Arc<crate::cache::PassCache>>,
+    running: Option<&ConfigState>,
     process: &ProcessState,
 ) -> io::Result<ConfigState> {
-    let shared = ConfigState::new(config, cache, process)
+    let shared = ConfigState::new(config, running, process)
         .map_err(|error| io::Error::other(error.to_string()))?;
     shared.pool.check_all().await;
     shared.pool.start_checks();
@@ -284,9 +284,12 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
         }
     }
     let (backends, gates) = (config.backends.len(), config.gates.join(", "));
-    match start_shared(config, Some(Arc::clone(&running.cache)), process).await {
+    match start_shared(config, Some(&running), process).await {
         Ok(shared) => {
             current.store(Arc::new(shared));
+            // The old pool's sessions go on, counted in the states the new
+            // pool took over; its checks stop.
+            running.pool.retire();
             log::reloaded(&running.config.path, backends, &gates);
             process.metrics.reload(true);
         }

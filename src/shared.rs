@@ -72,18 +72,22 @@ pub struct ConfigState {
 }
 
 impl ConfigState {
-    /// Builds the shared state of `config`: opens the cache store (or keeps
-    /// `cache`, on a reload) and builds the gates. Must run inside the
-    /// tokio runtime.
+    /// Builds the shared state of `config`: opens the cache store (or, on
+    /// a reload, keeps the `running` state's, and takes over its backends'
+    /// running states) and builds the gates. Must run inside the tokio
+    /// runtime.
     pub fn new(
         config: Config,
-        cache: Option<Arc<PassCache>>,
+        running: Option<&ConfigState>,
         process: &ProcessState,
     ) -> Result<Self, SharedError> {
-        let cache = match cache {
-            Some(cache) => cache,
+        let cache = match running {
+            Some(running) => Arc::clone(&running.cache),
             None => Arc::new(PassCache::open(&config.cache)?),
         };
+        let carried = running
+            .map(|running| running.pool.carried())
+            .unwrap_or_default();
         // Certificates first: a reload that cannot read them keeps the
         // running config, and the certificates in use, whole.
         let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
@@ -107,6 +111,7 @@ impl ConfigState {
                     let metrics = Arc::clone(&process.metrics);
                     Arc::new(move |event| metrics.user_route(event))
                 }),
+                &carried,
             )?),
             pipeline,
             thresholds: Thresholds {

@@ -334,3 +334,53 @@ fn a_backend_that_serves_clients_is_not_probed() {
     std::thread::sleep(Duration::from_millis(3500));
     assert!(a.probes() >= probes + 2, "{} probes", a.probes() - probes);
 }
+
+/// A reload keeps a backend's live sessions counted: `max_connections`
+/// still holds after SIGHUP, and a backend the reload removed is no longer
+/// probed while its sessions finish.
+#[test]
+fn a_reload_keeps_the_live_sessions_counted_and_stops_probing_what_it_removed() {
+    let a = FakeBackend::start(true);
+    let b = FakeBackend::start(true);
+    let both = pool_config(
+        &[
+            (a.address, "max_connections = 1"),
+            (b.address, "max_connections = 1\nweight = 0"),
+        ],
+        "check_interval = \"200ms\"",
+    );
+    let doorman = Doorman::start(&both, "127.0.0.1\n");
+    let mut held = connect_as(&doorman, "203.0.113.1");
+    assert_eq!(read_line(&mut held), BACKEND);
+    let reload = |text: &str, count: usize| {
+        std::fs::write(doorman.config_path(), text).unwrap();
+        signal(doorman.child.id(), "HUP");
+        doorman
+            .log
+            .wait_for_count("reloaded", count, Duration::from_secs(10));
+    };
+    reload(
+        &both.replace("check_interval = \"200ms\"", "check_interval = \"300ms\""),
+        1,
+    );
+    let mut refused = connect_as(&doorman, "203.0.113.2");
+    assert_eq!(
+        read_to_close(&mut refused),
+        "421 4.3.2 All server ports are busy\r\n",
+        "the session the old config started still counts"
+    );
+    // A reload that removes A: its session carries on, and nobody probes
+    // it any more.
+    reload(
+        &pool_config(&[(b.address, "")], "check_interval = \"200ms\""),
+        2,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let probes = a.probes();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(a.probes(), probes, "the removed backend is not probed");
+    held.write_all(b"NOOP\r\n").unwrap();
+    assert_eq!(read_line(&mut held), "250 2.0.0 ok\r\n");
+    held.write_all(b"QUIT\r\n").unwrap();
+    read_to_close(&mut held);
+}

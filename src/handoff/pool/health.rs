@@ -152,6 +152,9 @@ async fn check_loop(pool: Weak<Pool>, index: usize, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let Some(pool) = pool.upgrade() else { return };
+        if pool.retired.is_cancelled() {
+            return;
+        }
         let backend = Arc::clone(&pool.backends[index]);
         // Passive health, as HAProxy's `observe layer4`: a backend that
         // greeted a client within the interval is up, and is spared a
@@ -180,7 +183,7 @@ mod tests {
     #[test]
     fn a_backend_once_seen_with_starttls_keeps_getting_it() {
         let config: BackendConfig = toml::from_str("address = \"127.0.0.1:25\"").expect("config");
-        let backend = BackendState::new(config).expect("backend");
+        let backend = BackendState::new(config, &Default::default()).expect("backend");
         assert!(!backend.takes_starttls());
         backend.learn(Some(vec!["PIPELINING".into(), "STARTTLS".into()]));
         assert!(backend.takes_starttls());

@@ -11,12 +11,15 @@
 //! and falls over to the next one within its connection.
 
 mod health;
+mod live;
+
+pub use live::{BackendLive, Carried};
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -42,25 +45,24 @@ use tokio_util::sync::CancellationToken;
 #[error("no backend accepted the connection")]
 pub struct NoBackend;
 
-/// One backend and what doorman knows of it.
+/// One backend and what doorman knows of it: its config, and its running
+/// state ([`BackendLive`], which a reload carries over).
 #[derive(Debug)]
 pub struct BackendState {
     /// Its config.
     pub config: BackendConfig,
     /// How doorman starts TLS with it.
     tls: BackendTlsClient,
-    /// Whether its EHLO announced STARTTLS at the last good check.
-    announces_starttls: AtomicBool,
-    /// Its EHLO keywords at the last good check that read them.
-    keywords: Mutex<Option<Vec<String>>>,
-    /// When a client's connection last reached its greeting (passive
-    /// health: a backend that served one within a check interval is not
-    /// probed).
-    served: Mutex<Option<std::time::Instant>>,
-    healthy: AtomicBool,
-    /// Consecutive (successes, failures) of checks.
-    streak: Mutex<(u32, u32)>,
-    active: AtomicUsize,
+    /// What doorman learned of it while it runs.
+    live: Arc<BackendLive>,
+}
+
+impl std::ops::Deref for BackendState {
+    type Target = BackendLive;
+
+    fn deref(&self) -> &BackendLive {
+        &self.live
+    }
 }
 
 /// A backend's state for metrics, logs and `doorman backend list`.
@@ -141,6 +143,9 @@ pub struct Pool {
     clusters: BTreeMap<String, ClusterSection>,
     /// Users' backends, for clusters balanced by recipient.
     users: UserMap,
+    /// Cancelled when a reload replaced this pool: its checks stop (the
+    /// new pool checks the backends it kept).
+    retired: CancellationToken,
 }
 
 impl Pool {
@@ -153,11 +158,12 @@ impl Pool {
         hostname: &str,
         director: Arc<Director>,
         users: UserMap,
+        carried: &Carried,
     ) -> Result<Self, TlsError> {
         Ok(Self {
             backends: backends
                 .into_iter()
-                .map(|config| BackendState::new(config).map(Arc::new))
+                .map(|config| BackendState::new(config, carried).map(Arc::new))
                 .collect::<Result<_, TlsError>>()?,
             settings,
             hostname: hostname.to_string(),
@@ -165,7 +171,22 @@ impl Pool {
             director,
             clusters,
             users,
+            retired: CancellationToken::new(),
         })
+    }
+
+    /// The backends' running states, for the pool a reload builds.
+    pub fn carried(&self) -> Carried {
+        self.backends
+            .iter()
+            .map(|backend| (backend.config.address, Arc::clone(&backend.live)))
+            .collect()
+    }
+
+    /// A reload replaced this pool: its checks stop. Its sessions go on,
+    /// counted in the running states the new pool took over.
+    pub fn retire(&self) {
+        self.retired.cancel();
     }
 
     /// Whether a client of `cluster` (of any cluster: `None`) could get a
@@ -404,16 +425,11 @@ impl Pool {
 impl BackendState {
     /// A backend from its config, counted healthy until its first check.
     /// Fails when its TLS settings (its CA file) cannot be used.
-    fn new(config: BackendConfig) -> Result<Self, TlsError> {
+    fn new(config: BackendConfig, carried: &Carried) -> Result<Self, TlsError> {
         Ok(Self {
             tls: BackendTlsClient::new(&config)?,
+            live: carried.get(&config.address).cloned().unwrap_or_default(),
             config,
-            announces_starttls: AtomicBool::new(false),
-            keywords: Mutex::new(None),
-            served: Mutex::new(None),
-            healthy: AtomicBool::new(true),
-            streak: Mutex::new((0, 0)),
-            active: AtomicUsize::new(0),
         })
     }
 
