@@ -23,4 +23,4 @@ pub mod xclient;
 
 pub use backend_io::{read_reply, TlsHandoff, REPLY_TIMEOUT};
 pub use pool::{Availability, BackendStatus, Connected, NoBackend, Pool};
-pub use relay::{relay, RelayError};
+pub use relay::{relay, Ended, RelayError};

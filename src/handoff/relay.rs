@@ -35,6 +35,17 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// before the relay ends.
 pub const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How a relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Both sides finished.
+    Done,
+    /// The backend went away while the client waited for its reply (it
+    /// had sent bytes the backend never answered): the client was given
+    /// the relay's `lost` reply before the close.
+    BackendLost,
+}
+
 /// Why a relay ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -67,6 +78,11 @@ struct Pump {
     unflushed: bool,
     /// Running while a write makes no progress.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When this direction last read bytes, on the relay's clock.
+    last_read: u64,
+    /// Whether the reader ended while the other side waited, and the
+    /// relay's reply for that was written.
+    lost: bool,
 }
 
 impl Pump {
@@ -80,6 +96,8 @@ impl Pump {
             },
             unflushed: false,
             stall: None,
+            last_read: 0,
+            lost: false,
         }
     }
 
@@ -98,12 +116,14 @@ impl Pump {
     }
 
     /// Copies from `from` to `to`; ready once `from` has ended and all of
-    /// it is written and flushed.
+    /// it is written and flushed. Each read ticks `clock`; `at_end`, if
+    /// any, is written after the last bytes when `from` ends.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut R,
-        to: &mut W,
+        (from, to): (&mut R, &mut W),
+        clock: &mut u64,
+        at_end: Option<&[u8]>,
     ) -> Poll<Result<(), RelayError>>
     where
         R: AsyncRead + Unpin,
@@ -155,8 +175,17 @@ impl Pump {
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(0)) => self.state = Pumping::Ended,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(0)) => {
+                    if let Some(reply) = at_end {
+                        self.buffer.extend_from_slice(reply);
+                        self.lost = true;
+                    }
+                    self.state = Pumping::Ended;
+                }
+                Poll::Ready(Ok(_)) => {
+                    *clock += 1;
+                    self.last_read = *clock;
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
@@ -165,14 +194,26 @@ impl Pump {
 
 /// Relays between `client` and `backend`. `early` holds bytes the client
 /// sent before the handoff; they go first, once they show they are no
-/// PROXY header.
-pub async fn relay<C, B>(client: &mut C, backend: &mut B, early: BytesMut) -> Result<(), RelayError>
+/// PROXY header. A backend that ends while the client waits for its
+/// reply (the client's last bytes came after the backend's) gives the
+/// client `lost` before the close ([`Ended::BackendLost`]).
+pub async fn relay<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    early: BytesMut,
+    lost: &[u8],
+) -> Result<Ended, RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let mut up = Pump::new(early, true);
     let mut down = Pump::new(BytesMut::new(), false);
+    let mut clock = 0u64;
+    let ended = |down: &Pump| match down.lost {
+        true => Ended::BackendLost,
+        false => Ended::Done,
+    };
     let (mut up_done, mut down_done) = (false, false);
     // The first side to finish is passed on as a half-close; the second
     // needs none: both sockets are closed right after, and the close
@@ -189,16 +230,23 @@ where
             // A peer already gone cannot take a half-close; the other
             // direction still ends the relay.
             if ready!(shut).is_err() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(ended(&down)));
             }
             closing = None;
+            // The client was told the backend is gone: nothing it sends
+            // now goes anywhere, so it gets no linger.
+            if down.lost {
+                return Poll::Ready(Ok(Ended::BackendLost));
+            }
         }
         if !down_done {
-            if let Poll::Ready(done) = down.poll_copy(cx, backend, client) {
+            let waiting = !up_done && up.last_read > down.last_read;
+            let at_end = waiting.then_some(lost);
+            if let Poll::Ready(done) = down.poll_copy(cx, (backend, client), &mut clock, at_end) {
                 done?;
                 down_done = true;
                 if up_done {
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(ended(&down)));
                 }
                 closing = Some(true);
                 linger = Some(Box::pin(tokio::time::sleep(LINGER)));
@@ -206,11 +254,11 @@ where
             }
         }
         if !up_done {
-            if let Poll::Ready(done) = up.poll_copy(cx, client, backend) {
+            if let Poll::Ready(done) = up.poll_copy(cx, (client, backend), &mut clock, None) {
                 done?;
                 up_done = true;
                 if down_done {
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(ended(&down)));
                 }
                 closing = Some(false);
                 continue;
@@ -218,7 +266,7 @@ where
         }
         if let Some(linger) = &mut linger {
             ready!(linger.as_mut().poll(cx));
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(ended(&down)));
         }
         return Poll::Pending;
     })
@@ -239,6 +287,7 @@ mod tests {
                 &mut client_end,
                 &mut backend_end,
                 BytesMut::from(&b"EHLO a\r\n"[..]),
+                b"421 lost\r\n",
             )
             .await
         });
@@ -256,18 +305,17 @@ mod tests {
         drop(backend);
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"221 Bye\r\n");
-        assert!(relaying.await.unwrap().is_ok());
+        assert_eq!(answer, b"221 Bye\r\n", "no 421 after the backend's answer");
+        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_is_let_go() {
         let (_client, mut client_end) = duplex(64);
         let (mut backend, mut backend_end) = duplex(64 * 1024);
-        let relaying =
-            tokio::spawn(
-                async move { relay(&mut client_end, &mut backend_end, BytesMut::new()).await },
-            );
+        let relaying = tokio::spawn(async move {
+            relay(&mut client_end, &mut backend_end, BytesMut::new(), b"").await
+        });
         // The client never reads: the backend's bytes fill its side.
         backend.write_all(&[b'x'; 32 * 1024]).await.unwrap();
         let started = tokio::time::Instant::now();
@@ -287,6 +335,7 @@ mod tests {
                 &mut client_end,
                 &mut backend_end,
                 BytesMut::from(&b"PRO"[..]),
+                b"",
             )
             .await
         });
@@ -301,5 +350,32 @@ mod tests {
         let mut got = Vec::new();
         backend.read_to_end(&mut got).await.unwrap();
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_leaves_a_waiting_client_gives_it_the_lost_reply() {
+        let (mut client, mut client_end) = duplex(256);
+        let (mut backend, mut backend_end) = duplex(256);
+        let relaying = tokio::spawn(async move {
+            relay(
+                &mut client_end,
+                &mut backend_end,
+                BytesMut::new(),
+                b"421 lost\r\n",
+            )
+            .await
+        });
+        backend.write_all(b"250 ok\r\n").await.unwrap();
+        let mut chunk = [0u8; 64];
+        let read = client.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..read], b"250 ok\r\n");
+        client.write_all(b"MAIL FROM:<a@b>\r\n").await.unwrap();
+        let read = backend.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..read], b"MAIL FROM:<a@b>\r\n");
+        drop(backend);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"421 lost\r\n");
+        assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
     }
 }

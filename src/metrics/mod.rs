@@ -11,16 +11,17 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod live;
 mod relay;
+mod room;
 
 pub use live::Live;
 use relay::RelayMetrics;
 pub use relay::RelayResult;
+use room::RoomMetrics;
 
 /// How a client connection ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,48 +124,6 @@ struct HandshakeLabels {
     version: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WokenLabels {
-    woken: &'static str,
-}
-
-/// The waiting room's gauge and counters, their series made once (a
-/// flood parks and wakes thousands of clients a second).
-#[derive(Debug)]
-struct RoomMetrics {
-    clients: Gauge,
-    readable: Counter,
-    deadline: Counter,
-}
-
-impl RoomMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let clients = Gauge::default();
-        registry.register(
-            "doorman_waiting_room_clients",
-            "Clients in the greet wait held by the waiting room, without a task",
-            clients.clone(),
-        );
-        let returns = Family::<WokenLabels, Counter>::default();
-        registry.register(
-            "doorman_waiting_room_returns",
-            "Clients the waiting room handed back, by why: first bytes (or a hangup) or deadline",
-            returns.clone(),
-        );
-        let readable = returns
-            .get_or_create(&WokenLabels { woken: "readable" })
-            .clone();
-        let deadline = returns
-            .get_or_create(&WokenLabels { woken: "deadline" })
-            .clone();
-        Self {
-            clients,
-            readable,
-            deadline,
-        }
-    }
-}
-
 /// Every metric doorman keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -250,7 +209,7 @@ impl Default for Metrics {
         let backend_lost = Family::<StageLabels, Counter>::default();
         registry.register(
             "doorman_backend_lost",
-            "Backends lost (closed, timed out, or not following) while a client waited, by stage (a command, or END-OF-MESSAGE)",
+            "Backends lost (closed, timed out, or not following) while a client waited, by stage (a command, END-OF-MESSAGE, or RELAY for the byte copy)",
             backend_lost.clone(),
         );
         let room = RoomMetrics::register(&mut registry);
@@ -346,7 +305,7 @@ impl Metrics {
     /// doorman knows, or `END-OF-MESSAGE`; anything else counts as
     /// `other`, so a client cannot grow the label set).
     pub fn backend_lost(&self, stage: &str) {
-        const STAGES: [&str; 13] = [
+        const STAGES: [&str; 14] = [
             "EHLO",
             "HELO",
             "MAIL",
@@ -360,6 +319,7 @@ impl Metrics {
             "VRFY",
             "ETRN",
             "END-OF-MESSAGE",
+            "RELAY",
         ];
         let stage = STAGES.iter().find(|known| **known == stage).copied();
         self.backend_lost

@@ -7,6 +7,10 @@ use super::*;
 use crate::config::SendProxy;
 use crate::smtp::response::announces;
 
+/// The stage a backend lost in the byte copy is logged and counted at:
+/// doorman does not read that conversation, so it knows no command.
+const COPY_STAGE: &str = "RELAY";
+
 /// The client's lines replayed into a backend.
 pub(super) struct Replay {
     /// The lines, with CRLF.
@@ -123,7 +127,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         // client of an XCLIENT backend, which trusts doorman's own address:
         // it must never be able to speak for doorman.
         if gated.is_none() && send_proxy != SendProxy::Xclient {
-            return self.copy_bytes(&client, backend, pending, flush).await;
+            return self
+                .copy_bytes(&client, address, backend, pending, flush)
+                .await;
         }
         let judged = if gated.is_some() {
             judged
@@ -237,6 +243,7 @@ impl<S: ClientIo> Session<Channel<S>> {
     async fn copy_bytes(
         &mut self,
         client: &Client,
+        address: SocketAddr,
         mut backend: Channel<TcpStream>,
         pending: BytesMut,
         flush: tokio_util::sync::CancellationToken,
@@ -245,15 +252,24 @@ impl<S: ClientIo> Session<Channel<S>> {
             self.send_bytes(&pending).await;
         }
         let early = std::mem::take(&mut self.buffer);
+        let lost = reply::lost_backend(&self.shared.config.hostname);
         let relayed = tokio::select! {
-            relayed = relay(&mut self.stream, &mut backend, early) => relayed,
+            relayed = relay(&mut self.stream, &mut backend, early, lost.as_bytes()) => relayed,
             _ = flush.cancelled() => {
                 log::flushed(client.address);
-                Ok(())
+                Ok(Ended::Done)
             }
         };
         match relayed {
-            Ok(()) => {}
+            Ok(Ended::Done) => {}
+            Ok(Ended::BackendLost) => {
+                let error = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backend closed the connection",
+                );
+                log::backend_lost(client.address, address, COPY_STAGE, &error);
+                self.process.metrics.backend_lost(COPY_STAGE);
+            }
             Err(RelayError::ProxyHeader(input)) => {
                 return self.refuse_header(client, &input).await;
             }

@@ -58,7 +58,7 @@ use crate::config::{ListenerConfig, ProxyMode};
 use crate::gates::{AtConnect, Waits};
 use crate::handoff::users::UserRoute;
 use crate::handoff::{
-    read_reply, relay, Availability, Connected, RelayError, TlsHandoff, REPLY_TIMEOUT,
+    read_reply, relay, Availability, Connected, Ended, RelayError, TlsHandoff, REPLY_TIMEOUT,
 };
 use crate::limits::{Place, Refusal, STRESS_GREET_WAIT};
 use crate::log::{self, HangupPhase};

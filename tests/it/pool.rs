@@ -384,3 +384,52 @@ fn a_reload_keeps_the_live_sessions_counted_and_stops_probing_what_it_removed() 
     held.write_all(b"QUIT\r\n").unwrap();
     read_to_close(&mut held);
 }
+
+/// A backend that greets a client, reads its first command and hangs up
+/// without a reply (its probes get answers).
+fn backend_that_dies_after_a_command() -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let Some(probe) = read_v2_header(&mut reader) else {
+                    return;
+                };
+                let _ = writer.write_all(b"220 dying.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if !probe {
+                        return;
+                    }
+                    let _ = writer.write_all(b"250 ok\r\n");
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The byte copy too: a backend that hangs up while the client waits for
+/// its reply gets the client smtpd's 421, never a bare close, logged and
+/// counted.
+#[test]
+fn a_backend_lost_in_the_byte_copy_gets_the_client_a_421() {
+    let backend = backend_that_dies_after_a_command();
+    let doorman = Doorman::start(&pool_config(&[(backend, "")], ""), "127.0.0.1\n");
+    let mut client = connect_as(&doorman, "203.0.113.9");
+    assert_eq!(read_line(&mut client), "220 dying.test ESMTP\r\n");
+    client.write_all(b"EHLO client.test\r\n").unwrap();
+    assert_eq!(
+        read_to_close(&mut client),
+        "421 4.4.2 mx.doorman.test Error: lost connection with the backend\r\n"
+    );
+    let line = doorman
+        .log
+        .wait_for("lost connection with backend", Duration::from_secs(5));
+    assert!(line.contains("after RELAY for [203.0.113.9]"), "{line}");
+}
