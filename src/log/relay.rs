@@ -38,16 +38,19 @@ impl std::fmt::Display for Whatsup<'_> {
 }
 
 /// The backend's reply to a message's end: `proxy-accept` for a 2xx,
-/// `proxy-reject` for anything else, as Postfix logs it.
-pub fn proxy_end_of_message(reply: &[u8], whatsup: &Whatsup<'_>) {
+/// `proxy-reject` for anything else, as Postfix logs it, with the client
+/// last (where Postfix may add `sasl_username=`): one doorman process
+/// serves every session, so the line must name its client.
+pub fn proxy_end_of_message(client: SocketAddr, reply: &[u8], whatsup: &Whatsup<'_>) {
     let verdict = if reply.starts_with(b"2") {
         "accept"
     } else {
         "reject"
     };
     info!(
-        "proxy-{verdict}: END-OF-MESSAGE: {};{whatsup}",
-        one_line(reply)
+        "proxy-{verdict}: END-OF-MESSAGE: {};{whatsup} client={}",
+        one_line(reply),
+        Endpoint(client)
     );
 }
 

@@ -25,7 +25,7 @@ use doorman_gate_api::Stage;
 pub(super) use super::backend_side::BackendSide;
 use super::command::Incoming;
 use super::message::END_OF_MESSAGE;
-use super::relay_mode::RelayMode;
+use super::relay_mode::{has_parameter, RelayMode};
 use super::*;
 use crate::config::{BareNewline, RecipientKey};
 use crate::smtp::address::{parse_path, PathError};
@@ -289,6 +289,9 @@ impl<S: ClientIo> Session<Channel<S>> {
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        if let Some(next) = self.judge(talk, Stage::Helo, argument).await {
+            return next;
+        }
         let Some(answer) = self.forward(talk, verb, raw, limit).await else {
             return Next::Close;
         };
@@ -371,6 +374,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         };
         self.send_bytes(&answer).await;
         if answer.starts_with(b"2") {
+            if let Some(relay) = talk.relay.as_mut() {
+                relay.smtputf8 = has_parameter(raw, "SMTPUTF8");
+            }
             end_transaction(&mut talk.envelope);
             talk.envelope.sender = Some(sender);
             talk.envelope.transaction = next_transaction();
@@ -439,7 +445,7 @@ impl<S: ClientIo> Session<Channel<S>> {
     /// Puts a MAIL or RCPT to the engine gates, for a client that met the
     /// engine and has not authenticated: `Some` when a gate refused it
     /// (the client has its reply).
-    async fn judge<B>(
+    pub(super) async fn judge<B>(
         &mut self,
         talk: &Conversation<B>,
         stage: Stage,

@@ -27,6 +27,7 @@ mod handoff;
 mod header;
 mod message;
 mod parked;
+mod relay_data;
 mod relay_mode;
 
 use parked::Parked;

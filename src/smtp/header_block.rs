@@ -42,6 +42,8 @@ pub struct HeaderHold {
     limit: usize,
     /// How far `bytes` was searched for the end already.
     searched: usize,
+    /// Whether the message ended before any empty line.
+    ended_inside: bool,
 }
 
 impl HeaderHold {
@@ -52,6 +54,7 @@ impl HeaderHold {
             end: None,
             limit,
             searched: 0,
+            ended_inside: false,
         }
     }
 
@@ -86,10 +89,21 @@ impl HeaderHold {
     }
 
     /// The message ended inside the header block (a message of headers
-    /// only): what is held is the whole block.
+    /// only): what is held is the whole block and the end line (`.` and
+    /// CRLF), which is no part of it.
     pub fn message_ended(&mut self) {
         if self.end.is_none() {
-            self.end = Some(self.bytes.len());
+            self.end = Some(self.bytes.len().saturating_sub(3));
+            self.ended_inside = true;
+        }
+    }
+
+    /// The header block's size: up to its empty line, or its end.
+    fn size(&self, end: usize) -> usize {
+        if self.ended_inside {
+            end
+        } else {
+            end.saturating_sub(2)
         }
     }
 
@@ -97,7 +111,7 @@ impl HeaderHold {
     /// `Received:` headers, as mail-parser reads the block.
     pub fn verdict(&self, max_hops: usize) -> Result<(), HeaderRefusal> {
         let end = self.end.unwrap_or(self.bytes.len());
-        if end.saturating_sub(2) > self.limit {
+        if self.size(end) > self.limit {
             return Err(HeaderRefusal::TooLarge);
         }
         let block = &self.bytes[..end];
@@ -168,6 +182,12 @@ mod tests {
         assert_eq!(only.push(b"Subject: a\r\n.\r\n"), Held::More);
         only.message_ended();
         assert_eq!(only.verdict(50), Ok(()));
+        // A block of headers only, exactly at the limit: the end line is
+        // no part of it.
+        let mut exact = HeaderHold::new(12);
+        assert_eq!(exact.push(b"Subject: a\r\n.\r\n"), Held::TooLarge);
+        exact.message_ended();
+        assert_eq!(exact.verdict(50), Ok(()));
     }
 
     #[test]

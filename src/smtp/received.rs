@@ -69,11 +69,20 @@ pub struct Trace<'a> {
     pub date: SystemTime,
 }
 
+/// The longest HELO name the header carries (a DNS name's longest form);
+/// the rest is cut, so no header line nears RFC 5322's 998.
+const HELO_SHOWN: usize = 255;
+
 /// The `Received:` header of `trace`, CRLF line ends, folded as Postfix
-/// folds it.
+/// folds it. The client's HELO name and the verified name are
+/// [`neutered`], so a client cannot write a trace of its own into
+/// doorman's.
 pub fn received_header(trace: &Trace<'_>) -> String {
-    let name = trace.name.unwrap_or("unknown");
-    let helo = trace.helo.unwrap_or(name);
+    let utf8 = trace.protocol == Protocol::Utf8Smtp;
+    let name = neutered(trace.name.unwrap_or("unknown"), utf8);
+    let helo = trace
+        .helo
+        .map_or_else(|| name.clone(), |helo| neutered(helo, utf8));
     let address = match trace.address {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
@@ -102,6 +111,29 @@ pub fn received_header(trace: &Trace<'_>) -> String {
         _ => header.push_str(&format!("{by};\r\n\t{date}\r\n")),
     }
     header
+}
+
+/// A name as smtpd keeps a HELO name for its `Received:` header
+/// (`printable()`, then `neuter()` with `" <>()\\\";@"`): every character
+/// that could end the name or open a comment, an address literal's
+/// neighbour or a new clause becomes `?`, as does every control character
+/// and, outside a UTF8SMTP transaction, every non-ASCII one; at most
+/// [`HELO_SHOWN`] bytes are kept.
+pub fn neutered(name: &str, utf8: bool) -> String {
+    let mut shown = String::with_capacity(name.len().min(HELO_SHOWN));
+    for character in name.chars() {
+        let kept = match character {
+            ' ' | '<' | '>' | '(' | ')' | '\\' | '"' | ';' | '@' => '?',
+            c if c.is_control() => '?',
+            c if !c.is_ascii() && !utf8 => '?',
+            c => c,
+        };
+        if shown.len() + kept.len_utf8() > HELO_SHOWN {
+            break;
+        }
+        shown.push(kept);
+    }
+    shown
 }
 
 /// The `with` clause's protocol name (RFC 3848, RFC 6531): `S` for TLS,
@@ -283,6 +315,36 @@ mod tests {
         assert_eq!(received.for_.as_deref(), Some("bob@doorman.test"));
         assert_eq!(received.id.as_deref(), Some("4ABC"));
         assert!(received.date.is_some());
+    }
+
+    #[test]
+    fn a_hostile_helo_cannot_write_a_trace_of_its_own() {
+        let recipients = ["bob@doorman.test".to_string()];
+        for hostile in [
+            "a.b (unknown [10.1.1.1])\tby mx.internal.test with ESMTP;",
+            "a([10.1.1.1]);",
+            "x\\\"(<@10.1.1.1>)\"",
+            "caf\u{e9}.example",
+        ] {
+            let mut forged = trace(&recipients, None);
+            forged.helo = Some(hostile);
+            let header = received_header(&forged);
+            let block = format!("{header}Subject: x\r\n\r\n");
+            let parsed = mail_parser::MessageParser::default()
+                .parse_headers(block.as_bytes())
+                .expect("a header block");
+            let received = parsed.received().expect("a Received header");
+            assert_eq!(
+                received.from_ip,
+                Some(IpAddr::from([192, 0, 2, 7])),
+                "{hostile:?}: {header}"
+            );
+            assert!(header.is_ascii(), "{header}");
+            assert_eq!(header.lines().count(), 3, "{header}");
+        }
+        assert_eq!(neutered("a.b (x [1.2.3.4])", false), "a.b??x?[1.2.3.4]?");
+        assert_eq!(neutered("caf\u{e9}", true), "caf\u{e9}");
+        assert_eq!(neutered(&"h".repeat(2000), false).len(), HELO_SHOWN);
     }
 
     #[test]

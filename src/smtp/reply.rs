@@ -200,6 +200,10 @@ pub const TOO_MANY_HOPS: &str = "554 5.4.0 Error: too many hops\r\n";
 /// max_header_size`.
 pub const HEADER_TOO_LARGE: &str = "552 5.3.4 Error: message header size exceeds limit\r\n";
 
+/// AUTH where it is not offered (relay mode): smtpd's reply when SASL is
+/// off.
+pub const AUTH_NOT_ENABLED: &str = "503 5.5.1 Error: authentication not enabled\r\n";
+
 /// An AUTH exchange line longer than the line limit.
 pub const AUTH_LINE_TOO_LONG: &str = "500 5.5.6 Authentication exchange line is too long\r\n";
 

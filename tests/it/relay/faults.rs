@@ -151,3 +151,123 @@ fn a_cluster_that_mixes_relay_mode_with_proxy_backends_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bare_newline_after_the_header_block_under_reject_ends_the_session_at_once() {
+    let backend = RelayBackend::start(KEYWORDS, AtEnd::Accept);
+    let doorman = relaying(
+        backend.address,
+        "[engine]\nbare_newline = \"reject\"\n[relay]\ntimeout = \"30s\"\n",
+    );
+    let (mut stream, _) = greeted(&doorman, "192.0.2.17");
+    // The header block goes to the backend first; the bare LF comes in a
+    // later read, while the backend is inside DATA.
+    assert_eq!(
+        ask(&mut stream, "MAIL FROM:<alice@sender.test>\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(ask(&mut stream, "RCPT TO:<bob@doorman.test>\r\n"), OK);
+    assert_eq!(
+        ask(&mut stream, "DATA\r\n"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    stream.write_all(b"Subject: s\r\n\r\nline0\r\n").unwrap();
+    backend.wait_for(0, b"line0\r\n");
+    let started = std::time::Instant::now();
+    stream.write_all(b"line1\nline2\r\n.\r\n").unwrap();
+    assert_eq!(
+        whole_reply(&mut stream),
+        "550 5.5.2 mx.doorman.test Error: bare <LF> received\r\n"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "at once, not at [relay] timeout"
+    );
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let session = backend.wait_for(0, b"line0\r\n");
+    assert_eq!(
+        find(&session, b"\r\n.\r\n"),
+        None,
+        "the backend never saw an end"
+    );
+}
+
+#[test]
+fn a_backend_that_refuses_doormans_ehlo_gives_the_client_its_own_4xx() {
+    let backend = scripted_relay_backend(|_| b"451 4.3.2 Try again later\r\n");
+    let doorman = relaying(backend, "");
+    let (mut stream, _) = greeted(&doorman, "192.0.2.18");
+    assert_eq!(
+        ask(&mut stream, "MAIL FROM:<alice@sender.test>\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        ask(&mut stream, "RCPT TO:<bob@doorman.test>\r\n"),
+        "451 4.3.2 Try again later\r\n"
+    );
+    doorman.log.wait_for(
+        "NOQUEUE: reject: RCPT from [192.0.2.18]:40000: 451 4.3.2 Try again later; from=<alice@sender.test>, to=<bob@doorman.test>",
+        Duration::from_secs(5),
+    );
+}
+
+/// A backend that greets and answers each line with `answer(line)` (a
+/// plain listener: relay mode sends no header).
+fn scripted_relay_backend(answer: fn(&str) -> &'static [u8]) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let _ = writer.write_all(b"220 relay.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let quit = line.to_ascii_uppercase().starts_with("QUIT");
+                    let _ = writer.write_all(if quit {
+                        b"221 2.0.0 Bye\r\n"
+                    } else {
+                        answer(&line)
+                    });
+                    if quit {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_backend_that_refuses_data_has_its_reply_at_the_clients_end_of_data() {
+    let backend = scripted_relay_backend(|line| {
+        if line.starts_with("DATA") {
+            b"554 5.7.1 Rejected by policy\r\n"
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        }
+    });
+    let doorman = relaying(backend, "");
+    let (mut stream, _) = greeted(&doorman, "192.0.2.19");
+    let message = b"Subject: refused\r\n\r\nbody\r\n.\r\n";
+    assert_eq!(
+        transaction(
+            &mut stream,
+            &[("bob@doorman.test", "250 2.0.0 Ok\r\n")],
+            message
+        ),
+        "554 5.7.1 Rejected by policy\r\n"
+    );
+    doorman.log.wait_for(
+        "proxy-reject: END-OF-MESSAGE: 554 5.7.1 Rejected by policy; from=<alice@sender.test> to=<bob@doorman.test> proto=ESMTP helo=<client.test> client=[192.0.2.19]:40000",
+        Duration::from_secs(5),
+    );
+    // The session goes on.
+    assert_eq!(ask(&mut stream, "NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}

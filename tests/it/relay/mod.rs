@@ -137,7 +137,7 @@ fn a_message_reaches_the_backend_under_doormans_received_header() {
     assert_eq!(received.for_.as_deref(), Some("bob@doorman.test"));
     assert_eq!(parsed.subject(), Some("hello"));
     doorman.log.wait_for(
-        "proxy-accept: END-OF-MESSAGE: 250 2.0.0 Ok: queued as 4XQ7Z1; from=<alice@sender.test> to=<bob@doorman.test> proto=ESMTP helo=<client.test>",
+        "proxy-accept: END-OF-MESSAGE: 250 2.0.0 Ok: queued as 4XQ7Z1; from=<alice@sender.test> to=<bob@doorman.test> proto=ESMTP helo=<client.test> client=[192.0.2.7]:40000",
         Duration::from_secs(5),
     );
 
@@ -224,5 +224,92 @@ fn loops_and_oversized_headers_never_reach_the_backend() {
     assert_eq!(
         sample(&metrics, "doorman_relay_messages_total{result=\"refused\"}"),
         Some(2.0)
+    );
+}
+
+#[test]
+fn a_hostile_helo_cannot_forge_the_trace_and_a_new_ehlo_resets_the_backend() {
+    let backend = RelayBackend::start(KEYWORDS, AtEnd::Accept);
+    let doorman = relaying(backend.address, "");
+    let mut stream = connect_as(&doorman, "192.0.2.15");
+    assert_eq!(whole_reply(&mut stream), "220 mx.doorman.test ESMTP\r\n");
+    let forged = "a.b (unknown [10.1.1.1])\tby mx.internal.test with ESMTP;";
+    assert!(ask(&mut stream, &format!("EHLO {forged}\r\n")).starts_with("250-"));
+    let message = b"Subject: forged\r\n\r\nbody\r\n.\r\n";
+    assert_eq!(
+        transaction(&mut stream, &[("bob@doorman.test", OK)], message),
+        QUEUED
+    );
+    let session = backend.wait_for(0, b"\r\n.\r\n");
+    let first = message_of(&session);
+    let text = String::from_utf8_lossy(&first);
+    assert!(
+        text.starts_with("Received: from a.b??unknown?[10.1.1.1]??by?mx.internal.test?with?ESMTP? (unknown [192.0.2.15])\r\n"),
+        "{text}"
+    );
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&first[..first.len() - 3])
+        .expect("a message");
+    assert_eq!(
+        parsed.received().and_then(|r| r.from_ip),
+        Some([192, 0, 2, 15].into()),
+        "{text}"
+    );
+    // A new EHLO mid-session: doorman answers it (without STARTTLS or
+    // AUTH), the backend gets RSET, and the next trace names the new HELO.
+    let ehlo = ask(&mut stream, "EHLO second.test\r\n");
+    assert!(ehlo.starts_with("250-mx.doorman.test\r\n"), "{ehlo}");
+    assert!(
+        !ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        ask(&mut stream, "AUTH PLAIN AGFAYg==\r\n"),
+        "503 5.5.1 Error: authentication not enabled\r\n"
+    );
+    let again = b"Subject: again\r\n\r\nbody\r\n.\r\n";
+    assert_eq!(
+        transaction(&mut stream, &[("bob@doorman.test", OK)], again),
+        QUEUED
+    );
+    let session = backend.wait_for(0, b"Subject: again");
+    assert!(find(
+        &session,
+        b"\r\n.\r\nRSET\r\nMAIL FROM:<alice@sender.test>\r\n"
+    )
+    .is_some());
+    let later = &session[find(&session, b"RSET\r\n").unwrap()..];
+    let second =
+        String::from_utf8_lossy(&later[find(later, b"DATA\r\n").unwrap() + 6..]).into_owned();
+    assert!(
+        second.starts_with("Received: from second.test (unknown [192.0.2.15])\r\n"),
+        "{second}"
+    );
+}
+
+#[test]
+fn a_message_of_headers_only_and_a_backend_that_refuses_data() {
+    let backend = RelayBackend::start(KEYWORDS, AtEnd::Accept);
+    let doorman = relaying(backend.address, "");
+    let (mut stream, _) = greeted(&doorman, "192.0.2.16");
+    let headers_only = b"Subject: only headers\r\n.\r\n";
+    assert_eq!(
+        transaction(&mut stream, &[("bob@doorman.test", OK)], headers_only),
+        QUEUED
+    );
+    let session = backend.wait_for(0, b"\r\n.\r\n");
+    assert!(message_of(&session).ends_with(b"\r\nSubject: only headers\r\n.\r\n"));
+    // No valid recipient: doorman answers DATA itself, as smtpd does.
+    assert_eq!(
+        ask(&mut stream, "MAIL FROM:<alice@sender.test>\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        ask(&mut stream, "RCPT TO:<unknown@doorman.test>\r\n"),
+        "550 5.1.1 <unknown@doorman.test>: Recipient address rejected: User unknown\r\n"
+    );
+    assert_eq!(
+        ask(&mut stream, "DATA\r\n"),
+        "554 5.5.1 Error: no valid recipients\r\n"
     );
 }
