@@ -118,7 +118,7 @@ pub fn received_header(trace: &Trace<'_>) -> String {
 /// that could end the name or open a comment, an address literal's
 /// neighbour or a new clause becomes `?`, as does every control character
 /// and, outside a UTF8SMTP transaction, every non-ASCII one; at most
-/// [`HELO_SHOWN`] bytes are kept.
+/// 255 bytes (a DNS name's longest form) are kept.
 pub fn neutered(name: &str, utf8: bool) -> String {
     let mut shown = String::with_capacity(name.len().min(HELO_SHOWN));
     for character in name.chars() {
