@@ -244,6 +244,50 @@ mod tests {
         assert_eq!(odd, entry);
     }
 
+    /// The stored record of an entry with every test and two other gates
+    /// set, pinned: entries in a redb file or Redis must read back the
+    /// same, and be written the same, whatever the code behind them.
+    #[test]
+    fn the_record_of_an_entry_with_every_test_set_is_pinned() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let names = [
+            "pregreet",
+            "dnsbl",
+            "pipelining",
+            "non_smtp_command",
+            "bare_newline",
+            "rdns",
+            "greylist",
+        ];
+        let mut entry = Entry::default();
+        for (index, name) in names.iter().enumerate() {
+            entry.record_gate(name, base, Duration::from_secs(index as u64 + 1));
+        }
+        let record = "1800000001;1800000002;1800000003;1800000004;1800000005;\
+                      rdns=1800000006;greylist=1800000007";
+        assert_eq!(entry.encode(), record);
+        let decoded = Entry::decode(record).unwrap();
+        assert_eq!(decoded, entry);
+        assert_eq!(decoded.encode(), record);
+        for (index, name) in names.iter().enumerate() {
+            let expiry = base + Duration::from_secs(index as u64 + 1);
+            assert!(decoded.passed_gate(name, expiry - Duration::from_secs(1)));
+            assert!(!decoded.passed_gate(name, expiry), "{name}");
+        }
+        assert_eq!(decoded.latest(), Some(base + Duration::from_secs(7)));
+        // A record with a field left unset, and postscreen's own shorter
+        // records, read back the same way.
+        let gaps = Entry::decode("0;1800000002;0;1800000004;0").unwrap();
+        assert!(!gaps.passed_gate("pregreet", base));
+        assert!(gaps.passed_gate("non_smtp_command", base));
+        assert!(!gaps.passed_gate("bare_newline", base));
+        assert_eq!(gaps.encode(), "0;1800000002;0;1800000004;0");
+        let short = Entry::decode("1800000001;1800000002;1800000003").unwrap();
+        assert!(short.passed_gate("pipelining", base));
+        assert!(!short.passed_gate("non_smtp_command", base));
+        assert_eq!(short.encode(), "1800000001;1800000002;1800000003;0;0");
+    }
+
     #[test]
     fn staleness_uses_the_latest_expiry_and_the_retention() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);

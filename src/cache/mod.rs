@@ -299,6 +299,23 @@ impl PassCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// `doorman cache get`'s line for an entry with every test set.
+    #[test]
+    fn the_description_names_every_test() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry =
+            Entry::decode("1800000001;0;1800000003;1800000004;1800000005;rdns=1800000006").unwrap();
+        assert_eq!(
+            describe(IpAddr::from([192, 0, 2, 1]), &entry),
+            "192.0.2.1: pregreet passed until 2027-01-15T08:00:01Z, dnsbl passed never, \
+             pipelining passed until 2027-01-15T08:00:03Z, non_smtp_command passed until \
+             2027-01-15T08:00:04Z, bare_newline passed until 2027-01-15T08:00:05Z \
+             (record 1800000001;0;1800000003;1800000004;1800000005;rdns=1800000006)"
+        );
+        assert!(entry.passed_gate("rdns", base));
+    }
 
     #[tokio::test]
     async fn memory_cache_is_bounded_and_cleans_up() {

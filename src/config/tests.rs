@@ -189,3 +189,45 @@ fn a_cluster_balanced_by_recipient_is_checked_and_warned_about_without_tls() {
         "{shown}"
     );
 }
+
+/// `[deep_tests]` as written, with its errors and their lines, pinned:
+/// the section's form must not change with the code that reads it.
+#[test]
+fn deep_tests_keys_and_errors_are_pinned() {
+    let text = format!(
+        "{MINIMAL}[deep_tests]\nafter_pass = \"reconnect\"\npipelining = {{ enable = true, action = \"drop\", ttl = \"2d\" }}\nnon_smtp_command = {{ enable = true }}\nbare_newline = {{ ttl = \"1h\" }}\nforbidden_commands = [\"get\"]\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    assert_eq!(
+        config.shortest_ttl(),
+        Duration::from_secs(60),
+        "[dnsbl] min_ttl"
+    );
+    let shorter = text.replace("\"1h\"", "\"20s\"");
+    let config = Config::parse(&shorter, Path::new("d.toml")).expect("ok");
+    assert_eq!(config.shortest_ttl(), Duration::from_secs(20));
+    let errors = [
+        (
+            text.replace("forbidden_commands", "forbidden"),
+            "d.toml:11: forbidden = [\"get\"]: unknown field `forbidden`, expected one of `after_pass`, `pipelining`, `non_smtp_command`, `bare_newline`, `forbidden_commands`",
+        ),
+        (
+            text.replace("enable = true }", "enable = \"yes\" }"),
+            "d.toml:9: non_smtp_command = { enable = \"yes\" }: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            text.replace("\"2d\"", "\"2y\""),
+            "d.toml:8: pipelining ttl = \"2years\": at most \"11months 30days 3h 50m 24s\" (the configuration reference lists every bound)",
+        ),
+        (
+            text.replace("\"reconnect\"", "\"again\""),
+            "d.toml:7: after_pass = \"again\": unknown variant `again`, expected `replay` or `reconnect`",
+        ),
+    ];
+    for (bad, expected) in errors {
+        let shown = Config::parse(&bad, Path::new("d.toml"))
+            .expect_err(expected)
+            .to_string();
+        assert_eq!(shown, expected);
+    }
+}
