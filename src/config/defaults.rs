@@ -63,10 +63,6 @@ pub(super) fn default_cache_size() -> usize {
     100_000
 }
 
-pub(super) fn default_forbidden_commands() -> Vec<String> {
-    vec!["CONNECT".into(), "GET".into(), "POST".into()]
-}
-
 pub(super) fn default_weight() -> u32 {
     1
 }

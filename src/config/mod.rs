@@ -32,6 +32,7 @@ use std::time::Duration;
 use doorman_gate_api::SectionContext;
 use serde::Deserialize;
 
+use crate::deep::{DeepTest, DeepTestsSection};
 use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
@@ -186,16 +187,11 @@ impl Config {
     /// pass, so the test comes back when something else expires.
     pub fn shortest_ttl(&self) -> Duration {
         let deep = &self.deep_tests;
-        [
-            self.greet.ttl,
-            self.dnsbl.min_ttl,
-            deep.pipelining.ttl(),
-            deep.non_smtp_command.ttl(),
-            deep.bare_newline.ttl(),
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or_default()
+        [self.greet.ttl, self.dnsbl.min_ttl]
+            .into_iter()
+            .chain(DeepTest::ALL.map(|test| deep.ttl(test)))
+            .min()
+            .unwrap_or_default()
     }
 
     /// The `[cluster.NAME]` section of `cluster` when it balances by
@@ -405,7 +401,9 @@ impl Sections {
         self.limits.check().map_err(at("limits"))?;
         self.pool.check().map_err(at("pool"))?;
         self.runtime.check().map_err(at("runtime"))?;
-        self.deep_tests.check().map_err(at("deep_tests"))
+        self.deep_tests
+            .check(bounds::YEAR)
+            .map_err(at("deep_tests"))
     }
 
     /// Makes the paths absolute and reads the files the core's sections

@@ -9,7 +9,6 @@
 //!   CR or LF in it becomes (SMTP smuggling).
 //! - [`reply`]: every reply a client can get from doorman itself, in one
 //!   place, worded as postscreen and Haraka word them.
-//! - [`deep`]: postscreen's deep protocol tests (sans-IO).
 //! - [`engine`]: the sans-IO built-in engine that refuses every RCPT of a
 //!   client under an `enforce` action, as postscreen's dummy engine does.
 //! - [`response`]: the sans-IO reader of a backend's (multi-line) reply.
@@ -19,7 +18,6 @@
 
 pub mod address;
 pub mod body;
-pub mod deep;
 pub mod engine;
 pub mod health;
 pub mod line;
