@@ -206,10 +206,23 @@ fn deep_tests_keys_and_errors_are_pinned() {
     let shorter = text.replace("\"1h\"", "\"20s\"");
     let config = Config::parse(&shorter, Path::new("d.toml")).expect("ok");
     assert_eq!(config.shortest_ttl(), Duration::from_secs(20));
+    // The keys in the order serde lists them: the deep tests' own names
+    // (pinned in `crate::deep`'s tests) between `after_pass` and
+    // `forbidden_commands`, so that a new deep test touches no line here.
+    let keys: Vec<String> = ["after_pass"]
+        .into_iter()
+        .chain(crate::deep::DeepTest::ALL.map(crate::deep::DeepTest::name))
+        .chain(["forbidden_commands"])
+        .map(|key| format!("`{key}`"))
+        .collect();
+    let unknown_key = format!(
+        "d.toml:11: forbidden = [\"get\"]: unknown field `forbidden`, expected one of {}",
+        keys.join(", ")
+    );
     let errors = [
         (
             text.replace("forbidden_commands", "forbidden"),
-            "d.toml:11: forbidden = [\"get\"]: unknown field `forbidden`, expected one of `after_pass`, `pipelining`, `non_smtp_command`, `bare_newline`, `forbidden_commands`",
+            unknown_key.as_str(),
         ),
         (
             text.replace("enable = true }", "enable = \"yes\" }"),
@@ -222,6 +235,47 @@ fn deep_tests_keys_and_errors_are_pinned() {
         (
             text.replace("\"reconnect\"", "\"again\""),
             "d.toml:7: after_pass = \"again\": unknown variant `again`, expected `replay` or `reconnect`",
+        ),
+    ];
+    for (bad, expected) in errors {
+        let shown = Config::parse(&bad, Path::new("d.toml"))
+            .expect_err(expected)
+            .to_string();
+        assert_eq!(shown, expected);
+    }
+}
+
+/// The resolver keys written under `[dnsbl]`, with their errors and their
+/// lines, pinned: which gate's table holds them is the registry's
+/// knowledge, and the file reads the same.
+#[test]
+fn the_shared_resolver_keys_under_dnsbl_are_pinned() {
+    let text = format!(
+        "{MINIMAL}[dnsbl]\nsites = [\"zen.test\"]\nmin_ttl = \"30s\"\nmax_ttl = \"2h\"\ntimeout = \"3s\"\nnameservers = [\"127.0.0.1:5300\"]\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    let resolver = &config.context.resolver;
+    assert_eq!(resolver.min_ttl, Duration::from_secs(30));
+    assert_eq!(resolver.max_ttl, Duration::from_secs(7200));
+    assert_eq!(resolver.timeout, Duration::from_secs(3));
+    assert_eq!(resolver.nameservers.len(), 1);
+    assert_eq!(config.shortest_ttl(), Duration::from_secs(30));
+    let errors = [
+        (
+            text.replace("\"30s\"", "30"),
+            "d.toml:8: min_ttl = 30: invalid type: integer `30`, expected a duration",
+        ),
+        (
+            text.replace("\"30s\"", "\"3h\""),
+            "d.toml:8: dnsbl min_ttl is above max_ttl",
+        ),
+        (
+            text.replace("\"3s\"", "\"10m\""),
+            "d.toml:10: timeout = \"10m\": at most \"5m\" (the configuration reference lists every bound)",
+        ),
+        (
+            text.replace("sites", "sitez"),
+            "d.toml:7: sitez = [\"zen.test\"]: unknown field `sitez`, expected `sites` or `reply_map`",
         ),
     ];
     for (bad, expected) in errors {
