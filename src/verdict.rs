@@ -77,7 +77,7 @@ impl Judgement {
     }
 }
 
-/// The score thresholds (`[dnsbl] threshold` and `allowlist_threshold`),
+/// The score thresholds (`[score] threshold` and `allowlist_threshold`),
 /// which judge the sum of every gate's weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Thresholds {

@@ -100,12 +100,14 @@ pub struct Sections {
     /// The `[greet]` section.
     #[serde(default)]
     pub greet: GreetSection,
-    /// The `[score]` section (with `[dnsbl]`'s old keys applied).
+    /// The `[score]` section (with its old keys, in the resolver gate's
+    /// table, applied).
     #[serde(default)]
     pub score: ScoreSection,
-    /// The core's keys of `[dnsbl]`: the shared resolver.
-    #[serde(default)]
-    pub dnsbl: DnsblShared,
+    /// The core's keys in the table of the gate `Registry::resolver`
+    /// names: the shared resolver, and `[score]`'s old keys.
+    #[serde(skip)]
+    pub shared: SharedKeys,
     /// The `[cache]` section.
     #[serde(default)]
     pub cache: CacheSection,
@@ -184,10 +186,13 @@ impl Config {
 
     /// The shortest TTL of any test, enabled or not (postscreen's
     /// `psc_min_ttl`): how long an ignored deep-test failure counts as a
-    /// pass, so the test comes back when something else expires.
+    /// pass, so the test comes back when something else expires. The
+    /// tests are the pregreet test, every deep test, and the DNS gates,
+    /// whose passes last as long as their answers: at least the shared
+    /// resolver's `min_ttl`.
     pub fn shortest_ttl(&self) -> Duration {
         let deep = &self.deep_tests;
-        [self.greet.ttl, self.dnsbl.min_ttl]
+        [self.greet.ttl, self.shared.min_ttl]
             .into_iter()
             .chain(DeepTest::ALL.map(|test| deep.ttl(test)))
             .min()
@@ -251,27 +256,30 @@ impl Config {
     pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let document = Document::parse(text, path)?;
         let mut root = document.root();
-        // The gates' tables go to the gates; the core keeps `[dnsbl]`'s
-        // resolver and old score keys.
+        // The gates' tables go to the gates; the core keeps the shared
+        // resolver's keys and the old score keys out of the table of the
+        // gate the registry names.
+        let resolver = registry.resolver();
         let mut gate_tables: Vec<(&'static str, Table)> = Vec::new();
+        let mut shared = None;
         for name in registry.names() {
-            if let Some((key, mut table)) = root.get_mut().remove_entry(name) {
-                if name == "dnsbl" {
-                    root.get_mut()
-                        .insert(key, split_off(&mut table, &DnsblShared::KEYS));
+            if let Some((_, mut table)) = root.get_mut().remove_entry(name) {
+                if resolver == Some(name) {
+                    shared = Some(split_off(&mut table, &SharedKeys::KEYS));
                 }
                 gate_tables.push((name, table));
             }
         }
         let score_written = root.get_ref().get("score").is_some();
         let mut sections: Sections = document.read_root(root)?;
+        sections.shared = document.read_table(shared)?;
         sections.check(&document, registry)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let loaded = sections.load(&document, base)?;
         let (score, deprecated) = sections
-            .dnsbl
+            .shared
             .score(score_written.then_some(sections.score))
-            .map_err(|error| document.section_error("dnsbl", error))?;
+            .map_err(|error| document.section_error(resolver.unwrap_or_default(), error))?;
         sections.score = score;
         let table = |name: &str| {
             gate_tables
@@ -284,7 +292,7 @@ impl Config {
             hostname: sections.hostname.clone(),
             base: base.to_path_buf(),
             cache_size: sections.cache.size,
-            resolver: sections.dnsbl.resolver(),
+            resolver: sections.shared.resolver(),
             doubtful: doubtful.threshold,
         };
         let mut gate_sections = Vec::new();
@@ -395,7 +403,9 @@ impl Sections {
         }
         self.greet.check().map_err(at("greet"))?;
         self.score.check().map_err(at("score"))?;
-        self.dnsbl.check().map_err(at("dnsbl"))?;
+        self.shared
+            .check()
+            .map_err(at(registry.resolver().unwrap_or_default()))?;
         self.cache.check().map_err(at("cache"))?;
         self.engine.check().map_err(at("engine"))?;
         self.limits.check().map_err(at("limits"))?;

@@ -104,11 +104,13 @@ impl ScoreSection {
     }
 }
 
-/// The keys of `[dnsbl]` the core reads: the resolver every DNS gate
-/// shares, and the old names of `[score]`'s keys. The gate reads the rest.
+/// The keys the core reads out of the table of the gate the registry names
+/// (`Registry::resolver`: `[dnsbl]`, where postscreen's operators look for
+/// them): the resolver every DNS gate shares, and the old names of
+/// `[score]`'s keys. The gate reads the rest of its table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct DnsblShared {
+pub struct SharedKeys {
     /// Lower clamp of answer TTLs.
     #[serde(with = "humantime_serde", default = "default_min_ttl")]
     pub min_ttl: Duration,
@@ -129,8 +131,8 @@ pub struct DnsblShared {
     pub action: Option<Action>,
 }
 
-impl DnsblShared {
-    /// The keys this type reads out of `[dnsbl]`.
+impl SharedKeys {
+    /// The keys this type reads out of the gate's table.
     pub const KEYS: [&'static str; 7] = [
         "min_ttl",
         "max_ttl",
@@ -206,7 +208,7 @@ impl DnsblShared {
     }
 }
 
-impl Default for DnsblShared {
+impl Default for SharedKeys {
     fn default() -> Self {
         Self {
             min_ttl: default_min_ttl(),

@@ -18,8 +18,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.greet.ttl, Duration::from_secs(86400));
     assert_eq!(config.score, ScoreSection::default());
     assert_eq!(config.score.threshold, 1);
-    assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
-    assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
+    assert_eq!(config.shared.min_ttl, Duration::from_secs(60));
+    assert_eq!(config.shared.max_ttl, Duration::from_secs(3600));
     assert_eq!(config.cache.size, 100_000);
     assert_eq!(config.engine.command_limit, 20);
     assert_eq!(config.engine.line_length, 2048);
@@ -37,7 +37,7 @@ fn gating_sections() {
     assert_eq!(config.greet_banner(), "");
     assert_eq!(config.greet.action, doorman_gate_api::Action::Drop);
     assert_eq!(config.score.allowlist_threshold, -1);
-    assert_eq!(config.dnsbl.nameservers.len(), 1);
+    assert_eq!(config.shared.nameservers.len(), 1);
     assert_eq!(config.deprecated.len(), 1, "{:?}", config.deprecated);
     let bad = text.replace("*-2", "*two");
     let shown = Config::parse(&bad, Path::new("d.toml"))
