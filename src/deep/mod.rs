@@ -17,8 +17,11 @@
 //!
 //! # Adding a deep test
 //! One entry in `TESTS`, with the function that looks at a line, both in
-//! this file. A test postscreen has no field for in its cache record is
-//! stored behind that record as `;name=expiry`, like a gate's pass.
+//! this file (and its row in the table's pinned test, beside it). A test
+//! postscreen has no field for in its cache record is stored behind that
+//! record as `;name=expiry`, like a gate's pass. A drop reply of its own
+//! goes in `smtp::reply`, with every other reply; its key is documented in
+//! `config/doorman.toml`, as every key is.
 
 mod section;
 
