@@ -33,6 +33,7 @@ use doorman_gate_api::SectionContext;
 use serde::Deserialize;
 
 use crate::deep::{DeepTest, DeepTestsSection};
+use bounds::YEAR;
 use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
@@ -100,12 +101,10 @@ pub struct Sections {
     /// The `[greet]` section.
     #[serde(default)]
     pub greet: GreetSection,
-    /// The `[score]` section (with its old keys, in the resolver gate's
-    /// table, applied).
+    /// The `[score]` section (with its old keys applied).
     #[serde(default)]
     pub score: ScoreSection,
-    /// The core's keys in the table of the gate `Registry::resolver`
-    /// names: the shared resolver, and `[score]`'s old keys.
+    /// The core's keys in the table `Registry::resolver` names.
     #[serde(skip)]
     pub shared: SharedKeys,
     /// The `[cache]` section.
@@ -186,10 +185,8 @@ impl Config {
 
     /// The shortest TTL of any test, enabled or not (postscreen's
     /// `psc_min_ttl`): how long an ignored deep-test failure counts as a
-    /// pass, so the test comes back when something else expires. The
-    /// tests are the pregreet test, every deep test, and the DNS gates,
-    /// whose passes last as long as their answers: at least the shared
-    /// resolver's `min_ttl`.
+    /// pass, so the test comes back when something else expires (a DNS
+    /// gate's pass lasts at least the shared resolver's `min_ttl`).
     pub fn shortest_ttl(&self) -> Duration {
         let deep = &self.deep_tests;
         [self.greet.ttl, self.shared.min_ttl]
@@ -230,10 +227,6 @@ struct Doubtful {
     threshold: i32,
 }
 
-fn default_doubtful() -> i32 {
-    1
-}
-
 impl Config {
     /// Reads, parses and checks the config file at `path` and every file it
     /// names, with the gates doorman ships.
@@ -256,9 +249,8 @@ impl Config {
     pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let document = Document::parse(text, path)?;
         let mut root = document.root();
-        // The gates' tables go to the gates; the core keeps the shared
-        // resolver's keys and the old score keys out of the table of the
-        // gate the registry names.
+        // The gates' tables go to the gates; the core keeps the resolver's
+        // and the old score keys out of the table the registry names.
         let resolver = registry.resolver();
         let mut gate_tables: Vec<(&'static str, Table)> = Vec::new();
         let mut shared = None;
@@ -335,6 +327,7 @@ impl Sections {
     /// Every section's own check, then what spans sections.
     fn check(&self, document: &Document, registry: &Registry) -> Result<(), ConfigError> {
         let at = |table: &'static str| move |error| document.section_error(table, error);
+        let resolver = registry.resolver().unwrap_or_default();
         if self.hostname.is_empty()
             || !self
                 .hostname
@@ -403,17 +396,13 @@ impl Sections {
         }
         self.greet.check().map_err(at("greet"))?;
         self.score.check().map_err(at("score"))?;
-        self.shared
-            .check()
-            .map_err(at(registry.resolver().unwrap_or_default()))?;
+        self.shared.check().map_err(at(resolver))?;
         self.cache.check().map_err(at("cache"))?;
         self.engine.check().map_err(at("engine"))?;
         self.limits.check().map_err(at("limits"))?;
         self.pool.check().map_err(at("pool"))?;
         self.runtime.check().map_err(at("runtime"))?;
-        self.deep_tests
-            .check(bounds::YEAR)
-            .map_err(at("deep_tests"))
+        self.deep_tests.check(YEAR).map_err(at("deep_tests"))
     }
 
     /// Makes the paths absolute and reads the files the core's sections
@@ -475,10 +464,6 @@ impl Sections {
             admin_token,
         })
     }
-}
-
-fn default_gates() -> Vec<String> {
-    DEFAULT_ORDER.iter().map(ToString::to_string).collect()
 }
 
 #[cfg(test)]
