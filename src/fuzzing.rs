@@ -17,10 +17,10 @@ use doorman_dnsbl::Site;
 use doorman_gate_api::Action;
 
 use crate::config::{Config, ProxyHosts};
+use crate::deep::{DeepTest, DeepTests};
 use crate::proxy::{self, Header, Parsed, V1_MAX_LEN, V2_MAX_LEN};
 use crate::smtp::address::parse_path;
 use crate::smtp::body::{BareNewline, DataFramer, Framed};
-use crate::smtp::deep::{DeepTest, DeepTests};
 use crate::smtp::engine::{Engine, RcptPolicy};
 use crate::smtp::line::next_line;
 
@@ -56,11 +56,7 @@ pub fn smtp_engine(data: &[u8]) {
     let mut buffer = BytesMut::from(data);
     let mut engine = Engine::new("mx.fuzz.test", RcptPolicy::Pass, 20, None);
     let mut deep = DeepTests::new(
-        vec![
-            DeepTest::Pipelining,
-            DeepTest::NonSmtpCommand,
-            DeepTest::BareNewline,
-        ],
+        DeepTest::ALL.to_vec(),
         &["CONNECT".to_string(), "GET".to_string()],
     );
     loop {

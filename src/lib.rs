@@ -25,7 +25,11 @@
 //! - [`verdict`]: the sans-IO screening verdict (which tests failed, the
 //!   gates' summed score against the thresholds, what that means).
 //! - [`smtp`]: the sans-IO SMTP line reader, every client-visible reply, the
-//!   health-check dialogue, the deep tests and the built-in engine.
+//!   health-check dialogue and the built-in engine.
+//! - [`deep`]: postscreen's deep tests (sans-IO): one table that holds each
+//!   test's names, default action, pass TTL and check of a line, the
+//!   `[deep_tests]` section read from it, and a session's checks. Adding a
+//!   deep test touches that table only.
 //! - [`handoff`]: balancing, the backend pool with its health checks,
 //!   XCLIENT, and the relay.
 //! - [`cache`]: the pass cache (memory, redb file, Redis).
@@ -96,6 +100,7 @@ pub mod admin;
 pub mod agent;
 pub mod cache;
 pub mod config;
+pub mod deep;
 pub mod director;
 pub mod explain;
 #[cfg(feature = "fuzzing")]

@@ -18,7 +18,8 @@ use std::net::IpAddr;
 
 use doorman_gate_api::{Action, Rejection, Reply, Score};
 
-use crate::cache::{Entry, Test};
+use crate::cache::{Entry, RECORD_FIELDS};
+use crate::deep::DeepTest;
 
 /// What happens to the client after the tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +77,7 @@ impl Judgement {
     }
 }
 
-/// The score thresholds (`[dnsbl] threshold` and `allowlist_threshold`),
+/// The score thresholds (`[score] threshold` and `allowlist_threshold`),
 /// which judge the sum of every gate's weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Thresholds {
@@ -202,17 +203,13 @@ impl TestRecord {
         }
         let mut entry = previous.unwrap_or_default();
         match self.allowlisted {
-            // A DNSWL allowlisting: every test, and every gate that
-            // passed, counts as passed for its TTL.
+            // A DNSWL allowlisting: every test (postscreen's record's,
+            // and every deep test), and every gate that passed, counts as
+            // passed for its TTL.
             Some(ttl) => {
-                for test in [
-                    Test::Pregreet,
-                    Test::Dnsbl,
-                    Test::Pipelining,
-                    Test::NonSmtpCommand,
-                    Test::BareNewline,
-                ] {
-                    entry.record(test, now, ttl);
+                let deep = DeepTest::ALL.map(DeepTest::name);
+                for test in RECORD_FIELDS.iter().chain(&deep) {
+                    entry.record_gate(test, now, ttl);
                 }
                 for (gate, _) in &self.passed {
                     entry.record_gate(gate, now, ttl);
@@ -330,15 +327,24 @@ mod tests {
         let Decision::HandOff { pass: Some(entry) } = s.decide(None, now) else {
             panic!("passes")
         };
-        assert!(entry.passed(Test::Pregreet, now + Duration::from_secs(3600)));
-        assert!(!entry.passed(Test::Dnsbl, now + Duration::from_secs(61)));
+        assert!(entry.passed_gate("pregreet", now + Duration::from_secs(3600)));
+        assert!(!entry.passed_gate("dnsbl", now + Duration::from_secs(61)));
 
         let mut allow = TestRecord::default();
         allow.allowlist(Duration::from_secs(300));
         let Decision::HandOff { pass: Some(entry) } = allow.decide(None, now) else {
             panic!("passes")
         };
-        assert!(entry.passed(Test::Pregreet, now + Duration::from_secs(299)));
-        assert!(!entry.passed(Test::Pregreet, now + Duration::from_secs(301)));
+        assert!(entry.passed_gate("pregreet", now + Duration::from_secs(299)));
+        assert!(!entry.passed_gate("pregreet", now + Duration::from_secs(301)));
+        for test in RECORD_FIELDS
+            .into_iter()
+            .chain(DeepTest::ALL.map(DeepTest::name))
+        {
+            assert!(
+                entry.passed_gate(test, now),
+                "an allowlisting passes {test}"
+            );
+        }
     }
 }

@@ -32,7 +32,7 @@ use lru::LruCache;
 
 use crate::config::{CacheSection, CacheStore};
 use embedded::Embedded;
-pub use entry::{Entry, Test};
+pub use entry::{Entry, RECORD_FIELDS};
 use records::{EmbeddedRecords, MemoryRecords, RedisRecords};
 use redis::RedisStore;
 
@@ -56,21 +56,20 @@ pub struct Stats {
     pub entries: u64,
 }
 
-/// One line for `doorman cache get`: each test's pass and its expiry.
+/// One line for `doorman cache get`: the pass of each test of
+/// postscreen's record and its expiry, then the record itself.
 pub fn describe(ip: IpAddr, entry: &Entry) -> String {
-    let show = |at: Option<SystemTime>| match at {
-        Some(at) => format!("until {}", humantime::format_rfc3339_seconds(at)),
-        None => "never".to_string(),
-    };
-    format!(
-        "{ip}: pregreet passed {}, dnsbl passed {}, pipelining passed {}, non_smtp_command passed {}, bare_newline passed {} (record {})",
-        show(entry.pregreet),
-        show(entry.dnsbl),
-        show(entry.pipelining),
-        show(entry.non_smtp_command),
-        show(entry.bare_newline),
-        entry.encode()
-    )
+    let passes: Vec<String> = RECORD_FIELDS
+        .iter()
+        .map(|name| match entry.expiry(name) {
+            Some(at) => format!(
+                "{name} passed until {}",
+                humantime::format_rfc3339_seconds(at)
+            ),
+            None => format!("{name} passed never"),
+        })
+        .collect();
+    format!("{ip}: {} (record {})", passes.join(", "), entry.encode())
 }
 
 #[derive(Debug)]
@@ -299,12 +298,29 @@ impl PassCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// `doorman cache get`'s line for an entry with every test set.
+    #[test]
+    fn the_description_names_every_test() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry =
+            Entry::decode("1800000001;0;1800000003;1800000004;1800000005;rdns=1800000006").unwrap();
+        assert_eq!(
+            describe(IpAddr::from([192, 0, 2, 1]), &entry),
+            "192.0.2.1: pregreet passed until 2027-01-15T08:00:01Z, dnsbl passed never, \
+             pipelining passed until 2027-01-15T08:00:03Z, non_smtp_command passed until \
+             2027-01-15T08:00:04Z, bare_newline passed until 2027-01-15T08:00:05Z \
+             (record 1800000001;0;1800000003;1800000004;1800000005;rdns=1800000006)"
+        );
+        assert!(entry.passed_gate("rdns", base));
+    }
 
     #[tokio::test]
     async fn memory_cache_is_bounded_and_cleans_up() {
         let now = SystemTime::now();
         let mut entry = Entry::default();
-        entry.record(Test::Pregreet, now, Duration::from_secs(10));
+        entry.record_gate("pregreet", now, Duration::from_secs(10));
         let cache = PassCache::memory(2, Duration::from_secs(60));
         for last in 1..=3u8 {
             cache.put(IpAddr::from([192, 0, 2, last]), entry.clone());
@@ -319,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn compacting_keeps_entries_and_their_order() {
         let mut entry = Entry::default();
-        entry.record(Test::Pregreet, SystemTime::now(), Duration::from_secs(10));
+        entry.record_gate("pregreet", SystemTime::now(), Duration::from_secs(10));
         let cache = PassCache::memory(3, Duration::from_secs(60));
         for last in 1..=3u8 {
             cache.put(IpAddr::from([192, 0, 2, last]), entry.clone());
@@ -344,9 +360,9 @@ mod tests {
         let now = SystemTime::now();
         let day = Duration::from_secs(86400);
         let mut fresh = Entry::default();
-        fresh.record(Test::Pregreet, now, day);
+        fresh.record_gate("pregreet", now, day);
         let mut old = Entry::default();
-        old.record(Test::Dnsbl, now - 10 * day, day);
+        old.record_gate("dnsbl", now - 10 * day, day);
         {
             let store = Embedded::open(&path).unwrap();
             store.put(IpAddr::from([192, 0, 2, 1]), Some(fresh.clone()));

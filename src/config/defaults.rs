@@ -4,6 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::DEFAULT_ORDER;
+
+pub(super) fn default_gates() -> Vec<String> {
+    DEFAULT_ORDER.iter().map(ToString::to_string).collect()
+}
+
+/// The doubtful score's threshold when its gate's section sets none.
+pub(super) fn default_doubtful() -> i32 {
+    1
+}
+
 pub(super) fn default_trusted() -> Vec<ipnet::IpNet> {
     ["127.0.0.1/32", "::1/128"]
         .iter()
@@ -61,10 +72,6 @@ pub(super) fn default_dnsbl_timeout() -> Duration {
 
 pub(super) fn default_cache_size() -> usize {
     100_000
-}
-
-pub(super) fn default_forbidden_commands() -> Vec<String> {
-    vec!["CONNECT".into(), "GET".into(), "POST".into()]
 }
 
 pub(super) fn default_weight() -> u32 {

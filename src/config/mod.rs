@@ -33,6 +33,8 @@ use std::time::Duration;
 use doorman_gate_api::SectionContext;
 use serde::Deserialize;
 
+use crate::deep::{DeepTest, DeepTestsSection};
+use bounds::YEAR;
 use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
@@ -101,12 +103,12 @@ pub struct Sections {
     /// The `[greet]` section.
     #[serde(default)]
     pub greet: GreetSection,
-    /// The `[score]` section (with `[dnsbl]`'s old keys applied).
+    /// The `[score]` section (with its old keys applied).
     #[serde(default)]
     pub score: ScoreSection,
-    /// The core's keys of `[dnsbl]`: the shared resolver.
-    #[serde(default)]
-    pub dnsbl: DnsblShared,
+    /// The core's keys in the table `Registry::resolver` names.
+    #[serde(skip)]
+    pub shared: SharedKeys,
     /// The `[cache]` section.
     #[serde(default)]
     pub cache: CacheSection,
@@ -188,19 +190,15 @@ impl Config {
 
     /// The shortest TTL of any test, enabled or not (postscreen's
     /// `psc_min_ttl`): how long an ignored deep-test failure counts as a
-    /// pass, so the test comes back when something else expires.
+    /// pass, so the test comes back when something else expires (a DNS
+    /// gate's pass lasts at least the shared resolver's `min_ttl`).
     pub fn shortest_ttl(&self) -> Duration {
         let deep = &self.deep_tests;
-        [
-            self.greet.ttl,
-            self.dnsbl.min_ttl,
-            deep.pipelining.ttl(),
-            deep.non_smtp_command.ttl(),
-            deep.bare_newline.ttl(),
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or_default()
+        [self.greet.ttl, self.shared.min_ttl]
+            .into_iter()
+            .chain(DeepTest::ALL.map(|test| deep.ttl(test)))
+            .min()
+            .unwrap_or_default()
     }
 
     /// The `[cluster.NAME]` section of `cluster` when it balances by
@@ -234,10 +232,6 @@ struct Doubtful {
     threshold: i32,
 }
 
-fn default_doubtful() -> i32 {
-    1
-}
-
 impl Config {
     /// Reads, parses and checks the config file at `path` and every file it
     /// names, with the gates doorman ships.
@@ -260,27 +254,29 @@ impl Config {
     pub fn parse_with(text: &str, path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let document = Document::parse(text, path)?;
         let mut root = document.root();
-        // The gates' tables go to the gates; the core keeps `[dnsbl]`'s
-        // resolver and old score keys.
+        // The gates' tables go to the gates; the core keeps the resolver's
+        // and the old score keys out of the table the registry names.
+        let resolver = registry.resolver();
         let mut gate_tables: Vec<(&'static str, Table)> = Vec::new();
+        let mut shared = None;
         for name in registry.names() {
-            if let Some((key, mut table)) = root.get_mut().remove_entry(name) {
-                if name == "dnsbl" {
-                    root.get_mut()
-                        .insert(key, split_off(&mut table, &DnsblShared::KEYS));
+            if let Some((_, mut table)) = root.get_mut().remove_entry(name) {
+                if resolver == Some(name) {
+                    shared = Some(split_off(&mut table, &SharedKeys::KEYS));
                 }
                 gate_tables.push((name, table));
             }
         }
         let score_written = root.get_ref().get("score").is_some();
         let mut sections: Sections = document.read_root(root)?;
+        sections.shared = document.read_table(shared)?;
         sections.check(&document, registry)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let loaded = sections.load(&document, base)?;
         let (score, deprecated) = sections
-            .dnsbl
+            .shared
             .score(score_written.then_some(sections.score))
-            .map_err(|error| document.section_error("dnsbl", error))?;
+            .map_err(|error| document.section_error(resolver.unwrap_or_default(), error))?;
         sections.score = score;
         let table = |name: &str| {
             gate_tables
@@ -293,7 +289,7 @@ impl Config {
             hostname: sections.hostname.clone(),
             base: base.to_path_buf(),
             cache_size: sections.cache.size,
-            resolver: sections.dnsbl.resolver(),
+            resolver: sections.shared.resolver(),
             doubtful: doubtful.threshold,
         };
         let mut gate_sections = Vec::new();
@@ -336,6 +332,7 @@ impl Sections {
     /// Every section's own check, then what spans sections.
     fn check(&self, document: &Document, registry: &Registry) -> Result<(), ConfigError> {
         let at = |table: &'static str| move |error| document.section_error(table, error);
+        let resolver = registry.resolver().unwrap_or_default();
         if self.hostname.is_empty()
             || !self
                 .hostname
@@ -413,14 +410,14 @@ impl Sections {
         }
         self.greet.check().map_err(at("greet"))?;
         self.score.check().map_err(at("score"))?;
-        self.dnsbl.check().map_err(at("dnsbl"))?;
+        self.shared.check().map_err(at(resolver))?;
         self.cache.check().map_err(at("cache"))?;
         self.engine.check().map_err(at("engine"))?;
         self.limits.check().map_err(at("limits"))?;
         self.pool.check().map_err(at("pool"))?;
         self.runtime.check().map_err(at("runtime"))?;
         self.relay.check().map_err(at("relay"))?;
-        self.deep_tests.check().map_err(at("deep_tests"))
+        self.deep_tests.check(YEAR).map_err(at("deep_tests"))
     }
 
     /// Makes the paths absolute and reads the files the core's sections
@@ -482,10 +479,6 @@ impl Sections {
             admin_token,
         })
     }
-}
-
-fn default_gates() -> Vec<String> {
-    DEFAULT_ORDER.iter().map(ToString::to_string).collect()
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! The gates a build knows: each name with its section type. The config
+//! The gates a build knows: each name with its section type, and which
+//! gate's table holds what several gates share (the doubtful score's
+//! threshold, the resolver's keys), so the core names no gate. The config
 //! reads and checks each listed gate's section through it; the runtime
 //! builds the gates from the checked sections. Adding a gate touches its
 //! crate, one line of [`Registry::standard`] and `Cargo.toml`. This module
@@ -76,6 +78,10 @@ pub struct Registry {
     /// The gate whose section's `threshold` says when a client is
     /// doubtful, for every gate that acts on doubtful clients.
     doubtful: Option<&'static str>,
+    /// The gate whose table also holds the keys every DNS gate shares (the
+    /// resolver) and the old names of `[score]`'s keys, which the core
+    /// reads out of it.
+    resolver: Option<&'static str>,
 }
 
 impl fmt::Debug for Registry {
@@ -98,6 +104,7 @@ impl Registry {
         Self {
             entries: Vec::new(),
             doubtful: Some("greylist"),
+            resolver: Some("dnsbl"),
         }
         .with::<doorman_access::AccessSection>("access")
         .with::<doorman_dnsbl::DnsblSection>("dnsbl")
@@ -118,6 +125,13 @@ impl Registry {
     /// doubtful (greylisting's, in the standard registry).
     pub fn doubtful(&self) -> Option<&'static str> {
         self.doubtful
+    }
+
+    /// The gate whose table holds the shared resolver's keys and the old
+    /// names of `[score]`'s keys (DNSBL's, in the standard registry, where
+    /// postscreen's operators look for them).
+    pub fn resolver(&self) -> Option<&'static str> {
+        self.resolver
     }
 
     /// Whether `name` is a gate (or one of the session's own tests).

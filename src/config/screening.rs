@@ -1,12 +1,11 @@
 //! The screening sections the core reads (the greet wait, the score, the
-//! shared resolver, the deep tests), as serde reads them, with postscreen's
-//! defaults, and each section's own check. The gates' sections live in
-//! their crates.
+//! shared resolver), as serde reads them, with postscreen's defaults, and
+//! each section's own check. The gates' sections live in their crates, the
+//! deep tests' in `crate::deep`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use doorman_gate_api::section::bound_message;
 use doorman_gate_api::{Action, ResolverSettings, SectionError};
 
 use super::bounds::{FIVE_MINUTES, YEAR};
@@ -105,11 +104,13 @@ impl ScoreSection {
     }
 }
 
-/// The keys of `[dnsbl]` the core reads: the resolver every DNS gate
-/// shares, and the old names of `[score]`'s keys. The gate reads the rest.
+/// The keys the core reads out of the table of the gate the registry names
+/// (`Registry::resolver`: `[dnsbl]`, where postscreen's operators look for
+/// them): the resolver every DNS gate shares, and the old names of
+/// `[score]`'s keys. The gate reads the rest of its table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct DnsblShared {
+pub struct SharedKeys {
     /// Lower clamp of answer TTLs.
     #[serde(with = "humantime_serde", default = "default_min_ttl")]
     pub min_ttl: Duration,
@@ -130,8 +131,8 @@ pub struct DnsblShared {
     pub action: Option<Action>,
 }
 
-impl DnsblShared {
-    /// The keys this type reads out of `[dnsbl]`.
+impl SharedKeys {
+    /// The keys this type reads out of the gate's table.
     pub const KEYS: [&'static str; 7] = [
         "min_ttl",
         "max_ttl",
@@ -207,7 +208,7 @@ impl DnsblShared {
     }
 }
 
-impl Default for DnsblShared {
+impl Default for SharedKeys {
     fn default() -> Self {
         Self {
             min_ttl: default_min_ttl(),
@@ -217,99 +218,6 @@ impl Default for DnsblShared {
             threshold: None,
             allowlist_threshold: None,
             action: None,
-        }
-    }
-}
-
-/// What happens when a client passed the deep tests at its first RCPT.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AfterPass {
-    /// Replay the dialogue into a backend and relay: the client never
-    /// notices.
-    #[default]
-    Replay,
-    /// postscreen's way: 450 to every RCPT, remember the pass, and let the
-    /// client come back.
-    Reconnect,
-}
-
-/// One deep test's settings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DeepTestConfig {
-    /// Whether the test runs.
-    #[serde(default)]
-    pub enable: bool,
-    /// What to do on a violation; unset: postscreen's default for the test.
-    pub action: Option<Action>,
-    /// How long a pass is remembered; unset: 30 days.
-    #[serde(default, with = "humantime_serde")]
-    pub ttl: Option<Duration>,
-}
-
-impl DeepTestConfig {
-    /// The action, or `default` when unset.
-    pub fn action_or(&self, default: Action) -> Action {
-        self.action.unwrap_or(default)
-    }
-
-    /// The pass TTL (30 days when unset).
-    pub fn ttl(&self) -> Duration {
-        self.ttl.unwrap_or(Duration::from_secs(30 * 86400))
-    }
-}
-
-/// The `[deep_tests]` section: postscreen's tests after the 220 greeting.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DeepTestsSection {
-    /// What a pass leads to.
-    #[serde(default)]
-    pub after_pass: AfterPass,
-    /// Commands sent before the previous reply (default action enforce).
-    #[serde(default)]
-    pub pipelining: DeepTestConfig,
-    /// Forbidden commands and header-like lines (default action drop).
-    #[serde(default)]
-    pub non_smtp_command: DeepTestConfig,
-    /// Lines ending in LF without CR (default action ignore).
-    #[serde(default)]
-    pub bare_newline: DeepTestConfig,
-    /// The non-SMTP command verbs.
-    #[serde(default = "default_forbidden_commands")]
-    pub forbidden_commands: Vec<String>,
-}
-
-impl DeepTestsSection {
-    /// Checks each test's pass TTL.
-    pub fn check(&self) -> Result<(), SectionError> {
-        for (name, test) in [
-            ("pipelining", &self.pipelining),
-            ("non_smtp_command", &self.non_smtp_command),
-            ("bare_newline", &self.bare_newline),
-        ] {
-            if let Some(ttl) = test.ttl {
-                SectionError::within(&format!("{name}.ttl"), ttl, YEAR).map_err(|_| {
-                    SectionError::key(
-                        format!("{name}.ttl"),
-                        bound_message(&format!("{name} ttl"), ttl, YEAR),
-                    )
-                })?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Default for DeepTestsSection {
-    fn default() -> Self {
-        Self {
-            after_pass: AfterPass::default(),
-            pipelining: DeepTestConfig::default(),
-            non_smtp_command: DeepTestConfig::default(),
-            bare_newline: DeepTestConfig::default(),
-            forbidden_commands: default_forbidden_commands(),
         }
     }
 }

@@ -18,8 +18,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.greet.ttl, Duration::from_secs(86400));
     assert_eq!(config.score, ScoreSection::default());
     assert_eq!(config.score.threshold, 1);
-    assert_eq!(config.dnsbl.min_ttl, Duration::from_secs(60));
-    assert_eq!(config.dnsbl.max_ttl, Duration::from_secs(3600));
+    assert_eq!(config.shared.min_ttl, Duration::from_secs(60));
+    assert_eq!(config.shared.max_ttl, Duration::from_secs(3600));
     assert_eq!(config.cache.size, 100_000);
     assert_eq!(config.engine.command_limit, 20);
     assert_eq!(config.engine.line_length, 2048);
@@ -37,7 +37,7 @@ fn gating_sections() {
     assert_eq!(config.greet_banner(), "");
     assert_eq!(config.greet.action, doorman_gate_api::Action::Drop);
     assert_eq!(config.score.allowlist_threshold, -1);
-    assert_eq!(config.dnsbl.nameservers.len(), 1);
+    assert_eq!(config.shared.nameservers.len(), 1);
     assert_eq!(config.deprecated.len(), 1, "{:?}", config.deprecated);
     let bad = text.replace("*-2", "*two");
     let shown = Config::parse(&bad, Path::new("d.toml"))
@@ -224,4 +224,100 @@ fn relay_mode_clusters_are_whole_and_not_balanced_by_recipient() {
     .expect_err("no hops")
     .to_string();
     assert!(shown.contains("max_hops"), "{shown}");
+}
+
+/// `[deep_tests]` as written, with its errors and their lines, pinned:
+/// the section's form must not change with the code that reads it.
+#[test]
+fn deep_tests_keys_and_errors_are_pinned() {
+    let text = format!(
+        "{MINIMAL}[deep_tests]\nafter_pass = \"reconnect\"\npipelining = {{ enable = true, action = \"drop\", ttl = \"2d\" }}\nnon_smtp_command = {{ enable = true }}\nbare_newline = {{ ttl = \"1h\" }}\nforbidden_commands = [\"get\"]\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    assert_eq!(
+        config.shortest_ttl(),
+        Duration::from_secs(60),
+        "[dnsbl] min_ttl"
+    );
+    let shorter = text.replace("\"1h\"", "\"20s\"");
+    let config = Config::parse(&shorter, Path::new("d.toml")).expect("ok");
+    assert_eq!(config.shortest_ttl(), Duration::from_secs(20));
+    // The keys in the order serde lists them: the deep tests' own names
+    // (pinned in `crate::deep`'s tests) between `after_pass` and
+    // `forbidden_commands`, so that a new deep test touches no line here.
+    let keys: Vec<String> = ["after_pass"]
+        .into_iter()
+        .chain(crate::deep::DeepTest::ALL.map(crate::deep::DeepTest::name))
+        .chain(["forbidden_commands"])
+        .map(|key| format!("`{key}`"))
+        .collect();
+    let unknown_key = format!(
+        "d.toml:11: forbidden = [\"get\"]: unknown field `forbidden`, expected one of {}",
+        keys.join(", ")
+    );
+    let errors = [
+        (
+            text.replace("forbidden_commands", "forbidden"),
+            unknown_key.as_str(),
+        ),
+        (
+            text.replace("enable = true }", "enable = \"yes\" }"),
+            "d.toml:9: non_smtp_command = { enable = \"yes\" }: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            text.replace("\"2d\"", "\"2y\""),
+            "d.toml:8: pipelining ttl = \"2years\": at most \"11months 30days 3h 50m 24s\" (the configuration reference lists every bound)",
+        ),
+        (
+            text.replace("\"reconnect\"", "\"again\""),
+            "d.toml:7: after_pass = \"again\": unknown variant `again`, expected `replay` or `reconnect`",
+        ),
+    ];
+    for (bad, expected) in errors {
+        let shown = Config::parse(&bad, Path::new("d.toml"))
+            .expect_err(expected)
+            .to_string();
+        assert_eq!(shown, expected);
+    }
+}
+
+/// The resolver keys written under `[dnsbl]`, with their errors and their
+/// lines, pinned: which gate's table holds them is the registry's
+/// knowledge, and the file reads the same.
+#[test]
+fn the_shared_resolver_keys_under_dnsbl_are_pinned() {
+    let text = format!(
+        "{MINIMAL}[dnsbl]\nsites = [\"zen.test\"]\nmin_ttl = \"30s\"\nmax_ttl = \"2h\"\ntimeout = \"3s\"\nnameservers = [\"127.0.0.1:5300\"]\n"
+    );
+    let config = Config::parse(&text, Path::new("d.toml")).expect("ok");
+    let resolver = &config.context.resolver;
+    assert_eq!(resolver.min_ttl, Duration::from_secs(30));
+    assert_eq!(resolver.max_ttl, Duration::from_secs(7200));
+    assert_eq!(resolver.timeout, Duration::from_secs(3));
+    assert_eq!(resolver.nameservers.len(), 1);
+    assert_eq!(config.shortest_ttl(), Duration::from_secs(30));
+    let errors = [
+        (
+            text.replace("\"30s\"", "30"),
+            "d.toml:8: min_ttl = 30: invalid type: integer `30`, expected a duration",
+        ),
+        (
+            text.replace("\"30s\"", "\"3h\""),
+            "d.toml:8: dnsbl min_ttl is above max_ttl",
+        ),
+        (
+            text.replace("\"3s\"", "\"10m\""),
+            "d.toml:10: timeout = \"10m\": at most \"5m\" (the configuration reference lists every bound)",
+        ),
+        (
+            text.replace("sites", "sitez"),
+            "d.toml:7: sitez = [\"zen.test\"]: unknown field `sitez`, expected `sites` or `reply_map`",
+        ),
+    ];
+    for (bad, expected) in errors {
+        let shown = Config::parse(&bad, Path::new("d.toml"))
+            .expect_err(expected)
+            .to_string();
+        assert_eq!(shown, expected);
+    }
 }

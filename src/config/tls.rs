@@ -151,10 +151,10 @@ impl super::Config {
                 read.join(", ")
             ));
         }
-        let deep = &self.deep_tests;
-        [&deep.pipelining, &deep.non_smtp_command, &deep.bare_newline]
-            .iter()
-            .any(|test| test.enable)
+        self.deep_tests
+            .enabled()
+            .next()
+            .is_some()
             .then(|| {
                 "no [tls] section: clients that send STARTTLS are handed to a backend at once and skip the deep tests".to_string()
             })

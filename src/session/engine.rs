@@ -17,8 +17,12 @@ impl<S: ClientIo> Session<Channel<S>> {
         let phase = self.dialogue(&mut run).await;
         if let Some(pass) = run.pass.take() {
             let mut kept = pass.previous.unwrap_or_default();
-            if pass.entry.pregreet > kept.pregreet {
-                kept.pregreet = pass.entry.pregreet;
+            let later = pass
+                .entry
+                .expiry("pregreet")
+                .filter(|at| kept.expiry("pregreet").is_none_or(|before| *at > before));
+            if let Some(at) = later {
+                kept.record_until("pregreet", at);
                 self.remember(&run.client, kept);
             }
         }
@@ -220,13 +224,9 @@ impl<S: ClientIo> Session<Channel<S>> {
         for violation in run.deep.inspect(line, &self.buffer, engine.after()) {
             log::deep_violation(client.address, violation.test.log_name(), &violation.detail);
             self.process.metrics.test(violation.test.name(), false);
-            match deep_action(&config.deep_tests, violation.test) {
+            match config.deep_tests.action(violation.test) {
                 Action::Drop => {
-                    let reply = if violation.test == DeepTest::NonSmtpCommand {
-                        reply::NON_SMTP_DROP.to_string()
-                    } else {
-                        violation.test.refusal(Action::Drop).drop_reply()
-                    };
+                    let reply = violation.test.drop_reply();
                     self.count(Counted::Dropped);
                     self.send(&reply).await;
                     log::disconnect(client.address);
@@ -374,47 +374,17 @@ impl<S: ClientIo> Session<Channel<S>> {
         let now = SystemTime::now();
         let mut entry = pass.entry;
         let config = &self.shared.config;
-        for (deep, test, settings) in deep_tests(&config.deep_tests) {
+        for deep in config.deep_tests.enabled() {
             if !run.deep.enabled().contains(&deep) {
                 continue;
             }
             if run.deep.has_failed(deep) {
-                entry.record(test, now, config.shortest_ttl());
+                entry.record_gate(deep.name(), now, config.shortest_ttl());
             } else {
                 self.process.metrics.test(deep.name(), true);
-                entry.record(test, now, settings.ttl());
+                entry.record_gate(deep.name(), now, config.deep_tests.ttl(deep));
             }
         }
         self.store_pass(&run.client, pass.previous, entry);
-    }
-}
-
-/// The deep tests that are enabled, with their cache test and settings.
-pub(super) fn deep_tests(section: &DeepTestsSection) -> Vec<(DeepTest, Test, &DeepTestConfig)> {
-    [
-        (DeepTest::Pipelining, Test::Pipelining, &section.pipelining),
-        (
-            DeepTest::NonSmtpCommand,
-            Test::NonSmtpCommand,
-            &section.non_smtp_command,
-        ),
-        (
-            DeepTest::BareNewline,
-            Test::BareNewline,
-            &section.bare_newline,
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, _, settings)| settings.enable)
-    .collect()
-}
-
-/// A deep test's action, with postscreen's defaults: pipelining enforce,
-/// non-SMTP commands drop, bare newlines ignore.
-fn deep_action(section: &DeepTestsSection, test: DeepTest) -> Action {
-    match test {
-        DeepTest::Pipelining => section.pipelining.action_or(Action::Enforce),
-        DeepTest::NonSmtpCommand => section.non_smtp_command.action_or(Action::Drop),
-        DeepTest::BareNewline => section.bare_newline.action_or(Action::Ignore),
     }
 }

@@ -53,9 +53,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::cache::Entry;
-use crate::cache::Test;
-use crate::config::{AfterPass, DeepTestConfig, DeepTestsSection};
 use crate::config::{ListenerConfig, ProxyMode};
+use crate::deep::{AfterPass, DeepTest, DeepTests};
 use crate::gates::{AtConnect, Waits};
 use crate::handoff::users::UserRoute;
 use crate::handoff::{
@@ -66,7 +65,6 @@ use crate::log::{self, HangupPhase};
 use crate::metrics::Outcome as Counted;
 use crate::proxy::{self, starts_like_header, Header, Parsed, Prefix};
 use crate::shared::{ConfigState, ProcessState};
-use crate::smtp::deep::{DeepTest, DeepTests};
 use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, CheckReply};
 use crate::smtp::line::{next_line, replay_groups, Line};

@@ -1,7 +1,6 @@
 //! The screening of one client: the connect gates, the pass cache, the
 //! greet wait with the pregreet watch and the wait gates, and the verdict.
 
-use super::engine::deep_tests;
 use super::*;
 
 impl Session {
@@ -54,10 +53,10 @@ impl Session {
         let banner = config.greet_banner();
         let pregreet_due = pipeline.pregreet && !banner.is_empty() && !passed("pregreet");
         let waits_due = pipeline.wait_gates().any(|name| !passed(name));
-        let deep_due: Vec<DeepTest> = deep_tests(&config.deep_tests)
-            .into_iter()
-            .filter(|(deep, _, _)| pipeline.deep && !passed(deep.name()))
-            .map(|(deep, _, _)| deep)
+        let deep_due: Vec<DeepTest> = config
+            .deep_tests
+            .enabled()
+            .filter(|deep| pipeline.deep && !passed(deep.name()))
             .collect();
         if !screening.failed() && !pregreet_due && !waits_due && deep_due.is_empty() {
             if previous.is_some() {
@@ -262,11 +261,7 @@ impl Session {
                 // Every deep test runs too, enabled or not, to improve the
                 // logging (postscreen's "opportunistic" tests).
                 let all = if pipeline.deep {
-                    vec![
-                        DeepTest::Pipelining,
-                        DeepTest::NonSmtpCommand,
-                        DeepTest::BareNewline,
-                    ]
+                    DeepTest::ALL.to_vec()
                 } else {
                     Vec::new()
                 };

@@ -13,7 +13,6 @@
 //!   checked (hops, size) before the backend sees the message.
 //! - [`reply`]: every reply a client can get from doorman itself, in one
 //!   place, worded as postscreen and Haraka word them.
-//! - [`deep`]: postscreen's deep protocol tests (sans-IO).
 //! - [`engine`]: the sans-IO built-in engine that refuses every RCPT of a
 //!   client under an `enforce` action, as postscreen's dummy engine does.
 //! - [`response`]: the sans-IO reader of a backend's (multi-line) reply.
@@ -23,7 +22,6 @@
 
 pub mod address;
 pub mod body;
-pub mod deep;
 pub mod engine;
 pub mod header_block;
 pub mod health;
