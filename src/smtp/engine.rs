@@ -311,8 +311,13 @@ impl Engine {
 
     /// What the gates are asked about `line`: HELO/EHLO with its name,
     /// MAIL with its sender, RCPT with its recipient, when the engine would
-    /// take the command in this state; `None` for anything else.
+    /// take the command in this state; `None` for anything else, and for
+    /// everything once the engine refuses every RCPT (a failed test: no
+    /// gate may make a record, a greylist entry say, for such a client).
     pub fn question(&self, line: &Line) -> Option<(GateStage, String)> {
+        if matches!(self.rcpt, RcptPolicy::Refuse(_)) {
+            return None;
+        }
         line.gate_question().filter(|(stage, _)| match stage {
             GateStage::Helo => true,
             GateStage::Mail => self.from.is_none(),

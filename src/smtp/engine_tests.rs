@@ -145,6 +145,12 @@ fn gates_are_asked_about_helo_mail_and_rcpt_in_sequence() {
         Some((GateStage::Rcpt, "good@y".into())),
         "still in the transaction"
     );
+    engine.refuse_with("550 5.5.1 Protocol error\r\n".into());
+    assert_eq!(
+        engine.question(&line("RCPT TO:<good@y>")),
+        None,
+        "a client that failed a test meets no gate"
+    );
 }
 
 #[test]

@@ -321,3 +321,42 @@ fn a_greylisted_client_keeps_its_pregreet_pass_but_not_its_score() {
     }
     assert_eq!(backend.count(), 0);
 }
+
+/// A doubtful client that fails an enforced deep test is refused with
+/// postscreen's 550 on first contact, and meets no greylisting: no record
+/// is made, so its next (clean) visit after the delay is greylisted anew.
+#[test]
+fn a_deep_test_failure_comes_before_greylisting_and_makes_no_record() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns.address,
+        "store = \"memory\"\n[deep_tests]\npipelining = { enable = true }",
+    );
+    let mut stream = connect_as(&doorman, "203.0.113.22");
+    assert_eq!(read_line(&mut stream), BANNER);
+    say(&mut stream, "EHLO client.test\r\n");
+    let ehlo = whole_reply(&mut stream);
+    assert!(ehlo.starts_with("250"), "{ehlo}");
+    // MAIL and RCPT in one write, without PIPELINING announced.
+    say(
+        &mut stream,
+        "MAIL FROM:<alice@sender.test>\r\nRCPT TO:<bob@doorman.test>\r\n",
+    );
+    assert_eq!(read_line(&mut stream), "250 2.1.0 Ok\r\n");
+    assert_eq!(read_line(&mut stream), "550 5.5.1 Protocol error\r\n");
+    drop(stream);
+    thread::sleep(Duration::from_millis(2200));
+    let (_again, reply) = attempt(
+        &doorman,
+        "203.0.113.22",
+        "alice@sender.test",
+        "bob@doorman.test",
+    );
+    assert_eq!(
+        reply,
+        greylisted("bob@doorman.test"),
+        "no record was made at the refused visit"
+    );
+}
