@@ -106,6 +106,7 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, GateError> {
             line(&format!("{name}: {text}"));
         }
     }
+    let path = path(config, &pipeline, score);
     let verdict = match (refused, judgement) {
         (Some(rejection), _) => format!(
             "denylisted (DENYLISTED): {}, action {}",
@@ -118,15 +119,56 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, GateError> {
             config.score.action
         ),
         (None, Some(Judgement::Allowlisted { rank })) => {
-            format!("allowlisted by DNSWL (rank {rank}): every test passes, handed off")
+            format!("allowlisted by DNSWL (rank {rank}): every test passes; {path}")
         }
         (None, Some(Judgement::Undecided { .. })) => {
-            "not listed by the lists that answered; handed off unless it pregreets, and tested again next time".to_string()
+            format!("not listed by the lists that answered, unless it pregreets; {path}; tested again next time")
         }
-        _ => "passes the DNSBL test; handed off unless it pregreets".to_string(),
+        (None, Some(_)) => format!("passes the score, unless it pregreets; {path}"),
+        (None, None) => format!("no gate scores it, unless it pregreets; {path}"),
     };
     line(&format!("verdict: {verdict}"));
     Ok(out)
+}
+
+/// Where a client that passed the screening goes on its first visit, as
+/// the session decides it: straight to a backend, or through the built-in
+/// engine up to its first RCPT (deep tests due, an engine gate that wants
+/// its dialogue at this score, or a default cluster whose clients all meet
+/// the engine), then replayed.
+fn path(config: &Config, pipeline: &Pipeline, score: i32) -> String {
+    let mut why = Vec::new();
+    let deep: Vec<&str> = config
+        .deep_tests
+        .enabled()
+        .filter(|_| pipeline.deep)
+        .map(|test| test.name())
+        .collect();
+    if !deep.is_empty() {
+        why.push(format!("deep tests {}", deep.join(", ")));
+    }
+    let gates = pipeline.dialogue_gates(Some(score));
+    if !gates.is_empty() {
+        why.push(format!("at its RCPTs: {}", gates.join(", ")));
+    }
+    if config.by_recipient("").is_some() {
+        why.push("routing by recipient".to_string());
+    }
+    if config
+        .backends
+        .iter()
+        .any(|b| b.cluster.is_empty() && b.send_proxy == crate::config::SendProxy::Received)
+    {
+        why.push("relay mode".to_string());
+    }
+    if why.is_empty() {
+        "handed off at once (the backend's own greeting)".to_string()
+    } else {
+        format!(
+            "meets the built-in engine (its own 220; {}) up to its first RCPT, then is replayed into a backend",
+            why.join("; ")
+        )
+    }
 }
 
 /// What the runtime remembers of a judgement: a pass is remembered only

@@ -145,6 +145,16 @@ impl Pipeline {
             .any(|(_, gate)| gate.needs_dialogue(score))
     }
 
+    /// The gates that want the dialogue of a client with `score` (see
+    /// [`Pipeline::needs_dialogue`]), in order.
+    pub fn dialogue_gates(&self, score: Option<i32>) -> Vec<&'static str> {
+        self.gates
+            .iter()
+            .filter(|(_, gate)| gate.needs_dialogue(score))
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// Whether a gate judges commands (see `Gate::has_command_hook`).
     pub fn judges_commands(&self) -> bool {
         self.gates.iter().any(|(_, gate)| gate.has_command_hook())

@@ -180,9 +180,10 @@ enum BackendAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
+    if !matches!(cli.command, Command::Run { .. } | Command::Explain { .. }) {
         // The commands other than `run` log to stderr in the default layout,
-        // under their own name.
+        // under their own name (`explain` logs nothing: it writes a report,
+        // and its gates' lines would read as a running doorman's).
         let _ = logfmt::init(&LogSection {
             syslog_tag: "doorman".to_string(),
             ..LogSection::default()

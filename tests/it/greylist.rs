@@ -131,11 +131,47 @@ fn a_doubtful_client_is_greylisted_then_replayed_and_a_clean_one_goes_straight_t
         doubtful.contains("greylist: doubtful (score 1 >= 1): greylisted at RCPT"),
         "{doubtful}"
     );
+    assert!(
+        doubtful.contains("; meets the built-in engine (its own 220; at its RCPTs: greylist) up to its first RCPT, then is replayed into a backend\n"),
+        "the verdict says what the runtime does: {doubtful}"
+    );
     let clean = explain("203.0.113.200");
     assert!(
         clean.contains("greylist: not doubtful (score 0 < 1): never greylisted"),
         "{clean}"
     );
+    assert!(
+        clean.contains("verdict: passes the score, unless it pregreets; handed off at once (the backend's own greeting)\n"),
+        "{clean}"
+    );
+}
+
+/// `doorman explain` writes a report and nothing else: no log lines on
+/// stderr, no DNSBL talk without a DNSBL, and the engine when deep tests
+/// are on.
+#[test]
+fn explain_says_what_the_runtime_does_and_logs_nothing() {
+    let backend = FakeBackend::start(true);
+    let sections = "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n[deep_tests]\npipelining = { enable = true }\n";
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"deep\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", sections)
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let out = std::process::Command::new(doorman_bin())
+        .args(["explain", "--config"])
+        .arg(doorman.config_path())
+        .arg("192.0.2.9")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.ends_with("verdict: no gate scores it, unless it pregreets; meets the built-in engine (its own 220; deep tests pipelining) up to its first RCPT, then is replayed into a backend\n"),
+        "{report}"
+    );
+    assert!(!report.contains("DNSBL"), "{report}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no log lines");
 }
 
 #[test]
