@@ -116,14 +116,16 @@ impl Pump {
     }
 
     /// Copies from `from` to `to`; ready once `from` has ended and all of
-    /// it is written and flushed. Each read ticks `clock`; `at_end`, if
-    /// any, is written after the last bytes when `from` ends.
+    /// it is written and flushed. Each read ticks `clock`. `at_end`, if
+    /// any, is a reply and when the other direction last read: when `from`
+    /// ends after the other side's last bytes (nothing answered them), the
+    /// reply is written after the last bytes.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         (from, to): (&mut R, &mut W),
         clock: &mut u64,
-        at_end: Option<&[u8]>,
+        at_end: Option<(&[u8], u64)>,
     ) -> Poll<Result<(), RelayError>>
     where
         R: AsyncRead + Unpin,
@@ -176,9 +178,13 @@ impl Pump {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => {
-                    if let Some(reply) = at_end {
-                        self.buffer.extend_from_slice(reply);
-                        self.lost = true;
+                    // Decided now, not before the call: the answer and
+                    // the end may arrive in one poll.
+                    if let Some((reply, other_read)) = at_end {
+                        if other_read > self.last_read {
+                            self.buffer.extend_from_slice(reply);
+                            self.lost = true;
+                        }
                     }
                     self.state = Pumping::Ended;
                 }
@@ -240,8 +246,7 @@ where
             }
         }
         if !down_done {
-            let waiting = !up_done && up.last_read > down.last_read;
-            let at_end = waiting.then_some(lost);
+            let at_end = (!up_done).then_some((lost, up.last_read));
             if let Poll::Ready(done) = down.poll_copy(cx, (backend, client), &mut clock, at_end) {
                 done?;
                 down_done = true;
@@ -377,5 +382,32 @@ mod tests {
         client.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"421 lost\r\n");
         assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
+    }
+
+    #[tokio::test]
+    async fn an_answer_and_the_close_in_one_read_get_no_lost_reply() {
+        let (mut client, mut client_end) = duplex(256);
+        let (mut backend, mut backend_end) = duplex(256);
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        let relaying = tokio::spawn(async move {
+            relay(
+                &mut client_end,
+                &mut backend_end,
+                BytesMut::new(),
+                b"421 lost\r\n",
+            )
+            .await
+        });
+        let mut chunk = [0u8; 64];
+        let read = backend.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..read], b"QUIT\r\n");
+        // The answer and the close, before the relay polls again.
+        backend.write_all(b"221 bye\r\n").await.unwrap();
+        drop(backend);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"221 bye\r\n");
+        drop(client);
+        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
     }
 }
