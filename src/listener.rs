@@ -59,7 +59,22 @@ impl Server {
 
     /// As [`Server::bind`], with the gates `registry` knows (a build with
     /// gates of its own; the config must have been loaded with the same).
+    ///
+    /// Everything the config names (the cache store, the certificates, the
+    /// gates) is opened before the first socket is bound: a file that
+    /// cannot be used is the one fatal line, with no `listening on` before
+    /// it.
     pub async fn bind_with(config: Config, registry: Registry) -> io::Result<Self> {
+        let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
+            parked.resume(stream, woken)
+        })?;
+        let process = ProcessState {
+            registry: Arc::new(registry),
+            room: Some(room),
+            ..ProcessState::default()
+        };
+        let shared = build_shared(config, None, &process)?;
+        let config = &shared.config;
         let threads = Threads::new(&config.runtime);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -100,15 +115,8 @@ impl Server {
         if let Some(warning) = config.starttls_warning() {
             log::starttls_warning(&warning);
         }
-        let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
-            parked.resume(stream, woken)
-        })?;
-        let process = ProcessState {
-            registry: Arc::new(registry),
-            room: Some(room),
-            ..ProcessState::default()
-        };
-        let shared = start_shared(config, None, &process).await?;
+        log_certificates(&shared);
+        start_checks(&shared).await;
         // The fleet's runtime state of the backends, before the first client.
         process
             .director
@@ -222,17 +230,28 @@ impl Server {
     }
 }
 
-/// Builds the shared state and runs the first round of backend checks.
-async fn start_shared(
+/// Builds the shared state of `config` (taking over what outlives a reload
+/// from `running`, on a reload).
+fn build_shared(
     config: Config,
     running: Option<&ConfigState>,
     process: &ProcessState,
 ) -> io::Result<ConfigState> {
-    let shared = ConfigState::new(config, running, process)
-        .map_err(|error| io::Error::other(error.to_string()))?;
+    ConfigState::new(config, running, process).map_err(|error| io::Error::other(error.to_string()))
+}
+
+/// Runs the first round of backend checks, then keeps checking.
+async fn start_checks(shared: &ConfigState) {
     shared.pool.check_all().await;
     shared.pool.start_checks();
-    Ok(shared)
+}
+
+/// Logs the certificates that are out of their validity period or near its
+/// end (doorman serves them anyway).
+fn log_certificates(shared: &ConfigState) {
+    for warning in shared.tls.iter().flat_map(|tls| tls.warnings()) {
+        log::certificate_warning(warning);
+    }
 }
 
 /// Reads the backends' runtime state from the store every
@@ -284,8 +303,10 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
         }
     }
     let (backends, gates) = (config.backends.len(), config.gates.join(", "));
-    match start_shared(config, Some(&running), process).await {
+    match build_shared(config, Some(&running), process) {
         Ok(shared) => {
+            start_checks(&shared).await;
+            log_certificates(&shared);
             current.store(Arc::new(shared));
             // The old pool's sessions go on, counted in the states the new
             // pool took over; its checks stop.

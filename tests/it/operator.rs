@@ -1,0 +1,112 @@
+//! What a new operator trips over (issue 34): a certificate out of its
+//! validity period named as such, `doorman drain` without an agent, error
+//! messages that say what the valid form is, admin commands that answer
+//! in sentences, and reload warnings about what actually runs.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::tls::*;
+use crate::support::*;
+
+/// `doorman ARGS --config DIR/doorman.toml ...`: its output.
+fn doorman_in(dir: &Path, command: &[&str], after: &[&str]) -> Output {
+    Command::new(doorman_bin())
+        .args(command)
+        .arg("--config")
+        .arg(dir.join("doorman.toml"))
+        .args(after)
+        .output()
+        .unwrap()
+}
+
+/// Its stderr, as text.
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A config with `[tls]` for `pair`, in front of `backend`, whose engine
+/// talks to every client (the pipelining test is due).
+fn tls_config(
+    backend: std::net::SocketAddr,
+    pair: (std::path::PathBuf, std::path::PathBuf),
+) -> String {
+    config_with(
+        backend,
+        "v2",
+        "",
+        "5s",
+        &format!(
+            "[greet]\nbanner = \"\"\n[cache]\nstore = \"memory\"\n[deep_tests]\npipelining = {{ enable = true }}\n{}",
+            tls_section(&[pair], "")
+        ),
+    )
+}
+
+#[test]
+fn a_certificate_out_of_its_validity_is_named_by_check_at_start_up_and_at_each_reload() {
+    if !require_program("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let expired = certificate_between(
+        dir.path(),
+        "expired",
+        "mx.doorman.test",
+        "20240101000000Z",
+        "20250101000000Z",
+    );
+    let backend = FakeBackend::start(true);
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    std::fs::write(
+        dir.path().join("doorman.toml"),
+        tls_config(backend.address, expired.clone()),
+    )
+    .unwrap();
+    let said = "expired.pem: the certificate expired on 2025-01-01 00:00:00 UTC (";
+    let out = doorman_in(dir.path(), &["check"], &[]);
+    assert!(out.status.success(), "a warning, not an error: {out:?}");
+    assert!(
+        stderr(&out).contains(&format!("warning: {}/{said}", dir.path().display())),
+        "{out:?}"
+    );
+    assert!(!stderr(&out).contains("expires in"), "{out:?}");
+
+    // Not valid before 2099.
+    let early = certificate_between(
+        dir.path(),
+        "early",
+        "mx.doorman.test",
+        "20990101000000Z",
+        "21000101000000Z",
+    );
+    std::fs::write(
+        dir.path().join("doorman.toml"),
+        tls_config(backend.address, early),
+    )
+    .unwrap();
+    let out = doorman_in(dir.path(), &["check"], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains(
+            "early.pem: the certificate is not valid yet: its validity begins on 2099-01-01 00:00:00 UTC"
+        ),
+        "{out:?}"
+    );
+
+    // `doorman run` says it at start-up and at every reload, and serves it.
+    let doorman = Doorman::start(&tls_config(backend.address, expired), "127.0.0.1\n");
+    doorman.log.wait_for(said, Duration::from_secs(5));
+    signal(doorman.child.id(), "HUP");
+    doorman.log.wait_for("reloaded", Duration::from_secs(10));
+    doorman.log.wait_for_count(said, 2, Duration::from_secs(5));
+    let line = doorman.log.matching(said).remove(0);
+    assert!(line.contains("warning: "), "{line}");
+    let mut client = connect_as(&doorman, "192.0.2.7");
+    assert_eq!(whole_reply(&mut client), "220 mx.doorman.test ESMTP\r\n");
+    client.write_all(b"EHLO client.test\r\n").unwrap();
+    let offered = whole_reply(&mut client);
+    assert!(offered.contains("STARTTLS"), "{offered}");
+}
