@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::agent;
 use crate::config::Registry;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, RestartOnly};
 use crate::log;
 use crate::memory;
 use crate::session::Session;
@@ -49,6 +49,9 @@ pub struct Server {
     listeners: Vec<(Vec<std::net::TcpListener>, ListenerConfig)>,
     admin: Option<TcpListener>,
     agent: Option<TcpListener>,
+    /// What the running process took from the config at start-up and keeps
+    /// to the next restart.
+    started: Arc<RestartOnly>,
 }
 
 impl Server {
@@ -123,6 +126,7 @@ impl Server {
             .sync(&shared.pool.addresses(), shared.config.pool.flush_grace)
             .await;
         Ok(Self {
+            started: Arc::new(RestartOnly::of(&shared.config)),
             current: Arc::new(ArcSwap::from_pointee(shared)),
             process,
             listeners,
@@ -164,6 +168,7 @@ impl Server {
                 hangups,
                 Arc::clone(&self.current),
                 self.process.clone(),
+                Arc::clone(&self.started),
             ))),
             Err(error) => log::no_reload(&error),
         }
@@ -272,16 +277,18 @@ async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     current: Arc<ArcSwap<ConfigState>>,
     process: ProcessState,
+    started: Arc<RestartOnly>,
 ) {
     while hangups.recv().await.is_some() {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-        reload(&current, &process).await;
+        reload(&current, &process, &started).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 }
 
-/// Loads the config again and swaps it in, or says why not.
-pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
+/// Loads the config again and swaps it in, or says why not; a change to a
+/// section only a restart applies is reported against `started`.
+async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState, started: &RestartOnly) {
     let running = current.load_full();
     let config = match Config::load_with(&running.config.path, &process.registry) {
         Ok(config) => config,
@@ -291,16 +298,8 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
             return;
         }
     };
-    for (what, changed) in [
-        ("[[listener]]", config.listeners != running.config.listeners),
-        ("[cache]", config.cache != running.config.cache),
-        ("[log]", config.log != running.config.log),
-        ("[admin]", config.admin != running.config.admin),
-        ("[runtime]", config.runtime != running.config.runtime),
-    ] {
-        if changed {
-            log::reload_needs_restart(what);
-        }
+    for what in started.changed_in(&config) {
+        log::reload_needs_restart(what);
     }
     let (backends, gates) = (config.backends.len(), config.gates.join(", "));
     match build_shared(config, Some(&running), process) {

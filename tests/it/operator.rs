@@ -110,3 +110,45 @@ fn a_certificate_out_of_its_validity_is_named_by_check_at_start_up_and_at_each_r
     let offered = whole_reply(&mut client);
     assert!(offered.contains("STARTTLS"), "{offered}");
 }
+
+#[test]
+fn a_reload_compares_the_restart_only_sections_with_what_runs() {
+    let backend = FakeBackend::start(false);
+    let config = config(backend.address, "none", "", "5s") + "[cache]\nstore = \"memory\"\n";
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let changed = "[cache] changed; that takes effect at the next restart";
+    // Changed: said once.
+    std::fs::write(
+        doorman.config_path(),
+        config.replace("store = \"memory\"", "store = \"memory\"\nsize = 5"),
+    )
+    .unwrap();
+    signal(doorman.child.id(), "HUP");
+    doorman
+        .log
+        .wait_for_count("reloaded", 1, Duration::from_secs(10));
+    assert_eq!(doorman.log.matching(changed).len(), 1);
+    // Restored: what runs again, so nothing waits for a restart.
+    std::fs::write(doorman.config_path(), &config).unwrap();
+    signal(doorman.child.id(), "HUP");
+    doorman
+        .log
+        .wait_for_count("reloaded", 2, Duration::from_secs(10));
+    assert_eq!(
+        doorman.log.matching(changed).len(),
+        1,
+        "{:?}",
+        doorman.log.lines()
+    );
+    // Changed again after the restore: said again.
+    std::fs::write(
+        doorman.config_path(),
+        config.replace("store = \"memory\"", "store = \"memory\"\nsize = 7"),
+    )
+    .unwrap();
+    signal(doorman.child.id(), "HUP");
+    doorman
+        .log
+        .wait_for_count("reloaded", 3, Duration::from_secs(10));
+    assert_eq!(doorman.log.matching(changed).len(), 2);
+}
