@@ -105,10 +105,10 @@ impl<'t> Document<'t> {
     /// `error`, from reading a file the key `at` names.
     pub fn unreadable(&self, at: &[&str], error: ConfigError) -> ConfigError {
         match error {
-            ConfigError::Read { path: file, source } => self.error(
+            ConfigError::Read { path: file, error } => self.error(
                 at,
                 format!(
-                    "{} = {:?}: cannot read: {source}",
+                    "{} = {:?}: cannot read: {error}",
                     at.last().copied().unwrap_or_default(),
                     file.display().to_string()
                 ),

@@ -54,13 +54,15 @@ pub use tls::*;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A file could not be read at all.
-    #[error("{}: cannot read: {source}", path.display())]
+    /// A file could not be read at all. (What the operating system said is
+    /// part of the message, not a separate cause, so that a caller that
+    /// prints the chain of causes says it once.)
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file was read but something in it is wrong.
     #[error("{}:{line}: {message}", path.display())]

@@ -152,3 +152,95 @@ fn a_reload_compares_the_restart_only_sections_with_what_runs() {
         .wait_for_count("reloaded", 3, Duration::from_secs(10));
     assert_eq!(doorman.log.matching(changed).len(), 2);
 }
+
+/// A config with an admin listener on a free port and no agent.
+fn admin_config(backend: std::net::SocketAddr) -> (String, u16) {
+    let admin = free_port();
+    let text = config(backend, "v2", "", "5s")
+        + &format!("[cache]\nstore = \"memory\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    (text, admin)
+}
+
+#[test]
+fn drain_without_an_agent_fails_and_says_how_to_enable_it() {
+    let backend = FakeBackend::start(true);
+    let (config, _) = admin_config(backend.address);
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let out = doorman_in(doorman.dir.path(), &["drain"], &[]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let said = stderr(&out);
+    for words in [
+        "has no [admin] agent, so HAProxy cannot learn of a drain",
+        "agent = \"127.0.0.1:9777\"",
+        "agent-check agent-port 9777",
+    ] {
+        assert!(said.contains(words), "{words:?} in {said}");
+    }
+    // Nothing was asked of the running doorman.
+    assert!(doorman.log.matching("/drain from").is_empty());
+}
+
+#[test]
+fn admin_commands_answer_in_sentences() {
+    let backend = FakeBackend::start(true);
+    let (config, _) = admin_config(backend.address);
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let dir = doorman.dir.path();
+    let no_http = |said: &str| {
+        for internal in [
+            "/backends",
+            "/users",
+            "400",
+            "404",
+            "Bad Request",
+            "{\"error\"",
+        ] {
+            assert!(!said.contains(internal), "{internal:?} in {said}");
+        }
+    };
+    let address = backend.address.to_string();
+    let out = doorman_in(dir, &["backend", "weight"], &[&address, "5000"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fatal: weight 5000 is out of range: give a weight from 0 to 1000"),
+        "{out:?}"
+    );
+    no_http(&stderr(&out));
+    let out = doorman_in(dir, &["backend", "drain"], &["127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fatal: 127.0.0.1:1 is not a backend of the running doorman"),
+        "{out:?}"
+    );
+    no_http(&stderr(&out));
+    let out = doorman_in(dir, &["user", "lookup"], &["someone@example.test"]);
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(
+        said.contains("is balanced by recipient")
+            && said.contains("balance = \"recipient\" in a [cluster.NAME] section"),
+        "{said}"
+    );
+    assert!(!said.contains("cluster=NAME"), "{said}");
+    no_http(&said);
+    // A weight in range still works.
+    let out = doorman_in(dir, &["backend", "weight"], &[&address, "5"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_missing_config_file_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [&["check"][..], &["run"], &["drain"], &["backend", "list"]] {
+        let out = doorman_in(dir.path(), command, &[]);
+        assert!(!out.status.success());
+        let said = stderr(&out);
+        assert!(said.contains("doorman.toml: cannot read: "), "{said}");
+        assert_eq!(
+            said.matches("No such file or directory").count(),
+            1,
+            "{command:?}: {said}"
+        );
+    }
+}
