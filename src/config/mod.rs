@@ -24,6 +24,7 @@ mod screening;
 mod sections;
 mod source;
 mod tls;
+mod words;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -272,7 +273,14 @@ impl Config {
             }
         }
         let score_written = root.get_ref().get("score").is_some();
-        let mut sections: Sections = document.read_root(root)?;
+        let written: Vec<String> = root
+            .get_ref()
+            .iter()
+            .map(|(key, _)| key.get_ref().to_string())
+            .collect();
+        let mut sections: Sections = document
+            .read_root(root)
+            .map_err(|error| words::unknown_at_top(error, &written, registry))?;
         sections.shared = document.read_table(shared)?;
         sections.check(&document, registry)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -470,7 +478,11 @@ impl Sections {
             None => None,
         };
         if let Some(tls) = &mut self.tls {
-            tls.resolve(base)
+            let at = |index: usize, key: &str| WrittenAt {
+                config: document.path().to_path_buf(),
+                line: document.line(&["tls", "certificate", &index.to_string(), key]),
+            };
+            tls.resolve(base, at)
                 .map_err(|error| document.section_error("tls", error))?;
         }
         for (index, backend) in self.backends.iter_mut().enumerate() {

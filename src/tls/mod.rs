@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 pub use channel::Channel;
 pub use summary::TlsSummary;
 
-use crate::config::{TlsSection, TlsVersion};
+use crate::config::{TlsSection, TlsVersion, WrittenAt};
 use certificates::{Certificate, Resolver};
 use validity::Validity;
 
@@ -43,12 +43,18 @@ use validity::Validity;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate, key or CA file is missing, unreadable or wrong.
-    #[error("{}: {message}", path.display())]
+    #[error("{}", match written {
+        Some((at, key)) => at.says(key, path, message),
+        None => format!("{}: {message}", path.display()),
+    })]
     File {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         message: String,
+        /// Where the config names it, and the key that does (`chain`,
+        /// `key`), when known.
+        written: Option<(WrittenAt, &'static str)>,
     },
     /// rustls refused the settings.
     #[error("tls: {0}")]

@@ -163,3 +163,48 @@ fn durations_have_upper_bounds() {
     let config = format!("{GOOD}[greet]\nwait = \"5m\"\n");
     assert_eq!(check(&config, "127.0.0.1\n").0, 0);
 }
+
+#[test]
+fn check_says_the_valid_form_of_what_it_refused() {
+    let hosts = "127.0.0.1\n";
+    for address in ["::1:2525", "127.0.0.1"] {
+        let (code, _, err) = check(&GOOD.replace("127.0.0.1:2525", address), hosts);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!(
+                "doorman.toml:6: address = \"{address}\": invalid socket address syntax: expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525"
+            )),
+            "{err}"
+        );
+    }
+    for wait in ["\"6\"", "6"] {
+        let (code, _, err) = check(&format!("{GOOD}[greet]\nwait = {wait}\n"), hosts);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("doorman.toml:11: ")
+                && err.contains("expected a duration: a duration is a number with its unit, e.g. \"6s\", \"500ms\", \"5m\", \"1h\", \"30d\""),
+            "{err}"
+        );
+    }
+    // A misspelt section: the gates' sections are listed too.
+    let (code, _, err) = check(&format!("{GOOD}[acess]\nfile = \"access\"\n"), hosts);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doorman.toml:10: [acess]: unknown field `acess`"),
+        "{err}"
+    );
+    for section in ["`tls`", "`access`", "`rdns`", "`greylist`", "`policy`"] {
+        assert!(err.contains(section), "{section} in {err}");
+    }
+    assert!(err.contains("(did you mean `access`?)"), "{err}");
+    // A misspelt gate: a sentence.
+    let (code, _, err) = check(&format!("gates = [\"acess\"]\n{GOOD}"), hosts);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "doorman.toml:1: unknown gate \"acess\" (did you mean \"access\"?): the gates are access, dnsbl, rdns, greylist, policy, pregreet and deep"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains('['), "{err}");
+}

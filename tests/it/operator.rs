@@ -244,3 +244,56 @@ fn a_missing_config_file_is_said_once() {
         );
     }
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_said_in_words_before_any_listener() {
+    if !require_program("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, _) = certificate(dir.path(), "mx", "mx.doorman.test", Key::Ecdsa, 30);
+    let (_, other) = certificate(dir.path(), "other", "mx.doorman.test", Key::Ecdsa, 30);
+    let backend = FakeBackend::start(true);
+    let config = tls_config(backend.address, (chain.clone(), other.clone()));
+    std::fs::write(dir.path().join("doorman.toml"), &config).unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let line = config
+        .lines()
+        .position(|line| line.starts_with("key = "))
+        .unwrap()
+        + 1;
+    let said = format!(
+        "{}:{line}: key = \"{}\": this private key does not belong to the certificate in \"{}\"",
+        dir.path().join("doorman.toml").display(),
+        other.display(),
+        chain.display()
+    );
+    let out = doorman_in(dir.path(), &["check"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&said), "{out:?}");
+    assert!(!stderr(&out).contains("KeyMismatch"), "{out:?}");
+    // `doorman run` fails with the same words, before it listens.
+    let mut run = Command::new("timeout");
+    run.args(["20", doorman_bin(), "run", "--config"])
+        .arg(dir.path().join("doorman.toml"));
+    let out = run.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains(&said), "{out:?}");
+    assert!(!stderr(&out).contains("listening on"), "{out:?}");
+    // A chain file that is not there: the config's line, and the file.
+    std::fs::write(
+        dir.path().join("doorman.toml"),
+        config.replace("mx.pem", "missing.pem"),
+    )
+    .unwrap();
+    let out = doorman_in(dir.path(), &["check"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "doorman.toml:{}: chain = \"{}\": cannot read: No such file or directory",
+            line - 1,
+            dir.path().join("missing.pem").display()
+        )),
+        "{out:?}"
+    );
+}
