@@ -297,3 +297,78 @@ fn a_key_that_is_not_the_certificates_is_said_in_words_before_any_listener() {
         "{out:?}"
     );
 }
+
+/// The samples of `doorman_connections_total` on `/metrics` of the admin
+/// listener on `port`, by outcome.
+fn connections_by_outcome(port: u16) -> Vec<(String, f64)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .filter_map(|line| line.strip_prefix("doorman_connections_total{outcome=\""))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .map(|(outcome, value)| (outcome.to_string(), value.trim().parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_session_is_counted_once_a_greylisted_one_too() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let admin = free_port();
+    // rbldnsd scores 203.0.113.22 1: doubtful, so greylisted.
+    let sections = format!(
+        "[greet]\nbanner = \"\"\nwait = \"2s\"\n[cache]\nstore = \"memory\"\n\
+[dnsbl]\nsites = [\"bl.test=127.0.0.2\", \"bl2.test\", \"v6.test\"]\nthreshold = 5\naction = \"enforce\"\ntimeout = \"2s\"\nnameservers = [\"{}\"]\n\
+[greylist]\nthreshold = 1\ndelay = \"1h\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
+        dns.address
+    );
+    let config = format!(
+        "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"greylist\"]\n{}",
+        config_with(backend.address, "v2", "", "5s", &sections)
+    );
+    let doorman = Doorman::start(&config, "127.0.0.1\n");
+    let total = || -> f64 {
+        connections_by_outcome(admin)
+            .iter()
+            .map(|(_, value)| value)
+            .sum()
+    };
+    assert_eq!(total(), 0.0);
+
+    // Greylisted, then QUIT: the session ends in the engine.
+    let mut doubtful = connect_as(&doorman, "203.0.113.22");
+    assert_eq!(read_line(&mut doubtful), "220 mx.doorman.test ESMTP\r\n");
+    helo_and_mail(&mut doubtful, "alice@sender.test");
+    doubtful
+        .write_all(b"RCPT TO:<bob@doorman.test>\r\n")
+        .unwrap();
+    assert!(read_line(&mut doubtful).starts_with("450 4.2.0 <bob@doorman.test>"));
+    doubtful.write_all(b"QUIT\r\n").unwrap();
+    assert!(read_to_close(&mut doubtful).starts_with("221"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while total() < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        connections_by_outcome(admin),
+        [("engine".to_string(), 1.0)],
+        "the greylisted session, once"
+    );
+
+    // A clean client: handed off, counted once, also when its session ends.
+    let mut clean = connect_as(&doorman, "203.0.113.200");
+    assert_eq!(read_line(&mut clean), "220 backend.test ESMTP fake\r\n");
+    clean.write_all(b"QUIT\r\n").unwrap();
+    drop(clean);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(total(), 2.0, "{:?}", connections_by_outcome(admin));
+}
