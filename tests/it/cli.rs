@@ -1,6 +1,7 @@
 //! The command line: `doorman check` on good and bad configs, `--version`,
 //! and the shipped config.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::{doorman_bin, stdout_of};
@@ -207,4 +208,81 @@ fn check_says_the_valid_form_of_what_it_refused() {
         "{err}"
     );
     assert!(!err.contains('['), "{err}");
+}
+
+/// The packaged doorman.toml: the shipped one with the substitutions
+/// `scripts/build-deb` makes (its `sed -e 's|^OLD$|NEW|'` lines).
+fn packaged_config() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = std::fs::read_to_string(format!("{root}/scripts/build-deb")).unwrap();
+    let substitutions: Vec<(String, String)> = script
+        .lines()
+        .filter_map(|line| line.split_once("-e 's|^")?.1.split_once("$|"))
+        .filter_map(|(old, rest)| Some((old.to_string(), rest.split_once("|'")?.0.to_string())))
+        .collect();
+    assert!(!substitutions.is_empty(), "{script}");
+    let shipped = std::fs::read_to_string(format!("{root}/config/doorman.toml")).unwrap();
+    shipped
+        .lines()
+        .map(|line| {
+            substitutions
+                .iter()
+                .find(|(old, _)| old == line)
+                .map_or(line, |(_, new)| new.as_str())
+        })
+        .fold(String::new(), |text, line| text + line + "\n")
+}
+
+#[test]
+fn the_packaged_config_and_the_example_haproxy_cfg_run_together() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let packaged = doorman::config::Config::parse(
+        &packaged_config(),
+        &Path::new(root).join("config/doorman.toml"),
+    )
+    .unwrap();
+    let haproxy = std::fs::read_to_string(format!("{root}/config/haproxy.cfg")).unwrap();
+    let active = haproxy
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'));
+    let mut servers = 0;
+    let mut binds = Vec::new();
+    for line in active {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["bind", address, ..] => binds.push(address.to_string()),
+            ["server", _, address, rest @ ..] => {
+                servers += 1;
+                let address: std::net::SocketAddr = address.parse().unwrap();
+                assert!(
+                    packaged.listeners.iter().any(|l| l.address == address),
+                    "HAProxy sends to {address}, doorman listens on {:?}",
+                    packaged.listeners
+                );
+                let source = rest
+                    .windows(2)
+                    .find(|pair| pair[0] == "source")
+                    .map(|pair| pair[1].parse().unwrap())
+                    .expect("a source address");
+                assert!(
+                    packaged.proxy_hosts.contains(source),
+                    "haproxy_hosts lists {source}"
+                );
+                assert!(rest.contains(&"send-proxy-v2") && rest.contains(&"check-send-proxy"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(servers, 1);
+    assert_eq!(binds, [":25"]);
+    // HAProxy has port 25: neither doorman nor its backend takes it.
+    for address in packaged
+        .listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(packaged.backends.iter().map(|b| b.address))
+    {
+        assert_ne!(address.port(), 25, "{address}");
+    }
 }
