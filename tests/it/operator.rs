@@ -96,8 +96,17 @@ fn a_certificate_out_of_its_validity_is_named_by_check_at_start_up_and_at_each_r
         "{out:?}"
     );
 
-    // `doorman run` says it at start-up and at every reload, and serves it.
-    let doorman = Doorman::start(&tls_config(backend.address, expired), "127.0.0.1\n");
+    // `doorman run` says it at start-up and at every reload, and serves it;
+    // the expiry gauge (which the alert rule watches) has its date.
+    let admin = free_port();
+    let running = tls_config(backend.address, expired.clone())
+        + &format!("[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let doorman = Doorman::start(&running, "127.0.0.1\n");
+    let gauge = format!(
+        "doorman_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} 1735689600",
+        expired.0.display()
+    );
+    assert!(metrics(admin).contains(&gauge), "{}", metrics(admin));
     doorman.log.wait_for(said, Duration::from_secs(5));
     signal(doorman.child.id(), "HUP");
     doorman.log.wait_for("reloaded", Duration::from_secs(10));
@@ -298,9 +307,8 @@ fn a_key_that_is_not_the_certificates_is_said_in_words_before_any_listener() {
     );
 }
 
-/// The samples of `doorman_connections_total` on `/metrics` of the admin
-/// listener on `port`, by outcome.
-fn connections_by_outcome(port: u16) -> Vec<(String, f64)> {
+/// The text of `/metrics` on the admin listener on `port`.
+fn metrics(port: u16) -> String {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -312,6 +320,12 @@ fn connections_by_outcome(port: u16) -> Vec<(String, f64)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// The samples of `doorman_connections_total` on `/metrics` of the admin
+/// listener on `port`, by outcome.
+fn connections_by_outcome(port: u16) -> Vec<(String, f64)> {
+    metrics(port)
         .lines()
         .filter_map(|line| line.strip_prefix("doorman_connections_total{outcome=\""))
         .filter_map(|rest| rest.split_once("\"} "))
