@@ -35,9 +35,18 @@ impl<'t> Document<'t> {
         Ok(Self { root, ..document })
     }
 
-    /// The config file's name, as given.
-    pub fn path(&self) -> &Path {
-        self.path
+    /// Where the key at `at` is written, for messages about the file it
+    /// names.
+    pub fn written_at(&self, at: &[&str]) -> super::WrittenAt {
+        super::WrittenAt {
+            config: self.path.to_path_buf(),
+            line: self.line(at),
+        }
+    }
+
+    /// Whether `name` is a key (or table) at the top of the file.
+    pub fn has_top_key(&self, name: &str) -> bool {
+        self.root.get_ref().get(name).is_some()
     }
 
     /// A copy of the whole document, to take parts out of.

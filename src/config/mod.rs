@@ -55,9 +55,7 @@ pub use tls::*;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A file could not be read at all. (What the operating system said is
-    /// part of the message, not a separate cause, so that a caller that
-    /// prints the chain of causes says it once.)
+    /// A file could not be read at all (the OS error is in the message).
     #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The file.
@@ -273,14 +271,9 @@ impl Config {
             }
         }
         let score_written = root.get_ref().get("score").is_some();
-        let written: Vec<String> = root
-            .get_ref()
-            .iter()
-            .map(|(key, _)| key.get_ref().to_string())
-            .collect();
         let mut sections: Sections = document
             .read_root(root)
-            .map_err(|error| words::unknown_at_top(error, &written, registry))?;
+            .map_err(|error| words::unknown_at_top(error, &document, registry))?;
         sections.shared = document.read_table(shared)?;
         sections.check(&document, registry)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -478,12 +471,10 @@ impl Sections {
             None => None,
         };
         if let Some(tls) = &mut self.tls {
-            let at = |index: usize, key: &str| WrittenAt {
-                config: document.path().to_path_buf(),
-                line: document.line(&["tls", "certificate", &index.to_string(), key]),
-            };
-            tls.resolve(base, at)
-                .map_err(|error| document.section_error("tls", error))?;
+            tls.resolve(base, |index, key| {
+                document.written_at(&["tls", "certificate", &index.to_string(), key])
+            })
+            .map_err(|error| document.section_error("tls", error))?;
         }
         for (index, backend) in self.backends.iter_mut().enumerate() {
             backend

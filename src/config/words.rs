@@ -2,6 +2,7 @@
 //! likely meant when a section, key or gate is misspelt. It imports
 //! nothing from the runtime.
 
+use super::document::Document;
 use super::{ConfigError, Registry};
 
 /// `a`, `a and b`, `a, b and c`.
@@ -44,7 +45,7 @@ fn distance(a: &str, b: &str) -> usize {
 /// gates' sections are named too, and the likely one when it is a typo.
 pub(super) fn unknown_at_top(
     error: ConfigError,
-    written: &[String],
+    document: &Document<'_>,
     registry: &Registry,
 ) -> ConfigError {
     let ConfigError::Invalid {
@@ -59,7 +60,7 @@ pub(super) fn unknown_at_top(
         .split_once("unknown field `")
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(name, _)| name.to_string());
-    if let Some(unknown) = unknown.filter(|name| written.contains(name)) {
+    if let Some(unknown) = unknown.filter(|name| document.has_top_key(name)) {
         let core: Vec<&str> = message
             .split_once("expected one of ")
             .map_or("", |(_, names)| names)
