@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::agent;
 use crate::config::Registry;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, RestartOnly};
 use crate::log;
 use crate::memory;
 use crate::session::Session;
@@ -49,6 +49,9 @@ pub struct Server {
     listeners: Vec<(Vec<std::net::TcpListener>, ListenerConfig)>,
     admin: Option<TcpListener>,
     agent: Option<TcpListener>,
+    /// What the running process took from the config at start-up and keeps
+    /// to the next restart.
+    started: Arc<RestartOnly>,
 }
 
 impl Server {
@@ -59,7 +62,22 @@ impl Server {
 
     /// As [`Server::bind`], with the gates `registry` knows (a build with
     /// gates of its own; the config must have been loaded with the same).
+    ///
+    /// Everything the config names (the cache store, the certificates, the
+    /// gates) is opened before the first socket is bound: a file that
+    /// cannot be used is the one fatal line, with no `listening on` before
+    /// it.
     pub async fn bind_with(config: Config, registry: Registry) -> io::Result<Self> {
+        let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
+            parked.resume(stream, woken)
+        })?;
+        let process = ProcessState {
+            registry: Arc::new(registry),
+            room: Some(room),
+            ..ProcessState::default()
+        };
+        let shared = build_shared(config, None, &process)?;
+        let config = &shared.config;
         let threads = Threads::new(&config.runtime);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
@@ -100,21 +118,15 @@ impl Server {
         if let Some(warning) = config.starttls_warning() {
             log::starttls_warning(&warning);
         }
-        let room = WaitingRoom::open(|stream, parked: Box<dyn Resumable>, woken| {
-            parked.resume(stream, woken)
-        })?;
-        let process = ProcessState {
-            registry: Arc::new(registry),
-            room: Some(room),
-            ..ProcessState::default()
-        };
-        let shared = start_shared(config, None, &process).await?;
+        log_certificates(&shared);
+        start_checks(&shared).await;
         // The fleet's runtime state of the backends, before the first client.
         process
             .director
             .sync(&shared.pool.addresses(), shared.config.pool.flush_grace)
             .await;
         Ok(Self {
+            started: Arc::new(RestartOnly::of(&shared.config)),
             current: Arc::new(ArcSwap::from_pointee(shared)),
             process,
             listeners,
@@ -156,6 +168,7 @@ impl Server {
                 hangups,
                 Arc::clone(&self.current),
                 self.process.clone(),
+                Arc::clone(&self.started),
             ))),
             Err(error) => log::no_reload(&error),
         }
@@ -222,17 +235,28 @@ impl Server {
     }
 }
 
-/// Builds the shared state and runs the first round of backend checks.
-async fn start_shared(
+/// Builds the shared state of `config` (taking over what outlives a reload
+/// from `running`, on a reload).
+fn build_shared(
     config: Config,
     running: Option<&ConfigState>,
     process: &ProcessState,
 ) -> io::Result<ConfigState> {
-    let shared = ConfigState::new(config, running, process)
-        .map_err(|error| io::Error::other(error.to_string()))?;
+    ConfigState::new(config, running, process).map_err(|error| io::Error::other(error.to_string()))
+}
+
+/// Runs the first round of backend checks, then keeps checking.
+async fn start_checks(shared: &ConfigState) {
     shared.pool.check_all().await;
     shared.pool.start_checks();
-    Ok(shared)
+}
+
+/// Logs the certificates that are out of their validity period or near its
+/// end (doorman serves them anyway).
+fn log_certificates(shared: &ConfigState) {
+    for warning in shared.tls.iter().flat_map(|tls| tls.warnings()) {
+        log::certificate_warning(warning);
+    }
 }
 
 /// Reads the backends' runtime state from the store every
@@ -253,16 +277,18 @@ async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     current: Arc<ArcSwap<ConfigState>>,
     process: ProcessState,
+    started: Arc<RestartOnly>,
 ) {
     while hangups.recv().await.is_some() {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-        reload(&current, &process).await;
+        reload(&current, &process, &started).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 }
 
-/// Loads the config again and swaps it in, or says why not.
-pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
+/// Loads the config again and swaps it in, or says why not; a change to a
+/// section only a restart applies is reported against `started`.
+async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState, started: &RestartOnly) {
     let running = current.load_full();
     let config = match Config::load_with(&running.config.path, &process.registry) {
         Ok(config) => config,
@@ -272,20 +298,14 @@ pub async fn reload(current: &ArcSwap<ConfigState>, process: &ProcessState) {
             return;
         }
     };
-    for (what, changed) in [
-        ("[[listener]]", config.listeners != running.config.listeners),
-        ("[cache]", config.cache != running.config.cache),
-        ("[log]", config.log != running.config.log),
-        ("[admin]", config.admin != running.config.admin),
-        ("[runtime]", config.runtime != running.config.runtime),
-    ] {
-        if changed {
-            log::reload_needs_restart(what);
-        }
+    for what in started.changed_in(&config) {
+        log::reload_needs_restart(what);
     }
     let (backends, gates) = (config.backends.len(), config.gates.join(", "));
-    match start_shared(config, Some(&running), process).await {
+    match build_shared(config, Some(&running), process) {
         Ok(shared) => {
+            start_checks(&shared).await;
+            log_certificates(&shared);
             current.store(Arc::new(shared));
             // The old pool's sessions go on, counted in the states the new
             // pool took over; its checks stop.

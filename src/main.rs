@@ -10,8 +10,11 @@ use doorman::config::{Config, LogSection};
 use doorman::listener::Server;
 use doorman::logfmt;
 
+#[path = "cli/admin.rs"]
+mod admin_cli;
 #[path = "cli/cache.rs"]
 mod cache_cli;
+use admin_cli::{backend_command, control, user_command, BackendAction, UserAction};
 use cache_cli::{cache_command, CacheAction};
 
 /// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
@@ -100,81 +103,6 @@ enum Command {
     Generate {
         /// The folder to write the `.8` pages, `doorman.bash` and `_doorman` into.
         dir: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum UserAction {
-    /// The user's key, its backend, and whether that is remembered or fresh from the hash.
-    Lookup {
-        /// The config file (its [admin] address is asked).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The cluster, when more than one is balanced by recipient.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// A recipient address of the user.
-        address: String,
-    },
-    /// Send the user's next transaction to BACKEND, on every instance that shares the store.
-    Move {
-        /// The config file (its [admin] address is asked).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The cluster, when more than one is balanced by recipient.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// A recipient address of the user.
-        address: String,
-        /// The backend, as the config names it.
-        backend: SocketAddr,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BackendAction {
-    /// Each backend's address, cluster, weight, health, drain state and sessions.
-    List {
-        /// The config file (its [admin] address is asked).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Print the JSON the admin listener gives.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Give the backend no new clients; its live sessions finish.
-    Drain {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The backend, as the config names it.
-        address: SocketAddr,
-    },
-    /// Give the backend new clients again, at the weight an operator set (after weight 0, or none set: the config's).
-    Undrain {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The backend.
-        address: SocketAddr,
-    },
-    /// Drain the backend and end its live sessions after [pool] flush_grace.
-    Flush {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The backend.
-        address: SocketAddr,
-    },
-    /// Set the backend's share of clients (0 drains it).
-    Weight {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The backend.
-        address: SocketAddr,
-        /// The weight, 0 to 1000.
-        weight: u32,
     },
 }
 
@@ -277,128 +205,6 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         server.serve(shutdown_signal()).await;
         Ok(())
     })
-}
-
-/// Sends a control request to the running doorman and prints its answer.
-fn control(config: &std::path::Path, path: &str) -> anyhow::Result<()> {
-    let loaded = Config::load(config)?;
-    let (status, body) =
-        runtime()?.block_on(doorman::admin::request(&loaded, hyper::Method::POST, path))?;
-    print!("{body}");
-    if !status.is_success() {
-        anyhow::bail!("{path}: {status}");
-    }
-    Ok(())
-}
-
-/// `doorman backend ...`: a request to the running doorman's admin
-/// listener; prints the backends (or the changed one).
-fn backend_command(action: BackendAction) -> anyhow::Result<()> {
-    let (config, method, path, json) = match &action {
-        BackendAction::List { config, json } => {
-            (config, hyper::Method::GET, "/backends".to_string(), *json)
-        }
-        BackendAction::Drain { config, address } => (
-            config,
-            hyper::Method::POST,
-            format!("/backends/{address}/drain"),
-            false,
-        ),
-        BackendAction::Undrain { config, address } => (
-            config,
-            hyper::Method::POST,
-            format!("/backends/{address}/undrain"),
-            false,
-        ),
-        BackendAction::Flush { config, address } => (
-            config,
-            hyper::Method::POST,
-            format!("/backends/{address}/flush"),
-            false,
-        ),
-        BackendAction::Weight {
-            config,
-            address,
-            weight,
-        } => (
-            config,
-            hyper::Method::POST,
-            format!("/backends/{address}/weight?value={weight}"),
-            false,
-        ),
-    };
-    let loaded = Config::load(config)?;
-    let (status, body) = runtime()?.block_on(doorman::admin::request(&loaded, method, &path))?;
-    if !status.is_success() {
-        anyhow::bail!("{path}: {status}: {}", body.trim());
-    }
-    if json {
-        print!("{body}");
-        return Ok(());
-    }
-    print!("{}", doorman::admin::backend_table(&body, &loaded)?);
-    Ok(())
-}
-
-fn user_command(action: UserAction) -> anyhow::Result<()> {
-    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-    let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
-    let (config, cluster, method, path) = match &action {
-        UserAction::Lookup {
-            config,
-            cluster,
-            address,
-        } => (
-            config,
-            cluster,
-            hyper::Method::GET,
-            format!("/users?address={}", encode(address)),
-        ),
-        UserAction::Move {
-            config,
-            cluster,
-            address,
-            backend,
-        } => (
-            config,
-            cluster,
-            hyper::Method::POST,
-            format!(
-                "/users/move?address={}&backend={}",
-                encode(address),
-                encode(&backend.to_string())
-            ),
-        ),
-    };
-    let path = match cluster {
-        Some(cluster) => format!("{path}&cluster={}", encode(cluster)),
-        None => path,
-    };
-    let loaded = Config::load(config)?;
-    let (status, body) = runtime()?.block_on(doorman::admin::request(&loaded, method, &path))?;
-    if !status.is_success() {
-        anyhow::bail!("{}: {status}: {}", path, body.trim());
-    }
-    let answer: serde_json::Value =
-        serde_json::from_str(&body).context("the admin listener's answer")?;
-    let text = |key: &str| answer[key].as_str().unwrap_or("none").to_string();
-    match action {
-        UserAction::Lookup { address, .. } => println!(
-            "{address}: user {} in cluster {:?} -> {} ({})",
-            text("key"),
-            text("cluster"),
-            text("backend"),
-            if answer["remembered"].as_bool() == Some(true) {
-                "remembered"
-            } else {
-                "fresh: by the hash"
-            }
-        ),
-        UserAction::Move { address, .. } => {
-            println!("{address}: user {} -> {}", text("key"), text("backend"))
-        }
-    }
-    Ok(())
 }
 
 /// The runtime of the commands other than `run`.

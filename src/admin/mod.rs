@@ -294,7 +294,7 @@ pub enum AdminError {
     #[error("the config has no [admin] address to send the request to")]
     NoAddress,
     /// The admin listener could not be reached or did not answer.
-    #[error("admin {address}: {message}")]
+    #[error("cannot reach the running doorman's admin listener on {address} (its [admin] address): {message}")]
     Unreachable {
         /// Where it was asked.
         address: SocketAddr,

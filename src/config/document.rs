@@ -35,6 +35,20 @@ impl<'t> Document<'t> {
         Ok(Self { root, ..document })
     }
 
+    /// Where the key at `at` is written, for messages about the file it
+    /// names.
+    pub fn written_at(&self, at: &[&str]) -> super::WrittenAt {
+        super::WrittenAt {
+            config: self.path.to_path_buf(),
+            line: self.line(at),
+        }
+    }
+
+    /// Whether `name` is a key (or table) at the top of the file.
+    pub fn has_top_key(&self, name: &str) -> bool {
+        self.root.get_ref().get(name).is_some()
+    }
+
     /// A copy of the whole document, to take parts out of.
     pub fn root(&self) -> Spanned<DeTable<'t>> {
         self.root.clone()
@@ -105,10 +119,10 @@ impl<'t> Document<'t> {
     /// `error`, from reading a file the key `at` names.
     pub fn unreadable(&self, at: &[&str], error: ConfigError) -> ConfigError {
         match error {
-            ConfigError::Read { path: file, source } => self.error(
+            ConfigError::Read { path: file, error } => self.error(
                 at,
                 format!(
-                    "{} = {:?}: cannot read: {source}",
+                    "{} = {:?}: cannot read: {error}",
                     at.last().copied().unwrap_or_default(),
                     file.display().to_string()
                 ),
@@ -149,15 +163,27 @@ impl<'t> Document<'t> {
             .map_or(1, |span| line_of(self.text, span.start));
         // The line itself names the key and the value refused.
         let written = self.text.lines().nth(line - 1).unwrap_or_default().trim();
+        let message = error.message().trim_end();
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line,
             message: format!(
-                "{}: {}",
+                "{}: {message}{}",
                 crate::log::escape(written.as_bytes(), 200),
-                error.message().trim_end()
+                hint(message).unwrap_or_default()
             ),
         }
+    }
+}
+
+/// What the valid form is, for the serde errors that do not say it.
+fn hint(message: &str) -> Option<&'static str> {
+    if message.contains("invalid socket address syntax") {
+        Some(": expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525 (an IPv6 address in brackets)")
+    } else if message.contains("expected a duration") {
+        Some(": a duration is a number with its unit, e.g. \"6s\", \"500ms\", \"5m\", \"1h\", \"30d\"")
+    } else {
+        None
     }
 }
 

@@ -18,11 +18,13 @@ mod engine;
 mod hosts;
 mod registry;
 mod relay;
+mod restart;
 mod runtime;
 mod screening;
 mod sections;
 mod source;
 mod tls;
+mod words;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -44,6 +46,7 @@ pub use engine::*;
 pub use hosts::ProxyHosts;
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
 pub use relay::RelaySection;
+pub use restart::RestartOnly;
 pub use runtime::{RuntimeSection, ThreadModel, MAX_THREADS};
 pub use screening::*;
 pub use sections::*;
@@ -52,13 +55,13 @@ pub use tls::*;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A file could not be read at all.
-    #[error("{}: cannot read: {source}", path.display())]
+    /// A file could not be read at all (the OS error is in the message).
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the operating system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file was read but something in it is wrong.
     #[error("{}:{line}: {message}", path.display())]
@@ -268,7 +271,9 @@ impl Config {
             }
         }
         let score_written = root.get_ref().get("score").is_some();
-        let mut sections: Sections = document.read_root(root)?;
+        let mut sections: Sections = document
+            .read_root(root)
+            .map_err(|error| words::unknown_at_top(error, &document, registry))?;
         sections.shared = document.read_table(shared)?;
         sections.check(&document, registry)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -466,8 +471,10 @@ impl Sections {
             None => None,
         };
         if let Some(tls) = &mut self.tls {
-            tls.resolve(base)
-                .map_err(|error| document.section_error("tls", error))?;
+            tls.resolve(base, |index, key| {
+                document.written_at(&["tls", "certificate", &index.to_string(), key])
+            })
+            .map_err(|error| document.section_error("tls", error))?;
         }
         for (index, backend) in self.backends.iter_mut().enumerate() {
             backend

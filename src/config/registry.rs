@@ -161,8 +161,13 @@ impl Registry {
     pub(super) fn check(&self, gates: &[String]) -> Result<(), String> {
         for (index, name) in gates.iter().enumerate() {
             if !self.knows(name) {
+                let known: Vec<&str> = self.names().chain(BUILT_IN).collect();
+                let meant = super::words::closest(name, &known)
+                    .map(|meant| format!(" (did you mean {meant:?}?)"))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "unknown gate {name:?} (known: {self:?} and {BUILT_IN:?})"
+                    "unknown gate {name:?}{meant}: the gates are {}",
+                    super::words::list(&known)
                 ));
             }
             if gates[..index].contains(name) {

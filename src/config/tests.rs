@@ -299,7 +299,7 @@ fn the_shared_resolver_keys_under_dnsbl_are_pinned() {
     let errors = [
         (
             text.replace("\"30s\"", "30"),
-            "d.toml:8: min_ttl = 30: invalid type: integer `30`, expected a duration",
+            "d.toml:8: min_ttl = 30: invalid type: integer `30`, expected a duration: a duration is a number with its unit, e.g. \"6s\", \"500ms\", \"5m\", \"1h\", \"30d\"",
         ),
         (
             text.replace("\"30s\"", "\"3h\""),

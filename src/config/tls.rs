@@ -30,6 +30,35 @@ pub struct CertificateFiles {
     pub chain: PathBuf,
     /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
     pub key: PathBuf,
+    /// Where `chain` is written in the config, for messages about it.
+    #[serde(skip)]
+    pub chain_at: Option<WrittenAt>,
+    /// Where `key` is written in the config, for messages about it.
+    #[serde(skip)]
+    pub key_at: Option<WrittenAt>,
+}
+
+/// Where a key that names a file is written in the config file, so that a
+/// message about that file can point at it as `FILE:LINE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenAt {
+    /// The config file.
+    pub config: PathBuf,
+    /// The 1-based line of the key.
+    pub line: usize,
+}
+
+impl WrittenAt {
+    /// `doorman.toml:12: key = "/etc/doorman/mx.key": message`, for the
+    /// key `key` naming `file`.
+    pub fn says(&self, key: &str, file: &Path, message: &str) -> String {
+        format!(
+            "{}:{}: {key} = {:?}: {message}",
+            self.config.display(),
+            self.line,
+            file.display().to_string()
+        )
+    }
 }
 
 /// The `[tls]` section: when present, the engine offers STARTTLS.
@@ -49,8 +78,13 @@ pub struct TlsSection {
 
 impl TlsSection {
     /// Checks the section and makes its paths relative to `base`; an error
-    /// names the key to point at.
-    pub(super) fn resolve(&mut self, base: &Path) -> Result<(), SectionError> {
+    /// names the key to point at. `at` gives where a key of certificate
+    /// `index` (`chain`, `key`) is written.
+    pub(super) fn resolve(
+        &mut self,
+        base: &Path,
+        at: impl Fn(usize, &str) -> WrittenAt,
+    ) -> Result<(), SectionError> {
         if self.certificates.is_empty() {
             return Err(SectionError::key(
                 "",
@@ -68,9 +102,11 @@ impl TlsSection {
             self.handshake_timeout,
             super::bounds::FIVE_MINUTES * 2,
         )?;
-        for certificate in &mut self.certificates {
+        for (index, certificate) in self.certificates.iter_mut().enumerate() {
             certificate.chain = base.join(&certificate.chain);
             certificate.key = base.join(&certificate.key);
+            certificate.chain_at = Some(at(index, "chain"));
+            certificate.key_at = Some(at(index, "key"));
         }
         Ok(())
     }

@@ -46,3 +46,9 @@ pub fn plaintext_after_starttls(client: SocketAddr, input: &[u8]) {
 pub fn starttls_warning(warning: &str) {
     warn!("warning: {warning}");
 }
+
+/// A certificate of `[tls]` is expired, not valid yet, or expires soon
+/// (at start-up and at every reload; doorman serves it anyway).
+pub fn certificate_warning(warning: &str) {
+    warn!("warning: {warning}");
+}

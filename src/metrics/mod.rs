@@ -53,6 +53,12 @@ pub enum Outcome {
     Limited,
     /// No backend took it.
     NoBackend,
+    /// Talked to by the built-in engine and never handed off, with no
+    /// other outcome: greylisted, refused at RCPT by a gate, or gone
+    /// (QUIT, a timeout, too many errors) before a backend took it.
+    Engine,
+    /// Still without an outcome when the shutdown grace period ended.
+    Shutdown,
 }
 
 impl Outcome {
@@ -71,6 +77,8 @@ impl Outcome {
             Outcome::Hangup => "hangup",
             Outcome::Limited => "limited",
             Outcome::NoBackend => "no_backend",
+            Outcome::Engine => "engine",
+            Outcome::Shutdown => "shutdown",
         }
     }
 }
@@ -150,7 +158,7 @@ impl Default for Metrics {
         let connections = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "doorman_connections",
-            "Client connections by outcome",
+            "Client connections by outcome, each counted once",
             connections.clone(),
         );
         let tests = Family::<TestLabels, Counter>::default();

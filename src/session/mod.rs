@@ -41,6 +41,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -180,6 +181,8 @@ pub struct Session<S = ClientStream> {
     cluster: String,
     /// The 4xx and 5xx replies the client has had (smtpd's error count).
     errors: usize,
+    /// Whether the session's outcome is counted in the metrics (once).
+    counted: AtomicBool,
 }
 
 impl Session {
@@ -203,6 +206,7 @@ impl Session {
             buffer: BytesMut::new(),
             cluster: String::new(),
             errors: 0,
+            counted: AtomicBool::new(false),
         }
     }
 
@@ -233,8 +237,13 @@ impl Session {
         token: TaskTrackerToken,
     ) -> impl Future<Output = ()> + Send {
         async move {
+            // Whether the built-in engine was the last to talk to the client.
+            let mut in_engine = false;
             loop {
                 let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
+                if !matches!(phase, Phase::Closed) {
+                    in_engine = matches!(phase, Phase::Engine(_));
+                }
                 // Each phase's future is boxed, so a connection only ever holds
                 // the state of the phase it is in: a client waiting in the greet
                 // phase does not carry the relay's or the engine's state.
@@ -246,7 +255,16 @@ impl Session {
                     Phase::Handoff { client, teased } => Box::pin(self.hand_off(client, teased)),
                     Phase::Engine(run) => Box::pin(self.engine(*run)),
                     Phase::Park(waiting) => return self.park(waiting, cut, token),
-                    Phase::Closed => return,
+                    Phase::Closed => {
+                        // A session that ended without an outcome of its
+                        // own still counts once.
+                        self.count(if in_engine {
+                            Counted::Engine
+                        } else {
+                            Counted::Hangup
+                        });
+                        return;
+                    }
                 };
                 let next = tokio::select! {
                     next = step => Some(next),
@@ -255,6 +273,7 @@ impl Session {
                 match next {
                     Some(next) => phase = next,
                     None => {
+                        self.count(Counted::Shutdown);
                         if speaking {
                             // Boxed: every connection's task would carry it.
                             Box::pin(self.send(reply::SHUTTING_DOWN)).await;
@@ -307,6 +326,7 @@ impl Session {
             .map_or(self.listening, canonical);
         match self.mode {
             ProxyMode::Required => {
+                self.count(Counted::ProxyRefused);
                 log::not_a_proxy(self.peer, local);
                 Phase::Closed
             }
@@ -392,8 +412,12 @@ impl<S: ClientIo> Session<Channel<S>> {
         Phase::Closed
     }
 
+    /// Counts the session's outcome, the first one only: a session is
+    /// counted once in `doorman_connections_total`.
     fn count(&self, outcome: Counted) {
-        self.process.metrics.connection(outcome);
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.process.metrics.connection(outcome);
+        }
     }
 
     /// Reads more client bytes within `limit`.
@@ -435,6 +459,7 @@ impl<S> Session<S> {
             buffer,
             cluster,
             errors,
+            counted,
         } = self;
         let session = Session {
             stream,
@@ -448,6 +473,7 @@ impl<S> Session<S> {
             buffer,
             cluster,
             errors,
+            counted,
         };
         (had, session)
     }

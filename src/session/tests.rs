@@ -34,6 +34,7 @@ fn over_duplex(sections: &str) -> (Session<Channel<DuplexStream>>, DuplexStream)
         buffer: BytesMut::new(),
         cluster: String::new(),
         errors: 0,
+        counted: std::sync::atomic::AtomicBool::new(false),
     };
     (session, client)
 }

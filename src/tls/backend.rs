@@ -37,10 +37,11 @@ impl BackendTlsClient {
         let roots = match (&backend.tls_ca_file, backend.tls_verify) {
             (Some(ca_file), true) => {
                 let mut roots = RootCertStore::empty();
-                for certificate in read_chain(ca_file)? {
+                for certificate in read_chain(ca_file, None)? {
                     roots.add(certificate).map_err(|error| TlsError::File {
                         path: ca_file.clone(),
                         message: format!("bad CA certificate: {error}"),
+                        written: None,
                     })?;
                 }
                 Some(roots)

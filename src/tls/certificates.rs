@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::TlsError;
-use crate::config::CertificateFiles;
+use crate::config::{CertificateFiles, WrittenAt};
 
 /// One certificate chain with its signing key, and the file it came from.
 pub struct Certificate {
@@ -36,20 +36,27 @@ impl fmt::Debug for Certificate {
 impl Certificate {
     /// Reads a chain and its key, and checks that the key is the leaf's.
     pub fn load(files: &CertificateFiles) -> Result<Self, TlsError> {
-        let chain = read_chain(&files.chain)?;
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::File {
+        let chain = read_chain(&files.chain, files.chain_at.clone().map(|at| (at, "chain")))?;
+        let key_error = |message: String| TlsError::File {
             path: files.key.clone(),
-            message: format!("no private key read: {error}"),
-        })?;
+            message,
+            written: files.key_at.clone().map(|at| (at, "key")),
+        };
+        let key = PrivateKeyDer::from_pem_file(&files.key)
+            .map_err(|error| key_error(unreadable_key(&error)))?;
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let key =
-            CertifiedKey::from_der(chain, key, &provider).map_err(|error| TlsError::File {
-                path: files.key.clone(),
-                message: format!(
-                    "key does not fit the certificate {}: {error}",
-                    files.chain.display()
+        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|error| {
+            key_error(match error {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                    "this private key does not belong to the certificate in {:?} (the first certificate of the chain file must be the key's own)",
+                    files.chain.display().to_string()
                 ),
-            })?;
+                other => format!(
+                    "this private key cannot be used with the certificate in {:?}: {other}",
+                    files.chain.display().to_string()
+                ),
+            })
+        })?;
         Ok(Self {
             key: Arc::new(key),
             chain_file: files.chain.clone(),
@@ -69,20 +76,46 @@ impl Certificate {
     }
 }
 
-/// Reads every certificate of a PEM file, leaf first.
-pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Reads every certificate of a PEM file, leaf first; `written` is where
+/// the config names it, and by which key.
+pub fn read_chain(
+    path: &Path,
+    written: Option<(WrittenAt, &'static str)>,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let fail = |message: String| TlsError::File {
         path: path.to_path_buf(),
         message,
+        written: written.clone(),
     };
     let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|error| fail(format!("cannot read: {error}")))?
+        .map_err(|error| fail(format!("cannot read: {}", pem_error(&error))))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| fail(format!("bad PEM: {error}")))?;
+        .map_err(|error| fail(format!("bad PEM: {}", pem_error(&error))))?;
     if chain.is_empty() {
-        return Err(fail("holds no CERTIFICATE block".into()));
+        return Err(fail(
+            "holds no certificate (no -----BEGIN CERTIFICATE----- block)".into(),
+        ));
     }
     Ok(chain)
+}
+
+/// Why a key file gave no key, in words.
+fn unreadable_key(error: &rustls::pki_types::pem::Error) -> String {
+    match error {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            "holds no private key (no -----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY block)"
+                .to_string()
+        }
+        other => format!("no private key read: {}", pem_error(other)),
+    }
+}
+
+/// A PEM reading error, without the I/O error's wrapping.
+fn pem_error(error: &rustls::pki_types::pem::Error) -> String {
+    match error {
+        rustls::pki_types::pem::Error::Io(error) => error.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Picks a certificate for each handshake (see the module docs).

@@ -7,6 +7,8 @@
 //!   one type.
 //! - [`backend`]: the client side, for STARTTLS to a backend.
 //! - [`summary`]: a session in Postfix's words (`TLSv1.3 with cipher ...`).
+//! - [`validity`]: a certificate's validity period, and the warning when
+//!   it is over, has not begun or ends soon.
 //!
 //! rustls does the protocol, with the aws-lc-rs crypto provider: no
 //! OpenSSL is linked, it builds with the C compiler alone, and its RSA
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod certificates;
 pub mod channel;
 pub mod summary;
+pub mod validity;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,19 +35,26 @@ use tokio_rustls::TlsAcceptor;
 pub use channel::Channel;
 pub use summary::TlsSummary;
 
-use crate::config::{TlsSection, TlsVersion};
+use crate::config::{TlsSection, TlsVersion, WrittenAt};
 use certificates::{Certificate, Resolver};
+use validity::Validity;
 
 /// Why the TLS settings could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate, key or CA file is missing, unreadable or wrong.
-    #[error("{}: {message}", path.display())]
+    #[error("{}", match written {
+        Some((at, key)) => at.says(key, path, message),
+        None => format!("{}: {message}", path.display()),
+    })]
     File {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         message: String,
+        /// Where the config names it, and the key that does (`chain`,
+        /// `key`), when known.
+        written: Option<(WrittenAt, &'static str)>,
     },
     /// rustls refused the settings.
     #[error("tls: {0}")]
@@ -101,6 +111,9 @@ pub struct ServerTls {
     timeout: Duration,
     /// Each certificate's chain file and its leaf's expiry (Unix time).
     expiries: Vec<(String, i64)>,
+    /// The certificates out of their validity period, or near its end,
+    /// when they were read.
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -124,11 +137,17 @@ impl ServerTls {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
+        let now = SystemTime::now();
+        let warnings = certificates
+            .iter()
+            .filter_map(|certificate| validity_warning(certificate, now))
+            .collect();
         let expiries = certificates
             .iter()
             .filter_map(|certificate| {
                 let leaf = certificate.key.end_entity_cert().ok()?;
-                let seconds = expiry(leaf)?
+                let seconds = Validity::of(leaf)?
+                    .not_after
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |since| since.as_secs());
                 Some((
@@ -156,7 +175,15 @@ impl ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             timeout: section.handshake_timeout,
             expiries,
+            warnings,
         })
+    }
+
+    /// The certificates that are expired, not valid yet, or expire within
+    /// two weeks, one sentence each with the date (when they were read: at
+    /// start-up, or at the reload that built this).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Each certificate's chain file and the Unix time its leaf expires,
@@ -210,31 +237,20 @@ pub fn check(config: &crate::config::Config) -> Result<Vec<String>, TlsError> {
     Ok(found)
 }
 
-/// How long before its expiry a certificate is warned about.
-const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
-
 /// Reads every certificate pair of `section`.
 fn load_certificates(section: &TlsSection) -> Result<Vec<Certificate>, TlsError> {
     section.certificates.iter().map(Certificate::load).collect()
 }
 
 /// `doorman check`'s warnings about `certificates` (the first is the
-/// default): one that expires within 14 days (or has), and one whose names
-/// do not cover `hostname`.
+/// default): one that is expired, not valid yet or expires within 14 days,
+/// and one whose names do not cover `hostname`.
 fn warnings(certificates: &[Certificate], hostname: &str) -> Vec<String> {
     let mut warnings = Vec::new();
-    let soon = SystemTime::now() + EXPIRY_WARNING;
+    let now = SystemTime::now();
     for (index, certificate) in certificates.iter().enumerate() {
         let file = certificate.chain_file.display();
-        let leaf = certificate.key.end_entity_cert().ok();
-        if let Some(not_after) = leaf.and_then(|leaf| expiry(leaf)) {
-            if not_after < soon {
-                let days = not_after
-                    .duration_since(SystemTime::now())
-                    .map_or(0, |left| left.as_secs() / 86400);
-                warnings.push(format!("{file}: the certificate expires in {days} days"));
-            }
-        }
+        warnings.extend(validity_warning(certificate, now));
         if !certificate.covers(hostname) {
             let role = if index == 0 {
                 "the default certificate, given to clients that name no other"
@@ -249,9 +265,9 @@ fn warnings(certificates: &[Certificate], hostname: &str) -> Vec<String> {
     warnings
 }
 
-/// When a certificate expires.
-fn expiry(certificate: &[u8]) -> Option<SystemTime> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+/// The warning about `certificate`'s leaf at `now`, when it is out of its
+/// validity period or near its end.
+fn validity_warning(certificate: &Certificate, now: SystemTime) -> Option<String> {
+    let leaf = certificate.key.end_entity_cert().ok()?;
+    Validity::of(leaf)?.warning(&certificate.chain_file.display().to_string(), now)
 }

@@ -1,6 +1,7 @@
 //! The command line: `doorman check` on good and bad configs, `--version`,
 //! and the shipped config.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::{doorman_bin, stdout_of};
@@ -162,4 +163,126 @@ fn durations_have_upper_bounds() {
     // The bounds admit sane settings: five minutes of greet wait.
     let config = format!("{GOOD}[greet]\nwait = \"5m\"\n");
     assert_eq!(check(&config, "127.0.0.1\n").0, 0);
+}
+
+#[test]
+fn check_says_the_valid_form_of_what_it_refused() {
+    let hosts = "127.0.0.1\n";
+    for address in ["::1:2525", "127.0.0.1"] {
+        let (code, _, err) = check(&GOOD.replace("127.0.0.1:2525", address), hosts);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!(
+                "doorman.toml:6: address = \"{address}\": invalid socket address syntax: expected IP:PORT, e.g. 127.0.0.1:2525 or [::1]:2525"
+            )),
+            "{err}"
+        );
+    }
+    for wait in ["\"6\"", "6"] {
+        let (code, _, err) = check(&format!("{GOOD}[greet]\nwait = {wait}\n"), hosts);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("doorman.toml:11: ")
+                && err.contains("expected a duration: a duration is a number with its unit, e.g. \"6s\", \"500ms\", \"5m\", \"1h\", \"30d\""),
+            "{err}"
+        );
+    }
+    // A misspelt section: the gates' sections are listed too.
+    let (code, _, err) = check(&format!("{GOOD}[acess]\nfile = \"access\"\n"), hosts);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("doorman.toml:10: [acess]: unknown field `acess`"),
+        "{err}"
+    );
+    for section in ["`tls`", "`access`", "`rdns`", "`greylist`", "`policy`"] {
+        assert!(err.contains(section), "{section} in {err}");
+    }
+    assert!(err.contains("(did you mean `access`?)"), "{err}");
+    // A misspelt gate: a sentence.
+    let (code, _, err) = check(&format!("gates = [\"acess\"]\n{GOOD}"), hosts);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "doorman.toml:1: unknown gate \"acess\" (did you mean \"access\"?): the gates are access, dnsbl, rdns, greylist, policy, pregreet and deep"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains('['), "{err}");
+}
+
+/// The packaged doorman.toml: the shipped one with the substitutions
+/// `scripts/build-deb` makes (its `sed -e 's|^OLD$|NEW|'` lines).
+fn packaged_config() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = std::fs::read_to_string(format!("{root}/scripts/build-deb")).unwrap();
+    let substitutions: Vec<(String, String)> = script
+        .lines()
+        .filter_map(|line| line.split_once("-e 's|^")?.1.split_once("$|"))
+        .filter_map(|(old, rest)| Some((old.to_string(), rest.split_once("|'")?.0.to_string())))
+        .collect();
+    assert!(!substitutions.is_empty(), "{script}");
+    let shipped = std::fs::read_to_string(format!("{root}/config/doorman.toml")).unwrap();
+    shipped
+        .lines()
+        .map(|line| {
+            substitutions
+                .iter()
+                .find(|(old, _)| old == line)
+                .map_or(line, |(_, new)| new.as_str())
+        })
+        .fold(String::new(), |text, line| text + line + "\n")
+}
+
+#[test]
+fn the_packaged_config_and_the_example_haproxy_cfg_run_together() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let packaged = doorman::config::Config::parse(
+        &packaged_config(),
+        &Path::new(root).join("config/doorman.toml"),
+    )
+    .unwrap();
+    let haproxy = std::fs::read_to_string(format!("{root}/config/haproxy.cfg")).unwrap();
+    let active = haproxy
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'));
+    let mut servers = 0;
+    let mut binds = Vec::new();
+    for line in active {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["bind", address, ..] => binds.push(address.to_string()),
+            ["server", _, address, rest @ ..] => {
+                servers += 1;
+                let address: std::net::SocketAddr = address.parse().unwrap();
+                assert!(
+                    packaged.listeners.iter().any(|l| l.address == address),
+                    "HAProxy sends to {address}, doorman listens on {:?}",
+                    packaged.listeners
+                );
+                let source = rest
+                    .windows(2)
+                    .find(|pair| pair[0] == "source")
+                    .map(|pair| pair[1].parse().unwrap())
+                    .expect("a source address");
+                assert!(
+                    packaged.proxy_hosts.contains(source),
+                    "haproxy_hosts lists {source}"
+                );
+                assert!(rest.contains(&"send-proxy-v2") && rest.contains(&"check-send-proxy"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(servers, 1);
+    assert_eq!(binds, [":25"]);
+    // HAProxy has port 25: neither doorman nor its backend takes it.
+    for address in packaged
+        .listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(packaged.backends.iter().map(|b| b.address))
+    {
+        assert_ne!(address.port(), 25, "{address}");
+    }
 }

@@ -22,6 +22,7 @@ mod gating;
 mod greylist;
 mod network_limits;
 mod operations;
+mod operator;
 mod parity;
 mod policy;
 mod pool;

@@ -551,7 +551,7 @@ fn check_warns_of_expiry_names_and_skipped_gates() {
     let failed = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     assert!(
-        failed.contains("soon.key: key does not fit the certificate"),
+        failed.contains("soon.key\": this private key does not belong to the certificate in"),
         "{failed}"
     );
 

@@ -47,6 +47,65 @@ pub fn certificate(dir: &Path, file: &str, name: &str, key: Key, days: u32) -> (
     (pem, private)
 }
 
+/// Makes a self-signed ECDSA certificate for `name` valid from `start` to
+/// `end` (`YYYYMMDDHHMMSSZ`, in the past or the future: `openssl req
+/// -days` cannot go back), in `dir` as `<file>.pem` and `<file>.key`, with
+/// `openssl ca -selfsign`.
+pub fn certificate_between(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    start: &str,
+    end: &str,
+) -> (PathBuf, PathBuf) {
+    let (pem, key, csr) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+        dir.join(format!("{file}.csr")),
+    );
+    let ca = dir.join(format!("{file}-ca"));
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::write(ca.join("index.txt"), "").unwrap();
+    std::fs::write(ca.join("serial"), "01\n").unwrap();
+    let settings = ca.join("ca.cnf");
+    std::fs::write(
+        &settings,
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {0}/index.txt\nnew_certs_dir = {0}\n\
+serial = {0}/serial\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n\
+unique_subject = no\n[p]\ncommonName = supplied\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let request = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .unwrap();
+    assert!(request.status.success(), "{request:?}");
+    let signed = Command::new("openssl")
+        .args(["ca", "-batch", "-selfsign", "-notext", "-config"])
+        .arg(&settings)
+        .arg("-keyfile")
+        .arg(&key)
+        .arg("-in")
+        .arg(&csr)
+        .arg("-out")
+        .arg(&pem)
+        .args(["-startdate", start, "-enddate", end])
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
+    (pem, key)
+}
+
 /// Makes a CA and a leaf for `name` signed by it, in `dir`: the chain file
 /// (leaf, then CA) as `<file>.pem`, the leaf's key as `<file>.key`.
 pub fn chain(dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
