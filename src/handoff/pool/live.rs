@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
+use super::Pool;
+
 /// One backend's running state.
 #[derive(Debug)]
 pub struct BackendLive {
@@ -45,3 +47,19 @@ impl Default for BackendLive {
 
 /// The running states a new pool takes over, by address.
 pub type Carried = HashMap<SocketAddr, Arc<BackendLive>>;
+
+impl Pool {
+    /// The backends' running states, for the pool a reload builds.
+    pub fn carried(&self) -> Carried {
+        self.backends
+            .iter()
+            .map(|backend| (backend.config.address, Arc::clone(&backend.live)))
+            .collect()
+    }
+
+    /// A reload replaced this pool: its checks stop. Its sessions go on,
+    /// counted in the running states the new pool took over.
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+}

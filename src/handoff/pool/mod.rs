@@ -175,20 +175,6 @@ impl Pool {
         })
     }
 
-    /// The backends' running states, for the pool a reload builds.
-    pub fn carried(&self) -> Carried {
-        self.backends
-            .iter()
-            .map(|backend| (backend.config.address, Arc::clone(&backend.live)))
-            .collect()
-    }
-
-    /// A reload replaced this pool: its checks stop. Its sessions go on,
-    /// counted in the running states the new pool took over.
-    pub fn retire(&self) {
-        self.retired.cancel();
-    }
-
     /// Whether a client of `cluster` (of any cluster: `None`) could get a
     /// backend now: one is up and takes new clients (not drained, weight
     /// above 0); else whether the ones up are all drained, or none is up.
