@@ -30,6 +30,7 @@ mod proptests;
 mod quickstart;
 mod rdns;
 mod recipients;
+mod reference;
 mod relay;
 mod rolling;
 mod sentinel;
