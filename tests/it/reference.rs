@@ -62,3 +62,31 @@ fn every_key_of_the_shipped_config_has_a_row_in_the_reference() {
         "keys of config/doorman.toml with no row in docs/configuration.md: {missing:?}"
     );
 }
+
+/// The README's move from postscreen is a whole config that `doorman
+/// check` accepts as it is written.
+#[test]
+fn the_readmes_postscreen_example_is_a_config_doorman_accepts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = &readme[readme
+        .find("### Worked example: moving from postscreen")
+        .expect("the worked example")..];
+    let start = example.find("```toml\n").expect("its config") + 8;
+    let config = &example[start..start + example[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "192.0.2.1\n").unwrap();
+    std::fs::write(dir.path().join("access"), "192.0.2.0/24 permit\n").unwrap();
+    let out = std::process::Command::new(crate::support::doorman_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("doorman.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
