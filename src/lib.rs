@@ -33,6 +33,7 @@
 //! - [`handoff`]: balancing, the backend pool with its health checks,
 //!   XCLIENT, and the relay.
 //! - [`cache`]: the pass cache (memory, redb file, Redis).
+//! - [`migrate`]: a Postfix postscreen set-up as a doorman.toml (sans-IO).
 //! - [`limits`]: per-client, screening and total connection limits, and
 //!   stress mode; [`memory`]: the heap given back after a flood (the one
 //!   `unsafe` call, `malloc_trim`).
@@ -115,6 +116,7 @@ pub mod logbuffer;
 pub mod logfmt;
 pub mod memory;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy;
 pub mod session;
 pub mod shared;

@@ -98,6 +98,11 @@ enum Command {
         #[arg(long, default_value = "sink.localhost")]
         hostname: String,
     },
+    /// Print a doorman.toml made from another program's settings.
+    Migrate {
+        #[command(subcommand)]
+        from: MigrateFrom,
+    },
     /// Write the man pages (doorman(8), one per subcommand) and the bash and zsh completions into DIR (for packagers).
     #[command(hide = true)]
     Generate {
@@ -106,9 +111,24 @@ enum Command {
     },
 }
 
+/// Where `doorman migrate` reads settings from.
+#[derive(Debug, Subcommand)]
+enum MigrateFrom {
+    /// Postfix with postscreen: main.cf (or `postconf -n` output; `-` reads stdin) and master.cf.
+    Postfix {
+        /// main.cf, or a file holding `postconf -n` output; `-`: stdin.
+        main_cf: PathBuf,
+        /// master.cf, for the address postscreen listens on.
+        master_cf: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. } | Command::Explain { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Explain { .. } | Command::Migrate { .. }
+    ) {
         // The commands other than `run` log to stderr in the default layout,
         // under their own name (`explain` logs nothing: it writes a report,
         // and its gates' lines would read as a running doorman's).
@@ -161,6 +181,9 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }),
+        Command::Migrate {
+            from: MigrateFrom::Postfix { main_cf, master_cf },
+        } => migrate_postfix(&main_cf, master_cf.as_deref()),
         Command::Sink {
             listen,
             proxy,
@@ -259,5 +282,31 @@ fn write_pages(dir: &std::path::Path, command: &clap::Command, name: &str) -> an
     for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         write_pages(dir, sub, &format!("{name}-{}", sub.get_name()))?;
     }
+    Ok(())
+}
+
+/// `doorman migrate postfix`: the translated config on stdout.
+fn migrate_postfix(
+    main_cf: &std::path::Path,
+    master_cf: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let main = if main_cf.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .context("reading postconf -n output from stdin")?
+    } else {
+        std::fs::read_to_string(main_cf)
+            .with_context(|| format!("{}: cannot read", main_cf.display()))?
+    };
+    let master = master_cf
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))
+        })
+        .transpose()?;
+    print!(
+        "{}",
+        doorman::migrate::from_postfix(&main, master.as_deref())
+    );
     Ok(())
 }

@@ -74,7 +74,8 @@ pub struct AccessList {
 pub struct Match {
     /// What the entry says.
     pub access: Access,
-    /// Its 1-based line in the table.
+    /// Its 1-based line in the table; 0 for the section's `permit`
+    /// networks.
     pub line: usize,
 }
 
@@ -106,6 +107,20 @@ impl AccessList {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { entries, action })
+    }
+
+    /// The list with `networks` permitted before every entry of the table
+    /// (postscreen's `permit_mynetworks` at the head of its list); they
+    /// match as line 0.
+    pub fn permitting_first(mut self, networks: &[IpNet]) -> Self {
+        let permits = networks.iter().map(|network| Entry {
+            network: *network,
+            negated: false,
+            access: Access::Permit,
+            line: 0,
+        });
+        self.entries.splice(0..0, permits);
+        self
     }
 
     /// The first entry matching `ip` (IPv4-mapped IPv6 counts as IPv4).
@@ -159,6 +174,7 @@ impl Gate for AccessList {
     fn explain_connect(&self, client: &Client) -> Option<String> {
         Some(match self.lookup(client.ip()) {
             None => "access list: no match (dunno)".to_string(),
+            Some(found) if found.line == 0 => "access list: `permit` key: permit".to_string(),
             Some(found) => format!(
                 "access list: line {}: {}",
                 found.line,
@@ -277,6 +293,22 @@ mod tests {
             ))
         );
         assert_eq!(list.check(&client("192.0.2.3")), Verdict::Dunno);
+    }
+
+    #[test]
+    fn permitted_networks_come_before_the_table() {
+        let table = "127.0.0.5 reject\n192.0.2.0/24 reject\n";
+        let list = AccessList::parse(table, Path::new("t"), Action::Drop)
+            .unwrap()
+            .permitting_first(&["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let permit = list.lookup("127.0.0.5".parse().unwrap()).unwrap();
+        assert_eq!((permit.access, permit.line), (Access::Permit, 0));
+        assert_eq!(
+            list.lookup("::1".parse().unwrap()).unwrap().access,
+            Access::Permit
+        );
+        let reject = list.lookup("192.0.2.9".parse().unwrap()).unwrap();
+        assert_eq!((reject.access, reject.line), (Access::Reject, 2));
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::{AccessError, AccessList};
 pub struct AccessSection {
     /// A Postfix cidr table, relative to the config file's folder.
     pub file: Option<PathBuf>,
+    /// Networks permitted before the table's entries (postscreen's
+    /// `permit_mynetworks` with Postfix's `mynetworks`).
+    #[serde(default)]
+    pub permit: Vec<ipnet::IpNet>,
     /// What to do with `reject` entries.
     #[serde(default)]
     pub action: Action,
@@ -30,6 +34,11 @@ pub struct AccessSection {
 impl GateSection for AccessSection {
     fn check(&mut self, shared: &SectionContext) -> Result<(), SectionError> {
         let Some(file) = &self.file else {
+            if !self.permit.is_empty() {
+                let empty = AccessList::parse("", std::path::Path::new(""), self.action)
+                    .map_err(|error| SectionError::key("permit", error.to_string()))?;
+                self.list = Some(empty.permitting_first(&self.permit));
+            }
             return Ok(());
         };
         let resolved = shared.base.join(file);
@@ -54,7 +63,7 @@ impl GateSection for AccessSection {
             },
         )?;
         self.file = Some(resolved);
-        self.list = Some(list);
+        self.list = Some(list.permitting_first(&self.permit));
         Ok(())
     }
 
