@@ -1,10 +1,13 @@
 //! The embedded store: a redb file on this machine.
 //!
 //! Reads go to the file (a committed read transaction, in-process), after
-//! the writes that are still pending. Writes never wait for the disk: they
-//! land in a bounded pending map that a writer task commits every
-//! `flush_interval` (or sooner when the map fills), so a `kill -9` loses at
-//! most the passes of the last interval, and a clean stop flushes
+//! the writes that are still pending. Writes never wait for the disk: the
+//! passes and the gates' records (greylist triplets, user assignments)
+//! land in bounded pending maps that a writer task commits together, in
+//! one transaction and one fsync, every `flush_interval` (or sooner when a
+//! map fills): a flood of routed or greylisted RCPTs costs a map insert
+//! each on the serving thread, never a disk write. A `kill -9` loses at
+//! most the writes of the last interval, and a clean stop flushes
 //! everything. The file is opened in redb's multi-writer mode, so
 //! `doorman cache` can read and delete entries while doorman runs.
 
@@ -34,6 +37,8 @@ pub struct Embedded {
     database: Arc<Database>,
     /// Writes not yet committed; `None` is a delete.
     pending: Mutex<HashMap<IpAddr, Option<Entry>>>,
+    /// Gates' records not yet committed, stored as `<expiry>;<value>`.
+    pending_records: Mutex<HashMap<String, String>>,
     wake: Notify,
 }
 
@@ -57,6 +62,7 @@ impl Embedded {
             path: path.to_path_buf(),
             database: Arc::new(database),
             pending: Mutex::new(HashMap::new()),
+            pending_records: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
     }
@@ -91,17 +97,22 @@ impl Embedded {
         }
     }
 
-    /// Commits the pending writes now.
+    /// Commits the pending writes now, passes and records in one
+    /// transaction.
     pub async fn flush(&self) -> Result<(), CacheError> {
-        let batch = match self.pending.lock() {
+        let passes = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
-            Err(_) => return Ok(()),
+            Err(_) => HashMap::new(),
         };
-        if batch.is_empty() {
+        let records = match self.pending_records.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => HashMap::new(),
+        };
+        if passes.is_empty() && records.is_empty() {
             return Ok(());
         }
         let database = Arc::clone(&self.database);
-        tokio::task::spawn_blocking(move || commit(&database, &batch))
+        tokio::task::spawn_blocking(move || commit(&database, &passes, &records))
             .await
             .map_err(|e| CacheError::Store(e.to_string()))?
     }
@@ -172,40 +183,43 @@ impl Embedded {
         .map_err(|e| CacheError::Store(e.to_string()))?
     }
 
-    /// A gate's record, unless it expired.
+    /// A gate's record, unless it expired: a pending write, else the file.
     pub fn record(&self, key: &str) -> Result<Option<String>, CacheError> {
-        let read = self.database.begin_read().map_err(store_error)?;
-        let table = read.open_table(RECORDS).map_err(store_error)?;
-        let value = table.get(key).map_err(store_error)?;
-        Ok(value.and_then(|stored| {
-            let (expiry, value) = stored.value().split_once(';')?;
+        let pending = self
+            .pending_records
+            .lock()
+            .ok()
+            .and_then(|pending| pending.get(key).cloned());
+        let stored = match pending {
+            Some(stored) => Some(stored),
+            None => {
+                let read = self.database.begin_read().map_err(store_error)?;
+                let table = read.open_table(RECORDS).map_err(store_error)?;
+                let value = table.get(key).map_err(store_error)?;
+                value.map(|stored| stored.value().to_string())
+            }
+        };
+        Ok(stored.and_then(|stored| {
+            let (expiry, value) = stored.split_once(';')?;
             (expiry.parse::<u64>().ok()? > epoch_seconds(SystemTime::now()))
                 .then(|| value.to_string())
         }))
     }
 
-    /// Stores a gate's record for `ttl`, committed at once (gates write
-    /// rarely: a doubtful client's RCPT).
-    pub async fn keep_record(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
-        let database = Arc::clone(&self.database);
+    /// Stores a gate's record for `ttl`: queued, and committed with the
+    /// next batch (within the flush interval).
+    pub fn keep_record(&self, key: &str, value: &str, ttl: Duration) {
         let stored = format!("{};{value}", epoch_seconds(SystemTime::now() + ttl));
-        let key = key.to_string();
-        tokio::task::spawn_blocking(move || {
-            let write = database.begin_write().map_err(store_error)?;
-            write
-                .open_table(RECORDS)
-                .map_err(store_error)?
-                .insert(key.as_str(), stored.as_str())
-                .map_err(store_error)?;
-            write.commit().map_err(store_error)
-        })
-        .await
-        .map_err(|e| CacheError::Store(e.to_string()))?
+        let full = match self.pending_records.lock() {
+            Ok(mut pending) => {
+                pending.insert(key.to_string(), stored);
+                pending.len() >= PENDING_LIMIT
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.wake.notify_one();
+        }
     }
 
     /// Deletes the entry for `ip` at once; whether there was one.
@@ -216,15 +230,28 @@ impl Embedded {
         }
         let database = Arc::clone(&self.database);
         let batch = HashMap::from([(ip, None)]);
-        tokio::task::spawn_blocking(move || commit(&database, &batch))
+        tokio::task::spawn_blocking(move || commit(&database, &batch, &HashMap::new()))
             .await
             .map_err(|e| CacheError::Store(e.to_string()))??;
         Ok(existed)
     }
 }
 
-fn commit(database: &Database, batch: &HashMap<IpAddr, Option<Entry>>) -> Result<(), CacheError> {
+/// One transaction: the passes (`None` deletes) and the gates' records.
+fn commit(
+    database: &Database,
+    batch: &HashMap<IpAddr, Option<Entry>>,
+    records: &HashMap<String, String>,
+) -> Result<(), CacheError> {
     let write = database.begin_write().map_err(store_error)?;
+    if !records.is_empty() {
+        let mut table = write.open_table(RECORDS).map_err(store_error)?;
+        for (key, stored) in records {
+            table
+                .insert(key.as_str(), stored.as_str())
+                .map_err(store_error)?;
+        }
+    }
     {
         let mut table = write.open_table(PASSES).map_err(store_error)?;
         for (ip, entry) in batch {
@@ -251,4 +278,38 @@ fn epoch_seconds(at: SystemTime) -> u64 {
 
 fn store_error(error: impl std::fmt::Display) -> CacheError {
     CacheError::Store(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_are_read_back_at_once_and_committed_with_the_passes() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let path = dir.path().join("cache.redb");
+        let store = Embedded::open(&path).expect("opened");
+        let hour = Duration::from_secs(3600);
+        store.keep_record("greylist:a", "1", hour);
+        store.keep_record("user:b", "127.0.0.1:25", hour);
+        store.put("192.0.2.1".parse().expect("ip"), Some(Entry::default()));
+        assert_eq!(
+            store.record("greylist:a").expect("read").as_deref(),
+            Some("1")
+        );
+        store.flush().await.expect("one commit");
+        assert!(store.pending_records.lock().expect("lock").is_empty());
+        assert_eq!(
+            store.record("user:b").expect("read").as_deref(),
+            Some("127.0.0.1:25")
+        );
+        store.keep_record("gone", "x", Duration::ZERO);
+        assert_eq!(store.record("gone").expect("read"), None, "expired");
+        drop(store);
+        let reopened = Embedded::open(&path).expect("reopened");
+        assert_eq!(
+            reopened.record("greylist:a").expect("read").as_deref(),
+            Some("1")
+        );
+    }
 }
