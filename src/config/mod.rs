@@ -11,6 +11,7 @@
 //! the runtime.
 
 mod bounds;
+mod cache;
 mod cluster;
 mod defaults;
 mod document;
@@ -39,6 +40,7 @@ use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
 
+pub use cache::{CacheSection, CacheStore};
 pub use cluster::{ClusterSection, RecipientKey};
 pub use engine::*;
 pub use hosts::ProxyHosts;
@@ -445,7 +447,7 @@ impl Sections {
                 ));
             }
         }
-        self.cache.path = base.join(&self.cache.path);
+        self.cache.resolve(base);
         let admin_token = match &self.admin.token_file {
             Some(token_file) => {
                 let resolved = base.join(token_file);

@@ -29,6 +29,7 @@ mod proptests;
 mod quickstart;
 mod rdns;
 mod recipients;
+mod redis_link;
 mod relay;
 mod rolling;
 mod sentinel;
