@@ -117,9 +117,9 @@ fn a_slow_reply_fails_its_request_and_only_a_silent_redis_drops_the_link() {
     let stall = |seconds: &'static str| {
         thread::spawn(move || redis_command(port, None, &["DEBUG", "SLEEP", seconds]))
     };
-    // Redis stalls for 300 ms: a lookup in that time gets no answer within
+    // Redis stalls for 500 ms: a lookup in that time gets no answer within
     // redis_timeout (50 ms) and is answered from memory; the link stays.
-    let stalled = stall("0.3");
+    let stalled = stall("0.5");
     thread::sleep(Duration::from_millis(50));
     first_visit(&a, "203.0.113.90");
     assert_eq!(stalled.join().unwrap(), "+OK\r\n");
@@ -206,7 +206,7 @@ fn sentinels_and_their_master_behind_passwords() {
             &format!("port {sentinel_port}"),
             master_port,
             "sentinel auth-pass doorman pw-master",
-            "requirepass pw-sentinel",
+            "requirepass pw-sentinel\nuser watcher on >pw-watch allchannels +@all",
         ),
     );
     let backend = FakeBackend::start(true);
@@ -225,6 +225,15 @@ redis_sentinel_password = \"pw-sentinel\"\nredis_master_password = \"pw-master\"
 redis_prefix = \"s:\"\nredis_master_username = \"doorman\"\nredis_master_password = \"pw-acl\""
         ),
     );
+    // An ACL user at the Sentinel.
+    let c = start(
+        &backend,
+        &format!(
+            "redis_sentinels = [\"127.0.0.1:{sentinel_port}\"]\nredis_prefix = \"s:\"\n\
+redis_sentinel_username = \"watcher\"\nredis_sentinel_password = \"pw-watch\"\n\
+redis_master_password = \"pw-master\""
+        ),
+    );
     let locked_out = start(
         &backend,
         &format!(
@@ -238,6 +247,10 @@ redis_master_password = \"pw-master\""
         .wait_for("PASS NEW [203.0.113.80]", Duration::from_secs(5));
     thread::sleep(Duration::from_millis(200));
     assert!(passes_old(&b, "203.0.113.80"), "shared through the master");
+    assert!(
+        passes_old(&c, "203.0.113.80"),
+        "found as the Sentinel's user"
+    );
     let exists = ["EXISTS", "s:pass:203.0.113.80"];
     assert_eq!(
         redis_command(master_port, Some("pw-master"), &exists),
@@ -247,8 +260,9 @@ redis_master_password = \"pw-master\""
     locked_out.log.wait_for(DOWN, Duration::from_secs(5));
     let shown = b.log.lines().join("\n");
     assert!(!shown.contains("pw-"), "a password in a log line: {shown}");
-    link_never_dropped(&a);
-    link_never_dropped(&b);
+    for doorman in [&a, &b, &c] {
+        link_never_dropped(doorman);
+    }
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, in `dir`: the CA's
