@@ -11,6 +11,7 @@
 //! the runtime.
 
 mod bounds;
+mod cache;
 mod cluster;
 mod defaults;
 mod document;
@@ -41,6 +42,7 @@ use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
 
+pub use cache::{CacheSection, CacheStore};
 pub use cluster::{ClusterSection, RecipientKey};
 pub use engine::*;
 pub use hosts::ProxyHosts;
@@ -450,7 +452,7 @@ impl Sections {
                 ));
             }
         }
-        self.cache.path = base.join(&self.cache.path);
+        self.cache.resolve(base);
         let admin_token = match &self.admin.token_file {
             Some(token_file) => {
                 let resolved = base.join(token_file);

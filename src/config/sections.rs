@@ -8,7 +8,7 @@ use std::time::Duration;
 use doorman_gate_api::SectionError;
 use serde::Deserialize;
 
-use super::bounds::{DAY, FIVE_MINUTES, HOUR, MINUTE, WEEK, YEAR};
+use super::bounds::{DAY, FIVE_MINUTES, HOUR};
 use super::defaults::*;
 
 /// Whether a listener takes PROXY headers, and from whom.
@@ -274,94 +274,6 @@ impl Route {
             .is_none_or(|network| network.contains(&destination.ip().to_canonical()))
             && self.port.is_none_or(|port| port == destination.port())
             && self.listener.is_none_or(|wanted| wanted == listener)
-    }
-}
-
-/// Where the pass cache keeps its entries.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheStore {
-    /// A redb file on this machine; survives restarts.
-    #[default]
-    Embedded,
-    /// A Redis server shared by several instances.
-    Redis,
-    /// Memory only; lost on restart.
-    Memory,
-}
-
-/// The `[cache]` section: clients that passed.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CacheSection {
-    /// Where entries live.
-    #[serde(default)]
-    pub store: CacheStore,
-    /// The redb file of the embedded store, relative to the config file's
-    /// folder.
-    #[serde(default = "default_cache_path")]
-    pub path: PathBuf,
-    /// How often pending writes are committed to the file.
-    #[serde(with = "humantime_serde", default = "default_flush_interval")]
-    pub flush_interval: Duration,
-    /// The Redis server of the redis store.
-    #[serde(default = "default_redis_url")]
-    pub redis_url: String,
-    /// The prefix of every Redis key.
-    #[serde(default = "default_redis_prefix")]
-    pub redis_prefix: String,
-    /// The deadline of every Redis call.
-    #[serde(with = "humantime_serde", default = "default_redis_timeout")]
-    pub redis_timeout: Duration,
-    /// Redis Sentinels (`host:port`) that name the current master; when
-    /// set, `redis_url` is not used and doorman follows a failover.
-    #[serde(default)]
-    pub redis_sentinels: Vec<String>,
-    /// The master's name at the Sentinels.
-    #[serde(default = "default_redis_master_name")]
-    pub redis_master_name: String,
-    /// How often expired entries are cleaned up; 0 turns cleanup off.
-    #[serde(with = "humantime_serde", default = "default_cleanup_interval")]
-    pub cleanup_interval: Duration,
-    /// How long an entry is kept after its last pass expired.
-    #[serde(with = "humantime_serde", default = "default_retention_time")]
-    pub retention_time: Duration,
-    /// How many client addresses the in-memory cache holds.
-    #[serde(default = "default_cache_size")]
-    pub size: usize,
-}
-
-impl CacheSection {
-    /// Checks the store's timing.
-    pub fn check(&self) -> Result<(), SectionError> {
-        if self.flush_interval.is_zero() || self.redis_timeout.is_zero() {
-            return Err(SectionError::key(
-                "",
-                "flush_interval and redis_timeout must be above 0",
-            ));
-        }
-        SectionError::within("flush_interval", self.flush_interval, MINUTE)?;
-        SectionError::within("redis_timeout", self.redis_timeout, MINUTE)?;
-        SectionError::within("cleanup_interval", self.cleanup_interval, WEEK)?;
-        SectionError::within("retention_time", self.retention_time, YEAR)
-    }
-}
-
-impl Default for CacheSection {
-    fn default() -> Self {
-        Self {
-            store: CacheStore::default(),
-            path: default_cache_path(),
-            flush_interval: default_flush_interval(),
-            redis_url: default_redis_url(),
-            redis_prefix: default_redis_prefix(),
-            redis_timeout: default_redis_timeout(),
-            redis_sentinels: Vec::new(),
-            redis_master_name: default_redis_master_name(),
-            cleanup_interval: default_cleanup_interval(),
-            retention_time: default_retention_time(),
-            size: default_cache_size(),
-        }
     }
 }
 

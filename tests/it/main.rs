@@ -31,6 +31,7 @@ mod proptests;
 mod quickstart;
 mod rdns;
 mod recipients;
+mod redis_link;
 mod reference;
 mod relay;
 mod rolling;

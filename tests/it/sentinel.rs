@@ -3,29 +3,12 @@
 //! the master through it, share a pass, ride out the master's death on
 //! their memory, follow the promotion, and share again.
 
-use std::net::TcpStream;
-use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
 const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
-
-fn redis(port: u16, extra: &[&str]) -> Program {
-    let mut command = Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(extra);
-    let program = spawn(command, "redis");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
-    program
-}
 
 fn start(backend: &FakeBackend, sentinel: u16) -> Doorman {
     let sections = format!(
@@ -40,13 +23,13 @@ fn start(backend: &FakeBackend, sentinel: u16) -> Doorman {
 
 /// Whether `client` is a passed client for `doorman` (PASS OLD: straight
 /// to the backend, no teaser).
-fn passes_old(doorman: &Doorman, client: &str) -> bool {
+pub(crate) fn passes_old(doorman: &Doorman, client: &str) -> bool {
     let mut stream = connect_as(doorman, client);
     read_line(&mut stream) == BACKEND
 }
 
 /// A new client's first visit: the teaser, then the backend.
-fn first_visit(doorman: &Doorman, client: &str) {
+pub(crate) fn first_visit(doorman: &Doorman, client: &str) {
     let mut stream = connect_as(doorman, client);
     assert_eq!(read_line(&mut stream), "220-mx.doorman.test ESMTP\r\n");
     assert_eq!(read_line(&mut stream), BACKEND);
@@ -58,31 +41,22 @@ fn the_fleet_follows_a_sentinel_failover() {
         return;
     }
     let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
-    let mut master = Some(redis(master_port, &[]));
-    let _replica = redis(
+    let mut master = Some(redis_server(master_port, &[]));
+    let _replica = redis_server(
         replica_port,
         &["--replicaof", "127.0.0.1", &master_port.to_string()],
     );
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
+    let _sentinel = redis_sentinel(
+        dir.path(),
+        sentinel_port,
+        &format!(
             "port {sentinel_port}\nbind 127.0.0.1\n\
 sentinel monitor doorman 127.0.0.1 {master_port} 1\n\
 sentinel down-after-milliseconds doorman 1000\n\
 sentinel failover-timeout doorman 5000\n"
         ),
-    )
-    .unwrap();
-    let mut command = Command::new("redis-server");
-    command.arg(&conf).arg("--sentinel");
-    let _sentinel = spawn(command, "sentinel");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", sentinel_port)).is_err() {
-        assert!(Instant::now() < deadline, "sentinel did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    );
 
     let backend = FakeBackend::start(true);
     let a = start(&backend, sentinel_port);

@@ -132,12 +132,66 @@ impl Redis {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"]);
         self.program = Some(spawn(command, "redis"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(self.port, "redis");
     }
+}
+
+/// Debian's redis-server on `port` (loopback, no persistence) with `extra`
+/// arguments, once it accepts connections.
+pub fn redis_server(port: u16, extra: &[&str]) -> Program {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra);
+    let program = spawn(command, "redis");
+    wait_for_port(port, "redis");
+    program
+}
+
+/// A Redis Sentinel in `dir` with `conf` as its config file (it rewrites
+/// the file), listening on `port`.
+pub fn redis_sentinel(dir: &Path, port: u16, conf: &str) -> Program {
+    let path = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let mut command = Command::new("redis-server");
+    command.arg(&path).arg("--sentinel");
+    let program = spawn(command, "sentinel");
+    wait_for_port(port, "sentinel");
+    program
+}
+
+/// Waits up to 10 s until `port` on loopback accepts connections.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends one command to the plain-text Redis on `port` (after `AUTH` with
+/// `password`, if given) and returns the first line of its reply.
+pub fn redis_command(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut send = |args: &[&str]| {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    if let Some(password) = password {
+        assert_eq!(send(&["AUTH", password]), "+OK\r\n");
+    }
+    send(args)
 }
 
 /// A real Postfix instance in a private folder: master, an smtpd on a

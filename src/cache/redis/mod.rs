@@ -6,30 +6,37 @@
 //! TTL), so one instance's lookups serve the others. Every call has a short
 //! deadline. When Redis fails, doorman says so once, serves from its local
 //! memory cache, reconnects in the background, and says when it is back.
-//! Coming back, it first offers Redis the passes it knows (`SET NX`, so
-//! nothing newer is overwritten): a Redis that restarted empty learns the
-//! fleet's clients again instead of having them all screened anew.
+//! Coming back, it offers Redis the passes it knows (`replay`): a Redis
+//! that restarted empty learns the fleet's clients again instead of having
+//! them all screened anew. An error reply fails its request only; the link
+//! goes down only when it broke (`failure`). Passwords, ACL users,
+//! Sentinels and TLS are `source`'s.
+
+mod failure;
+mod replay;
+mod source;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use doorman_gate_api::{AnswerStore, GateFuture};
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::Notify;
 
 use super::entry::Entry;
 use super::{CacheError, Known};
 use crate::config::CacheSection;
+use failure::{describe, judge, Failure, RequestFailures};
+use source::Source;
 
-/// How often a lost connection is tried again.
+/// How often a lost connection is tried again, and a live one pinged.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-/// Passes offered back per pipelined round trip, and its deadline.
-const OFFER_BATCH: usize = 500;
-const OFFER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the liveness ping may take before the link counts as dead (a
+/// slow reply to a session's request fails that request only).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Seconds until a pass record expires (`retention` after its latest pass);
 /// `None` when it already has.
@@ -39,22 +46,9 @@ fn seconds_left(entry: &Entry, retention: Duration, now: SystemTime) -> Option<u
     (left > 0).then_some(left)
 }
 
-/// Where the Redis master is.
-enum Source {
-    /// One server.
-    Direct(redis::Client),
-    /// Whichever server the Sentinels name as the master now.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
-
-impl std::fmt::Debug for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Source::Direct(_) => "Direct",
-            Source::Sentinel(_) => "Sentinel",
-        })
-    }
-}
+/// The live connection, and which one it is: a failure on an older one
+/// must not drop a newer one.
+type Link = Option<(u64, MultiplexedConnection)>;
 
 /// A Redis connection that may be down.
 #[derive(Debug)]
@@ -63,9 +57,11 @@ pub struct RedisStore {
     url: String,
     prefix: String,
     timeout: Duration,
-    link: Mutex<Option<MultiplexedConnection>>,
+    link: Mutex<Link>,
+    connections: AtomicU64,
     down: AtomicBool,
     wake: Notify,
+    failures: RequestFailures,
 }
 
 impl RedisStore {
@@ -73,45 +69,21 @@ impl RedisStore {
     /// `redis_sentinels` name; nothing is connected until
     /// [`RedisStore::keep_connected`] runs.
     pub fn new(settings: &CacheSection) -> Result<Self, CacheError> {
-        let (source, url) = if settings.redis_sentinels.is_empty() {
-            let url = &settings.redis_url;
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| CacheError::Store(format!("redis_url {url:?}: {e}")))?;
-            (Source::Direct(client), url.clone())
-        } else {
-            let sentinels: Vec<String> = settings
-                .redis_sentinels
-                .iter()
-                .map(|address| format!("redis://{address}"))
-                .collect();
-            let client = SentinelClient::build(
-                sentinels,
-                settings.redis_master_name.clone(),
-                None,
-                SentinelServerType::Master,
-            )
-            .map_err(|e| CacheError::Store(format!("redis_sentinels: {e}")))?;
-            (
-                Source::Sentinel(tokio::sync::Mutex::new(client)),
-                format!(
-                    "sentinel/{}@{}",
-                    settings.redis_master_name,
-                    settings.redis_sentinels.join(",")
-                ),
-            )
-        };
+        let (source, url) = Source::new(settings)?;
         Ok(Self {
             source,
             url,
             prefix: settings.redis_prefix.clone(),
             timeout: settings.redis_timeout,
             link: Mutex::new(None),
+            connections: AtomicU64::new(0),
             down: AtomicBool::new(false),
             wake: Notify::new(),
+            failures: RequestFailures::default(),
         })
     }
 
-    /// The store's name in log lines: `redis:<url>`.
+    /// The store's name in log lines: `redis:<url>`, without a password.
     pub fn name(&self) -> String {
         format!("redis:{}", self.url)
     }
@@ -121,11 +93,24 @@ impl RedisStore {
     /// process ends.
     pub async fn keep_connected(self: Arc<Self>, known: Known, retention: Duration) {
         loop {
-            let connected = self.link.lock().map(|l| l.is_some()).unwrap_or(true);
-            if connected {
-                let _: Option<String> = self.call(redis::cmd("PING").clone()).await;
-            } else {
-                self.connect_once(Some((&known, retention))).await;
+            match self.current() {
+                Some((id, mut connection)) => {
+                    let ping = redis::cmd("PING");
+                    match tokio::time::timeout(
+                        PING_TIMEOUT,
+                        ping.query_async::<String>(&mut connection),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => self.failed(id, &error),
+                        Err(_) => self
+                            .drop_link(id, &format!("no answer to a ping within {PING_TIMEOUT:?}")),
+                    }
+                }
+                None => {
+                    self.connect_once(Some((&known, retention))).await;
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
@@ -134,22 +119,25 @@ impl RedisStore {
         }
     }
 
-    /// One connection attempt within a second. After an outage, the passes
-    /// in `known` are offered back before the link is used again.
+    /// One connection attempt within a second. After an outage, the
+    /// passes in `known` are offered back once the link serves again.
     pub async fn connect_once(&self, known: Option<(&Known, Duration)>) -> bool {
-        let attempt = tokio::time::timeout(Duration::from_secs(1), self.open_connection()).await;
+        let attempt = tokio::time::timeout(Duration::from_secs(1), self.source.connect()).await;
         match attempt {
-            Ok(Ok(mut connection)) => {
+            Ok(Ok(connection)) => {
+                let id = self.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Ok(mut link) = self.link.lock() {
+                    *link = Some((id, connection.clone()));
+                }
                 let offered = match known {
                     Some((known, retention)) if self.down.load(Ordering::SeqCst) => {
-                        self.offer_back(&mut connection, known, retention).await
+                        let mut connection = connection;
+                        replay::offer_back(&mut connection, known, &self.prefix, retention).await
                     }
                     _ => 0,
                 };
-                if let Ok(mut link) = self.link.lock() {
-                    *link = Some(connection);
-                }
-                if self.down.swap(false, Ordering::SeqCst) {
+                let still_live = self.current().is_some_and(|(live, _)| live == id);
+                if still_live && self.down.swap(false, Ordering::SeqCst) {
                     tracing::info!(
                         "cache {} is back; sharing resumes ({offered} passes it lacked written back)",
                         self.name()
@@ -158,7 +146,7 @@ impl RedisStore {
                 true
             }
             Ok(Err(error)) => {
-                self.mark_down(&error.to_string());
+                self.mark_down(&describe(&error));
                 false
             }
             Err(_) => {
@@ -168,69 +156,32 @@ impl RedisStore {
         }
     }
 
-    /// A connection to the server, or to the master the Sentinels name now.
-    async fn open_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        match &self.source {
-            Source::Direct(client) => client.get_multiplexed_async_connection().await,
-            Source::Sentinel(sentinel) => {
-                let master = sentinel.lock().await.async_get_client().await?;
-                master.get_multiplexed_async_connection().await
-            }
-        }
-    }
-
-    /// Writes the passes in `known` that Redis lacks; how many it took.
-    async fn offer_back(
-        &self,
-        connection: &mut MultiplexedConnection,
-        known: &Known,
-        retention: Duration,
-    ) -> usize {
-        let entries: Vec<(IpAddr, Entry)> = known
-            .lock()
-            .map(|memory| {
-                memory
-                    .iter()
-                    .map(|(ip, entry)| (*ip, entry.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let now = SystemTime::now();
-        let mut written = 0;
-        for batch in entries.chunks(OFFER_BATCH) {
-            let mut pipe = redis::pipe();
-            for (ip, entry) in batch {
-                if let Some(left) = seconds_left(entry, retention, now) {
-                    pipe.cmd("SET")
-                        .arg(self.pass_key(*ip))
-                        .arg(entry.encode())
-                        .arg("EX")
-                        .arg(left)
-                        .arg("NX");
-                }
-            }
-            let replies = tokio::time::timeout(
-                OFFER_TIMEOUT,
-                pipe.query_async::<Vec<Option<String>>>(connection),
-            )
-            .await;
-            match replies {
-                Ok(Ok(replies)) => written += replies.iter().flatten().count(),
-                _ => break,
-            }
-        }
-        written
-    }
-
     /// Whether the link to Redis is up now.
     pub fn is_up(&self) -> bool {
         self.link.lock().map(|l| l.is_some()).unwrap_or(false)
     }
 
-    fn mark_down(&self, why: &str) {
-        if let Ok(mut link) = self.link.lock() {
-            *link = None;
+    /// The live connection and its number.
+    fn current(&self) -> Link {
+        self.link.lock().ok()?.clone()
+    }
+
+    /// Drops connection `id` if it is still the live one, and says so.
+    fn drop_link(&self, id: u64, why: &str) {
+        let dropped = self.link.lock().is_ok_and(|mut link| {
+            let current = link.as_ref().is_some_and(|(live, _)| *live == id);
+            if current {
+                *link = None;
+            }
+            current
+        });
+        if dropped {
+            self.mark_down(why);
         }
+    }
+
+    /// Says once per outage that Redis is down, and wakes the reconnector.
+    fn mark_down(&self, why: &str) {
         if !self.down.swap(true, Ordering::SeqCst) {
             tracing::warn!(
                 "warning: cache {}: {why}; using the local memory cache until it is back",
@@ -240,18 +191,30 @@ impl RedisStore {
         self.wake.notify_one();
     }
 
-    /// Runs one command within the deadline; `None` when Redis is down or
-    /// slow (which marks it down).
+    /// A call on connection `id` failed: the request, or the link.
+    fn failed(&self, id: u64, error: &redis::RedisError) {
+        match judge(error) {
+            Failure::Link => self.drop_link(id, &describe(error)),
+            Failure::Request => self.failures.note(&self.name(), &describe(error)),
+        }
+    }
+
+    /// Runs one command within the deadline; `None` when Redis is down,
+    /// slow, or refused the command (which fails only this call, unless
+    /// the link broke).
     async fn call<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
-        let mut connection = self.link.lock().ok()?.clone()?;
+        let (id, mut connection) = self.current()?;
         match tokio::time::timeout(self.timeout, command.query_async::<T>(&mut connection)).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
-                self.mark_down(&error.to_string());
+                self.failed(id, &error);
                 None
             }
             Err(_) => {
-                self.mark_down(&format!("no answer within {:?}", self.timeout));
+                self.failures.note(
+                    &self.name(),
+                    &format!("no answer within {:?}", self.timeout),
+                );
                 None
             }
         }
@@ -359,7 +322,7 @@ impl AnswerStore for RedisStore {
             .arg("EX")
             .arg(ttl.as_secs().max(1))
             .clone();
-        let Some(mut connection) = self.link.lock().ok().and_then(|l| l.clone()) else {
+        let Some((_, mut connection)) = self.current() else {
             return;
         };
         let timeout = self.timeout;
