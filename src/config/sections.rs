@@ -365,34 +365,6 @@ impl Default for CacheSection {
     }
 }
 
-/// The `[admin]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    /// Where `/metrics`, `/healthz` and the control requests are served;
-    /// none: not at all.
-    pub address: Option<SocketAddr>,
-    /// Where HAProxy's agent check is answered; none: not at all.
-    pub agent: Option<SocketAddr>,
-    /// The networks control requests are taken from without a token.
-    #[serde(default = "default_trusted")]
-    pub trusted: Vec<ipnet::IpNet>,
-    /// A file holding a bearer token that authorises control requests
-    /// from anywhere.
-    pub token_file: Option<PathBuf>,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        Self {
-            address: None,
-            agent: None,
-            trusted: default_trusted(),
-            token_file: None,
-        }
-    }
-}
-
 /// The layout of log lines.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
