@@ -155,7 +155,8 @@ pub fn flushed(client: SocketAddr) {
 /// valid token.
 pub fn admin_refused(peer: SocketAddr, method: &str, path: &str) {
     warn!(
-        "warning: admin: refused {method} {} from {}: not a trusted network and no valid token",
+        "warning: admin: refused {} {} from {}: not a trusted network and no valid token",
+        escape(method.as_bytes(), 16),
         escape(path.as_bytes(), 100),
         Endpoint(peer)
     );
@@ -172,7 +173,8 @@ pub fn proxy_timeout(peer: SocketAddr) {
 /// A listed proxy sent bytes that are not an acceptable header.
 pub fn proxy_invalid(peer: SocketAddr, error: &dyn std::fmt::Display, input: &[u8]) {
     warn!(
-        "warning: haproxy read: {error} from {}: {}",
+        "warning: haproxy read: {} from {}: {}",
+        escape(error.to_string().as_bytes(), SHOWN_INPUT),
         Endpoint(peer),
         escape(input, SHOWN_INPUT)
     );
@@ -358,7 +360,7 @@ pub fn noqueue_rcpt(client: SocketAddr, refused: &RefusedRcpt) {
     info!(
         "NOQUEUE: reject: RCPT from {}: {}; from=<{}>, to=<{}>, proto={}, helo=<{}>",
         Endpoint(client),
-        refused.reply,
+        escape(refused.reply.as_bytes(), 512),
         escape(refused.from.as_bytes(), 256),
         escape(refused.to.as_bytes(), 256),
         refused.proto,
