@@ -34,7 +34,8 @@
 //!   XCLIENT, and the relay.
 //! - [`cache`]: the pass cache (memory, redb file, Redis).
 //! - [`migrate`]: a Postfix postscreen set-up as a doorman.toml (sans-IO).
-//! - [`limits`]: per-client, screening and total connection limits, and
+//! - [`limits`]: per-client, screening and total connection limits, the
+//!   connection rate at two network levels, and
 //!   stress mode; [`memory`]: the heap given back after a flood (the one
 //!   `unsafe` call, `malloc_trim`).
 //! - [`shared`]: what the sessions of one config share, and what outlives a

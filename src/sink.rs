@@ -268,7 +268,11 @@ pub async fn serve(
         let hostname = hostname.clone();
         tokio::spawn(async move {
             if let Err(error) = connection(stream, peer, &hostname, introduced).await {
-                info!("sink: {} ended: {error}", Endpoint(peer));
+                info!(
+                    "sink: {} ended: {}",
+                    Endpoint(peer),
+                    escape(error.to_string().as_bytes(), 200)
+                );
             }
         });
     }
@@ -382,7 +386,10 @@ async fn read_header(stream: &mut TcpStream, buffer: &mut BytesMut) -> io::Resul
                 }
             }
             Err(error) => {
-                warn!("warning: sink: bad PROXY header: {error}");
+                warn!(
+                    "warning: sink: bad PROXY header: {}",
+                    escape(error.to_string().as_bytes(), 100)
+                );
                 stream
                     .write_all(b"421 4.7.0 Invalid PROXY header\r\n")
                     .await?;

@@ -9,14 +9,18 @@
 //! in `[admin] trusted` (loopback by default), or from anywhere with
 //! `Authorization: Bearer <token>` (the token of `[admin] token_file`);
 //! any other gets 401, and the attempt is logged with the peer. Request
-//! bodies are never read, and a request's head is bounded by hyper.
+//! bodies are never read; what a connection may cost is bounded in
+//! [`accept`] (how many at once, the size and time of a request's head,
+//! how long a connection lives).
 //!
 //! It reads the running state (config, director, pool) and never touches a
 //! session.
 
+mod accept;
 mod users;
 
-use std::convert::Infallible;
+pub use accept::{serve, MAX_CONNECTIONS};
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -26,10 +30,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::director::{describe, Change};
@@ -51,40 +53,6 @@ pub async fn bind_named(address: SocketAddr, what: &str) -> io::Result<TcpListen
             format!("cannot listen on {address} ({what}): {error}"),
         )
     })
-}
-
-/// How long a connection may take to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Serves requests until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    current: Arc<ArcSwap<ConfigState>>,
-    process: ProcessState,
-) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let current = Arc::clone(&current);
-        let process = process.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let current = Arc::clone(&current);
-                let process = process.clone();
-                async move { Ok::<_, Infallible>(respond(request, peer, current, process).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
 }
 
 /// Whether a control request may change anything, or read users'
@@ -113,6 +81,7 @@ fn authorised(request: &Request<Incoming>, peer: SocketAddr, shared: &ConfigStat
         })
 }
 
+/// The answer to one request from `peer`.
 async fn respond(
     request: Request<Incoming>,
     peer: SocketAddr,

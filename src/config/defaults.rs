@@ -30,6 +30,14 @@ pub(super) fn default_ipv4_prefix() -> u8 {
     32
 }
 
+pub(super) fn default_ipv4_aggregate_prefix() -> u8 {
+    16
+}
+
+pub(super) fn default_ipv6_aggregate_prefix() -> u8 {
+    48
+}
+
 pub(super) fn default_flush_grace() -> Duration {
     Duration::from_secs(10)
 }

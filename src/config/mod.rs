@@ -10,6 +10,7 @@
 //! connection takes an `Arc` of it once. This module imports nothing from
 //! the runtime.
 
+mod admin;
 mod bounds;
 mod cache;
 mod cluster;
@@ -17,6 +18,7 @@ mod defaults;
 mod document;
 mod engine;
 mod hosts;
+mod limits;
 mod registry;
 mod relay;
 mod restart;
@@ -42,10 +44,12 @@ use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
 
+pub use admin::{AdminSection, MIN_TOKEN_LENGTH};
 pub use cache::{CacheSection, CacheStore};
 pub use cluster::{ClusterSection, RecipientKey};
 pub use engine::*;
 pub use hosts::ProxyHosts;
+pub use limits::{LimitsSection, AGGREGATE_FACTOR};
 pub use registry::{CheckedSection, Registry, BUILT_IN, DEFAULT_ORDER};
 pub use relay::RelaySection;
 pub use restart::RestartOnly;
@@ -456,17 +460,8 @@ impl Sections {
         let admin_token = match &self.admin.token_file {
             Some(token_file) => {
                 let resolved = base.join(token_file);
-                let token = read_file(&resolved)
-                    .map_err(|error| document.unreadable(&["admin", "token_file"], error))?
-                    .trim()
-                    .to_string();
-                if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
-                    return Err(ConfigError::Invalid {
-                        path: resolved,
-                        line: 1,
-                        message: "the admin token must be one word of printable ASCII".into(),
-                    });
-                }
+                let token = admin::read_token(&resolved)
+                    .map_err(|error| document.unreadable(&["admin", "token_file"], error))?;
                 self.admin.token_file = Some(resolved);
                 Some(token)
             }

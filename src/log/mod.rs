@@ -155,7 +155,8 @@ pub fn flushed(client: SocketAddr) {
 /// valid token.
 pub fn admin_refused(peer: SocketAddr, method: &str, path: &str) {
     warn!(
-        "warning: admin: refused {method} {} from {}: not a trusted network and no valid token",
+        "warning: admin: refused {} {} from {}: not a trusted network and no valid token",
+        escape(method.as_bytes(), 16),
         escape(path.as_bytes(), 100),
         Endpoint(peer)
     );
@@ -172,7 +173,8 @@ pub fn proxy_timeout(peer: SocketAddr) {
 /// A listed proxy sent bytes that are not an acceptable header.
 pub fn proxy_invalid(peer: SocketAddr, error: &dyn std::fmt::Display, input: &[u8]) {
     warn!(
-        "warning: haproxy read: {error} from {}: {}",
+        "warning: haproxy read: {} from {}: {}",
+        escape(error.to_string().as_bytes(), SHOWN_INPUT),
         Endpoint(peer),
         escape(input, SHOWN_INPUT)
     );
@@ -358,7 +360,7 @@ pub fn noqueue_rcpt(client: SocketAddr, refused: &RefusedRcpt) {
     info!(
         "NOQUEUE: reject: RCPT from {}: {}; from=<{}>, to=<{}>, proto={}, helo=<{}>",
         Endpoint(client),
-        refused.reply,
+        escape(refused.reply.as_bytes(), 512),
         escape(refused.from.as_bytes(), 256),
         escape(refused.to.as_bytes(), 256),
         refused.proto,
@@ -403,55 +405,6 @@ pub fn backend_refused(client: SocketAddr, backend: Option<SocketAddr>, greeting
     );
 }
 
-/// Stress mode began or ended (postscreen's lines).
-pub fn stress(entering: bool, connections: usize) {
-    warn!(
-        "{} STRESS mode with {connections} connections",
-        if entering { "entering" } else { "leaving" }
-    );
-}
-
-/// Too many connections from one client (postscreen's line).
-pub fn too_many_connections(client: SocketAddr) {
-    warn!(
-        "NOQUEUE: reject: CONNECT from {}: too many connections",
-        Endpoint(client)
-    );
-}
-
-/// All screening places are taken (postscreen's line, as its code writes it).
-pub fn screening_busy(client: SocketAddr) {
-    warn!(
-        "reject: connect from {}: all screening ports busy",
-        Endpoint(client)
-    );
-}
-
-/// The client's network holds all the screening places it may.
-pub fn network_screening_busy(client: SocketAddr, network: ipnet::IpNet) {
-    warn!(
-        "reject: connect from {}: all screening ports busy for network {network}",
-        Endpoint(client)
-    );
-}
-
-/// The client's network opened too many connections this minute (the line
-/// Postfix's smtpd writes for anvil's rate limit, in its `name[addr]` form).
-pub fn connection_rate_exceeded(client: SocketAddr, count: usize) {
-    warn!(
-        "warning: Connection rate limit exceeded: {count} from unknown[{}] for service smtp",
-        client.ip()
-    );
-}
-
-/// The total connection cap is reached.
-pub fn total_busy(client: SocketAddr) {
-    warn!(
-        "NOQUEUE: reject: CONNECT from {}: too many connections in total",
-        Endpoint(client)
-    );
-}
-
 /// A cache cleanup run ended (postscreen's line).
 pub fn cache_cleanup(store: &str, retained: u64, dropped: u64) {
     info!("cache {store} full cleanup: retained={retained} dropped={dropped} entries");
@@ -473,11 +426,13 @@ pub fn shutdown_finished(cut: usize) {
 }
 
 mod conversation;
+mod limits;
 mod relay;
 mod tls;
 mod users;
 
 pub use conversation::*;
+pub use limits::*;
 pub use relay::*;
 pub use tls::*;
 pub use users::*;

@@ -60,7 +60,7 @@ pub fn message_refused(client: SocketAddr, reply: &str, whatsup: &Whatsup<'_>) {
     info!(
         "NOQUEUE: reject: END-OF-MESSAGE from {}: {};{whatsup}",
         Endpoint(client),
-        reply.trim_end()
+        one_line(reply.as_bytes())
     );
 }
 

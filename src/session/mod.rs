@@ -395,6 +395,10 @@ impl<S: ClientIo> Session<Channel<S>> {
                 log::connection_rate_exceeded(client.address, count);
                 reply::too_many_connections_from(&self.shared.config.hostname, client.ip())
             }
+            Refusal::AggregateRate(network, count) => {
+                log::aggregate_rate_exceeded(client.address, network, count);
+                reply::too_many_connections_from(&self.shared.config.hostname, client.ip())
+            }
             Refusal::Total => {
                 log::total_busy(client.address);
                 reply::SERVER_PORTS_BUSY.to_string()

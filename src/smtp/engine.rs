@@ -312,10 +312,10 @@ impl Engine {
     /// What the gates are asked about `line`: HELO/EHLO with its name,
     /// MAIL with its sender, RCPT with its recipient, when the engine would
     /// take the command in this state; `None` for anything else, and for
-    /// everything once the engine refuses every RCPT (a failed test: no
-    /// gate may make a record, a greylist entry say, for such a client).
+    /// everything once the engine refuses every RCPT (a failed test) or the
+    /// command limit is spent (the 421): no gate may make a record for it.
     pub fn question(&self, line: &Line) -> Option<(GateStage, String)> {
-        if matches!(self.rcpt, RcptPolicy::Refuse(_)) {
+        if matches!(self.rcpt, RcptPolicy::Refuse(_)) || self.commands >= self.command_limit {
             return None;
         }
         line.gate_question().filter(|(stage, _)| match stage {

@@ -210,6 +210,18 @@ fn limits() {
     assert!(third.close);
     assert_eq!(third.event, Some(EngineEvent::Limit(Limit::Count)));
     assert_eq!(engine.after(), "HELO", "the last command before the limit");
+    // The command that gets the 421 is never put to the gates (no gate may
+    // make a record for it).
+    let mut gated = Engine::new("mx.test", RcptPolicy::Pass, 3, None);
+    gated.command(&line("HELO x"));
+    gated.command(&line("MAIL FROM:<s@x>"));
+    assert!(gated.question(&line("RCPT TO:<a@y>")).is_some());
+    gated.command(&line("RCPT TO:<a@y>"));
+    assert_eq!(
+        gated.question(&line("RCPT TO:<b@y>")),
+        None,
+        "the limit is spent"
+    );
     let mut quitter = Engine::new("mx.test", RcptPolicy::Refuse(REPLY.into()), 1, None);
     quitter.command(&line("NOOP"));
     assert_eq!(quitter.command(&line("QUIT")).reply, "221 2.0.0 Bye\r\n");

@@ -22,7 +22,7 @@ trusted = [\"127.0.0.1/32\"]\ntoken_file = \"admin-token\"\n\
         &config_with(backend.address, "v2", "", "5s", &sections),
         &[
             ("haproxy_hosts", "127.0.0.1\n"),
-            ("admin-token", "s3cret-token\n"),
+            ("admin-token", "s3cret-token-0123\n"),
         ],
     )
 }
@@ -161,7 +161,7 @@ fn control_requests_need_a_trusted_network_or_the_token() {
         "HTTP/1.1 401 Unauthorized"
     );
     assert_ne!(
-        admin_request("GET", admin, stranger, lookup, Some("s3cret-token")),
+        admin_request("GET", admin, stranger, lookup, Some("s3cret-token-0123")),
         "HTTP/1.1 401 Unauthorized"
     );
     let mut agent_line = String::new();
@@ -171,7 +171,7 @@ fn control_requests_need_a_trusted_network_or_the_token() {
         .unwrap();
     assert_eq!(agent_line, "ready 100%\n", "nothing changed");
     assert_eq!(
-        post(admin, stranger, "/drain", Some("s3cret-token")),
+        post(admin, stranger, "/drain", Some("s3cret-token-0123")),
         "HTTP/1.1 200 OK"
     );
     let mut agent_line = String::new();

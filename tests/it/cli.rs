@@ -286,3 +286,53 @@ fn the_packaged_config_and_the_example_haproxy_cfg_run_together() {
         assert_ne!(address.port(), 25, "{address}");
     }
 }
+
+/// `doorman check` with a token file of `text` and `mode`: the exit code
+/// and stderr.
+fn check_token(text: &str, mode: u32) -> (i32, String, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, text).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = format!("{GOOD}[admin]\ntoken_file = \"admin-token\"\n");
+    std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let out = Command::new(doorman_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("doorman.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), err, token)
+}
+
+#[test]
+fn check_refuses_a_short_or_readable_admin_token() {
+    let (code, err, token) = check_token("s3cret\n", 0o600);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:1: the admin token has 6 characters; it needs at least 16",
+            token.display()
+        )),
+        "{err}"
+    );
+    for mode in [0o644, 0o640, 0o604] {
+        let (code, err, token) = check_token("0123456789abcdef0123\n", mode);
+        assert_eq!(code, 1, "{mode:o}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}:1: the admin token file is open to group or others (mode {mode:03o})",
+                token.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("chmod 600 {}", token.display())),
+            "{err}"
+        );
+    }
+    let (code, err, _) = check_token("0123456789abcdef0123\n", 0o600);
+    assert_eq!(code, 0, "{err}");
+}

@@ -3,9 +3,11 @@
 //! after the delay and is replayed so the backend gets its message; a clean
 //! client never meets the engine; two instances on one redis-server share
 //! the records; a network is allowlisted after its successful retries; and
-//! an IPv6 client retries from another address of its /64.
+//! an IPv6 client retries from another address of its /64; and a client
+//! that pipelines thousands of recipients leaves at most the capped number
+//! of records for its network in Redis.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
@@ -18,10 +20,15 @@ const BACKEND: &str = "220 backend.test ESMTP fake\r\n";
 /// doorman scoring with rbldnsd (bl.test 127.0.0.2 and bl2.test weigh 1,
 /// v6.test 1; 5 refuses), greylisting from 1 with a 2 s delay.
 fn start(backend: &FakeBackend, dns: SocketAddr, cache: &str) -> Doorman {
+    start_with(backend, dns, cache, "")
+}
+
+/// As [`start`], with more `[greylist]` lines.
+fn start_with(backend: &FakeBackend, dns: SocketAddr, cache: &str, greylist: &str) -> Doorman {
     let sections = format!(
         "[greet]\nbanner = \"\"\nwait = \"2s\"\n[cache]\n{cache}\n\
 [dnsbl]\nsites = [\"bl.test=127.0.0.2\", \"bl2.test\", \"v6.test\"]\nthreshold = 5\naction = \"enforce\"\ntimeout = \"2s\"\nnameservers = [\"{dns}\"]\n\
-[greylist]\nthreshold = 1\ndelay = \"2s\"\nretry_window = \"1h\"\nauto_allowlist = 2\n"
+[greylist]\nthreshold = 1\ndelay = \"2s\"\nretry_window = \"1h\"\nauto_allowlist = 2\n{greylist}"
     );
     let config = format!(
         "gates = [\"access\", \"pregreet\", \"dnsbl\", \"deep\", \"greylist\"]\n{}",
@@ -250,6 +257,106 @@ fn two_instances_on_one_redis_share_the_records() {
     a.log.wait_for(
         "warning: greylist: the record store does not answer; not greylisting until it does",
         Duration::from_secs(5),
+    );
+}
+
+/// Pipelines 2,000 new recipients and reads the replies: `greylisted` of
+/// them are greylisted, then `end` ends the session.
+fn pipeline_recipients(stream: &mut TcpStream, round: usize, greylisted_: usize, end: &str) {
+    let recipients: String = (0..2000)
+        .map(|n| format!("RCPT TO:<r{round}x{n}@doorman.test>\r\n"))
+        .collect();
+    say(stream, &recipients);
+    for n in 0..greylisted_ {
+        let reply = read_line(stream);
+        assert_eq!(reply, greylisted(&format!("r{round}x{n}@doorman.test")));
+    }
+    assert_eq!(read_line(stream), end);
+    // Closed: with the unread recipients still in doorman's socket, the
+    // close may come as a reset.
+    let mut byte = [0u8; 1];
+    assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "closed");
+}
+
+#[test]
+fn pipelined_recipients_leave_at_most_the_capped_records_in_redis() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let Some(redis) = Redis::start() else { return };
+    let backend = FakeBackend::start(true);
+    // A slow Redis reply on a loaded machine must not open the gate.
+    let cache = format!(
+        "store = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"g:\"\nredis_timeout = \"2s\"",
+        redis.url()
+    );
+    let doorman = start_with(
+        &backend,
+        dns.address,
+        &cache,
+        "max_records_per_network = 10\n[admin]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let (_s, reply) = attempt(&doorman, "203.0.113.22", "a@sender.test", "ok@doorman.test");
+    assert_eq!(reply, greylisted("ok@doorman.test"));
+    thread::sleep(Duration::from_millis(2100));
+    let (mut replayed, reply) =
+        attempt(&doorman, "203.0.113.22", "a@sender.test", "ok@doorman.test");
+    assert_eq!(reply, "250 2.0.0 ok\r\n", "passed once, replayed");
+    // After the replay, the hard error limit (20) ends the session.
+    let too_many = "421 4.7.0 mx.doorman.test Error: too many errors\r\n";
+    pipeline_recipients(&mut replayed, 0, 20, too_many);
+    // The replayed client is cached now; two other doubtful addresses of
+    // its /24 come with more recipients.
+    for (round, client) in [(1, "203.0.113.7"), (2, "203.0.113.9")] {
+        let mut again = connect_as(&doorman, client);
+        assert_eq!(read_line(&mut again), BANNER);
+        helo_and_mail(&mut again, "a@sender.test");
+        // In the engine, postscreen's command count limit (20) ends it.
+        let unavailable = "421 mx.doorman.test Service unavailable - try again later\r\n";
+        pipeline_recipients(&mut again, round, 18, unavailable);
+    }
+    let keys = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--scan",
+            "--pattern",
+            "g:gate:greylist:*|*",
+        ])
+        .output()
+        .expect("redis-cli runs");
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    let records = keys
+        .lines()
+        .filter(|key| key.contains("203.0.113.0/24"))
+        .count();
+    assert!(records <= 10, "{records} records: {keys}");
+    assert_eq!(
+        records, 10,
+        "the cap is reached, not skipped (59 without it): {keys}"
+    );
+    doorman.log.wait_for(
+        "warning: greylist: network 203.0.113.0/24 has 10 records; greylisting its new triplets without a record",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        doorman.log.matching("has 10 records").len(),
+        1,
+        "logged once"
+    );
+    // Each refusal at the cap is counted: 11 in the first session (after
+    // the tenth record), 18 in each of the others.
+    let admin = parse_endpoint(
+        &doorman
+            .log
+            .wait_for("admin listening on", Duration::from_secs(5)),
+    );
+    let (_, metrics) = crate::operations::get(admin, "/metrics");
+    assert_eq!(
+        crate::operations::sample(
+            &metrics,
+            "doorman_gate_events_total{gate=\"greylist\",event=\"network_full\"}"
+        ),
+        Some(47.0),
+        "{metrics}"
     );
 }
 

@@ -20,6 +20,7 @@ mod fuzz_inputs;
 mod gate_api;
 mod gating;
 mod greylist;
+mod log_sources;
 mod migrate;
 mod network_limits;
 mod operations;

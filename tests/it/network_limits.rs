@@ -106,6 +106,30 @@ fn the_connection_rate_counts_per_network_with_smtpds_reply() {
 }
 
 #[test]
+fn cycling_through_the_64s_of_one_48_meets_the_wider_rate() {
+    // connection_rate 1: each /64 may open one connection a minute, its
+    // /48 sixteen (the documented factor).
+    let (_backend, doorman) = doorman("connection_rate = 1");
+    let mut held = Vec::new();
+    for n in 0..16 {
+        let (stream, line) = first_line(&doorman, &format!("2001:db8:48:{n:x}::1"));
+        assert_eq!(line, TEASER, "/64 number {n}");
+        held.push(stream);
+    }
+    let (_next, line) = first_line(&doorman, "2001:db8:48:ff::1");
+    assert_eq!(
+        line,
+        "421 4.7.0 mx.doorman.test Error: too many connections from 2001:db8:48:ff::1\r\n"
+    );
+    doorman.log.wait_for(
+        "warning: Connection rate limit exceeded: 17 from unknown[2001:db8:48:ff::1] for service smtp (network 2001:db8:48::/48)",
+        Duration::from_secs(5),
+    );
+    let (_other, line) = first_line(&doorman, "2001:db8:49::1");
+    assert_eq!(line, TEASER, "another /48");
+}
+
+#[test]
 fn the_connection_rate_counts_clients_with_no_test_due() {
     // No teaser, no DNSBL, no deep test: nothing is due, and no client has
     // a record, so each is still counted.

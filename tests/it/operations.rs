@@ -1,6 +1,6 @@
 //! Operating doorman: SIGHUP reload (valid and invalid), the admin
-//! listener's `/metrics` (Prometheus text whose counters move) and
-//! `/healthz`.
+//! listener's `/metrics` (Prometheus text whose counters move),
+//! `/healthz`, and its caps on connections and request heads.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -301,4 +301,55 @@ fn a_keyed_zone_shows_no_key_in_the_metrics() {
     };
     assert!(text.contains("site=\"zen.test\""), "{text}");
     assert!(!text.contains("secretkey123"), "{text}");
+}
+
+#[test]
+fn admin_connections_are_capped() {
+    let backend = FakeBackend::start(true);
+    let doorman = Doorman::start(
+        &config_with(
+            backend.address,
+            "v2",
+            "",
+            "5s",
+            "[cache]\nstore = \"memory\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+        ),
+        "127.0.0.1\n",
+    );
+    let admin = parse_endpoint(
+        &doorman
+            .log
+            .wait_for("admin listening on", Duration::from_secs(5)),
+    );
+    // 64 connections that send nothing hold every place ...
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    let mut busy = TcpStream::connect(admin).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    busy.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+            && answer.ends_with("\r\n\r\ntoo many admin connections\n"),
+        "{answer}"
+    );
+    // ... until one goes.
+    idle.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(admin, "/nope").0, "HTTP/1.1 404 Not Found");
+    // A request head over 16 KiB is not served.
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let huge = "x".repeat(20 * 1024);
+    let _ = write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: doorman\r\nX-Big: {huge}\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
 }

@@ -8,7 +8,8 @@ use crate::{Client, Envelope};
 /// name[ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`, the
 /// name `unknown` unless verified),
 /// which fail2ban's and pflogsumm's smtpd rules read. `reply` has no CRLF;
-/// control characters of client text are escaped.
+/// control characters of client text are escaped, the reply's too (it
+/// names the recipient).
 pub fn smtpd_reject_line(
     client: &Client,
     reply: &str,
@@ -16,9 +17,10 @@ pub fn smtpd_reject_line(
     recipient: &str,
 ) -> String {
     format!(
-        "NOQUEUE: reject: RCPT from {}[{}]: {reply}; from=<{}> to=<{}> proto={} helo=<{}>",
-        envelope.names.client_name(),
+        "NOQUEUE: reject: RCPT from {}[{}]: {}; from=<{}> to=<{}> proto={} helo=<{}>",
+        printable(envelope.names.client_name()),
         client.ip(),
+        printable(reply),
         printable(envelope.sender.as_deref().unwrap_or_default()),
         printable(recipient),
         envelope.proto(),

@@ -310,7 +310,11 @@ impl Dnsbl {
             return;
         }
         last.insert(zone.to_string(), now);
-        tracing::warn!("warning: dnsblog_query: lookup error for DNS query {name}: {error}");
+        tracing::warn!(
+            "warning: dnsblog_query: lookup error for DNS query {}: {}",
+            doorman_gate_api::printable(name),
+            doorman_gate_api::printable(error)
+        );
     }
 }
 

@@ -12,6 +12,9 @@
 //!   network counts one successful retry.
 //! - After `auto_allowlist` successful retries the network skips
 //!   greylisting for `max_age` (postgrey's `--auto-whitelist-clients`).
+//! - A network has at most `max_records_per_network` triplet records; a new
+//!   triplet past the cap gets the same 450 and makes no record (see
+//!   [`network_cap`]).
 //!
 //! Records live in the configured cache store: with Redis, a retry that
 //! reaches another doorman finds its record. When the store cannot answer,
@@ -20,7 +23,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod network_cap;
+pub mod section;
 pub mod sender;
+
+pub use section::Settings;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,122 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use doorman_gate_api::{
-    smtpd_reject_line, BuildError, Client, Command, EventCounter, Gate, GateFuture, GateSection,
-    RecordStore, Rejection, Reply, Resources, SectionContext, SectionError, Stage, StoreDown,
-    Verdict,
+    smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, RecordStore, Rejection,
+    Reply, Stage, StoreDown, Verdict,
 };
 use ipnet::IpNet;
-use serde::Deserialize;
 
-/// The greylisting settings: the `[greylist]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// A summed score at or above this is doubtful.
-    #[serde(default = "default_threshold")]
-    pub threshold: i32,
-    /// How long a triplet must wait after its first attempt.
-    #[serde(with = "humantime_serde", default = "default_delay")]
-    pub delay: Duration,
-    /// How long after the delay a retry is still taken.
-    #[serde(with = "humantime_serde", default = "default_retry_window")]
-    pub retry_window: Duration,
-    /// Successful retries after which a network skips greylisting; 0: never.
-    #[serde(default = "default_auto_allowlist")]
-    pub auto_allowlist: u32,
-    /// How long a passed triplet, and an allowlisted network, is kept.
-    #[serde(with = "humantime_serde", default = "default_max_age")]
-    pub max_age: Duration,
-    /// The IPv4 network a client is keyed by.
-    #[serde(default = "default_ipv4_prefix")]
-    pub ipv4_prefix: u8,
-    /// The IPv6 network a client is keyed by.
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-    /// The reply text after `Recipient address rejected: `; `%r` stands for
-    /// the recipient's domain (postgrey's `--greylist-text`).
-    #[serde(default = "default_text")]
-    pub text: String,
-}
-
-fn default_threshold() -> i32 {
-    1
-}
-
-fn default_delay() -> Duration {
-    Duration::from_secs(300)
-}
-
-fn default_retry_window() -> Duration {
-    Duration::from_secs(2 * DAY)
-}
-
-fn default_auto_allowlist() -> u32 {
-    5
-}
-
-fn default_max_age() -> Duration {
-    Duration::from_secs(35 * DAY)
-}
-
-fn default_ipv4_prefix() -> u8 {
-    24
-}
-
-fn default_ipv6_prefix() -> u8 {
-    64
-}
-
-fn default_text() -> String {
-    "Greylisted, see http://postgrey.schweikert.ch/help/%r.html".into()
-}
-
-/// Seconds in a day.
-const DAY: u64 = 86400;
-
-impl GateSection for Settings {
-    fn judges_commands(&self) -> bool {
-        true
-    }
-
-    fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
-        SectionError::within("delay", self.delay, Duration::from_secs(DAY))?;
-        SectionError::within(
-            "retry_window",
-            self.retry_window,
-            Duration::from_secs(365 * DAY),
-        )?;
-        SectionError::within("max_age", self.max_age, Duration::from_secs(365 * DAY))?;
-        if self.ipv4_prefix > 32 {
-            return Err(SectionError::key(
-                "ipv4_prefix",
-                "ipv4_prefix must be at most 32",
-            ));
-        }
-        if self.ipv6_prefix > 128 {
-            return Err(SectionError::key(
-                "ipv6_prefix",
-                "ipv6_prefix must be at most 128",
-            ));
-        }
-        if self.text.bytes().any(|b| b.is_ascii_control()) {
-            return Err(SectionError::key("text", "text must be one line"));
-        }
-        Ok(())
-    }
-
-    fn build(
-        &self,
-        _: &SectionContext,
-        resources: &Resources,
-    ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
-        Ok(Some(Arc::new(GreylistGate::new(
-            self.clone(),
-            Arc::clone(&resources.record_store),
-            resources.events("greylist"),
-        ))))
-    }
-}
+use network_cap::{admit, Admit, Tally};
 
 /// The greylisting gate.
 pub struct GreylistGate {
@@ -183,6 +80,9 @@ enum Decided {
     Passed { waited: u64 },
     /// The triplet passed before, or the network is allowlisted.
     Known,
+    /// A new triplet of a network at its cap: greylisted without a record;
+    /// `first` is the first such refusal since the network reached it.
+    Full { first: bool },
 }
 
 impl GreylistGate {
@@ -281,12 +181,33 @@ impl GreylistGate {
             }
             // No record, or one whose retry window is over: a first attempt.
             _ => {
-                let first = Triplet {
-                    first_seen: now,
-                    passed: false,
-                };
-                self.store.put(&key, &first.encode(), window).await?;
-                Ok(Decided::Greylisted)
+                let tally_key = Tally::key(&network);
+                let stored = self.store.get(&tally_key).await?;
+                let stored = stored.as_deref().and_then(Tally::decode);
+                match admit(
+                    stored,
+                    now,
+                    window.as_secs(),
+                    settings.max_records_per_network,
+                ) {
+                    Admit::Record(tally) => {
+                        let first = Triplet {
+                            first_seen: now,
+                            passed: false,
+                        };
+                        self.store.put(&key, &first.encode(), window).await?;
+                        let ttl = Duration::from_secs(tally.ttl(now));
+                        self.store.put(&tally_key, &tally.encode(), ttl).await?;
+                        Ok(Decided::Greylisted)
+                    }
+                    Admit::Full { first, tally } => {
+                        if first {
+                            let ttl = Duration::from_secs(tally.ttl(now));
+                            self.store.put(&tally_key, &tally.encode(), ttl).await?;
+                        }
+                        Ok(Decided::Full { first })
+                    }
+                }
             }
         }
     }
@@ -341,8 +262,18 @@ impl Gate for GreylistGate {
                     if self.store_down.swap(false, Ordering::Relaxed) {
                         tracing::warn!("greylist: the record store answers again; greylisting");
                     }
+                    if let Decided::Full { first } = decided {
+                        (self.events)("network_full");
+                        if first {
+                            tracing::warn!(
+                                "warning: greylist: network {} has {} records; greylisting its new triplets without a record",
+                                self.network(client.ip()),
+                                self.settings.max_records_per_network
+                            );
+                        }
+                    }
                     match decided {
-                        Decided::Greylisted => {
+                        Decided::Greylisted | Decided::Full { .. } => {
                             (self.events)("greylisted");
                             let rejection = self.rejection(recipient);
                             let reply = rejection.enforce_reply();
@@ -412,6 +343,7 @@ mod tests {
                 max_age: Duration::from_secs(86400),
                 ipv4_prefix: 24,
                 ipv6_prefix: 64,
+                max_records_per_network: 3,
                 text: "Greylisted, see http://postgrey.schweikert.ch/help/%r.html".into(),
             },
             Arc::clone(&records) as Arc<dyn RecordStore>,
@@ -461,6 +393,22 @@ mod tests {
             gate.rejection("b@y.test").enforce_reply(),
             "450 4.2.0 <b@y.test>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/y.test.html\r\n"
         );
+    }
+
+    #[test]
+    fn a_network_at_its_cap_is_greylisted_without_a_record() {
+        let (gate, records) = gate(300, 5);
+        let net = gate.network("198.51.100.9".parse().unwrap());
+        let decide = |to: &str| block_on(gate.decide(net, "a@x.test", to)).unwrap();
+        for n in 0..3 {
+            assert_eq!(decide(&format!("r{n}@y.test")), Decided::Greylisted);
+        }
+        assert_eq!(decide("r3@y.test"), Decided::Full { first: true });
+        assert_eq!(decide("r4@y.test"), Decided::Full { first: false });
+        assert_eq!(decide("r0@y.test"), Decided::Greylisted, "a known triplet");
+        let records = records.0.lock().unwrap();
+        let triplets = records.keys().filter(|k| k.contains('|')).count();
+        assert_eq!(triplets, 3, "{records:?}");
     }
 
     #[test]

@@ -26,8 +26,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use doorman_gate_api::{
-    smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection, Reply, Stage,
-    Verdict,
+    printable, smtpd_reject_line, Client, Command, EventCounter, Gate, GateFuture, Rejection,
+    Reply, Stage, Verdict,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -181,8 +181,9 @@ impl PolicyGate {
                 return Err(error);
             }
             tracing::debug!(
-                "policy {}: {error}, trying a new connection",
-                self.settings.address
+                "policy {}: {}, trying a new connection",
+                self.settings.address,
+                printable(&error.to_string())
             );
         }
     }
@@ -292,7 +293,11 @@ impl PolicyGate {
             Some(Action::Dunno) => {
                 (self.events)("dunno");
                 if !action.trim().eq_ignore_ascii_case("DUNNO") {
-                    tracing::debug!("policy {}: {action} ignored at RCPT", self.settings.address);
+                    tracing::debug!(
+                        "policy {}: {} ignored at RCPT",
+                        self.settings.address,
+                        printable(action)
+                    );
                 }
                 Verdict::Dunno
             }
@@ -314,9 +319,9 @@ impl PolicyGate {
             None => {
                 (self.events)("unknown_action");
                 tracing::warn!(
-                    "warning: policy {}: unknown action {:?}, taken as DUNNO",
+                    "warning: policy {}: unknown action \"{}\", taken as DUNNO",
                     self.settings.address,
-                    action.chars().take(100).collect::<String>()
+                    printable(&action.chars().take(100).collect::<String>())
                 );
                 Verdict::Dunno
             }
@@ -369,8 +374,9 @@ impl PolicyGate {
     fn failed(&self, error: &str) -> String {
         (self.events)("error");
         tracing::warn!(
-            "warning: problem talking to server {}: {error}",
-            self.settings.address
+            "warning: problem talking to server {}: {}",
+            self.settings.address,
+            printable(error)
         );
         self.settings.default_action.clone()
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use doorman_dnsbl::resolver::{Resolver, ResolverError, Servers};
 use doorman_dnsbl::socket_reuse::SocketReuse;
 use doorman_gate_api::{
-    Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
+    printable, Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
 };
 use lru::LruCache;
 use tokio::sync::oneshot;
@@ -164,7 +164,7 @@ impl Inner {
             return;
         }
         *last = Some(now);
-        tracing::warn!("warning: rdns lookup error for {ip}: {error}");
+        tracing::warn!("warning: rdns lookup error for {ip}: {}", printable(error));
     }
 
     fn findings(&self, outcome: &Outcome) -> Vec<Finding> {
@@ -241,15 +241,20 @@ impl Check {
             Found::NoPtr => {
                 tracing::info!("RDNS no PTR name from {client} (weight {})", weights.no_ptr)
             }
+            // A PTR name is the client's own text: its reverse zone says it.
             Found::NotConfirmed { name } => tracing::info!(
-                "RDNS not confirmed: {name} from {client} (weight {})",
+                "RDNS not confirmed: {} from {client} (weight {})",
+                printable(name),
                 weights.not_confirmed
             ),
             Found::Generic { name } => tracing::info!(
-                "RDNS generic name: {name} from {client} (weight {})",
+                "RDNS generic name: {} from {client} (weight {})",
+                printable(name),
                 weights.generic
             ),
-            Found::Confirmed { name } => tracing::debug!("RDNS confirmed: {name} from {client}"),
+            Found::Confirmed { name } => {
+                tracing::debug!("RDNS confirmed: {} from {client}", printable(name))
+            }
         }
     }
 }

@@ -76,10 +76,10 @@ impl RequestFailures {
             self.unlogged.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let before = self.unlogged.swap(0, Ordering::Relaxed);
+        let count = self.unlogged.swap(0, Ordering::Relaxed);
         tracing::warn!(
             "warning: cache {store}: a request failed ({why}); the link stays up \
-             ({before} more failed since the last such line)"
+             ({count} more failed since the last such line)"
         );
     }
 }

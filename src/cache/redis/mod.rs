@@ -184,8 +184,9 @@ impl RedisStore {
     fn mark_down(&self, why: &str) {
         if !self.down.swap(true, Ordering::SeqCst) {
             tracing::warn!(
-                "warning: cache {}: {why}; using the local memory cache until it is back",
-                self.name()
+                "warning: cache {}: {}; using the local memory cache until it is back",
+                self.name(),
+                crate::log::escape(why.as_bytes(), 200)
             );
         }
         self.wake.notify_one();

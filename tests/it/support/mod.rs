@@ -125,11 +125,17 @@ impl Doorman {
         Self::start_with_files(config, &[("haproxy_hosts", hosts)])
     }
 
-    /// Starts doorman with `config` and the given files beside it.
+    /// Starts doorman with `config` and the given files beside it; a file
+    /// named `*token*` is readable by its owner only, as doorman requires.
     pub fn start_with_files(config: &str, files: &[(&str, &str)]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            if name.contains("token") {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
         }
         std::fs::write(dir.path().join("doorman.toml"), config).unwrap();
         Self::start_in(Arc::new(dir))

@@ -6,18 +6,25 @@
 //! rather than 2^64 addresses. Limits: concurrent connections per client,
 //! clients still being screened (greet wait and built-in engine) in all and
 //! per network, clients in total, and new connections per network per
-//! minute (anvil's rate limit, with smtpd's reply and log line). Health
+//! minute (anvil's rate limit, with smtpd's reply and log line; see
+//! [`rate`]). The rate is counted for the client's network and for the
+//! wider network it belongs to (`ipv4_aggregate_prefix` /16,
+//! `ipv6_aggregate_prefix` /48), limited at [`AGGREGATE_FACTOR`] times the
+//! rate, so a client cycling through the /64s of its /48 is limited too.
+//! Health
 //! checks are never counted, and allowlisted or cached clients never take a
 //! screening place nor count towards the rate, so a flood cannot take the
 //! node out of HAProxy. Each place is a guard that gives itself back when
 //! dropped; the per-network tables hold only live connections, and the
-//! rate table at most [`RATE_NETWORKS`] networks, so memory stays bounded
-//! under a flood of distinct networks.
+//! rate table at most [`RATE_NETWORKS`] networks under their limit (and as
+//! many at it), so memory stays bounded under a flood of distinct networks.
 //!
 //! Stress mode follows postscreen: when screening reaches 90% of its limit,
 //! the greet wait drops to 2 s until screening falls back to 70%.
 //!
 //! It counts and decides; it writes no reply and touches no socket.
+
+mod rate;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,20 +34,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use lru::LruCache;
 
-use crate::config::LimitsSection;
+use crate::config::{LimitsSection, AGGREGATE_FACTOR};
 use crate::log;
+use rate::RateTable;
+pub use rate::{RATE_NETWORKS, RATE_UNIT};
 
 /// The greet wait under stress (postscreen's `${stress?{2}...}`).
 pub const STRESS_GREET_WAIT: Duration = Duration::from_secs(2);
-
-/// The rate limit's time unit (anvil's `anvil_rate_time_unit`).
-pub const RATE_UNIT: Duration = Duration::from_secs(60);
-
-/// The most networks whose connection rate is tracked at once; beyond it
-/// the least recently seen is forgotten.
-pub const RATE_NETWORKS: usize = 65_536;
 
 /// Which limit refused a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub enum Refusal {
     /// Too many new connections from this network in the last minute: the
     /// count so far.
     Rate(usize),
+    /// Too many new connections from the wider network in the last minute
+    /// (over [`AGGREGATE_FACTOR`] times the rate): the network, the count.
+    AggregateRate(IpNet, usize),
     /// Too many clients in total.
     Total,
 }
@@ -63,7 +67,7 @@ pub enum Refusal {
 pub struct Limits {
     per_client: Mutex<HashMap<IpAddr, usize>>,
     per_network_screening: Mutex<HashMap<IpAddr, usize>>,
-    rates: Mutex<LruCache<IpAddr, (Instant, usize)>>,
+    rates: Mutex<RateTable>,
     screening: AtomicUsize,
     total: AtomicUsize,
     /// The highest `total` since [`Limits::take_peak`] last read it.
@@ -73,8 +77,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        let mut rates = LruCache::unbounded();
-        rates.resize(NonZeroUsize::new(RATE_NETWORKS).unwrap_or(NonZeroUsize::MIN));
+        let rates = RateTable::new(NonZeroUsize::new(RATE_NETWORKS).unwrap_or(NonZeroUsize::MIN));
         Self {
             per_client: Mutex::default(),
             per_network_screening: Mutex::default(),
@@ -112,6 +115,17 @@ pub fn network(ip: IpAddr, settings: &LimitsSection) -> IpNet {
         IpAddr::V6(_) => settings.ipv6_prefix.min(128),
     };
     IpNet::new(ip, prefix).map_or(IpNet::from(ip), |net| net.trunc())
+}
+
+/// The wider network `ip`'s connection rate is counted in too; `None` when
+/// the prefix is out of range.
+fn aggregate(ip: IpAddr, settings: &LimitsSection) -> Option<IpNet> {
+    let ip = ip.to_canonical();
+    let prefix = match ip {
+        IpAddr::V4(_) => settings.ipv4_aggregate_prefix,
+        IpAddr::V6(_) => settings.ipv6_aggregate_prefix,
+    };
+    IpNet::new(ip, prefix).ok().map(|net| net.trunc())
 }
 
 /// Adds one to `key`'s count in `map`; the new count.
@@ -190,31 +204,30 @@ impl Limits {
 
     /// Counts a new connection from `ip`'s network against `[limits]
     /// connection_rate` (per minute, counted from the network's first
-    /// connection in the unit, as anvil counts); `Err` with the count when
-    /// it is over.
+    /// connection in the unit, as anvil counts), and from its wider network
+    /// against [`AGGREGATE_FACTOR`] times that; `Err` with the count when
+    /// either is over. Refused connections count too.
     pub fn rate(&self, ip: IpAddr, settings: &LimitsSection) -> Result<(), Refusal> {
-        if settings.connection_rate == 0 {
+        let limit = settings.connection_rate;
+        if limit == 0 {
             return Ok(());
         }
-        let key = network(ip, settings).addr();
+        let own = network(ip, settings);
+        let wide = aggregate(ip, settings).filter(|wide| wide.prefix_len() < own.prefix_len());
         let now = Instant::now();
         let Ok(mut rates) = self.rates.lock() else {
             return Ok(());
         };
-        let count = match rates.get_mut(&key) {
-            Some((since, count)) if now.duration_since(*since) < RATE_UNIT => {
-                *count += 1;
-                *count
-            }
-            _ => {
-                rates.put(key, (now, 1));
-                1
-            }
-        };
-        if count > settings.connection_rate {
+        let count = rates.count(own, limit, now);
+        let wide_limit = limit.saturating_mul(AGGREGATE_FACTOR);
+        let wide = wide.map(|wide| (wide, rates.count(wide, wide_limit, now)));
+        if count > limit {
             return Err(Refusal::Rate(count));
         }
-        Ok(())
+        match wide {
+            Some((wide, count)) if count > wide_limit => Err(Refusal::AggregateRate(wide, count)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether stress mode is on.
@@ -241,17 +254,7 @@ impl Limits {
             }
         }
         if let Ok(mut rates) = self.rates.lock() {
-            let now = Instant::now();
-            let mut fresh = LruCache::unbounded();
-            fresh.resize(rates.cap());
-            for (key, entry) in rates
-                .iter()
-                .rev()
-                .filter(|(_, (since, _))| now.duration_since(*since) < RATE_UNIT)
-            {
-                fresh.put(*key, *entry);
-            }
-            *rates = fresh;
+            rates.compact(Instant::now());
         }
     }
 
@@ -360,6 +363,46 @@ mod tests {
             Refusal::Rate(4)
         );
         assert!(limits.rate(ip("198.51.100.1"), &s).is_ok());
+    }
+
+    #[test]
+    fn cycling_through_the_small_networks_of_a_wide_one_is_limited() {
+        let limits = Arc::new(Limits::default());
+        let s = LimitsSection {
+            connection_rate: 2,
+            ..settings(0, 10, 0)
+        };
+        let wide_limit = 2 * AGGREGATE_FACTOR;
+        // Each /64 of one /48 opens one connection: the /48 is limited.
+        for n in 0..wide_limit {
+            let client = ip(&format!("2001:db8:7:{n:x}::1"));
+            assert!(limits.rate(client, &s).is_ok(), "{n}");
+        }
+        assert!(matches!(
+            limits.rate(ip("2001:db8:7:ffff::1"), &s).unwrap_err(),
+            Refusal::AggregateRate(net, count)
+                if net.to_string() == "2001:db8:7::/48" && count == wide_limit + 1
+        ));
+        assert!(limits.rate(ip("2001:db8:8::1"), &s).is_ok(), "another /48");
+        // IPv4: the addresses of one /16.
+        for n in 0..wide_limit {
+            let client = ip(&format!("198.18.{}.{}", n / 200, n % 200));
+            assert!(limits.rate(client, &s).is_ok(), "{n}");
+        }
+        assert!(matches!(
+            limits.rate(ip("198.18.9.9"), &s).unwrap_err(),
+            Refusal::AggregateRate(net, _) if net.to_string() == "198.18.0.0/16"
+        ));
+        // An aggregate prefix as long as the network's: one level only.
+        let one_level = LimitsSection {
+            ipv6_aggregate_prefix: 64,
+            ..s.clone()
+        };
+        for n in 0..=wide_limit {
+            assert!(limits
+                .rate(ip(&format!("2001:db8:9:{n:x}::1")), &one_level)
+                .is_ok());
+        }
     }
 
     #[test]
