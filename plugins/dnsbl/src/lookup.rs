@@ -235,11 +235,18 @@ impl Dnsbl {
             Ok(ticket) => ticket,
             Err(skipped) => return self.skip(ip, &skipped),
         };
-        let started = Instant::now();
+        let mut asking = Asking {
+            dnsbl: self,
+            zone,
+            name,
+            started: Instant::now(),
+            answered: false,
+        };
         let answer = self.asker.resolve(name).await;
+        asking.answered = true;
         drop(ticket);
         if let Some(observer) = &self.observer {
-            observer(zone, started.elapsed(), answer.is_failed());
+            observer(zone, asking.started.elapsed(), answer.is_failed());
         }
         match &answer {
             Answer::Listed { addresses, .. } => {
@@ -334,6 +341,31 @@ impl Dnsbl {
         }
         last.insert(zone.to_string(), now);
         tracing::warn!("warning: dnsblog_query: lookup error for DNS query {name}: {error}");
+    }
+}
+
+/// A query under way. Dropped unanswered (its last client left), it
+/// counts and is logged as a failed lookup, so that a dead name server
+/// still shows although nobody waits for its timeouts.
+struct Asking<'a> {
+    dnsbl: &'a Dnsbl,
+    zone: &'a str,
+    name: &'a str,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let took = self.started.elapsed();
+        if let Some(observer) = &self.dnsbl.observer {
+            observer(self.zone, took, true);
+        }
+        let error = format!("no answer after {took:?}, when its last client left");
+        self.dnsbl.log_error(self.zone, self.name, &error);
     }
 }
 

@@ -165,9 +165,16 @@ impl Inner {
     async fn check(&self, ip: IpAddr) -> Checked {
         let overall = self.settings.timeout * 2;
         let admit = || self.admit(ip);
+        let mut asking = Asking {
+            inner: self,
+            ip,
+            started: Instant::now(),
+            answered: false,
+        };
         let checked = tokio::time::timeout(overall, lookup::check(&self.resolver, ip, &admit))
             .await
             .unwrap_or_else(|_| Err(Failed(format!("timeout after {overall:?}"))));
+        asking.answered = true;
         if let Err(Failed(error)) = &checked {
             self.log_error(ip, error);
         }
@@ -290,6 +297,25 @@ impl Gate for RdnsGate {
 
     fn compact(&self) {
         self.inner.compact();
+    }
+}
+
+/// A lookup under way. Dropped unanswered (its last client left), it is
+/// logged as a failed one, so that a dead name server still shows.
+struct Asking<'a> {
+    inner: &'a Inner,
+    ip: IpAddr,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let took = self.started.elapsed();
+            let error = format!("no answer after {took:?}, when its last client left");
+            self.inner.log_error(self.ip, &error);
+        }
     }
 }
 
