@@ -16,7 +16,7 @@ use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use doorman_gate_api::{Client, GateMetrics, Resources, Score};
+use doorman_gate_api::{Client, DnsBudget, GateMetrics, Resources, Score};
 
 use crate::cache::records::MemoryRecords;
 use crate::config::{Config, BUILT_IN};
@@ -34,6 +34,7 @@ pub async fn explain(config: &Config, ip: IpAddr) -> Result<String, GateError> {
             answer_store: None,
             record_store: Arc::new(MemoryRecords::new(64)),
             metrics: Arc::clone(&metrics) as Arc<dyn GateMetrics>,
+            dns: DnsBudget::unlimited(),
         },
     )?;
     let client = Client {

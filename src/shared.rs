@@ -18,7 +18,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::tls::{ServerTls, TlsError};
 use crate::verdict::Thresholds;
-use doorman_gate_api::Resources;
+use doorman_gate_api::{DnsBudget, Resources};
 
 /// What outlives a config reload: connection counts, metrics, and the
 /// gates this build knows.
@@ -98,6 +98,7 @@ impl ConfigState {
                 answer_store: cache.answer_store(),
                 record_store: cache.record_store(),
                 metrics: Arc::clone(&process.metrics) as Arc<dyn doorman_gate_api::GateMetrics>,
+                dns: Arc::new(DnsBudget::new(config.shared.resolver().limits)),
             },
         )?;
         Ok(Self {

@@ -78,6 +78,14 @@ pub(super) fn default_dnsbl_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+pub(super) fn default_max_queries() -> usize {
+    1000
+}
+
+pub(super) fn default_max_queries_per_network() -> usize {
+    100
+}
+
 pub(super) fn default_cache_size() -> usize {
     100_000
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use doorman_gate_api::{Action, ResolverSettings, SectionError};
+use doorman_gate_api::{Action, DnsLimits, ResolverSettings, SectionError};
 
 use super::bounds::{FIVE_MINUTES, YEAR};
 use serde::Deserialize;
@@ -123,6 +123,13 @@ pub struct SharedKeys {
     /// Name servers (`ip:port`); empty: the system resolver.
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
+    /// DNS queries in flight at once, every DNS gate's together; 0: no cap.
+    #[serde(default = "default_max_queries")]
+    pub max_queries: usize,
+    /// DNS queries in flight at once for the clients of one network (an
+    /// IPv4 /24, an IPv6 /64); 0: no cap.
+    #[serde(default = "default_max_queries_per_network")]
+    pub max_queries_per_network: usize,
     /// The old name of `[score] threshold`.
     pub threshold: Option<i32>,
     /// The old name of `[score] allowlist_threshold`.
@@ -133,11 +140,13 @@ pub struct SharedKeys {
 
 impl SharedKeys {
     /// The keys this type reads out of the gate's table.
-    pub const KEYS: [&'static str; 7] = [
+    pub const KEYS: [&'static str; 9] = [
         "min_ttl",
         "max_ttl",
         "timeout",
         "nameservers",
+        "max_queries",
+        "max_queries_per_network",
         "threshold",
         "allowlist_threshold",
         "action",
@@ -163,6 +172,10 @@ impl SharedKeys {
             max_ttl: self.max_ttl,
             timeout: self.timeout,
             nameservers: self.nameservers.clone(),
+            limits: DnsLimits {
+                total: self.max_queries,
+                per_network: self.max_queries_per_network,
+            },
         }
     }
 
@@ -215,6 +228,8 @@ impl Default for SharedKeys {
             max_ttl: default_max_ttl(),
             timeout: default_dnsbl_timeout(),
             nameservers: Vec::new(),
+            max_queries: default_max_queries(),
+            max_queries_per_network: default_max_queries_per_network(),
             threshold: None,
             allowlist_threshold: None,
             action: None,

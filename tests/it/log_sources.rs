@@ -40,6 +40,7 @@ const SAFE: &[(&str, &str)] = &[
     ("retained", "a number"),
     ("retries", "a number"),
     ("waited", "a number of seconds"),
+    ("skipped", "a DNS budget refusal: doorman's own words"),
     ("weights", "configured weights"),
     ("input.len()", "a length"),
     ("delivery.size", "a length"),

@@ -12,6 +12,7 @@ mod clusters;
 mod conversation;
 mod deep;
 mod director;
+mod dns_bounds;
 mod dnsbl_rbldnsd;
 mod e2e_haproxy;
 mod fail2ban;

@@ -21,9 +21,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
+pub mod dns_budget;
 mod logline;
 pub mod section;
 
+pub use dns_budget::{DnsBudget, DnsLimits, DnsTicket, Skipped};
 pub use logline::{printable, smtpd_reject_line};
 
 pub use section::{

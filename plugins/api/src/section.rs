@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{EventCounter, Gate, GateFuture, RecordStore};
+use crate::{DnsBudget, DnsLimits, EventCounter, Gate, GateFuture, RecordStore};
 
 /// What a gate's section may use from the rest of the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub struct ResolverSettings {
     pub timeout: Duration,
     /// Name servers to ask; empty: the system's (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
+    /// The caps on queries in flight, which the core's [`DnsBudget`]
+    /// (lent in [`Resources::dns`]) counts against.
+    pub limits: DnsLimits,
 }
 
 /// What is wrong with a gate's section.
@@ -165,6 +168,8 @@ pub struct Resources {
     pub record_store: Arc<dyn RecordStore>,
     /// Where gates count what they do.
     pub metrics: Arc<dyn GateMetrics>,
+    /// The DNS queries every DNS gate may have in flight, shared by them.
+    pub dns: Arc<DnsBudget>,
 }
 
 impl Resources {

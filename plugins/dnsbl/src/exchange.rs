@@ -19,7 +19,7 @@ use std::time::Duration;
 use hickory_resolver::proto::op::{Edns, Message, MessageType, Query};
 use hickory_resolver::proto::rr::{Name, RecordType};
 
-use crate::socket_reuse::SocketReuse;
+use crate::socket_reuse::{same_endpoint, SocketReuse};
 
 /// How long one datagram may go unanswered before the query is sent again.
 pub const RESEND: Duration = Duration::from_secs(1);
@@ -111,12 +111,6 @@ impl Direct {
             }
         }
     }
-}
-
-/// Whether `from` is `server` (an IPv4 server may answer from its
-/// IPv4-mapped IPv6 address).
-fn same_endpoint(from: SocketAddr, server: SocketAddr) -> bool {
-    from.port() == server.port() && from.ip().to_canonical() == server.ip().to_canonical()
 }
 
 /// The message in `datagram`, if it is the answer to `query` sent with

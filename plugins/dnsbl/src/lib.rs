@@ -7,6 +7,8 @@
 //! - [`socket_reuse`]: its UDP sockets, reused across queries.
 //! - [`exchange`]: one query straight to a single name server.
 //! - [`lookup`]: the answer cache and concurrent queries.
+//! - [`merge`]: lookups in flight, merged across clients and dropped with
+//!   the last of them (the rdns gate's too).
 //! - `dns_asker` (crate-private): one query name's A lookup, straight to the
 //!   single name server or through the resolver, read as an answer.
 //! - `pending` (crate-private; its [`Pending`] is re-exported): one address's
@@ -23,6 +25,7 @@ mod dns_asker;
 pub mod exchange;
 pub mod gate;
 pub mod lookup;
+pub mod merge;
 mod pending;
 pub mod query;
 pub mod resolver;

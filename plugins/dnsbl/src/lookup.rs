@@ -3,14 +3,18 @@
 //! [`Dnsbl::start`] starts the queries for every zone at once and returns a
 //! [`Pending`] that collects the answers as they come: the caller's task
 //! drives them, so an answer wakes that task alone. The caller decides how
-//! long to wait; answers that arrive later still land in the cache (a
-//! `Pending` dropped with queries under way leaves them to a task of their
-//! own). Answers are cached per query name for their TTL
-//! clamped to `[min_ttl, max_ttl]`; failures are cached for `min_ttl` too, so
-//! a dead list is not asked again by every client. Concurrent lookups of
-//! the same name are merged: one query, every waiter gets its answer. An
-//! optional shared [`AnswerStore`] (Redis, for a fleet) is asked before DNS
-//! and told every fresh answer. Lookup errors are logged at most once per
+//! long to wait. Concurrent lookups of the same name are merged
+//! ([`InFlight`]): one query, every waiter gets its answer, and the query
+//! lives as long as one of them waits: a client that leaves cancels the
+//! lookups nobody else waits for. Answers are cached per query name for
+//! their TTL clamped to `[min_ttl, max_ttl]`; failures for [`FAILED_TTL`]
+//! only, so a dead list is not asked again by every client but a passing
+//! fault is soon forgotten. An optional shared [`AnswerStore`] (Redis, for
+//! a fleet) is asked before DNS and told every fresh answer, never a
+//! failure: one instance's timeout must not make the whole fleet treat an
+//! address as unlisted. Each query takes a place in the [`DnsBudget`] the
+//! DNS gates share; a query without one is not sent and counts as failed
+//! (no opinion), not cached. Lookup errors are logged at most once per
 //! zone per minute. The queries themselves, over hickory-resolver or
 //! straight to a single name server, are `dns_asker`'s; `Pending` is
 //! `pending`'s, re-exported here.
@@ -21,11 +25,11 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use doorman_gate_api::AnswerStore;
+use doorman_gate_api::{AnswerStore, DnsBudget, EventCounter, Skipped};
 use lru::LruCache;
-use tokio::sync::oneshot;
 
 use crate::dns_asker::DnsAsker;
+use crate::merge::InFlight;
 pub use crate::pending::Pending;
 use crate::pending::ZoneLookup;
 use crate::query::query_name;
@@ -36,6 +40,9 @@ use crate::socket_reuse::SocketReuse;
 
 /// How often a zone's lookup errors may be logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a failed lookup is remembered (in this process only).
+pub const FAILED_TTL: Duration = Duration::from_secs(5);
 
 /// The settings of a [`Dnsbl`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,9 +84,13 @@ pub struct Dnsbl {
     /// The UDP sockets both use.
     sockets: SocketReuse,
     cache: Mutex<LruCache<String, (Answer, Instant)>>,
-    in_flight: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
+    in_flight: Arc<InFlight<String, Answer>>,
     store: Option<Arc<dyn AnswerStore>>,
     observer: Option<Observer>,
+    /// The queries in flight the DNS gates may have, and the counter of
+    /// those skipped.
+    budget: Arc<DnsBudget>,
+    skipped: Option<EventCounter>,
     last_error_log: Mutex<HashMap<String, Instant>>,
 }
 
@@ -137,9 +148,11 @@ impl Dnsbl {
             asker,
             sockets: provider,
             cache: Mutex::new(bounded(capacity)),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Arc::default(),
             store,
             observer: None,
+            budget: DnsBudget::unlimited(),
+            skipped: None,
             last_error_log: Mutex::new(HashMap::new()),
         })
     }
@@ -148,6 +161,19 @@ impl Dnsbl {
     pub fn observed(mut self, observer: Observer) -> Self {
         self.observer = Some(observer);
         self
+    }
+
+    /// Counts each query against `budget`, and each one skipped for want
+    /// of a place in `events` (as `dns_skipped`).
+    pub fn budgeted(mut self, budget: Arc<DnsBudget>, events: EventCounter) -> Self {
+        self.budget = budget;
+        self.skipped = Some(events);
+        self
+    }
+
+    /// The lookups in flight (merged across clients).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The sites, in config order.
@@ -174,7 +200,7 @@ impl Dnsbl {
                 let this = Arc::clone(self);
                 let zone = zone.clone();
                 Box::pin(async move {
-                    let answer = this.answer(ip, &zone).await;
+                    let answer = this.answer(ip, zone.clone()).await;
                     (zone, answer)
                 }) as ZoneLookup
             })
@@ -182,57 +208,45 @@ impl Dnsbl {
         Pending::new(Arc::clone(self), lookups)
     }
 
-    async fn answer(&self, ip: IpAddr, zone: &str) -> Answer {
-        let name = query_name(ip, zone);
+    /// The cached answer, or the lookup in flight, or a new one.
+    async fn answer(self: Arc<Self>, ip: IpAddr, zone: String) -> Answer {
+        let name = query_name(ip, &zone);
         if let Some(answer) = self.cached(&name) {
             return answer;
         }
-        let waiting = match self.in_flight.lock() {
-            Ok(mut in_flight) => match in_flight.get_mut(&name) {
-                Some(waiters) => {
-                    let (sender, receiver) = oneshot::channel();
-                    waiters.push(sender);
-                    Some(receiver)
-                }
-                None => {
-                    in_flight.insert(name.clone(), Vec::new());
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        if let Some(receiver) = waiting {
-            return receiver.await.unwrap_or_else(|_| Answer::Failed {
-                error: "merged lookup abandoned".into(),
-            });
-        }
-        let mut merged = Merged {
-            in_flight: &self.in_flight,
-            name: &name,
-            told: false,
-        };
-        let answer = self.fetch(ip, zone, &name).await;
-        merged.tell(&answer);
-        answer
+        let this = Arc::clone(&self);
+        let key = name.clone();
+        let lookup = async move { this.fetch(ip, &zone, &key).await };
+        self.in_flight.join(name, lookup).await
     }
 
     /// Asks the shared store, then DNS, and remembers the answer.
     async fn fetch(&self, ip: IpAddr, zone: &str, name: &str) -> Answer {
         if let Some(store) = &self.store {
             let stored = store.get(&store_key(name)).await;
-            if let Some(answer) = stored.as_deref().and_then(Answer::decode) {
+            // A failure stored by an older doorman is no answer.
+            let decoded = stored.as_deref().and_then(Answer::decode);
+            if let Some(answer) = decoded.filter(|answer| !answer.is_failed()) {
                 self.remember(name, &answer);
                 return answer;
             }
         }
-        let started = Instant::now();
+        let ticket = match self.budget.admit(ip) {
+            Ok(ticket) => ticket,
+            Err(skipped) => return self.skip(ip, &skipped),
+        };
+        let mut asking = Asking {
+            dnsbl: self,
+            zone,
+            name,
+            started: Instant::now(),
+            answered: false,
+        };
         let answer = self.asker.resolve(name).await;
+        asking.answered = true;
+        drop(ticket);
         if let Some(observer) = &self.observer {
-            observer(
-                zone,
-                started.elapsed(),
-                matches!(answer, Answer::Failed { .. }),
-            );
+            observer(zone, asking.started.elapsed(), answer.is_failed());
         }
         match &answer {
             Answer::Listed { addresses, .. } => {
@@ -247,23 +261,39 @@ impl Dnsbl {
             Answer::NotListed { .. } => {}
         }
         let ttl = self.remember(name, &answer);
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store.as_ref().filter(|_| !answer.is_failed()) {
             store.put(&store_key(name), &answer.encode(), ttl);
         }
         answer
     }
 
-    /// Caches an answer for its clamped TTL (failures for `min_ttl`), and
-    /// returns that TTL.
+    /// A lookup skipped for want of a place in the budget: counted, logged
+    /// when the budget says so, and failed (no opinion), not cached.
+    fn skip(&self, ip: IpAddr, skipped: &Skipped) -> Answer {
+        if let Some(events) = &self.skipped {
+            events("dns_skipped");
+        }
+        if let Some(count) = skipped.report {
+            tracing::warn!(
+                "warning: dnsbl: {count} DNS lookup(s) skipped in the last minute, the latest for {}: {skipped}",
+                ip.to_canonical()
+            );
+        }
+        Answer::Failed {
+            error: skipped.to_string(),
+        }
+    }
+
+    /// Caches an answer for its clamped TTL (failures for [`FAILED_TTL`]),
+    /// and returns that TTL.
     fn remember(&self, name: &str, answer: &Answer) -> Duration {
         let ttl = match answer {
-            Answer::Listed { ttl, .. } | Answer::NotListed { ttl } => *ttl,
-            Answer::Failed { .. } => self.settings.min_ttl,
-        }
-        .clamp(
-            self.settings.min_ttl,
-            self.settings.max_ttl.max(self.settings.min_ttl),
-        );
+            Answer::Listed { ttl, .. } | Answer::NotListed { ttl } => (*ttl).clamp(
+                self.settings.min_ttl,
+                self.settings.max_ttl.max(self.settings.min_ttl),
+            ),
+            Answer::Failed { .. } => FAILED_TTL,
+        };
         if let Ok(mut cache) = self.cache.lock() {
             cache.put(name.to_string(), (answer.clone(), Instant::now() + ttl));
         }
@@ -318,93 +348,30 @@ impl Dnsbl {
     }
 }
 
-/// The clients merged with one lookup. They are told its answer; if the
-/// lookup is dropped first, they are let go (their wait ends as a failed
-/// lookup) rather than left waiting.
-struct Merged<'a> {
-    in_flight: &'a Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
+/// A query under way. Dropped unanswered (its last client left), it
+/// counts and is logged as a failed lookup, so that a dead name server
+/// still shows although nobody waits for its timeouts.
+struct Asking<'a> {
+    dnsbl: &'a Dnsbl,
+    zone: &'a str,
     name: &'a str,
-    told: bool,
+    started: Instant,
+    answered: bool,
 }
 
-impl Merged<'_> {
-    fn take(&mut self) -> Vec<oneshot::Sender<Answer>> {
-        self.in_flight
-            .lock()
-            .ok()
-            .and_then(|mut in_flight| in_flight.remove(self.name))
-            .unwrap_or_default()
-    }
-
-    fn tell(&mut self, answer: &Answer) {
-        self.told = true;
-        for waiter in self.take() {
-            let _ = waiter.send(answer.clone());
-        }
-    }
-}
-
-impl Drop for Merged<'_> {
+impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        if !self.told {
-            self.take();
+        if self.answered {
+            return;
         }
+        let took = self.started.elapsed();
+        if let Some(observer) = &self.dnsbl.observer {
+            observer(self.zone, took, true);
+        }
+        let error = format!("no answer after {took:?}, when its last client left");
+        self.dnsbl.log_error(self.zone, self.name, &error);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dns_asker::tests::reply;
-    use tokio::net::UdpSocket;
-
-    fn dnsbl(server: SocketAddr) -> Arc<Dnsbl> {
-        Arc::new(
-            Dnsbl::new(Settings {
-                sites: Site::parse_list("bl.test").unwrap(),
-                min_ttl: Duration::from_secs(1),
-                max_ttl: Duration::from_secs(60),
-                timeout: Duration::from_secs(5),
-                nameservers: vec![server],
-                cache_size: 10,
-            })
-            .unwrap(),
-        )
-    }
-
-    #[tokio::test]
-    async fn an_answer_after_the_client_left_still_lands_in_the_cache() {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let server = udp.local_addr().unwrap();
-        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = Arc::clone(&queries);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let _ = udp.send_to(&reply(&buf[..len], false), from).await;
-            }
-        });
-        let dnsbl = dnsbl(server);
-        let ip = "192.0.2.8".parse().unwrap();
-        let mut pending = dnsbl.start(ip);
-        // The client leaves before the answer comes.
-        let waited = tokio::time::timeout(Duration::from_millis(50), pending.next()).await;
-        assert!(waited.is_err(), "answered too soon");
-        drop(pending);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let again = tokio::time::timeout(Duration::from_secs(5), dnsbl.start(ip).finish())
-            .await
-            .expect("the second lookup hung");
-        assert!(matches!(
-            again.answers().get("bl.test"),
-            Some(Answer::Listed { .. })
-        ));
-        assert_eq!(
-            queries.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "the late answer was not cached"
-        );
-    }
-}
+mod tests;

@@ -4,8 +4,8 @@
 //! The caller's task drives the zones' lookups, so an answer wakes that
 //! task alone, and decides how long to wait; the matching sites and the
 //! score are read from the answers so far. A `Pending` dropped with
-//! lookups under way leaves them to a task of their own, so that their
-//! answers still land in the cache.
+//! lookups under way drops them: those nobody else waits for are
+//! cancelled, query and socket.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,20 +34,6 @@ impl std::fmt::Debug for Pending {
             .field("under_way", &self.lookups.len())
             .field("answers", &self.answers)
             .finish()
-    }
-}
-
-impl Drop for Pending {
-    /// Lookups still under way finish in a task of their own: their
-    /// answers go to the cache and to the clients merged with them.
-    fn drop(&mut self) {
-        if self.lookups.is_empty() {
-            return;
-        }
-        let mut lookups = std::mem::take(&mut self.lookups);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { while lookups.next().await.is_some() {} });
-        }
     }
 }
 

@@ -36,6 +36,11 @@ pub fn is_error_code(address: Ipv4Addr) -> bool {
 }
 
 impl Answer {
+    /// Whether the lookup failed (no opinion).
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Answer::Failed { .. })
+    }
+
     /// Classifies A records: error codes are dropped, and an answer with
     /// nothing but error codes is a failure.
     pub fn from_addresses(addresses: Vec<Ipv4Addr>, ttl: Duration) -> Self {

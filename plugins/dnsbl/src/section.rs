@@ -63,7 +63,8 @@ impl GateSection for DnsblSection {
         .observed(Arc::new(move |zone, took, failed| {
             let shown = names.get(zone).map_or(zone, String::as_str);
             metrics.lookup(shown, took, failed)
-        }));
+        }))
+        .budgeted(Arc::clone(&resources.dns), resources.events("dnsbl"));
         Ok(Some(Arc::new(DnsblGate::new(
             Arc::new(dnsbl),
             self.reply_map.clone(),

@@ -10,7 +10,9 @@
 //! What stays as hickory made it: each socket is first bound to the random
 //! source port hickory picks, hickory checks every answer's source, ID and
 //! question, and it ignores the datagrams that fail them (such as a late
-//! answer to an earlier query on the same socket). A socket serves one
+//! answer to an earlier query on the same socket). Such a datagram does
+//! not count as the answer here either: only one from the server asked,
+//! with the query's ID, lets the socket serve another query. A socket serves one
 //! query at a time. What reuse trades is some of the port's variation: a
 //! socket serves at most [`MAX_QUERIES`] queries and lives at most
 //! [`MAX_AGE`] before a fresh random port replaces it. A socket whose
@@ -120,6 +122,7 @@ impl SocketReuse {
             idle: Some(idle),
             home: Arc::clone(&self.idle),
             awaiting: AtomicBool::new(false),
+            asked: Mutex::new(None),
             failed: AtomicBool::new(false),
         }
     }
@@ -173,6 +176,12 @@ impl RuntimeProvider for SocketReuse {
     }
 }
 
+/// Whether `from` is `server` (an IPv4 server may answer from its
+/// IPv4-mapped IPv6 address).
+pub(crate) fn same_endpoint(from: SocketAddr, server: SocketAddr) -> bool {
+    from.port() == server.port() && from.ip().to_canonical() == server.ip().to_canonical()
+}
+
 /// A UDP socket on a random port from 1024 up (`any` has port 0), or on
 /// one the system picks once [`RANDOM_PORT_ATTEMPTS`] ports were taken.
 fn bind_random(any: SocketAddr) -> io::Result<UdpSocket> {
@@ -201,8 +210,13 @@ fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
 pub struct LentSocket {
     idle: Option<Idle>,
     home: Arc<Mutex<Vec<Idle>>>,
-    /// A query was sent and no datagram has come back since.
+    /// A query was sent and its answer has not come back since.
     awaiting: AtomicBool,
+    /// The server and message ID of the last query hickory sent, so that
+    /// only a datagram from that server with that ID counts as its answer
+    /// (a late answer to an earlier query, or a forgery from another port,
+    /// leaves the socket awaiting).
+    asked: Mutex<Option<(SocketAddr, u16)>>,
     /// A send or receive failed.
     failed: AtomicBool,
 }
@@ -269,8 +283,14 @@ impl DnsUdpSocket for LentSocket {
     ) -> Poll<io::Result<(usize, SocketAddr)>> {
         let socket = self.socket()?;
         let received = self.note(DnsUdpSocket::poll_recv_from(socket, cx, buf));
-        if let Poll::Ready(Ok(_)) = &received {
-            self.awaiting.store(false, Ordering::Relaxed);
+        if let Poll::Ready(Ok((length, from))) = &received {
+            let asked = *self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+            let id = buf.get(..*length).and_then(|d| d.first_chunk::<2>());
+            if let (Some((server, sent)), Some(id)) = (asked, id) {
+                if same_endpoint(*from, server) && u16::from_be_bytes(*id) == sent {
+                    self.awaiting.store(false, Ordering::Relaxed);
+                }
+            }
         }
         received
     }
@@ -284,6 +304,8 @@ impl DnsUdpSocket for LentSocket {
         let socket = self.socket()?;
         let sent = self.note(DnsUdpSocket::poll_send_to(socket, cx, buf, target));
         if let Poll::Ready(Ok(_)) = &sent {
+            let id = buf.first_chunk::<2>().map(|id| u16::from_be_bytes(*id));
+            *self.asked.lock().unwrap_or_else(PoisonError::into_inner) = id.map(|id| (target, id));
             self.awaiting.store(true, Ordering::Relaxed);
         }
         sent
@@ -333,9 +355,32 @@ mod tests {
         lent.send_to(b"query", target).await.unwrap();
         let mut buf = [0u8; 16];
         let (_, from) = server.recv_from(&mut buf).await.unwrap();
-        server.send_to(b"answer", from).await.unwrap();
+        // The answer carries the query's ID (its first two bytes).
+        server.send_to(b"query answer", from).await.unwrap();
         lent.recv_from(&mut buf).await.unwrap();
         (from.port(), lent)
+    }
+
+    #[tokio::test]
+    async fn only_the_servers_answer_with_the_querys_id_frees_the_socket() {
+        let server = UdpSocket::bind(any_port()).await.unwrap();
+        let decoy = UdpSocket::bind(any_port()).await.unwrap();
+        let provider = SocketReuse::default();
+        let target = server.local_addr().unwrap();
+        let lent = provider.bind_udp(any_port(), target).await.unwrap();
+        lent.send_to(b"query", target).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (_, from) = server.recv_from(&mut buf).await.unwrap();
+        // The query's ID from another port, another ID from the server.
+        decoy.send_to(b"query forged", from).await.unwrap();
+        server.send_to(b"late answer", from).await.unwrap();
+        lent.recv_from(&mut buf).await.unwrap();
+        lent.recv_from(&mut buf).await.unwrap();
+        drop(lent);
+        assert!(
+            provider.idle().is_empty(),
+            "a datagram that was not the answer freed the socket"
+        );
     }
 
     #[tokio::test]

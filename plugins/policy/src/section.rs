@@ -178,6 +178,10 @@ mod tests {
                 max_ttl: Duration::from_secs(3600),
                 timeout: Duration::from_secs(10),
                 nameservers: Vec::new(),
+                limits: doorman_gate_api::DnsLimits {
+                    total: 0,
+                    per_network: 0,
+                },
             },
             doubtful: 1,
         }

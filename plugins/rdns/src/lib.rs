@@ -9,10 +9,18 @@
 //!   word such as `dsl` or `dynamic`; see [`generic`]): `generic`.
 //!
 //! The findings are exclusive. A lookup that fails (a timeout, SERVFAIL, a
-//! dead server) is no opinion: it adds nothing, is not cached, and its
-//! error is logged at most once a minute. Answers are cached per address
-//! for their TTL clamped to `[min_ttl, max_ttl]`.
+//! dead server, no place in the DNS budget) is no opinion: it adds
+//! nothing, is remembered for [`FAILED_TTL`] only (never in a pass), and
+//! its error is logged at most once a minute. Answers are cached per
+//! address for their TTL clamped to `[min_ttl, max_ttl]`.
 //!
+//! One address is looked up once at a time: the clients that connect from
+//! it meanwhile wait for the same lookup, which is dropped when the last
+//! of them leaves (at the end of its greet wait, or at its hang-up).
+//! The forward lookups run at once, so a lookup takes at most two query
+//! timeouts, and never outlives the greet waits of its clients.
+//!
+//! - `check` (crate-private): one client's check in the greet wait.
 //! - [`generic`]: the generic-name test, sans-IO.
 //! - [`lookup`]: the PTR and forward lookups.
 //! - [`section`]: the `[rdns]` section, which builds the gate.
@@ -20,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod check;
 pub mod generic;
 pub mod lookup;
 pub mod section;
@@ -29,19 +38,26 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use check::{Check, Started};
+use doorman_dnsbl::merge::InFlight;
 use doorman_dnsbl::resolver::{Resolver, ResolverError, Servers};
 use doorman_dnsbl::socket_reuse::SocketReuse;
 use doorman_gate_api::{
-    printable, Client, ClientNames, Endpoint, Finding, Gate, GateFuture, Score, Verdict, Waiting,
+    printable, Client, DnsBudget, DnsTicket, EventCounter, Finding, Gate, Waiting,
 };
 use lru::LruCache;
-use tokio::sync::oneshot;
 
 pub use lookup::{Failed, Found, Outcome};
 pub use section::RdnsSection;
 
 /// How often lookup errors may be logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long a failed lookup is remembered.
+pub const FAILED_TTL: Duration = Duration::from_secs(5);
+
+/// What one address's lookup came to.
+type Checked = Result<Outcome, Failed>;
 
 /// What each finding weighs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,12 +97,18 @@ struct Inner {
     resolver: Resolver,
     /// The resolver's UDP sockets, whose idle ones `compact` closes.
     sockets: SocketReuse,
-    cache: Mutex<LruCache<IpAddr, (Outcome, Instant)>>,
+    cache: Mutex<LruCache<IpAddr, (Checked, Instant)>>,
+    /// The lookups in flight, one per address.
+    in_flight: Arc<InFlight<IpAddr, Checked>>,
+    /// The queries in flight every DNS gate may have.
+    budget: Arc<DnsBudget>,
+    /// Counts the queries skipped for want of a place in the budget.
+    events: Option<EventCounter>,
     last_error_log: Mutex<Option<Instant>>,
 }
 
 /// An empty answer cache whose table grows with what it holds.
-fn bounded(capacity: NonZeroUsize) -> LruCache<IpAddr, (Outcome, Instant)> {
+fn bounded(capacity: NonZeroUsize) -> LruCache<IpAddr, (Checked, Instant)> {
     let mut cache = LruCache::unbounded();
     cache.resize(capacity);
     cache
@@ -106,33 +128,83 @@ impl RdnsGate {
                 resolver,
                 sockets,
                 cache: Mutex::new(bounded(capacity)),
+                in_flight: Arc::default(),
+                budget: DnsBudget::unlimited(),
+                events: None,
                 last_error_log: Mutex::new(None),
             }),
         })
     }
+
+    /// Counts each query against `budget`, and each one skipped for want
+    /// of a place in `events` (as `dns_skipped`). Before the gate serves.
+    pub fn budgeted(mut self, budget: Arc<DnsBudget>, events: EventCounter) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.budget = budget;
+            inner.events = Some(events);
+        }
+        self
+    }
+
+    /// The lookups in flight (merged across clients).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.len()
+    }
 }
 
 impl Inner {
-    async fn check(&self, ip: IpAddr) -> Result<Outcome, Failed> {
-        if let Some(outcome) = self.cached(ip) {
-            return Ok(outcome);
+    /// The cached result for `ip`, or the lookup in flight, or a new one.
+    fn start(self: &Arc<Self>, ip: IpAddr) -> Started {
+        if let Some(checked) = self.cached(ip) {
+            return Started::Cached(checked);
         }
-        let overall = self.settings.timeout * 3;
-        let outcome = match tokio::time::timeout(overall, lookup::check(&self.resolver, ip)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failed(format!("timeout after {overall:?}"))),
-        };
-        match &outcome {
-            Ok(found) => self.remember(ip, found),
-            Err(Failed(error)) => self.log_error(ip, error),
-        }
-        outcome
+        let this = Arc::clone(self);
+        Started::Joined(self.in_flight.join(ip, async move { this.check(ip).await }))
     }
 
-    fn cached(&self, ip: IpAddr) -> Option<Outcome> {
+    /// Looks `ip` up, within two query timeouts (the PTR query, then the
+    /// forward ones at once), and remembers the result.
+    async fn check(&self, ip: IpAddr) -> Checked {
+        let overall = self.settings.timeout * 2;
+        let admit = || self.admit(ip);
+        let mut asking = Asking {
+            inner: self,
+            ip,
+            started: Instant::now(),
+            answered: false,
+        };
+        let checked = tokio::time::timeout(overall, lookup::check(&self.resolver, ip, &admit))
+            .await
+            .unwrap_or_else(|_| Err(Failed(format!("timeout after {overall:?}"))));
+        asking.answered = true;
+        if let Err(Failed(error)) = &checked {
+            self.log_error(ip, error);
+        }
+        self.remember(ip, &checked);
+        checked
+    }
+
+    /// A place in the DNS budget for one query about `ip`; a query without
+    /// one is counted, logged when the budget says so, and fails.
+    fn admit(&self, ip: IpAddr) -> Result<DnsTicket, Failed> {
+        self.budget.admit(ip).map_err(|skipped| {
+            if let Some(events) = &self.events {
+                events("dns_skipped");
+            }
+            if let Some(count) = skipped.report {
+                tracing::warn!(
+                    "warning: rdns: {count} DNS lookup(s) skipped in the last minute, the latest for {}: {skipped}",
+                    ip.to_canonical()
+                );
+            }
+            Failed(skipped.to_string())
+        })
+    }
+
+    fn cached(&self, ip: IpAddr) -> Option<Checked> {
         let mut cache = self.cache.lock().ok()?;
         match cache.get(&ip) {
-            Some((outcome, expiry)) if *expiry > Instant::now() => Some(outcome.clone()),
+            Some((checked, expiry)) if *expiry > Instant::now() => Some(checked.clone()),
             Some(_) => {
                 cache.pop(&ip);
                 None
@@ -148,10 +220,14 @@ impl Inner {
         )
     }
 
-    fn remember(&self, ip: IpAddr, outcome: &Outcome) {
-        let expiry = Instant::now() + self.clamp(outcome.ttl);
+    /// Caches an answer for its clamped TTL, a failure for [`FAILED_TTL`].
+    fn remember(&self, ip: IpAddr, checked: &Checked) {
+        let ttl = match checked {
+            Ok(outcome) => self.clamp(outcome.ttl),
+            Err(_) => FAILED_TTL,
+        };
         if let Ok(mut cache) = self.cache.lock() {
-            cache.put(ip, (outcome.clone(), expiry));
+            cache.put(ip, (checked.clone(), Instant::now() + ttl));
         }
     }
 
@@ -205,18 +281,20 @@ impl Gate for RdnsGate {
     }
 
     fn wait(&self, client: &Client) -> Option<Box<dyn Waiting>> {
-        let inner = Arc::clone(&self.inner);
-        let (sender, receiver) = oneshot::channel();
-        let ip = client.ip();
-        tokio::spawn(async move {
-            let _ = sender.send(inner.check(ip).await);
-        });
-        Some(Box::new(Check {
+        let (lookup, result) = match self.inner.start(client.ip()) {
+            Started::Cached(checked) => (None, Some(checked)),
+            Started::Joined(lookup) => (Some(lookup), None),
+        };
+        let mut check = Check {
             inner: Arc::clone(&self.inner),
             client: client.endpoint(),
-            receiver: Some(receiver),
+            lookup,
             result: None,
-        }))
+        };
+        if let Some(checked) = result {
+            check.finish(checked);
+        }
+        Some(Box::new(check))
     }
 
     fn compact(&self) {
@@ -224,122 +302,24 @@ impl Gate for RdnsGate {
     }
 }
 
-/// One client's lookups.
-struct Check {
-    inner: Arc<Inner>,
-    client: Endpoint,
-    receiver: Option<oneshot::Receiver<Result<Outcome, Failed>>>,
-    result: Option<Result<Outcome, Failed>>,
+/// A lookup under way. Dropped unanswered (its last client left), it is
+/// logged as a failed one, so that a dead name server still shows.
+struct Asking<'a> {
+    inner: &'a Inner,
+    ip: IpAddr,
+    started: Instant,
+    answered: bool,
 }
 
-impl Check {
-    /// Logs each finding on its own line, once the answer is in.
-    fn log(&self, outcome: &Outcome) {
-        let weights = self.inner.settings.weights;
-        let client = self.client;
-        match &outcome.found {
-            Found::NoPtr => {
-                tracing::info!("RDNS no PTR name from {client} (weight {})", weights.no_ptr)
-            }
-            // A PTR name is the client's own text: its reverse zone says it.
-            Found::NotConfirmed { name } => tracing::info!(
-                "RDNS not confirmed: {} from {client} (weight {})",
-                printable(name),
-                weights.not_confirmed
-            ),
-            Found::Generic { name } => tracing::info!(
-                "RDNS generic name: {} from {client} (weight {})",
-                printable(name),
-                weights.generic
-            ),
-            Found::Confirmed { name } => {
-                tracing::debug!("RDNS confirmed: {} from {client}", printable(name))
-            }
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let took = self.started.elapsed();
+            let error = format!("no answer after {took:?}, when its last client left");
+            self.inner.log_error(self.ip, &error);
         }
     }
 }
 
-impl Waiting for Check {
-    fn names(&self) -> ClientNames {
-        let Some(Ok(outcome)) = &self.result else {
-            return ClientNames::default();
-        };
-        let verified = match &outcome.found {
-            Found::Confirmed { name } | Found::Generic { name } => Some(name.clone()),
-            Found::NoPtr | Found::NotConfirmed { .. } => None,
-        };
-        ClientNames {
-            verified,
-            reverse: outcome.names.first().cloned(),
-        }
-    }
-
-    fn progress(&mut self) -> GateFuture<'_, ()> {
-        Box::pin(async move {
-            let Some(receiver) = self.receiver.as_mut() else {
-                return;
-            };
-            let result = receiver
-                .await
-                .unwrap_or_else(|_| Err(Failed("lookup abandoned".into())));
-            self.receiver = None;
-            if let Ok(outcome) = &result {
-                self.log(outcome);
-            }
-            self.result = Some(result);
-        })
-    }
-
-    fn is_complete(&self) -> bool {
-        self.result.is_some()
-    }
-
-    fn verdict(&self) -> Verdict {
-        Verdict::Score(match &self.result {
-            Some(Ok(outcome)) => Score {
-                findings: self.inner.findings(outcome),
-                ttl: Some(self.inner.clamp(outcome.ttl)),
-                complete: true,
-            },
-            // A failed lookup is no opinion: nothing found, nothing kept.
-            Some(Err(_)) => Score {
-                findings: Vec::new(),
-                ttl: None,
-                complete: true,
-            },
-            None => Score::default(),
-        })
-    }
-
-    fn explain(&self, wait: Duration) -> Vec<String> {
-        let ip = self.client.0.ip();
-        let outcome = match &self.result {
-            None => return vec![format!("rdns: no answer within the greet wait ({wait:?})")],
-            Some(Err(failed)) => {
-                return vec![format!("rdns: lookup failed: {} (no opinion)", failed.0)]
-            }
-            Some(Ok(outcome)) => outcome,
-        };
-        let names = if outcome.names.is_empty() {
-            "none".to_string()
-        } else {
-            outcome.names.join(", ")
-        };
-        let forward = match &outcome.found {
-            Found::NoPtr => "no name to confirm".to_string(),
-            Found::NotConfirmed { .. } => format!("no name resolves back to {ip}"),
-            Found::Generic { name } | Found::Confirmed { name } => {
-                format!("{name} resolves back to {ip}")
-            }
-        };
-        let check = match self.inner.findings(outcome).first() {
-            Some(finding) => format!("rdns check {}: fires, {:+}", finding.name, finding.weight),
-            None => "rdns checks: none fires".to_string(),
-        };
-        vec![
-            format!("rdns PTR names: {names} (ttl {}s)", outcome.ttl.as_secs()),
-            format!("rdns forward: {forward}"),
-            check,
-        ]
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,14 @@
-//! The lookups, sans cache: the client's PTR names, then each name's
-//! forward addresses, and what they add up to.
+//! The lookups, sans cache: the client's PTR names, then the forward
+//! addresses of at most [`MAX_NAMES`] of them, all at once, and what they
+//! add up to. Each query first takes a place in the DNS budget (`admit`);
+//! one that gets none is not sent, and fails.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use doorman_dnsbl::resolver::Resolver;
+use doorman_gate_api::DnsTicket;
+use futures_util::future::join_all;
 use hickory_resolver::proto::rr::RData;
 
 use crate::generic::is_generic;
@@ -50,11 +54,17 @@ pub struct Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failed(pub String);
 
+/// A place in the DNS budget for one query, or why there is none.
+pub type Admit<'a> = &'a (dyn Fn() -> Result<DnsTicket, Failed> + Sync);
+
 /// Looks `ip` up: PTR, then the forward addresses of at most
-/// [`MAX_NAMES`] names.
-pub async fn check(resolver: &Resolver, ip: IpAddr) -> Result<Outcome, Failed> {
+/// [`MAX_NAMES`] names, concurrently, each query admitted by `admit`.
+pub async fn check(resolver: &Resolver, ip: IpAddr, admit: Admit<'_>) -> Result<Outcome, Failed> {
     let ip = ip.to_canonical();
-    let (names, ptr_ttl) = match resolver.reverse_lookup(ip).await {
+    let ticket = admit()?;
+    let reverse = resolver.reverse_lookup(ip).await;
+    drop(ticket);
+    let (names, ptr_ttl) = match reverse {
         Ok(lookup) => {
             let mut ttl = u32::MAX;
             let mut names = Vec::new();
@@ -87,8 +97,13 @@ pub async fn check(resolver: &Resolver, ip: IpAddr) -> Result<Outcome, Failed> {
     }
     let mut ttl = ptr_ttl;
     let mut failures = 0;
-    for name in &names {
-        match forward(resolver, name, ip).await {
+    let forwards = join_all(names.iter().map(|name| async move {
+        let _ticket = admit()?;
+        forward(resolver, name, ip).await
+    }))
+    .await;
+    for (name, forwarded) in names.iter().zip(forwards) {
+        match forwarded {
             Ok((true, forward_ttl)) => {
                 let found = if is_generic(name, ip) {
                     Found::Generic { name: name.clone() }

@@ -40,7 +40,7 @@ impl GateSection for RdnsSection {
     fn build(
         &self,
         shared: &SectionContext,
-        _: &Resources,
+        resources: &Resources,
     ) -> Result<Option<Arc<dyn Gate>>, BuildError> {
         let resolver = &shared.resolver;
         let settings = Settings {
@@ -55,6 +55,8 @@ impl GateSection for RdnsSection {
             nameservers: resolver.nameservers.clone(),
             cache_size: shared.cache_size,
         };
-        Ok(Some(Arc::new(RdnsGate::new(settings)?)))
+        let gate =
+            RdnsGate::new(settings)?.budgeted(Arc::clone(&resources.dns), resources.events("rdns"));
+        Ok(Some(Arc::new(gate)))
     }
 }
