@@ -6,7 +6,11 @@
 //! land in bounded pending maps that a writer task commits together, in
 //! one transaction and one fsync, every `flush_interval` (or sooner when a
 //! map fills): a flood of routed or greylisted RCPTs costs a map insert
-//! each on the serving thread, never a disk write. A `kill -9` loses at
+//! each on the serving thread, never a disk write. One commit runs at a
+//! time; readers see its batch until it is in the file, and a commit that
+//! fails puts its writes back. The maps are bounded in practice by what
+//! one flush interval brings (a full map wakes the writer at once); they
+//! are not capped. A `kill -9` loses at
 //! most the writes of the last interval, and a clean stop flushes
 //! everything. The file is opened in redb's multi-writer mode, so
 //! `doorman cache` can read and delete entries while doorman runs.
@@ -30,6 +34,13 @@ const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
 /// When the pending map holds this many writes, they are committed at once.
 const PENDING_LIMIT: usize = 10_000;
 
+/// Writes taken for one commit: passes (`None` deletes) and records.
+#[derive(Debug, Default)]
+struct Batch {
+    passes: HashMap<IpAddr, Option<Entry>>,
+    records: HashMap<String, String>,
+}
+
 /// A redb file with its pending writes.
 #[derive(Debug)]
 pub struct Embedded {
@@ -39,6 +50,11 @@ pub struct Embedded {
     pending: Mutex<HashMap<IpAddr, Option<Entry>>>,
     /// Gates' records not yet committed, stored as `<expiry>;<value>`.
     pending_records: Mutex<HashMap<String, String>>,
+    /// The batch being committed now: readers see it until it is in the
+    /// file.
+    in_flight: Mutex<Option<Arc<Batch>>>,
+    /// One commit at a time, so batches land in the order they were taken.
+    committing: tokio::sync::Mutex<()>,
     wake: Notify,
 }
 
@@ -63,6 +79,8 @@ impl Embedded {
             database: Arc::new(database),
             pending: Mutex::new(HashMap::new()),
             pending_records: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(None),
+            committing: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
         })
     }
@@ -72,10 +90,16 @@ impl Embedded {
         format!("embedded:{}", self.path.display())
     }
 
-    /// The entry for `ip`: a pending write, else the file.
+    /// The entry for `ip`: a pending write, else one being committed, else
+    /// the file.
     pub fn get(&self, ip: IpAddr) -> Result<Option<Entry>, CacheError> {
         if let Some(pending) = self.pending.lock().ok().and_then(|p| p.get(&ip).cloned()) {
             return Ok(pending);
+        }
+        if let Some(committing) = self.committing_batch() {
+            if let Some(entry) = committing.passes.get(&ip) {
+                return Ok(entry.clone());
+            }
         }
         let read = self.database.begin_read().map_err(store_error)?;
         let table = read.open_table(PASSES).map_err(store_error)?;
@@ -98,23 +122,64 @@ impl Embedded {
     }
 
     /// Commits the pending writes now, passes and records in one
-    /// transaction.
+    /// transaction, one commit at a time. A commit that fails puts its
+    /// writes back (newer ones for the same keys win), so nothing is lost
+    /// to a full disk but the time.
     pub async fn flush(&self) -> Result<(), CacheError> {
-        let passes = match self.pending.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending),
-            Err(_) => HashMap::new(),
-        };
-        let records = match self.pending_records.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending),
-            Err(_) => HashMap::new(),
-        };
-        if passes.is_empty() && records.is_empty() {
+        let _one = self.committing.lock().await;
+        let batch = Arc::new(Batch {
+            passes: self
+                .pending
+                .lock()
+                .map(|mut pending| std::mem::take(&mut *pending))
+                .unwrap_or_default(),
+            records: self
+                .pending_records
+                .lock()
+                .map(|mut pending| std::mem::take(&mut *pending))
+                .unwrap_or_default(),
+        });
+        if batch.passes.is_empty() && batch.records.is_empty() {
             return Ok(());
         }
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            *in_flight = Some(Arc::clone(&batch));
+        }
         let database = Arc::clone(&self.database);
-        tokio::task::spawn_blocking(move || commit(&database, &passes, &records))
-            .await
-            .map_err(|e| CacheError::Store(e.to_string()))?
+        let committed = Arc::clone(&batch);
+        let result = tokio::task::spawn_blocking(move || {
+            commit(&database, &committed.passes, &committed.records)
+        })
+        .await
+        .map_err(|e| CacheError::Store(e.to_string()))
+        .and_then(|done| done);
+        if result.is_err() {
+            self.put_back(&batch);
+        }
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            *in_flight = None;
+        }
+        result
+    }
+
+    /// A failed batch's writes, back in the pending maps under the newer
+    /// ones.
+    fn put_back(&self, batch: &Batch) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for (ip, entry) in &batch.passes {
+                pending.entry(*ip).or_insert_with(|| entry.clone());
+            }
+        }
+        if let Ok(mut pending) = self.pending_records.lock() {
+            for (key, stored) in &batch.records {
+                pending.entry(key.clone()).or_insert_with(|| stored.clone());
+            }
+        }
+    }
+
+    /// The batch being committed, if one is.
+    fn committing_batch(&self) -> Option<Arc<Batch>> {
+        self.in_flight.lock().ok().and_then(|batch| batch.clone())
     }
 
     /// Commits pending writes every `interval` (or when the map fills)
@@ -189,7 +254,11 @@ impl Embedded {
             .pending_records
             .lock()
             .ok()
-            .and_then(|pending| pending.get(key).cloned());
+            .and_then(|pending| pending.get(key).cloned())
+            .or_else(|| {
+                self.committing_batch()
+                    .and_then(|batch| batch.records.get(key).cloned())
+            });
         let stored = match pending {
             Some(stored) => Some(stored),
             None => {
@@ -224,6 +293,9 @@ impl Embedded {
 
     /// Deletes the entry for `ip` at once; whether there was one.
     pub async fn delete(&self, ip: IpAddr) -> Result<bool, CacheError> {
+        // After any commit in progress, so an older batch cannot land
+        // after the delete.
+        let _one = self.committing.lock().await;
         let existed = self.get(ip)?.is_some();
         if let Ok(mut pending) = self.pending.lock() {
             pending.remove(&ip);
@@ -311,5 +383,33 @@ mod tests {
             reopened.record("greylist:a").expect("read").as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_under_the_newer_writes() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let store = Embedded::open(&dir.path().join("cache.redb")).expect("opened");
+        let hour = Duration::from_secs(3600);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let mut failed = Batch::default();
+        failed.passes.insert(ip, None);
+        failed
+            .records
+            .insert("old".into(), "99999999999;failed".into());
+        failed
+            .records
+            .insert("both".into(), "99999999999;failed".into());
+        // Written while the batch was committing: newer, so it stays.
+        store.keep_record("both", "newer", hour);
+        store.put_back(&failed);
+        assert_eq!(
+            store.record("both").expect("read").as_deref(),
+            Some("newer")
+        );
+        assert_eq!(
+            store.record("old").expect("read").as_deref(),
+            Some("failed")
+        );
+        assert!(store.pending.lock().expect("lock").contains_key(&ip));
     }
 }

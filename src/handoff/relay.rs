@@ -83,6 +83,12 @@ struct Pump {
     /// Whether the reader ended while the other side waited, and the
     /// relay's reply for that was written.
     lost: bool,
+    /// Whether the last bytes read began with a reply that ends the
+    /// session (`221`, `421`).
+    goodbye: bool,
+    /// Whether a TLS record was read (the two ends started TLS through the
+    /// copy), so no plain-text reply may be added any more.
+    binary: bool,
 }
 
 impl Pump {
@@ -98,6 +104,8 @@ impl Pump {
             stall: None,
             last_read: 0,
             lost: false,
+            goodbye: false,
+            binary: false,
         }
     }
 
@@ -188,9 +196,13 @@ impl Pump {
                     }
                     self.state = Pumping::Ended;
                 }
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(read)) => {
                     *clock += 1;
                     self.last_read = *clock;
+                    let fresh = &self.buffer[self.buffer.len() - read..];
+                    self.goodbye = fresh.starts_with(b"221") || fresh.starts_with(b"421");
+                    // A TLS record: content type 20-23, then version 3.x.
+                    self.binary |= matches!(fresh, [20..=23, 3, ..]);
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
@@ -213,9 +225,12 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    // Bytes the client sent before the handoff count as its last read:
+    // the backend has answered nothing of them yet.
+    let mut clock = u64::from(!early.is_empty());
     let mut up = Pump::new(early, true);
+    up.last_read = clock;
     let mut down = Pump::new(BytesMut::new(), false);
-    let mut clock = 0u64;
     let ended = |down: &Pump| match down.lost {
         true => Ended::BackendLost,
         false => Ended::Done,
@@ -246,7 +261,10 @@ where
             }
         }
         if !down_done {
-            let at_end = (!up_done).then_some((lost, up.last_read));
+            // Only into a plain SMTP stream, and not after the backend's
+            // own goodbye.
+            let plain = !up.binary && !down.binary && !down.goodbye;
+            let at_end = (!up_done && plain).then_some((lost, up.last_read));
             if let Poll::Ready(done) = down.poll_copy(cx, (backend, client), &mut clock, at_end) {
                 done?;
                 down_done = true;
@@ -407,6 +425,53 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"221 bye\r\n");
+        drop(client);
+        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
+    }
+
+    #[tokio::test]
+    async fn the_lost_reply_only_into_plain_smtp_and_for_early_bytes_too() {
+        // A command sent before the handoff, never answered.
+        let (mut client, mut client_end) = duplex(256);
+        let (backend, mut backend_end) = duplex(256);
+        let relaying = tokio::spawn(async move {
+            let early = BytesMut::from(&b"MAIL FROM:<a@b>\r\n"[..]);
+            relay(&mut client_end, &mut backend_end, early, b"421 lost\r\n").await
+        });
+        drop(backend);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"421 lost\r\n");
+        assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
+        // TLS through the copy: a record after the backend's last bytes
+        // gets no plain-text reply.
+        let (mut client, mut client_end) = duplex(256);
+        let (mut backend, mut backend_end) = duplex(256);
+        let relaying = tokio::spawn(async move {
+            relay(
+                &mut client_end,
+                &mut backend_end,
+                BytesMut::new(),
+                b"421 lost\r\n",
+            )
+            .await
+        });
+        client
+            .write_all(&[22, 3, 1, 0, 5, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        let mut chunk = [0u8; 64];
+        let read = backend.read(&mut chunk).await.unwrap();
+        assert_eq!(read, 10);
+        backend.write_all(&[22, 3, 3, 0, 1, 9]).await.unwrap();
+        let read = client.read(&mut chunk).await.unwrap();
+        assert_eq!(read, 6);
+        client.write_all(&[23, 3, 3, 0, 1, 7]).await.unwrap();
+        assert_eq!(backend.read(&mut chunk).await.unwrap(), 6);
+        drop(backend);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
         drop(client);
         assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
     }

@@ -128,7 +128,11 @@ fn backend(toml: &mut Toml) {
 /// `[access]`: `postscreen_access_list` (one cidr table, and
 /// `permit_mynetworks` as `permit` networks) and its action.
 fn access(toml: &mut Toml, params: &Parameters) {
-    let list = params.list("postscreen_access_list");
+    // Unset, it is Postfix's default: permit_mynetworks.
+    let list = match params.raw("postscreen_access_list") {
+        Some(_) => params.list("postscreen_access_list"),
+        None => vec!["permit_mynetworks".to_string()],
+    };
     let action = params
         .value("postscreen_denylist_action")
         .or_else(|| params.value("postscreen_blacklist_action"));
@@ -154,19 +158,20 @@ fn access(toml: &mut Toml, params: &Parameters) {
                 );
                 continue;
             }
-            let networks: Vec<String> = params
-                .list("mynetworks")
-                .into_iter()
-                .map(|network| network.replace(['[', ']'], ""))
-                .filter(|network| {
-                    network.parse::<ipnet::IpNet>().is_ok()
-                        || network.parse::<std::net::IpAddr>().is_ok()
-                })
-                .map(|network| match network.parse::<std::net::IpAddr>() {
-                    Ok(ip) => ipnet::IpNet::from(ip).to_string(),
-                    Err(_) => network,
-                })
-                .collect();
+            let (networks, dropped) = mynetworks(params);
+            if dropped.iter().any(|item| item.starts_with('!')) {
+                toml.comment(&format!(
+                    "permit_mynetworks: mynetworks excludes {}; doorman's `permit` cannot, so",
+                    dropped.join(", ")
+                ));
+                toml.comment("write the networks as `permit` and `reject`/`dunno` lines of the cidr table instead.");
+                continue;
+            }
+            for item in &dropped {
+                toml.comment(&format!(
+                    "not translated: mynetworks entry {item} (an address or network is needed)"
+                ));
+            }
             toml.comment("permit_mynetworks, with main.cf's mynetworks:");
             toml.strings("permit", &networks);
         } else if let Some(path) = entry.strip_prefix("cidr:") {
@@ -223,9 +228,16 @@ fn dnsbl_and_score(toml: &mut Toml, params: &Parameters) {
         }
         let mut written = Vec::new();
         for (name, key, _) in dns {
-            if let Some(value) = params.duration(name).filter(|_| !written.contains(&key)) {
-                toml.raw(key, &value);
-                written.push(key);
+            let Some(raw) = params.value(name) else {
+                continue;
+            };
+            match params.duration(name) {
+                Some(value) if !written.contains(&key) => {
+                    toml.raw(key, &value);
+                    written.push(key);
+                }
+                Some(_) => {}
+                None => toml.comment(&format!("not translated: {name} = {raw}")),
             }
         }
     }
@@ -275,11 +287,8 @@ fn deep_tests(toml: &mut Toml, params: &Parameters) {
     }
     toml.table("deep_tests");
     for test in tests {
-        let enable = params.value(&format!("postscreen_{test}_enable"));
-        let mut fields = vec![format!(
-            "enable = {}",
-            matches!(enable.as_deref(), Some("yes" | "true" | "1"))
-        )];
+        let enable = params.flag(&format!("postscreen_{test}_enable"));
+        let mut fields = vec![format!("enable = {}", enable.unwrap_or(false))];
         if let Some(action) = params.value(&format!("postscreen_{test}_action")) {
             fields.push(format!("action = {}", write::quote(&action)));
         }
@@ -354,17 +363,29 @@ fn tls(toml: &mut Toml, params: &Parameters) {
     if !matches!(level.as_deref(), Some("may" | "encrypt")) {
         return;
     }
+    // smtpd_tls_chain_files lists each key before its certificate chain.
     let chains = params.list("smtpd_tls_chain_files");
-    let pairs: Vec<(String, String)> = match (
-        params.value("smtpd_tls_cert_file"),
-        params.value("smtpd_tls_key_file"),
-    ) {
-        _ if chains.len() >= 2 => vec![(chains[1].clone(), chains[0].clone())],
-        (Some(cert), Some(key)) if !cert.is_empty() => vec![(cert, key)],
-        (Some(cert), None) if !cert.is_empty() => vec![(cert.clone(), cert)],
-        _ => Vec::new(),
-    };
+    let mut pairs: Vec<(String, String)> = chains
+        .chunks(2)
+        .filter(|pair| pair.len() == 2)
+        .map(|pair| (pair[1].clone(), pair[0].clone()))
+        .collect();
+    for (cert, key) in [
+        ("smtpd_tls_cert_file", "smtpd_tls_key_file"),
+        ("smtpd_tls_eccert_file", "smtpd_tls_eckey_file"),
+    ] {
+        if !chains.is_empty() {
+            break;
+        }
+        if let Some(cert) = params.value(cert).filter(|cert| !cert.is_empty()) {
+            let key = params.value(key).filter(|key| !key.is_empty());
+            pairs.push((cert.clone(), key.unwrap_or(cert)));
+        }
+    }
     if pairs.is_empty() {
+        toml.comment(
+            "STARTTLS was on, but no certificate pair was found in main.cf: add [tls] by hand.",
+        );
         return;
     }
     toml.table("tls");
@@ -397,3 +418,21 @@ fn not_translated(toml: &mut Toml, params: &Parameters) {
 
 #[cfg(test)]
 mod tests;
+
+/// main.cf's `mynetworks` as networks doorman can permit, and the entries
+/// it cannot (exclusions, tables, host names), as written.
+fn mynetworks(params: &Parameters) -> (Vec<String>, Vec<String>) {
+    let mut networks = Vec::new();
+    let mut dropped = Vec::new();
+    for item in params.list("mynetworks") {
+        let bare = item.replace(['[', ']'], "");
+        if let Ok(network) = bare.parse::<ipnet::IpNet>() {
+            networks.push(network.to_string());
+        } else if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            networks.push(ipnet::IpNet::from(ip).to_string());
+        } else {
+            dropped.push(item);
+        }
+    }
+    (networks, dropped)
+}

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 /// How deep `$` expansions may nest (a loop `a = $b`, `b = $a` stops).
 const MAX_DEPTH: usize = 10;
 
+/// The longest a parameter's expanded value may grow, so references that
+/// fan out (`a = $a$a$a...`) stop as a loop does, in bounded time.
+const MAX_EXPANDED: usize = 64 * 1024;
+
 /// The parameters of a main.cf (or of `postconf -n`).
 #[derive(Clone, Debug, Default)]
 pub struct Parameters {
@@ -66,6 +70,12 @@ impl Parameters {
             .unwrap_or_default()
     }
 
+    /// A boolean parameter as Postfix reads it (`yes`/`no`, in any case).
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        self.value(name)
+            .map(|value| value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("true"))
+    }
+
     /// A time parameter as a TOML duration string (`"6s"`); a bare number
     /// is seconds, as Postfix reads it; `None` when it is not a time.
     pub fn duration(&self, name: &str) -> Option<String> {
@@ -91,7 +101,6 @@ impl Parameters {
             "stress" => Some(""),
             "default_process_limit" => Some("100"),
             "smtpd_client_connection_count_limit" => Some("50"),
-            "postscreen_dnsbl_ttl" => Some("1h"),
             _ => None,
         }
     }
@@ -99,7 +108,7 @@ impl Parameters {
     /// `text` with every `$name`, `${name}`, `$(name)`, `${name?value}`,
     /// `${name:value}` and `${name?{a}:{b}}` replaced.
     fn expand(&self, text: &str, depth: usize) -> String {
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || text.len() > MAX_EXPANDED {
             return text.to_string();
         }
         let mut out = String::with_capacity(text.len());
@@ -128,6 +137,10 @@ impl Parameters {
             };
             out.push_str(&self.substitute(inner, depth));
             rest = &after[used..];
+            if out.len() > MAX_EXPANDED {
+                out.truncate(MAX_EXPANDED);
+                return out;
+            }
         }
         out.push_str(rest);
         out
@@ -153,8 +166,8 @@ impl Parameters {
                         true => when_unset,
                         false => when_set,
                     },
-                    ("?", None) if !value.is_empty() => rest,
-                    (":", _) if value.is_empty() => rest,
+                    ("?", None) if !value.is_empty() => unbraced(rest),
+                    (":", _) if value.is_empty() => unbraced(rest),
                     _ => "",
                 };
                 self.expand(chosen, depth + 1)
@@ -177,6 +190,15 @@ fn closing(text: &str, open: char, close: char) -> Option<usize> {
         }
     }
     None
+}
+
+/// A conditional's value without the braces Postfix 3 allows around it
+/// (`${name?{value}}`).
+fn unbraced(text: &str) -> &str {
+    match closing(text, '{', '}') {
+        Some(end) if text.starts_with('{') && end + 1 == text.len() => &text[1..end],
+        _ => text,
+    }
 }
 
 /// The `{a}:{b}` form of a conditional's branches.

@@ -105,3 +105,69 @@ fn a_typical_postscreen_set_up_becomes_a_config_doorman_loads() {
     assert_eq!(config.listeners[0].address.port(), 25);
     assert_eq!(config.score.threshold, 3);
 }
+
+#[test]
+fn hostile_and_odd_main_cf_values_are_bounded_and_said() {
+    // References that fan out end in bounded time.
+    let fan = format!("a = {}\nmyhostname = $a\n", "$a".repeat(16));
+    let started = std::time::Instant::now();
+    let toml = from_postfix(&fan, None);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(toml.len() < 200_000);
+    // An exclusion in mynetworks is never widened into a permit.
+    let excluded = from_postfix(
+        "mynetworks = !192.168.1.5, 192.168.0.0/16, hash:/etc/postfix/net\n\
+         postscreen_access_list = permit_mynetworks\n",
+        None,
+    );
+    assert!(!excluded.contains("permit = ["), "{excluded}");
+    assert!(
+        excluded.contains("mynetworks excludes !192.168.1.5"),
+        "{excluded}"
+    );
+    let table = from_postfix("mynetworks = 10.0.0.0/8, hash:/etc/postfix/net\n", None);
+    assert!(table.contains("permit = [\"10.0.0.0/8\"]"), "{table}");
+    assert!(
+        table.contains("not translated: mynetworks entry hash:/etc/postfix/net"),
+        "{table}"
+    );
+    // Postfix's defaults: the access list is permit_mynetworks; booleans
+    // in any case; postscreen_dnsbl_ttl unset; `${x?{value}}`.
+    let defaults = from_postfix(
+        "mynetworks = 127.0.0.0/8\npostscreen_pipelining_enable = YES\n\
+         postscreen_dnsbl_sites = a.test\n\
+         postscreen_dnsbl_max_ttl = ${postscreen_dnsbl_ttl?{$postscreen_dnsbl_ttl}:{1}}h\n\
+         postscreen_greet_ttl = ${myhostname?{2d}}\nmyhostname = mx.test\n",
+        None,
+    );
+    assert!(
+        defaults.contains("permit = [\"127.0.0.0/8\"]"),
+        "{defaults}"
+    );
+    assert!(
+        defaults.contains("pipelining = { enable = true }"),
+        "{defaults}"
+    );
+    assert!(defaults.contains("max_ttl = \"1h\""), "{defaults}");
+    assert!(defaults.contains("ttl = \"2d\""), "{defaults}");
+    // A CR in a value cannot break the file.
+    let cr = from_postfix("postscreen_cache_map = btree:x\ry\n", None);
+    assert!(
+        cr.contains("# not translated: postscreen_cache_map = btree:x?y"),
+        "{cr:?}"
+    );
+    // Every key/certificate pair of smtpd_tls_chain_files.
+    let chains = from_postfix(
+        "postscreen_tls_security_level = may\n\
+         smtpd_tls_chain_files = rsa.key, rsa.pem, ec.key, ec.pem\n",
+        None,
+    );
+    assert!(
+        chains.contains("chain = \"rsa.pem\"\nkey = \"rsa.key\""),
+        "{chains}"
+    );
+    assert!(
+        chains.contains("chain = \"ec.pem\"\nkey = \"ec.key\""),
+        "{chains}"
+    );
+}

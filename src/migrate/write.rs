@@ -8,8 +8,13 @@ pub(super) struct Toml {
 }
 
 impl Toml {
-    /// `# text`.
+    /// `# text`, its control characters (a CR in main.cf) as `?`, which a
+    /// TOML comment could not hold.
     pub fn comment(&mut self, text: &str) {
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+            .collect();
         self.text.push_str(&format!("# {text}\n"));
     }
 
