@@ -200,10 +200,7 @@ pub fn recipient(config: &Config, rcpt: &str) -> String {
     use crate::config::Balance;
     use crate::handoff::balance::{order, Affinity, Candidate};
     let mut out = String::new();
-    let routed = config
-        .clusters
-        .iter()
-        .filter(|(_, section)| section.by_recipient());
+    let routed = config.recipient_clusters();
     let mut any = false;
     for (cluster, section) in routed {
         any = true;

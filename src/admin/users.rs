@@ -40,12 +40,7 @@ pub(super) async fn users(
         return error(StatusCode::BAD_REQUEST, "address=ADDR is needed");
     };
     let config = &shared.config;
-    let routed: Vec<&String> = config
-        .clusters
-        .iter()
-        .filter(|(_, section)| section.by_recipient())
-        .map(|(name, _)| name)
-        .collect();
+    let routed: Vec<&String> = config.recipient_clusters().map(|(name, _)| name).collect();
     let cluster =
         match query_value(query, "cluster") {
             Some(cluster) => cluster,

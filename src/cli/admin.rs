@@ -257,12 +257,7 @@ pub(crate) fn user_command(action: UserAction) -> anyhow::Result<()> {
 /// The cluster balanced by recipient that `doorman user` works on:
 /// `named` (`--cluster`), or the config's only one.
 fn recipient_cluster(config: &Config, named: Option<&str>) -> anyhow::Result<String> {
-    let routed: Vec<&String> = config
-        .clusters
-        .iter()
-        .filter(|(_, section)| section.by_recipient())
-        .map(|(name, _)| name)
-        .collect();
+    let routed: Vec<&String> = config.recipient_clusters().map(|(name, _)| name).collect();
     let show = |names: &[&String]| {
         names
             .iter()

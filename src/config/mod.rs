@@ -218,6 +218,13 @@ impl Config {
             .filter(|section| section.by_recipient())
     }
 
+    /// The clusters balanced by recipient, with their sections, by name.
+    pub fn recipient_clusters(&self) -> impl Iterator<Item = (&String, &ClusterSection)> {
+        self.clusters
+            .iter()
+            .filter(|(_, section)| section.by_recipient())
+    }
+
     /// How `cluster` picks a backend: its own `balance`, else `[pool]`'s.
     pub fn balance_of(&self, cluster: &str) -> Balance {
         self.clusters

@@ -301,19 +301,29 @@ mod tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
+    /// A relay between two duplex pairs of `size` bytes, with `early`
+    /// bytes and the lost reply `421 lost`: the client's end, the
+    /// backend's end, and the relay's task.
+    fn start_relay(
+        size: usize,
+        early: &[u8],
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<Ended, RelayError>>,
+    ) {
+        let (client, mut client_end) = duplex(size);
+        let (backend, mut backend_end) = duplex(size);
+        let early = BytesMut::from(early);
+        let task = tokio::spawn(async move {
+            relay(&mut client_end, &mut backend_end, early, b"421 lost\r\n").await
+        });
+        (client, backend, task)
+    }
+
     #[tokio::test]
     async fn early_bytes_go_first_and_both_directions_close() {
-        let (mut client, mut client_end) = duplex(64);
-        let (mut backend, mut backend_end) = duplex(64);
-        let relaying = tokio::spawn(async move {
-            relay(
-                &mut client_end,
-                &mut backend_end,
-                BytesMut::from(&b"EHLO a\r\n"[..]),
-                b"421 lost\r\n",
-            )
-            .await
-        });
+        let (mut client, mut backend, relaying) = start_relay(64, b"EHLO a\r\n");
         client.write_all(b"QUIT\r\n").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -351,17 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_proxy_header_never_reaches_the_backend() {
-        let (mut client, mut client_end) = duplex(256);
-        let (mut backend, mut backend_end) = duplex(256);
-        let relaying = tokio::spawn(async move {
-            relay(
-                &mut client_end,
-                &mut backend_end,
-                BytesMut::from(&b"PRO"[..]),
-                b"",
-            )
-            .await
-        });
+        let (mut client, mut backend, relaying) = start_relay(256, b"PRO");
         client
             .write_all(b"XY TCP4 1.2.3.4 5.6.7.8 1 2\r\nMAIL FROM:<a@b>\r\n")
             .await
@@ -377,17 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backend_that_leaves_a_waiting_client_gives_it_the_lost_reply() {
-        let (mut client, mut client_end) = duplex(256);
-        let (mut backend, mut backend_end) = duplex(256);
-        let relaying = tokio::spawn(async move {
-            relay(
-                &mut client_end,
-                &mut backend_end,
-                BytesMut::new(),
-                b"421 lost\r\n",
-            )
-            .await
-        });
+        let (mut client, mut backend, relaying) = start_relay(256, b"");
         backend.write_all(b"250 ok\r\n").await.unwrap();
         let mut chunk = [0u8; 64];
         let read = client.read(&mut chunk).await.unwrap();
@@ -404,18 +394,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_and_the_close_in_one_read_get_no_lost_reply() {
-        let (mut client, mut client_end) = duplex(256);
-        let (mut backend, mut backend_end) = duplex(256);
+        let (mut client, mut backend, relaying) = start_relay(256, b"");
         client.write_all(b"QUIT\r\n").await.unwrap();
-        let relaying = tokio::spawn(async move {
-            relay(
-                &mut client_end,
-                &mut backend_end,
-                BytesMut::new(),
-                b"421 lost\r\n",
-            )
-            .await
-        });
         let mut chunk = [0u8; 64];
         let read = backend.read(&mut chunk).await.unwrap();
         assert_eq!(&chunk[..read], b"QUIT\r\n");
@@ -432,12 +412,7 @@ mod tests {
     #[tokio::test]
     async fn the_lost_reply_only_into_plain_smtp_and_for_early_bytes_too() {
         // A command sent before the handoff, never answered.
-        let (mut client, mut client_end) = duplex(256);
-        let (backend, mut backend_end) = duplex(256);
-        let relaying = tokio::spawn(async move {
-            let early = BytesMut::from(&b"MAIL FROM:<a@b>\r\n"[..]);
-            relay(&mut client_end, &mut backend_end, early, b"421 lost\r\n").await
-        });
+        let (mut client, backend, relaying) = start_relay(256, b"MAIL FROM:<a@b>\r\n");
         drop(backend);
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
@@ -445,17 +420,7 @@ mod tests {
         assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
         // TLS through the copy: a record after the backend's last bytes
         // gets no plain-text reply.
-        let (mut client, mut client_end) = duplex(256);
-        let (mut backend, mut backend_end) = duplex(256);
-        let relaying = tokio::spawn(async move {
-            relay(
-                &mut client_end,
-                &mut backend_end,
-                BytesMut::new(),
-                b"421 lost\r\n",
-            )
-            .await
-        });
+        let (mut client, mut backend, relaying) = start_relay(256, b"");
         client
             .write_all(&[22, 3, 1, 0, 5, 1, 2, 3, 4, 5])
             .await
