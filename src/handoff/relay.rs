@@ -123,6 +123,22 @@ impl Pump {
         .into()))
     }
 
+    /// The reader ended (closed or reset). Decided now, not before the
+    /// poll (the answer and the end may arrive in one): when the other
+    /// side's last bytes came after this side's, `at_end`'s reply goes
+    /// after the last bytes. Whether it did.
+    fn end(&mut self, at_end: Option<(&[u8], u64)>) -> bool {
+        self.state = Pumping::Ended;
+        match at_end {
+            Some((reply, other_read)) if other_read > self.last_read => {
+                self.buffer.extend_from_slice(reply);
+                self.lost = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Copies from `from` to `to`; ready once `from` has ended and all of
     /// it is written and flushed. Each read ticks `clock`. `at_end`, if
     /// any, is a reply and when the other direction last read: when `from`
@@ -186,15 +202,7 @@ impl Pump {
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => {
-                    // Decided now, not before the call: the answer and
-                    // the end may arrive in one poll.
-                    if let Some((reply, other_read)) = at_end {
-                        if other_read > self.last_read {
-                            self.buffer.extend_from_slice(reply);
-                            self.lost = true;
-                        }
-                    }
-                    self.state = Pumping::Ended;
+                    self.end(at_end);
                 }
                 Poll::Ready(Ok(read)) => {
                     *clock += 1;
@@ -204,7 +212,13 @@ impl Pump {
                     // A TLS record: content type 20-23, then version 3.x.
                     self.binary |= matches!(fresh, [20..=23, 3, ..]);
                 }
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                // A peer that resets (a killed backend) ends as one that
+                // closes, for the side that waits for its answer.
+                Poll::Ready(Err(error)) => {
+                    if !self.end(at_end) {
+                        return Poll::Ready(Err(error.into()));
+                    }
+                }
             }
         }
     }
@@ -297,147 +311,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
-
-    /// A relay between two duplex pairs of `size` bytes, with `early`
-    /// bytes and the lost reply `421 lost`: the client's end, the
-    /// backend's end, and the relay's task.
-    fn start_relay(
-        size: usize,
-        early: &[u8],
-    ) -> (
-        tokio::io::DuplexStream,
-        tokio::io::DuplexStream,
-        tokio::task::JoinHandle<Result<Ended, RelayError>>,
-    ) {
-        let (client, mut client_end) = duplex(size);
-        let (backend, mut backend_end) = duplex(size);
-        let early = BytesMut::from(early);
-        let task = tokio::spawn(async move {
-            relay(&mut client_end, &mut backend_end, early, b"421 lost\r\n").await
-        });
-        (client, backend, task)
-    }
-
-    #[tokio::test]
-    async fn early_bytes_go_first_and_both_directions_close() {
-        let (mut client, mut backend, relaying) = start_relay(64, b"EHLO a\r\n");
-        client.write_all(b"QUIT\r\n").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 64];
-        while !got.ends_with(b"QUIT\r\n") {
-            let read = backend.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..read]);
-        }
-        assert_eq!(got, b"EHLO a\r\nQUIT\r\n");
-        assert_eq!(backend.read(&mut chunk).await.unwrap(), 0, "the half-close");
-        backend.write_all(b"221 Bye\r\n").await.unwrap();
-        drop(backend);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"221 Bye\r\n", "no 421 after the backend's answer");
-        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_peer_that_stops_reading_is_let_go() {
-        let (_client, mut client_end) = duplex(64);
-        let (mut backend, mut backend_end) = duplex(64 * 1024);
-        let relaying = tokio::spawn(async move {
-            relay(&mut client_end, &mut backend_end, BytesMut::new(), b"").await
-        });
-        // The client never reads: the backend's bytes fill its side.
-        backend.write_all(&[b'x'; 32 * 1024]).await.unwrap();
-        let started = tokio::time::Instant::now();
-        match relaying.await.unwrap() {
-            Err(RelayError::Io(error)) => assert_eq!(error.kind(), io::ErrorKind::TimedOut),
-            other => panic!("{other:?}"),
-        }
-        assert!(started.elapsed() >= WRITE_STALL);
-    }
-
-    #[tokio::test]
-    async fn a_proxy_header_never_reaches_the_backend() {
-        let (mut client, mut backend, relaying) = start_relay(256, b"PRO");
-        client
-            .write_all(b"XY TCP4 1.2.3.4 5.6.7.8 1 2\r\nMAIL FROM:<a@b>\r\n")
-            .await
-            .unwrap();
-        match relaying.await.unwrap() {
-            Err(RelayError::ProxyHeader(input)) => assert!(input.starts_with(b"PROXY TCP4")),
-            other => panic!("{other:?}"),
-        }
-        let mut got = Vec::new();
-        backend.read_to_end(&mut got).await.unwrap();
-        assert!(got.is_empty(), "{got:?}");
-    }
-
-    #[tokio::test]
-    async fn a_backend_that_leaves_a_waiting_client_gives_it_the_lost_reply() {
-        let (mut client, mut backend, relaying) = start_relay(256, b"");
-        backend.write_all(b"250 ok\r\n").await.unwrap();
-        let mut chunk = [0u8; 64];
-        let read = client.read(&mut chunk).await.unwrap();
-        assert_eq!(&chunk[..read], b"250 ok\r\n");
-        client.write_all(b"MAIL FROM:<a@b>\r\n").await.unwrap();
-        let read = backend.read(&mut chunk).await.unwrap();
-        assert_eq!(&chunk[..read], b"MAIL FROM:<a@b>\r\n");
-        drop(backend);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"421 lost\r\n");
-        assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
-    }
-
-    #[tokio::test]
-    async fn an_answer_and_the_close_in_one_read_get_no_lost_reply() {
-        let (mut client, mut backend, relaying) = start_relay(256, b"");
-        client.write_all(b"QUIT\r\n").await.unwrap();
-        let mut chunk = [0u8; 64];
-        let read = backend.read(&mut chunk).await.unwrap();
-        assert_eq!(&chunk[..read], b"QUIT\r\n");
-        // The answer and the close, before the relay polls again.
-        backend.write_all(b"221 bye\r\n").await.unwrap();
-        drop(backend);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"221 bye\r\n");
-        drop(client);
-        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
-    }
-
-    #[tokio::test]
-    async fn the_lost_reply_only_into_plain_smtp_and_for_early_bytes_too() {
-        // A command sent before the handoff, never answered.
-        let (mut client, backend, relaying) = start_relay(256, b"MAIL FROM:<a@b>\r\n");
-        drop(backend);
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"421 lost\r\n");
-        assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
-        // TLS through the copy: a record after the backend's last bytes
-        // gets no plain-text reply.
-        let (mut client, mut backend, relaying) = start_relay(256, b"");
-        client
-            .write_all(&[22, 3, 1, 0, 5, 1, 2, 3, 4, 5])
-            .await
-            .unwrap();
-        let mut chunk = [0u8; 64];
-        let read = backend.read(&mut chunk).await.unwrap();
-        assert_eq!(read, 10);
-        backend.write_all(&[22, 3, 3, 0, 1, 9]).await.unwrap();
-        let read = client.read(&mut chunk).await.unwrap();
-        assert_eq!(read, 6);
-        client.write_all(&[23, 3, 3, 0, 1, 7]).await.unwrap();
-        assert_eq!(backend.read(&mut chunk).await.unwrap(), 6);
-        drop(backend);
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "{rest:?}");
-        drop(client);
-        assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
-    }
-}
+#[path = "relay_tests.rs"]
+mod tests;
