@@ -28,9 +28,12 @@ SCREENING_LIMIT = 1000
 FILLER_IP = "198.51.100.7"
 # RSS "back to baseline": what the flood added beyond the baseline must be
 # given back but for this share of it, or this much, whichever is more: the
-# pass and DNS caches keep what they learned of the flood's addresses.
+# pass and DNS caches keep what they learned of the flood's addresses, and
+# so do the connection-rate tables (a network and its wider network each,
+# and the networks at their limit) and the DNS failure cache. Measured
+# after 10,000 slowloris: 5.3 to 8.0 MiB kept.
 RSS_KEPT_SHARE = 0.10
-RSS_KEPT_KIB = 8192
+RSS_KEPT_KIB = 12288
 
 
 def fds(pid):
