@@ -385,9 +385,10 @@ fn a_reload_keeps_the_live_sessions_counted_and_stops_probing_what_it_removed() 
     read_to_close(&mut held);
 }
 
-/// A backend that greets a client, reads its first command and hangs up
-/// without a reply (its probes get answers).
-fn backend_that_dies_after_a_command() -> SocketAddr {
+/// A backend that answers a client as smtpd does until the line that
+/// starts with `stage` (`"."`: the end of DATA), where it hangs up without
+/// a reply; its probes get answers.
+fn backend_that_dies_at(stage: &'static str) -> SocketAddr {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -400,12 +401,19 @@ fn backend_that_dies_after_a_command() -> SocketAddr {
                     return;
                 };
                 let _ = writer.write_all(b"220 dying.test ESMTP\r\n");
-                let mut line = String::new();
+                let (mut line, mut in_data) = (String::new(), false);
                 while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                    if !probe {
+                    if !probe && line.starts_with(stage) && (!in_data || line == ".\r\n") {
                         return;
                     }
-                    let _ = writer.write_all(b"250 ok\r\n");
+                    let reply: &[u8] = match (in_data, line.as_str()) {
+                        (true, ".\r\n") => b"250 2.0.0 Ok: queued\r\n",
+                        (true, _) => b"",
+                        (false, text) if text.starts_with("DATA") => b"354 go ahead\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    in_data = (in_data && line != ".\r\n") || line.starts_with("DATA");
+                    let _ = writer.write_all(reply);
                     line.clear();
                 }
             });
@@ -415,21 +423,45 @@ fn backend_that_dies_after_a_command() -> SocketAddr {
 }
 
 /// The byte copy too: a backend that hangs up while the client waits for
-/// its reply gets the client smtpd's 421, never a bare close, logged and
-/// counted.
+/// its reply, at any stage of a transaction, gets the client smtpd's 421,
+/// never a bare close, logged and counted.
 #[test]
-fn a_backend_lost_in_the_byte_copy_gets_the_client_a_421() {
-    let backend = backend_that_dies_after_a_command();
-    let doorman = Doorman::start(&pool_config(&[(backend, "")], ""), "127.0.0.1\n");
-    let mut client = connect_as(&doorman, "203.0.113.9");
-    assert_eq!(read_line(&mut client), "220 dying.test ESMTP\r\n");
-    client.write_all(b"EHLO client.test\r\n").unwrap();
-    assert_eq!(
-        read_to_close(&mut client),
-        "421 4.4.2 mx.doorman.test Error: lost connection with the backend\r\n"
-    );
-    let line = doorman
-        .log
-        .wait_for("lost connection with backend", Duration::from_secs(5));
-    assert!(line.contains("after RELAY for [203.0.113.9]"), "{line}");
+fn a_backend_lost_in_the_byte_copy_gets_the_client_a_421_at_every_stage() {
+    let dialogue: [&str; 5] = [
+        "EHLO client.test\r\n",
+        "MAIL FROM:<a@client.test>\r\n",
+        "RCPT TO:<b@doorman.test>\r\n",
+        "DATA\r\n",
+        "Subject: x\r\n\r\nbody\r\n.\r\n",
+    ];
+    for (at, stage) in ["EHLO", "MAIL", "RCPT", "DATA", "."]
+        .into_iter()
+        .enumerate()
+    {
+        let backend = backend_that_dies_at(stage);
+        let doorman = Doorman::start(&pool_config(&[(backend, "")], ""), "127.0.0.1\n");
+        let mut client = connect_as(&doorman, "203.0.113.9");
+        assert_eq!(read_line(&mut client), "220 dying.test ESMTP\r\n");
+        for line in &dialogue[..at] {
+            client.write_all(line.as_bytes()).unwrap();
+            let answer = read_line(&mut client);
+            assert!(
+                answer.starts_with('2') || answer.starts_with('3'),
+                "{stage}: {answer}"
+            );
+        }
+        client.write_all(dialogue[at].as_bytes()).unwrap();
+        assert_eq!(
+            read_to_close(&mut client),
+            "421 4.4.2 mx.doorman.test Error: lost connection with the backend\r\n",
+            "{stage}"
+        );
+        let line = doorman
+            .log
+            .wait_for("lost connection with backend", Duration::from_secs(5));
+        assert!(
+            line.contains("after RELAY for [203.0.113.9]"),
+            "{stage}: {line}"
+        );
+    }
 }
