@@ -25,7 +25,7 @@ use doorman_gate_api::Stage;
 pub(super) use super::backend_side::BackendSide;
 use super::command::Incoming;
 use super::message::END_OF_MESSAGE;
-use super::relay_mode::{has_parameter, RelayMode};
+use super::relay_mode::RelayMode;
 use super::*;
 use crate::config::{BareNewline, RecipientKey};
 use crate::smtp::address::{parse_path, PathError};
@@ -360,12 +360,12 @@ impl<S: ClientIo> Session<Channel<S>> {
     where
         B: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let sender = match parse_path(argument, "FROM:") {
-            Ok(path) => path.address,
+        let path = match parse_path(argument, "FROM:") {
+            Ok(path) => path,
             Err(PathError::Syntax) => return self.answer(reply::MAIL_SYNTAX).await,
             Err(PathError::Address) => return self.answer(reply::SENDER_SYNTAX).await,
         };
-        if let Some(next) = self.judge(talk, Stage::Mail, &sender).await {
+        if let Some(next) = self.judge(talk, Stage::Mail, &path.address).await {
             return next;
         }
         let limit = talk.reply_time();
@@ -375,10 +375,10 @@ impl<S: ClientIo> Session<Channel<S>> {
         self.send_bytes(&answer).await;
         if answer.starts_with(b"2") {
             if let Some(relay) = talk.relay.as_mut() {
-                relay.smtputf8 = has_parameter(raw, "SMTPUTF8");
+                relay.smtputf8 = path.parameter("SMTPUTF8").is_some();
             }
             end_transaction(&mut talk.envelope);
-            talk.envelope.sender = Some(sender);
+            talk.envelope.sender = Some(path.address);
             talk.envelope.transaction = next_transaction();
         }
         Next::Go

@@ -27,6 +27,7 @@ use super::handoff::{accepted, Answer, Replay};
 use super::*;
 use crate::handoff::TlsHandoff;
 use crate::log::RefusedRcpt;
+use crate::smtp::address::parse_path;
 use crate::smtp::engine::Transaction;
 use crate::smtp::response::without_keywords;
 
@@ -106,7 +107,10 @@ impl<S: ClientIo> Session<Channel<S>> {
                     .await;
             }
         }
-        let smtputf8 = has_parameter(&transaction.mail_line, "SMTPUTF8");
+        // The engine took the MAIL line only once it parsed.
+        let (_, argument) = Line::from_bytes(&transaction.mail_line).split();
+        let smtputf8 =
+            parse_path(&argument, "FROM:").is_ok_and(|path| path.parameter("SMTPUTF8").is_some());
         // MAIL and RCPT one at a time, as Postfix's proxy sends them.
         let replay = Replay {
             lines: vec![transaction.mail_line, transaction.rcpt_line],
@@ -218,36 +222,5 @@ impl<S: ClientIo> Session<Channel<S>> {
             "AUTH" => Some(self.answer(reply::AUTH_NOT_ENABLED).await),
             _ => None,
         }
-    }
-}
-
-/// Whether a MAIL line (or its argument) carries the ESMTP parameter
-/// `name`, in any case.
-pub(super) fn has_parameter(line: &[u8], name: &str) -> bool {
-    String::from_utf8_lossy(line)
-        .split_ascii_whitespace()
-        .skip(1)
-        .any(|word| {
-            let keyword = word.split_once('=').map_or(word, |(keyword, _)| keyword);
-            keyword.eq_ignore_ascii_case(name)
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_parameter;
-
-    #[test]
-    fn parameters_are_found_in_any_case_but_not_in_the_address() {
-        assert!(has_parameter(b"MAIL FROM:<a@b> smtputf8\r\n", "SMTPUTF8"));
-        assert!(has_parameter(
-            b"FROM:<a@b> BODY=8BITMIME SMTPUTF8",
-            "SMTPUTF8"
-        ));
-        assert!(!has_parameter(b"MAIL FROM:<SMTPUTF8@b>\r\n", "SMTPUTF8"));
-        assert!(!has_parameter(
-            b"MAIL FROM:<a@b> BODY=8BITMIME\r\n",
-            "SMTPUTF8"
-        ));
     }
 }

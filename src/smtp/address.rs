@@ -22,6 +22,19 @@ pub struct Path {
     pub parameters: String,
 }
 
+impl Path {
+    /// The value of ESMTP parameter `name` (any case; `""` for a keyword
+    /// without a value), if the path carries it.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .split_ascii_whitespace()
+            .find_map(|parameter| {
+                let (keyword, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+                keyword.eq_ignore_ascii_case(name).then_some(value)
+            })
+    }
+}
+
 /// Why an argument is not a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -278,6 +291,17 @@ mod tests {
             });
             assert_eq!(got, want, "{argument:?} with {keyword:?}");
         }
+    }
+
+    #[test]
+    fn parameters_are_found_in_any_case_and_never_in_the_address() {
+        let path = parse_path("FROM:<a@b> size=5 smtputf8 BODY=8BITMIME", "FROM:").unwrap();
+        assert_eq!(path.parameter("SIZE"), Some("5"));
+        assert_eq!(path.parameter("SMTPUTF8"), Some(""));
+        assert_eq!(path.parameter("body"), Some("8BITMIME"));
+        assert_eq!(path.parameter("RET"), None);
+        let address = parse_path("FROM:<SMTPUTF8@b>", "FROM:").unwrap();
+        assert_eq!(address.parameter("SMTPUTF8"), None);
     }
 
     #[test]

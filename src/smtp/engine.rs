@@ -13,7 +13,7 @@
 use crate::log::RefusedRcpt;
 use doorman_gate_api::{ClientNames, Envelope, Stage as GateStage};
 
-use super::address::{parse_path, PathError};
+use super::address::{parse_path, Path, PathError};
 use super::line::Line;
 use super::reply;
 use super::response::{announces, keyword_name, size_limit};
@@ -233,14 +233,13 @@ impl Engine {
 
     /// Whether MAIL's `parameters` declare a SIZE past the one the engine
     /// announced (the backend's), as smtpd refuses it at MAIL.
-    fn too_large(&self, parameters: &str) -> bool {
+    fn too_large(&self, from: &Path) -> bool {
         let Some(limit) = self.keywords.as_ref().and_then(|k| size_limit(k)) else {
             return false;
         };
-        parameters.split_ascii_whitespace().any(|parameter| {
-            let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
-            name.eq_ignore_ascii_case("SIZE") && value.parse::<u64>().is_ok_and(|size| size > limit)
-        })
+        from.parameter("SIZE")
+            .and_then(|size| size.parse::<u64>().ok())
+            .is_some_and(|size| size > limit)
     }
 
     /// The EHLO reply the engine gives (the backend's keywords less the
@@ -413,9 +412,7 @@ impl Engine {
             }
             "MAIL" if self.from.is_some() => Step::reply(reply::NESTED_MAIL),
             "MAIL" => match parse_path(argument, "FROM:") {
-                Ok(from) if self.too_large(&from.parameters) => {
-                    Step::reply(reply::SIZE_EXCEEDS_LIMIT)
-                }
+                Ok(from) if self.too_large(&from) => Step::reply(reply::SIZE_EXCEEDS_LIMIT),
                 Ok(from) => {
                     self.from = Some(from.address);
                     self.mail_line = raw;
