@@ -7,6 +7,7 @@
 
 mod backend;
 mod faults;
+mod inside_tls;
 mod postfix;
 
 use std::io::Write;
