@@ -42,3 +42,14 @@ impl<B: AsyncRead + AsyncWrite + Unpin> BackendSide<B> {
         read_reply(&mut self.stream, &mut self.pending, limit).await
     }
 }
+
+impl BackendSide<Channel<TcpStream>> {
+    /// Sends `line` and reads the backend's whole reply within `limit`,
+    /// the reply's packets acknowledged at once (doorman's first command
+    /// after a TLS handshake: see [`Channel::acknowledge_at_once`]).
+    pub async fn ask_at_once(&mut self, line: &[u8], limit: Duration) -> io::Result<Vec<u8>> {
+        self.write(line).await?;
+        self.stream.acknowledge_at_once();
+        read_reply(&mut self.stream, &mut self.pending, limit).await
+    }
+}

@@ -299,6 +299,7 @@ impl<S: ClientIo> Session<Channel<S>> {
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "the backend does not read")
                 })??;
+            backend.acknowledge_at_once();
             let mut refused = false;
             for line in group {
                 let answer = read_reply(backend, pending, limit).await?;

@@ -89,7 +89,7 @@ impl<S: ClientIo> Session<Channel<S>> {
             address,
         };
         let greeted = match greeting.starts_with(b"220") {
-            true => backend.ask(&ehlo, limit).await,
+            true => backend.ask_at_once(&ehlo, limit).await,
             false => Ok(greeting),
         };
         match greeted {

@@ -66,6 +66,29 @@ impl<S> Channel<S> {
     }
 }
 
+impl Channel<tokio::net::TcpStream> {
+    /// After doorman's write that waits for an answer inside TLS: the
+    /// kernel acknowledges what the peer sends next at once
+    /// (`TCP_QUICKACK`), instead of holding the ACK for up to 40 ms.
+    ///
+    /// Right after a TLS 1.3 handshake a server writes twice in a row:
+    /// its session tickets (as soon as it reads doorman's Finished), then
+    /// the answer to doorman's first command. A server that leaves
+    /// Nagle's algorithm on (Postfix's smtpd does) holds that answer until
+    /// the tickets are acknowledged, and doorman, with nothing more to
+    /// send, would acknowledge them only when its delayed-ACK timer
+    /// fires: measured, 43 ms of every session replayed into Postfix over
+    /// STARTTLS. The kernel goes back to delaying ACKs on its own when the
+    /// dialogue turns interactive, so this is asked again after each
+    /// write that waits. Plain text needs none of it: there a server's
+    /// answer is one write.
+    pub fn acknowledge_at_once(&self) {
+        if let Channel::Tls(stream) = self {
+            let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_quickack(true);
+        }
+    }
+}
+
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed")
 }
