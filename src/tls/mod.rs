@@ -6,6 +6,7 @@
 //! - [`channel`]: a socket before or after STARTTLS, read and written as
 //!   one type.
 //! - [`backend`]: the client side, for STARTTLS to a backend.
+//! - [`suites`]: which cipher suite a client gets.
 //! - [`summary`]: a session in Postfix's words (`TLSv1.3 with cipher ...`).
 //! - [`validity`]: a certificate's validity period, and the warning when
 //!   it is over, has not begun or ends soon.
@@ -21,6 +22,7 @@
 pub mod backend;
 pub mod certificates;
 pub mod channel;
+pub mod suites;
 pub mod summary;
 pub mod validity;
 
@@ -30,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 pub use channel::Channel;
 pub use summary::TlsSummary;
@@ -107,7 +109,10 @@ impl HandshakeError {
 /// The engine's side of STARTTLS: its certificates and limits.
 #[derive(Clone)]
 pub struct ServerTls {
-    acceptor: TlsAcceptor,
+    /// The config that picks the cipher suite in doorman's order.
+    server_order: Arc<ServerConfig>,
+    /// The same, honouring the client's order (see [`suites`]).
+    client_order: Arc<ServerConfig>,
     timeout: Duration,
     /// Each certificate's chain file and its leaf's expiry (Unix time).
     expiries: Vec<(String, i64)>,
@@ -156,12 +161,10 @@ impl ServerTls {
                 ))
             })
             .collect();
-        let mut config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver::new(certificates)));
+        let mut config = ServerConfig::builder_with_provider(Arc::new(suites::server_order()))
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver::new(certificates)));
         // No session cache to hold (a mail server's sessions are mostly
         // one-off), but stateless TLS 1.3 tickets, sent as soon as the
         // client's Finished is read, as OpenSSL's servers send theirs:
@@ -171,8 +174,11 @@ impl ServerTls {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         config.send_tls13_tickets = 1;
+        let mut server_order = config.clone();
+        server_order.ignore_client_order = true;
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            client_order: Arc::new(config),
+            server_order: Arc::new(server_order),
             timeout: section.handshake_timeout,
             expiries,
             warnings,
@@ -200,7 +206,16 @@ impl ServerTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
+        let handshake = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let config = match suites::client_prefers_chacha(start.client_hello().cipher_suites()) {
+                true => &self.client_order,
+                false => &self.server_order,
+            };
+            start.into_stream(Arc::clone(config)).await
+        };
+        match tokio::time::timeout(self.timeout, handshake).await {
             Err(_) => Err(HandshakeError::Timeout),
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(error)) => Err(match error.kind() {

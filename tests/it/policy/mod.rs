@@ -445,7 +445,7 @@ fn a_client_in_tls_is_described_by_the_encryption_attributes() {
         let request = recorder.request(n);
         assert!(
             request.contains(
-                "encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\nencryption_keysize=256\n"
+                "encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_128_GCM_SHA256\nencryption_keysize=128\n"
             ),
             "{request}"
         );

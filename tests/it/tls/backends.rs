@@ -249,3 +249,53 @@ fn swaks_tls(doorman: &Doorman) -> (bool, String) {
         ),
     )
 }
+
+/// doorman picks the cipher suite in its own order (AES-128-GCM first), so
+/// a client that lists AES-256-GCM first, as OpenSSL's do, gets
+/// AES-128-GCM; one that lists ChaCha20 first (no AES in hardware) keeps
+/// its own order.
+#[test]
+fn the_engine_picks_aes_128_unless_the_client_puts_chacha_first() {
+    use rustls::pki_types::ServerName;
+    use rustls::CipherSuite::*;
+    use rustls::ClientConnection;
+    let (_backend, doorman, _certs) = start("", "");
+    for (n, (first, expected)) in [
+        (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256),
+        (
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| suite.suite() != first);
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(doorman::tls::backend::any_certificate())
+            .with_no_client_auth();
+        let mut plain = connect_as(&doorman, &format!("203.0.113.{}", 95 + n));
+        assert_eq!(read_line(&mut plain), GREETING);
+        say(&mut plain, "EHLO client.test\r\n");
+        read_reply(&mut plain);
+        say(&mut plain, "STARTTLS\r\n");
+        assert_eq!(read_line(&mut plain), READY);
+        let name = ServerName::try_from("mx.doorman.test").unwrap();
+        let mut connection = ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        while connection.is_handshaking() {
+            connection.complete_io(&mut plain).unwrap();
+        }
+        let chosen = connection.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(
+            chosen,
+            Some(expected),
+            "a client that lists {first:?} first"
+        );
+    }
+}

@@ -98,7 +98,7 @@ fn a_client_in_tls_meets_the_engine_and_is_replayed_with_the_ssl_tlv() {
     let mut tls = start_tls(plain, Some("mx.doorman.test"));
     assert_eq!(peer_certificate(&tls).0, "mx.doorman.test");
     let established = doorman.log.wait_for(
-        "Anonymous TLS connection established from [203.0.113.50]:40000: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519",
+        "Anonymous TLS connection established from [203.0.113.50]:40000: TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128/128 bits) key-exchange X25519",
         Duration::from_secs(5),
     );
     assert!(established.contains("postfix/postscreen"), "{established}");
@@ -148,7 +148,7 @@ fn a_client_in_tls_meets_the_engine_and_is_replayed_with_the_ssl_tlv() {
     );
     assert_eq!(&value[5..15], b"\x21\x00\x07TLSv1.3");
     assert_eq!(&value[15..18], b"\x23\x00\x16");
-    assert_eq!(&value[18..40], b"TLS_AES_256_GCM_SHA384");
+    assert_eq!(&value[18..40], b"TLS_AES_128_GCM_SHA256");
     assert_eq!(
         String::from_utf8_lossy(&got[length..]),
         "EHLO client.test\r\nMAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@doorman.test>\r\nDATA\r\nSubject: in TLS\r\n\r\nhello\r\n.\r\nQUIT\r\n"
