@@ -27,7 +27,7 @@ use config_cli::{config_command, ConfigAction};
     name = "doorman",
     version,
     about,
-    after_long_help = "The configuration is described in doorman.toml(5); the package installs it as /etc/doorman/doorman.toml, with haproxy_hosts and access beside it."
+    after_long_help = "The configuration is described in doorman.toml(5), and `doorman config keys` prints its every key; the package installs it as /etc/doorman/doorman.toml, with haproxy_hosts and access beside it."
 )]
 struct Cli {
     #[command(subcommand)]

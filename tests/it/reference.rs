@@ -279,3 +279,21 @@ fn every_duration_bound_in_the_reference_is_enforced() {
     }
     assert!(checked >= 25, "only {checked} bounds checked");
 }
+
+/// `doorman config keys` prints the generated table.
+#[test]
+fn config_keys_prints_the_reference() {
+    let out = std::process::Command::new(crate::support::doorman_bin())
+        .args(["config", "keys"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        reference::markdown(&rows())
+    );
+}
