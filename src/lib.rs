@@ -7,7 +7,8 @@
 //!
 //! # Module map
 //! - [`config`]: the TOML config, the `haproxy_hosts` list, validation with
-//!   `FILE:LINE` errors.
+//!   `FILE:LINE` errors; [`config::reference`]: the configuration reference
+//!   (`doorman config keys`), generated from the section types' schemas.
 //! - [`listener`]: accept loops, SIGHUP reload, graceful shutdown;
 //!   [`threads`]: the serving threads, their runtimes and listening
 //!   sockets (one per thread with `SO_REUSEPORT`, or one shared).
@@ -83,7 +84,8 @@
 //! # Writing a gate
 //! A crate under `plugins/` that implements `doorman_gate_api::Gate` with
 //! the hooks it needs and `doorman_gate_api::GateSection` for its own
-//! config section, and one line in [`config::Registry::standard`]; see the
+//! config section (which derives `schemars::JsonSchema`, a doc comment on
+//! every field: its rows of the configuration reference), and one line in [`config::Registry::standard`]; see the
 //! [`gates`] module. The
 //! gates doorman ships: the access list (`plugins/access`, at connect), the
 //! DNSBL/DNSWL lookups (`plugins/dnsbl`, during the wait), reverse DNS

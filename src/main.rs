@@ -14,8 +14,11 @@ use doorman::logfmt;
 mod admin_cli;
 #[path = "cli/cache.rs"]
 mod cache_cli;
+#[path = "cli/config.rs"]
+mod config_cli;
 use admin_cli::{backend_command, control, user_command, BackendAction, UserAction};
 use cache_cli::{cache_command, CacheAction};
+use config_cli::{config_command, ConfigAction};
 
 /// An SMTP front door: PROXY protocol from HAProxy, postscreen-style
 /// screening, handoff to real smtpd backends.
@@ -24,7 +27,7 @@ use cache_cli::{cache_command, CacheAction};
     name = "doorman",
     version,
     about,
-    after_long_help = "The configuration is described in doorman.toml(5); the package installs it as /etc/doorman/doorman.toml, with haproxy_hosts and access beside it."
+    after_long_help = "The configuration is described in doorman.toml(5), and `doorman config keys` prints its every key; the package installs it as /etc/doorman/doorman.toml, with haproxy_hosts and access beside it."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +47,11 @@ enum Command {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Show what the config file may hold.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Show the access list match, each DNSBL answer, the score and the verdict for an address.
     Explain {
@@ -127,7 +135,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Command::Run { .. } | Command::Explain { .. } | Command::Migrate { .. }
+        Command::Run { .. }
+            | Command::Explain { .. }
+            | Command::Migrate { .. }
+            | Command::Config { .. }
     ) {
         // The commands other than `run` log to stderr in the default layout,
         // under their own name (`explain` logs nothing: it writes a report,
@@ -169,6 +180,7 @@ fn main() -> ExitCode {
         Command::Drain { config } => control(&config, "/drain"),
         Command::Undrain { config } => control(&config, "/undrain"),
         Command::Cache { action } => cache_command(action),
+        Command::Config { action } => config_command(action),
         Command::User { action } => user_command(action),
         Command::Backend { action } => backend_command(action),
         Command::Explain { config, ip, rcpt } => Config::load(&config)

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults::default_trusted;
@@ -18,20 +19,24 @@ use super::ConfigError;
 pub const MIN_TOKEN_LENGTH: usize = 16;
 
 /// The `[admin]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// Where `/metrics`, `/healthz` and the control requests are served;
     /// none: not at all.
     pub address: Option<SocketAddr>,
-    /// Where HAProxy's agent check is answered; none: not at all.
+    /// Where HAProxy's agent check (`agent-check agent-port N`) is
+    /// answered: `ready NN%`, `drain` after `doorman drain` and during the
+    /// SIGTERM grace, `down` with no backend up; none: not at all.
     pub agent: Option<SocketAddr>,
-    /// The networks control requests are taken from without a token.
+    /// Networks whose control requests (drain, backends, users) need no
+    /// token.
     #[serde(default = "default_trusted")]
+    #[schemars(with = "Vec<String>")]
     pub trusted: Vec<ipnet::IpNet>,
-    /// A file holding a bearer token that authorises control requests
-    /// from anywhere: at least [`MIN_TOKEN_LENGTH`] printable characters,
-    /// in a file only its owner may read (see [`read_token`]).
+    /// A file holding the bearer token that control requests from
+    /// elsewhere must carry: one word of at least 16 printable characters,
+    /// in a file only its owner may read (`chmod 600`).
     pub token_file: Option<PathBuf>,
 }
 

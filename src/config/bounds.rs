@@ -1,22 +1,17 @@
 //! The units of the upper bounds every duration in the config has, so that
 //! a typo such as `wait = "1d"` is refused instead of silently holding
 //! every client for a day. Each section checks its own durations against
-//! them (with `SectionError::within`); each bound admits every sane
-//! setting. postscreen's and Postfix's own limits are the guide: a pass is
-//! remembered at most a year, and a client is never made to wait past
-//! RFC 5321's five minutes for a greeting.
+//! them (with `SectionError::within`) and names the same constant in its
+//! schema (`#[schemars(transform = at_most(...))]`), so the configuration
+//! reference shows the bound the check enforces; each bound admits every
+//! sane setting. postscreen's and Postfix's own limits are the guide: a
+//! pass is remembered at most a year, and a client is never made to wait
+//! past RFC 5321's five minutes for a greeting. The constants live in the
+//! gate API, which the gates' sections share.
 
-use std::time::Duration;
+pub use doorman_gate_api::schema::{
+    at_most, HumanDuration, DAY, FIVE_MINUTES, HOUR, MINUTE, WEEK, YEAR,
+};
 
-/// A minute.
-pub const MINUTE: Duration = Duration::from_secs(60);
-/// Five minutes: RFC 5321's shortest command timeout.
-pub const FIVE_MINUTES: Duration = Duration::from_secs(5 * 60);
-/// An hour.
-pub const HOUR: Duration = Duration::from_secs(3600);
-/// A day.
-pub const DAY: Duration = Duration::from_secs(86400);
-/// A week.
-pub const WEEK: Duration = Duration::from_secs(7 * 86400);
-/// A year: the longest anything is remembered.
-pub const YEAR: Duration = Duration::from_secs(365 * 86400);
+/// `[tls] handshake_timeout`'s bound: ten minutes.
+pub const TEN_MINUTES: std::time::Duration = std::time::Duration::from_secs(10 * 60);

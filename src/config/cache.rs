@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use doorman_gate_api::SectionError;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::bounds::{MINUTE, WEEK, YEAR};
+use super::bounds::{at_most, HumanDuration, MINUTE, WEEK, YEAR};
 use super::defaults::*;
 
 /// Where the pass cache keeps its entries.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheStore {
     /// A redb file on this machine; survives restarts.
@@ -24,62 +25,69 @@ pub enum CacheStore {
 }
 
 /// The `[cache]` section: clients that passed.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
-    /// Where entries live.
+    /// Where the pass cache's entries live: `embedded` (a redb file),
+    /// `redis` (shared by several instances) or `memory` (lost on
+    /// restart).
     #[serde(default)]
     pub store: CacheStore,
-    /// The redb file of the embedded store, relative to the config file's
-    /// folder.
+    /// The embedded store's file, relative to the config file's folder.
     #[serde(default = "default_cache_path")]
     pub path: PathBuf,
-    /// How often pending writes are committed to the file.
+    /// How often pending writes reach the file; above 0.
     #[serde(with = "humantime_serde", default = "default_flush_interval")]
+    #[schemars(with = "HumanDuration", transform = at_most(MINUTE))]
     pub flush_interval: Duration,
-    /// The Redis server of the redis store:
+    /// The Redis store's server:
     /// `redis[s]://[user][:password@]host[:port][/db]`.
     #[serde(default = "default_redis_url")]
     pub redis_url: String,
     /// The prefix of every Redis key.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
-    /// The deadline of every Redis call.
+    /// The deadline of every Redis call; above 0.
     #[serde(with = "humantime_serde", default = "default_redis_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(MINUTE))]
     pub redis_timeout: Duration,
-    /// Redis Sentinels that name the current master, each `host:port` or
-    /// `redis[s]://[user][:password@]host:port`; when set, `redis_url` is
-    /// not used and doorman follows a failover. With `rediss://` Sentinels
-    /// the master is reached over TLS too.
+    /// Redis Sentinel: the Sentinels that name the current master (then
+    /// `redis_url` is not used and doorman follows a failover), each
+    /// `host:port` or `redis[s]://[user][:password@]host:port`. With
+    /// `rediss://` Sentinels the master is reached over TLS too.
     #[serde(default)]
     pub redis_sentinels: Vec<String>,
     /// The master's name at the Sentinels.
     #[serde(default = "default_redis_master_name")]
     pub redis_master_name: String,
-    /// The ACL user doorman logs in to the Sentinels as (else the one in a
-    /// Sentinel's URL, else none).
+    /// The Sentinels' ACL user (else the one in a Sentinel's address,
+    /// `"redis://user:PASSWORD@host:port"`, else none); Sentinel only.
     #[serde(default)]
     pub redis_sentinel_username: Option<String>,
-    /// The Sentinels' password (`requirepass`, or the ACL user's).
+    /// The Sentinels' password (`requirepass`, or the ACL user's); or in a
+    /// Sentinel's address, `"redis://:PASSWORD@host:port"`; Sentinel only.
     #[serde(default)]
     pub redis_sentinel_password: Option<String>,
-    /// The ACL user doorman logs in to the master as, when the Sentinels
-    /// name it.
+    /// The ACL user doorman logs in to the master the Sentinels name as;
+    /// Sentinel only.
     #[serde(default)]
     pub redis_master_username: Option<String>,
-    /// The master's password, when the Sentinels name it.
+    /// The password of the master the Sentinels name; Sentinel only.
     #[serde(default)]
     pub redis_master_password: Option<String>,
-    /// A PEM file of the certificate authorities that sign the TLS
-    /// certificates of Redis and its Sentinels (else the system's),
-    /// relative to the config file's folder.
+    /// A PEM file of the certificate authorities that verify the
+    /// certificate of a `rediss://` Redis or Sentinel, relative to the
+    /// config file's folder.
     #[serde(default)]
+    #[schemars(extend("x-default" = "none (the system's CAs)"))]
     pub redis_tls_ca: Option<PathBuf>,
     /// How often expired entries are cleaned up; 0 turns cleanup off.
     #[serde(with = "humantime_serde", default = "default_cleanup_interval")]
+    #[schemars(with = "HumanDuration", transform = at_most(WEEK))]
     pub cleanup_interval: Duration,
     /// How long an entry is kept after its last pass expired.
     #[serde(with = "humantime_serde", default = "default_retention_time")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub retention_time: Duration,
     /// How many client addresses the in-memory cache holds.
     #[serde(default = "default_cache_size")]

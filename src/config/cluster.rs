@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use doorman_gate_api::SectionError;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::bounds::DAY;
+use super::bounds::{at_most, HumanDuration, DAY};
 use super::Balance;
 
 /// What identifies a user for a cluster balanced by recipient.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientKey {
     /// The address, lowercased, with a `+extension` dropped.
@@ -23,17 +24,21 @@ pub enum RecipientKey {
 }
 
 /// One `[cluster.NAME]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// How a backend of this cluster is picked; unset: `[pool] balance`.
+    /// How a backend of this cluster is picked: `[pool] balance`'s values,
+    /// and also `recipient` (see `docs/fleet.md`, Routing by recipient).
+    #[schemars(extend("x-default" = "`[pool] balance`"))]
     pub balance: Option<Balance>,
-    /// With `balance = "recipient"`: what a user is.
+    /// With `recipient`: the user is the `address` (lowercased,
+    /// `+extension` dropped) or the `domain`.
     #[serde(default)]
     pub key: RecipientKey,
-    /// With `balance = "recipient"`: how long a user's backend is
-    /// remembered after its last use (Dovecot's `director_user_expire`).
+    /// With `recipient`: how long a user's backend is remembered after its
+    /// last use (Dovecot's `director_user_expire`); above 0.
     #[serde(with = "humantime_serde", default = "default_user_expire")]
+    #[schemars(with = "HumanDuration", transform = at_most(DAY))]
     pub user_expire: Duration,
 }
 

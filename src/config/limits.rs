@@ -2,6 +2,7 @@
 //! in total, and the per-minute connection rate at two network levels.
 
 use doorman_gate_api::SectionError;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults::*;
@@ -11,39 +12,49 @@ use super::defaults::*;
 pub const AGGREGATE_FACTOR: usize = 16;
 
 /// The `[limits]` section; 0 turns a limit off.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Concurrent connections per client address
-    /// (postscreen_client_connection_count_limit).
+    /// Concurrent connections per client
+    /// (`postscreen_client_connection_count_limit`); 0: off.
     #[serde(default = "default_client_connections")]
     pub client_connections: usize,
-    /// Clients being screened at once (postscreen_pre_queue_limit).
+    /// Clients being screened at once (`postscreen_pre_queue_limit`); 0:
+    /// off.
     #[serde(default = "default_screening")]
     pub screening: usize,
-    /// Client connections in total.
+    /// Client connections in total; 0: off.
     #[serde(default = "default_total")]
     pub total: usize,
     /// What one client is for the per-client limits: its IPv4 address
     /// within this prefix (32: the address itself).
     #[serde(default = "default_ipv4_prefix")]
+    #[schemars(range(max = 32))]
     pub ipv4_prefix: u8,
     /// The same for IPv6 (64: a customer's usual /64 is one client).
     #[serde(default = "default_ipv6_prefix")]
+    #[schemars(range(max = 128))]
     pub ipv6_prefix: u8,
-    /// The most screening places one network may hold; 0: off.
+    /// The most screening places one client network may hold; over it
+    /// `421 4.3.2 All screening ports are busy`; 0: off.
     #[serde(default)]
     pub screening_per_network: usize,
-    /// New connections per network per minute; 0: off. The wider
-    /// networks below are limited at [`AGGREGATE_FACTOR`] times this.
+    /// New connections per client network per minute (Postfix's anvil);
+    /// over it `421 4.7.0 <hostname> Error: too many connections from
+    /// <ip>`; allowlisted and cached clients are never counted; 0: off.
     #[serde(default)]
     pub connection_rate: usize,
-    /// The wider IPv4 network whose new connections are counted too, so
-    /// that cycling through its small networks is limited as well.
+    /// The wider IPv4 network whose connection rate is counted too,
+    /// limited at 16 times `connection_rate` (`AGGREGATE_FACTOR`), so
+    /// cycling through small networks is counted (equal to `ipv4_prefix`:
+    /// one level only).
     #[serde(default = "default_ipv4_aggregate_prefix")]
+    #[schemars(range(max = 32))]
     pub ipv4_aggregate_prefix: u8,
-    /// The same for IPv6 (48: a site's usual allocation).
+    /// The same for IPv6 (48: a site's usual allocation; equal to
+    /// `ipv6_prefix`: one level only).
     #[serde(default = "default_ipv6_aggregate_prefix")]
+    #[schemars(range(max = 128))]
     pub ipv6_aggregate_prefix: u8,
 }
 

@@ -19,6 +19,8 @@ mod document;
 mod engine;
 mod hosts;
 mod limits;
+mod queries;
+pub mod reference;
 mod registry;
 mod relay;
 mod restart;
@@ -29,17 +31,17 @@ mod source;
 mod tls;
 mod words;
 
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use doorman_gate_api::SectionContext;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::deep::{DeepTest, DeepTestsSection};
-use bounds::YEAR;
+use crate::deep::DeepTestsSection;
+use bounds::{at_most, HumanDuration, YEAR};
 use defaults::*;
 use document::{split_off, Document, Table};
 use source::read_file;
@@ -83,16 +85,20 @@ pub enum ConfigError {
 
 /// The core's sections of the config file, as written and checked (paths
 /// made absolute). The gates' sections are in [`Config::gate_sections`].
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Sections {
-    /// The name doorman uses in its own replies.
+    /// The name in doorman's own replies: one word of printable ASCII.
     pub hostname: String,
-    /// The gates, in the order they run (names a [`Registry`] knows).
+    /// The gates in the order a client meets them: `access`, `pregreet`,
+    /// `dnsbl`, `rdns` (wait gates, their weights summed into one score),
+    /// `deep`, `greylist`, `policy` (in the engine); each gate reads its
+    /// own section.
     #[serde(default = "default_gates")]
     pub gates: Vec<String>,
     /// How long live sessions may go on after SIGTERM.
     #[serde(with = "humantime_serde", default = "default_shutdown_grace")]
+    #[schemars(with = "HumanDuration", transform = at_most(bounds::HOUR))]
     pub shutdown_grace: Duration,
     /// The `[proxy]` section.
     #[serde(default)]
@@ -105,6 +111,7 @@ pub struct Sections {
     pub backends: Vec<BackendConfig>,
     /// The routes to backend clusters, in order (the first match wins).
     #[serde(default, rename = "route")]
+    #[schemars(with = "Vec<RouteConfig>")]
     pub routes: Vec<Route>,
     /// The `[cluster.NAME]` sections, by cluster name.
     #[serde(default, rename = "cluster")]
@@ -175,67 +182,6 @@ impl Deref for Config {
 
     fn deref(&self) -> &Sections {
         &self.sections
-    }
-}
-
-impl Config {
-    /// The teaser text: `[greet] banner`, or `<hostname> ESMTP` when unset.
-    /// Empty means no teaser and no pregreet test.
-    pub fn greet_banner(&self) -> String {
-        self.greet
-            .banner
-            .clone()
-            .unwrap_or_else(|| format!("{} ESMTP", self.hostname))
-    }
-
-    /// The cluster a client that connected to `destination` on `listener`
-    /// goes to: the first matching route's, else the default (`""`).
-    pub fn cluster_for(&self, destination: SocketAddr, listener: SocketAddr) -> &str {
-        self.routes
-            .iter()
-            .find(|route| route.matches(destination, listener))
-            .map_or("", |route| route.cluster.as_str())
-    }
-
-    /// The shortest TTL of any test, enabled or not (postscreen's
-    /// `psc_min_ttl`): how long an ignored deep-test failure counts as a
-    /// pass, so the test comes back when something else expires (a DNS
-    /// gate's pass lasts at least the shared resolver's `min_ttl`).
-    pub fn shortest_ttl(&self) -> Duration {
-        let deep = &self.deep_tests;
-        [self.greet.ttl, self.shared.min_ttl]
-            .into_iter()
-            .chain(DeepTest::ALL.map(|test| deep.ttl(test)))
-            .min()
-            .unwrap_or_default()
-    }
-
-    /// The `[cluster.NAME]` section of `cluster` when it balances by
-    /// recipient.
-    pub fn by_recipient(&self, cluster: &str) -> Option<&ClusterSection> {
-        self.clusters
-            .get(cluster)
-            .filter(|section| section.by_recipient())
-    }
-
-    /// The clusters balanced by recipient, with their sections, by name.
-    pub fn recipient_clusters(&self) -> impl Iterator<Item = (&String, &ClusterSection)> {
-        self.clusters
-            .iter()
-            .filter(|(_, section)| section.by_recipient())
-    }
-
-    /// How `cluster` picks a backend: its own `balance`, else `[pool]`'s.
-    pub fn balance_of(&self, cluster: &str) -> Balance {
-        self.clusters
-            .get(cluster)
-            .and_then(|section| section.balance)
-            .unwrap_or(self.pool.balance)
-    }
-
-    /// Whether gate `name` is listed.
-    pub fn lists(&self, name: &str) -> bool {
-        self.gates.iter().any(|gate| gate == name)
     }
 }
 

@@ -71,10 +71,17 @@ fn read<S: GateSection>(
     Ok(Arc::new(section))
 }
 
+/// The JSON Schema of a section type, for the configuration reference.
+type SchemaOf = fn() -> schemars::Schema;
+
+fn schema<S: GateSection>() -> schemars::Schema {
+    schemars::schema_for!(S)
+}
+
 /// Gate names and their section types.
 #[derive(Clone)]
 pub struct Registry {
-    entries: Vec<(&'static str, Reader)>,
+    entries: Vec<(&'static str, Reader, SchemaOf)>,
     /// The gate whose section's `threshold` says when a client is
     /// doubtful, for every gate that acts on doubtful clients.
     doubtful: Option<&'static str>,
@@ -87,7 +94,7 @@ pub struct Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|(name, _)| name))
+            .entries(self.entries.iter().map(|(name, ..)| name))
             .finish()
     }
 }
@@ -117,7 +124,7 @@ impl Registry {
     /// section of type `S` (for a build with a gate of its own, and the
     /// tests).
     pub fn with<S: GateSection>(mut self, name: &'static str) -> Self {
-        self.entries.push((name, read::<S>));
+        self.entries.push((name, read::<S>, schema::<S>));
         self
     }
 
@@ -136,12 +143,20 @@ impl Registry {
 
     /// Whether `name` is a gate (or one of the session's own tests).
     pub fn knows(&self, name: &str) -> bool {
-        BUILT_IN.contains(&name) || self.entries.iter().any(|(known, _)| *known == name)
+        BUILT_IN.contains(&name) || self.entries.iter().any(|(known, ..)| *known == name)
     }
 
     /// The gates' names, in the order they were registered.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.entries.iter().map(|(name, _)| *name)
+        self.entries.iter().map(|(name, ..)| *name)
+    }
+
+    /// Each gate's name with its section's JSON Schema, in the order they
+    /// were registered: the gates' part of the configuration reference.
+    pub fn schemas(&self) -> impl Iterator<Item = (&'static str, schemars::Schema)> + '_ {
+        self.entries
+            .iter()
+            .map(|(name, _, schema)| (*name, schema()))
     }
 
     /// Reads gate `name`'s section from `table`, and checks it when
@@ -153,7 +168,7 @@ impl Registry {
         table: ValueDeserializer<'_>,
         check: Option<&SectionContext>,
     ) -> Option<Result<Arc<dyn CheckedSection>, ReadError>> {
-        let (_, reader) = self.entries.iter().find(|(known, _)| *known == name)?;
+        let (_, reader, _) = self.entries.iter().find(|(known, ..)| *known == name)?;
         Some(reader(table, check))
     }
 

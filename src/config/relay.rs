@@ -6,29 +6,41 @@
 use std::time::Duration;
 
 use doorman_gate_api::SectionError;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::bounds::HOUR;
+use super::bounds::{at_most, HumanDuration, HOUR};
 use super::{BackendConfig, ClusterSection, SendProxy};
 
 /// The `[relay]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// The most `Received:` headers a message may carry (Postfix's
-    /// `hopcount_limit`); more is a mail loop, refused with `554 5.4.0`.
+    /// Relay mode (`send_proxy = "received"`): the most `Received:`
+    /// headers a message may carry (Postfix's `hopcount_limit`); more is a
+    /// mail loop, refused with `554 5.4.0 Error: too many hops`.
     #[serde(default = "default_max_hops")]
+    #[schemars(range(min = 1))]
     pub max_hops: usize,
-    /// The largest header block in bytes; larger is refused with
-    /// `552 5.3.4` (Postfix's `header_size_limit` is where its cleanup
+    /// Relay mode: the largest header block in bytes; larger is refused
+    /// with `552 5.3.4` (Postfix's `header_size_limit` is where its cleanup
     /// starts dropping header text).
     #[serde(default = "default_max_header_size")]
+    #[schemars(range(min = MIN_HEADER_SIZE, max = MAX_HEADER_SIZE))]
     pub max_header_size: usize,
-    /// How long the backend may take over each step (Postfix's
-    /// `smtpd_proxy_timeout`).
+    /// Relay mode: how long the backend may be silent over each step; then
+    /// the client gets `451 4.3.0 Error: queue file write error` (Postfix's
+    /// `smtpd_proxy_timeout`); above 0.
     #[serde(with = "humantime_serde", default = "default_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(HOUR))]
     pub timeout: Duration,
 }
+
+/// The smallest `max_header_size` taken.
+const MIN_HEADER_SIZE: usize = 1024;
+
+/// The largest `max_header_size` taken.
+const MAX_HEADER_SIZE: usize = 16 * 1024 * 1024;
 
 fn default_max_hops() -> usize {
     50
@@ -48,7 +60,7 @@ impl RelaySection {
         if self.max_hops == 0 {
             return Err(SectionError::key("max_hops", "max_hops must be above 0"));
         }
-        if !(1024..=16 * 1024 * 1024).contains(&self.max_header_size) {
+        if !(MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&self.max_header_size) {
             return Err(SectionError::key(
                 "max_header_size",
                 "max_header_size must be from 1024 to 16777216 bytes",

@@ -1,13 +1,14 @@
 //! The `[runtime]` section: how connections are spread over threads.
 
 use doorman_gate_api::SectionError;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The most threads `[runtime] threads` may ask for.
 pub const MAX_THREADS: usize = 256;
 
 /// How the threads share the connections.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThreadModel {
     /// One single-threaded runtime per thread, each with a listening socket
@@ -21,14 +22,19 @@ pub enum ThreadModel {
 }
 
 /// The `[runtime]` section.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
-    /// How the threads share the connections.
+    /// How the threads share the connections: `per-core`: a listening
+    /// socket per serving thread (`SO_REUSEPORT`), each thread its own
+    /// runtime, a connection stays on the thread that accepted it;
+    /// `shared`: one socket, worker threads that take each other's tasks
+    /// (see `bench/RESULTS.md`).
     #[serde(default)]
     pub model: ThreadModel,
     /// How many threads serve connections; 0: one per core.
     #[serde(default)]
+    #[schemars(range(max = MAX_THREADS))]
     pub threads: usize,
 }
 

@@ -8,26 +8,31 @@ use std::time::Duration;
 
 use doorman_gate_api::{Action, DnsLimits, ResolverSettings, SectionError};
 
-use super::bounds::{FIVE_MINUTES, YEAR};
+use super::bounds::{at_most, HumanDuration, FIVE_MINUTES, YEAR};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::*;
 
 /// The `[greet]` section: the teaser and the pregreet test.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GreetSection {
-    /// The teaser text after `220-`; unset: `<hostname> ESMTP`; empty: no
-    /// teaser and no pregreet test.
+    /// The teaser after `220-`; `""` turns the teaser and the pregreet
+    /// test off. No control characters.
+    #[schemars(extend("x-default" = "`\"<hostname> ESMTP\"`"))]
     pub banner: Option<String>,
-    /// How long to wait for a pregreet and for DNSBL answers.
+    /// The greet wait: how long to wait for a pregreet and for DNS
+    /// answers; above 0 unless `banner = ""`.
     #[serde(with = "humantime_serde", default = "default_greet_wait")]
+    #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
     pub wait: Duration,
-    /// What to do with a pregreeter.
+    /// What to do with a pregreeter: `ignore`, `enforce` or `drop`.
     #[serde(default)]
     pub action: Action,
     /// How long a pregreet pass is remembered.
     #[serde(with = "humantime_serde", default = "default_greet_ttl")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub ttl: Duration,
 }
 
@@ -67,16 +72,20 @@ impl Default for GreetSection {
 /// The `[score]` section: how the wait gates' summed score is judged, as
 /// postscreen judges its DNSBL score (`postscreen_dnsbl_threshold`,
 /// `postscreen_dnsbl_allowlist_threshold`, `postscreen_dnsbl_action`).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreSection {
-    /// Inclusive lower bound of a blocking score.
+    /// A summed score (every wait gate's weights) at or above it fails;
+    /// old name `[dnsbl] threshold`.
     #[serde(default = "default_threshold")]
     pub threshold: i32,
-    /// Inclusive upper bound (negative) of an allowlisting score; 0 disables.
+    /// A score at or below it (negative) passes every test; 0 is off; old
+    /// name `[dnsbl] allowlist_threshold`.
     #[serde(default)]
+    #[schemars(range(max = 0))]
     pub allowlist_threshold: i32,
-    /// What to do with a client whose score blocks it.
+    /// What to do with a client whose score fails: `ignore`, `enforce` or
+    /// `drop`; old name `[dnsbl] action`.
     #[serde(default)]
     pub action: Action,
 }
@@ -108,33 +117,45 @@ impl ScoreSection {
 /// (`Registry::resolver`: `[dnsbl]`, where postscreen's operators look for
 /// them): the resolver every DNS gate shares, and the old names of
 /// `[score]`'s keys. The gate reads the rest of its table.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SharedKeys {
-    /// Lower clamp of answer TTLs.
+    /// The shortest time DNS answers, and the passes they give, are
+    /// remembered: the lower clamp of their TTLs (the resolver every DNS
+    /// gate shares); at most `max_ttl`.
     #[serde(with = "humantime_serde", default = "default_min_ttl")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub min_ttl: Duration,
-    /// Upper clamp of answer TTLs.
+    /// The longest time DNS answers, and the passes they give, are
+    /// remembered: the upper clamp of their TTLs (every DNS gate).
     #[serde(with = "humantime_serde", default = "default_max_ttl")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub max_ttl: Duration,
-    /// How long one DNS query may take.
+    /// How long one DNS query may take (every DNS gate).
     #[serde(with = "humantime_serde", default = "default_dnsbl_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
     pub timeout: Duration,
-    /// Name servers (`ip:port`); empty: the system resolver.
+    /// Name servers, an `"ip:port"` list; empty: `/etc/resolv.conf`; with
+    /// exactly one, doorman asks it directly over UDP (reused sockets),
+    /// with several hickory-resolver's pool chooses (every DNS gate).
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
-    /// DNS queries in flight at once, every DNS gate's together; 0: no cap.
+    /// DNS queries in flight at once, every DNS gate's together; 0: no
+    /// cap. A lookup over a cap is not sent and is no opinion, counted as
+    /// `doorman_gate_events_total{event="dns_skipped"}` and logged at most
+    /// once a minute.
     #[serde(default = "default_max_queries")]
     pub max_queries: usize,
     /// DNS queries in flight at once for the clients of one network (an
-    /// IPv4 /24, an IPv6 /64); 0: no cap.
+    /// IPv4 /24, an IPv6 /64); 0: no cap; over it as `max_queries`.
     #[serde(default = "default_max_queries_per_network")]
     pub max_queries_per_network: usize,
-    /// The old name of `[score] threshold`.
+    /// Deprecated: the old name of `[score] threshold` (not both).
     pub threshold: Option<i32>,
-    /// The old name of `[score] allowlist_threshold`.
+    /// Deprecated: the old name of `[score] allowlist_threshold` (not
+    /// both).
     pub allowlist_threshold: Option<i32>,
-    /// The old name of `[score] action`.
+    /// Deprecated: the old name of `[score] action` (not both).
     pub action: Option<Action>,
 }
 

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use doorman_gate_api::SectionError;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::bounds::{DAY, FIVE_MINUTES, HOUR};
+use super::bounds::{at_most, HumanDuration, DAY, FIVE_MINUTES, HOUR};
 use super::defaults::*;
 
 /// Whether a listener takes PROXY headers, and from whom.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
     /// Listed hosts must send a PROXY header; other hosts speak SMTP directly
@@ -24,7 +25,7 @@ pub enum ProxyMode {
 }
 
 /// What doorman sends a backend before the client's bytes.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SendProxy {
     /// A PROXY protocol v2 (binary) header.
@@ -43,7 +44,7 @@ pub enum SendProxy {
 }
 
 /// How the pool picks a backend.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
     /// Weighted rotation.
@@ -59,23 +60,29 @@ pub enum Balance {
 }
 
 /// The `[pool]` section: balancing and active health checks.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSection {
-    /// How a backend is picked.
+    /// How a backend is picked: `roundrobin`, `leastconn` or `source`
+    /// (`recipient` is set per cluster, in `[cluster.NAME]`).
     #[serde(default)]
     pub balance: Balance,
-    /// Time between two health checks of a backend.
+    /// Time between two health checks of a backend; above 0.
     #[serde(with = "humantime_serde", default = "default_check_interval")]
+    #[schemars(with = "HumanDuration", transform = at_most(HOUR))]
     pub check_interval: Duration,
-    /// Successful checks that bring a down backend up.
+    /// Successful health checks that bring a down backend up.
     #[serde(default = "default_rise")]
+    #[schemars(range(min = 1))]
     pub rise: u32,
-    /// Failed checks (or connects) that take an up backend down.
+    /// Failed health checks (or connects) that take an up backend down.
     #[serde(default = "default_fall")]
+    #[schemars(range(min = 1))]
     pub fall: u32,
-    /// How long a flushed backend's live sessions may go on.
+    /// How long `doorman backend flush` lets a backend's live sessions go
+    /// on before it ends them.
     #[serde(with = "humantime_serde", default = "default_flush_grace")]
+    #[schemars(with = "HumanDuration", transform = at_most(DAY))]
     pub flush_grace: Duration,
 }
 
@@ -112,13 +119,18 @@ impl Default for PoolSection {
 }
 
 /// The `[proxy]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
-    /// The `haproxy_hosts` file, relative to the config file's folder.
+    /// The `haproxy_hosts` file, relative to the config file's folder: one
+    /// IP or CIDR a line, `#` comments, IPv4 and IPv6 (bracketed IPv6
+    /// allowed; a bare IPv6 address is a /128, not Haraka's /64; ports are
+    /// errors).
     pub hosts_file: Option<PathBuf>,
-    /// How long a listed host may take to send its whole header.
+    /// How long a listed host may take to send its whole PROXY header;
+    /// above 0.
     #[serde(with = "humantime_serde", default = "default_proxy_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
     pub timeout: Duration,
 }
 
@@ -145,50 +157,60 @@ impl Default for ProxySection {
 }
 
 /// One `[[listener]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// The address to listen on; port 0 picks a free port.
+    /// Where to listen; IPv6 as `"[::1]:2525"`; port 0 picks a free port.
     pub address: SocketAddr,
-    /// Who may (or must) send a PROXY header here.
+    /// Who may (or must) send a PROXY header here: `optional`: listed
+    /// hosts must send PROXY, others speak SMTP; `required`: only listed
+    /// hosts may connect.
     #[serde(default)]
     pub proxy: ProxyMode,
 }
 
 /// One `[[backend]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// The smtpd to hand clients to.
+    /// An smtpd to hand clients to; several are tried in order.
     pub address: SocketAddr,
-    /// How the backend learns the real client.
+    /// How the backend learns the real client: `v2`, `v1`, `xclient`,
+    /// `none` or `received` (relay mode: doorman writes a `Received:`
+    /// header naming the client).
     #[serde(default)]
     pub send_proxy: SendProxy,
-    /// How long a connection attempt may take.
+    /// How long one connection attempt may take; above 0.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
     pub connect_timeout: Duration,
     /// Its share of clients relative to the other backends.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// The most clients it takes at once; 0 is no limit.
+    /// The most clients it takes at once; 0: no limit.
     #[serde(default)]
     pub max_connections: usize,
-    /// The cluster it belongs to; `""` is the default cluster.
+    /// The cluster it belongs to (`""` is the default cluster); balancing,
+    /// health, limits and drain work per cluster.
     #[serde(default)]
     pub cluster: String,
-    /// How a client whose TLS doorman terminated reaches it; unset:
-    /// STARTTLS when the backend's EHLO announces it, else plain text.
+    /// How a client whose TLS doorman terminated reaches it: `starttls` or
+    /// `none` (plain text; a PROXY v2 header carries the client's TLS
+    /// version and cipher).
     #[serde(default)]
+    #[schemars(extend("x-default" = "`\"starttls\"` if its EHLO announces STARTTLS, else `\"none\"`"))]
     pub tls: Option<super::BackendTls>,
     /// Whether the backend's certificate is verified (against
-    /// `tls_ca_file`, for `tls_server_name`); off, as Postfix's `may`.
+    /// `tls_ca_file`, which it needs, for `tls_server_name`); off, as
+    /// Postfix's `may`.
     #[serde(default)]
     pub tls_verify: bool,
-    /// The CA certificates (PEM) that verify the backend.
+    /// The CA certificates (PEM) that verify the backend's certificate.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
     /// The name the backend's certificate must hold, and the SNI sent.
     #[serde(default)]
+    #[schemars(extend("x-default" = "its IP"))]
     pub tls_server_name: Option<String>,
 }
 
@@ -206,16 +228,19 @@ impl BackendConfig {
 }
 
 /// A `[[route]]` as written: which clients go to a cluster.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The address the client connected to (the PROXY header's
-    /// destination): a CIDR (`198.51.100.0/24`), an address, or an address
-    /// with a port (`198.51.100.7:25`, `[2001:db8::7]:25`).
+    /// A route picks a client's cluster by the address it connected to
+    /// (the PROXY header's destination): a CIDR (`198.51.100.0/24`), an
+    /// address, or an address with a port (`198.51.100.7:25`,
+    /// `[2001:db8::7]:25`). The first matching route wins; no match is the
+    /// default cluster.
     pub destination: Option<String>,
-    /// The listener the client came in on.
+    /// A route picks a client's cluster by the listener it came in on (a
+    /// route needs a `destination`, a `listener` or both).
     pub listener: Option<SocketAddr>,
-    /// The cluster its clients go to.
+    /// The cluster the route's clients go to (it needs a `[[backend]]`).
     pub cluster: String,
 }
 
@@ -278,7 +303,7 @@ impl Route {
 }
 
 /// The layout of log lines.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Syslog mail-log lines, as postscreen's.
@@ -289,16 +314,16 @@ pub enum LogFormat {
 }
 
 /// The `[log]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    /// The layout.
+    /// The layout of log lines: `postscreen` or `json`.
     #[serde(default)]
     pub format: LogFormat,
-    /// Send lines to the local syslog socket instead of stderr.
+    /// Send log lines to the local syslog socket instead of stderr.
     #[serde(default)]
     pub syslog: bool,
-    /// The program name in each line.
+    /// The program name in each syslog line.
     #[serde(default = "default_syslog_tag")]
     pub syslog_tag: String,
     /// The syslog socket.

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use doorman_gate_api::SectionError;
 
+use super::bounds::{at_most, HumanDuration, TEN_MINUTES};
 use super::{ClusterSection, SendProxy};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The lowest TLS version the engine's STARTTLS accepts.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum TlsVersion {
     /// TLS 1.2 and 1.3 (the default; 1.0 and 1.1 are refused, as RFC 8996
     /// asks).
@@ -23,12 +25,14 @@ pub enum TlsVersion {
 }
 
 /// One `[[tls.certificate]]`: a chain and its key, in PEM.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
-    /// The certificate chain, leaf first.
+    /// A PEM certificate chain, leaf first. At least one
+    /// `[[tls.certificate]]` is needed; SNI and signature schemes choose
+    /// among them, the first is the default.
     pub chain: PathBuf,
-    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    /// The chain's PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
     pub key: PathBuf,
     /// Where `chain` is written in the config, for messages about it.
     #[serde(skip)]
@@ -62,17 +66,21 @@ impl WrittenAt {
 }
 
 /// The `[tls]` section: when present, the engine offers STARTTLS.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
-    /// The lowest version accepted.
+    /// The lowest TLS version the engine's STARTTLS accepts (`"1.2"` or
+    /// `"1.3"`).
     #[serde(default)]
     pub min_version: TlsVersion,
-    /// How long a client may take over its handshake.
+    /// How long a client may take over its handshake; above 0.
     #[serde(with = "humantime_serde", default = "default_handshake_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(TEN_MINUTES))]
     pub handshake_timeout: Duration,
-    /// The certificates; SNI chooses among them, the first is the default.
+    /// The certificates, chain and key; SNI chooses among them, the first
+    /// is the default.
     #[serde(default, rename = "certificate")]
+    #[schemars(extend("x-default" = "(at least one)"))]
     pub certificates: Vec<CertificateFiles>,
 }
 
@@ -97,11 +105,7 @@ impl TlsSection {
                 "tls handshake_timeout must be above 0",
             ));
         }
-        SectionError::within(
-            "handshake_timeout",
-            self.handshake_timeout,
-            super::bounds::FIVE_MINUTES * 2,
-        )?;
+        SectionError::within("handshake_timeout", self.handshake_timeout, TEN_MINUTES)?;
         for (index, certificate) in self.certificates.iter_mut().enumerate() {
             certificate.chain = base.join(&certificate.chain);
             certificate.key = base.join(&certificate.key);
@@ -137,7 +141,7 @@ fn default_handshake_timeout() -> Duration {
 
 /// How doorman speaks to a backend when it hands over a client whose TLS
 /// it terminated itself.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendTls {
     /// STARTTLS to the backend, so both legs are encrypted.

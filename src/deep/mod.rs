@@ -23,8 +23,10 @@
 //! goes in `smtp::reply`, with every other reply; its key is documented in
 //! `config/doorman.toml`, as every key is.
 
+mod schema;
 mod section;
 
+pub use schema::{AFTER_PASS, FORBIDDEN_COMMANDS};
 pub use section::{AfterPass, DeepTestConfig, DeepTestsSection};
 
 use std::fmt;
@@ -43,6 +45,8 @@ const THIRTY_DAYS: Duration = Duration::from_secs(30 * 86400);
 const TESTS: [Spec; 3] = [
     Spec {
         name: "pipelining",
+        about: "postscreen's pipelining test: a command sent before the reply to the previous one \
+            (doorman never announces PIPELINING).",
         log_name: "COMMAND PIPELINING",
         default_action: Action::Enforce,
         default_ttl: THIRTY_DAYS,
@@ -51,6 +55,8 @@ const TESTS: [Spec; 3] = [
     },
     Spec {
         name: "non_smtp_command",
+        about: "postscreen's non-SMTP command test: a verb of `forbidden_commands` or a \
+            `Label:` header line (dropped with `521 5.7.0 Error: I can break rules, too. Goodbye.`).",
         log_name: "NON-SMTP COMMAND",
         default_action: Action::Drop,
         default_ttl: THIRTY_DAYS,
@@ -59,6 +65,7 @@ const TESTS: [Spec; 3] = [
     },
     Spec {
         name: "bare_newline",
+        about: "postscreen's bare newline test: a command line that ends in LF without CR.",
         log_name: "BARE NEWLINE",
         default_action: Action::Ignore,
         default_ttl: THIRTY_DAYS,
@@ -72,6 +79,8 @@ struct Spec {
     /// Its key in `[deep_tests]`, its label in metrics, its field in the
     /// pass cache.
     name: &'static str,
+    /// What it catches, for the configuration reference.
+    about: &'static str,
     /// Its name in postscreen's log lines.
     log_name: &'static str,
     /// What a violation leads to when its `action` is unset (postscreen's
@@ -188,6 +197,11 @@ impl DeepTest {
     /// bare newlines ignore).
     pub fn default_action(self) -> Action {
         self.spec().default_action
+    }
+
+    /// What the test catches, as the configuration reference says it.
+    pub fn about(self) -> &'static str {
+        self.spec().about
     }
 
     /// How long a pass is remembered when `[deep_tests]` sets no TTL.

@@ -6,15 +6,17 @@
 use std::fmt;
 use std::time::Duration;
 
+use doorman_gate_api::schema::{at_most, HumanDuration, YEAR};
 use doorman_gate_api::section::bound_message;
 use doorman_gate_api::{Action, SectionError};
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{DeepTest, TESTS};
 
 /// What happens when a client passed the deep tests at its first RCPT.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AfterPass {
     /// Replay the dialogue into a backend and relay: the client never
@@ -27,25 +29,27 @@ pub enum AfterPass {
 }
 
 /// One deep test's settings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DeepTestConfig {
-    /// Whether the test runs.
+    /// Whether the test runs (every deep test is off by default).
     #[serde(default)]
     pub enable: bool,
-    /// What to do on a violation; unset: the test's default.
+    /// What to do with a client that fails it: `ignore`, `enforce` or
+    /// `drop`.
     pub action: Option<Action>,
-    /// How long a pass is remembered; unset: the test's default.
+    /// How long a pass is remembered.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>", transform = at_most(YEAR))]
     pub ttl: Option<Duration>,
 }
 
 /// The `[deep_tests]` section: postscreen's tests after the 220 greeting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeepTestsSection {
-    /// What a pass leads to.
+    /// What a pass leads to (see [`super::AFTER_PASS`]).
     pub after_pass: AfterPass,
-    /// The non-SMTP command verbs.
+    /// The non-SMTP command verbs (see [`super::FORBIDDEN_COMMANDS`]).
     pub forbidden_commands: Vec<String>,
     /// Each test's settings, in the table's order.
     tests: [DeepTestConfig; TESTS.len()],
@@ -107,7 +111,7 @@ impl Default for DeepTestsSection {
 }
 
 /// postscreen's `postscreen_forbidden_commands`: `CONNECT GET POST`.
-fn default_forbidden_commands() -> Vec<String> {
+pub(super) fn default_forbidden_commands() -> Vec<String> {
     ["CONNECT", "GET", "POST"]
         .iter()
         .map(ToString::to_string)
@@ -115,7 +119,7 @@ fn default_forbidden_commands() -> Vec<String> {
 }
 
 /// The section's keys, in the order an error lists them.
-const KEYS: [&str; TESTS.len() + 2] = {
+pub(super) const KEYS: [&str; TESTS.len() + 2] = {
     let mut keys = ["after_pass"; TESTS.len() + 2];
     let mut index = 0;
     while index < TESTS.len() {

@@ -24,7 +24,17 @@
 use bytes::{Buf, BytesMut};
 
 /// What a bare CR or LF in a DATA body gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BareNewline {
     /// It becomes CRLF; a lone `.` line that is not the end is dot-stuffed.

@@ -129,7 +129,7 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("doorman "));
     let out = Command::new(doorman_bin()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["run", "check", "sink"] {
+    for command in ["run", "check", "sink", "config"] {
         assert!(help.contains(command), "{help}");
     }
 }

@@ -19,7 +19,7 @@ use doorman_gate_api::{
 };
 
 /// The probe's own `[probe]` section.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ProbeSection {
     /// The address refused at connect.

@@ -1,8 +1,14 @@
-//! The configuration reference cannot drift: every key of the shipped
-//! config (set or commented out) has a row in `docs/configuration.md`, the
-//! page `doorman.toml(5)` is built from.
+//! The configuration reference cannot drift: its table is generated from
+//! the config types (`doorman config keys`, `doorman::config::reference`),
+//! `docs/configuration.md` (the page `doorman.toml(5)` is built from) holds
+//! exactly that table, every key of the shipped config has a row, every
+//! key serde reads has one, and every duration bound the table shows is
+//! the one the loader enforces.
 
 use std::path::Path;
+
+use doorman::config::reference::{self, Row};
+use doorman::config::Registry;
 
 /// Prose in the shipped config's comments that reads like a key.
 const NOT_KEYS: [(&str, &str); 2] = [
@@ -10,28 +16,51 @@ const NOT_KEYS: [(&str, &str); 2] = [
     ("route", "balance"),
 ];
 
+/// The marker line after which `docs/configuration.md` holds the table.
+const MARKER: &str = "<!-- The table below is generated from the config types by `doorman config keys`; run scripts/reference to rewrite it. -->";
+
+fn rows() -> Vec<Row> {
+    reference::rows(&Registry::standard()).expect("the reference generates")
+}
+
+/// `[[backend]]` and `[backend]` alike: the table's dotted name.
+fn bare(section: &str) -> &str {
+    section.trim_matches(['[', ']'])
+}
+
+#[test]
+fn the_reference_page_holds_the_generated_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let generated = reference::markdown(&rows());
+    let table = page
+        .split_once(MARKER)
+        .map(|(_, table)| table.trim_start_matches('\n'));
+    assert!(
+        table == Some(generated.as_str()),
+        "docs/configuration.md does not hold the table `doorman config keys` prints \
+         (the config types changed): run scripts/reference to rewrite it"
+    );
+}
+
 #[test]
 fn every_key_of_the_shipped_config_has_a_row_in_the_reference() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = std::fs::read_to_string(root.join("config/doorman.toml")).unwrap();
-    let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
-    let rows: Vec<&str> = reference
-        .lines()
-        .filter(|line| line.starts_with("| `"))
-        .collect();
+    let rows = rows();
     let mut section = String::new();
     let mut missing = Vec::new();
     for line in config.lines() {
-        let bare = line.trim_start_matches('#').trim();
-        if bare.starts_with('[') && bare.ends_with(']') && !bare.contains(' ') {
-            section = bare.trim_matches(['[', ']']).to_string();
+        let bare_line = line.trim_start_matches('#').trim();
+        if bare_line.starts_with('[') && bare_line.ends_with(']') && !bare_line.contains(' ') {
+            section = bare(bare_line).to_string();
             // A cluster's section is written with its name.
             if section.starts_with("cluster.") {
                 section = "cluster.NAME".to_string();
             }
             continue;
         }
-        let Some((key, _)) = bare.split_once(" = ") else {
+        let Some((key, _)) = bare_line.split_once(" = ") else {
             continue;
         };
         if !key
@@ -41,25 +70,17 @@ fn every_key_of_the_shipped_config_has_a_row_in_the_reference() {
         {
             continue;
         }
-        let named = |row: &&str| {
-            let first = row.split('|').nth(1).unwrap_or_default();
-            let in_section = if section.is_empty() {
-                !first.contains("`[")
-            } else {
-                first.contains(&format!("`[{section}]"))
-                    || first.contains(&format!("`[[{section}]]"))
-            };
-            in_section
-                && (first.contains(&format!("`{key}`")) || first.contains(&format!(" {key}`")))
-        };
-        if !rows.iter().any(named) {
+        if !rows
+            .iter()
+            .any(|row| bare(&row.section) == section && row.key == key)
+        {
             missing.push(format!("[{section}] {key}"));
         }
     }
     missing.dedup();
     assert!(
         missing.is_empty(),
-        "keys of config/doorman.toml with no row in docs/configuration.md: {missing:?}"
+        "keys of config/doorman.toml with no row in the reference: {missing:?}"
     );
 }
 
@@ -121,22 +142,19 @@ fn fields<T: serde::de::DeserializeOwned>() -> Vec<&'static str> {
     found
 }
 
-/// Every key of every section type, shipped config or not, has a row in
-/// the reference: a key cannot exist without its documentation.
+/// Every key serde reads has a row: the schemas agree with the
+/// `Deserialize` impls (the deep tests' schema is written by hand, and a
+/// `#[schemars(skip)]` would drop a key).
 #[test]
-fn every_key_of_every_section_type_has_a_row_in_the_reference() {
+fn every_key_serde_reads_has_a_row() {
     use doorman::config::*;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let reference = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
-    let rows: Vec<&str> = reference
-        .lines()
-        .filter(|line| line.starts_with("| `"))
-        .collect();
+    let rows = rows();
     let sections: Vec<(&str, Vec<&str>)> = vec![
+        ("", fields::<Sections>()),
         ("proxy", fields::<ProxySection>()),
-        ("[listener]", fields::<ListenerConfig>()),
-        ("[backend]", fields::<BackendConfig>()),
-        ("[route]", fields::<RouteConfig>()),
+        ("listener", fields::<ListenerConfig>()),
+        ("backend", fields::<BackendConfig>()),
+        ("route", fields::<RouteConfig>()),
         ("cluster.NAME", fields::<ClusterSection>()),
         ("pool", fields::<PoolSection>()),
         ("greet", fields::<GreetSection>()),
@@ -149,8 +167,9 @@ fn every_key_of_every_section_type_has_a_row_in_the_reference() {
         ("admin", fields::<AdminSection>()),
         ("log", fields::<LogSection>()),
         ("runtime", fields::<RuntimeSection>()),
+        ("deep_tests", fields::<doorman::deep::DeepTestsSection>()),
         ("tls", fields::<TlsSection>()),
-        ("[tls.certificate]", fields::<CertificateFiles>()),
+        ("tls.certificate", fields::<CertificateFiles>()),
         ("access", fields::<doorman_access::AccessSection>()),
         ("dnsbl", fields::<doorman_dnsbl::DnsblSection>()),
         ("rdns", fields::<doorman_rdns::RdnsSection>()),
@@ -161,27 +180,120 @@ fn every_key_of_every_section_type_has_a_row_in_the_reference() {
     for (section, keys) in &sections {
         assert!(!keys.is_empty(), "no fields read for [{section}]");
         for key in keys {
-            // `[tls] certificate` is the `[[tls.certificate]]` table;
-            // `[dnsbl]`'s old score keys are listed under `[score]`.
-            if (*section == "tls" && *key == "certificate")
-                || (*section == "dnsbl"
-                    && ["threshold", "allowlist_threshold", "action"].contains(key))
-            {
-                continue;
-            }
-            let heading = format!("`[{section}]");
-            let named = rows.iter().any(|row| {
-                let first = row.split('|').nth(1).unwrap_or_default();
-                first.contains(&heading)
-                    && (first.contains(&format!("`{key}`")) || first.contains(&format!(" {key}`")))
-            });
-            if !named {
+            let row = |row: &Row| bare(&row.section) == *section && row.key == *key;
+            // A section of the file is a table of rows of its own.
+            let table = |row: &Row| {
+                let dotted = if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                };
+                let name = bare(&row.section);
+                name == dotted || name == format!("{dotted}.NAME")
+            };
+            if !rows.iter().any(|r| row(r) || table(r)) {
                 missing.push(format!("[{section}] {key}"));
             }
         }
     }
     assert!(
         missing.is_empty(),
-        "keys with no row in docs/configuration.md: {missing:?}"
+        "keys serde reads with no row in the reference: {missing:?}"
+    );
+}
+
+/// A config that loads, for [`every_duration_bound_in_the_reference_is_enforced`]:
+/// its top-level lines and its tables, each with its lines.
+fn base_config() -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let top = vec![
+        "hostname = \"mx.doorman.test\"".to_string(),
+        "gates = [\"access\", \"pregreet\", \"dnsbl\", \"rdns\", \"deep\", \"greylist\", \"policy\"]"
+            .to_string(),
+    ];
+    let tables = [
+        ("[[listener]]", "address = \"127.0.0.1:0\""),
+        ("[[backend]]", "address = \"127.0.0.1:2526\""),
+        ("[policy]", "address = \"127.0.0.1:10023\""),
+    ];
+    let tables = tables
+        .iter()
+        .map(|(name, line)| (name.to_string(), vec![line.to_string()]))
+        .collect();
+    (top, tables)
+}
+
+/// Every duration bound the reference shows (`at most "5m"`) is the one
+/// the loader enforces: a value one second above it is refused, naming
+/// the bound, at the key's line.
+#[test]
+fn every_duration_bound_in_the_reference_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("doorman.toml");
+    let mut checked = 0;
+    for row in rows() {
+        let Some(bound) = row
+            .bounds
+            .split_once("at most `\"")
+            .and_then(|(_, rest)| rest.split_once("\"`"))
+            .map(|(bound, _)| bound.to_string())
+        else {
+            continue;
+        };
+        let above = humantime::parse_duration(&bound).unwrap() + std::time::Duration::from_secs(1);
+        let mut line = format!("{} = \"{}s\"", row.key, above.as_secs());
+        if row.key == "min_ttl" {
+            // min_ttl above max_ttl is refused for that first.
+            line = format!("{line}\nmax_ttl = \"{}s\"", above.as_secs());
+        }
+        let (mut top, mut tables) = base_config();
+        if row.section.is_empty() {
+            top.push(line);
+        } else {
+            match tables.iter_mut().find(|(name, _)| *name == row.section) {
+                Some((_, lines)) => lines.push(line),
+                None => tables.push((row.section.replace("NAME", "\"\""), vec![line])),
+            }
+            if row.section == "[tls]" {
+                let certificate = "chain = \"chain.pem\"\nkey = \"key.pem\"".to_string();
+                tables.push(("[[tls.certificate]]".into(), vec![certificate]));
+            }
+        }
+        let mut text = top.join("\n") + "\n";
+        for (name, lines) in tables {
+            text += &format!("{name}\n{}\n", lines.join("\n"));
+        }
+        let refused = doorman::config::Config::parse(&text, &path)
+            .map(|_| ())
+            .expect_err(&format!(
+                "{} {} above {bound}:\n{text}",
+                row.section, row.key
+            ));
+        let message = refused.to_string();
+        assert!(
+            message.contains("at most") && message.contains(&format!("{} = ", row.key)),
+            "{} {}: {message}",
+            row.section,
+            row.key
+        );
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} bounds checked");
+}
+
+/// `doorman config keys` prints the generated table.
+#[test]
+fn config_keys_prints_the_reference() {
+    let out = std::process::Command::new(crate::support::doorman_bin())
+        .args(["config", "keys"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        reference::markdown(&rows())
     );
 }

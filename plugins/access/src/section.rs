@@ -9,21 +9,25 @@ use doorman_gate_api::section::read_named_file;
 use doorman_gate_api::{
     Action, BuildError, Gate, GateSection, Resources, SectionContext, SectionError,
 };
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::{AccessError, AccessList};
 
 /// The `[access]` section.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessSection {
-    /// A Postfix cidr table, relative to the config file's folder.
+    /// A Postfix cidr table (`network permit|reject|dunno`), relative to
+    /// the config file's folder.
     pub file: Option<PathBuf>,
     /// Networks permitted before the table's entries (postscreen's
     /// `permit_mynetworks` with Postfix's `mynetworks`).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub permit: Vec<ipnet::IpNet>,
-    /// What to do with `reject` entries.
+    /// What to do with the table's `reject` entries: `ignore`, `enforce`
+    /// or `drop`.
     #[serde(default)]
     pub action: Action,
     /// The table, read by [`GateSection::check`].

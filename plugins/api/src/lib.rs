@@ -23,10 +23,12 @@ use std::time::Duration;
 
 pub mod dns_budget;
 mod logline;
+pub mod schema;
 pub mod section;
 
 pub use dns_budget::{DnsBudget, DnsLimits, DnsTicket, Skipped};
 pub use logline::{printable, smtpd_reject_line};
+pub use schemars;
 
 pub use section::{
     AnswerStore, BuildError, GateMetrics, GateSection, ResolverSettings, Resources, SectionContext,
@@ -83,7 +85,18 @@ impl fmt::Display for Endpoint {
 /// What the core does with a client that failed a test, as postscreen's
 /// `*_action` parameters say it (and the config writes it: `ignore`,
 /// `enforce`, `drop`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Log the failure, let the other tests finish, and hand the client off

@@ -180,8 +180,12 @@ impl Resources {
     }
 }
 
-/// A gate's section of the config file, which builds the gate.
-pub trait GateSection: serde::de::DeserializeOwned + fmt::Debug + Send + Sync + 'static {
+/// A gate's section of the config file, which builds the gate. Its JSON
+/// Schema (a doc comment on every field, see [`crate::schema`]) is the
+/// section's part of the configuration reference.
+pub trait GateSection:
+    serde::de::DeserializeOwned + schemars::JsonSchema + fmt::Debug + Send + Sync + 'static
+{
     /// Checks the section once it is read, and loads what it names (a file
     /// relative to `shared.base`). An absent section is read as an empty
     /// table first, so this sees the defaults.

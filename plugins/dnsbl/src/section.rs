@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::gate::DnsblGate;
@@ -15,13 +16,15 @@ use crate::lookup::{Dnsbl, Settings};
 use crate::site::Site;
 
 /// The `[dnsbl]` section, as the gate reads it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsblSection {
-    /// Sites in postscreen's `domain[=filter][*weight]` syntax.
+    /// The DNSBL and DNSWL sites, `domain[=filter][*weight]` entries, as
+    /// `postscreen_dnsbl_sites`.
     #[serde(default)]
     pub sites: Vec<String>,
-    /// Site domain -> the name shown to clients.
+    /// Site -> the name shown in replies and in the metrics' `site` labels
+    /// (so a keyed zone's key never reaches `/metrics`).
     #[serde(default)]
     pub reply_map: HashMap<String, String>,
     /// The sites, parsed by [`GateSection::check`].

@@ -4,42 +4,54 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use doorman_gate_api::schema::{at_most, HumanDuration, DAY, YEAR};
 use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::GreylistGate;
 
 /// The greylisting settings: the `[greylist]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// A summed score at or above this is doubtful.
+    /// A summed score at or above it (and below `[score] threshold`) makes
+    /// a client doubtful: greylisted at RCPT.
     #[serde(default = "default_threshold")]
     pub threshold: i32,
-    /// How long a triplet must wait after its first attempt.
+    /// A triplet passes when retried after `delay` (and within
+    /// `retry_window`).
     #[serde(with = "humantime_serde", default = "default_delay")]
+    #[schemars(with = "HumanDuration", transform = at_most(DAY))]
     pub delay: Duration,
     /// How long after the delay a retry is still taken.
     #[serde(with = "humantime_serde", default = "default_retry_window")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub retry_window: Duration,
-    /// Successful retries after which a network skips greylisting; 0: never.
+    /// After this many successful retries a network skips greylisting for
+    /// `max_age` (postgrey's `--auto-whitelist-clients`); 0: never.
     #[serde(default = "default_auto_allowlist")]
     pub auto_allowlist: u32,
     /// How long a passed triplet, and an allowlisted network, is kept.
     #[serde(with = "humantime_serde", default = "default_max_age")]
+    #[schemars(with = "HumanDuration", transform = at_most(YEAR))]
     pub max_age: Duration,
-    /// The IPv4 network a client is keyed by.
+    /// The IPv4 network a client is keyed by (postgrey's
+    /// `--lookup-by-subnet`).
     #[serde(default = "default_ipv4_prefix")]
+    #[schemars(range(max = 32))]
     pub ipv4_prefix: u8,
     /// The IPv6 network a client is keyed by.
     #[serde(default = "default_ipv6_prefix")]
+    #[schemars(range(max = 128))]
     pub ipv6_prefix: u8,
-    /// At most this many triplet records per network (keyed as above);
-    /// a new triplet past it is greylisted without a record.
+    /// The most triplet records one network (keyed as above) may hold;
+    /// past it a new triplet gets the 450 and makes no record.
     #[serde(default = "default_max_records_per_network")]
+    #[schemars(range(min = 1, max = MAX_RECORDS_PER_NETWORK))]
     pub max_records_per_network: u32,
     /// The reply text after `Recipient address rejected: `; `%r` stands for
-    /// the recipient's domain (postgrey's `--greylist-text`).
+    /// the recipient's domain (postgrey's `--greylist-text`). One line.
     #[serde(default = "default_text")]
     pub text: String,
 }
@@ -53,7 +65,7 @@ fn default_delay() -> Duration {
 }
 
 fn default_retry_window() -> Duration {
-    Duration::from_secs(2 * DAY)
+    Duration::from_secs(2 * DAY_SECONDS)
 }
 
 fn default_auto_allowlist() -> u32 {
@@ -61,7 +73,7 @@ fn default_auto_allowlist() -> u32 {
 }
 
 fn default_max_age() -> Duration {
-    Duration::from_secs(35 * DAY)
+    Duration::from_secs(35 * DAY_SECONDS)
 }
 
 fn default_ipv4_prefix() -> u8 {
@@ -81,7 +93,10 @@ fn default_text() -> String {
 }
 
 /// Seconds in a day.
-const DAY: u64 = 86400;
+const DAY_SECONDS: u64 = 86400;
+
+/// The most `max_records_per_network` may be.
+const MAX_RECORDS_PER_NETWORK: u32 = 1_000_000;
 
 impl GateSection for Settings {
     fn judges_commands(&self) -> bool {
@@ -89,13 +104,9 @@ impl GateSection for Settings {
     }
 
     fn check(&mut self, _: &SectionContext) -> Result<(), SectionError> {
-        SectionError::within("delay", self.delay, Duration::from_secs(DAY))?;
-        SectionError::within(
-            "retry_window",
-            self.retry_window,
-            Duration::from_secs(365 * DAY),
-        )?;
-        SectionError::within("max_age", self.max_age, Duration::from_secs(365 * DAY))?;
+        SectionError::within("delay", self.delay, DAY)?;
+        SectionError::within("retry_window", self.retry_window, YEAR)?;
+        SectionError::within("max_age", self.max_age, YEAR)?;
         if self.ipv4_prefix > 32 {
             return Err(SectionError::key(
                 "ipv4_prefix",
@@ -108,7 +119,7 @@ impl GateSection for Settings {
                 "ipv6_prefix must be at most 128",
             ));
         }
-        if !(1..=1_000_000).contains(&self.max_records_per_network) {
+        if !(1..=MAX_RECORDS_PER_NETWORK).contains(&self.max_records_per_network) {
             return Err(SectionError::key(
                 "max_records_per_network",
                 "max_records_per_network must be from 1 to 1000000",

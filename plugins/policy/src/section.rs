@@ -5,48 +5,58 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use doorman_gate_api::schema::{at_most, HumanDuration, DAY, FIVE_MINUTES};
 use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::meaning;
 use crate::{Address, Clients, PolicyGate, Settings};
 
 /// The `[policy]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySection {
-    /// `host:port`, or `unix:/path`.
+    /// A Postfix policy service: `"host:port"` or `"unix:/path"`;
+    /// required when `policy` is in `gates`.
     pub address: Option<String>,
-    /// `doubtful` (a score at or above `[greylist] threshold`) or `all`.
+    /// Which clients the service sees: `doubtful` (a score at or above
+    /// `[greylist] threshold`) or `all`.
     #[serde(default)]
     pub clients: ClientsName,
-    /// How long one request may take.
+    /// How long one request may take; above 0.
     #[serde(with = "humantime_serde", default = "default_timeout")]
+    #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
     pub timeout: Duration,
-    /// The action when the service fails (Postfix's
+    /// The action when the service fails, an access(5) action (Postfix's
     /// `smtpd_policy_service_default_action`).
     #[serde(default = "default_action")]
     pub default_action: String,
     /// Requests per connection before a new one; 0: no limit.
     #[serde(default)]
     pub request_limit: u32,
-    /// Attempts per request, at least 1: a connection the service closed
-    /// (or that fails before the first reply byte) is replaced by a new
-    /// one until then (Postfix's `smtpd_policy_service_try_limit`).
+    /// Attempts per policy request: a connection that fails before the
+    /// first reply byte (the service closed a kept one) is replaced by a
+    /// new one, as Postfix's `smtpd_policy_service_try_limit`; 1: no
+    /// second attempt.
     #[serde(default = "default_try_limit")]
+    #[schemars(range(min = 1))]
     pub try_limit: u32,
-    /// How long a kept connection may be unused and still be reused
-    /// (Postfix's `smtpd_policy_service_max_idle`).
+    /// A kept policy connection unused longer than this is closed instead
+    /// of reused, as Postfix's `smtpd_policy_service_max_idle`; above 0.
     #[serde(with = "humantime_serde", default = "default_max_idle")]
+    #[schemars(with = "HumanDuration", transform = at_most(MAX_CONNECTION_TIME))]
     pub max_idle: Duration,
-    /// How long after it was opened a connection may still be reused
-    /// (Postfix's `smtpd_policy_service_max_ttl`).
+    /// A kept policy connection opened longer ago than this is closed
+    /// instead of reused, as Postfix's `smtpd_policy_service_max_ttl`
+    /// (`request_limit` still counts requests); above 0.
     #[serde(with = "humantime_serde", default = "default_max_ttl")]
+    #[schemars(with = "HumanDuration", transform = at_most(MAX_CONNECTION_TIME))]
     pub max_ttl: Duration,
 }
 
 /// Which clients the service sees, as the config names them.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientsName {
     /// Only doubtful clients.
@@ -73,7 +83,7 @@ fn default_max_ttl() -> Duration {
 }
 
 /// The bound of `max_idle` and `max_ttl`.
-const MAX_CONNECTION_TIME: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_CONNECTION_TIME: Duration = DAY;
 
 fn default_action() -> String {
     "451 4.3.5 Server configuration problem".into()
@@ -106,7 +116,7 @@ impl GateSection for PolicySection {
                 "policy timeout must be above 0",
             ));
         }
-        SectionError::within("timeout", self.timeout, Duration::from_secs(5 * 60))?;
+        SectionError::within("timeout", self.timeout, FIVE_MINUTES)?;
         if self.try_limit == 0 {
             return Err(SectionError::key(
                 "try_limit",

@@ -4,22 +4,25 @@
 use std::sync::Arc;
 
 use doorman_gate_api::{BuildError, Gate, GateSection, Resources, SectionContext, SectionError};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::{RdnsGate, Settings, Weights};
 
-/// The `[rdns]` section.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// The `[rdns]` section: the reverse-DNS gate's weights. Its findings are
+/// exclusive: a client gets at most one of them.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RdnsSection {
-    /// The client has no PTR name.
+    /// The weight of a client with no PTR name.
     #[serde(default = "default_no_ptr")]
     pub no_ptr: i32,
-    /// No PTR name resolves back to the client address.
+    /// The weight of a client with no PTR name that resolves back to its
+    /// address.
     #[serde(default = "default_one")]
     pub not_confirmed: i32,
-    /// The confirmed name looks generic (it embeds the address, or a pool
-    /// word such as `dsl` or `dynamic`).
+    /// The weight of a client whose confirmed name looks generic (it embeds
+    /// the address, or a pool word such as `dsl` or `dynamic`).
     #[serde(default = "default_one")]
     pub generic: i32,
 }
