@@ -219,9 +219,6 @@ impl Session {
         cut: CancellationToken,
         token: TaskTrackerToken,
     ) -> impl Future<Output = ()> + Send {
-        if let Some(stream) = self.stream.plain() {
-            let _ = stream.set_nodelay(true);
-        }
         let first = self.first_phase();
         self.run_from(first, cut, token)
     }
