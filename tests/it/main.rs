@@ -22,6 +22,7 @@ mod gate_api;
 mod gating;
 mod greylist;
 mod log_sources;
+mod lost_backend;
 mod migrate;
 mod network_limits;
 mod operations;
