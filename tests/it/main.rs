@@ -14,6 +14,7 @@ mod deep;
 mod director;
 mod dns_bounds;
 mod dnsbl_rbldnsd;
+mod doc_paths;
 mod e2e_haproxy;
 mod fail2ban;
 mod front_door;
