@@ -170,6 +170,14 @@ impl PassCache {
         }
     }
 
+    /// How the embedded store's commits went; `None` for the others.
+    pub fn write_stats(&self) -> Option<embedded::WriteStats> {
+        match &self.store {
+            Store::Embedded(embedded) => Some(embedded.write_stats()),
+            Store::Memory | Store::Redis(_) => None,
+        }
+    }
+
     /// The store gates keep records in: Redis, shared by the fleet; the
     /// embedded store's file; or this process's memory.
     pub fn record_store(&self) -> Arc<dyn RecordStore> {

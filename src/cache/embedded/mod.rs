@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::Notify;
@@ -69,6 +69,25 @@ pub struct Embedded {
     /// One commit at a time, so batches land in the order they were taken.
     committing: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// When the oldest write still waiting for a commit was queued.
+    oldest_pending: Mutex<Option<Instant>>,
+    /// How the commits went, for `/metrics`.
+    stats: Mutex<WriteStats>,
+}
+
+/// How long the embedded store's writes take, for `/metrics`: what a slow
+/// disk costs, which the serving threads never wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WriteStats {
+    /// Commits so far.
+    pub commits: u64,
+    /// The last commit's time in the file (its transaction and fsync).
+    pub last_commit: Duration,
+    /// How long the oldest write of the last batch waited, from its queueing
+    /// to the end of its commit.
+    pub last_lag: Duration,
+    /// The longest any write waited so, since the start.
+    pub max_lag: Duration,
 }
 
 impl Embedded {
@@ -102,6 +121,8 @@ impl Embedded {
             in_flight: Mutex::new(None),
             committing: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            oldest_pending: Mutex::new(None),
+            stats: Mutex::new(WriteStats::default()),
         })
     }
 
@@ -127,8 +148,21 @@ impl Embedded {
         Ok(value.and_then(|v| Entry::decode(v.value())))
     }
 
+    /// How the commits went so far.
+    pub fn write_stats(&self) -> WriteStats {
+        self.stats.lock().map(|stats| *stats).unwrap_or_default()
+    }
+
+    /// Notes when the oldest pending write was queued.
+    fn queued(&self) {
+        if let Ok(mut oldest) = self.oldest_pending.lock() {
+            oldest.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Queues a write; it is committed within the flush interval.
     pub fn put(&self, ip: IpAddr, entry: Option<Entry>) {
+        self.queued();
         let full = match self.pending.lock() {
             Ok(mut pending) => {
                 pending.insert(ip, entry);
@@ -147,6 +181,11 @@ impl Embedded {
     /// to a full disk but the time.
     pub async fn flush(&self) -> Result<(), CacheError> {
         let _one = self.committing.lock().await;
+        let queued = self
+            .oldest_pending
+            .lock()
+            .ok()
+            .and_then(|mut oldest| oldest.take());
         let batch = Arc::new(Batch {
             passes: self
                 .pending
@@ -168,6 +207,7 @@ impl Embedded {
         let database = Arc::clone(&self.database);
         let committed = Arc::clone(&batch);
         let cap = self.max_records;
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             commit(&database, &committed.passes, &committed.records, cap)
         })
@@ -176,6 +216,15 @@ impl Embedded {
         .and_then(|done| done);
         if result.is_err() {
             self.put_back(&batch);
+            if let (Ok(mut oldest), Some(queued)) = (self.oldest_pending.lock(), queued) {
+                *oldest = Some(oldest.map_or(queued, |newer| newer.min(queued)));
+            }
+        } else if let Ok(mut stats) = self.stats.lock() {
+            let lag = queued.map_or(Duration::ZERO, |queued| queued.elapsed());
+            stats.commits += 1;
+            stats.last_commit = started.elapsed();
+            stats.last_lag = lag;
+            stats.max_lag = stats.max_lag.max(lag);
         }
         if let Ok(mut in_flight) = self.in_flight.lock() {
             *in_flight = None;
@@ -297,6 +346,7 @@ impl Embedded {
     /// next batch (within the flush interval).
     pub fn keep_record(&self, key: &str, value: &str, ttl: Duration) {
         let stored = format!("{};{value}", epoch_seconds(SystemTime::now() + ttl));
+        self.queued();
         let order = self.next_record.fetch_add(1, Ordering::Relaxed);
         let full = match self.pending_records.lock() {
             Ok(mut pending) => {
