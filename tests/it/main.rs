@@ -38,6 +38,8 @@ mod recipients;
 mod redis_link;
 mod reference;
 mod relay;
+mod reload_flood;
 mod rolling;
 mod sentinel;
+mod slow_store;
 mod tls;
