@@ -6,7 +6,8 @@ file descriptors, panics and lost messages. See bench/README.md.
   python3 bench/soak.py                     # 5 minutes, 10,000 slowloris
   python3 bench/soak.py --seconds 60 --check  # what .ci/run runs
 
---check exits 1 unless every target holds: good clients >= 99.9% served,
+--check exits 1 unless every target holds: every good client served (a
+clean 4xx, say at a backend kill, counts as served, a bare close never),
 no panic, no lost message, doorman alive, and its RSS and file descriptors
 back to baseline after the run.
 """
@@ -273,7 +274,9 @@ def main():
     ap.add_argument("--debug", action="store_true", help="soak the debug build (what `cargo test` built) instead of a release build")
     args = ap.parse_args()
     profile = "debug" if args.debug else "release"
-    doorman_bin = os.path.join(bench.ROOT, "target", profile, "doorman")
+    # Where cargo puts its build: CARGO_TARGET_DIR when set, as for cargo.
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(bench.ROOT, "target")
+    doorman_bin = os.path.join(bench.ROOT, target, profile, "doorman")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = args.slowloris + 2000
     if hard != resource.RLIM_INFINITY and hard < want:
@@ -381,7 +384,7 @@ def main():
         print(f"{'panics':46} {panics}")
         print(f"{'lost messages (accepted, not at the sink)':46} {len(lost)}")
         failed = []
-        if rate < 99.9: failed.append("good clients answered below 99.9%")
+        if ok < len(results): failed.append(f"{len(results) - ok} good clients not answered (the target is 100%)")
         if panics: failed.append("panics")
         if lost: failed.append("lost messages")
         if not alive: failed.append("doorman died")

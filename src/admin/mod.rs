@@ -126,6 +126,7 @@ async fn respond(
                 screening: process.limits.screening(),
                 screening_limit: shared.config.limits.screening,
                 store_up: shared.cache.store_up(),
+                store_writes: shared.cache.write_stats(),
                 certificates: shared.tls.as_ref().map_or(&[], |tls| tls.expiries()),
             }),
         ),

@@ -104,16 +104,16 @@ pub type Known = Arc<Mutex<LruCache<IpAddr, Entry>>>;
 impl PassCache {
     /// A memory-only cache for at most `size` addresses.
     pub fn memory(size: usize, retention: Duration) -> Self {
-        Self::with_store(Store::Memory, size, retention)
+        Self::with_store(Store::Memory, size, size, retention)
     }
 
-    fn with_store(store: Store, size: usize, retention: Duration) -> Self {
+    fn with_store(store: Store, size: usize, max_records: usize, retention: Duration) -> Self {
         let capacity = NonZeroUsize::new(size).unwrap_or(NonZeroUsize::MIN);
         Self {
             store,
             memory: Arc::new(Mutex::new(bounded(capacity))),
             retention,
-            local_records: Arc::new(MemoryRecords::new(size)),
+            local_records: Arc::new(MemoryRecords::new(max_records)),
         }
     }
 
@@ -124,13 +124,14 @@ impl PassCache {
         let store = match settings.store {
             CacheStore::Memory => Store::Memory,
             CacheStore::Embedded => {
-                let embedded = Arc::new(Embedded::open(&settings.path)?);
+                let embedded = Arc::new(Embedded::open(&settings.path, settings.max_records)?);
                 tokio::spawn(Arc::clone(&embedded).write_behind(settings.flush_interval));
                 Store::Embedded(embedded)
             }
             CacheStore::Redis => Store::Redis(Arc::new(RedisStore::new(settings)?)),
         };
-        let cache = Self::with_store(store, settings.size, settings.retention_time);
+        let max_records = usize::try_from(settings.max_records).unwrap_or(usize::MAX);
+        let cache = Self::with_store(store, settings.size, max_records, settings.retention_time);
         if let Store::Redis(redis) = &cache.store {
             tokio::spawn(
                 Arc::clone(redis).keep_connected(Arc::clone(&cache.memory), cache.retention),
@@ -166,6 +167,14 @@ impl PassCache {
         match &self.store {
             Store::Redis(redis) => redis.is_up(),
             Store::Embedded(_) | Store::Memory => true,
+        }
+    }
+
+    /// How the embedded store's commits went; `None` for the others.
+    pub fn write_stats(&self) -> Option<embedded::WriteStats> {
+        match &self.store {
+            Store::Embedded(embedded) => Some(embedded.write_stats()),
+            Store::Memory | Store::Redis(_) => None,
         }
     }
 
@@ -364,7 +373,7 @@ mod tests {
         let mut old = Entry::default();
         old.record_gate("dnsbl", now - 10 * day, day);
         {
-            let store = Embedded::open(&path).unwrap();
+            let store = Embedded::open(&path, 1000).unwrap();
             store.put(IpAddr::from([192, 0, 2, 1]), Some(fresh.clone()));
             store.put(IpAddr::from([192, 0, 2, 2]), Some(old));
             assert_eq!(
@@ -374,7 +383,7 @@ mod tests {
             store.flush().await.unwrap();
             assert_eq!(store.count().unwrap(), 2);
         }
-        let store = Embedded::open(&path).unwrap();
+        let store = Embedded::open(&path, 1000).unwrap();
         let stored = Entry::decode(&fresh.encode());
         assert_eq!(
             store.get(IpAddr::from([192, 0, 2, 1])).unwrap(),

@@ -1,7 +1,8 @@
 //! The record store gates keep state in (greylisting triplets, say): Redis
 //! for a fleet, so a retry that reaches another instance finds its record;
 //! the redb file of the embedded store, so records survive a restart; or
-//! this process's memory, a bounded LRU whose oldest records go first.
+//! this process's memory, a bounded LRU. The two local stores hold at most
+//! `[cache] max_records` records, and their oldest go first.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -60,8 +61,8 @@ impl RecordStore for MemoryRecords {
     }
 }
 
-/// Records in the embedded store's redb file (expired ones go at its
-/// cleanup).
+/// Records in the embedded store's redb file: at most `[cache]
+/// max_records`, the oldest first, and expired ones go at its cleanup.
 pub struct EmbeddedRecords(pub Arc<Embedded>);
 
 impl RecordStore for EmbeddedRecords {

@@ -92,7 +92,16 @@ pub struct CacheSection {
     /// How many client addresses the in-memory cache holds.
     #[serde(default = "default_cache_size")]
     pub size: usize,
+    /// How many gates' records (greylist triplets, user assignments) the
+    /// memory and embedded stores hold; the oldest go first.
+    #[serde(default = "default_max_records")]
+    #[schemars(range(min = 1, max = MAX_RECORDS_BOUND))]
+    pub max_records: u64,
 }
+
+/// The most `max_records` may be: a hundred million records is some 10 GiB
+/// of redb file, past any single mail server's triplets.
+pub const MAX_RECORDS_BOUND: u64 = 100_000_000;
 
 impl CacheSection {
     /// Checks the store's timing, and that Sentinel settings come with
@@ -120,6 +129,12 @@ impl CacheSection {
                     ),
                 ));
             }
+        }
+        if !(1..=MAX_RECORDS_BOUND).contains(&self.max_records) {
+            return Err(SectionError::key(
+                "max_records",
+                format!("max_records must be between 1 and {MAX_RECORDS_BOUND}"),
+            ));
         }
         SectionError::within("flush_interval", self.flush_interval, MINUTE)?;
         SectionError::within("redis_timeout", self.redis_timeout, MINUTE)?;
@@ -156,6 +171,7 @@ impl Default for CacheSection {
             cleanup_interval: default_cleanup_interval(),
             retention_time: default_retention_time(),
             size: default_cache_size(),
+            max_records: default_max_records(),
         }
     }
 }
@@ -180,6 +196,23 @@ mod tests {
             ..lone
         };
         assert!(followed.check().is_ok());
+    }
+
+    #[test]
+    fn max_records_is_bounded() {
+        for refused in [0, MAX_RECORDS_BOUND + 1] {
+            let section = CacheSection {
+                max_records: refused,
+                ..CacheSection::default()
+            };
+            let checked = section.check();
+            assert!(
+                matches!(&checked, Err(SectionError::Key { key, .. }) if key == "max_records"),
+                "{refused}: {checked:?}"
+            );
+        }
+        assert_eq!(CacheSection::default().max_records, 100_000);
+        assert!(CacheSection::default().check().is_ok());
     }
 
     #[test]

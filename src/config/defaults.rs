@@ -90,6 +90,10 @@ pub(super) fn default_cache_size() -> usize {
     100_000
 }
 
+pub(super) fn default_max_records() -> u64 {
+    100_000
+}
+
 pub(super) fn default_weight() -> u32 {
     1
 }

@@ -89,6 +89,8 @@ struct Pump {
     /// Whether a TLS record was read (the two ends started TLS through the
     /// copy), so no plain-text reply may be added any more.
     binary: bool,
+    /// Whether a write to the other side failed (it reset or went away).
+    write_failed: bool,
 }
 
 impl Pump {
@@ -106,6 +108,7 @@ impl Pump {
             lost: false,
             goodbye: false,
             binary: false,
+            write_failed: false,
         }
     }
 
@@ -168,12 +171,17 @@ impl Pump {
             if self.state != Pumping::Guarded {
                 while !self.buffer.is_empty() {
                     let written = match Pin::new(&mut *to).poll_write(cx, &self.buffer) {
-                        Poll::Ready(written) => written?,
+                        Poll::Ready(Ok(0)) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Poll::Ready(written) => written,
                         Poll::Pending => return self.stalled(cx),
                     };
-                    if written == 0 {
-                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                    }
+                    let written = match written {
+                        Ok(written) => written,
+                        Err(error) => {
+                            self.write_failed = true;
+                            return Poll::Ready(Err(error.into()));
+                        }
+                    };
                     self.stall = None;
                     self.buffer.advance(written);
                     self.unflushed = true;
@@ -292,6 +300,18 @@ where
         }
         if !up_done {
             if let Poll::Ready(done) = up.poll_copy(cx, (client, backend), &mut clock, None) {
+                // The client's bytes could not reach the backend (a killed
+                // backend resets before its read side tells): the client
+                // waits for an answer to them, so it gets the lost reply,
+                // as when the backend's end is read.
+                let plain = !up.binary && !down.binary && !down.goodbye;
+                if done.is_err() && up.write_failed && plain && !down_done {
+                    down.buffer.extend_from_slice(lost);
+                    down.lost = true;
+                    down.state = Pumping::Ended;
+                    up_done = true;
+                    continue;
+                }
                 done?;
                 up_done = true;
                 if down_done {

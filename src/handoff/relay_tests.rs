@@ -186,3 +186,42 @@ async fn a_backend_that_resets_under_a_waiting_client_gives_it_the_lost_reply() 
     assert_eq!(answer, b"421 lost\r\n");
     assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
 }
+
+/// A backend whose reads wait and whose writes fail, as a killed
+/// backend's socket does once its reset arrived before a read saw it.
+struct Gone;
+
+impl AsyncRead for Gone {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Gone {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_client_command_the_backend_cannot_take_gets_the_lost_reply() {
+    let (mut client, mut client_end) = duplex(256);
+    let relaying = tokio::spawn(async move {
+        relay(&mut client_end, &mut Gone, BytesMut::new(), b"421 lost\r\n").await
+    });
+    client.write_all(b"DATA\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"421 lost\r\n");
+    assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
+}

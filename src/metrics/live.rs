@@ -4,9 +4,12 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::cache::embedded::WriteStats;
 use crate::handoff::BackendStatus;
 
 /// What a scrape reports besides the counters.
@@ -21,6 +24,8 @@ pub struct Live<'a> {
     /// Whether the cache store answers (always for the embedded and
     /// memory stores).
     pub store_up: bool,
+    /// How the embedded store's commits went (none for the other stores).
+    pub store_writes: Option<WriteStats>,
     /// Each `[tls]` certificate's chain file and the Unix time its leaf
     /// expires.
     pub certificates: &'a [(String, i64)],
@@ -53,6 +58,9 @@ pub(super) struct LiveGauges {
     screening: Gauge,
     screening_limit: Gauge,
     store_up: Gauge,
+    commit_seconds: Gauge<f64, AtomicU64>,
+    write_lag_seconds: Gauge<f64, AtomicU64>,
+    write_lag_max_seconds: Gauge<f64, AtomicU64>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
@@ -64,6 +72,13 @@ where
     let family = Family::<L, Gauge>::default();
     registry.register(name, help, family.clone());
     family
+}
+
+/// Registers a single gauge of seconds under `name`.
+fn seconds(registry: &mut Registry, name: &str, help: &str) -> Gauge<f64, AtomicU64> {
+    let gauge = Gauge::<f64, AtomicU64>::default();
+    registry.register(name, help, gauge.clone());
+    gauge
 }
 
 /// Registers a single gauge under `name`.
@@ -116,6 +131,21 @@ impl LiveGauges {
                 "doorman_cache_store_up",
                 "Whether the cache store answers (Redis; always 1 for the embedded and memory stores)",
             ),
+            commit_seconds: seconds(
+                registry,
+                "doorman_cache_commit_seconds",
+                "How long the embedded store's last commit took in the file (transaction and fsync)",
+            ),
+            write_lag_seconds: seconds(
+                registry,
+                "doorman_cache_write_lag_seconds",
+                "How long the oldest write of the embedded store's last commit waited, from queued to committed",
+            ),
+            write_lag_max_seconds: seconds(
+                registry,
+                "doorman_cache_write_lag_max_seconds",
+                "The longest any write of the embedded store waited for its commit since the start",
+            ),
             certificate_expiry: family(
                 registry,
                 "doorman_tls_certificate_expiry_timestamp_seconds",
@@ -164,6 +194,11 @@ impl LiveGauges {
         self.screening_limit
             .set(i64::try_from(live.screening_limit).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(live.store_up));
+        if let Some(writes) = live.store_writes {
+            self.commit_seconds.set(writes.last_commit.as_secs_f64());
+            self.write_lag_seconds.set(writes.last_lag.as_secs_f64());
+            self.write_lag_max_seconds.set(writes.max_lag.as_secs_f64());
+        }
         self.certificate_expiry.clear();
         for (file, expires) in live.certificates {
             self.certificate_expiry

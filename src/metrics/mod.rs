@@ -419,12 +419,21 @@ mod tests {
             screening: 7,
             screening_limit: 100,
             store_up: false,
+            store_writes: Some(crate::cache::embedded::WriteStats {
+                commits: 3,
+                last_commit: Duration::from_millis(250),
+                last_lag: Duration::from_millis(1250),
+                max_lag: Duration::from_secs(2),
+            }),
             certificates: &[("/etc/doorman/mx.pem".into(), 1_900_000_000)],
         });
         for line in [
             "doorman_screening_clients 7",
             "doorman_screening_limit 100",
             "doorman_cache_store_up 0",
+            "doorman_cache_commit_seconds 0.25",
+            "doorman_cache_write_lag_seconds 1.25",
+            "doorman_cache_write_lag_max_seconds 2.0",
             "doorman_tls_certificate_expiry_timestamp_seconds{certificate=\"/etc/doorman/mx.pem\"} 1900000000",
             "doorman_dnsbl_lookups_total{site=\"bl.test\",result=\"failed\"} 1",
             "doorman_dnsbl_lookups_total{site=\"bl.test\",result=\"ok\"} 1",

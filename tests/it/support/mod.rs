@@ -143,7 +143,13 @@ impl Doorman {
 
     /// Starts doorman with the `doorman.toml` already in `dir` (a restart).
     pub fn start_in(dir: Arc<tempfile::TempDir>) -> Self {
+        Self::start_in_with_env(dir, &[])
+    }
+
+    /// As [`Doorman::start_in`], with more variables in its environment.
+    pub fn start_in_with_env(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(doorman_bin())
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("doorman.toml"))

@@ -10,35 +10,43 @@
 //! time; readers see its batch until it is in the file, and a commit that
 //! fails puts its writes back. The maps are bounded in practice by what
 //! one flush interval brings (a full map wakes the writer at once); they
-//! are not capped. A `kill -9` loses at
+//! are not capped. The file's records table is: at most `max_records`
+//! records, the oldest write evicted first at each commit (and at open, so
+//! a lowered cap holds after a restart), beside the expired ones that go
+//! at the cleanup ([`table`]). A `kill -9` loses at
 //! most the writes of the last interval, and a clean stop flushes
 //! everything. The file is opened in redb's multi-writer mode, so
 //! `doorman cache` can read and delete entries while doorman runs.
 
+mod table;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::Notify;
 
 use super::entry::Entry;
 use super::CacheError;
+use table::{RecordTables, RECORDS};
 
 /// The table of passes: client address -> postscreen-style record.
 const PASSES: TableDefinition<&str, &str> = TableDefinition::new("passes");
-/// The table of gates' records: key -> `<expiry seconds>;<value>`.
-const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
 /// When the pending map holds this many writes, they are committed at once.
 const PENDING_LIMIT: usize = 10_000;
+
+/// Pending records: key -> (the order it was written in, `<expiry>;<value>`).
+type PendingRecords = HashMap<String, (u64, String)>;
 
 /// Writes taken for one commit: passes (`None` deletes) and records.
 #[derive(Debug, Default)]
 struct Batch {
     passes: HashMap<IpAddr, Option<Entry>>,
-    records: HashMap<String, String>,
+    records: PendingRecords,
 }
 
 /// A redb file with its pending writes.
@@ -48,19 +56,44 @@ pub struct Embedded {
     database: Arc<Database>,
     /// Writes not yet committed; `None` is a delete.
     pending: Mutex<HashMap<IpAddr, Option<Entry>>>,
-    /// Gates' records not yet committed, stored as `<expiry>;<value>`.
-    pending_records: Mutex<HashMap<String, String>>,
+    /// Gates' records not yet committed, stored as `<expiry>;<value>`
+    /// beside the order they were written in.
+    pending_records: Mutex<PendingRecords>,
+    /// The order of the next record written.
+    next_record: AtomicU64,
+    /// The most records the file holds; the oldest go first.
+    max_records: u64,
     /// The batch being committed now: readers see it until it is in the
     /// file.
     in_flight: Mutex<Option<Arc<Batch>>>,
     /// One commit at a time, so batches land in the order they were taken.
     committing: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// When the oldest write still waiting for a commit was queued.
+    oldest_pending: Mutex<Option<Instant>>,
+    /// How the commits went, for `/metrics`.
+    stats: Mutex<WriteStats>,
+}
+
+/// How long the embedded store's writes take, for `/metrics`: what a slow
+/// disk costs, which the serving threads never wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WriteStats {
+    /// Commits so far.
+    pub commits: u64,
+    /// The last commit's time in the file (its transaction and fsync).
+    pub last_commit: Duration,
+    /// How long the oldest write of the last batch waited, from its queueing
+    /// to the end of its commit.
+    pub last_lag: Duration,
+    /// The longest any write waited so, since the start.
+    pub max_lag: Duration,
 }
 
 impl Embedded {
-    /// Opens (or creates) the file.
-    pub fn open(path: &Path) -> Result<Self, CacheError> {
+    /// Opens (or creates) the file, whose records table holds at most
+    /// `max_records` records (trimmed now if it holds more).
+    pub fn open(path: &Path, max_records: u64) -> Result<Self, CacheError> {
         let fail = |error: String| CacheError::Store(format!("{}: {error}", path.display()));
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
@@ -72,16 +105,24 @@ impl Embedded {
         let database = builder.create(path).map_err(|e| fail(e.to_string()))?;
         let write = database.begin_write().map_err(|e| fail(e.to_string()))?;
         write.open_table(PASSES).map_err(|e| fail(e.to_string()))?;
-        write.open_table(RECORDS).map_err(|e| fail(e.to_string()))?;
+        {
+            let mut records = RecordTables::open(&write)?;
+            records.adopt_unordered()?;
+            records.trim(max_records)?;
+        }
         write.commit().map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
             database: Arc::new(database),
             pending: Mutex::new(HashMap::new()),
             pending_records: Mutex::new(HashMap::new()),
+            next_record: AtomicU64::new(0),
+            max_records,
             in_flight: Mutex::new(None),
             committing: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            oldest_pending: Mutex::new(None),
+            stats: Mutex::new(WriteStats::default()),
         })
     }
 
@@ -107,8 +148,21 @@ impl Embedded {
         Ok(value.and_then(|v| Entry::decode(v.value())))
     }
 
+    /// How the commits went so far.
+    pub fn write_stats(&self) -> WriteStats {
+        self.stats.lock().map(|stats| *stats).unwrap_or_default()
+    }
+
+    /// Notes when the oldest pending write was queued.
+    fn queued(&self) {
+        if let Ok(mut oldest) = self.oldest_pending.lock() {
+            oldest.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Queues a write; it is committed within the flush interval.
     pub fn put(&self, ip: IpAddr, entry: Option<Entry>) {
+        self.queued();
         let full = match self.pending.lock() {
             Ok(mut pending) => {
                 pending.insert(ip, entry);
@@ -127,6 +181,11 @@ impl Embedded {
     /// to a full disk but the time.
     pub async fn flush(&self) -> Result<(), CacheError> {
         let _one = self.committing.lock().await;
+        let queued = self
+            .oldest_pending
+            .lock()
+            .ok()
+            .and_then(|mut oldest| oldest.take());
         let batch = Arc::new(Batch {
             passes: self
                 .pending
@@ -147,14 +206,25 @@ impl Embedded {
         }
         let database = Arc::clone(&self.database);
         let committed = Arc::clone(&batch);
+        let cap = self.max_records;
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            commit(&database, &committed.passes, &committed.records)
+            commit(&database, &committed.passes, &committed.records, cap)
         })
         .await
         .map_err(|e| CacheError::Store(e.to_string()))
         .and_then(|done| done);
         if result.is_err() {
             self.put_back(&batch);
+            if let (Ok(mut oldest), Some(queued)) = (self.oldest_pending.lock(), queued) {
+                *oldest = Some(oldest.map_or(queued, |newer| newer.min(queued)));
+            }
+        } else if let Ok(mut stats) = self.stats.lock() {
+            let lag = queued.map_or(Duration::ZERO, |queued| queued.elapsed());
+            stats.commits += 1;
+            stats.last_commit = started.elapsed();
+            stats.last_lag = lag;
+            stats.max_lag = stats.max_lag.max(lag);
         }
         if let Ok(mut in_flight) = self.in_flight.lock() {
             *in_flight = None;
@@ -203,6 +273,13 @@ impl Embedded {
         table.len().map_err(store_error)
     }
 
+    /// How many gates' records the file holds (pending writes not counted).
+    pub fn record_count(&self) -> Result<u64, CacheError> {
+        let read = self.database.begin_read().map_err(store_error)?;
+        let table = read.open_table(RECORDS).map_err(store_error)?;
+        table.len().map_err(store_error)
+    }
+
     /// Drops the entries whose every test expired more than `retention`
     /// before `now`; returns (retained, dropped).
     pub async fn cleanup(
@@ -229,17 +306,7 @@ impl Embedded {
                     })
                     .map_err(store_error)?;
                 // Gates' records go once they expired.
-                let now = epoch_seconds(now);
-                write
-                    .open_table(RECORDS)
-                    .map_err(store_error)?
-                    .retain(|_, stored| {
-                        stored
-                            .split_once(';')
-                            .and_then(|(expiry, _)| expiry.parse::<u64>().ok())
-                            .is_some_and(|expiry| expiry > now)
-                    })
-                    .map_err(store_error)?;
+                RecordTables::open(&write)?.drop_expired(epoch_seconds(now))?;
             }
             write.commit().map_err(store_error)?;
             Ok(counts)
@@ -254,10 +321,10 @@ impl Embedded {
             .pending_records
             .lock()
             .ok()
-            .and_then(|pending| pending.get(key).cloned())
+            .and_then(|pending| pending.get(key).map(|(_, stored)| stored.clone()))
             .or_else(|| {
                 self.committing_batch()
-                    .and_then(|batch| batch.records.get(key).cloned())
+                    .and_then(|batch| batch.records.get(key).map(|(_, stored)| stored.clone()))
             });
         let stored = match pending {
             Some(stored) => Some(stored),
@@ -279,9 +346,11 @@ impl Embedded {
     /// next batch (within the flush interval).
     pub fn keep_record(&self, key: &str, value: &str, ttl: Duration) {
         let stored = format!("{};{value}", epoch_seconds(SystemTime::now() + ttl));
+        self.queued();
+        let order = self.next_record.fetch_add(1, Ordering::Relaxed);
         let full = match self.pending_records.lock() {
             Ok(mut pending) => {
-                pending.insert(key.to_string(), stored);
+                pending.insert(key.to_string(), (order, stored));
                 pending.len() >= PENDING_LIMIT
             }
             Err(_) => false,
@@ -302,27 +371,34 @@ impl Embedded {
         }
         let database = Arc::clone(&self.database);
         let batch = HashMap::from([(ip, None)]);
-        tokio::task::spawn_blocking(move || commit(&database, &batch, &HashMap::new()))
+        let cap = self.max_records;
+        tokio::task::spawn_blocking(move || commit(&database, &batch, &HashMap::new(), cap))
             .await
             .map_err(|e| CacheError::Store(e.to_string()))??;
         Ok(existed)
     }
 }
 
-/// One transaction: the passes (`None` deletes) and the gates' records.
+/// One transaction: the passes (`None` deletes) and the gates' records,
+/// in the order they were written, the oldest evicted past `cap`.
 fn commit(
     database: &Database,
     batch: &HashMap<IpAddr, Option<Entry>>,
-    records: &HashMap<String, String>,
+    records: &PendingRecords,
+    cap: u64,
 ) -> Result<(), CacheError> {
     let write = database.begin_write().map_err(store_error)?;
     if !records.is_empty() {
-        let mut table = write.open_table(RECORDS).map_err(store_error)?;
-        for (key, stored) in records {
-            table
-                .insert(key.as_str(), stored.as_str())
-                .map_err(store_error)?;
+        let mut in_order: Vec<(&u64, &String, &String)> = records
+            .iter()
+            .map(|(key, (order, stored))| (order, key, stored))
+            .collect();
+        in_order.sort_unstable();
+        let mut table = RecordTables::open(&write)?;
+        for (_, key, stored) in in_order {
+            table.insert(key, stored)?;
         }
+        table.trim(cap)?;
     }
     {
         let mut table = write.open_table(PASSES).map_err(store_error)?;
@@ -353,63 +429,4 @@ fn store_error(error: impl std::fmt::Display) -> CacheError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn records_are_read_back_at_once_and_committed_with_the_passes() {
-        let dir = tempfile::tempdir().expect("a folder");
-        let path = dir.path().join("cache.redb");
-        let store = Embedded::open(&path).expect("opened");
-        let hour = Duration::from_secs(3600);
-        store.keep_record("greylist:a", "1", hour);
-        store.keep_record("user:b", "127.0.0.1:25", hour);
-        store.put("192.0.2.1".parse().expect("ip"), Some(Entry::default()));
-        assert_eq!(
-            store.record("greylist:a").expect("read").as_deref(),
-            Some("1")
-        );
-        store.flush().await.expect("one commit");
-        assert!(store.pending_records.lock().expect("lock").is_empty());
-        assert_eq!(
-            store.record("user:b").expect("read").as_deref(),
-            Some("127.0.0.1:25")
-        );
-        store.keep_record("gone", "x", Duration::ZERO);
-        assert_eq!(store.record("gone").expect("read"), None, "expired");
-        drop(store);
-        let reopened = Embedded::open(&path).expect("reopened");
-        assert_eq!(
-            reopened.record("greylist:a").expect("read").as_deref(),
-            Some("1")
-        );
-    }
-
-    #[test]
-    fn a_failed_batch_goes_back_under_the_newer_writes() {
-        let dir = tempfile::tempdir().expect("a folder");
-        let store = Embedded::open(&dir.path().join("cache.redb")).expect("opened");
-        let hour = Duration::from_secs(3600);
-        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let mut failed = Batch::default();
-        failed.passes.insert(ip, None);
-        failed
-            .records
-            .insert("old".into(), "99999999999;failed".into());
-        failed
-            .records
-            .insert("both".into(), "99999999999;failed".into());
-        // Written while the batch was committing: newer, so it stays.
-        store.keep_record("both", "newer", hour);
-        store.put_back(&failed);
-        assert_eq!(
-            store.record("both").expect("read").as_deref(),
-            Some("newer")
-        );
-        assert_eq!(
-            store.record("old").expect("read").as_deref(),
-            Some("failed")
-        );
-        assert!(store.pending.lock().expect("lock").contains_key(&ip));
-    }
-}
+mod tests;
