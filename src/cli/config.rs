@@ -6,7 +6,9 @@ use doorman::config::{reference, Registry};
 /// What `doorman config` does.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigAction {
-    /// Print the configuration reference, every key with its default, bounds and meaning, as a markdown table (generated from the config types; `docs/configuration.md` and doorman.toml(5) hold the same table).
+    /// Print every config key with its default, bounds and meaning.
+    ///
+    /// The configuration reference as a markdown table, generated from the config types; `docs/configuration.md` and doorman.toml(5) hold the same table.
     Keys,
 }
 

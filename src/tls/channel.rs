@@ -82,7 +82,11 @@ impl Channel<tokio::net::TcpStream> {
     /// dialogue turns interactive, so this is asked again after each
     /// write that waits. Plain text needs none of it: there a server's
     /// answer is one write.
+    ///
+    /// `TCP_QUICKACK` is Linux's (and Android's): elsewhere this does
+    /// nothing, and the build does not depend on it.
     pub fn acknowledge_at_once(&self) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Channel::Tls(stream) = self {
             let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_quickack(true);
         }

@@ -176,6 +176,26 @@ fn every_key_serde_reads_has_a_row() {
         ("greylist", fields::<doorman_greylist::Settings>()),
         ("policy", fields::<doorman_policy::PolicySection>()),
     ];
+    let tests: Vec<String> = doorman::deep::DeepTest::ALL
+        .iter()
+        .map(|test| format!("deep_tests.{}", test.name()))
+        .collect();
+    let mut sections = sections;
+    for test in &tests {
+        sections.push((test, fields::<doorman::deep::DeepTestConfig>()));
+    }
+    // Every table of the reference is in the list above, so a new section
+    // type or gate cannot skip this check by not being listed.
+    let mut unlisted: Vec<&str> = rows
+        .iter()
+        .map(|row| bare(&row.section))
+        .filter(|name| !sections.iter().any(|(listed, _)| listed == name))
+        .collect();
+    unlisted.dedup();
+    assert!(
+        unlisted.is_empty(),
+        "tables of the reference whose section type is not listed here: {unlisted:?}"
+    );
     let mut missing = Vec::new();
     for (section, keys) in &sections {
         assert!(!keys.is_empty(), "no fields read for [{section}]");

@@ -250,52 +250,70 @@ fn swaks_tls(doorman: &Doorman) -> (bool, String) {
     )
 }
 
+/// A client config that lists `first` first (it keeps its own tickets).
+fn client_listing_first(first: rustls::CipherSuite) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != first);
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(doorman::tls::backend::any_certificate())
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// STARTTLS from `client` with `config`: the suite and the kind of
+/// handshake it got.
+fn handshake_as(
+    doorman: &Doorman,
+    client: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> (Option<rustls::CipherSuite>, Option<rustls::HandshakeKind>) {
+    use rustls::pki_types::ServerName;
+    let mut plain = connect_as(doorman, client);
+    assert_eq!(read_line(&mut plain), GREETING);
+    say(&mut plain, "EHLO client.test\r\n");
+    read_reply(&mut plain);
+    say(&mut plain, "STARTTLS\r\n");
+    assert_eq!(read_line(&mut plain), READY);
+    let name = ServerName::try_from("mx.doorman.test").unwrap();
+    let mut connection = rustls::ClientConnection::new(config, name).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut plain).unwrap();
+    }
+    let mut tls = rustls::StreamOwned::new(connection, plain);
+    // The ticket comes after the handshake: a reply reads it.
+    say_tls(&mut tls, "EHLO client.test\r\n");
+    assert!(reply_tls(&mut tls).starts_with("250"));
+    let chosen = tls.conn.negotiated_cipher_suite().map(|s| s.suite());
+    (chosen, tls.conn.handshake_kind())
+}
+
 /// doorman picks the cipher suite in its own order (AES-128-GCM first), so
 /// a client that lists AES-256-GCM first, as OpenSSL's do, gets
 /// AES-128-GCM; one that lists ChaCha20 first (no AES in hardware) keeps
-/// its own order.
+/// its own order. Each resumes its next session with its ticket (rustls
+/// resumes a session only with the suite it had, so a ticket never goes
+/// from one order to the other).
 #[test]
 fn the_engine_picks_aes_128_unless_the_client_puts_chacha_first() {
-    use rustls::pki_types::ServerName;
     use rustls::CipherSuite::*;
-    use rustls::ClientConnection;
+    use rustls::HandshakeKind::{Full, Resumed};
     let (_backend, doorman, _certs) = start("", "");
-    for (n, (first, expected)) in [
-        (TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256),
-        (
-            TLS13_CHACHA20_POLY1305_SHA256,
-            TLS13_CHACHA20_POLY1305_SHA256,
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider
-            .cipher_suites
-            .sort_by_key(|suite| suite.suite() != first);
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(doorman::tls::backend::any_certificate())
-            .with_no_client_auth();
-        let mut plain = connect_as(&doorman, &format!("203.0.113.{}", 95 + n));
-        assert_eq!(read_line(&mut plain), GREETING);
-        say(&mut plain, "EHLO client.test\r\n");
-        read_reply(&mut plain);
-        say(&mut plain, "STARTTLS\r\n");
-        assert_eq!(read_line(&mut plain), READY);
-        let name = ServerName::try_from("mx.doorman.test").unwrap();
-        let mut connection = ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        while connection.is_handshaking() {
-            connection.complete_io(&mut plain).unwrap();
-        }
-        let chosen = connection.negotiated_cipher_suite().map(|s| s.suite());
-        assert_eq!(
-            chosen,
-            Some(expected),
-            "a client that lists {first:?} first"
-        );
+    let aes = client_listing_first(TLS13_AES_256_GCM_SHA384);
+    let chacha = client_listing_first(TLS13_CHACHA20_POLY1305_SHA256);
+    let cases = [
+        (&aes, TLS13_AES_128_GCM_SHA256, Full),
+        (&aes, TLS13_AES_128_GCM_SHA256, Resumed),
+        (&chacha, TLS13_CHACHA20_POLY1305_SHA256, Full),
+        (&chacha, TLS13_CHACHA20_POLY1305_SHA256, Resumed),
+    ];
+    for (n, (config, suite, kind)) in cases.into_iter().enumerate() {
+        let client = format!("203.0.113.{}", 95 + n);
+        let got = handshake_as(&doorman, &client, config.clone());
+        assert_eq!(got, (Some(suite), Some(kind)), "handshake {n}");
     }
 }
