@@ -29,7 +29,7 @@ impl JsonSchema for DeepTestsSection {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let mut after_pass = generator.subschema_for::<AfterPass>();
         after_pass.insert("description".into(), AFTER_PASS.into());
-        after_pass.insert("default".into(), "replay".into());
+        after_pass.insert("default".into(), serde_json::json!(AfterPass::default()));
         let forbidden = default_forbidden_commands();
         let mut properties = serde_json::Map::new();
         properties.insert("after_pass".into(), after_pass.into());
@@ -59,13 +59,14 @@ impl JsonSchema for DeepTestsSection {
 fn test_schema(generator: &mut SchemaGenerator, test: DeepTest) -> Schema {
     let action = test.default_action().to_string();
     let ttl = format_duration(test.default_ttl());
+    let enable = DeepTestConfig::default().enable;
     let mut schema = DeepTestConfig::json_schema(generator);
     if let Some(properties) = schema
         .get_mut("properties")
         .and_then(serde_json::Value::as_object_mut)
     {
         let defaults = [
-            ("enable", false.into()),
+            ("enable", enable.into()),
             ("action", action.clone().into()),
             ("ttl", ttl.clone().into()),
         ];
@@ -81,7 +82,7 @@ fn test_schema(generator: &mut SchemaGenerator, test: DeepTest) -> Schema {
     schema.insert("description".into(), test.about().into());
     schema.insert(
         "default".into(),
-        serde_json::json!({ "enable": false, "action": action, "ttl": ttl }),
+        serde_json::json!({ "enable": enable, "action": action, "ttl": ttl }),
     );
     schema
 }
