@@ -190,21 +190,6 @@ RSS {rss_before} KiB before, {rss_peak} KiB at peak, {rss_after} KiB after; \
     );
 }
 
-/// The text of `/metrics` on the admin listener on `port`.
-fn metrics(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn queries_over_the_cap_are_skipped_logged_once_and_counted() {
     let dns = MostlySilentDns::start();
@@ -241,7 +226,7 @@ max_queries = 1\n[admin]\naddress = \"127.0.0.1:{admin}\"\n",
         logged[0].contains("skipped: too many DNS queries in flight"),
         "{logged:?}"
     );
-    let text = metrics(admin);
+    let text = crate::support::metrics(("127.0.0.1", admin));
     assert!(
         text.contains("doorman_gate_events_total{gate=\"dnsbl\",event=\"dns_skipped\"} 3"),
         "{text}"

@@ -106,7 +106,8 @@ fn a_certificate_out_of_its_validity_is_named_by_check_at_start_up_and_at_each_r
         "doorman_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} 1735689600",
         expired.0.display()
     );
-    assert!(metrics(admin).contains(&gauge), "{}", metrics(admin));
+    let text = crate::support::metrics(("127.0.0.1", admin));
+    assert!(text.contains(&gauge), "{text}");
     doorman.log.wait_for(said, Duration::from_secs(5));
     signal(doorman.child.id(), "HUP");
     doorman.log.wait_for("reloaded", Duration::from_secs(10));
@@ -307,25 +308,10 @@ fn a_key_that_is_not_the_certificates_is_said_in_words_before_any_listener() {
     );
 }
 
-/// The text of `/metrics` on the admin listener on `port`.
-fn metrics(port: u16) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 /// The samples of `doorman_connections_total` on `/metrics` of the admin
 /// listener on `port`, by outcome.
 fn connections_by_outcome(port: u16) -> Vec<(String, f64)> {
-    metrics(port)
+    crate::support::metrics(("127.0.0.1", port))
         .lines()
         .filter_map(|line| line.strip_prefix("doorman_connections_total{outcome=\""))
         .filter_map(|rest| rest.split_once("\"} "))

@@ -438,12 +438,7 @@ fn a_backend_lost_at_the_end_of_a_message_gets_postfixs_451() {
         "after END-OF-MESSAGE for [203.0.113.51]:40000",
         Duration::from_secs(5),
     );
-    let mut metrics = std::net::TcpStream::connect(admin).unwrap();
-    metrics
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut metrics, &mut text).unwrap();
+    let text = crate::support::metrics(admin);
     assert!(
         text.contains("doorman_backend_lost_total{stage=\"END-OF-MESSAGE\"} 1"),
         "{text}"

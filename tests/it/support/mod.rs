@@ -258,3 +258,18 @@ pub fn config_with(
         "hostname = \"mx.doorman.test\"\nshutdown_grace = \"3s\"\n[proxy]\nhosts_file = \"haproxy_hosts\"\ntimeout = \"{proxy_timeout}\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n{extra_listener}\n[[backend]]\naddress = \"{backend}\"\nsend_proxy = \"{send_proxy}\"\nconnect_timeout = \"2s\"\n{sections}"
     )
 }
+
+/// The text of `/metrics` (the whole HTTP response) from the admin
+/// listener at `admin`.
+pub fn metrics(admin: impl std::net::ToSocketAddrs) -> String {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
