@@ -170,3 +170,41 @@ async fn records_of_an_older_file_are_ordered_by_expiry_and_capped() {
     store.flush().await.expect("commit");
     assert_eq!(kept(&store, 0, 21), vec![13, 14, 15, 16, 17, 18, 19, 20]);
 }
+
+#[tokio::test]
+async fn a_backends_state_is_never_evicted_by_a_flood_of_records() {
+    let dir = tempfile::tempdir().expect("a folder");
+    let path = dir.path().join("cache.redb");
+    let drained = format!("{}192.0.2.25:25", crate::director::STATE_PREFIX);
+    let ten_years = Duration::from_secs(10 * 365 * 86400);
+    {
+        // As the reviewed build wrote it: the state in the order, oldest.
+        let database = redb::Database::create(&path).expect("created");
+        let write = database.begin_write().expect("write");
+        {
+            let mut tables = RecordTables::open(&write).expect("tables");
+            tables.insert(&drained, "99999999999;1;-;0").expect("insert");
+        }
+        write.commit().expect("commit");
+    }
+    {
+        let store = Embedded::open(&path, 10).expect("opened");
+        write_keys(&store, 0, 100);
+        store.flush().await.expect("commit");
+        assert_eq!(store.record_count().expect("count"), 11, "10 and the state");
+        assert_eq!(kept(&store, 0, 100), (90..100).collect::<Vec<_>>());
+        store.keep_record(&drained, "1;3;0", ten_years);
+        store.flush().await.expect("commit");
+    }
+    let store = Embedded::open(&path, 5).expect("reopened with a lower cap");
+    assert_eq!(
+        store.record(&drained).expect("read").as_deref(),
+        Some("1;3;0"),
+        "the drain survives the flood and the restart"
+    );
+    assert_eq!(kept(&store, 0, 100), (95..100).collect::<Vec<_>>());
+    write_keys(&store, 100, 200);
+    store.flush().await.expect("commit");
+    assert_eq!(store.record_count().expect("count"), 6);
+    assert!(store.record(&drained).expect("read").is_some());
+}
