@@ -208,3 +208,33 @@ async fn a_backends_state_is_never_evicted_by_a_flood_of_records() {
     assert_eq!(store.record_count().expect("count"), 6);
     assert!(store.record(&drained).expect("read").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_being_committed_is_always_read_back() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().expect("a folder");
+    let store = Arc::new(Embedded::open(&dir.path().join("cache.redb"), 1000).expect("opened"));
+    let latest = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    store.keep_record("key-0", "0", Duration::from_secs(3600));
+    let reader = {
+        let (store, latest, done) = (Arc::clone(&store), Arc::clone(&latest), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut misses = 0;
+            while !done.load(Ordering::SeqCst) {
+                let n = latest.load(Ordering::SeqCst);
+                if store.record(&format!("key-{n}")).expect("read").is_none() {
+                    misses += 1;
+                }
+            }
+            misses
+        })
+    };
+    for n in 1..3000u64 {
+        store.flush().await.expect("commit");
+        store.keep_record(&format!("key-{n}"), "x", Duration::from_secs(3600));
+        latest.store(n, Ordering::SeqCst);
+    }
+    done.store(true, Ordering::SeqCst);
+    assert_eq!(reader.join().expect("reader"), 0, "a written record read as absent");
+}
