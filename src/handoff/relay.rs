@@ -303,12 +303,15 @@ where
                 // The client's bytes could not reach the backend (a killed
                 // backend resets before its read side tells): the client
                 // waits for an answer to them, so it gets the lost reply,
-                // as when the backend's end is read.
+                // as when the backend's end is read; once (a reply already
+                // queued for a read reset is left to go out alone).
                 let plain = !up.binary && !down.binary && !down.goodbye;
                 if done.is_err() && up.write_failed && plain && !down_done {
-                    down.buffer.extend_from_slice(lost);
-                    down.lost = true;
-                    down.state = Pumping::Ended;
+                    if !down.lost {
+                        down.buffer.extend_from_slice(lost);
+                        down.lost = true;
+                        down.state = Pumping::Ended;
+                    }
                     up_done = true;
                     continue;
                 }

@@ -225,3 +225,113 @@ async fn a_client_command_the_backend_cannot_take_gets_the_lost_reply() {
     assert_eq!(answer, b"421 lost\r\n");
     assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
 }
+
+/// A client that sends `reads` (`None`: not yet, once), whose first write
+/// waits a turn (it is slow to read), and whose writes land in `got`.
+struct SlowReader {
+    reads: std::collections::VecDeque<Option<&'static [u8]>>,
+    waited: bool,
+    got: Vec<u8>,
+}
+
+impl AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.reads.pop_front() {
+            Some(Some(bytes)) => {
+                buf.put_slice(bytes);
+                Poll::Ready(Ok(()))
+            }
+            Some(None) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for SlowReader {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.got.extend_from_slice(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A backend that takes one write, then resets: its read fails on the
+/// second try, and every later write fails.
+struct ResetsAfterOne {
+    reads: u32,
+    writes: u32,
+}
+
+impl AsyncRead for ResetsAfterOne {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.reads += 1;
+        if self.reads == 1 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+    }
+}
+
+impl AsyncWrite for ResetsAfterOne {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        match self.writes {
+            1 => Poll::Ready(Ok(bytes.len())),
+            _ => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_client_told_the_backend_is_lost_is_told_once() {
+    // The reset is read while the 421 waits for the slow client, whose
+    // next command then fails to reach the backend.
+    let mut client = SlowReader {
+        reads: [Some(&b"NOOP\r\n"[..]), None, Some(&b"NOOP\r\n"[..])].into(),
+        waited: false,
+        got: Vec::new(),
+    };
+    let mut backend = ResetsAfterOne {
+        reads: 0,
+        writes: 0,
+    };
+    let ended = relay(&mut client, &mut backend, BytesMut::new(), b"421 lost\r\n").await;
+    assert_eq!(ended.unwrap(), Ended::BackendLost);
+    assert_eq!(String::from_utf8_lossy(&client.got), "421 lost\r\n");
+}
