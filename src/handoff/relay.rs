@@ -83,7 +83,7 @@ struct Pump {
     /// Whether the reader ended while the other side waited, and the
     /// relay's reply for that was written.
     lost: bool,
-    /// Whether the last bytes read began with a reply that ends the
+    /// Whether the last line of the last bytes read is a reply that ends the
     /// session (`221`, `421`).
     goodbye: bool,
     /// Whether a TLS record was read (the two ends started TLS through the
@@ -216,7 +216,7 @@ impl Pump {
                     *clock += 1;
                     self.last_read = *clock;
                     let fresh = &self.buffer[self.buffer.len() - read..];
-                    self.goodbye = fresh.starts_with(b"221") || fresh.starts_with(b"421");
+                    self.goodbye = ends_in_goodbye(fresh);
                     // A TLS record: content type 20-23, then version 3.x.
                     self.binary |= matches!(fresh, [20..=23, 3, ..]);
                 }
@@ -230,6 +230,18 @@ impl Pump {
             }
         }
     }
+}
+
+/// Whether the last line of `fresh` (one read) is a reply that ends the
+/// session (`221`, `421`): pipelined replies come in one read, the
+/// goodbye last (`250 ...`, `221 ...` for `RSET`, `QUIT`).
+fn ends_in_goodbye(fresh: &[u8]) -> bool {
+    let lines = fresh.strip_suffix(b"\n").unwrap_or(fresh);
+    let last = lines
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(lines, |end| &lines[end + 1..]);
+    last.starts_with(b"221") || last.starts_with(b"421")
 }
 
 /// Relays between `client` and `backend`. `early` holds bytes the client

@@ -335,3 +335,38 @@ async fn a_client_told_the_backend_is_lost_is_told_once() {
     assert_eq!(ended.unwrap(), Ended::BackendLost);
     assert_eq!(String::from_utf8_lossy(&client.got), "421 lost\r\n");
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_lost_reply_after_a_goodbye_pipelined_behind_another_reply() {
+    let (mut client, mut backend, relaying) = start_relay(256, b"");
+    client.write_all(b"RSET\r\nQUIT\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64];
+    while !got.ends_with(b"QUIT\r\n") {
+        let read = backend.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..read]);
+    }
+    backend.write_all(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n").await.unwrap();
+    let mut answer = vec![0u8; 29];
+    client.read_exact(&mut answer).await.unwrap();
+    // The client speaks after the goodbye; then the backend closes.
+    client.write_all(b"NOOP\r\n").await.unwrap();
+    while !got.ends_with(b"NOOP\r\n") {
+        let read = backend.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..read]);
+    }
+    drop(backend);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the 221");
+    assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
+}
+
+#[test]
+fn a_goodbye_is_the_last_line_of_a_read() {
+    assert!(ends_in_goodbye(b"221 2.0.0 Bye\r\n"));
+    assert!(ends_in_goodbye(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"));
+    assert!(ends_in_goodbye(b"250 Ok\n421 4.4.2 timeout"));
+    assert!(!ends_in_goodbye(b"221 Bye\r\n250 2.0.0 Ok\r\n"));
+    assert!(!ends_in_goodbye(b"354 go ahead\r\n"));
+}
