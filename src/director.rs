@@ -19,6 +19,12 @@ use std::time::Duration;
 use doorman_gate_api::RecordStore;
 use tokio_util::sync::CancellationToken;
 
+/// The prefix of the backends' state records in the store. The local
+/// stores keep these outside their `[cache] max_records` cap: they are an
+/// operator's choices, one per backend, which no flood of clients' records
+/// may evict.
+pub const STATE_PREFIX: &str = "director:";
+
 /// How long a state record is kept in the store.
 const KEEP: Duration = Duration::from_secs(10 * 365 * 86400);
 
@@ -101,7 +107,7 @@ impl Default for Director {
 }
 
 fn key(backend: SocketAddr) -> String {
-    format!("director:{backend}")
+    format!("{STATE_PREFIX}{backend}")
 }
 
 impl Director {

@@ -83,7 +83,7 @@ struct Pump {
     /// Whether the reader ended while the other side waited, and the
     /// relay's reply for that was written.
     lost: bool,
-    /// Whether the last bytes read began with a reply that ends the
+    /// Whether the last line of the last bytes read is a reply that ends the
     /// session (`221`, `421`).
     goodbye: bool,
     /// Whether a TLS record was read (the two ends started TLS through the
@@ -216,7 +216,7 @@ impl Pump {
                     *clock += 1;
                     self.last_read = *clock;
                     let fresh = &self.buffer[self.buffer.len() - read..];
-                    self.goodbye = fresh.starts_with(b"221") || fresh.starts_with(b"421");
+                    self.goodbye = ends_in_goodbye(fresh);
                     // A TLS record: content type 20-23, then version 3.x.
                     self.binary |= matches!(fresh, [20..=23, 3, ..]);
                 }
@@ -230,6 +230,18 @@ impl Pump {
             }
         }
     }
+}
+
+/// Whether the last line of `fresh` (one read) is a reply that ends the
+/// session (`221`, `421`): pipelined replies come in one read, the
+/// goodbye last (`250 ...`, `221 ...` for `RSET`, `QUIT`).
+fn ends_in_goodbye(fresh: &[u8]) -> bool {
+    let lines = fresh.strip_suffix(b"\n").unwrap_or(fresh);
+    let last = lines
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(lines, |end| &lines[end + 1..]);
+    last.starts_with(b"221") || last.starts_with(b"421")
 }
 
 /// Relays between `client` and `backend`. `early` holds bytes the client
@@ -303,12 +315,15 @@ where
                 // The client's bytes could not reach the backend (a killed
                 // backend resets before its read side tells): the client
                 // waits for an answer to them, so it gets the lost reply,
-                // as when the backend's end is read.
+                // as when the backend's end is read; once (a reply already
+                // queued for a read reset is left to go out alone).
                 let plain = !up.binary && !down.binary && !down.goodbye;
                 if done.is_err() && up.write_failed && plain && !down_done {
-                    down.buffer.extend_from_slice(lost);
-                    down.lost = true;
-                    down.state = Pumping::Ended;
+                    if !down.lost {
+                        down.buffer.extend_from_slice(lost);
+                        down.lost = true;
+                        down.state = Pumping::Ended;
+                    }
                     up_done = true;
                     continue;
                 }

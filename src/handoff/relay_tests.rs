@@ -225,3 +225,148 @@ async fn a_client_command_the_backend_cannot_take_gets_the_lost_reply() {
     assert_eq!(answer, b"421 lost\r\n");
     assert_eq!(relaying.await.unwrap().unwrap(), Ended::BackendLost);
 }
+
+/// A client that sends `reads` (`None`: not yet, once), whose first write
+/// waits a turn (it is slow to read), and whose writes land in `got`.
+struct SlowReader {
+    reads: std::collections::VecDeque<Option<&'static [u8]>>,
+    waited: bool,
+    got: Vec<u8>,
+}
+
+impl AsyncRead for SlowReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.reads.pop_front() {
+            Some(Some(bytes)) => {
+                buf.put_slice(bytes);
+                Poll::Ready(Ok(()))
+            }
+            Some(None) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for SlowReader {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.got.extend_from_slice(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A backend that takes one write, then resets: its read fails on the
+/// second try, and every later write fails.
+struct ResetsAfterOne {
+    reads: u32,
+    writes: u32,
+}
+
+impl AsyncRead for ResetsAfterOne {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.reads += 1;
+        if self.reads == 1 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+    }
+}
+
+impl AsyncWrite for ResetsAfterOne {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
+        match self.writes {
+            1 => Poll::Ready(Ok(bytes.len())),
+            _ => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_client_told_the_backend_is_lost_is_told_once() {
+    // The reset is read while the 421 waits for the slow client, whose
+    // next command then fails to reach the backend.
+    let mut client = SlowReader {
+        reads: [Some(&b"NOOP\r\n"[..]), None, Some(&b"NOOP\r\n"[..])].into(),
+        waited: false,
+        got: Vec::new(),
+    };
+    let mut backend = ResetsAfterOne {
+        reads: 0,
+        writes: 0,
+    };
+    let ended = relay(&mut client, &mut backend, BytesMut::new(), b"421 lost\r\n").await;
+    assert_eq!(ended.unwrap(), Ended::BackendLost);
+    assert_eq!(String::from_utf8_lossy(&client.got), "421 lost\r\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_lost_reply_after_a_goodbye_pipelined_behind_another_reply() {
+    let (mut client, mut backend, relaying) = start_relay(256, b"");
+    client.write_all(b"RSET\r\nQUIT\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64];
+    while !got.ends_with(b"QUIT\r\n") {
+        let read = backend.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..read]);
+    }
+    backend.write_all(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n").await.unwrap();
+    let mut answer = vec![0u8; 29];
+    client.read_exact(&mut answer).await.unwrap();
+    // The client speaks after the goodbye; then the backend closes.
+    client.write_all(b"NOOP\r\n").await.unwrap();
+    while !got.ends_with(b"NOOP\r\n") {
+        let read = backend.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..read]);
+    }
+    drop(backend);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&rest), "", "nothing after the 221");
+    assert_eq!(relaying.await.unwrap().unwrap(), Ended::Done);
+}
+
+#[test]
+fn a_goodbye_is_the_last_line_of_a_read() {
+    assert!(ends_in_goodbye(b"221 2.0.0 Bye\r\n"));
+    assert!(ends_in_goodbye(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"));
+    assert!(ends_in_goodbye(b"250 Ok\n421 4.4.2 timeout"));
+    assert!(!ends_in_goodbye(b"221 Bye\r\n250 2.0.0 Ok\r\n"));
+    assert!(!ends_in_goodbye(b"354 go ahead\r\n"));
+}

@@ -186,24 +186,23 @@ impl Embedded {
             .lock()
             .ok()
             .and_then(|mut oldest| oldest.take());
-        let batch = Arc::new(Batch {
-            passes: self
-                .pending
-                .lock()
-                .map(|mut pending| std::mem::take(&mut *pending))
-                .unwrap_or_default(),
-            records: self
-                .pending_records
-                .lock()
-                .map(|mut pending| std::mem::take(&mut *pending))
-                .unwrap_or_default(),
-        });
-        if batch.passes.is_empty() && batch.records.is_empty() {
-            return Ok(());
-        }
-        if let Ok(mut in_flight) = self.in_flight.lock() {
-            *in_flight = Some(Arc::clone(&batch));
-        }
+        // The pending maps stay locked until the batch is in flight: a
+        // reader that misses a write in them must find it there.
+        let batch = {
+            let mut passes = self.pending.lock().ok();
+            let mut records = self.pending_records.lock().ok();
+            let batch = Arc::new(Batch {
+                passes: passes.as_deref_mut().map(std::mem::take).unwrap_or_default(),
+                records: records.as_deref_mut().map(std::mem::take).unwrap_or_default(),
+            });
+            if batch.passes.is_empty() && batch.records.is_empty() {
+                return Ok(());
+            }
+            if let Ok(mut in_flight) = self.in_flight.lock() {
+                *in_flight = Some(Arc::clone(&batch));
+            }
+            batch
+        };
         let database = Arc::clone(&self.database);
         let committed = Arc::clone(&batch);
         let cap = self.max_records;

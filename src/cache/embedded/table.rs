@@ -10,11 +10,22 @@
 //! The write order is taken inside the transaction (the last age + 1), so
 //! the `doorman cache` command writing the same file in redb's multi-writer
 //! mode cannot break the order.
+//!
+//! The backends' runtime state (`director:` keys, one per backend: an
+//! operator's drain, weight and flushes) is kept outside the order and the
+//! cap: a flood of greylist triplets or routed users must not evict a
+//! drain, which then would not survive the next restart.
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
 use super::store_error;
 use crate::cache::CacheError;
+use crate::director::STATE_PREFIX;
+
+/// Whether `key` is kept outside the order and the cap.
+fn uncapped(key: &str) -> bool {
+    key.starts_with(STATE_PREFIX)
+}
 
 /// The table of gates' records: key -> `<expiry seconds>;<value>`.
 pub(super) const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
@@ -49,8 +60,14 @@ impl<'txn> RecordTables<'txn> {
             .map_or(0, |(age, _)| age.value().saturating_add(1)))
     }
 
-    /// Writes (or rewrites) `key`, as the youngest record.
+    /// Writes (or rewrites) `key`, as the youngest record (unless it is
+    /// kept outside the cap).
     pub(super) fn insert(&mut self, key: &str, stored: &str) -> Result<(), CacheError> {
+        if uncapped(key) {
+            self.forget_age(key)?;
+            self.records.insert(key, stored).map_err(store_error)?;
+            return Ok(());
+        }
         let age = self.next_age()?;
         self.forget_age(key)?;
         self.records.insert(key, stored).map_err(store_error)?;
@@ -79,10 +96,11 @@ impl<'txn> RecordTables<'txn> {
         Ok(())
     }
 
-    /// Evicts the oldest records until at most `cap` remain; how many went.
+    /// Evicts the oldest records until at most `cap` remain in the order
+    /// (the uncapped ones not counted); how many went.
     pub(super) fn trim(&mut self, cap: u64) -> Result<u64, CacheError> {
         let mut evicted = 0;
-        while self.records.len().map_err(store_error)? > cap {
+        while self.seq.len().map_err(store_error)? > cap {
             let oldest = self
                 .age
                 .pop_first()
@@ -98,19 +116,42 @@ impl<'txn> RecordTables<'txn> {
         Ok(evicted)
     }
 
+    /// How many records are kept outside the order and the cap.
+    fn uncapped_count(&self) -> Result<u64, CacheError> {
+        let mut count = 0;
+        for row in self.records.range(STATE_PREFIX..).map_err(store_error)? {
+            let (key, _) = row.map_err(store_error)?;
+            if !uncapped(key.value()) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Gives the records an older doorman wrote (before the write order
     /// existed) a place in it: after every ordered record, the soonest to
-    /// expire first.
+    /// expire first; and takes the uncapped ones out of it.
     pub(super) fn adopt_unordered(&mut self) -> Result<(), CacheError> {
-        if self.records.len().map_err(store_error)? == self.seq.len().map_err(store_error)? {
+        let ordered = self.seq.len().map_err(store_error)?;
+        if self.records.len().map_err(store_error)? == ordered + self.uncapped_count()? {
             return Ok(());
         }
         let mut unordered: Vec<(u64, String)> = Vec::new();
+        let mut ordered_uncapped: Vec<String> = Vec::new();
         for row in self.records.iter().map_err(store_error)? {
             let (key, stored) = row.map_err(store_error)?;
-            if self.seq.get(key.value()).map_err(store_error)?.is_none() {
+            let in_order = self.seq.get(key.value()).map_err(store_error)?.is_some();
+            if uncapped(key.value()) {
+                if in_order {
+                    ordered_uncapped.push(key.value().to_string());
+                }
+            } else if !in_order {
                 unordered.push((expiry_of(stored.value()), key.value().to_string()));
             }
+        }
+        for key in ordered_uncapped {
+            self.forget_age(&key)?;
         }
         unordered.sort();
         let mut age = self.next_age()?;

@@ -170,3 +170,71 @@ async fn records_of_an_older_file_are_ordered_by_expiry_and_capped() {
     store.flush().await.expect("commit");
     assert_eq!(kept(&store, 0, 21), vec![13, 14, 15, 16, 17, 18, 19, 20]);
 }
+
+#[tokio::test]
+async fn a_backends_state_is_never_evicted_by_a_flood_of_records() {
+    let dir = tempfile::tempdir().expect("a folder");
+    let path = dir.path().join("cache.redb");
+    let drained = format!("{}192.0.2.25:25", crate::director::STATE_PREFIX);
+    let ten_years = Duration::from_secs(10 * 365 * 86400);
+    {
+        // As the reviewed build wrote it: the state in the order, oldest.
+        let database = redb::Database::create(&path).expect("created");
+        let write = database.begin_write().expect("write");
+        {
+            let mut tables = RecordTables::open(&write).expect("tables");
+            tables.insert(&drained, "99999999999;1;-;0").expect("insert");
+        }
+        write.commit().expect("commit");
+    }
+    {
+        let store = Embedded::open(&path, 10).expect("opened");
+        write_keys(&store, 0, 100);
+        store.flush().await.expect("commit");
+        assert_eq!(store.record_count().expect("count"), 11, "10 and the state");
+        assert_eq!(kept(&store, 0, 100), (90..100).collect::<Vec<_>>());
+        store.keep_record(&drained, "1;3;0", ten_years);
+        store.flush().await.expect("commit");
+    }
+    let store = Embedded::open(&path, 5).expect("reopened with a lower cap");
+    assert_eq!(
+        store.record(&drained).expect("read").as_deref(),
+        Some("1;3;0"),
+        "the drain survives the flood and the restart"
+    );
+    assert_eq!(kept(&store, 0, 100), (95..100).collect::<Vec<_>>());
+    write_keys(&store, 100, 200);
+    store.flush().await.expect("commit");
+    assert_eq!(store.record_count().expect("count"), 6);
+    assert!(store.record(&drained).expect("read").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_being_committed_is_always_read_back() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().expect("a folder");
+    let store = Arc::new(Embedded::open(&dir.path().join("cache.redb"), 1000).expect("opened"));
+    let latest = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    store.keep_record("key-0", "0", Duration::from_secs(3600));
+    let reader = {
+        let (store, latest, done) = (Arc::clone(&store), Arc::clone(&latest), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut misses = 0;
+            while !done.load(Ordering::SeqCst) {
+                let n = latest.load(Ordering::SeqCst);
+                if store.record(&format!("key-{n}")).expect("read").is_none() {
+                    misses += 1;
+                }
+            }
+            misses
+        })
+    };
+    for n in 1..3000u64 {
+        store.flush().await.expect("commit");
+        store.keep_record(&format!("key-{n}"), "x", Duration::from_secs(3600));
+        latest.store(n, Ordering::SeqCst);
+    }
+    done.store(true, Ordering::SeqCst);
+    assert_eq!(reader.join().expect("reader"), 0, "a written record read as absent");
+}
