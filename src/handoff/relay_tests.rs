@@ -346,7 +346,10 @@ async fn no_lost_reply_after_a_goodbye_pipelined_behind_another_reply() {
         let read = backend.read(&mut chunk).await.unwrap();
         got.extend_from_slice(&chunk[..read]);
     }
-    backend.write_all(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n").await.unwrap();
+    backend
+        .write_all(b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n")
+        .await
+        .unwrap();
     let mut answer = vec![0u8; 29];
     client.read_exact(&mut answer).await.unwrap();
     // The client speaks after the goodbye; then the backend closes.

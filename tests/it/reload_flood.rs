@@ -103,20 +103,6 @@ fn live_clients(backend: &FakeBackend) -> usize {
         .count()
 }
 
-/// `/metrics` from the admin listener.
-fn metrics(admin: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// The `doorman_backend_connections` samples: (line, value).
 fn backend_gauges(text: &str) -> Vec<(String, f64)> {
     text.lines()
@@ -225,7 +211,7 @@ fn sighup_during_a_flood_keeps_every_answer_the_limits_and_the_gauges() {
     // Every backend's gauge returns to 0.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let gauges = backend_gauges(&metrics(admin));
+        let gauges = backend_gauges(&crate::support::metrics(admin));
         assert_eq!(gauges.len(), 3, "{gauges:?}");
         if gauges.iter().all(|(_, value)| *value == 0.0) {
             break;

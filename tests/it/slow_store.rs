@@ -6,8 +6,8 @@
 //! within a bound well below one commit, while `/metrics` shows how long
 //! the writes waited.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,12 +69,7 @@ fn build_shim(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 
 /// A gauge's value on `/metrics` of the admin listener.
 fn gauge(admin: SocketAddr, name: &str) -> f64 {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: doorman\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
+    let text = crate::support::metrics(admin);
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .and_then(|value| value.parse().ok())

@@ -192,8 +192,14 @@ impl Embedded {
             let mut passes = self.pending.lock().ok();
             let mut records = self.pending_records.lock().ok();
             let batch = Arc::new(Batch {
-                passes: passes.as_deref_mut().map(std::mem::take).unwrap_or_default(),
-                records: records.as_deref_mut().map(std::mem::take).unwrap_or_default(),
+                passes: passes
+                    .as_deref_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
+                records: records
+                    .as_deref_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
             });
             if batch.passes.is_empty() && batch.records.is_empty() {
                 return Ok(());

@@ -183,7 +183,9 @@ async fn a_backends_state_is_never_evicted_by_a_flood_of_records() {
         let write = database.begin_write().expect("write");
         {
             let mut tables = RecordTables::open(&write).expect("tables");
-            tables.insert(&drained, "99999999999;1;-;0").expect("insert");
+            tables
+                .insert(&drained, "99999999999;1;-;0")
+                .expect("insert");
         }
         write.commit().expect("commit");
     }
@@ -236,5 +238,9 @@ async fn a_record_being_committed_is_always_read_back() {
         latest.store(n, Ordering::SeqCst);
     }
     done.store(true, Ordering::SeqCst);
-    assert_eq!(reader.join().expect("reader"), 0, "a written record read as absent");
+    assert_eq!(
+        reader.join().expect("reader"),
+        0,
+        "a written record read as absent"
+    );
 }
