@@ -148,6 +148,64 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     }
 }
 
+/// An event's fields as `tracing_subscriber`'s default writes them (the
+/// message, then ` name=value` for any other field, `log.` fields left
+/// out), in one pass: the default one also runs each write through an
+/// escaping writer of its own, which [`Escaped`] makes redundant here, and
+/// costs 0.7 us a line against 0.4 (a flood's refusal logs three).
+struct MessageFields;
+
+impl<'w> FormatFields<'w> for MessageFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = FieldWriter {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+/// Writes the fields [`MessageFields`] visits.
+struct FieldWriter<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl tracing::field::Visit for FieldWriter<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.record_debug(field, &format_args!("{value}")),
+            _ => self.record_debug(field, &value),
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let padding = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = match name {
+            "message" => write!(self.writer, "{padding}{value:?}"),
+            _ => {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                write!(self.writer, "{padding}{name}={value:?}")
+            }
+        };
+    }
+}
+
 /// Sends every write as one datagram to the syslog socket.
 #[derive(Clone)]
 struct Syslog {
@@ -195,6 +253,7 @@ pub fn init(settings: &LogSection) -> Result<(), LogError> {
             .with_writer(syslog(&settings.syslog_socket)?)
             .try_init(),
         (LogFormat::Postscreen, false) => builder
+            .fmt_fields(MessageFields)
             .event_format(MailLog {
                 tag: settings.syslog_tag.clone(),
                 host: Some(
@@ -210,6 +269,7 @@ pub fn init(settings: &LogSection) -> Result<(), LogError> {
             .with_writer(BufferedStderr(logbuffer::stderr()))
             .try_init(),
         (LogFormat::Postscreen, true) => builder
+            .fmt_fields(MessageFields)
             .event_format(MailLog {
                 tag: settings.syslog_tag.clone(),
                 host: None,
@@ -263,6 +323,53 @@ mod tests {
         assert_eq!(
             line,
             "malformed v1 header: Header must end in '\\r\\n'. from [192.0.2.1]:1: EHLO \\r\\t\\007"
+        );
+    }
+
+    /// The one-pass field writer writes what the default one writes.
+    #[test]
+    fn fields_are_written_as_the_default_formatter_writes_them() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                crate::locks::lock(&self.0).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let emit = || {
+            tracing::info!("CONNECT from [192.0.2.1]:40000 to [198.51.100.25]:25");
+            tracing::warn!(attempt = 2, r#type = "A", name = "bl.test", "lookup failed");
+            tracing::info!(reason = %"a\rb", "with a display field");
+        };
+        let format = |plain: bool| {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_target(false)
+                .without_time()
+                .with_level(false)
+                .with_writer(move || writer.clone());
+            match plain {
+                true => tracing::subscriber::with_default(
+                    builder.fmt_fields(MessageFields).finish(),
+                    emit,
+                ),
+                false => tracing::subscriber::with_default(builder.finish(), emit),
+            }
+            let bytes = crate::locks::lock(&lines.0).clone();
+            String::from_utf8(bytes).unwrap()
+        };
+        let ours = format(true);
+        assert_eq!(ours, format(false));
+        assert!(
+            ours.contains("lookup failed attempt=2 type=\"A\" name=\"bl.test\"\n"),
+            "{ours}"
         );
     }
 }
