@@ -341,10 +341,23 @@ mod tests {
                 Ok(())
             }
         }
+        // Literal events (`event!`, which the log-call scan of
+        // tests/it/log_sources.rs leaves to this test): a message alone,
+        // fields after it, and a field before it.
         let emit = || {
-            tracing::info!("CONNECT from [192.0.2.1]:40000 to [198.51.100.25]:25");
-            tracing::warn!(attempt = 2, r#type = "A", name = "bl.test", "lookup failed");
-            tracing::info!(reason = %"a\rb", "with a display field");
+            use tracing::Level;
+            tracing::event!(
+                Level::INFO,
+                "CONNECT from [192.0.2.1]:40000 to [198.51.100.25]:25"
+            );
+            tracing::event!(
+                Level::WARN,
+                attempt = 2,
+                r#type = "A",
+                name = "bl.test",
+                "lookup failed"
+            );
+            tracing::event!(Level::INFO, reason = %"a\\rb", "with a display field");
         };
         let format = |plain: bool| {
             let lines = Lines::default();
