@@ -148,9 +148,21 @@ fn a_backend_lost_in_the_byte_copy_gets_the_client_a_421_at_every_stage() {
 /// The read relay's BDAT: a backend lost after a chunk that is not the
 /// last gets the client smtpd's 421; after `BDAT n LAST` (the end of the
 /// message) Postfix's before-queue proxy reply, 451 4.3.0; each logged at
-/// its stage.
+/// its stage. In plain text and inside doorman's TLS alike.
 #[test]
 fn a_backend_lost_after_a_bdat_chunk_in_the_read_relay_gets_the_client_a_clean_4xx() {
+    let certs = tempfile::tempdir().unwrap();
+    for tls in [false, true] {
+        bdat_lost_in_the_read_relay(tls, certs.path());
+    }
+}
+
+/// One round of the BDAT test above, the client in TLS or not.
+fn bdat_lost_in_the_read_relay(tls: bool, certs: &std::path::Path) {
+    let extra = match tls {
+        true => crate::conversation::tls_config(certs, true),
+        false => String::new(),
+    };
     for (stage, chunks, answer, logged) in [
         (
             "BDAT 12",
@@ -165,8 +177,8 @@ fn a_backend_lost_after_a_bdat_chunk_in_the_read_relay_gets_the_client_a_clean_4
             "after END-OF-MESSAGE",
         ),
     ] {
-        let doorman = engine_first(backend_that_dies_at(stage), "");
-        let mut s = greet(&doorman, "203.0.113.60", false);
+        let doorman = engine_first(backend_that_dies_at(stage), &extra);
+        let mut s = greet(&doorman, "203.0.113.60", tls);
         steps(
             &mut *s,
             &[
@@ -178,8 +190,8 @@ fn a_backend_lost_after_a_bdat_chunk_in_the_read_relay_gets_the_client_a_clean_4
         for chunk in before {
             assert_eq!(ask(&mut *s, chunk), "250 2.0.0 Ok: 12 bytes\r\n");
         }
-        assert_eq!(ask(&mut *s, last), answer, "{stage}");
-        assert_eq!(reply(&mut *s), "", "{stage}: closed after it");
+        assert_eq!(ask(&mut *s, last), answer, "{stage}, TLS {tls}");
+        assert_eq!(reply(&mut *s), "", "{stage}, TLS {tls}: closed after it");
         let line = doorman
             .log
             .wait_for("lost connection with backend", Duration::from_secs(5));
