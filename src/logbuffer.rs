@@ -5,11 +5,15 @@
 //! cost more than the refusal. Here a line is copied into one shared
 //! buffer under a lock held only for that copy, with no allocation (the
 //! buffer keeps its room), and the serving threads never write at all: a
-//! writer thread of its own wakes when a line comes into the empty buffer,
+//! writer thread of its own wakes when a line comes while it sleeps,
 //! gathers for up to [`GATHER_FOR`] (or [`GATHER_AT_MOST`] bytes), and
-//! writes the batch. So a line reaches stderr at most a few milliseconds
-//! late, and a refusal costs a hundredth of a `write(2)` at a moderate rate
-//! too, where a client's lines arrive alone (measured in `bench/README.md`).
+//! writes the batch. While lines keep coming it writes every
+//! [`GATHER_FOR`] without being woken (a wake-up is a system call for the
+//! thread that logs, and a switch for the writer), and sleeps again after
+//! a tick without a line. So a line reaches stderr at most a few
+//! milliseconds late, and a refusal costs a hundredth of a `write(2)` at a
+//! moderate rate too, where a client's lines arrive alone (measured in
+//! `bench/README.md`).
 //! [`flush`] writes what is pending at once (before the process exits).
 //!
 //! Without the writer thread (it could not start), the thread that logs
@@ -35,7 +39,8 @@ pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 const KEEP_AT_MOST: usize = 1024 * 1024;
 /// The writer thread writes once this many bytes are pending.
 pub const GATHER_AT_MOST: usize = 32 * 1024;
-/// The writer thread writes once the oldest pending line is this old.
+/// The writer thread writes once the oldest pending line is this old (and,
+/// while lines keep coming, this long after its last write).
 pub const GATHER_FOR: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
@@ -44,6 +49,8 @@ struct Pending {
     dropped: u64,
     /// When the oldest pending line came.
     since: Option<Instant>,
+    /// The writer thread waits for a line to wake it.
+    asleep: bool,
 }
 
 impl Pending {
@@ -61,11 +68,16 @@ struct Output<W> {
 /// The shared buffer in front of `W`.
 pub struct LineBuffer<W> {
     pending: Mutex<Pending>,
-    /// Signalled when a line comes into the empty buffer, or the buffer
-    /// holds [`GATHER_AT_MOST`] bytes.
+    /// Signalled when a line comes while the writer sleeps, or the buffer
+    /// comes to hold [`GATHER_AT_MOST`] bytes.
     arrived: Condvar,
     /// Whether a writer thread takes the lines.
     has_writer: AtomicBool,
+    /// How long the writer gathers lines: [`GATHER_FOR`].
+    gather_for: Duration,
+    /// How many times a line woke the writer.
+    #[cfg(test)]
+    woken: std::sync::atomic::AtomicUsize,
     /// Whoever holds it writes.
     output: Mutex<Output<W>>,
 }
@@ -93,10 +105,18 @@ impl<W: Write> LineBuffer<W> {
     /// A buffer in front of `out`, written by whoever logs until
     /// [`LineBuffer::start_writer`].
     pub fn new(out: W) -> Self {
+        Self::gathering_for(out, GATHER_FOR)
+    }
+
+    /// A buffer whose writer gathers for `gather_for`.
+    fn gathering_for(out: W, gather_for: Duration) -> Self {
         Self {
             pending: Mutex::new(Pending::default()),
             arrived: Condvar::new(),
             has_writer: AtomicBool::new(false),
+            gather_for,
+            #[cfg(test)]
+            woken: std::sync::atomic::AtomicUsize::new(0),
             output: Mutex::new(Output {
                 out,
                 batch: Vec::new(),
@@ -104,13 +124,16 @@ impl<W: Write> LineBuffer<W> {
         }
     }
 
-    /// Copies one line in. With a writer thread, wakes it if the line is
-    /// the first of a batch (or fills one); without, writes what is
-    /// pending unless another thread is writing.
+    /// Copies one line in. With a writer thread, wakes it if it sleeps
+    /// (or the line fills a batch); without, writes what is pending unless
+    /// another thread is writing.
     pub fn push(&self, line: &[u8]) {
+        // Read before the lock: a writer starting meanwhile may be asleep
+        // already, and the next line wakes it.
+        let has_writer = self.has_writer.load(Ordering::Relaxed);
         let wake = {
             let mut pending = lock(&self.pending);
-            let (was_empty, before) = (pending.is_empty(), pending.lines.len());
+            let before = pending.lines.len();
             if before + line.len() > MAX_PENDING {
                 pending.dropped += 1;
             } else {
@@ -119,12 +142,17 @@ impl<W: Write> LineBuffer<W> {
                 }
                 pending.lines.extend_from_slice(line);
             }
-            // A writer that is writing looks at the buffer again anyway.
-            was_empty || (before < GATHER_AT_MOST && pending.lines.len() >= GATHER_AT_MOST)
+            // A writer that is writing or ticking looks at the buffer again
+            // anyway.
+            has_writer
+                && (std::mem::take(&mut pending.asleep)
+                    || (before < GATHER_AT_MOST && pending.lines.len() >= GATHER_AT_MOST))
         };
-        if !self.has_writer.load(Ordering::Relaxed) {
+        if !has_writer {
             self.write_pending(false);
         } else if wake {
+            #[cfg(test)]
+            self.woken.fetch_add(1, Ordering::Relaxed);
             self.arrived.notify_one();
         }
     }
@@ -182,26 +210,43 @@ impl<W: Write + Send + 'static> LineBuffer<W> {
         Ok(())
     }
 
-    /// The writer thread: waits for a first line, gathers, writes.
+    /// The writer thread: sleeps until a first line, then writes a batch
+    /// each tick until a tick passes without a line.
     fn write_batches(&self) {
         let mut pending = lock(&self.pending);
+        // When the tick began; `None` while asleep.
+        let mut tick: Option<Instant> = None;
         loop {
-            while pending.is_empty() {
+            while pending.is_empty() && tick.is_none() {
+                pending.asleep = true;
                 pending = wait(self.arrived.wait(pending));
             }
+            pending.asleep = false;
+            // A line that came just before the tick began is not kept
+            // longer than one that woke the writer.
+            let began = match (tick, pending.since) {
+                (Some(tick), Some(since)) => tick.min(since),
+                (tick, since) => tick.or(since).unwrap_or_else(Instant::now),
+            };
+            let deadline = began + self.gather_for;
             while pending.lines.len() < GATHER_AT_MOST && pending.dropped == 0 {
-                let waited = pending.since.map_or(GATHER_FOR, |since| since.elapsed());
-                let Some(left) = GATHER_FOR.checked_sub(waited).filter(|l| !l.is_zero()) else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     break;
-                };
+                }
                 pending = match self.arrived.wait_timeout(pending, left) {
                     Ok((guard, _)) => guard,
                     Err(poisoned) => poisoned.into_inner().0,
                 };
             }
+            if pending.is_empty() {
+                tick = None;
+                continue;
+            }
             drop(pending);
             self.write_pending(true);
             pending = lock(&self.pending);
+            tick = Some(Instant::now());
         }
     }
 }
@@ -247,11 +292,13 @@ mod tests {
     struct Counted {
         bytes: Vec<u8>,
         writes: usize,
+        last_write: Option<Instant>,
     }
 
     impl Write for Counted {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
             self.writes += 1;
+            self.last_write = Some(Instant::now());
             self.bytes.extend_from_slice(bytes);
             Ok(bytes.len())
         }
@@ -319,13 +366,63 @@ mod tests {
         buffer.push(b"one\n");
         assert_eq!(written_at_last(&buffer, 4), ("one\n".to_string(), 1));
         assert!(pushed.elapsed() < Duration::from_secs(1));
-        // The writer is asleep until the next line: flush does not wait for it.
+        // Whatever the writer does now, flush writes at once.
         {
             let mut pending = lock(&buffer.pending);
             pending.lines.extend_from_slice(b"two\n");
         }
         buffer.write_pending(true);
         assert_eq!(written(&buffer), ("one\ntwo\n".to_string(), 2));
+    }
+
+    /// Waits until `buffer`'s writer is asleep or not, as `asleep` says;
+    /// returns whether it came to that within 5 s.
+    fn writer_comes_to(buffer: &LineBuffer<Counted>, asleep: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if lock(&buffer.pending).asleep == asleep {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn while_lines_keep_coming_the_writer_writes_each_tick_unwoken() {
+        let tick = Duration::from_millis(400);
+        let buffer = Arc::new(LineBuffer::gathering_for(Counted::default(), tick));
+        LineBuffer::start_writer(&buffer).unwrap();
+        let woken = || buffer.woken.load(Ordering::Relaxed);
+        let mut expected = String::new();
+        // A loaded machine may stall this thread past a tick: an attempt
+        // counts only if the line came within half a tick of the batch.
+        let mut counted = 0;
+        for attempt in 0..10 {
+            assert!(writer_comes_to(&buffer, true), "attempt {attempt}");
+            let first = format!("first {attempt}\n");
+            let before = woken();
+            buffer.push(first.as_bytes());
+            expected.push_str(&first);
+            assert_eq!(woken(), before + 1, "a sleeping writer is woken");
+            assert_eq!(written_at_last(&buffer, expected.len()).0, expected);
+            let batch = lock(&buffer.output).out.last_write;
+            let second = format!("second {attempt}\n");
+            buffer.push(second.as_bytes());
+            let pushed = Instant::now();
+            expected.push_str(&second);
+            let ticking = batch.is_some_and(|at| pushed.duration_since(at) < tick / 2);
+            assert_eq!(written_at_last(&buffer, expected.len()).0, expected);
+            if ticking {
+                assert_eq!(woken(), before + 1, "a line during a tick woke the writer");
+                assert!(pushed.elapsed() < tick * 5, "{:?}", pushed.elapsed());
+                counted += 1;
+                if counted == 2 {
+                    return;
+                }
+            }
+        }
+        panic!("only {counted} attempts came within half a tick");
     }
 
     #[test]

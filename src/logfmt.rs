@@ -51,9 +51,26 @@ pub enum LogError {
 
 /// The syslog-layout formatter.
 struct MailLog {
-    tag: String,
-    host: Option<String>,
-    pid: u32,
+    /// Whether a line starts with its syslog priority (for the syslog
+    /// socket, which adds the host itself).
+    with_priority: bool,
+    /// What follows the timestamp, ` host tag[pid]: ` (or ` tag[pid]: `),
+    /// made once: it is the same on every line.
+    after_stamp: String,
+}
+
+impl MailLog {
+    /// The formatter for lines tagged `tag` from process `pid`, naming
+    /// `host` (`None`: the syslog socket's lines, which it names).
+    fn new(tag: &str, host: Option<&str>, pid: u32) -> Self {
+        Self {
+            with_priority: host.is_none(),
+            after_stamp: match host {
+                Some(host) => format!(" {host} {tag}[{pid}]: "),
+                None => format!(" {tag}[{pid}]: "),
+            },
+        }
+    }
 }
 
 /// The mail facility's priority for a level (RFC 5424: facility 2).
@@ -78,14 +95,11 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let level = event.metadata().level();
-        if self.host.is_none() {
+        if self.with_priority {
             write!(writer, "<{}>", priority(level))?;
         }
         with_stamp(|stamp| writer.write_str(stamp))?;
-        match &self.host {
-            Some(host) => write!(writer, " {host} {}[{}]: ", self.tag, self.pid)?,
-            None => write!(writer, " {}[{}]: ", self.tag, self.pid)?,
-        }
+        writer.write_str(&self.after_stamp)?;
         if *level >= Level::DEBUG {
             writer.write_str("debug: ")?;
         }
@@ -133,7 +147,9 @@ struct Escaped<'a, W>(&'a mut W);
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c.is_ascii_control()) {
+        // A control character is one byte, never part of a longer UTF-8
+        // sequence: bytes are scanned, not characters.
+        while let Some(at) = rest.bytes().position(|byte| byte.is_ascii_control()) {
             self.0.write_str(&rest[..at])?;
             let byte = rest.as_bytes()[at];
             match byte {
@@ -254,27 +270,22 @@ pub fn init(settings: &LogSection) -> Result<(), LogError> {
             .try_init(),
         (LogFormat::Postscreen, false) => builder
             .fmt_fields(MessageFields)
-            .event_format(MailLog {
-                tag: settings.syslog_tag.clone(),
-                host: Some(
+            .event_format(MailLog::new(
+                &settings.syslog_tag,
+                Some(
                     gethostname::gethostname()
                         .to_string_lossy()
                         .split('.')
                         .next()
-                        .unwrap_or("localhost")
-                        .to_string(),
+                        .unwrap_or("localhost"),
                 ),
-                pid: std::process::id(),
-            })
+                std::process::id(),
+            ))
             .with_writer(BufferedStderr(logbuffer::stderr()))
             .try_init(),
         (LogFormat::Postscreen, true) => builder
             .fmt_fields(MessageFields)
-            .event_format(MailLog {
-                tag: settings.syslog_tag.clone(),
-                host: None,
-                pid: std::process::id(),
-            })
+            .event_format(MailLog::new(&settings.syslog_tag, None, std::process::id()))
             .with_writer(syslog(&settings.syslog_socket)?)
             .try_init(),
     };
@@ -317,12 +328,12 @@ mod tests {
         let mut line = String::new();
         write!(
             Escaped(&mut line),
-            "malformed v1 header: Header must end in '\r\n'. from [192.0.2.1]:1: EHLO \\r\t\x07"
+            "malformed v1 header: Header must end in '\r\n'. from [192.0.2.1]:1: EHLO \\r\t\x07 é\x7fü"
         )
         .unwrap();
         assert_eq!(
             line,
-            "malformed v1 header: Header must end in '\\r\\n'. from [192.0.2.1]:1: EHLO \\r\\t\\007"
+            "malformed v1 header: Header must end in '\\r\\n'. from [192.0.2.1]:1: EHLO \\r\\t\\007 é\\177ü"
         );
     }
 

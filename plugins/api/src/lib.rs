@@ -78,7 +78,51 @@ pub struct Endpoint(pub SocketAddr);
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}]:{}", self.0.ip(), self.0.port())
+        // Made whole on the stack and written once: the log line's writer
+        // escapes each write it gets, and an IPv4 address is ten of them.
+        use fmt::Write as _;
+        let mut text = StackText::default();
+        match write!(text, "[{}]:{}", self.0.ip(), self.0.port()) {
+            Ok(()) => f.write_str(text.as_str()),
+            Err(_) => write!(f, "[{}]:{}", self.0.ip(), self.0.port()),
+        }
+    }
+}
+
+/// Room for the longest `[ip]:port`: an IPv6 address is written in at
+/// most 39 characters (an IPv4-mapped one in 22; the scope is not written).
+const ENDPOINT_ROOM: usize = 56;
+
+/// A short text written on the stack.
+struct StackText {
+    bytes: [u8; ENDPOINT_ROOM],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        Self {
+            bytes: [0; ENDPOINT_ROOM],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    /// What was written.
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are copied in, so the bytes are UTF-8.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -473,5 +517,35 @@ pub trait Waiting: Send {
     /// answers had. Empty: the core describes the verdict alone.
     fn explain(&self, _wait: Duration) -> Vec<String> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn an_endpoint_is_written_whole_at_every_length() {
+        for (address, text) in [
+            ("192.0.2.7:25", "[192.0.2.7]:25"),
+            ("255.255.255.255:65535", "[255.255.255.255]:65535"),
+            ("[2001:db8::1]:25", "[2001:db8::1]:25"),
+            (
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+            ),
+            (
+                "[::ffff:255.255.255.255]:65535",
+                "[::ffff:255.255.255.255]:65535",
+            ),
+            (
+                "[fe80:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4]:65535",
+                "[fe80:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+            ),
+        ] {
+            let address: std::net::SocketAddr = address.parse().unwrap();
+            assert_eq!(Endpoint(address).to_string(), text);
+            assert_eq!(format!("<{}>", Endpoint(address)), format!("<{text}>"));
+        }
     }
 }
