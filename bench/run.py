@@ -467,6 +467,9 @@ def main():
             via_before = free_port(); haproxy(tmp, procs, via_before, dm_before_port, "doorman-before")
         dm_other, dm_other_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n', model=other)
         via_other = free_port(); haproxy(tmp, procs, via_other, dm_other_port, "doorman-other")
+        # S3 again with the embedded store (redb) answering the cache lookup.
+        dme, dme_port = doorman(tmp, procs, sink, '[greet]\nbanner = ""\n', cache="embedded")
+        via_embedded = free_port(); haproxy(tmp, procs, via_embedded, dme_port, "doorman-embedded")
         # S1r: the same clients, in a cluster balanced by recipient: each
         # goes through the engine up to its first RCPT, then the replay and
         # the gated relay (which copies the DATA body through).
@@ -660,7 +663,8 @@ def main():
             results["S1rm doorman CPU s per 1000 msg"] = sum(cpu[dmrm.pid]) / (runs * msgs / 1000)
         if want("S3"):
             interleaved("S3", {"direct": direct, "extra HAProxy hop": via_hop, "bare tokio relay": via_tokio,
-                               "doorman": via_doorman, "doorman, other runtime": via_other},
+                               "doorman": via_doorman, "doorman, other runtime": via_other,
+                               "doorman, embedded store": via_embedded},
                         lambda port: time_to_banner(port, banners), labels=("p50 ms", "p99 ms"))
         if want("S4"):
             for held, (dm3, dm3_port) in dm3s.items():
@@ -704,6 +708,7 @@ def main():
         ("S3 banner p99 ms", r["S3 doorman p99 ms"], f"+{r['S3 doorman p99 ms']-r['S3 direct p99 ms']:.3f} ms over direct", "<= +1 ms"),
         ("S3 p50 ms, an extra HAProxy hop", r["S3 extra HAProxy hop p50 ms"], f"+{r['S3 extra HAProxy hop p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "doorman's overhead <= 1.2x this + 0.02 ms"),
         (f"S3 p50 ms, doorman {other}", r["S3 doorman, other runtime p50 ms"], f"+{r['S3 doorman, other runtime p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(the other [runtime] model)"),
+        ("S3 p50 ms, embedded store", r["S3 doorman, embedded store p50 ms"], f"+{r['S3 doorman, embedded store p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct; {r['S3 doorman, embedded store p50 ms']-r['S3 doorman p50 ms']:+.3f} ms against the memory store", "(reported)"),
         ("S3 p50 ms, a bare tokio relay", r["S3 bare tokio relay p50 ms"], f"+{r['S3 bare tokio relay p50 ms']-r['S3 direct p50 ms']:.3f} ms over direct", "(anchor)"),
         *[(f"S4 bytes/waiting client, {held}", v, f"{v/max(r['S4 postscreen bytes/waiting client'],1):.2f}x postscreen", "<= 1024")
           for held, v in ((k.rsplit(", ", 1)[1], v) for k, v in r.items() if k.startswith("S4 doorman"))],

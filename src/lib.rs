@@ -37,8 +37,9 @@
 //! - [`migrate`]: a Postfix postscreen set-up as a doorman.toml (sans-IO).
 //! - [`limits`]: per-client, screening and total connection limits, the
 //!   connection rate at two network levels, and
-//!   stress mode; [`memory`]: the heap given back after a flood (the one
-//!   `unsafe` call, `malloc_trim`).
+//!   stress mode; [`memory`]: the heap given back after a flood (an
+//!   `unsafe` call, `malloc_trim`; the other is [`listener`]'s, putting a
+//!   listening socket it owns in the reactor).
 //! - [`shared`]: what the sessions of one config share, and what outlives a
 //!   reload; [`director`]: the backends' runtime state (drain, weight,
 //!   flush), shared by a fleet through Redis.

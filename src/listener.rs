@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +34,7 @@ use crate::config::Registry;
 use crate::config::{Config, ListenerConfig, RestartOnly};
 use crate::log;
 use crate::memory;
-use crate::session::Session;
+use crate::session::{ClientSocket, Session};
 use crate::shared::{ConfigState, ProcessState};
 use crate::threads::{self, Threads};
 use crate::waiting_room::{Resumable, WaitingRoom};
@@ -368,7 +370,7 @@ impl Accepting {
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut loops = Vec::with_capacity(sockets.len());
         for (socket, listener) in sockets {
-            match TcpListener::from_std(socket) {
+            match listening(socket) {
                 Ok(socket) => loops.push(tokio::spawn(accept_loop(socket, listener, self.clone()))),
                 Err(error) => log::accept_error(listener.address, &error),
             }
@@ -403,7 +405,35 @@ impl Accepting {
     }
 }
 
-async fn accept_loop(socket: TcpListener, listener: ListenerConfig, accepting: Accepting) {
+/// A listening socket in the reactor.
+type Listening = AsyncFd<mio::net::TcpListener>;
+
+/// Puts a listening socket in the current runtime's reactor.
+#[allow(unsafe_code)]
+fn listening(socket: std::net::TcpListener) -> io::Result<Listening> {
+    let socket = mio::net::TcpListener::from_std(socket);
+    // SAFETY: the AsyncFd owns the socket, which owns its descriptor: it
+    // stays open and the same until the AsyncFd is dropped (nothing takes
+    // it out with `get_mut` or `into_inner`).
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// The next connection on `socket`, accepted non-blocking and left out of
+/// the reactor: a [`ClientSocket`] registers itself only if it must wait.
+async fn accept(socket: &Listening) -> io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        // Each accept spends the task's budget, as tokio's own accept
+        // does: a full backlog cannot keep the thread's sessions waiting.
+        let budget = std::future::poll_fn(tokio::task::coop::poll_proceed).await;
+        if let Ok(accepted) = ready.try_io(|socket| socket.get_ref().accept()) {
+            budget.made_progress();
+            return accepted.map(|(stream, peer)| (stream.into(), peer));
+        }
+    }
+}
+
+async fn accept_loop(socket: Listening, listener: ListenerConfig, accepting: Accepting) {
     let Accepting {
         current,
         process,
@@ -416,12 +446,12 @@ async fn accept_loop(socket: TcpListener, listener: ListenerConfig, accepting: A
     loop {
         let accepted = tokio::select! {
             _ = stop_accepting.cancelled() => return,
-            accepted = socket.accept() => accepted,
+            accepted = accept(&socket) => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let session = Session::new(
-                    stream,
+                    ClientSocket::accepted(stream),
                     peer,
                     &listener,
                     current.load_full(),

@@ -60,6 +60,12 @@ pub fn waiting_room_failed(error: &io::Error) {
     warn!("warning: waiting room: {error}");
 }
 
+/// A client's socket could not be put in the reactor when it had to
+/// wait (the kernel out of room); its session ends.
+pub fn socket_unwatched(error: &io::Error) {
+    warn!("warning: cannot watch a client's socket: {error}");
+}
+
 /// The admin listener is up.
 pub fn admin_listening(address: SocketAddr) {
     info!(

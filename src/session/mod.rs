@@ -32,6 +32,8 @@ mod relay_mode;
 
 use parked::Parked;
 mod screen;
+mod socket;
+pub use socket::ClientSocket;
 #[cfg(test)]
 mod tests;
 
@@ -155,7 +157,7 @@ struct PendingPass {
 }
 
 /// A client's socket: plain, or TLS once the engine started it.
-pub type ClientStream = Channel<TcpStream>;
+pub type ClientStream = Channel<ClientSocket>;
 
 /// A client connection and what doorman knows about it; `S` is its
 /// socket (`()` while the waiting room holds the socket).
@@ -188,7 +190,7 @@ pub struct Session<S = ClientStream> {
 impl Session {
     /// A session for an accepted connection on `listener`.
     pub fn new(
-        stream: TcpStream,
+        stream: ClientSocket,
         peer: SocketAddr,
         listener: &ListenerConfig,
         shared: Arc<ConfigState>,

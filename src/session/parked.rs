@@ -37,11 +37,8 @@ impl Parked {
         } = *self;
         session.process.metrics.resumed(woken == Woken::Readable);
         waiting.woken(woken == Woken::Readable);
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(error) => return log::waiting_room_failed(&error),
-        };
-        let ((), session) = session.with_stream(Channel::Plain(stream));
+        // Its first bytes (when it woke readable) are read at once.
+        let ((), session) = session.with_stream(Channel::Plain(ClientSocket::accepted(stream)));
         session
             .run_from(Phase::Wait(Box::new(waiting)), cut, token)
             .await;
