@@ -17,7 +17,8 @@
 //! ```
 //!
 //! It is the one place that does a client's I/O; it names no gate (the
-//! pipeline does).
+//! pipeline does). The client's socket ([`ClientSocket`]) joins tokio's
+//! reactor only when the session first has to wait for it.
 
 mod backend_side;
 mod command;
@@ -117,6 +118,17 @@ enum Phase {
     Engine(Box<EngineRun>),
     /// Nothing more to do.
     Closed,
+}
+
+impl Phase {
+    /// Whether the phase talks with the client (rather than reading its
+    /// PROXY header or screening it): its socket joins the reactor first.
+    fn talks(&self) -> bool {
+        matches!(
+            self,
+            Phase::HealthCheck(_) | Phase::Wait(_) | Phase::Handoff { .. } | Phase::Engine(_)
+        )
+    }
 }
 
 /// What the built-in engine is to do with one client.
@@ -240,6 +252,11 @@ impl Session {
             let mut in_engine = false;
             loop {
                 let speaking = matches!(phase, Phase::Engine(_) | Phase::HealthCheck(_));
+                if phase.talks() {
+                    if let Channel::Plain(socket) = &mut self.stream {
+                        socket.register();
+                    }
+                }
                 if !matches!(phase, Phase::Closed) {
                     in_engine = matches!(phase, Phase::Engine(_));
                 }
