@@ -356,22 +356,24 @@ mod tests {
         );
     }
 
+    /// Lines a test subscriber writes, shared with the test.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            crate::locks::lock(&self.0).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// A whole line: the stamp, host, tag and pid, then the fields with
     /// every control character escaped, wherever it came from.
     #[test]
     fn a_line_is_the_mail_log_layout_with_its_fields_escaped() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                crate::locks::lock(&self.0).extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         for (host, starts) in [(Some("mx"), ["", ""]), (None, ["<22>", "<23>"])] {
             let lines = Lines::default();
             let writer = lines.clone();
@@ -416,18 +418,6 @@ mod tests {
     /// The one-pass field writer writes what the default one writes.
     #[test]
     fn fields_are_written_as_the_default_formatter_writes_them() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                crate::locks::lock(&self.0).extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         // Literal events (`event!`, which the log-call scan of
         // tests/it/log_sources.rs leaves to this test): a message alone,
         // fields after it, and a field before it.

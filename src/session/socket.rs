@@ -145,24 +145,40 @@ impl AsyncRead for ClientSocket {
     }
 }
 
+impl ClientSocket {
+    /// A write: `direct` while the socket is out of the reactor and the
+    /// kernel takes it, else `registered` in the reactor.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut direct: impl FnMut(&mut &std::net::TcpStream) -> io::Result<usize>,
+        registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let State::Direct(socket) = &self.0 {
+            let budget = ready!(coop::poll_proceed(cx));
+            if let Some(done) = attempted(|| direct(&mut &*socket)) {
+                budget.made_progress();
+                return Poll::Ready(done);
+            }
+        }
+        match self.registered() {
+            Ok(socket) => registered(Pin::new(socket), cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
 impl AsyncWrite for ClientSocket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let State::Direct(socket) = &this.0 {
-            let budget = ready!(coop::poll_proceed(cx));
-            if let Some(done) = attempted(|| (&*socket).write(bytes)) {
-                budget.made_progress();
-                return Poll::Ready(done);
-            }
-        }
-        match this.registered() {
-            Ok(socket) => Pin::new(socket).poll_write(cx, bytes),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.get_mut().poll_send(
+            cx,
+            |socket| socket.write(bytes),
+            |socket, cx| socket.poll_write(cx, bytes),
+        )
     }
 
     fn poll_write_vectored(
@@ -170,18 +186,11 @@ impl AsyncWrite for ClientSocket {
         cx: &mut Context<'_>,
         bytes: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let State::Direct(socket) = &this.0 {
-            let budget = ready!(coop::poll_proceed(cx));
-            if let Some(done) = attempted(|| (&*socket).write_vectored(bytes)) {
-                budget.made_progress();
-                return Poll::Ready(done);
-            }
-        }
-        match this.registered() {
-            Ok(socket) => Pin::new(socket).poll_write_vectored(cx, bytes),
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.get_mut().poll_send(
+            cx,
+            |socket| socket.write_vectored(bytes),
+            |socket, cx| socket.poll_write_vectored(cx, bytes),
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
