@@ -72,6 +72,40 @@ fn access_list_permit_reject_dunno() {
     assert!(ignoring.log.matching("PASS").is_empty());
 }
 
+/// A refused client's socket is read and written outside the reactor
+/// until it has to wait: a header that comes a byte at a time puts it in
+/// the reactor part way, and the refusal still comes whole, then the
+/// close. (The header in one piece is `access_list_permit_reject_dunno`.)
+#[test]
+fn a_refusal_after_a_header_dripped_a_byte_at_a_time() {
+    let Some(dns) = Rbldnsd::start() else { return };
+    let backend = FakeBackend::start(true);
+    let doorman = start(
+        &backend,
+        dns.address,
+        Setup {
+            access_action: "drop",
+            ..Setup::default()
+        },
+    );
+    let mut client = connect_from(PROXY, doorman.address);
+    client.set_nodelay(true).unwrap();
+    for byte in b"PROXY TCP4 198.51.100.2 198.51.100.25 40000 25\r\n" {
+        client.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        read_to_close(&mut client),
+        "521 5.3.2 Service currently unavailable\r\n"
+    );
+    doorman
+        .log
+        .wait_for("DENYLISTED [198.51.100.2]:40000", Duration::from_secs(5));
+    doorman
+        .log
+        .wait_for("DISCONNECT [198.51.100.2]:40000", Duration::from_secs(5));
+}
+
 #[test]
 fn engine_limits() {
     let Some(dns) = Rbldnsd::start() else { return };
