@@ -22,6 +22,10 @@ use crate::tls::{Channel, TlsSummary};
 /// The longest reply doorman reads from a backend.
 const REPLY_LIMIT: usize = 8192;
 
+/// The room a read of a backend's reply has at least: an EHLO reply in
+/// one read, where a buffer that grows by itself reads 64 bytes at a time.
+const REPLY_READ_ROOM: usize = 512;
+
 /// How long a backend may take to greet a client, or to answer a command
 /// doorman replays for one (Postfix's smtpd may look the client up in DNS
 /// before its banner).
@@ -136,6 +140,7 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
                 ))
             }
         }
+        buffer.reserve(REPLY_READ_ROOM);
         let read = timeout(limit, stream.read_buf(buffer))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))??;
@@ -205,4 +210,51 @@ fn keywords(ehlo: &[u8]) -> Vec<String> {
         .map(|keyword| keyword.trim().to_string())
         .filter(|keyword| !keyword.is_empty())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+
+    /// A backend that has its whole reply ready, and counts the reads.
+    struct Ready {
+        reply: &'static [u8],
+        reads: usize,
+    }
+
+    impl AsyncRead for Ready {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let take = self.reply.len().min(buf.remaining());
+            buf.put_slice(&self.reply[..take]);
+            self.reply = &self.reply[take..];
+            self.reads += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Postfix's EHLO reply, 161 bytes, comes in one read, not three.
+    #[tokio::test]
+    async fn an_ehlo_reply_is_read_at_once() {
+        let ehlo: &'static [u8] = b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
+            250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
+            250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
+        let mut backend = Ready {
+            reply: ehlo,
+            reads: 0,
+        };
+        let mut buffer = BytesMut::new();
+        let reply = read_reply(&mut backend, &mut buffer, REPLY_TIMEOUT).await;
+        assert_eq!(reply.unwrap(), ehlo);
+        assert_eq!(backend.reads, 1);
+        assert!(buffer.is_empty());
+    }
 }

@@ -14,19 +14,25 @@
 //! client whose bytes are always there cannot hold its thread, nor keep
 //! a timeout from being looked at.
 //!
-//! Only the header and the screening's verdict go this way: a phase that
-//! talks with the client ([`ClientSocket::register`], called by the
+//! Only the header and the screening's verdict are read this way: a phase
+//! that talks with the client ([`ClientSocket::register`], called by the
 //! session before the greet wait, a health check, the engine and the
 //! handoff) puts the socket in the reactor first, so conversations, TLS
-//! and relays run on tokio's own readiness. (Measured with every read
+//! and relays read on tokio's own readiness. (Measured with every read
 //! direct, one TLS session in five stalled: the client's EHLO, sent right
-//! behind its Finished, was never answered.)
+//! behind its Finished, was never answered.) Writes are made directly in
+//! either state, and wait in the reactor only when the kernel refuses
+//! them: tokio learns a socket is writable only at the reactor's next
+//! turn, and the engine's banner, the first write after registering,
+//! would wait for that turn (and arm its timeout, which wakes the
+//! thread's reactor once more).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::coop;
@@ -146,17 +152,29 @@ impl AsyncRead for ClientSocket {
 }
 
 impl ClientSocket {
-    /// A write: `direct` while the socket is out of the reactor and the
-    /// kernel takes it, else `registered` in the reactor.
+    /// A write: `direct` while the kernel takes it, else `registered` in
+    /// the reactor.
+    ///
+    /// A registered socket is written directly first too: tokio knows
+    /// nothing of a socket's readiness until the reactor's next turn
+    /// reports it, so the first reply after [`ClientSocket::register`]
+    /// (the engine's banner) would otherwise wait for that turn, and arm
+    /// the write's timeout on the way. Only a write the kernel refuses
+    /// waits for readiness.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
-        mut direct: impl FnMut(&mut &std::net::TcpStream) -> io::Result<usize>,
+        mut direct: impl FnMut(&SockRef<'_>) -> io::Result<usize>,
         registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
-        if let State::Direct(socket) = &self.0 {
+        let socket = match &self.0 {
+            State::Direct(socket) => Some(SockRef::from(socket)),
+            State::Registered(socket) => Some(SockRef::from(socket)),
+            State::Failed => None,
+        };
+        if let Some(socket) = socket {
             let budget = ready!(coop::poll_proceed(cx));
-            if let Some(done) = attempted(|| direct(&mut &*socket)) {
+            if let Some(done) = attempted(|| direct(&socket)) {
                 budget.made_progress();
                 return Poll::Ready(done);
             }
@@ -176,7 +194,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_send(
             cx,
-            |socket| socket.write(bytes),
+            |socket| socket.send(bytes),
             |socket, cx| socket.poll_write(cx, bytes),
         )
     }
@@ -188,7 +206,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_send(
             cx,
-            |socket| socket.write_vectored(bytes),
+            |socket| socket.send_vectored(bytes),
             |socket, cx| socket.poll_write_vectored(cx, bytes),
         )
     }
@@ -216,6 +234,7 @@ impl AsyncWrite for ClientSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair: doorman's side as accepted (non-blocking,
@@ -295,6 +314,26 @@ mod tests {
         }
         assert!(matches!(socket.0, State::Direct(_)), "{socket:?}");
         other.await.unwrap();
+    }
+
+    /// The reply after registering (the engine's banner) goes out in the
+    /// same poll: tokio has not seen the socket writable yet, and its own
+    /// write would wait for the reactor's next turn.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_registered_socket_is_written_at_once() {
+        let (mut socket, mut peer) = pair();
+        socket.register();
+        assert!(matches!(socket.0, State::Registered(_)), "{socket:?}");
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        let banner = b"220 mx.example ESMTP\r\n";
+        let polled = Pin::new(&mut socket).poll_write(&mut context, banner);
+        assert!(matches!(polled, Poll::Ready(Ok(22))), "{polled:?}");
+        let parts = [IoSlice::new(b"250 "), IoSlice::new(b"ok\r\n")];
+        let polled = Pin::new(&mut socket).poll_write_vectored(&mut context, &parts);
+        assert!(matches!(polled, Poll::Ready(Ok(8))), "{polled:?}");
+        let mut line = [0; 30];
+        peer.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"220 mx.example ESMTP\r\n250 ok\r\n");
     }
 
     #[tokio::test]

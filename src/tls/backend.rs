@@ -76,7 +76,7 @@ impl BackendTlsClient {
 /// accepting any certificate (the handshake's signatures are still
 /// checked).
 pub fn client_config(roots: Option<RootCertStore>) -> Result<ClientConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(super::suites::doorman_order());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;
     Ok(match roots {

@@ -161,7 +161,7 @@ impl ServerTls {
                 ))
             })
             .collect();
-        let mut config = ServerConfig::builder_with_provider(Arc::new(suites::server_order()))
+        let mut config = ServerConfig::builder_with_provider(Arc::new(suites::doorman_order()))
             .with_protocol_versions(versions)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver::new(certificates)));

@@ -1,4 +1,5 @@
-//! Which cipher suite a client gets.
+//! Which cipher suite a client gets, and which doorman asks its backends
+//! for.
 //!
 //! AES-128-GCM first, then AES-256-GCM, then ChaCha20-Poly1305, chosen by
 //! doorman, as Mozilla's "intermediate" list orders them: with AES in
@@ -13,12 +14,17 @@
 //! hardware (BoringSSL's clients do this), where software AES is slow and
 //! can leak timing: that client gets its own order, as BoringSSL's servers
 //! give it.
+//!
+//! As the client of its backends doorman offers the same order: OpenSSL's
+//! servers (Postfix's smtpd, Exim) follow the client's order by default,
+//! so the replayed session gets AES-128-GCM and both ends save the same.
 
 use rustls::crypto::CryptoProvider;
 use rustls::CipherSuite;
 
-/// The crypto provider with doorman's order of cipher suites.
-pub fn server_order() -> CryptoProvider {
+/// The crypto provider with doorman's order of cipher suites, for its
+/// server and for its client.
+pub fn doorman_order() -> CryptoProvider {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
         .cipher_suites
@@ -60,7 +66,7 @@ mod tests {
 
     #[test]
     fn aes_128_comes_first_then_aes_256_then_chacha() {
-        let order: Vec<CipherSuite> = server_order()
+        let order: Vec<CipherSuite> = doorman_order()
             .cipher_suites
             .iter()
             .filter(|suite| suite.version() == &rustls::version::TLS13)
