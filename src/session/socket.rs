@@ -43,6 +43,14 @@ use crate::log;
 /// must zero first; a PROXY header and a first command fit).
 const DIRECT_READ_AT_MOST: usize = 4096;
 
+/// The flags of a direct write: a client that is gone gets `EPIPE`, never
+/// a `SIGPIPE` (Rust ignores that signal in its binaries anyway; tokio's
+/// and std's own writes ask the same).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const NO_SIGNAL: libc::c_int = 0;
+
 /// A client's socket; see the module's documentation.
 #[derive(Debug)]
 pub struct ClientSocket(State);
@@ -194,7 +202,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_send(
             cx,
-            |socket| socket.send(bytes),
+            |socket| socket.send_with_flags(bytes, NO_SIGNAL),
             |socket, cx| socket.poll_write(cx, bytes),
         )
     }
@@ -206,7 +214,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_send(
             cx,
-            |socket| socket.send_vectored(bytes),
+            |socket| socket.send_vectored_with_flags(bytes, NO_SIGNAL),
             |socket, cx| socket.poll_write_vectored(cx, bytes),
         )
     }
