@@ -5,7 +5,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use doorman_gate_api::Client;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,7 @@ use crate::tls::{Channel, TlsSummary};
 const REPLY_LIMIT: usize = 8192;
 
 /// The room a read of a backend's reply has at least: an EHLO reply in
-/// one read, where a buffer that grows by itself reads 64 bytes at a time.
+/// one read, where a buffer that grows by itself took 64, 64, then 128.
 const REPLY_READ_ROOM: usize = 512;
 
 /// How long a backend may take to greet a client, or to answer a command
@@ -140,8 +140,11 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
                 ))
             }
         }
+        // Never past the limit: the room reserved may be larger (a
+        // buffer's capacity doubles).
         buffer.reserve(REPLY_READ_ROOM);
-        let read = timeout(limit, stream.read_buf(buffer))
+        let room = REPLY_LIMIT.saturating_sub(buffer.len());
+        let read = timeout(limit, stream.read_buf(&mut (&mut *buffer).limit(room)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no reply in time"))??;
         if read == 0 {
@@ -239,6 +242,45 @@ mod tests {
             self.reads += 1;
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A backend that sends its reply in pieces, each as one read.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let take = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..take]);
+                if take < piece.len() {
+                    self.0.push_front(piece.split_off(take));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A reply over the limit is refused, however its pieces fall: 7.7 KB
+    /// of lines, then 8.3 KB more in one burst (the buffer's capacity
+    /// doubles past the limit on the way).
+    #[tokio::test]
+    async fn a_reply_longer_than_the_limit_is_refused() {
+        let line = |code: &[u8]| [code, &[b'x'; 94][..], b"\r\n"].concat();
+        let mut pieces: std::collections::VecDeque<Vec<u8>> =
+            (0..77).map(|_| line(b"250-")).collect();
+        let mut burst: Vec<u8> = (0..82).flat_map(|_| line(b"250-")).collect();
+        burst.extend(line(b"250 "));
+        pieces.push_back(burst);
+        let reply = read_reply(&mut Pieces(pieces), &mut BytesMut::new(), REPLY_TIMEOUT).await;
+        assert!(
+            reply.is_err(),
+            "{:?} bytes accepted",
+            reply.map(|r| r.len())
+        );
     }
 
     /// Postfix's EHLO reply, 161 bytes, comes in one read, not three.

@@ -22,12 +22,7 @@ impl<B: AsyncRead + AsyncWrite + Unpin> BackendSide<B> {
 
     /// Writes `bytes` within `limit`.
     pub async fn write_within(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
-        match timeout(limit, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        {
+        match timeout(limit, write_flushed(&mut self.stream, bytes)).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -294,15 +294,11 @@ impl<S: ClientIo> Session<Channel<S>> {
         let mut index = 0;
         let mut first_refused = None;
         for group in replay_groups(replay.lines, pipelining) {
-            // Flushed: inside TLS, records the socket could not take at
-            // once would otherwise wait in rustls's buffer.
-            let write = async {
-                backend.write_all(&group.concat()).await?;
-                backend.flush().await
-            };
-            timeout(WRITE_TIMEOUT, write).await.map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "the backend does not read")
-            })??;
+            timeout(WRITE_TIMEOUT, write_flushed(backend, &group.concat()))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the backend does not read")
+                })??;
             backend.acknowledge_at_once();
             let mut refused = false;
             for line in group {

@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use doorman_gate_api::{Action, Client, ClientNames, Command, Envelope, Rejection, Verdict};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,7 @@ use crate::smtp::engine::{Engine, EngineEvent, RcptPolicy, Step as EngineStep};
 use crate::smtp::health::{self, CheckReply};
 use crate::smtp::line::{next_line, replay_groups, Line};
 use crate::smtp::reply;
+use crate::tls::channel::write_flushed;
 use crate::tls::Channel;
 use crate::verdict::{Decision, Judgement, TestRecord, PREGREET_STATUS, PREGREET_TEXT};
 use crate::waiting_room::{Resumable, Woken};
@@ -460,7 +461,7 @@ impl<S: ClientIo> Session<Channel<S>> {
         if matches!(bytes.first(), Some(b'4' | b'5')) {
             self.errors += 1;
         }
-        let _ = timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await;
+        let _ = timeout(WRITE_TIMEOUT, write_flushed(&mut self.stream, bytes)).await;
     }
 }
 

@@ -14,18 +14,18 @@
 //! client whose bytes are always there cannot hold its thread, nor keep
 //! a timeout from being looked at.
 //!
-//! Only the header and the screening's verdict are read this way: a phase
+//! Only the PROXY header is read this way: a phase
 //! that talks with the client ([`ClientSocket::register`], called by the
 //! session before the greet wait, a health check, the engine and the
 //! handoff) puts the socket in the reactor first, so conversations, TLS
 //! and relays read on tokio's own readiness. (Measured with every read
 //! direct, one TLS session in five stalled: the client's EHLO, sent right
 //! behind its Finished, was never answered.) Writes are made directly in
-//! either state, and wait in the reactor only when the kernel refuses
-//! them: tokio learns a socket is writable only at the reactor's next
-//! turn, and the engine's banner, the first write after registering,
-//! would wait for that turn (and arm its timeout, which wakes the
-//! thread's reactor once more).
+//! either state until the kernel first refuses one, and from then on wait
+//! in the reactor: tokio learns a socket is writable only at the
+//! reactor's next turn, and the engine's banner, the first write after
+//! registering, would wait for that turn (and arm its timeout, which
+//! wakes the thread's reactor once more).
 
 use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -44,12 +44,28 @@ use crate::log;
 const DIRECT_READ_AT_MOST: usize = 4096;
 
 /// The flags of a direct write: a client that is gone gets `EPIPE`, never
-/// a `SIGPIPE` (Rust ignores that signal in its binaries anyway; tokio's
-/// and std's own writes ask the same).
+/// a `SIGPIPE`, as std's own `send` asks (Rust binaries ignore that signal
+/// anyway, which covers the systems without the flag).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const NO_SIGNAL: libc::c_int = libc::MSG_NOSIGNAL;
+const NO_SIGNAL: std::ffi::c_int = libc::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-const NO_SIGNAL: libc::c_int = 0;
+const NO_SIGNAL: std::ffi::c_int = 0;
+
+/// The most slices one vectored write sends (Linux's `UIO_MAXIOV`): a
+/// longer list is written in part, as `writev` does, where `sendmsg`
+/// would refuse it whole.
+const IOV_MAX: usize = 1024;
+
+/// How a registered socket's writes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writes {
+    /// Straight to the kernel: tokio has not seen the socket writable yet.
+    Direct,
+    /// On tokio's readiness, since the kernel refused a write: tokio knows
+    /// then when the socket has room, and a direct attempt would only add
+    /// a refused call to each wait.
+    Reactor,
+}
 
 /// A client's socket; see the module's documentation.
 #[derive(Debug)]
@@ -60,8 +76,8 @@ enum State {
     /// Not known to the reactor: read and written directly (it is
     /// non-blocking).
     Direct(std::net::TcpStream),
-    /// In the reactor.
-    Registered(TcpStream),
+    /// In the reactor, with how its writes go.
+    Registered(TcpStream, Writes),
     /// Registering failed; the error was returned.
     Failed,
 }
@@ -77,7 +93,7 @@ impl ClientSocket {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.0 {
             State::Direct(socket) => socket.local_addr(),
-            State::Registered(socket) => socket.local_addr(),
+            State::Registered(socket, _) => socket.local_addr(),
             State::Failed => Err(failed()),
         }
     }
@@ -86,7 +102,7 @@ impl ClientSocket {
     pub fn into_std(self) -> io::Result<std::net::TcpStream> {
         match self.0 {
             State::Direct(socket) => Ok(socket),
-            State::Registered(socket) => socket.into_std(),
+            State::Registered(socket, _) => socket.into_std(),
             State::Failed => Err(failed()),
         }
     }
@@ -105,11 +121,11 @@ impl ClientSocket {
         if matches!(self.0, State::Direct(_)) {
             if let State::Direct(socket) = std::mem::replace(&mut self.0, State::Failed) {
                 let socket = TcpStream::from_std(socket).inspect_err(log::socket_unwatched)?;
-                self.0 = State::Registered(socket);
+                self.0 = State::Registered(socket, Writes::Direct);
             }
         }
         match &mut self.0 {
-            State::Registered(socket) => Ok(socket),
+            State::Registered(socket, _) => Ok(socket),
             _ => Err(failed()),
         }
     }
@@ -167,8 +183,10 @@ impl ClientSocket {
     /// nothing of a socket's readiness until the reactor's next turn
     /// reports it, so the first reply after [`ClientSocket::register`]
     /// (the engine's banner) would otherwise wait for that turn, and arm
-    /// the write's timeout on the way. Only a write the kernel refuses
-    /// waits for readiness.
+    /// the write's timeout on the way. Once the kernel refuses a write,
+    /// that write and every later one wait on tokio's readiness
+    /// ([`Writes::Reactor`]). A vectored write sends at most [`IOV_MAX`]
+    /// slices, as `writev` would.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
@@ -177,8 +195,8 @@ impl ClientSocket {
     ) -> Poll<io::Result<usize>> {
         let socket = match &self.0 {
             State::Direct(socket) => Some(SockRef::from(socket)),
-            State::Registered(socket) => Some(SockRef::from(socket)),
-            State::Failed => None,
+            State::Registered(socket, Writes::Direct) => Some(SockRef::from(socket)),
+            State::Registered(_, Writes::Reactor) | State::Failed => None,
         };
         if let Some(socket) = socket {
             let budget = ready!(coop::poll_proceed(cx));
@@ -188,7 +206,13 @@ impl ClientSocket {
             }
         }
         match self.registered() {
-            Ok(socket) => registered(Pin::new(socket), cx),
+            Ok(socket) => {
+                let polled = registered(Pin::new(socket), cx);
+                if let State::Registered(_, writes) = &mut self.0 {
+                    *writes = Writes::Reactor;
+                }
+                polled
+            }
             Err(error) => Poll::Ready(Err(error)),
         }
     }
@@ -214,7 +238,7 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_send(
             cx,
-            |socket| socket.send_vectored_with_flags(bytes, NO_SIGNAL),
+            |socket| socket.send_vectored_with_flags(&bytes[..bytes.len().min(IOV_MAX)], NO_SIGNAL),
             |socket, cx| socket.poll_write_vectored(cx, bytes),
         )
     }
@@ -225,7 +249,7 @@ impl AsyncWrite for ClientSocket {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
-            State::Registered(socket) => Pin::new(socket).poll_flush(cx),
+            State::Registered(socket, _) => Pin::new(socket).poll_flush(cx),
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -233,7 +257,7 @@ impl AsyncWrite for ClientSocket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
             State::Direct(socket) => Poll::Ready(socket.shutdown(Shutdown::Write)),
-            State::Registered(socket) => Pin::new(socket).poll_shutdown(cx),
+            State::Registered(socket, _) => Pin::new(socket).poll_shutdown(cx),
             State::Failed => Poll::Ready(Err(failed())),
         }
     }
@@ -287,7 +311,7 @@ mod tests {
             std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut socket).poll_read(cx, &mut first)))
                 .await;
         assert!(polled.is_pending());
-        assert!(matches!(socket.0, State::Registered(_)), "{socket:?}");
+        assert!(matches!(socket.0, State::Registered(..)), "{socket:?}");
         peer.write_all(b"EHLO a.test\r\n").unwrap();
         let read = socket.read(&mut line).await.unwrap();
         assert_eq!(&line[..read], b"EHLO a.test\r\n");
@@ -331,7 +355,7 @@ mod tests {
     async fn a_registered_socket_is_written_at_once() {
         let (mut socket, mut peer) = pair();
         socket.register();
-        assert!(matches!(socket.0, State::Registered(_)), "{socket:?}");
+        assert!(matches!(socket.0, State::Registered(..)), "{socket:?}");
         let mut context = Context::from_waker(std::task::Waker::noop());
         let banner = b"220 mx.example ESMTP\r\n";
         let polled = Pin::new(&mut socket).poll_write(&mut context, banner);
@@ -342,6 +366,18 @@ mod tests {
         let mut line = [0; 30];
         peer.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"220 mx.example ESMTP\r\n250 ok\r\n");
+    }
+
+    /// More slices than one `sendmsg` takes are written in part, as
+    /// `writev` writes them, in either state.
+    #[tokio::test]
+    async fn a_vectored_write_of_more_slices_than_the_kernel_takes_is_written_in_part() {
+        let (mut socket, _peer) = pair();
+        let bytes = vec![b'x'; 2000];
+        let parts: Vec<IoSlice<'_>> = bytes.chunks(1).map(IoSlice::new).collect();
+        assert_eq!(socket.write_vectored(&parts).await.unwrap(), IOV_MAX);
+        socket.register();
+        assert_eq!(socket.write_vectored(&parts).await.unwrap(), IOV_MAX);
     }
 
     #[tokio::test]
@@ -356,7 +392,10 @@ mod tests {
             got
         });
         socket.write_all(&sent).await.unwrap();
-        assert!(matches!(socket.0, State::Registered(_)), "{socket:?}");
+        assert!(
+            matches!(socket.0, State::Registered(_, Writes::Reactor)),
+            "{socket:?}"
+        );
         socket.shutdown().await.unwrap();
         drop(socket);
         assert!(reader.join().unwrap() == sent);

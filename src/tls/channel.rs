@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::TlsStream;
 
 use super::TlsSummary;
@@ -93,6 +93,17 @@ impl Channel<tokio::net::TcpStream> {
     }
 }
 
+/// Writes `bytes` whole, then flushes them. Inside TLS a write returns
+/// once rustls has taken the bytes, and the records the socket could not
+/// take at once wait in rustls's buffer until the next write or a flush:
+/// a reply, or a command, followed by a wait for the peer must be flushed,
+/// or the peer waits for its last bytes until a timeout ends the session.
+/// (On a plain socket the flush costs nothing.)
+pub async fn write_flushed<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed")
 }
@@ -138,5 +149,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Channel<S> {
             Channel::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
             Channel::Gone => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that, as a TLS stream over a full socket does, takes bytes
+    /// and sends them only when flushed.
+    #[derive(Default)]
+    struct Holding {
+        held: Vec<u8>,
+        sent: Vec<u8>,
+    }
+
+    impl AsyncWrite for Holding {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().held.extend_from_slice(bytes);
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.sent.append(&mut this.held);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_sent_not_only_taken() {
+        let mut stream = Holding::default();
+        write_flushed(&mut stream, b"250 2.0.0 Ok\r\n")
+            .await
+            .unwrap();
+        assert_eq!(stream.sent, b"250 2.0.0 Ok\r\n");
+        assert!(stream.held.is_empty());
     }
 }

@@ -81,6 +81,20 @@ mod tests {
     }
 
     #[test]
+    fn doorman_as_a_client_offers_the_same_order() {
+        let config = super::super::backend::client_config(None).unwrap();
+        let offered: Vec<CipherSuite> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|suite| suite.version() == &rustls::version::TLS13)
+            .map(|suite| suite.suite())
+            .collect();
+        assert_eq!(offered[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(offered[1], CipherSuite::TLS13_AES_256_GCM_SHA384);
+    }
+
+    #[test]
     fn a_client_that_lists_chacha_before_aes_keeps_its_order() {
         use CipherSuite::*;
         // OpenSSL's TLS 1.3 order (Postfix, Exim): doorman's order.
