@@ -116,8 +116,12 @@ RUNTIME = ["per-core"]
 def doorman(tmp, procs, backend_port, sections, send_proxy="none", files=None, log=None, binary=None, model=None, cache="memory"):
     """A doorman handing off to `backend_port`. Only warnings are logged,
     unless `log` names a file: then the default lines go there, as an
-    operator runs it."""
+    operator runs it. Its listener is set as the README advises behind
+    HAProxy (every client comes from 127.0.0.10, the listed proxy:
+    `proxy = "required"`, `defer_accept = true`), but for an older build
+    (`binary`), which may not know those keys."""
     d = tempfile.mkdtemp(dir=tmp); port = free_port()
+    listener = "" if binary else 'proxy = "required"\ndefer_accept = true\n'
     open(os.path.join(d, "haproxy_hosts"), "w").write("127.0.0.10\n")
     for name, text in (files or {}).items():
         open(os.path.join(d, name), "w").write(text)
@@ -126,7 +130,7 @@ def doorman(tmp, procs, backend_port, sections, send_proxy="none", files=None, l
 hosts_file = "haproxy_hosts"
 [[listener]]
 address = "127.0.0.1:{port}"
-[[backend]]
+{listener}[[backend]]
 address = "127.0.0.1:{backend_port}"
 send_proxy = "{send_proxy}"
 [limits]

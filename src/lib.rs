@@ -38,8 +38,9 @@
 //! - [`limits`]: per-client, screening and total connection limits, the
 //!   connection rate at two network levels, and
 //!   stress mode; [`memory`]: the heap given back after a flood (an
-//!   `unsafe` call, `malloc_trim`; the other is [`listener`]'s, putting a
-//!   listening socket it owns in the reactor).
+//!   `unsafe` call, `malloc_trim`; the others are [`listener`]'s, putting a
+//!   listening socket it owns in the reactor, and [`threads`]'s, asking
+//!   for `TCP_DEFER_ACCEPT`).
 //! - [`shared`]: what the sessions of one config share, and what outlives a
 //!   reload; [`director`]: the backends' runtime state (drain, weight,
 //!   flush), shared by a fleet through Redis.

@@ -83,14 +83,17 @@ impl Server {
         let threads = Threads::new(&config.runtime);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            let sockets = threads::bind(listener.address, threads.sockets_per_listener()).map_err(
-                |error| {
-                    io::Error::new(
-                        error.kind(),
-                        format!("cannot listen on {}: {error}", listener.address),
-                    )
-                },
-            )?;
+            let sockets = threads::bind(
+                listener.address,
+                threads.sockets_per_listener(),
+                listener.defer_accept,
+            )
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {}: {error}", listener.address),
+                )
+            })?;
             listeners.push((sockets, listener.clone()));
         }
         let admin = match config.admin.address {

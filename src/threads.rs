@@ -79,7 +79,12 @@ pub fn current_thread() -> io::Result<Runtime> {
 /// on is an error either way, even one it shares with `SO_REUSEPORT`: a
 /// second doorman started by mistake must not take half the connections.
 /// With port 0 all the sockets get the same port, the first one's.
-pub fn bind(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// `defer_accept`: see [`defer_accept`].
+pub fn bind(
+    address: SocketAddr,
+    count: usize,
+    defer_accept: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let socket = |reuse_port: bool| -> io::Result<Socket> {
         let socket = Socket::new(
             Domain::for_address(address),
@@ -107,10 +112,50 @@ pub fn bind(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpLi
         .map(|_| {
             let socket = socket(count > 1)?;
             socket.bind(&address)?;
+            if defer_accept {
+                self::defer_accept(&socket)?;
+            }
             socket.listen(BACKLOG)?;
             Ok(socket.into())
         })
         .collect()
+}
+
+/// Asks the kernel to queue a connection for `accept` only once its first
+/// bytes are in (`TCP_DEFER_ACCEPT`, for 1 second: a silent connection is
+/// queued at the first retransmission of the handshake's reply, about a
+/// second later). Behind HAProxy the first bytes are the PROXY header, so
+/// doorman wakes once per connection and reads the header at once: else
+/// about a third of HAProxy's connections reached doorman before their
+/// header, and each cost a registration in the reactor, a wake-up and a
+/// deregistration (measured at 2,000 refusals/s: 7.4 system calls a
+/// refusal, 17% more CPU). Linux only; elsewhere the kernel is not asked.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(unsafe_code)]
+fn defer_accept(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seconds: libc::c_int = 1;
+    // SAFETY: the descriptor is the open socket `socket` borrows; the
+    // value is a c_int that lives across the call, and its size is given.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn defer_accept(_: &Socket) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,16 +166,37 @@ mod tests {
     /// accepted sockets inherit TCP_NODELAY from the listener.
     #[test]
     fn accepted_sockets_inherit_tcp_nodelay() {
-        let sockets = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 1, false).unwrap();
         sockets[0].set_nonblocking(false).unwrap();
         let _client = std::net::TcpStream::connect(sockets[0].local_addr().unwrap()).unwrap();
         let (accepted, _) = sockets[0].accept().unwrap();
         assert!(accepted.nodelay().unwrap());
     }
 
+    /// With `defer_accept` a connection is not there to accept until its
+    /// first bytes are, and then it is.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_deferred_connection_is_accepted_once_its_first_bytes_are_in() {
+        use std::io::Write;
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 1, true).unwrap();
+        let mut client = std::net::TcpStream::connect(sockets[0].local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let error = sockets[0].accept().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        client
+            .write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 25\r\n")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (accepted, _) = sockets[0].accept().unwrap();
+        let mut first = [0; 5];
+        assert_eq!(accepted.peek(&mut first).unwrap(), 5);
+        assert_eq!(&first, b"PROXY");
+    }
+
     #[test]
     fn the_sockets_share_one_port_and_each_accepts() {
-        let sockets = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 3, false).unwrap();
         let port = sockets[0].local_addr().unwrap().port();
         for socket in &sockets {
             assert_eq!(socket.local_addr().unwrap().port(), port);
@@ -148,10 +214,10 @@ mod tests {
 
     #[test]
     fn a_port_someone_listens_on_is_an_error_even_with_reuse_port() {
-        let held = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let held = bind("127.0.0.1:0".parse().unwrap(), 2, false).unwrap();
         let address = held[0].local_addr().unwrap();
         for count in [1, 2] {
-            let error = bind(address, count).unwrap_err();
+            let error = bind(address, count, false).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{count}");
         }
     }

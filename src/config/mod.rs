@@ -328,6 +328,18 @@ impl Sections {
         if self.listeners.is_empty() {
             return Err(document.error(&["listener"], "at least one [[listener]] is needed"));
         }
+        if let Some(index) = self
+            .listeners
+            .iter()
+            .position(|l| l.defer_accept && l.proxy != ProxyMode::Required)
+        {
+            // Other hosts speak SMTP, server first: they would wait for
+            // their banner until the kernel gave up deferring.
+            return Err(document.error(
+                &["listener", &index.to_string(), "defer_accept"],
+                "defer_accept needs proxy = \"required\" (other clients wait for the banner)",
+            ));
+        }
         if self.backends.is_empty() {
             return Err(document.error(&["backend"], "at least one [[backend]] is needed"));
         }

@@ -167,6 +167,12 @@ pub struct ListenerConfig {
     /// hosts may connect.
     #[serde(default)]
     pub proxy: ProxyMode,
+    /// With `proxy = "required"` only: the kernel hands doorman a
+    /// connection once its first bytes (the PROXY header) are in, not at
+    /// its handshake (Linux's `TCP_DEFER_ACCEPT`, HAProxy's `defer-accept`);
+    /// a connection that stays silent comes about a second later.
+    #[serde(default)]
+    pub defer_accept: bool,
 }
 
 /// One `[[backend]]`.

@@ -72,6 +72,27 @@ fn errors_carry_file_and_line() {
 }
 
 #[test]
+fn defer_accept_needs_a_required_listener() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:0\"\n",
+        "address = \"127.0.0.1:0\"\ndefer_accept = true\n",
+    );
+    let shown = Config::parse(&text, Path::new("d.toml"))
+        .expect_err("optional listener")
+        .to_string();
+    assert_eq!(
+        shown,
+        "d.toml:4: defer_accept needs proxy = \"required\" (other clients wait for the banner)"
+    );
+    assert!(
+        !Config::parse(MINIMAL, Path::new("d.toml"))
+            .expect("ok")
+            .listeners[0]
+            .defer_accept
+    );
+}
+
+#[test]
 fn a_check_error_names_the_line_of_its_own_key() {
     // The backend's connect_timeout is on line 4, the proxy timeout
     // on line 7: a substring search would have named line 4.
