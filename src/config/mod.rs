@@ -340,6 +340,13 @@ impl Sections {
                 "defer_accept needs proxy = \"required\" (other clients wait for the banner)",
             ));
         }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        if let Some(index) = self.listeners.iter().position(|l| l.defer_accept) {
+            return Err(document.error(
+                &["listener", &index.to_string(), "defer_accept"],
+                "defer_accept is Linux's TCP_DEFER_ACCEPT, which this system lacks",
+            ));
+        }
         if self.backends.is_empty() {
             return Err(document.error(&["backend"], "at least one [[backend]] is needed"));
         }

@@ -127,7 +127,9 @@ pub struct ProxySection {
     /// allowed; a bare IPv6 address is a /128, not Haraka's /64; ports are
     /// errors).
     pub hosts_file: Option<PathBuf>,
-    /// How long a listed host may take to send its whole PROXY header;
+    /// How long a listed host may take to send its whole PROXY header,
+    /// from the moment doorman has its connection (a `defer_accept`
+    /// listener has a silent one about a second after its connect);
     /// above 0.
     #[serde(with = "humantime_serde", default = "default_proxy_timeout")]
     #[schemars(with = "HumanDuration", transform = at_most(FIVE_MINUTES))]
@@ -167,10 +169,11 @@ pub struct ListenerConfig {
     /// hosts may connect.
     #[serde(default)]
     pub proxy: ProxyMode,
-    /// With `proxy = "required"` only: the kernel hands doorman a
-    /// connection once its first bytes (the PROXY header) are in, not at
-    /// its handshake (Linux's `TCP_DEFER_ACCEPT`, HAProxy's `defer-accept`);
-    /// a connection that stays silent comes about a second later.
+    /// With `proxy = "required"` only, on Linux: the kernel hands doorman a
+    /// connection once its first bytes (behind HAProxy, the PROXY header)
+    /// are in, not at its handshake (`TCP_DEFER_ACCEPT`, HAProxy's
+    /// `defer-accept`); a connection that stays silent comes about a
+    /// second later, and its PROXY timeout starts then.
     #[serde(default)]
     pub defer_accept: bool,
 }

@@ -1,6 +1,7 @@
 //! The core front door over real sockets: PROXY v1/v2 from listed hosts,
 //! refusals, health checks, handoff and relay, shutdown.
 
+mod deferred;
 mod health_and_backends;
 
 use std::io::Write;
@@ -424,49 +425,6 @@ fn required_mode_closes_unlisted_peers_without_a_byte() {
     proxied_client.write_all(CLIENT_HEADER).unwrap();
     assert_eq!(read_line(&mut proxied_client), BACKEND_BANNER);
     assert_eq!(backend.count(), 1);
-}
-
-/// With `defer_accept`, a connection reaches doorman once its first bytes
-/// are in: a silent peer is not closed at once (the kernel holds it), the
-/// first byte it sends has it closed without a byte, and a listed proxy
-/// that sends its header at once is served as before.
-#[test]
-fn a_deferred_required_listener_takes_connections_with_their_first_bytes() {
-    let backend = FakeBackend::start(true);
-    let doorman = Doorman::start(
-        &config(
-            backend.address,
-            "v2",
-            "proxy = \"required\"\ndefer_accept = true",
-            "30s",
-        ),
-        "127.0.0.1\n",
-    );
-    let mut silent = connect_from(UNLISTED, doorman.address);
-    silent
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut byte = [0; 1];
-    let waited = std::io::Read::read(&mut silent, &mut byte).unwrap_err();
-    assert!(
-        matches!(
-            waited.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        "{waited:?}"
-    );
-    silent.write_all(b"E").unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(read_to_close(&mut silent), "");
-    doorman.log.wait_for(
-        "warning: connection from [127.0.0.9]:",
-        Duration::from_secs(5),
-    );
-    let mut proxied_client = connect_from(LISTED, doorman.address);
-    proxied_client.write_all(CLIENT_HEADER).unwrap();
-    assert_eq!(read_line(&mut proxied_client), BACKEND_BANNER);
 }
 
 fn health_dialogue(doorman: &Doorman, header: &[u8]) {
