@@ -224,28 +224,21 @@ mod tests {
 
     use super::*;
 
-    /// A backend that has its whole reply ready, and counts the reads.
-    struct Ready {
-        reply: &'static [u8],
+    /// A backend that sends its reply in pieces, each as one read (a
+    /// piece larger than the room offered is cut), and counts the reads.
+    struct Pieces {
+        pieces: std::collections::VecDeque<Vec<u8>>,
         reads: usize,
     }
 
-    impl AsyncRead for Ready {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let take = self.reply.len().min(buf.remaining());
-            buf.put_slice(&self.reply[..take]);
-            self.reply = &self.reply[take..];
-            self.reads += 1;
-            Poll::Ready(Ok(()))
+    impl Pieces {
+        fn new(pieces: impl IntoIterator<Item = Vec<u8>>) -> Self {
+            Self {
+                pieces: pieces.into_iter().collect(),
+                reads: 0,
+            }
         }
     }
-
-    /// A backend that sends its reply in pieces, each as one read.
-    struct Pieces(std::collections::VecDeque<Vec<u8>>);
 
     impl AsyncRead for Pieces {
         fn poll_read(
@@ -253,11 +246,12 @@ mod tests {
             _: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            if let Some(mut piece) = self.0.pop_front() {
+            self.reads += 1;
+            if let Some(mut piece) = self.pieces.pop_front() {
                 let take = piece.len().min(buf.remaining());
                 buf.put_slice(&piece[..take]);
                 if take < piece.len() {
-                    self.0.push_front(piece.split_off(take));
+                    self.pieces.push_front(piece.split_off(take));
                 }
             }
             Poll::Ready(Ok(()))
@@ -270,12 +264,10 @@ mod tests {
     #[tokio::test]
     async fn a_reply_longer_than_the_limit_is_refused() {
         let line = |code: &[u8]| [code, &[b'x'; 94][..], b"\r\n"].concat();
-        let mut pieces: std::collections::VecDeque<Vec<u8>> =
-            (0..77).map(|_| line(b"250-")).collect();
         let mut burst: Vec<u8> = (0..82).flat_map(|_| line(b"250-")).collect();
         burst.extend(line(b"250 "));
-        pieces.push_back(burst);
-        let reply = read_reply(&mut Pieces(pieces), &mut BytesMut::new(), REPLY_TIMEOUT).await;
+        let mut backend = Pieces::new((0..77).map(|_| line(b"250-")).chain([burst]));
+        let reply = read_reply(&mut backend, &mut BytesMut::new(), REPLY_TIMEOUT).await;
         assert!(
             reply.is_err(),
             "{:?} bytes accepted",
@@ -289,10 +281,7 @@ mod tests {
         let ehlo: &'static [u8] = b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
             250-VRFY\r\n250-ETRN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
             250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
-        let mut backend = Ready {
-            reply: ehlo,
-            reads: 0,
-        };
+        let mut backend = Pieces::new([ehlo.to_vec()]);
         let mut buffer = BytesMut::new();
         let reply = read_reply(&mut backend, &mut buffer, REPLY_TIMEOUT).await;
         assert_eq!(reply.unwrap(), ehlo);

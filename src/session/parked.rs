@@ -37,7 +37,8 @@ impl Parked {
         } = *self;
         session.process.metrics.resumed(woken == Woken::Readable);
         waiting.woken(woken == Woken::Readable);
-        // Its first bytes (when it woke readable) are read at once.
+        // Out of the reactor until its greet wait goes on (a phase that
+        // talks), which registers it again.
         let ((), session) = session.with_stream(Channel::Plain(ClientSocket::accepted(stream)));
         session
             .run_from(Phase::Wait(Box::new(waiting)), cut, token)

@@ -2,23 +2,24 @@
 //! at once, and handed to tokio's reactor only when the session has to
 //! wait.
 //!
-//! Behind HAProxy a connection's PROXY header is in the socket by the
-//! time doorman accepts it, and a refused client's whole life is that
-//! read, one reply and the close. Registered at accept, as tokio's own
-//! `accept` does, every such client cost an `epoll_ctl` to add it, the
-//! reactor's bookkeeping, and an `epoll_ctl` to remove it (measured: 7.7
-//! system calls a refusal against 5.7). Here a read or write that would
+//! Behind HAProxy a connection's PROXY header is usually in the socket by
+//! the time doorman accepts it (always, on a listener with
+//! `defer_accept`), and a refused client's whole life is that read, one
+//! reply and the close. Registered at accept, as tokio's own `accept`
+//! does, every such client cost an `epoll_ctl` to add it, the reactor's
+//! bookkeeping, and an `epoll_ctl` to remove it (measured under strace:
+//! 7.7 system calls a refusal against 5.7). Here a read or write that would
 //! block registers the socket, and from then on it is tokio's
 //! `TcpStream`; one that never blocks never costs any of that. Direct
 //! reads and writes spend the task's budget as tokio's own do, so a
 //! client whose bytes are always there cannot hold its thread, nor keep
 //! a timeout from being looked at.
 //!
-//! Only the PROXY header is read this way: a phase
-//! that talks with the client ([`ClientSocket::register`], called by the
-//! session before the greet wait, a health check, the engine and the
-//! handoff) puts the socket in the reactor first, so conversations, TLS
-//! and relays read on tokio's own readiness. (Measured with every read
+//! Only the PROXY header is read this way: a phase that talks with the
+//! client ([`ClientSocket::register`], called by the session before the
+//! greet wait, a health check, the engine and the handoff) puts the
+//! socket in the reactor first, so conversations, TLS and relays read on
+//! tokio's own readiness. (Measured with every read
 //! direct, one TLS session in five stalled: the client's EHLO, sent right
 //! behind its Finished, was never answered.) Writes are made directly in
 //! either state until the kernel first refuses one, and from then on wait
