@@ -28,8 +28,8 @@ pub fn doorman_bin() -> &'static str {
 
 /// Lines a child process wrote to stderr, as they arrive.
 /// How long a line doorman logged takes to reach a [`Log`], at most: its
-/// batch's 10 ms, and the machine's scheduling.
-const LOG_SETTLES: Duration = Duration::from_millis(100);
+/// batch's 50 ms, and the machine's scheduling.
+const LOG_SETTLES: Duration = Duration::from_millis(150);
 
 #[derive(Clone, Default)]
 pub struct Log {
@@ -60,7 +60,7 @@ impl Log {
     }
 
     /// The lines that contain `needle`, of those logged before the call:
-    /// doorman writes its lines in batches, up to 10 ms after they happen
+    /// doorman writes its lines in batches, up to 50 ms after they happen
     /// (`src/logbuffer.rs`), so this lets them arrive first.
     pub fn matching(&self, needle: &str) -> Vec<String> {
         thread::sleep(LOG_SETTLES);
