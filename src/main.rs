@@ -133,6 +133,13 @@ enum MigrateFrom {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Lines still in the stderr buffer go out before a panic's message (and
+    // before the process goes down, when the panic ends it).
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        doorman::logbuffer::flush();
+        report_panic(info);
+    }));
     if !matches!(
         cli.command,
         Command::Run { .. }
@@ -215,7 +222,13 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("fatal: {error:#}");
+            // `explain` and `migrate` install no logging, nor does `run`
+            // when its own could not start: the error goes to stderr.
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!("fatal: {error:#}");
+            } else {
+                eprintln!("fatal: {error:#}");
+            }
             ExitCode::from(1)
         }
     };

@@ -112,30 +112,21 @@ async fn read_until(stream: &mut (impl AsyncRead + Unpin), end: &str) -> String 
     text
 }
 
-/// A `[tls]` section with a certificate for mx.test made in `dir` (with
-/// Debian's openssl, as the integration tests make theirs).
-fn tls_sections(dir: &Path) -> String {
-    let (pem, key) = (dir.join("mx.pem"), dir.join("mx.key"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-nodes", "-days", "2", "-newkey", "ec"])
-        .args([
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-subj",
-            "/CN=mx.test",
-        ])
-        .args(["-addext", "subjectAltName=DNS:mx.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&pem)
-        .output()
-        .expect("openssl runs (Debian's openssl package)");
-    assert!(made.status.success(), "openssl: {made:?}");
+/// A `[tls]` section with the test certificate for mx.test
+/// (`fixtures/tls`, P-256, valid until 2126, made with `openssl req -x509
+/// -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 36500`).
+fn tls_sections() -> String {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls");
     format!(
-        "[tls]\n[[tls.certificate]]\nchain = \"{}\"\nkey = \"{}\"\n",
-        pem.display(),
-        key.display()
+        "[tls]\n[[tls.certificate]]\nchain = \"{fixtures}/mx.test.pem\"\nkey = \"{fixtures}/mx.test.key\"\n"
     )
+}
+
+/// `future`'s output, or a failed test after 5 s.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 5 s"))
 }
 
 /// doorman's TLS client (the one it uses for its backends) on `stream`.
@@ -145,8 +136,8 @@ async fn tls_client<S: AsyncRead + AsyncWrite + Unpin>(
     // Any certificate, its signatures checked.
     let config = crate::tls::backend::client_config(None).expect("client config");
     let server = rustls::pki_types::ServerName::try_from("mx.test").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server, stream)
+    let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server, stream);
+    within("the client's handshake", connect)
         .await
         .expect("handshake")
 }
@@ -157,8 +148,7 @@ async fn tls_client<S: AsyncRead + AsyncWrite + Unpin>(
 /// timeout. Every reply is flushed, so the client reads it whole.
 #[tokio::test]
 async fn a_reply_inside_tls_reaches_a_client_whose_socket_takes_little() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sections = tls_sections(dir.path());
+    let sections = tls_sections();
     // 64 bytes: one TLS record of the EHLO reply is over twice that.
     let (mut session, mut client) = over_duplex_of(&sections, 64);
     let run = engine_run();
@@ -194,15 +184,16 @@ async fn a_reply_inside_tls_reaches_a_client_whose_socket_takes_little() {
 /// doorman writes, as a kernel's socket buffer would hold them.)
 #[tokio::test]
 async fn a_command_inside_tls_reaches_a_backend_whose_socket_takes_little() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (session, _client) = over_duplex_of(&tls_sections(dir.path()), 64);
+    let (session, _client) = over_duplex(&tls_sections());
     let server = session.shared.tls.clone().expect("[tls]");
     let (to_backend_read, to_backend_write) = simplex(64);
     let (from_backend_read, from_backend_write) = simplex(64 * 1024);
     let ours = join(from_backend_read, to_backend_write);
     let theirs = join(to_backend_read, from_backend_write);
     let backend = tokio::spawn(async move {
-        let mut stream = server.accept(theirs).await.expect("handshake");
+        let mut stream = within("the backend's handshake", server.accept(theirs))
+            .await
+            .expect("handshake");
         let line = read_until(&mut stream, "\r\n").await;
         write_flushed(&mut stream, b"250 2.1.0 Ok\r\n")
             .await
@@ -220,5 +211,8 @@ async fn a_command_inside_tls_reaches_a_backend_whose_socket_takes_little() {
         .await
         .expect("the backend's reply");
     assert_eq!(reply, b"250 2.1.0 Ok\r\n");
-    assert_eq!(backend.await.expect("backend"), command);
+    assert_eq!(
+        within("the backend", backend).await.expect("backend"),
+        command
+    );
 }

@@ -120,6 +120,45 @@ fn shipped_config_is_valid() {
     stdout_of(Command::new(doorman_bin()).args(["check", "--config", path]));
 }
 
+/// The commands that install no logging of their own (`migrate`,
+/// `explain`), and `run` whose logging could not start, still say why
+/// they failed.
+#[test]
+fn a_command_without_logging_says_why_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("main.cf");
+    let missing = missing.to_str().unwrap();
+    let socket = dir.path().join("no-syslog");
+    let config = dir.path().join("doorman.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{GOOD}[log]\nsyslog = true\nsyslog_socket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("haproxy_hosts"), "127.0.0.1\n").unwrap();
+    let config = config.to_str().unwrap();
+    for (args, names) in [
+        (vec!["migrate", "postfix", missing], missing.to_string()),
+        (
+            vec!["explain", "--config", missing, "192.0.2.1"],
+            missing.to_string(),
+        ),
+        (
+            vec!["run", "--config", config],
+            socket.display().to_string(),
+        ),
+    ] {
+        let out = Command::new(doorman_bin()).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("fatal: "), "{args:?}: {stderr:?}");
+        assert!(stderr.contains(&names), "{args:?}: {stderr:?}");
+    }
+}
+
 #[test]
 fn version_and_help() {
     let out = Command::new(doorman_bin())

@@ -26,11 +26,11 @@ pub fn doorman_bin() -> &'static str {
     env!("CARGO_BIN_EXE_doorman")
 }
 
-/// Lines a child process wrote to stderr, as they arrive.
 /// How long a line doorman logged takes to reach a [`Log`], at most: its
 /// batch's 50 ms, and the machine's scheduling.
 const LOG_SETTLES: Duration = Duration::from_millis(150);
 
+/// Lines a child process wrote to stderr, as they arrive.
 #[derive(Clone, Default)]
 pub struct Log {
     inner: Arc<(Mutex<Vec<String>>, Condvar)>,
