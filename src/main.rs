@@ -237,13 +237,8 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return Err(error.into());
-        }
-    };
+    // Before logging starts: `main` writes the error to stderr.
+    let config = Config::load(&path)?;
     logfmt::init(&config.log)?;
     let runtime = doorman::threads::Threads::new(&config.runtime)
         .main_runtime()
