@@ -95,7 +95,11 @@ async fn the_engine_phase_runs_over_any_stream() {
     );
 }
 
-/// Reads from `stream` until what it read ends with `end`, within 5 s.
+/// How long a test waits for a peer before it fails.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Reads from `stream` until what it read ends with `end`, within
+/// [`PATIENCE`].
 async fn read_until(stream: &mut (impl AsyncRead + Unpin), end: &str) -> String {
     let mut read = Vec::new();
     let reading = async {
@@ -106,7 +110,7 @@ async fn read_until(stream: &mut (impl AsyncRead + Unpin), end: &str) -> String 
             read.extend_from_slice(&chunk[..n]);
         }
     };
-    let done = tokio::time::timeout(Duration::from_secs(5), reading).await;
+    let done = tokio::time::timeout(PATIENCE, reading).await;
     let text = String::from_utf8_lossy(&read).into_owned();
     assert!(done.is_ok(), "waited for {end:?}, got only {text:?}");
     text
@@ -122,11 +126,11 @@ fn tls_sections() -> String {
     )
 }
 
-/// `future`'s output, or a failed test after 5 s.
+/// `future`'s output, or a failed test after [`PATIENCE`].
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), future)
+    tokio::time::timeout(PATIENCE, future)
         .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within 5 s"))
+        .unwrap_or_else(|_| panic!("{what}: nothing within {PATIENCE:?}"))
 }
 
 /// doorman's TLS client (the one it uses for its backends) on `stream`.
